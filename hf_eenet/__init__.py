@@ -1,0 +1,77 @@
+"""hf_eenet: early-exit BERT/RoBERTa text classifiers under a compute budget (EENet, Ilhan et al., WACV 2024).
+
+``import hf_eenet`` registers the configs and models with ``AutoConfig`` / ``AutoModelForSequenceClassification``,
+marks them for Hub export (``save_pretrained`` writes ``auto_map`` and copies the code files) and registers the
+budgeted text-classification pipeline.
+"""
+
+from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .configuration_eenet import EENetBertConfig, EENetRobertaConfig
+from .costs import ExitCostProfile, profile_exit_costs, set_exit_costs
+from .evaluation import evaluate_exits
+from .modeling_eenet import (
+    EENetBertForSequenceClassification,
+    EENetRobertaForSequenceClassification,
+    EENetSequenceClassifierOutput,
+)
+from .pipeline_eenet import EENetTextClassificationPipeline
+from .policies import (
+    EntropyPolicy,
+    ExitPolicy,
+    MaxProbPolicy,
+    OraclePolicy,
+    PatiencePolicy,
+    StaticPolicy,
+)
+from .scheduler import EENetScheduler
+from .trainer import EENetTrainer, compute_exit_metrics
+
+__version__ = "0.1.0"
+
+for _cfg, _model in (
+    (EENetBertConfig, EENetBertForSequenceClassification),
+    (EENetRobertaConfig, EENetRobertaForSequenceClassification),
+):
+    AutoConfig.register(_cfg.model_type, _cfg, exist_ok=True)
+    AutoModelForSequenceClassification.register(_cfg, _model, exist_ok=True)
+    _cfg.register_for_auto_class()
+    _model.register_for_auto_class("AutoModelForSequenceClassification")
+
+
+def _register_pipelines() -> None:
+    # Serve the stock task (our class behaves exactly like TextClassificationPipeline for other models) ...
+    # (same entry, defaults and model classes; only the implementation class changes).
+    stock = PIPELINE_REGISTRY.supported_tasks["text-classification"]
+    PIPELINE_REGISTRY.supported_tasks["text-classification"] = {**stock, "impl": EENetTextClassificationPipeline}
+    # ... and register last the task name that save_pretrained records in config.custom_pipelines.
+    PIPELINE_REGISTRY.register_pipeline(
+        "eenet-text-classification", pipeline_class=EENetTextClassificationPipeline,
+        pt_model=AutoModelForSequenceClassification, type="text",
+    )
+
+
+_register_pipelines()
+
+__all__ = [
+    "EENetBertConfig",
+    "EENetRobertaConfig",
+    "EENetBertForSequenceClassification",
+    "EENetRobertaForSequenceClassification",
+    "EENetSequenceClassifierOutput",
+    "EENetScheduler",
+    "EENetTextClassificationPipeline",
+    "EENetTrainer",
+    "ExitPolicy",
+    "MaxProbPolicy",
+    "EntropyPolicy",
+    "PatiencePolicy",
+    "StaticPolicy",
+    "OraclePolicy",
+    "ExitCostProfile",
+    "profile_exit_costs",
+    "set_exit_costs",
+    "evaluate_exits",
+    "compute_exit_metrics",
+]

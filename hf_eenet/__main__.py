@@ -1,0 +1,3 @@
+from hf_eenet.cli import main
+
+main()

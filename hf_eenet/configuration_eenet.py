@@ -1,0 +1,153 @@
+"""Configurations of the multi-exit (early-exit) BERT and RoBERTa classifiers.
+
+``EENetBertConfig`` / ``EENetRobertaConfig`` are the stock ``BertConfig`` / ``RobertaConfig`` plus the early-exit
+fields below; they are the single source of truth that ``save_pretrained`` / ``from_pretrained`` round-trip.
+
+Early-exit fields:
+    exit_layers (`list[int]`): 1-based encoder layers followed by an exit head, strictly increasing, the last one
+        equal to ``num_hidden_layers``. Default: every layer.
+    exit_costs (`list[float]`): cumulative cost of running up to and including each exit, normalised so that the
+        last exit costs 1.0 (so a budget of 0.5 = half the full model's cost). Default: the analytic FLOPs profile.
+    exit_cost_profile (`str`): how ``exit_costs`` were obtained: ``"layers"``, ``"flops"`` or ``"latency"``.
+    exit_cost_info (`dict`): free-form measurement details (device, batch size, sequence length, raw values, unit).
+    scheduler_budgets (`list[float]`): budgets (fractions of the full cost) of the fitted EENet scheduler bank,
+        one scheduler per budget, sorted ascending. Weights live in the model's safetensors file.
+    scheduler_config (`dict`): constructor kwargs shared by the schedulers of the bank (num_exits, num_classes, ...).
+    default_budget (`float`): budget used by the pipeline when a call gives none.
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import BertConfig, RobertaConfig
+
+EENET_FIELDS = (
+    "exit_layers",
+    "exit_costs",
+    "exit_cost_profile",
+    "exit_cost_info",
+    "scheduler_budgets",
+    "scheduler_config",
+    "default_budget",
+)
+
+
+def validate_exit_layers(exit_layers, num_hidden_layers: int) -> list[int]:
+    """Return ``exit_layers`` as a list of ints, or raise ``ValueError``/``TypeError`` naming the problem."""
+    if exit_layers is None:
+        return list(range(1, num_hidden_layers + 1))
+    if isinstance(exit_layers, (str, bytes)) or not hasattr(exit_layers, "__iter__"):
+        raise TypeError(f"exit_layers must be a list of ints, got {type(exit_layers).__name__}")
+    layers = list(exit_layers)
+    if not layers:
+        raise ValueError("exit_layers is empty: give at least the last layer")
+    for x in layers:
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise TypeError(f"exit_layers must contain ints (1-based encoder layers), got {x!r}")
+    bad = [x for x in layers if not 1 <= x <= num_hidden_layers]
+    if bad:
+        raise ValueError(
+            f"exit_layers {layers} out of range: every exit layer must be in [1, num_hidden_layers={num_hidden_layers}]"
+            f", got {bad}"
+        )
+    if any(b <= a for a, b in zip(layers, layers[1:])):
+        raise ValueError(f"exit_layers must be strictly increasing, got {layers}")
+    if layers[-1] != num_hidden_layers:
+        raise ValueError(
+            f"the last exit layer must be the last encoder layer ({num_hidden_layers}), got exit_layers={layers}"
+        )
+    return layers
+
+
+def flops_exit_costs(config, exit_layers, seq_len: int = 128, normalise: bool = True) -> list[float]:
+    """Analytic cumulative FLOPs per exit (multiply-adds x2), normalised so the last exit costs 1 unless
+    ``normalise=False``.
+
+    Per encoder layer and token: 4 h^2 (QKV + output projections) + 2 h i (FFN) multiply-adds, plus 2 S h for the
+    attention scores and their weighted sum. Every exit head costs h^2 + h C on the first token only.
+    """
+    h, i, c, s = config.hidden_size, config.intermediate_size, max(config.num_labels, 1), seq_len
+    layer = 2 * s * (4 * h * h + 2 * h * i + 2 * s * h)
+    head = 2 * (h * h + h * c)
+    raw = [layer * ell + head * (k + 1) for k, ell in enumerate(exit_layers)]
+    return [r / raw[-1] for r in raw] if normalise else [float(r) for r in raw]
+
+
+class EENetConfigMixin:
+    """Validation shared by the BERT and RoBERTa configs (called from ``__post_init__``)."""
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        # A plain BERT/RoBERTa checkpoint is the intended starting point: adopt its config without the
+        # "model of type bert to instantiate eenet-bert" warning and without keeping the old model_type.
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        parent_type = cls.__mro__[2].model_type  # BertConfig / RobertaConfig
+        if config_dict.get("model_type") == parent_type:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
+
+    def _validate_eenet(self) -> None:
+        self.exit_layers = validate_exit_layers(self.exit_layers, self.num_hidden_layers)
+        k = len(self.exit_layers)
+        if self.exit_costs is None:
+            self.exit_costs = flops_exit_costs(self, self.exit_layers)
+            self.exit_cost_profile = self.exit_cost_profile or "flops"
+        costs = [float(c) for c in self.exit_costs]
+        if len(costs) != k:
+            raise ValueError(f"exit_costs has {len(costs)} entries but there are {k} exits (exit_layers={self.exit_layers})")
+        if any(not math.isfinite(c) or c <= 0 for c in costs) or any(b <= a for a, b in zip(costs, costs[1:])):
+            raise ValueError(f"exit_costs must be positive and strictly increasing, got {costs}")
+        self.exit_costs = [c / costs[-1] for c in costs]
+        budgets = [float(b) for b in (self.scheduler_budgets or [])]
+        if budgets != sorted(budgets) or len(set(budgets)) != len(budgets):
+            raise ValueError(f"scheduler_budgets must be sorted and unique, got {budgets}")
+        self.scheduler_budgets = budgets
+        if self.default_budget is not None:
+            b = float(self.default_budget)
+            if not (0 < b <= 1):
+                raise ValueError(f"default_budget must be a fraction of the full cost in (0, 1], got {b}")
+            self.default_budget = b
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exit_layers)
+
+
+class EENetBertConfig(EENetConfigMixin, BertConfig):
+    r"""[`BertConfig`] plus early-exit fields (see the module docstring)."""
+
+    model_type = "eenet-bert"
+
+    exit_layers: list[int] | None = None
+    exit_costs: list[float] | None = None
+    exit_cost_profile: str | None = None
+    exit_cost_info: dict | None = None
+    scheduler_budgets: list[float] | None = None
+    scheduler_config: dict | None = None
+    default_budget: float | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._validate_eenet()
+
+
+class EENetRobertaConfig(EENetConfigMixin, RobertaConfig):
+    r"""[`RobertaConfig`] plus early-exit fields (see the module docstring)."""
+
+    model_type = "eenet-roberta"
+
+    exit_layers: list[int] | None = None
+    exit_costs: list[float] | None = None
+    exit_cost_profile: str | None = None
+    exit_cost_info: dict | None = None
+    scheduler_budgets: list[float] | None = None
+    scheduler_config: dict | None = None
+    default_budget: float | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._validate_eenet()
+
+
+__all__ = ["EENetBertConfig", "EENetRobertaConfig", "validate_exit_layers", "flops_exit_costs"]

@@ -1,0 +1,143 @@
+"""Per-exit cost profiles: measured latency on this device, analytic FLOPs, and plain layer counts.
+
+All three are *cumulative* (cost of running up to and including exit k) and are also given normalised so the last
+exit costs 1.0, which is the unit of ``config.exit_costs`` and of every ``budget=`` fraction.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .configuration_eenet import flops_exit_costs
+from .policies import ExitPolicy
+
+
+class ForcedExitPolicy(ExitPolicy):
+    """Every row exits at exit ``target`` (0-based). Used to time each exit's cumulative latency; its per-exit work
+    (softmax + a comparison) is what a threshold policy does, so the measured cost includes the decision overhead."""
+
+    def __init__(self, target: int, num_exits: int):
+        if not 0 <= target < num_exits:
+            raise ValueError(f"target exit {target} out of range [0, {num_exits})")
+        self.target, self.num_exits = target, num_exits
+
+    def decide(self, exit_idx, probs, state):
+        return torch.full((probs.shape[0],), exit_idx == self.target, dtype=torch.bool, device=probs.device)
+
+
+@dataclass
+class ExitCostProfile:
+    """Cumulative per-exit costs of one model. ``*_norm`` lists are divided by the last exit's cost."""
+
+    exit_layers: list[int]
+    latency_ms: list[float] | None = None
+    flops: list[float] | None = None
+    layers: list[float] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def normalised(self, kind: str) -> list[float]:
+        values = {"latency": self.latency_ms, "flops": self.flops, "layers": self.layers}.get(kind)
+        if values is None:
+            raise ValueError(f"no '{kind}' costs in this profile (choose from latency, flops, layers)")
+        return [v / values[-1] for v in values]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _default_texts(n: int) -> list[str]:
+    words = ("the film is a charming , often funny and ultimately moving portrait of a family that comes apart "
+             "and finds its way back together over one long summer").split()
+    return [" ".join(words[: 8 + (i * 5) % (len(words) - 8)]) for i in range(n)]
+
+
+@torch.inference_mode()
+def profile_exit_costs(
+    model,
+    tokenizer=None,
+    texts: list[str] | None = None,
+    batch_size: int = 1,
+    seq_len: int | None = None,
+    repeats: int = 20,
+    warmup: int = 3,
+    measure_latency: bool = True,
+) -> ExitCostProfile:
+    """Measure the cumulative latency of every exit of ``model`` on its device, plus FLOPs and layer-count costs.
+
+    Latency of exit k = median wall time of the early-exit forward where every row exits at k (embeddings, layers
+    up to ℓ_k, every exit head up to k and the policy's decisions included), over ``repeats`` runs of
+    ``batch_size`` inputs. Inputs are ``texts`` tokenised by ``tokenizer`` (truncated/padded to ``seq_len`` if
+    given) or, without a tokenizer, random token ids of length ``seq_len`` (default 32).
+
+    Returns an :class:`ExitCostProfile`; store one in the config with ``set_exit_costs(model, profile, "latency")``.
+    """
+    cfg = model.config
+    k_total = cfg.num_exits
+    if batch_size < 1 or repeats < 1:
+        raise ValueError("batch_size and repeats must be >= 1")
+    device = next(model.parameters()).device
+    if tokenizer is not None:
+        texts = texts or _default_texts(batch_size)
+        texts = (texts * (batch_size // len(texts) + 1))[:batch_size]
+        kw = dict(padding="max_length", truncation=True, max_length=seq_len) if seq_len else dict(padding=True)
+        batch = dict(tokenizer(texts, return_tensors="pt", **kw))
+    else:
+        length = seq_len or 32
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(5, cfg.vocab_size, (batch_size, length), generator=g)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    used_len = int(batch["input_ids"].shape[1])
+    profile = ExitCostProfile(
+        exit_layers=list(cfg.exit_layers),
+        flops=flops_exit_costs(cfg, cfg.exit_layers, used_len, normalise=False),
+        layers=[float(x) for x in cfg.exit_layers],
+    )
+    profile.info = {"batch_size": batch_size, "seq_len": used_len, "repeats": repeats, "device": str(device),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "cpu": platform.processor() or platform.machine(), "statistic": "median"}
+    if not measure_latency:
+        return profile
+    was_training = model.training
+    model.eval()
+    policies = [ForcedExitPolicy(k, k_total) for k in range(k_total)]
+    for _ in range(warmup):
+        for pol in policies:
+            model(**batch, exit_policy=pol)
+    samples = [[] for _ in range(k_total)]
+    for _ in range(repeats):  # interleave exits so drift hits all of them alike
+        for k, pol in enumerate(policies):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model(**batch, exit_policy=pol)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            samples[k].append((time.perf_counter() - t0) * 1000)
+    lat = [statistics.median(s) for s in samples]
+    # cumulative costs must increase; timer noise can invert two nearly equal exits, so enforce monotonicity
+    for k in range(1, k_total):
+        lat[k] = max(lat[k], lat[k - 1] * (1 + 1e-6))
+    profile.latency_ms = lat
+    profile.info["unit"] = "ms per batch"
+    model.train(was_training)
+    return profile
+
+
+def set_exit_costs(model, profile: ExitCostProfile, kind: str = "latency") -> list[float]:
+    """Store ``profile``'s ``kind`` costs (normalised) as ``model.config.exit_costs``; returns them."""
+    costs = profile.normalised(kind)
+    if len(costs) != model.config.num_exits:
+        raise ValueError(f"profile has {len(costs)} exits but the model has {model.config.num_exits}")
+    model.config.exit_costs = costs
+    model.config.exit_cost_profile = kind
+    model.config.exit_cost_info = {**profile.info, "raw": getattr(profile, {"latency": "latency_ms"}.get(kind, kind))}
+    return costs
+
+
+__all__ = ["ExitCostProfile", "ForcedExitPolicy", "profile_exit_costs", "set_exit_costs", "flops_exit_costs"]

@@ -1,0 +1,81 @@
+"""Budgeted text classification: ``pipeline("text-classification", model=d)(texts, budget=0.5)``.
+
+Each result carries the stock fields plus ``exit_layer`` (1-based encoder layer the text exited at) and ``cost``
+(fraction of the full model's cost). Inside a batch (``batch_size=``) every row really stops at its own exit.
+
+With ``import hf_eenet`` this class serves the stock ``"text-classification"`` task (for models that are not
+early-exit models it behaves exactly like ``TextClassificationPipeline``) and the ``"eenet-text-classification"``
+task, which is what ``save_pretrained`` records in ``custom_pipelines`` so that, without hf_eenet installed,
+``pipeline(model=d, trust_remote_code=True)`` loads it from the folder's own code.
+"""
+
+from __future__ import annotations
+
+from transformers import TextClassificationPipeline
+
+
+class EENetTextClassificationPipeline(TextClassificationPipeline):
+    """``TextClassificationPipeline`` + per-call ``budget`` / ``exit_policy`` and the exit taken per text.
+
+    Call kwargs:
+        budget (`float`): fraction of the full cost in (0, 1]; uses the model's fitted scheduler bank (default:
+            ``config.default_budget`` when the model has a bank, else the full model).
+        exit_policy (`ExitPolicy`): an explicit policy instead of a budget.
+        top_k, function_to_apply, batch_size, truncation, max_length: as in the stock pipeline. Over-long texts are
+            truncated to the model's maximum length by default.
+    """
+
+    def _is_early_exit_model(self) -> bool:
+        return hasattr(self.model, "exit_forward")
+
+    def _sanitize_parameters(self, budget=None, exit_policy=None, function_to_apply=None, top_k="", **tokenizer_kwargs):
+        preprocess, forward, postprocess = super()._sanitize_parameters(
+            function_to_apply=function_to_apply, top_k=top_k, **tokenizer_kwargs
+        )
+        if (budget is not None or exit_policy is not None) and not self._is_early_exit_model():
+            raise ValueError(f"budget/exit_policy need an hf_eenet early-exit model, got {type(self.model).__name__}")
+        if budget is not None and exit_policy is not None:
+            raise ValueError("give either budget or exit_policy, not both")
+        if budget is not None:
+            self.model.get_exit_policy(budget)  # validates now: type, NaN, (0, 1], fitted range, a bank exists
+            forward["budget"] = float(budget)
+        if exit_policy is not None:
+            forward["exit_policy"] = exit_policy
+        return preprocess, forward, postprocess
+
+    def preprocess(self, inputs, **tokenizer_kwargs):
+        if inputs is None:
+            raise ValueError("the pipeline got None instead of a text")
+        texts = [inputs.get("text"), inputs.get("text_pair")] if isinstance(inputs, dict) else [inputs]
+        for t in texts:
+            if t is None and isinstance(inputs, dict):
+                continue
+            if not isinstance(t, str):
+                raise TypeError(f"texts must be str (or a {{'text', 'text_pair'}} dict), got {type(t).__name__}: {t!r}")
+            if not t.strip():
+                raise ValueError("the pipeline got an empty string; give non-empty text")
+        tokenizer_kwargs.setdefault("truncation", True)
+        return super().preprocess(inputs, **tokenizer_kwargs)
+
+    def _forward(self, model_inputs, budget=None, exit_policy=None):
+        if not self._is_early_exit_model():
+            return super()._forward(model_inputs)
+        config = self.model.config
+        if budget is None and exit_policy is None and config.scheduler_budgets:
+            budget = config.default_budget if config.default_budget is not None else config.scheduler_budgets[-1]
+        out = self.model(**model_inputs, budget=budget, exit_policy=exit_policy)
+        # batch-first tensors only: the pipeline unbatches every field along dim 0
+        return {"logits": out.logits, "exit_layer": out.exit_layer, "exit_cost": out.exit_cost}
+
+    def postprocess(self, model_outputs, function_to_apply=None, top_k=1, _legacy=True):
+        result = super().postprocess(model_outputs, function_to_apply=function_to_apply, top_k=top_k, _legacy=_legacy)
+        if "exit_layer" not in model_outputs:
+            return result
+        extra = {"exit_layer": int(model_outputs["exit_layer"].reshape(-1)[0]),
+                 "cost": float(model_outputs["exit_cost"].reshape(-1)[0])}
+        if isinstance(result, dict):
+            return {**result, **extra}
+        return [{**r, **extra} for r in result]
+
+
+__all__ = ["EENetTextClassificationPipeline"]

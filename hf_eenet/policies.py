@@ -1,0 +1,739 @@
+"""Exit policies: objects the early-exit loop asks, exit by exit, which of the still-running rows stop.
+
+Interface (shared by the online loop in ``modeling_eenet.py`` and the offline ``exit_index``):
+
+* ``policy.check_num_exits(K)`` — raise ``ValueError`` if the policy was built for another number of exits.
+* ``state = policy.init_state(batch_size, device)`` — a ``dict[str, Tensor]`` of *batch-first* per-row state
+  (patience counters, earlier utility scores, ...). The loop slices every entry with the same row index when rows
+  leave the batch, so a policy never sees rows that already exited.
+* ``stop = policy.decide(k, probs, state)`` — ``k`` is the 0-based exit index, ``probs`` the softmax output of exit
+  ``k`` for the rows still running, shape ``[b, C]``; returns a bool tensor ``[b]``. ``decide`` may update ``state``
+  in place (``state["x"] = ...``). It is never called at the last exit: the last exit always accepts.
+
+Because online and offline decisions go through the same ``decide`` calls, ``policy.exit_index(exit_probs)`` on the
+all-exits output equals the exit the early-exit forward takes for every row.
+
+Baselines (eenet_method.md §8), each with ``Cls.calibrate(exit_probs, labels, costs, budget)`` returning an instance
+with ``.budget``, ``.costs`` and ``.planned_cost`` (realised average cost on the calibration data):
+:class:`MaxProbPolicy` (MSDNet), :class:`EntropyPolicy` (BranchyNet), :class:`PatiencePolicy` (PABEE),
+:class:`StaticPolicy` and :class:`OraclePolicy` (labels-based upper bound, offline only). Input validators
+:func:`check_costs`, :func:`check_budget`, :func:`check_labels` are shared with the EENet scheduler.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def _as_probs_tensor(exit_probs, name: str = "exit_probs") -> torch.Tensor:
+    """Validate ``exit_probs`` of shape [N, K, C] (softmax outputs) and return a float tensor."""
+    if not isinstance(exit_probs, torch.Tensor):
+        try:
+            exit_probs = torch.as_tensor(exit_probs)
+        except Exception as err:  # noqa: BLE001 - re-raised with a clear message
+            raise TypeError(f"{name} must be a tensor or array of shape [N, K, C], got {type(exit_probs).__name__}") from err
+    if exit_probs.dim() != 3:
+        raise ValueError(f"{name} must have shape [N, K, C], got shape {tuple(exit_probs.shape)}")
+    if exit_probs.shape[0] == 0:
+        raise ValueError(f"{name} is empty (N = 0)")
+    if not torch.is_floating_point(exit_probs):
+        raise TypeError(f"{name} must be floating point probabilities, got dtype {exit_probs.dtype}")
+    p = exit_probs.detach().double()
+    if not torch.isfinite(p).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if (p < -1e-6).any():
+        raise ValueError(f"{name} contains negative probabilities (min {p.min().item():.3g})")
+    sums = p.sum(-1)
+    dev = (sums - 1).abs()
+    if dev.max().item() > 1e-3:
+        worst = sums.flatten()[dev.flatten().argmax()].item()
+        raise ValueError(
+            f"{name} rows must sum to 1 over the class dimension (softmax outputs); a row sums to {worst:.4g}. "
+            "Pass probabilities, not logits."
+        )
+    return exit_probs.detach().float()
+
+
+def _check_thresholds(thresholds, name: str = "thresholds") -> list[float]:
+    if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__len__"):
+        raise TypeError(f"{name} must be a sequence of numbers, one per exit, got {type(thresholds).__name__}")
+    out = []
+    for i, t in enumerate(thresholds):
+        try:
+            t = float(t)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name}[{i}] must be a number, got {t!r}") from err
+        if math.isnan(t):
+            raise ValueError(f"{name}[{i}] is NaN")
+        out.append(t)
+    if not out:
+        raise ValueError(f"{name} is empty: give one threshold per exit")
+    return out
+
+
+class ExitPolicy:
+    """Base class of all exit policies. Subclasses implement :meth:`decide` (and :meth:`init_state` if stateful)."""
+
+    #: number of exits the policy was built or calibrated for; ``None`` = any
+    num_exits: int | None = None
+    #: set by ``calibrate``: target average cost, cumulative per-exit costs, realised cost on the calibration data
+    budget: float | None = None
+    costs: list[float] | None = None
+    planned_cost: float | None = None
+    #: human-readable caveat from calibration (e.g. budget not reachable exactly), else ``None``
+    note: str | None = None
+
+    def check_num_exits(self, num_exits: int) -> None:
+        if self.num_exits is not None and self.num_exits != num_exits:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.num_exits} exits but the model has {num_exits} exits "
+                f"(config.exit_layers); give one value per exit"
+            )
+
+    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        return {}
+
+    def decide(self, exit_idx: int, probs: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def exit_index(self, exit_probs) -> torch.Tensor:
+        """Offline decisions on all-exits outputs.
+
+        Args:
+            exit_probs: ``[N, K, C]`` softmax outputs of every exit.
+        Returns:
+            ``[N]`` long tensor, the 0-based exit each row takes (what the early-exit forward would pick).
+        """
+        probs = _as_probs_tensor(exit_probs)
+        n, k_total, _ = probs.shape
+        self.check_num_exits(k_total)
+        state = self.init_state(n, probs.device)
+        exit_idx = torch.full((n,), k_total - 1, dtype=torch.long)
+        running = torch.ones(n, dtype=torch.bool)
+        for k in range(k_total - 1):
+            rows = running.nonzero(as_tuple=True)[0]
+            if rows.numel() == 0:
+                break
+            sub = {key: v[rows] for key, v in state.items()}
+            stop = self.decide(k, probs[rows, k], sub).to(torch.bool)
+            for key, v in sub.items():  # write updated per-row state back
+                if key in state:
+                    state[key] = state[key].clone()
+                    state[key][rows] = v.to(state[key].dtype)
+                else:
+                    full = torch.zeros((n, *v.shape[1:]), dtype=v.dtype)
+                    full[rows] = v
+                    state[key] = full
+            exit_idx[rows[stop]] = k
+            running[rows[stop]] = False
+        return exit_idx
+
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        return f"{type(self).__name__}(num_exits={self.num_exits})"
+
+
+def entropy_confidence(probs: torch.Tensor) -> torch.Tensor:
+    """conf = 1 + Σ_c p log p / log C  (1 = one-hot, 0 = uniform); eenet_method.md §3. Shape [..., C] → [...]."""
+    c = probs.shape[-1]
+    if c < 2:
+        raise ValueError("entropy confidence needs at least 2 classes")
+    p = probs.clamp_min(0)
+    plogp = torch.where(p > 0, p * torch.log(p.clamp_min(1e-30)), torch.zeros_like(p))
+    return 1.0 + plogp.sum(-1) / math.log(c)
+
+
+def sequential_quantile_thresholds(scores: torch.Tensor, shares) -> list[float]:
+    """Thresholds from exit shares, eenet_method.md §6.
+
+    Args:
+        scores: ``[N, K]`` per-exit scores (higher = more confident).
+        shares: ``[K]`` planned fraction of samples per exit (non-negative, sums to 1).
+    Returns:
+        ``K`` thresholds; ``t_K = -inf`` so every sample has an exit. Planned counts ``n_k = floor(share_k * N)``
+        for ``k < K``; in order, among samples not yet assigned, ``t_k`` is the ``n_k``-th largest score
+        (``+inf`` when ``n_k = 0``) and those ``n_k`` samples are assigned to exit ``k``.
+    """
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    n, k_total = scores.shape
+    shares = torch.as_tensor(shares, dtype=torch.float64)
+    if shares.shape != (k_total,):
+        raise ValueError(f"shares must have one entry per exit ({k_total}), got shape {tuple(shares.shape)}")
+    remaining = torch.ones(n, dtype=torch.bool)
+    thresholds = []
+    for k in range(k_total - 1):
+        n_k = int(math.floor(float(shares[k]) * n + 1e-9))
+        rows = remaining.nonzero(as_tuple=True)[0]
+        n_k = min(n_k, rows.numel())
+        if n_k <= 0:
+            thresholds.append(math.inf)
+            continue
+        s = scores[rows, k]
+        t = torch.topk(s, n_k).values[-1].item()
+        thresholds.append(t)
+        remaining[rows[s >= t]] = False  # ties at t exit too, exactly as the online rule q_k >= t_k does
+    thresholds.append(-math.inf)
+    return thresholds
+
+
+class ScoreThresholdPolicy(ExitPolicy):
+    """Exit at the first exit ``k`` whose score ``s_k(p_k) >= t_k``. Subclasses define :meth:`score`."""
+
+    def __init__(self, thresholds):
+        self.thresholds = _check_thresholds(thresholds)
+        self.num_exits = len(self.thresholds)
+
+    def score(self, probs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decide(self, exit_idx, probs, state):
+        return self.score(probs) >= self.thresholds[exit_idx]
+
+    @classmethod
+    def calibration_scores(cls, exit_probs: torch.Tensor) -> torch.Tensor:
+        """``[N, K]`` scores of every exit, computed exactly as :meth:`decide` computes them (per exit, on a
+        contiguous ``[N, C]`` slice). Override in subclasses whose constructor does not take ``thresholds`` only."""
+        n, k_total, _ = exit_probs.shape
+        probe = cls([0.0] * k_total)
+        return torch.stack([probe.score(exit_probs[:, k].contiguous()) for k in range(k_total)], 1)
+
+    @classmethod
+    def calibrate(cls, exit_probs, labels, costs, budget):
+        """Thresholds that meet an average-cost ``budget`` with geometric exit shares (eenet_method.md §8).
+
+        Args:
+            exit_probs: ``[N, K, C]`` softmax outputs of all exits on the calibration (validation) split.
+            labels: ``[N]`` class ids, validated but not used (``None`` is accepted).
+            costs: ``[K]`` cumulative per-exit cost, strictly increasing and positive (any unit).
+            budget: target *average* cost per sample, same unit, in ``[c_1, c_K]``.
+
+        Shares are ``π_k ∝ q^k`` (k = 0..K-1). ``q`` is first bisected so that the planned cost ``Σ_k π_k c_k``
+        equals ``budget`` (upstream instead keeps the first ``q`` on a grid whose cost *exceeds* it). Shares become
+        thresholds via :func:`sequential_quantile_thresholds`, which quantises them (``floor`` of the counts, ties),
+        so ``q`` is then bisected again against the *realised* cost on the calibration data. The result is the
+        candidate whose realised cost is closest to the budget among those that exceed it by at most one sample's
+        worth, ``(c_K - c_1) / N``; with many tied scores (saturated probabilities) that may be unreachable, and
+        ``.note`` says so.
+
+        Returns:
+            an instance with ``thresholds`` and ``budget``, ``costs``, ``planned_cost`` (realised average cost on the
+            calibration data, via :meth:`exit_index`), ``q``, ``shares`` (planned), ``exit_fractions`` (realised),
+            ``note``.
+        """
+        probs = _as_probs_tensor(exit_probs)
+        n, k_total, num_classes = probs.shape
+        costs = check_costs(costs, k_total)
+        budget = check_budget(budget, costs)
+        if labels is not None:
+            check_labels(labels, n, num_classes)
+        scores = cls.calibration_scores(probs)
+        thresholds, log_q, note = _calibrate_geometric(scores, costs, budget)
+        policy = cls(thresholds)
+        exits = policy.exit_index(probs)  # the realised cost is measured with the online rule itself
+        policy.budget = budget
+        policy.costs = costs
+        policy.planned_cost = _mean_cost(exits, costs)
+        policy.q = math.exp(log_q)
+        policy.shares = geometric_shares(log_q, k_total)
+        policy.exit_fractions = torch.bincount(exits, minlength=k_total).double().div(n).tolist()
+        policy.note = note
+        return policy
+
+    def __repr__(self) -> str:  # pragma: no cover
+        return f"{type(self).__name__}(thresholds={self.thresholds})"
+
+
+class MaxProbPolicy(ScoreThresholdPolicy):
+    """MSDNet rule: exit at the first exit whose max softmax probability is ≥ its threshold. Calibrate to a budget
+    with :meth:`ScoreThresholdPolicy.calibrate` (geometric exit shares, eenet_method.md §8).
+
+    Args:
+        thresholds: one threshold per exit (the last one is ignored: the last exit always accepts).
+    """
+
+    def score(self, probs: torch.Tensor) -> torch.Tensor:
+        return probs.max(dim=-1).values
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Validators (reusable: the EENet scheduler calibration uses the same rules)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _is_number(x) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, torch.Tensor):
+        return x.dim() == 0 and not x.dtype == torch.bool and not x.is_complex()
+    if isinstance(x, np.ndarray):
+        return x.ndim == 0 and (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating))
+    return isinstance(x, (int, float, np.integer, np.floating))
+
+
+def check_costs(costs, num_exits: int) -> list[float]:
+    """Validate cumulative per-exit costs ``c_1 < ... < c_K`` (any unit) and return them as a list of floats.
+
+    Raises ``ValueError`` unless ``costs`` is a 1-D sequence of ``num_exits`` finite, positive, strictly increasing
+    numbers.
+    """
+    if isinstance(costs, (str, bytes)) or costs is None:
+        raise ValueError(f"costs must be a sequence of {num_exits} numbers (cumulative cost per exit), got {costs!r}")
+    if isinstance(costs, (torch.Tensor, np.ndarray)):
+        if costs.ndim != 1:
+            raise ValueError(f"costs must be 1-D (one cumulative cost per exit), got shape {tuple(costs.shape)}")
+        costs = costs.tolist()
+    if not hasattr(costs, "__len__"):
+        raise ValueError(f"costs must be a sequence of {num_exits} numbers, got {type(costs).__name__}")
+    if len(costs) != num_exits:
+        raise ValueError(f"costs must have one entry per exit: expected {num_exits}, got {len(costs)}")
+    out = []
+    for i, c in enumerate(costs):
+        if not _is_number(c):
+            raise ValueError(f"costs[{i}] must be a number, got {c!r}")
+        c = float(c)
+        if not math.isfinite(c) or c <= 0:
+            raise ValueError(f"costs[{i}] must be finite and > 0, got {c}")
+        out.append(c)
+    for i in range(1, len(out)):
+        if not out[i] > out[i - 1]:
+            raise ValueError(
+                f"costs must be cumulative and strictly increasing (c_1 < c_2 < ... < c_K), got {out}"
+            )
+    return out
+
+
+def check_budget(budget, costs) -> float:
+    """Validate a target *average* cost ``budget`` against cumulative ``costs`` and return it as a float.
+
+    Raises ``ValueError`` if the budget is not a number, NaN/inf, ``<= 0``, or outside ``[c_1, c_K]`` (a relative
+    slack of 1e-9 is tolerated and clipped, so ``1.0 * c_K`` computed in floating point is accepted).
+    """
+    costs = [float(c) for c in costs]
+    if not _is_number(budget):
+        raise ValueError(f"budget must be a number (target average cost, same unit as costs), got {budget!r}")
+    b = float(budget)
+    if not math.isfinite(b):
+        raise ValueError(f"budget must be finite, got {b}")
+    if b <= 0:
+        raise ValueError(f"budget must be > 0, got {b}")
+    lo, hi = costs[0], costs[-1]
+    tol = 1e-9 * hi
+    if b < lo - tol or b > hi + tol:
+        raise ValueError(
+            f"budget {b:g} is outside the reachable range [c_1, c_K] = [{lo:g}, {hi:g}] "
+            f"(as a fraction of c_K: [{lo / hi:.4g}, 1])"
+        )
+    return min(max(b, lo), hi)
+
+
+def check_labels(labels, n: int, num_classes: int) -> torch.Tensor:
+    """Validate class labels: shape ``[n]``, integer values in ``[0, num_classes)``. Returns a long tensor."""
+    if labels is None:
+        raise ValueError("labels are required")
+    if not isinstance(labels, torch.Tensor):
+        try:
+            labels = torch.as_tensor(np.asarray(labels))
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"labels must be an integer array of shape [{n}], got {type(labels).__name__}") from err
+    labels = labels.detach().cpu()
+    if labels.dim() != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels must have shape [{n}] (one per sample), got shape {tuple(labels.shape)}")
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    if torch.is_floating_point(labels):
+        if not torch.isfinite(labels).all() or (labels != labels.round()).any():
+            raise ValueError("labels must be integer class ids (got non-integral values)")
+    labels = labels.long()
+    if n > 0 and (labels.min().item() < 0 or labels.max().item() >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) (num_classes = {num_classes}); "
+            f"got min {labels.min().item()}, max {labels.max().item()}"
+        )
+    return labels
+
+
+def _mean_cost(exit_idx: torch.Tensor, costs) -> float:
+    c = torch.as_tensor(costs, dtype=torch.float64)
+    return float(c[exit_idx.long()].mean().item())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Calibration of score-threshold policies with geometric exit shares (eenet_method.md §8)
+# ----------------------------------------------------------------------------------------------------------------------
+
+_LOGQ_MIN, _LOGQ_MAX = -60.0, 60.0  # q = e^-60: everyone at exit 1; q = e^60: everyone at exit K
+
+
+def geometric_shares(log_q: float, num_exits: int) -> list[float]:
+    """Exit shares ``π_k ∝ q^k`` (k = 0..K-1) for ``q = exp(log_q)``, computed stably in log space."""
+    logits = [k * float(log_q) for k in range(num_exits)]
+    top = max(logits)
+    w = [math.exp(x - top) for x in logits]
+    total = math.fsum(w)
+    return [x / total for x in w]
+
+
+def _planned_cost(log_q: float, costs) -> float:
+    shares = geometric_shares(log_q, len(costs))
+    return float(sum(s * c for s, c in zip(shares, costs)))
+
+
+def _first_exit(scores: torch.Tensor, thresholds) -> torch.Tensor:
+    """Vectorised ``exit_index`` of a stateless score-threshold rule: first k with ``scores[:, k] >= t_k``."""
+    n, k_total = scores.shape
+    t = torch.tensor(thresholds[:-1], dtype=scores.dtype)
+    hit = scores[:, :-1] >= t  # [N, K-1]
+    hit = torch.cat([hit, torch.ones(n, 1, dtype=torch.bool)], 1)
+    return hit.to(torch.int8).argmax(1)  # first True
+
+
+def _calibrate_geometric(scores: torch.Tensor, costs: list[float], budget: float) -> tuple[list[float], float, str | None]:
+    """Bisection on ``log q`` of geometric shares, first on planned then on realised cost. See ``calibrate``."""
+    n, k_total = scores.shape
+    if k_total == 1:
+        return [-math.inf], 0.0, None
+    s64 = scores.double()
+
+    # 1) planned cost Σ π_k c_k is continuous and increasing in q (a geometric tilt towards later exits)
+    lo, hi = _LOGQ_MIN, _LOGQ_MAX
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _planned_cost(mid, costs) < budget:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    log_q0 = 0.5 * (lo + hi)
+
+    # 2) the realised cost (floor of the planned counts, ties at the thresholds) is a step function of q, monotone
+    #    up to one-sample steps: bracket the budget around log_q0 and bisect on it, remembering every candidate
+    cache: dict[float, tuple[float, list[float]]] = {}
+
+    def realised(lq: float) -> float:
+        if lq not in cache:
+            th = sequential_quantile_thresholds(s64, geometric_shares(lq, k_total))
+            cache[lq] = (_mean_cost(_first_exit(scores, th), costs), th)
+        return cache[lq][0]
+
+    step = 0.05
+    if realised(log_q0) <= budget:
+        lo = hi = log_q0
+        while hi < _LOGQ_MAX and realised(hi) <= budget:
+            lo, hi = hi, min(hi + step, _LOGQ_MAX)
+            step *= 2
+    else:
+        lo = hi = log_q0
+        while lo > _LOGQ_MIN and realised(lo) > budget:
+            lo, hi = max(lo - step, _LOGQ_MIN), lo
+            step *= 2
+    one_sample = (costs[-1] - costs[0]) / n
+    finest = min(b - a for a, b in zip(costs[:-1], costs[1:])) / n  # the smallest possible cost step
+    if realised(lo) <= budget < realised(hi):
+        for _ in range(100):
+            if realised(hi) - realised(lo) <= finest * (1 + 1e-9) or hi - lo < 1e-12:
+                break
+            mid = 0.5 * (lo + hi)
+            f = realised(mid)
+            if f == budget:
+                break
+            if f < budget:
+                lo = mid
+            else:
+                hi = mid
+
+    eligible = [lq for lq, (c, _) in cache.items() if c <= budget + one_sample * (1 + 1e-9)]
+    note = None
+    if eligible:  # closest to the budget; on a tie prefer the cheaper side
+        best = min(eligible, key=lambda lq: (abs(cache[lq][0] - budget), cache[lq][0] > budget))
+    else:  # cannot happen for budget >= c_1 (q -> 0 puts everyone at exit 1), kept as a guard
+        best = min(cache, key=lambda lq: cache[lq][0])
+    cost = cache[best][0]
+    if abs(cost - budget) > one_sample * (1 + 1e-9):
+        note = (
+            f"realised calibration cost {cost:.6g} differs from the budget {budget:.6g} by more than one sample's "
+            f"worth ({one_sample:.3g}); usually many tied scores (saturated probabilities) make samples exit in blocks"
+        )
+    return cache[best][1], best, note
+
+
+class EntropyPolicy(ScoreThresholdPolicy):
+    """BranchyNet rule: exit at the first exit whose entropy confidence (:func:`entropy_confidence`,
+    ``1 + Σ p log p / log C``: 1 = one-hot, 0 = uniform) is ≥ its threshold. Calibrate with
+    :meth:`ScoreThresholdPolicy.calibrate`.
+
+    Args:
+        thresholds: one threshold per exit (the last one is ignored: the last exit always accepts).
+    """
+
+    def score(self, probs: torch.Tensor) -> torch.Tensor:
+        return entropy_confidence(probs)
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+class PatiencePolicy(ExitPolicy):
+    """PABEE rule: exit once the prediction (argmax) has stayed the same for ``patience`` consecutive exits.
+
+    Per-row state: ``prev`` (argmax at the previous exit, ``-1`` before exit 0) and ``count``. At every exit the
+    counter increments if the argmax equals the previous exit's argmax and resets to 0 otherwise; the row exits when
+    ``count >= patience``. So ``patience = 0`` exits everyone at the first exit, ``patience = p`` exits at exit ``k``
+    when exits ``k-p..k`` agree, and ``patience >= K - 1`` never exits early.
+
+    Args:
+        patience: non-negative int.
+        num_exits: number of exits ``K``.
+
+    Integer patience gives only ``K`` operating points (patience 0..K-1), so :meth:`calibrate` rarely lands on the
+    budget: it picks the patience whose calibration cost is closest to the budget from below.
+    """
+
+    def __init__(self, patience: int, num_exits: int):
+        self.patience = _check_int(patience, "patience", 0)
+        self.num_exits = _check_int(num_exits, "num_exits", 1)
+
+    def init_state(self, batch_size, device="cpu"):
+        return {
+            "prev": torch.full((batch_size,), -1, dtype=torch.long, device=device),
+            "count": torch.zeros(batch_size, dtype=torch.long, device=device),
+        }
+
+    def decide(self, exit_idx, probs, state):
+        pred = probs.argmax(dim=-1)
+        prev, count = state["prev"].to(pred.device), state["count"].to(pred.device)
+        if exit_idx == 0:
+            count = torch.zeros_like(count)
+        else:
+            count = torch.where(pred == prev, count + 1, torch.zeros_like(count))
+        state["prev"] = pred
+        state["count"] = count
+        return count >= self.patience
+
+    @classmethod
+    def calibrate(cls, exit_probs, labels, costs, budget):
+        """Patience whose realised cost on the calibration data is closest to ``budget`` from below.
+
+        If no patience is at or below the budget (only possible with invalid inputs, since patience 0 costs
+        ``c_1``), the cheapest one is returned and ``.note`` says so. ``.operating_points`` lists
+        ``(patience, cost)`` for every patience 0..K-1; ``.planned_cost`` is the chosen one's cost.
+        """
+        probs = _as_probs_tensor(exit_probs)
+        n, k_total, num_classes = probs.shape
+        costs = check_costs(costs, k_total)
+        budget = check_budget(budget, costs)
+        if labels is not None:
+            check_labels(labels, n, num_classes)
+        points = [(p, _mean_cost(cls(p, k_total).exit_index(probs), costs)) for p in range(k_total)]
+        slack = 1e-12 * costs[-1]
+        feasible = [pc for pc in points if pc[1] <= budget + slack]
+        note = None
+        if feasible:
+            patience, cost = max(feasible, key=lambda pc: (pc[1], -pc[0]))
+        else:
+            patience, cost = min(points, key=lambda pc: (pc[1], pc[0]))
+            note = (
+                f"no patience meets the budget {budget:.6g}; using the cheapest, patience={patience} "
+                f"(cost {cost:.6g})"
+            )
+        policy = cls(patience, k_total)
+        policy.budget, policy.costs, policy.planned_cost = budget, costs, cost
+        policy.operating_points = points
+        policy.note = note
+        return policy
+
+    def __repr__(self) -> str:  # pragma: no cover
+        return f"PatiencePolicy(patience={self.patience}, num_exits={self.num_exits})"
+
+
+_HASH_STEP = 0.01  # nats: log-probabilities are quantised to this step before hashing
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def pseudo_uniform(probs: torch.Tensor) -> torch.Tensor:
+    """Deterministic per-sample pseudo-uniform ``u ∈ [0, 1)`` from a row's probabilities ``[b, C] → [b]``.
+
+    ``log p`` (clamped at 1e-30) is rounded to steps of ``0.01`` nats and the integer vector is hashed with
+    splitmix64. It depends only on the row itself, never on its batch position or batch size, so batched and
+    single-row decisions agree. Quantising in log space keeps confident rows distinct (their small probabilities
+    still differ) while absorbing float noise; noise can still flip a row whose log-probability lies within the noise
+    (~1e-6 nats) of a rounding boundary, i.e. rarely.
+    """
+    logp = torch.log(probs.detach().double().clamp_min(1e-30)).cpu().numpy()
+    q = np.rint(logp / _HASH_STEP).astype(np.int64).view(np.uint64)
+    h = np.full(q.shape[0], 0x243F6A8885A308D3, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for c in range(q.shape[1]):
+            h = _splitmix64(h ^ q[:, c])
+    u = (h >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
+    return torch.from_numpy(u).to(probs.device)
+
+
+class StaticPolicy(ExitPolicy):
+    """Static exit: every row exits at ``exit_idx`` (0-based); with ``mix_next > 0`` a ``mix_next`` fraction of
+    rows goes on to ``exit_idx + 1`` so that the two-exit mixture's expected cost meets a budget exactly.
+
+    Which rows go on is decided per *sample*, not per batch position: at exit 0 :meth:`decide` computes
+    ``u = pseudo_uniform(p_1)`` (a hash of the row's rounded exit-0 log-probabilities, see :func:`pseudo_uniform`)
+    and keeps it in the state; a row continues past ``exit_idx`` iff ``u < mix_next``. Hence online batched
+    decisions equal bs=1 decisions, and the realised fraction matches ``mix_next`` only in expectation.
+
+    Args:
+        exit_idx: 0-based exit, ``0 <= exit_idx < num_exits``.
+        num_exits: number of exits ``K``.
+        mix_next: fraction in ``[0, 1]`` of rows that go on to ``exit_idx + 1`` (must be 0 when ``exit_idx`` is the
+            last exit).
+    """
+
+    def __init__(self, exit_idx: int, num_exits: int, mix_next: float = 0.0):
+        self.num_exits = _check_int(num_exits, "num_exits", 1)
+        self.exit_idx = _check_int(exit_idx, "exit_idx", 0)
+        if self.exit_idx >= self.num_exits:
+            raise ValueError(f"exit_idx must be in [0, {self.num_exits}), got {self.exit_idx}")
+        if not _is_number(mix_next) or not math.isfinite(float(mix_next)) or not 0.0 <= float(mix_next) <= 1.0:
+            raise ValueError(f"mix_next must be a number in [0, 1], got {mix_next!r}")
+        self.mix_next = float(mix_next)
+        if self.mix_next > 0 and self.exit_idx == self.num_exits - 1:
+            raise ValueError("mix_next must be 0 when exit_idx is the last exit (there is no next exit)")
+        self.expected_cost: float | None = None
+
+    def init_state(self, batch_size, device="cpu"):
+        return {"u": torch.zeros(batch_size, dtype=torch.float64, device=device)}
+
+    def decide(self, exit_idx, probs, state):
+        b = probs.shape[0]
+        if exit_idx == 0 and self.mix_next > 0:
+            state["u"] = pseudo_uniform(probs)
+        if exit_idx < self.exit_idx:
+            return torch.zeros(b, dtype=torch.bool, device=probs.device)
+        if exit_idx == self.exit_idx:
+            if self.mix_next <= 0:
+                return torch.ones(b, dtype=torch.bool, device=probs.device)
+            return (state["u"] >= self.mix_next).to(probs.device)
+        return torch.ones(b, dtype=torch.bool, device=probs.device)
+
+    @classmethod
+    def calibrate(cls, exit_probs, labels, costs, budget):
+        """Deepest exit ``k`` with ``c_k <= budget`` and ``mix_next = (budget - c_k) / (c_{k+1} - c_k)``.
+
+        ``.expected_cost`` equals the budget (exact in expectation); ``.planned_cost`` is the realised cost on the
+        calibration data (differs by the sampling noise of the per-sample hash).
+        """
+        probs = _as_probs_tensor(exit_probs)
+        n, k_total, num_classes = probs.shape
+        costs = check_costs(costs, k_total)
+        budget = check_budget(budget, costs)
+        if labels is not None:
+            check_labels(labels, n, num_classes)
+        slack = 1e-12 * costs[-1]
+        k = max(i for i, c in enumerate(costs) if c <= budget + slack)
+        mix = 0.0
+        if k < k_total - 1:
+            mix = min(max((budget - costs[k]) / (costs[k + 1] - costs[k]), 0.0), 1.0)
+            if mix < 1e-12:
+                mix = 0.0
+        policy = cls(k, k_total, mix)
+        policy.budget, policy.costs = budget, costs
+        policy.expected_cost = costs[k] + (mix * (costs[k + 1] - costs[k]) if mix > 0 else 0.0)
+        policy.planned_cost = _mean_cost(policy.exit_index(probs), costs)
+        return policy
+
+    def __repr__(self) -> str:  # pragma: no cover
+        return f"StaticPolicy(exit_idx={self.exit_idx}, num_exits={self.num_exits}, mix_next={self.mix_next})"
+
+
+def oracle_exit_index(exit_probs, labels, costs, budget=None) -> torch.Tensor:
+    """Best achievable exits given the labels (an upper bound, not a deployable policy).
+
+    Each sample's ideal exit is its first correct exit (never correct: the last exit). If ``budget`` is ``None`` or
+    at least that assignment's average cost, that is returned. Otherwise greedy, which maximises the number of
+    correct samples under the average-cost constraint: all samples start at exit 0; samples with a correct exit are
+    granted their first correct exit in ascending order of its cost while the average cost stays ``<= budget``; the
+    rest (and never-correct samples) stay at exit 0.
+    """
+    probs = _as_probs_tensor(exit_probs)
+    n, k_total, num_classes = probs.shape
+    costs = check_costs(costs, k_total)
+    labels = check_labels(labels, n, num_classes)
+    correct = probs.argmax(-1) == labels.to(probs.device)[:, None]
+    any_correct = correct.any(1).cpu()
+    first = correct.to(torch.int8).argmax(1).cpu()
+    ideal = torch.where(any_correct, first, torch.full_like(first, k_total - 1)).long()
+    c = torch.tensor(costs, dtype=torch.float64)
+    if budget is None or c[ideal].mean().item() <= budget + 1e-12 * costs[-1]:
+        return ideal
+    exits = torch.zeros(n, dtype=torch.long)
+    cand = any_correct.nonzero(as_tuple=True)[0]
+    extra = c[first[cand]] - c[0]
+    order = torch.argsort(extra, stable=True)
+    allowed = n * (budget - costs[0]) + 1e-9 * costs[-1]
+    granted = int((torch.cumsum(extra[order], 0) <= allowed).sum().item())
+    rows = cand[order[:granted]]
+    exits[rows] = first[rows].long()
+    return exits
+
+
+class OraclePolicy(ExitPolicy):
+    """Upper bound for evaluation only: exits chosen with the labels (see :func:`oracle_exit_index`).
+
+    Build with :meth:`calibrate`. :meth:`exit_index` takes ``labels`` (for a different split than calibration); if
+    omitted it uses the calibration labels when N matches. :meth:`decide` raises ``RuntimeError``: the oracle cannot
+    run online.
+    """
+
+    def __init__(self, costs, budget=None, labels=None):
+        self.num_exits = len(costs)
+        self.costs = check_costs(costs, self.num_exits)
+        self.budget = None if budget is None else check_budget(budget, self.costs)
+        self.labels = None if labels is None else torch.as_tensor(labels).long().cpu()
+        self.accuracy: float | None = None
+
+    def decide(self, exit_idx, probs, state):
+        raise RuntimeError("oracle needs labels; offline evaluation only")
+
+    @torch.no_grad()
+    def exit_index(self, exit_probs, labels=None) -> torch.Tensor:
+        probs = _as_probs_tensor(exit_probs)
+        n, k_total, num_classes = probs.shape
+        self.check_num_exits(k_total)
+        if labels is None:
+            if self.labels is None or self.labels.shape[0] != n:
+                raise ValueError(
+                    f"OraclePolicy.exit_index needs labels for these {n} samples (calibration labels "
+                    f"{'absent' if self.labels is None else f'have N = {self.labels.shape[0]}'})"
+                )
+            labels = self.labels
+        return oracle_exit_index(probs, labels, self.costs, self.budget)
+
+    @classmethod
+    def calibrate(cls, exit_probs, labels, costs, budget=None):
+        """Oracle for ``budget`` (``None`` = unconstrained). ``.planned_cost`` and ``.accuracy`` are on these data."""
+        probs = _as_probs_tensor(exit_probs)
+        n, k_total, num_classes = probs.shape
+        costs = check_costs(costs, k_total)
+        budget = None if budget is None else check_budget(budget, costs)
+        labels = check_labels(labels, n, num_classes)
+        policy = cls(costs, budget, labels)
+        exits = policy.exit_index(probs)
+        policy.planned_cost = _mean_cost(exits, costs)
+        pred = probs.argmax(-1)[torch.arange(n), exits].cpu()
+        policy.accuracy = float((pred == labels).double().mean().item())
+        return policy
+
+    def __repr__(self) -> str:  # pragma: no cover
+        return f"OraclePolicy(num_exits={self.num_exits}, budget={self.budget})"

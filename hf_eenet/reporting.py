@@ -1,0 +1,117 @@
+"""Side-by-side comparison of EENet, the baselines and the oracle on all-exit predictions, plus the plot and table.
+
+Every policy is calibrated on the *validation* predictions for each budget and evaluated on the *test* predictions.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .evaluation import evaluate_exits
+from .policies import EntropyPolicy, MaxProbPolicy, OraclePolicy, PatiencePolicy, StaticPolicy
+from .scheduler import EENetScheduler
+
+BASELINES = {
+    "BranchyNet (entropy)": EntropyPolicy,
+    "MSDNet (max-prob)": MaxProbPolicy,
+    "PABEE (patience)": PatiencePolicy,
+    "Static": StaticPolicy,
+}
+EENET = "EENet"
+ORACLE = "Oracle (upper bound)"
+
+
+def compare_policies(val_probs, val_labels, test_probs, test_labels, costs, budgets, seed: int = 0,
+                     schedulers: dict | None = None, scheduler_kwargs: dict | None = None, progress: bool = True) -> dict:
+    """Calibrate every method on validation at every budget and evaluate it on test.
+
+    Args:
+        val_probs/test_probs: ``[N, K, C]`` all-exit softmax outputs; ``val_labels``/``test_labels``: ``[N]``.
+        costs: ``[K]`` cumulative costs (fractions of the full cost); budgets: fractions.
+        schedulers: optional ``{budget: fitted EENetScheduler}`` (e.g. the model's bank) to use instead of fitting.
+    Returns:
+        ``{"budgets": [...], "methods": {name: [evaluate_exits(...) + {"budget", "calibration_cost"}] per budget},
+        "full_model": {...}, "per_exit_accuracy": [...], "scheduler_fit_seconds": {budget: s}}``.
+    """
+    from tqdm.auto import tqdm
+
+    k = len(costs)
+    n_test = len(test_labels)
+    last = np.full(n_test, k - 1)
+    full = evaluate_exits(test_probs, test_labels, last, costs)
+    out = {"budgets": [float(b) for b in budgets], "costs": [float(c) for c in costs], "methods": {},
+           "full_model": {"accuracy": full["accuracy"], "mean_cost": full["mean_cost"]},
+           "per_exit_accuracy": full["per_exit_accuracy"], "scheduler_fit_seconds": {}}
+    names = [EENET, *BASELINES, ORACLE]
+    for name in names:
+        out["methods"][name] = []
+    for b in tqdm(budgets, desc="policies x budgets", disable=not progress):
+        b = float(b)
+        if schedulers and b in schedulers:
+            sched = schedulers[b]
+        else:
+            t0 = time.perf_counter()
+            sched = EENetScheduler(**(scheduler_kwargs or {})).fit(val_probs, val_labels, costs, b, seed=seed)
+            out["scheduler_fit_seconds"][b] = time.perf_counter() - t0
+        policies = {EENET: sched}
+        for name, cls in BASELINES.items():
+            policies[name] = cls.calibrate(val_probs, val_labels, costs, b)
+        for name, pol in policies.items():
+            res = evaluate_exits(test_probs, test_labels, pol.exit_index(test_probs), costs, budget=b)
+            res.update(budget=b, calibration_cost=float(
+                evaluate_exits(val_probs, val_labels, pol.exit_index(val_probs), costs)["mean_cost"]))
+            out["methods"][name].append(res)
+        oracle = OraclePolicy.calibrate(test_probs, test_labels, costs, b)
+        res = evaluate_exits(test_probs, test_labels, oracle.exit_index(test_probs, test_labels), costs, budget=b)
+        res.update(budget=b, calibration_cost=None)
+        out["methods"][ORACLE].append(res)
+    return out
+
+
+def results_table(results: dict, fmt: str = "md") -> str:
+    """Markdown table: one row per budget, accuracy (realised cost) per method."""
+    names = list(results["methods"])
+    head = "| budget | " + " | ".join(names) + " |"
+    sep = "|---:|" + "---:|" * len(names)
+    rows = [head, sep]
+    for i, b in enumerate(results["budgets"]):
+        cells = []
+        for n in names:
+            r = results["methods"][n][i]
+            cells.append(f"{100 * r['accuracy']:.2f} ({r['mean_cost']:.3f})")
+        rows.append(f"| {b:.2f} | " + " | ".join(cells) + " |")
+    full = results["full_model"]
+    rows.append(f"\nFull model (all {len(results['costs'])} layers): accuracy {100 * full['accuracy']:.2f}, cost 1.000. "
+                "Cells: test accuracy % (realised mean cost as a fraction of the full model).")
+    return "\n".join(rows)
+
+
+def plot_results(results: dict, path: str, title: str = "") -> str:
+    """Accuracy vs realised cost on test, one line per method, the full model as a star. Writes a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    styles = {EENET: dict(color="C3", marker="o", lw=2.2), ORACLE: dict(color="k", ls=":", marker=".")}
+    for name, rows in results["methods"].items():
+        xs = [r["mean_cost"] for r in rows]
+        ys = [100 * r["accuracy"] for r in rows]
+        ax.plot(xs, ys, label=name, **styles.get(name, dict(marker="s", ms=4, alpha=0.85)))
+    full = results["full_model"]
+    ax.scatter([1.0], [100 * full["accuracy"]], marker="*", s=160, color="C2", zorder=5, label="full model")
+    ax.set_xlabel("realised mean cost (fraction of the full model)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["compare_policies", "results_table", "plot_results", "BASELINES", "EENET", "ORACLE"]

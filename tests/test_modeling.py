@@ -1,0 +1,332 @@
+"""Multi-exit models: configs, loading, losses, real early exit and its parity with offline / bs=1 decisions."""
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import ROOT, random_batch, tiny_kwargs, tiny_model
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
+
+import hf_eenet
+from hf_eenet import MaxProbPolicy
+
+# ---------------------------------------------------------------------------------------------------- configs
+
+
+def test_config_defaults_and_roundtrip(tmp_path):
+    cfg = hf_eenet.EENetBertConfig(**tiny_kwargs(layers=4))
+    assert cfg.model_type == "eenet-bert"
+    assert cfg.exit_layers == [1, 2, 3, 4]
+    assert cfg.exit_costs[-1] == 1.0 and all(a < b for a, b in zip(cfg.exit_costs, cfg.exit_costs[1:]))
+    cfg2 = hf_eenet.EENetRobertaConfig(**tiny_kwargs(layers=6), exit_layers=[2, 4, 6])
+    cfg2.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is hf_eenet.EENetRobertaConfig
+    assert loaded.exit_layers == [2, 4, 6] and loaded.model_type == "eenet-roberta"
+    assert loaded.to_diff_dict() == cfg2.to_diff_dict()
+
+
+@pytest.mark.parametrize(
+    "layers, err, match",
+    [
+        ([1, 2, 5], ValueError, "out of range"),
+        ([0, 4], ValueError, "out of range"),
+        ([2, 1, 4], ValueError, "strictly increasing"),
+        ([2, 2, 4], ValueError, "strictly increasing"),
+        ([1, 2], ValueError, "last exit layer"),
+        ([], ValueError, "empty"),
+        (["a", 4], TypeError, "ints"),
+        ("1234", TypeError, "list of ints"),
+    ],
+)
+def test_config_rejects_bad_exit_layers(layers, err, match):
+    with pytest.raises(err, match=match):
+        hf_eenet.EENetBertConfig(**tiny_kwargs(layers=4), exit_layers=layers)
+
+
+def test_config_rejects_bad_costs_and_budgets():
+    with pytest.raises(ValueError, match="exit_costs has 2 entries"):
+        hf_eenet.EENetBertConfig(**tiny_kwargs(layers=4), exit_costs=[0.5, 1.0])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        hf_eenet.EENetBertConfig(**tiny_kwargs(layers=2), exit_costs=[1.0, 0.5])
+    with pytest.raises(ValueError, match="default_budget"):
+        hf_eenet.EENetBertConfig(**tiny_kwargs(layers=2), default_budget=1.5)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def test_load_plain_minilm_checkpoint(minilm_dir):
+    model, info = hf_eenet.EENetBertForSequenceClassification.from_pretrained(
+        minilm_dir, num_labels=2, exit_layers=[1, 2, 3, 4, 5, 6], output_loading_info=True
+    )
+    assert model.config.exit_layers == [1, 2, 3, 4, 5, 6] and model.config.model_type == "eenet-bert"
+    missing = set(info["missing_keys"])
+    assert not [k for k in missing if k.startswith("bert.")], f"backbone keys missing: {missing}"
+    assert missing == {f"exit_heads.{i}.{m}.{p}" for i in range(5) for m in ("dense", "out_proj")
+                       for p in ("weight", "bias")} | {"classifier.weight", "classifier.bias"}
+    ckpt = load_file(f"{minilm_dir}/model.safetensors")
+    # the last exit reuses the pretrained pooler; the backbone is the checkpoint's
+    torch.testing.assert_close(model.bert.pooler.dense.weight, ckpt["pooler.dense.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        model.bert.encoder.layer[3].output.dense.weight, ckpt["encoder.layer.3.output.dense.weight"], rtol=0, atol=0
+    )
+    # new heads are initialised by _init_weights (normal(0, initializer_range), zero bias), not left empty
+    w = model.exit_heads[0].dense.weight
+    assert torch.isfinite(w).all() and abs(w.std().item() - model.config.initializer_range) < 0.005
+    assert torch.count_nonzero(model.exit_heads[0].dense.bias) == 0
+
+
+def test_minilm_early_exit_end_to_end(minilm_dir, tmp_path):
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(minilm_dir, num_labels=2).eval()
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    batch = tok(["a gripping , funny film", "dull", "it is long and it is boring , and nothing happens at all ."],
+                padding=True, return_tensors="pt")
+    with torch.no_grad():
+        full = model(**batch)
+        assert full.exit_logits.shape == (3, 6, 2) and full.logits.shape == (3, 2)
+        torch.testing.assert_close(full.logits, full.exit_logits[:, -1])
+        probs = full.exit_logits.softmax(-1)
+        thr = [probs[:, k].max(-1).values.median().item() for k in range(6)]
+        pol = MaxProbPolicy(thr)
+        ee = model(**batch, exit_policy=pol)
+        expect = pol.exit_index(probs)
+        assert torch.equal(ee.exit_index, expect)
+        torch.testing.assert_close(ee.logits, full.exit_logits[torch.arange(3), expect], atol=1e-4, rtol=1e-4)
+        assert ee.exit_layer.tolist() == [model.config.exit_layers[i] for i in expect.tolist()]
+    model.save_pretrained(tmp_path)
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(again) is hf_eenet.EENetBertForSequenceClassification
+    with torch.no_grad():
+        assert torch.equal(again(**batch).exit_logits, full.exit_logits)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_save_reload_bit_exact_and_safetensors_only(kind, tmp_path):
+    model = tiny_model(kind, exit_layers=[1, 3, 4])
+    model.save_pretrained(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert "model.safetensors" in files and not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_eenet.")
+    assert {"modeling_eenet.py", "configuration_eenet.py", "policies.py"} <= set(files)
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(again) is type(model)
+    sd1, sd2 = model.state_dict(), again.state_dict()
+    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    batch = random_batch(pad_id=model.config.pad_token_id)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).exit_logits, again(**batch).exit_logits)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_last_exit_equals_stock_classifier(kind, tmp_path):
+    """A fine-tuned stock classifier loads into the last exit unchanged (same logits)."""
+    torch.manual_seed(0)
+    if kind == "bert":
+        stock = BertForSequenceClassification(BertConfig(**tiny_kwargs()))
+        cls = hf_eenet.EENetBertForSequenceClassification
+    else:
+        stock = RobertaForSequenceClassification(RobertaConfig(**tiny_kwargs(pad_token_id=1)))
+        cls = hf_eenet.EENetRobertaForSequenceClassification
+    stock.save_pretrained(tmp_path)
+    model, info = cls.from_pretrained(tmp_path, output_loading_info=True)
+    assert all(k.startswith("exit_heads.") for k in info["missing_keys"]), info["missing_keys"]
+    batch = random_batch(pad_id=stock.config.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(**batch).logits, stock.eval()(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- losses
+
+
+def test_multi_exit_loss_weights_and_regression():
+    model = tiny_model("bert").train()
+    batch = random_batch(n=6)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    out = model(**batch, labels=labels)
+    k = model.config.num_exits
+    w = [(i + 1) / (k * (k + 1) / 2) for i in range(k)]
+    expect = sum(w[i] * torch.nn.functional.cross_entropy(out.exit_logits[:, i], labels) for i in range(k))
+    torch.testing.assert_close(out.loss, expect)
+    out.loss.backward()
+    assert model.exit_heads[0].dense.weight.grad is not None and model.classifier.weight.grad is not None
+
+    reg = tiny_model("roberta", num_labels=1).train()
+    y = torch.randn(6)
+    out = reg(**random_batch(n=6, pad_id=1), labels=y)
+    assert reg.config.problem_type == "regression"
+    expect = sum(w[i] * torch.nn.functional.mse_loss(out.exit_logits[:, i, 0], y) for i in range(k))
+    torch.testing.assert_close(out.loss, expect)
+
+
+# ---------------------------------------------------------------------------------------------------- early exit
+
+
+def _mixed_thresholds(model, batch):
+    """Per-exit median max-prob thresholds: the rows spread over several exits."""
+    with torch.no_grad():
+        probs = model(**batch).exit_logits.softmax(-1)
+    return [probs[:, k].max(-1).values.median().item() for k in range(probs.shape[1])], probs
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("token_types", [True, False])
+def test_early_exit_parity(kind, attn, token_types):
+    model = tiny_model(kind, attn=attn, seed=1, layers=6, exit_layers=[1, 2, 3, 4, 5, 6])
+    pad = model.config.pad_token_id
+    batch = random_batch(n=16, max_len=24, seed=3, pad_id=pad, token_types=token_types)
+    thr, probs = _mixed_thresholds(model, batch)
+    policy = MaxProbPolicy(thr)
+    offline = policy.exit_index(probs)
+    assert len(set(offline.tolist())) >= 3, "test needs rows spread over several exits"
+    with torch.no_grad():
+        all_logits = model(**batch).exit_logits
+        ee = model(**batch, exit_policy=policy)
+        # (a) online early exit == all exits + same policy offline
+        assert torch.equal(ee.exit_index, offline)
+        torch.testing.assert_close(ee.logits, all_logits[torch.arange(16), offline], atol=1e-4, rtol=1e-4)
+        # (b) == each sample alone (bs = 1, its own unpadded length)
+        for i in range(16):
+            n = int(batch["attention_mask"][i].sum())
+            one = {k: v[i : i + 1, :n] for k, v in batch.items()}
+            single = model(**one, exit_policy=policy)
+            assert single.exit_index.item() == ee.exit_index[i].item()
+            torch.testing.assert_close(single.logits[0], ee.logits[i], atol=1e-4, rtol=1e-4)
+
+
+def test_rows_really_leave_the_batch():
+    model = tiny_model("bert", layers=6, exit_layers=[2, 4, 6])
+    batch = random_batch(n=10, max_len=16, seed=5)
+    thr, probs = _mixed_thresholds(model, batch)
+    policy = MaxProbPolicy(thr)
+    seen = []
+    hooks = [layer.register_forward_hook(lambda m, a, o: seen.append(tuple(a[0].shape[:2])))
+             for layer in model.bert.encoder.layer]
+    with torch.no_grad():
+        out = model(**batch, exit_policy=policy)
+    for h in hooks:
+        h.remove()
+    running = [(out.exit_index >= k).sum().item() for k in range(3)]  # rows alive after each exit
+    assert [s[0] for s in seen] == [10, 10, running[1], running[1], running[2], running[2]]
+    assert running[1] < 10, "some rows must exit at the first exit for this test"
+    # an all-stop policy never runs the layers after the exit
+    seen.clear()
+    hooks = [layer.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0])) for layer in model.bert.encoder.layer]
+    with torch.no_grad():
+        out = model(**batch, exit_policy=MaxProbPolicy([0.0, 0.0, 0.0]))
+    for h in hooks:
+        h.remove()
+    assert seen == [10, 10] and out.exit_index.eq(0).all() and out.exit_layer.eq(2).all()
+
+
+def test_trailing_padding_is_trimmed_after_shrink():
+    model = tiny_model("bert", layers=4, exit_layers=[1, 4])
+    batch = random_batch(n=4, max_len=20, seed=7, min_len=3)
+    batch["attention_mask"][1:, 6:] = 0  # rows 1..3 are short; row 0 is long
+    batch["input_ids"][1:, 6:] = 0
+    lengths = []
+    hooks = [layer.register_forward_hook(lambda m, a, o: lengths.append(a[0].shape[1])) for layer in model.bert.encoder.layer]
+
+    class StopFirstRow(MaxProbPolicy):
+        def init_state(self, batch_size, device="cpu"):
+            return {"row": torch.arange(batch_size)}
+
+        def decide(self, k, probs, state):
+            return state["row"] == 0
+
+    with torch.no_grad():
+        model(**batch, exit_policy=StopFirstRow([0.0, 0.0]))
+    for h in hooks:
+        h.remove()
+    assert lengths == [20, 6, 6, 6]
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = tiny_model("bert", layers=4)
+    batch = random_batch(n=3)
+    with pytest.raises(ValueError, match="built for 3 exits but the model has 4"):
+        model(**batch, exit_policy=MaxProbPolicy([0.5, 0.5, 0.5]))
+    with pytest.raises(ValueError, match="NaN"):
+        MaxProbPolicy([0.5, float("nan"), 0.5, 0.5])
+    with pytest.raises(TypeError, match="thresholds"):
+        MaxProbPolicy(0.5)
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"][:, :-1])
+    with pytest.raises(ValueError, match="empty batch"):
+        model(input_ids=torch.zeros((0, 5), dtype=torch.long))
+    with pytest.raises(TypeError, match="input_ids must be a torch.Tensor"):
+        model(input_ids=[[1, 2, 3]])
+    with pytest.raises(TypeError, match="ExitPolicy"):
+        model(**batch, exit_policy=[0.5] * 4)
+    with pytest.raises(ValueError, match="no fitted EENet scheduler"):
+        model(**batch, budget=0.5)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        model(**batch, budget=float("nan"))
+
+
+# ---------------------------------------------------------------------------------------------------- Hub export
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_trust_remote_code_without_hf_eenet(kind, tmp_path):
+    model = tiny_model(kind, layers=3)
+    model.save_pretrained(tmp_path)
+    batch = random_batch(n=5, pad_id=model.config.pad_token_id)
+    with torch.no_grad():
+        expect = model(**batch).exit_logits
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in batch.items()}, str(tmp_path / "batch.safetensors"))
+    script = textwrap.dedent(
+        f"""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "hf_eenet" or name.startswith("hf_eenet."):
+                    raise ImportError("hf_eenet is blocked in this test")
+        sys.meta_path.insert(0, Block())
+        sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoModelForSequenceClassification
+        try:
+            import hf_eenet
+            raise SystemExit("hf_eenet should not be importable here")
+        except ImportError:
+            pass
+        m = AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+        assert "hf_eenet" not in type(m).__module__, type(m).__module__
+        b = load_file({str(tmp_path / "batch.safetensors")!r})
+        with torch.no_grad():
+            out = m(**b).exit_logits
+        from safetensors.torch import save_file
+        save_file({{"out": out.contiguous()}}, {str(tmp_path / "out.safetensors")!r})
+        print(type(m).__name__)
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(tmp_path),
+                         env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+                              "HF_HOME": str(tmp_path / "hf_home")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert type(model).__name__ in res.stdout
+    got = load_file(str(tmp_path / "out.safetensors"))["out"]
+    torch.testing.assert_close(got, expect, atol=1e-6, rtol=1e-6)
+    assert not math.isnan(got.sum().item())

@@ -1,0 +1,344 @@
+"""EENetTrainer (GA parity, per-exit metrics, scheduler bank, resume), the budgeted pipeline, Hub export, DDP."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA_DIR, ROOT, tiny_kwargs
+from datasets import Dataset
+from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments, pipeline
+
+import hf_eenet
+
+WORDS_POS = "good great fine lovely superb wonderful funny gripping".split()
+WORDS_NEG = "bad awful dull boring stale thin poor weak".split()
+FILL = "the a film plot story it was is and of movie this with".split()
+
+
+def toy_texts(n, seed=0):
+    """Sentiment toy task: label = which word list the cue words come from; some texts are made harder."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for i in range(n):
+        y = int(rng.integers(0, 2))
+        cue = WORDS_POS if y else WORDS_NEG
+        other = WORDS_NEG if y else WORDS_POS
+        words = list(rng.choice(FILL, size=int(rng.integers(3, 12))))
+        n_cue = int(rng.integers(1, 4))
+        for _ in range(n_cue):
+            words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(cue)))
+        if rng.random() < 0.3:
+            words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(other)))
+        texts.append(" ".join(words))
+        labels.append(y)
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def tok(minilm_dir):
+    return AutoTokenizer.from_pretrained(minilm_dir)
+
+
+def toy_model(seed=0, layers=4, **over):
+    torch.manual_seed(seed)
+    cfg = hf_eenet.EENetBertConfig(**tiny_kwargs(num_labels=2, layers=layers, vocab_size=30522, **over),
+                                   id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    return hf_eenet.EENetBertForSequenceClassification(cfg)
+
+
+def toy_dataset(tok, n, seed=0):
+    texts, labels = toy_texts(n, seed)
+    ds = Dataset.from_dict({"text": texts, "labels": labels})
+    return ds.map(lambda b: tok(b["text"], truncation=True, max_length=32), batched=True, remove_columns=["text"])
+
+
+def targs(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, save_strategy="no",
+                per_device_eval_batch_size=64, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(tok, tmp_path_factory):
+    """A tiny 4-exit model trained on the toy task, with a fitted scheduler bank, saved with the pipeline code."""
+    tmp = tmp_path_factory.mktemp("trained")
+    model = toy_model(seed=1)
+    train, val = toy_dataset(tok, 768, seed=1), toy_dataset(tok, 384, seed=2)
+    trainer = hf_eenet.EENetTrainer(
+        model=model, args=targs(tmp, num_train_epochs=3, per_device_train_batch_size=32, learning_rate=3e-3),
+        train_dataset=train, eval_dataset=val, processing_class=tok, data_collator=DataCollatorWithPadding(tok),
+        self_distillation=True)
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    info = trainer.fit_scheduler(budgets=[0.4, 0.6, 0.8], seed=0)
+    d = tmp / "model"
+    trainer.save_model(str(d))
+    return {"trainer": trainer, "model": model.eval(), "dir": str(d), "before": before, "after": after, "info": info,
+            "val": val}
+
+
+# --------------------------------------------------------------------------------------------------- trainer
+
+
+def test_training_learns_and_logs_per_exit_accuracy(trained):
+    before, after = trained["before"], trained["after"]
+    assert after["eval_loss"] < 0.7 * before["eval_loss"]
+    keys = [f"eval_accuracy_exit_{k}" for k in range(1, 5)]
+    assert all(k in after for k in keys), after.keys()
+    assert after["eval_accuracy_exit_4"] > 0.8
+    assert after["eval_accuracy"] == after["eval_accuracy_exit_4"]
+
+
+def test_gradient_accumulation_parity(tok, tmp_path):
+    data = toy_dataset(tok, 16, seed=3)
+    states = []
+    for bs, ga in ((16, 1), (8, 2)):
+        model = toy_model(seed=4)
+        args = targs(tmp_path / f"{bs}", per_device_train_batch_size=bs, gradient_accumulation_steps=ga, max_steps=1,
+                     learning_rate=0.5, optim="sgd", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0)
+        hf_eenet.EENetTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                              data_collator=DataCollatorWithPadding(tok)).train()
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    init = toy_model(seed=4).state_dict()
+    moved = [k for k in init if not torch.equal(init[k], states[0][k])]
+    assert moved, "the update must change the weights"
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], atol=1e-5, rtol=1e-4)
+
+
+def test_resume_from_checkpoint_gives_same_result(tok, tmp_path):
+    data = toy_dataset(tok, 64, seed=5)
+    kw = dict(per_device_train_batch_size=8, max_steps=6, learning_rate=1e-3, save_strategy="steps", save_steps=3,
+              lr_scheduler_type="linear")
+    full = toy_model(seed=6)
+    hf_eenet.EENetTrainer(model=full, args=targs(tmp_path / "a", **kw), train_dataset=data, processing_class=tok,
+                          data_collator=DataCollatorWithPadding(tok)).train()
+    part = toy_model(seed=6)
+    hf_eenet.EENetTrainer(model=part, args=targs(tmp_path / "b", **kw), train_dataset=data, processing_class=tok,
+                          data_collator=DataCollatorWithPadding(tok)).train()
+    ckpt = tmp_path / "b" / "out" / "checkpoint-3"
+    assert (ckpt / "model.safetensors").exists()
+    resumed = toy_model(seed=99)
+    hf_eenet.EENetTrainer(model=resumed, args=targs(tmp_path / "b", **kw), train_dataset=data, processing_class=tok,
+                          data_collator=DataCollatorWithPadding(tok)).train(resume_from_checkpoint=str(ckpt))
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-6, rtol=1e-5)
+
+
+def test_fit_scheduler_bank_and_budget_lookup(trained):
+    model, info = trained["model"], trained["info"]
+    assert model.config.scheduler_budgets == [0.4, 0.6, 0.8]
+    assert model.config.default_budget == 0.4 or model.config.default_budget == 0.6
+    assert len(model.eenet_schedulers) == 3
+    for b, r in info.items():
+        assert abs(r["validation"]["mean_cost"] - b) / b < 0.05, (b, r["validation"])
+    # between grid points: the largest fitted budget not above the request
+    assert model.get_exit_policy(0.7) is model.eenet_schedulers[1]
+    assert model.get_exit_policy(0.8) is model.eenet_schedulers[2]
+    with pytest.raises(ValueError, match=r"outside the fitted range \[0.4, 0.8\]"):
+        model.get_exit_policy(0.3)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        model.get_exit_policy(1.5)
+    with pytest.raises(TypeError, match="number"):
+        model.get_exit_policy("0.5")
+
+
+def test_saved_model_reloads_with_identical_decisions(trained, tok):
+    from transformers import AutoModelForSequenceClassification
+
+    d = trained["dir"]
+    files = os.listdir(d)
+    assert "model.safetensors" in files and not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    assert cfg["scheduler_budgets"] == [0.4, 0.6, 0.8] and "auto_map" in cfg
+    again = AutoModelForSequenceClassification.from_pretrained(d).eval()
+    texts, _ = toy_texts(40, seed=9)
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        for b in (0.4, 0.6, 0.8):
+            o1, o2 = trained["model"](**batch, budget=b), again(**batch, budget=b)
+            assert torch.equal(o1.exit_index, o2.exit_index)
+            torch.testing.assert_close(o1.logits, o2.logits, atol=1e-6, rtol=1e-6)
+
+
+def test_budget_early_exit_matches_offline_scheduler(trained, tok):
+    model = trained["model"]
+    texts, _ = toy_texts(48, seed=10)
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**batch).exit_logits.softmax(-1)
+        for b in (0.4, 0.8):
+            sched = model.get_exit_policy(b)
+            online = model(**batch, budget=b).exit_index
+            assert torch.equal(online, sched.exit_index(probs))
+    assert len(set(model(**batch, budget=0.4).exit_index.tolist())) >= 2
+
+
+# --------------------------------------------------------------------------------------------------- pipeline
+
+
+@pytest.fixture(scope="module")
+def clf(trained):
+    return pipeline("text-classification", model=trained["dir"])
+
+
+def test_pipeline_fields_budget_and_batch_parity(clf, trained):
+    assert isinstance(clf, hf_eenet.EENetTextClassificationPipeline)
+    texts, _ = toy_texts(20, seed=11)
+    one = clf(texts, budget=0.4, batch_size=1)
+    many = clf(texts, budget=0.4, batch_size=8)
+    assert len(one) == 20 and set(one[0]) == {"label", "score", "exit_layer", "cost"}
+    assert one[0]["label"] in ("negative", "positive")
+    for a, b in zip(one, many):
+        assert a["label"] == b["label"] and a["exit_layer"] == b["exit_layer"]
+        assert math.isclose(a["score"], b["score"], abs_tol=1e-4)
+    layers = {r["exit_layer"] for r in many}
+    assert layers <= set(trained["model"].config.exit_layers)
+    costs = dict(zip(trained["model"].config.exit_layers, trained["model"].config.exit_costs))
+    assert all(math.isclose(r["cost"], costs[r["exit_layer"]], rel_tol=1e-6) for r in many)
+    mean_lo = np.mean([r["cost"] for r in clf(texts, budget=0.4, batch_size=8)])
+    mean_hi = np.mean([r["cost"] for r in clf(texts, budget=0.8, batch_size=8)])
+    assert mean_lo < mean_hi
+    # default budget from the config when none is given
+    d = trained["model"].config.default_budget
+    assert [r["exit_layer"] for r in clf(texts, batch_size=8)] == [r["exit_layer"] for r in clf(texts, budget=d, batch_size=8)]
+
+
+def test_pipeline_top_k_and_truncation(clf):
+    res = clf("a good film", budget=0.6, top_k=None)
+    assert len(res) == 2 and {r["label"] for r in res} == {"negative", "positive"} and "exit_layer" in res[0]
+    assert res[0]["score"] >= res[1]["score"]
+    long_text = " ".join(["good"] * 10_000)
+    out = clf(long_text, budget=0.6)
+    assert out[0]["label"] in ("negative", "positive")
+
+
+@pytest.mark.parametrize(
+    "inputs, kwargs, err, match",
+    [
+        ("", {}, ValueError, "empty string"),
+        ("   ", {}, ValueError, "empty string"),
+        (None, {}, ValueError, "None"),
+        (["ok", 3], {}, TypeError, "must be str"),
+        ("fine", {"budget": float("nan")}, ValueError, r"\(0, 1\]"),
+        ("fine", {"budget": 0.0}, ValueError, r"\(0, 1\]"),
+        ("fine", {"budget": 1.5}, ValueError, r"\(0, 1\]"),
+        ("fine", {"budget": 0.2}, ValueError, "outside the fitted range"),
+    ],
+)
+def test_pipeline_bad_input(clf, inputs, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        clf(inputs, **kwargs)
+
+
+def test_budget_on_model_without_scheduler_says_how_to_fit(tok):
+    p = pipeline("text-classification", model=toy_model().eval(), tokenizer=tok)
+    assert "exit_layer" in p("good")[0]  # no bank, no budget: the full model
+    with pytest.raises(ValueError, match="fit_scheduler"):
+        p("good", budget=0.5)
+
+
+def test_pipeline_thread_safety(clf):
+    texts, _ = toy_texts(24, seed=12)
+    budgets = [0.4, 0.6, 0.8, 0.4]
+    expected = [clf(texts, budget=b, batch_size=4) for b in budgets]
+    got, errors = [None] * 4, []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                got[i] = clf(texts, budget=budgets[i], batch_size=4)
+                assert got[i] == expected[i]
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert got == expected
+
+
+def test_pipeline_reloads_without_hf_eenet(clf, trained, tmp_path):
+    """push_to_hub path: the folder carries auto_map, custom_pipelines and code; a clean process needs no hf_eenet."""
+    d = tmp_path / "hub"
+    clf.save_pretrained(str(d))
+    cfg = json.loads((d / "config.json").read_text())
+    assert "eenet-text-classification" in cfg["custom_pipelines"] and "auto_map" in cfg
+    assert (d / "pipeline_eenet.py").exists() and (d / "modeling_eenet.py").exists()
+    texts, _ = toy_texts(12, seed=13)
+    expect = clf(texts, budget=0.6, batch_size=4)
+    script = textwrap.dedent(f"""
+        import json, sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "hf_eenet" or name.startswith("hf_eenet."):
+                    raise ImportError("blocked")
+        sys.meta_path.insert(0, Block())
+        sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
+        from transformers import pipeline
+        clf = pipeline(model={str(d)!r}, trust_remote_code=True)
+        assert "hf_eenet" not in type(clf).__module__
+        print(json.dumps(clf({texts!r}, budget=0.6, batch_size=4)))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [g["label"] for g in got] == [e["label"] for e in expect]
+    assert [g["exit_layer"] for g in got] == [e["exit_layer"] for e in expect]
+
+
+# --------------------------------------------------------------------------------------------------- DDP and data
+
+
+def test_ddp_two_processes_identical_weights(tmp_path, minilm_dir):
+    script = ROOT / "tests" / "ddp_worker.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "EENET_DDP_OUT": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29517", str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    sums = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert sums[0]["world_size"] == 2 and sums[1]["world_size"] == 2
+    assert sums[0]["steps"] == sums[1]["steps"] > 0
+    assert sums[0]["moved"], "training must change the weights"
+    assert sums[0]["checksum"] == sums[1]["checksum"]
+
+
+def test_data_dir_missing_split_names_the_file(tmp_path):
+    from hf_eenet.data import load_task
+
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.tsv").write_text("sentence\tlabel\ngood \t1\n")
+    with pytest.raises(FileNotFoundError, match="validation.tsv"):
+        load_task("sst2", str(tmp_path))
+
+
+@pytest.mark.skipif(not (DATA_DIR / "sst2" / "validation.tsv").exists(), reason="needs ../shared/data/sst2 (or EENET_DATA_DIR)")
+def test_recipe_end_to_end_small(tmp_path):
+    from hf_eenet.recipe import main
+
+    out = tmp_path / "run"
+    res = main(["--dataset", "sst2", "--data_dir", str(DATA_DIR), "--output_dir", str(out), "--do_train",
+                "--max_steps", "3", "--per_device_train_batch_size", "8", "--max_train_samples", "64",
+                "--max_test_samples", "200", "--budgets", "0.5,0.8", "--max_length", "48", "--report_to", "none",
+                "--use_cpu", "--save_strategy", "no", "--quiet", "--per_device_eval_batch_size", "128"])
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["methods"]) >= {"EENet", "BranchyNet (entropy)", "MSDNet (max-prob)", "PABEE (patience)",
+                                    "Static", "Oracle (upper bound)"}
+    assert data["budgets"] == [0.5, 0.8] and data["splits"]["test"] == 200 and res["budgets"] == [0.5, 0.8]
+    assert (out / "accuracy_vs_cost.png").stat().st_size > 1000
+    card = (out / "README.md").read_text()
+    assert "model-index" in card and "budget 0.50" in card
+    assert json.loads((out / "config.json").read_text())["scheduler_budgets"] == [0.5, 0.8]
