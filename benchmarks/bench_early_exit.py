@@ -84,7 +84,7 @@ def main():
     stock = BertForSequenceClassification.from_pretrained(ckpt, num_labels=2).eval()
     model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(ckpt, num_labels=2).eval()
     k = model.config.num_exits
-    texts = load_texts(args.texts, 32 * 8)
+    texts = load_texts(args.texts, 32 * 12)
 
     mixes = {
         "all exit at layer 3 of 6": [2],

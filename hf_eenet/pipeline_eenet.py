@@ -55,7 +55,19 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
             if not t.strip():
                 raise ValueError("the pipeline got an empty string; give non-empty text")
         tokenizer_kwargs.setdefault("truncation", True)
+        if tokenizer_kwargs["truncation"] and "max_length" not in tokenizer_kwargs:
+            tokenizer_kwargs["max_length"] = self._max_tokens()
         return super().preprocess(inputs, **tokenizer_kwargs)
+
+    def _max_tokens(self) -> int:
+        """Longest input the model takes: its position table (RoBERTa positions start after the padding index),
+        capped by the tokenizer's own limit."""
+        config = self.model.config
+        limit = getattr(config, "max_position_embeddings", None) or 512
+        if "roberta" in getattr(config, "model_type", ""):
+            limit -= (config.pad_token_id or 0) + 1
+        tok_limit = getattr(self.tokenizer, "model_max_length", None)
+        return min(limit, tok_limit) if tok_limit and tok_limit < 10**6 else limit
 
     def _forward(self, model_inputs, budget=None, exit_policy=None):
         if not self._is_early_exit_model():

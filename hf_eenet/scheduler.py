@@ -48,7 +48,8 @@ Deliberate deviations from the authors' code (github.com/git-disl/EENet a5e80c8)
 5. Ties at the clamp bounds: clamping makes q = 0 or q = 1 common, and a threshold sitting on such a tie cannot
    split it, so budgets could not be met. The comparison q_k >= t_k breaks ties by the raw score q^_k, which is the
    same as comparing q^_k >= t_k; thresholds are therefore stored on the raw-score scale.
-6. The KL teacher t is built from detached q (no gradient flows from L_kl into the utility heads).
+6. The KL teacher t is built from detached q, so L_kl trains only the assignment heads (upstream detaches too;
+   listed because the paper leaves it open, and a live teacher would let L_kl pull q towards pi).
 7. t_K = -inf (upstream uses 0, which can leave a sample with nowhere to exit); and t_k = -inf whenever the plan
    sends *every* remaining row to exit k (so budget = c_1 sends all rows, even unseen ones, to exit 1).
 8. Thresholds sit halfway between the n_k-th and the next lower fitting score (same split of the fitting data);
@@ -65,9 +66,13 @@ Deliberate deviations from the authors' code (github.com/git-disl/EENet a5e80c8)
     from the default init many rows start with q^ < 0 or > 1, where the clamp has zero gradient. The BCE input is
     clipped to [1e-6, 1 - 1e-6] (numerically safe BCE, same zero gradient outside [0, 1]).
 13. Hyper-parameters (tuned on synthetic data only; paper values in comments at ``__init__``): lr 1e-2 (paper 3e-5,
-    which barely moves the nets), batch 2048 (paper 512), at most 300 epochs (paper 1000) with patience 40 (100),
-    4 restarts (10). With these a fit on N = 10,000, K = 6, C = 4 takes a few seconds on 2 CPU cores
-    (``benchmarks/bench_scheduler_fit.py``). rho, beta, alpha_kl, alpha_cost, period, weight decay: paper values.
+    which barely moves the nets), mini-batches of ceil(N / 8) rows capped at 1024 (paper 512: a fixed size gives
+    small validation sets, e.g. 872 rows, only 2 steps per epoch), at most 100 epochs (paper 1000) with patience
+    20 = one q- plus one r-phase (paper 100), 3 restarts (paper 10; on synthetic data the spread between restarts
+    was ~0.1 accuracy points, while 100 instead of 40 epochs gained ~1 point). A fit on N = 10,000, K = 6, C = 4
+    takes ~10 s on 2 CPU cores (``benchmarks/bench_scheduler_fit.py``). rho, beta, alpha_kl, alpha_cost, period,
+    weight decay and the 10 % budget tolerance are the paper's.
+Numerics: training runs in float32; scores for thresholds and decisions are computed in float64.
 """
 
 from __future__ import annotations
@@ -127,7 +132,7 @@ class EENetScheduler(ExitPolicy, nn.Module):
         alpha_kl, alpha_cost: weights of L_kl and L_cost in the r-phase (§5).
         period: epochs per phase; q-phase and r-phase alternate (§5).
         lr, weight_decay: AdamW learning rate and decoupled weight decay.
-        batch_size: mini-batch size (``None`` = full batch).
+        batch_size: mini-batch rows (``None`` = auto: ceil(N / 8) capped at 1024, i.e. >= 8 steps per epoch).
         max_epochs, patience: epoch cap, and patience in epochs counted once the planned cost is within
             ``budget_tolerance`` of the budget.
         restarts: random restarts (seeded from ``fit(seed=...)``); the best by fitting-data accuracy is kept.
@@ -150,10 +155,10 @@ class EENetScheduler(ExitPolicy, nn.Module):
         period: int = 10,  # paper
         lr: float = 1e-2,  # paper 3e-5 (Adam): the nets barely move from their init
         weight_decay: float = 1e-2,  # paper (coupled L2 there, decoupled AdamW here)
-        batch_size: int | None = 2048,  # paper 512
-        max_epochs: int = 300,  # paper 1000
-        patience: int = 40,  # paper 100
-        restarts: int = 4,  # paper 10
+        batch_size: int | None = None,  # paper 512; None = auto, ceil(N / 8) capped at 1024
+        max_epochs: int = 100,  # paper 1000
+        patience: int = 20,  # paper 100
+        restarts: int = 3,  # paper 10
         budget_tolerance: float = 0.1,  # paper
         match_budget: bool = True,  # deviation 9; False = paper's plain mean-pi shares
     ):
@@ -192,6 +197,8 @@ class EENetScheduler(ExitPolicy, nn.Module):
         """Create the per-exit heads (zero weights; :meth:`fit` initialises them) and the decision buffers."""
         self.num_exits, self.num_classes = int(num_exits), int(num_classes)
         dims = [self.num_classes + 2 + k for k in range(self.num_exits)]  # §3 d_k = C + 2 + (k-1), 0-based k here
+        if any(int(math.floor(self.rho * d)) < 1 for d in dims):
+            raise ValueError(f"rho={self.rho} gives an empty hidden layer; use rho >= 1/{dims[0]}")
         meta = dict(device="meta", dtype=torch.float32)  # no global-RNG draw from nn.Linear's default init
         # §4 utility q^_k = w_k^T x_k (no bias)
         self.utility = nn.ModuleList(nn.Linear(d, 1, bias=False, **meta) for d in dims)
@@ -201,8 +208,6 @@ class EENetScheduler(ExitPolicy, nn.Module):
                           nn.Linear(int(math.floor(self.rho * d)), 1, **meta))
             for d in dims
         )
-        if any(int(math.floor(self.rho * d)) < 1 for d in dims):
-            raise ValueError(f"rho={self.rho} gives an empty hidden layer; use rho >= 1/{dims[0]}")
         self.utility.to_empty(device="cpu")
         self.assign.to_empty(device="cpu")
         with torch.no_grad():
@@ -243,7 +248,9 @@ class EENetScheduler(ExitPolicy, nn.Module):
         from safetensors.torch import save_file
 
         if self.num_exits is None:
-            raise RuntimeError("EENetScheduler has no networks yet: build it with num_exits/num_classes or call .fit(...)")
+            raise RuntimeError(
+                "EENetScheduler has no networks yet: build it with num_exits/num_classes or call .fit(...)"
+            )
         os.makedirs(save_directory, exist_ok=True)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, os.path.join(save_directory, WEIGHTS_NAME),
@@ -319,7 +326,8 @@ class EENetScheduler(ExitPolicy, nn.Module):
 
     @property
     def planned_cost(self) -> float:
-        """Average cost per sample the fitted thresholds plan on the fitting data (= budget up to rounding)."""
+        """Average cost per sample of the fitted thresholds on the fitting data (= budget up to half a row's cost,
+        unless tied scores, e.g. duplicate rows, cannot be split; ``fit`` warns then)."""
         self._check_fitted()
         return float(self.planned_cost_value.item())
 
@@ -332,16 +340,20 @@ class EENetScheduler(ExitPolicy, nn.Module):
     def _assign_logit(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """§4 r_{n,k} = MLP_k(x_{n,k}) (unbounded, deviation 1)."""
         lin1, _, lin2 = self.assign[k]
-        h = torch.sigmoid(F.linear(x, lin1.weight.to(x.dtype), lin1.bias.to(x.dtype)))
-        return F.linear(h, lin2.weight.to(x.dtype), lin2.bias.to(x.dtype)).squeeze(-1)
+        cast = dict(dtype=x.dtype, device=x.device)
+        h = torch.sigmoid(F.linear(x, lin1.weight.to(**cast), lin1.bias.to(**cast)))
+        return F.linear(h, lin2.weight.to(**cast), lin2.bias.to(**cast)).squeeze(-1)
 
-    def _forward(self, static: torch.Tensor, *, with_assign=True, q_grad=False, r_grad=False):
-        """All exits at once from ``_static_features(probs)`` [N, K, C+2] -> (q^ raw, q clamped, r or None), [N, K]."""
-        n, k_total, _ = static.shape
+    def _forward(self, static: torch.Tensor, rows=None, *, with_assign=True, q_grad=False, r_grad=False):
+        """All exits at once from ``static`` = ``_static_features(probs)`` laid out exit-major ``[K, N, C+2]``
+        (``rows``: an optional mini-batch of row indices) -> (q^ raw, q clamped, r or None), each ``[n, K]``."""
+        k_total = static.shape[0]
+        n = static.shape[1] if rows is None else rows.shape[0]
         q_hat, q, r = [], [], []
         for k in range(k_total):
             q_prev = torch.stack(q, -1).detach() if k else static.new_zeros(n, 0)  # §3 earlier scores, detached
-            x = torch.cat([static[:, k], q_prev], -1)  # §3 x_{n,k} (same as _exit_features)
+            # §3 x_{n,k} (same as _exit_features); per-exit gathers keep every tensor small (no intra-op threads)
+            x = torch.cat([static[k] if rows is None else static[k][rows], q_prev], -1)
             with torch.set_grad_enabled(q_grad):
                 q_hat.append(self._utility_raw(k, x))
                 q.append(q_hat[-1].clamp(0.0, 1.0))  # §4 q = clamp(q^, 0, 1), used everywhere (deviation 4)
@@ -352,7 +364,8 @@ class EENetScheduler(ExitPolicy, nn.Module):
 
     @torch.no_grad()
     def _scores64(self, probs: torch.Tensor, with_assign=False):
-        return self._forward(_static_features(probs.detach().to(torch.float64)), with_assign=with_assign)
+        static = _static_features(probs.detach().to(torch.float64)).transpose(0, 1).contiguous()
+        return self._forward(static, with_assign=with_assign)
 
     # ------------------------------------------------------------------ ExitPolicy interface (§7)
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -401,7 +414,9 @@ class EENetScheduler(ExitPolicy, nn.Module):
         probs = _as_probs_tensor(exit_probs)
         self.check_num_exits(probs.shape[1])
         if self.num_classes is not None and probs.shape[2] != self.num_classes:
-            raise ValueError(f"exit_probs has {probs.shape[2]} classes but the scheduler was built for {self.num_classes}")
+            raise ValueError(
+                f"exit_probs has {probs.shape[2]} classes but the scheduler was built for {self.num_classes}"
+            )
         return probs
 
     # ------------------------------------------------------------------ §5 losses
@@ -434,7 +449,7 @@ class EENetScheduler(ExitPolicy, nn.Module):
             budget: target average cost per sample, same unit, ``costs[0] <= budget <= costs[-1]``.
             seed: seeds initialisation and shuffling (local generators; global RNG untouched).
         Returns:
-            ``self``.
+            ``self``. Fitting runs on CPU (tiny nets); a module that lives on another device is moved back after.
         """
         import time
 
@@ -443,14 +458,28 @@ class EENetScheduler(ExitPolicy, nn.Module):
         n, k_total, n_classes = probs.shape
         if self.num_exits is None:
             self._build(k_total, n_classes)
+        device = self.exit_thresholds.device
+        self.cpu()
+        try:
+            self._fit(probs, correct, c, budget, seed, start_time)
+        finally:
+            self.to(device)
+        return self
+
+    def _fit(self, probs, correct, c, budget, seed, start_time):
+        import time
+
+        n = probs.shape[0]
+        with torch.no_grad():
+            self.fitted.fill_(False)  # a fit that fails half-way leaves an unfitted scheduler, not a mixed one
         # costs and budget are used relative to c_K (the cost loss and the tilt are scale-free)
         c_rel = c / c[-1]
         b_rel = budget / float(c[-1])
         c32 = c_rel.float()
-        static32 = _static_features(probs)  # §3 computed once; q_{<k} is appended per step
+        static32 = _static_features(probs).transpose(0, 1).contiguous()  # §3 [K, N, C+2], once; q_{<k} per step
 
         runs = []
-        best = None  # (key, restart, state, shares, counts, info)
+        best = None  # (selection key, restart, state_dict copy, thresholds, planned counts, exits on fitting data)
         for restart in range(self.restarts):
             gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + restart) % (2**63))
             self._init_parameters(gen)
@@ -475,11 +504,19 @@ class EENetScheduler(ExitPolicy, nn.Module):
 
         planned = float((counts.double() * c).sum() / n)
         realized = float(c[exits].mean())
+        if abs(realized - budget) > max(0.01 * budget, float(c[-1]) / n):
+            import warnings
+
+            warnings.warn(
+                f"EENetScheduler: the thresholds give an average cost of {realized:.6g} on the fitting data instead "
+                f"of the budget {budget:.6g}: tied utility scores (e.g. duplicate rows) cannot be split by thresholds",
+                RuntimeWarning, stacklevel=3,
+            )
         with torch.no_grad():
             self.exit_thresholds.copy_(torch.tensor(thresholds, dtype=torch.float64))
             self.exit_costs.copy_(c)
             self.budget_value.fill_(budget)
-            self.planned_cost_value.fill_(planned)
+            self.planned_cost_value.fill_(realized)
             self.fitted.fill_(True)
         self.fit_info = {
             "seconds": time.perf_counter() - start_time,
@@ -491,19 +528,18 @@ class EENetScheduler(ExitPolicy, nn.Module):
             "within_tolerance": runs[chosen]["within_tolerance"],
             "budget": budget,
             "raw_planned_cost": runs[chosen]["raw_planned_cost"],
-            "planned_cost": planned,
-            "realized_cost_fit": realized,
+            "planned_cost": planned,  # from the planned counts
+            "realized_cost_fit": realized,  # what the thresholds give on the fitting data (differs only on ties)
             "exit_shares": (counts.double() / n).tolist(),
             "runs": runs,
             "seed": int(seed),
             "num_samples": n,
         }
-        return self
 
     def _validate_fit_inputs(self, exit_probs, labels, costs, budget, seed):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
-        probs = _as_probs_tensor(exit_probs)
+        probs = _as_probs_tensor(exit_probs).cpu()
         n, k_total, n_classes = probs.shape
         if k_total < 2:
             raise ValueError(f"EENet needs at least 2 exits, exit_probs has K = {k_total}")
@@ -519,7 +555,10 @@ class EENetScheduler(ExitPolicy, nn.Module):
             try:
                 labels = torch.as_tensor(labels)
             except Exception as err:  # noqa: BLE001
-                raise TypeError(f"labels must be a tensor or array of integer class ids, got {type(labels).__name__}") from err
+                raise TypeError(
+                    f"labels must be a tensor or array of integer class ids, got {type(labels).__name__}"
+                ) from err
+        labels = labels.detach().cpu()
         if labels.dim() != 1 or labels.shape[0] != n:
             raise ValueError(f"labels must have shape [N] = [{n}], got {tuple(labels.shape)}")
         if labels.dtype == torch.bool or torch.is_floating_point(labels) or torch.is_complex(labels):
@@ -529,17 +568,24 @@ class EENetScheduler(ExitPolicy, nn.Module):
         if lo < 0 or hi >= n_classes:
             raise ValueError(f"labels must be in [0, {n_classes - 1}] (C = {n_classes}), found {lo if lo < 0 else hi}")
         if lo == hi:
-            raise ValueError(f"labels contain a single class ({lo}): the scheduler needs right and wrong exits to learn from")
+            raise ValueError(
+                f"labels contain a single class ({lo}): the scheduler needs right and wrong exits to learn from"
+            )
         # costs
         if isinstance(costs, (str, bytes)) or not hasattr(costs, "__len__"):
-            raise TypeError(f"costs must be a sequence of {k_total} cumulative per-exit costs, got {type(costs).__name__}")
+            raise TypeError(
+                f"costs must be a sequence of {k_total} cumulative per-exit costs, got {type(costs).__name__}"
+            )
         if len(costs) != k_total:
             raise ValueError(f"costs has {len(costs)} entries but exit_probs has K = {k_total} exits")
         vals = []
         for i, v in enumerate(costs.tolist() if isinstance(costs, torch.Tensor) else costs):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
-                raise TypeError(f"costs[{i}] must be a number, got {v!r}")
-            v = float(v)
+            try:
+                if isinstance(v, (bool, str, bytes)):
+                    raise TypeError
+                v = float(v)
+            except (TypeError, ValueError):
+                raise TypeError(f"costs[{i}] must be a number, got {v!r}") from None
             if not math.isfinite(v) or v <= 0:
                 raise ValueError(f"costs must be positive and finite, costs[{i}] = {v}")
             vals.append(v)
@@ -581,12 +627,12 @@ class EENetScheduler(ExitPolicy, nn.Module):
 
     def _train(self, static, correct, c32, b_rel, gen):
         """§5 alternating q-/r-phases with AdamW; keeps the best epoch within tolerance. Returns (epochs, best)."""
-        n = static.shape[0]
-        batch = n if self.batch_size is None else min(self.batch_size, n)
+        n = static.shape[1]
+        batch = self._batch_rows(n)
         util_params = list(self.utility.parameters())
         assign_params = list(self.assign.parameters())
         # deviation 10: decoupled weight decay; params without a gradient (the other phase's heads) are skipped
-        opt = torch.optim.AdamW(util_params + assign_params, lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(util_params + assign_params, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
         best_loss, best_state, best_epoch = math.inf, None, -1
         wait = self.patience
         epoch = 0
@@ -595,9 +641,9 @@ class EENetScheduler(ExitPolicy, nn.Module):
             order = torch.randperm(n, generator=gen) if batch < n else None
             sums = torch.zeros(4, dtype=torch.float64)
             for start in range(0, n, batch):
-                idx = order[start:start + batch] if order is not None else slice(None)
-                _, q, r = self._forward(static[idx], q_grad=q_phase, r_grad=not q_phase)
-                l_bce, l_kl, l_cost, planned = self._losses(q, r, correct[idx], c32, b_rel)
+                idx = order[start:start + batch] if order is not None else None
+                _, q, r = self._forward(static, idx, q_grad=q_phase, r_grad=not q_phase)
+                l_bce, l_kl, l_cost, planned = self._losses(q, r, correct if idx is None else correct[idx], c32, b_rel)
                 loss = l_bce if q_phase else self.alpha_kl * l_kl + self.alpha_cost * l_cost
                 opt.zero_grad(set_to_none=True)  # deviation 2
                 loss.backward()
@@ -618,10 +664,17 @@ class EENetScheduler(ExitPolicy, nn.Module):
             nn.Module.load_state_dict(self, best_state)
         return epoch + 1, best_epoch
 
+    def _batch_rows(self, n: int) -> int:
+        """Mini-batch size: ``batch_size`` (capped at N), or auto = ceil(N / 8) capped at 1024 (>= 8 steps/epoch)."""
+        if self.batch_size is not None:
+            return min(self.batch_size, n)
+        return max(1, min(1024, -(-n // 8)))
+
     # ------------------------------------------------------------------ §6 thresholds
-    @staticmethod
-    def _plan_counts(log_pi_bar, c_rel, b_rel, n):
-        """Per-exit planned counts [K] (long): pi_bar tilted to meet B (deviation 9), cumulative rounding."""
+    def _plan_counts(self, log_pi_bar, c_rel, b_rel, n):
+        """Per-exit planned counts [K] (long). ``match_budget``: pi_bar tilted to meet B exactly, cumulative rounding
+        (deviation 9); else §6 as written, n_k = floor(pi_bar_k N) for k < K, the rest to K. At B = c_1 or B = c_K
+        the only plan that meets B is used in both modes."""
         k_total = c_rel.shape[0]
         if b_rel <= float(c_rel[0]):
             shares = torch.zeros(k_total, dtype=torch.float64)
@@ -629,6 +682,11 @@ class EENetScheduler(ExitPolicy, nn.Module):
         elif b_rel >= 1.0:
             shares = torch.zeros(k_total, dtype=torch.float64)
             shares[-1] = 1.0
+        elif not self.match_budget:
+            counts = torch.floor(log_pi_bar.exp() * n + 1e-9).long()
+            counts[-1] = 0
+            counts[-1] = n - int(counts.sum())
+            return counts
         else:
             def tilted(lam):
                 return torch.softmax(log_pi_bar - lam * c_rel, 0)

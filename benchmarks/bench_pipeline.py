@@ -1,0 +1,169 @@
+"""Real wall-clock of budgeted early exit through the pipeline vs the full model, side by side in one run.
+
+For a trained model folder (from ``recipes/run_eenet.py``) and its dataset's test texts, at each batch size:
+  * full model: the stock ``BertForSequenceClassification``/``RobertaForSequenceClassification`` with the same
+    weights (the last exit), through the stock pipeline;
+  * early exit at each budget through ``pipeline("text-classification")(texts, budget=B)``;
+  * compounding: early exit at each budget with bf16 autocast, and with dynamic int8 quantisation of the Linear
+    layers (``torch.ao.quantization.quantize_dynamic``); plus the full model in bf16 / int8 for reference.
+Prints throughput (texts/s), speed-up vs the fp32 full model, accuracy, realised mean cost, and the peak RSS of a
+separate process per configuration (``--memory``). Settings are timed interleaved, ``--rounds`` times; medians.
+
+    python benchmarks/bench_pipeline.py --model_dir outputs/sst2 --dataset sst2 --json benchmarks/results/x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hf_eenet  # noqa: E402,F401
+from hf_eenet.data import default_data_dir, load_task  # noqa: E402
+
+
+def build(model_dir: str, variant: str):
+    """(pipeline, is_early_exit) for variant in {full, ee} x {fp32, bf16, int8}: 'full-fp32', 'ee-int8', ..."""
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertForSequenceClassification,
+        RobertaForSequenceClassification,
+        TextClassificationPipeline,
+    )
+
+    kind, prec = variant.split("-")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ee_model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    if kind == "full":
+        stock_cls = RobertaForSequenceClassification if "roberta" in ee_model.config.model_type else \
+            BertForSequenceClassification
+        model = stock_cls.from_pretrained(model_dir).eval()  # backbone + last exit, exit heads ignored
+        pipe_cls = TextClassificationPipeline
+    else:
+        model = ee_model
+        pipe_cls = hf_eenet.EENetTextClassificationPipeline
+    if prec == "int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return pipe_cls(model=model, tokenizer=tok), kind == "ee"
+
+
+def run_variant(pipe, is_ee, prec, texts, budget, batch_size):
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if prec == "bf16" else contextlib.nullcontext()
+    kw = {"budget": budget} if is_ee else {}
+    with ctx, torch.inference_mode():
+        return pipe(texts, batch_size=batch_size, truncation=True, max_length=128, **kw)
+
+
+def measure_memory(args) -> None:
+    """Child process: build one configuration, run it once, print the peak RSS (MiB)."""
+    texts, _ = load_texts(args)
+    pipe, is_ee = build(args.model_dir, args.memory_variant)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run_variant(pipe, is_ee, args.memory_variant.split("-")[1], texts[: args.memory_rows], args.memory_budget,
+                args.memory_batch_size)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_mib": peak / 1024, "rss_growth_mib": (peak - base) / 1024}))
+
+
+def load_texts(args):
+    ds = load_task(args.dataset, args.data_dir or default_data_dir())["test"]
+    if args.max_texts:
+        ds = ds.select(range(min(args.max_texts, len(ds))))
+    return list(ds["text"]), list(ds["label"])
+
+
+def accuracy(preds, labels, id2label) -> float:
+    label2id = {v: k for k, v in id2label.items()}
+    return sum(label2id[p["label"]] == y for p, y in zip(preds, labels)) / len(labels)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model_dir", required=True)
+    ap.add_argument("--dataset", required=True, choices=["sst2", "ag_news"])
+    ap.add_argument("--data_dir", default=None)
+    ap.add_argument("--budgets", default="0.3,0.5,0.7")
+    ap.add_argument("--batch_sizes", default="1,32")
+    ap.add_argument("--max_texts", type=int, default=None, help="first N test texts (default: all)")
+    ap.add_argument("--bs1_texts", type=int, default=400, help="texts timed at batch size 1 (it is slow)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--precisions", default="fp32,bf16,int8")
+    ap.add_argument("--memory", action="store_true", help="also measure peak RSS per configuration (subprocesses)")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--memory_variant", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--memory_budget", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--memory_batch_size", type=int, default=32, help=argparse.SUPPRESS)
+    ap.add_argument("--memory_rows", type=int, default=256, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_variant:
+        return measure_memory(args)
+
+    texts, labels = load_texts(args)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    precs = args.precisions.split(",")
+    pipes = {f"{k}-{p}": build(args.model_dir, f"{k}-{p}") for k in ("full", "ee") for p in precs}
+    id2label = pipes["full-fp32"][0].model.config.id2label
+    configs = [("full", p, None) for p in precs] + [("ee", p, b) for p in precs for b in budgets]
+    rows = []
+    for bs in [int(x) for x in args.batch_sizes.split(",")]:
+        sub = texts[: args.bs1_texts] if bs == 1 else texts
+        sub_labels = labels[: len(sub)]
+        times = {c: [] for c in configs}
+        outputs = {}
+        for c in configs:  # warm-up, and the predictions used for accuracy / cost
+            pipe, is_ee = pipes[f"{c[0]}-{c[1]}"]
+            outputs[c] = run_variant(pipe, is_ee, c[1], sub, c[2], bs)
+        for _ in range(args.rounds):
+            for c in configs:
+                pipe, is_ee = pipes[f"{c[0]}-{c[1]}"]
+                t0 = time.perf_counter()
+                run_variant(pipe, is_ee, c[1], sub, c[2], bs)
+                times[c].append(time.perf_counter() - t0)
+        full_t = statistics.median(times[("full", "fp32", None)])
+        full_acc = accuracy(outputs[("full", "fp32", None)], sub_labels, id2label)
+        print(f"\n{args.dataset} test, batch size {bs}, {len(sub)} texts, {torch.get_num_threads()} threads")
+        print(f"{'configuration':28s} {'texts/s':>9s} {'speed-up':>9s} {'accuracy':>9s} {'Δacc pt':>8s} {'mean cost':>10s}")
+        for c in configs:
+            t = statistics.median(times[c])
+            acc = accuracy(outputs[c], sub_labels, id2label)
+            cost = statistics.mean(o.get("cost", 1.0) for o in outputs[c])
+            name = f"{'early exit' if c[0] == 'ee' else 'full model'} {c[1]}" + (f" B={c[2]}" if c[2] else "")
+            print(f"{name:28s} {len(sub) / t:9.1f} {full_t / t:8.2f}x {100 * acc:9.2f} {100 * (acc - full_acc):+8.2f} "
+                  f"{cost:10.3f}")
+            rows.append({"batch_size": bs, "mode": c[0], "precision": c[1], "budget": c[2], "texts": len(sub),
+                         "seconds": t, "texts_per_s": len(sub) / t, "speedup_vs_full_fp32": full_t / t,
+                         "accuracy": acc, "accuracy_delta_pt": 100 * (acc - full_acc), "mean_cost": cost})
+    memory = []
+    if args.memory:
+        for variant, budget in [("full-fp32", None)] + [("ee-fp32", b) for b in budgets]:
+            cmd = [sys.executable, __file__, "--model_dir", args.model_dir, "--dataset", args.dataset,
+                   "--memory_variant", variant, "--memory_batch_size", "32"]
+            if args.data_dir:
+                cmd += ["--data_dir", args.data_dir]
+            if budget is not None:
+                cmd += ["--memory_budget", str(budget)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            memory.append({"variant": variant, "budget": budget, **json.loads(out)})
+            print(f"peak RSS {variant:10s} B={budget}: {memory[-1]['peak_rss_mib']:.0f} MiB")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "command": "python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:]), "rows": rows,
+            "memory": memory, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.machine()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""CPU benchmark of ``EENetScheduler.fit`` (not a test).
+
+Times one fit with the default hyper-parameters (all restarts) on synthetic all-exits outputs, N = 10,000 rows,
+K = 6 exits, C = 4 classes, costs = [1..6] / 6, budget 0.5; target <= 30 s on 2 CPU cores. Runs with torch's
+default thread settings. Also prints the held-out realised cost and accuracy as a sanity check.
+
+    python benchmarks/bench_scheduler_fit.py [--n 10000] [--budget 0.5] [--seed 0] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hf_eenet.scheduler import EENetScheduler  # noqa: E402
+
+
+def make_data(n, num_exits=6, num_classes=4, seed=0):
+    """Synthetic all-exits softmax outputs (same generator as tests/test_scheduler.py): exit k is right iff a
+    per-row difficulty u < acc_k (acc 0.55 -> 0.92); exit 1 is class dependent (class 0 right with a low max prob,
+    class 1 wrong with a high max prob)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    u = torch.rand(n, generator=g)
+    acc = torch.linspace(0.55, 0.92, num_exits)
+    probs = torch.empty(n, num_exits, num_classes)
+    for k in range(num_exits):
+        right = u < acc[k]
+        offset = torch.randint(1, num_classes, (n,), generator=g)
+        pred = torch.where(right, y, (y + offset) % num_classes)
+        m_right = 0.55 + 0.44 * torch.rand(n, generator=g).sqrt()
+        m_wrong = 0.4 + 0.5 * torch.rand(n, generator=g) ** 2
+        m = torch.where(right, m_right, m_wrong)
+        if k == 0:
+            c0, c1 = y == 0, y == 1
+            pred = torch.where(c0, torch.zeros_like(pred), torch.where(c1, torch.full_like(pred, 2), pred))
+            m = torch.where(c0, 0.35 + 0.15 * torch.rand(n, generator=g), m)
+            m = torch.where(c1, 0.85 + 0.14 * torch.rand(n, generator=g), m)
+        noise = torch.softmax(0.3 * torch.randn(n, num_classes, generator=g), -1).scatter(1, pred[:, None], 0.0)
+        rest = noise / noise.sum(-1, keepdim=True) * (1 - m)[:, None]
+        probs[:, k] = rest.scatter(1, pred[:, None], m[:, None])
+    return probs, y
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--budget", type=float, default=0.5, help="fraction of the full cost")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="also write the result to this JSON file")
+    args = ap.parse_args()
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+    num_exits, num_classes = 6, 4
+    costs = [k / num_exits for k in range(1, num_exits + 1)]
+    probs, labels = make_data(args.n, num_exits, num_classes, seed=1)
+    test_probs, test_labels = make_data(20_000, num_exits, num_classes, seed=2)
+
+    sched = EENetScheduler()
+    t0 = time.perf_counter()
+    sched.fit(probs, labels, costs, args.budget, seed=args.seed)
+    seconds = time.perf_counter() - t0
+
+    exits = sched.exit_index(test_probs)
+    cost = torch.tensor(costs)[exits].mean().item()
+    acc = (test_probs[torch.arange(len(test_labels)), exits].argmax(-1) == test_labels).float().mean().item()
+    info = sched.fit_info
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    result = {
+        "seconds": seconds, "n": args.n, "num_exits": num_exits, "num_classes": num_classes, "budget": args.budget,
+        "restarts": info["restarts"], "epochs_chosen_run": info["epochs"],
+        "epochs_all_runs": [r["epochs"] for r in info["runs"]], "heldout_cost": cost, "heldout_accuracy": acc,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "load_avg_1min": load, "machine": platform.machine(), "command": command,
+    }
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load avg {load:.2f}")
+    print(f"held-out: realised cost {cost:.4f} (budget {args.budget}), accuracy {acc:.4f}; "
+          f"epochs per restart {result['epochs_all_runs']}")
+    print(f"EENetScheduler.fit N={args.n} K={num_exits} C={num_classes} restarts={info['restarts']}: "
+          f"{seconds:.2f} s (target <= 30 s)  command: {command}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
