@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Reproduce the committed results (issue: SST-2 and AG News side by side with the baselines). Long: ~1-2 h on 2 CPU
+# cores. Model folders go to outputs/ (not committed); JSON, plots and cards to benchmarks/results/ and model_cards/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+DATA=${EENET_DATA_DIR:-../shared/data}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+# 1. SST-2: full GLUE train, 1 epoch; scheduler on GLUE dev; numbers on the labelled test.
+$PY recipes/run_eenet.py --dataset sst2 --data_dir "$DATA" --output_dir outputs/sst2 --results_dir model_cards/sst2 \
+  --do_train --num_train_epochs 1 --per_device_train_batch_size 32 --per_device_eval_batch_size 128 \
+  --learning_rate 1e-4 --warmup_steps 0.06 --weight_decay 0.01 --max_length 64 --seed 42 \
+  --logging_steps 100 --save_strategy no --eval_strategy no --report_to none --use_cpu \
+  --budgets 0.25,0.3,0.4,0.5,0.6,0.7,0.8,0.9 --cost_profile latency
+
+# 2. AG News: the 10,429-row train prefix minus a seeded stratified 2,000-row validation hold-out; full test.
+$PY recipes/run_eenet.py --dataset ag_news --data_dir "$DATA" --output_dir outputs/ag_news --results_dir model_cards/ag_news \
+  --do_train --num_train_epochs 3 --per_device_train_batch_size 32 --per_device_eval_batch_size 128 \
+  --learning_rate 1e-4 --warmup_steps 0.06 --weight_decay 0.01 --max_length 128 --seed 42 \
+  --logging_steps 50 --save_strategy no --eval_strategy no --report_to none --use_cpu \
+  --budgets 0.25,0.3,0.4,0.5,0.6,0.7,0.8,0.9 --cost_profile latency
+
+# 3. Wall-clock through the pipeline, bf16 / int8 compounding, peak memory.
+$PY benchmarks/bench_pipeline.py --model_dir outputs/sst2 --dataset sst2 --data_dir "$DATA" --memory \
+  --json benchmarks/results/pipeline_sst2.json
+$PY benchmarks/bench_pipeline.py --model_dir outputs/ag_news --dataset ag_news --data_dir "$DATA" --memory \
+  --max_texts 2000 --json benchmarks/results/pipeline_ag_news.json
+
+# 4. Engine overhead, scheduler fit time, training step time.
+$PY benchmarks/bench_early_exit.py --json benchmarks/results/early_exit_engine.json
+$PY benchmarks/bench_scheduler_fit.py
+$PY benchmarks/bench_train_step.py --json benchmarks/results/train_step.json
+
+# 5. README results section from the JSON.
+$PY benchmarks/make_readme_results.py
