@@ -330,3 +330,34 @@ def test_trust_remote_code_without_hf_eenet(kind, tmp_path):
     got = load_file(str(tmp_path / "out.safetensors"))["out"]
     torch.testing.assert_close(got, expect, atol=1e-6, rtol=1e-6)
     assert not math.isnan(got.sum().item())
+
+
+@pytest.mark.parametrize("name", ["entropy", "maxprob", "patience", "static", "eenet"])
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_every_policy_online_equals_offline_and_bs1(name, kind):
+    """Each calibrated policy (baselines and the EENet scheduler) decides the same online, offline and at bs = 1."""
+    model = tiny_model(kind, seed=2, layers=6, exit_layers=[1, 2, 3, 4, 5, 6])
+    batch = random_batch(n=24, max_len=20, seed=4, pad_id=model.config.pad_token_id)
+    with torch.no_grad():
+        probs = model(**batch).exit_logits.softmax(-1)
+    labels = probs[:, 2].argmax(-1)  # exit 3 is "right": gives the calibrations something to fit
+    labels[::5] = (labels[::5] + 1) % probs.shape[-1]
+    costs = model.config.exit_costs
+    budget = 0.5
+    if name == "eenet":
+        policy = hf_eenet.EENetScheduler(restarts=1, max_epochs=30).fit(probs, labels, costs, budget, seed=0)
+    else:
+        cls = {"entropy": hf_eenet.EntropyPolicy, "maxprob": MaxProbPolicy, "patience": hf_eenet.PatiencePolicy,
+               "static": hf_eenet.StaticPolicy}[name]
+        policy = cls.calibrate(probs, labels, costs, budget)
+    offline = policy.exit_index(probs)
+    if name in ("entropy", "maxprob", "eenet"):
+        assert len(set(offline.tolist())) >= 2, "rows must spread over several exits for this test"
+    with torch.no_grad():
+        online = model(**batch, exit_policy=policy)
+        assert torch.equal(online.exit_index, offline)
+        for i in range(0, 24, 3):
+            n = int(batch["attention_mask"][i].sum())
+            one = model(**{k: v[i : i + 1, :n] for k, v in batch.items()}, exit_policy=policy)
+            assert one.exit_index.item() == offline[i].item()
+            torch.testing.assert_close(one.logits[0], online.logits[i], atol=1e-4, rtol=1e-4)
