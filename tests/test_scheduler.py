@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hf_eenet.policies import MaxProbPolicy, sequential_quantile_thresholds
+from hf_eenet.policies import MaxProbPolicy
 from hf_eenet.scheduler import CONFIG_NAME, WEIGHTS_NAME, EENetScheduler
 
 K, C = 6, 4
@@ -56,19 +56,8 @@ def realized_cost(exits, costs=COSTS):
 
 
 def maxprob_policy(probs, costs, budget):
-    """MSDNet baseline calibrated in the test: geometric shares g^k bisected to the budget, §6 thresholds."""
-    scores = probs.max(-1).values
-    c = torch.tensor(costs, dtype=torch.float64)
-    lo, hi = 1e-4, 1e4
-    for _ in range(200):
-        g = math.sqrt(lo * hi)
-        shares = torch.tensor([g**k for k in range(len(costs))], dtype=torch.float64)
-        shares /= shares.sum()
-        if (shares * c).sum() > budget:
-            hi = g
-        else:
-            lo = g
-    return MaxProbPolicy(sequential_quantile_thresholds(scores, shares))
+    """MSDNet baseline: geometric shares bisected to the budget, §6 thresholds (the library's calibration)."""
+    return MaxProbPolicy.calibrate(probs, None, costs, budget)
 
 
 @pytest.fixture(scope="module")
