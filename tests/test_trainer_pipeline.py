@@ -342,3 +342,19 @@ def test_recipe_end_to_end_small(tmp_path):
     card = (out / "README.md").read_text()
     assert "model-index" in card and "budget 0.50" in card
     assert json.loads((out / "config.json").read_text())["scheduler_budgets"] == [0.5, 0.8]
+
+
+def test_cli_help_and_predict(trained, capsys):
+    from hf_eenet.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--help"])
+    assert exc.value.code == 0
+    helptext = capsys.readouterr().out
+    assert all(cmd in helptext for cmd in ("train", "fit-scheduler", "evaluate", "predict", "demo"))
+    main(["predict", trained["dir"], "a good film", "bad and dull", "--budget", "0.6", "--batch_size", "2"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [x["text"] for x in lines] == ["a good film", "bad and dull"]
+    assert all({"label", "score", "exit_layer", "cost"} <= set(x) for x in lines)
+    with pytest.raises(SystemExit):
+        main(["predict"])  # missing model_dir and texts: argparse error, not a traceback
