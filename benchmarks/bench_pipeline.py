@@ -54,8 +54,12 @@ def build(model_dir: str, variant: str):
     else:
         model = ee_model
         pipe_cls = hf_eenet.EENetTextClassificationPipeline
-    if prec == "int8":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    if prec == "int8":  # backbone and exit heads only: the tiny scheduler nets stay fp32 (their decisions are exact)
+        names = [n for n in ("bert", "roberta", "exit_heads", "classifier", "dropout") if hasattr(model, n)]
+        for n in names:
+            sub = getattr(model, n)
+            if isinstance(sub, torch.nn.Module):
+                setattr(model, n, torch.ao.quantization.quantize_dynamic(sub, {torch.nn.Linear}, dtype=torch.qint8))
     return pipe_cls(model=model, tokenizer=tok), kind == "ee"
 
 
