@@ -96,7 +96,9 @@ def plot_results(results: dict, path: str, title: str = "") -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    styles = {EENET: dict(color="C3", marker="o", lw=2.2), ORACLE: dict(color="k", ls=":", marker=".")}
+    styles = {EENET: dict(color="C3", marker="o", lw=2.2), ORACLE: dict(color="k", ls=":", marker="."),
+              "BranchyNet (entropy)": dict(color="C0", marker="s", ms=4), "MSDNet (max-prob)": dict(color="C1", marker="^", ms=4),
+              "PABEE (patience)": dict(color="C2", marker="v", ms=4), "Static": dict(color="C4", marker="D", ms=4)}
     for name, rows in results["methods"].items():
         xs = [r["mean_cost"] for r in rows]
         ys = [100 * r["accuracy"] for r in rows]
