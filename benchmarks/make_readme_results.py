@@ -34,10 +34,14 @@ def dataset_section(name: str, res: dict, pipe: dict | None) -> list[str]:
     lines.append("|---:|" + "---:|" * len(methods))
     for i, b in enumerate(res["budgets"]):
         cells = [f"{100 * res['methods'][m][i]['accuracy']:.2f} ({res['methods'][m][i]['mean_cost']:.2f})" for m in methods]
-        cells[0] = f"**{cells[0]}**"
+        policies = [j for j, m in enumerate(methods) if not m.startswith("Oracle")]
+        best = max(res["methods"][methods[j]][i]["accuracy"] for j in policies)
+        cells = [f"**{c}**" if j in policies and res["methods"][methods[j]][i]["accuracy"] == best else c
+                 for j, c in enumerate(cells)]
         lines.append(f"| {b:.2f} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Cells: test accuracy % (realised mean cost, fraction of the full model). "
+    lines.append("Cells: test accuracy % (realised mean cost, fraction of the full model); bold = best policy "
+                 "(the oracle is an upper bound, not a policy). "
                  f"Plot and model card: `model_cards/{name}/`.")
     if pipe:
         lines += ["", f"Wall-clock through the pipeline ({name} test texts, `benchmarks/results/pipeline_{name}.json`):", "",
