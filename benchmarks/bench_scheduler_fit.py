@@ -20,35 +20,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from hf_eenet.scheduler import EENetScheduler  # noqa: E402
-
-
-def make_data(n, num_exits=6, num_classes=4, seed=0):
-    """Synthetic all-exits softmax outputs (same generator as tests/test_scheduler.py): exit k is right iff a
-    per-row difficulty u < acc_k (acc 0.55 -> 0.92); exit 1 is class dependent (class 0 right with a low max prob,
-    class 1 wrong with a high max prob)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, num_classes, (n,), generator=g)
-    u = torch.rand(n, generator=g)
-    acc = torch.linspace(0.55, 0.92, num_exits)
-    probs = torch.empty(n, num_exits, num_classes)
-    for k in range(num_exits):
-        right = u < acc[k]
-        offset = torch.randint(1, num_classes, (n,), generator=g)
-        pred = torch.where(right, y, (y + offset) % num_classes)
-        m_right = 0.55 + 0.44 * torch.rand(n, generator=g).sqrt()
-        m_wrong = 0.4 + 0.5 * torch.rand(n, generator=g) ** 2
-        m = torch.where(right, m_right, m_wrong)
-        if k == 0:
-            c0, c1 = y == 0, y == 1
-            pred = torch.where(c0, torch.zeros_like(pred), torch.where(c1, torch.full_like(pred, 2), pred))
-            m = torch.where(c0, 0.35 + 0.15 * torch.rand(n, generator=g), m)
-            m = torch.where(c1, 0.85 + 0.14 * torch.rand(n, generator=g), m)
-        noise = torch.softmax(0.3 * torch.randn(n, num_classes, generator=g), -1).scatter(1, pred[:, None], 0.0)
-        rest = noise / noise.sum(-1, keepdim=True) * (1 - m)[:, None]
-        probs[:, k] = rest.scatter(1, pred[:, None], m[:, None])
-    return probs, y
+from test_scheduler import make_data  # noqa: E402  (the synthetic generator of the scheduler tests)
 
 
 def main() -> None:
