@@ -82,7 +82,8 @@ class EENetConfigMixin:
         # A plain BERT/RoBERTa checkpoint is the intended starting point: adopt its config without the
         # "model of type bert to instantiate eenet-bert" warning and without keeping the old model_type.
         config_dict, kwargs = super().get_config_dict(*args, **kwargs)
-        parent_type = cls.__mro__[2].model_type  # BertConfig / RobertaConfig
+        parent_type = next(c.model_type for c in cls.__mro__[1:]  # the stock config: BertConfig / RobertaConfig
+                           if not issubclass(c, EENetConfigMixin) and getattr(c, "model_type", ""))
         if config_dict.get("model_type") == parent_type:
             config_dict = {**config_dict, "model_type": cls.model_type}
         return config_dict, kwargs
