@@ -31,6 +31,8 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--max_length", type=int, default=64)
     ap.add_argument("--distill", action="store_true", help="include the self-distillation term")
+    ap.add_argument("--exit_pooling", default="mean", choices=["cls", "mean"],
+                    help="exit pooling of the multi-exit model (the recipes use mean for all-MiniLM-L6-v2)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -48,7 +50,8 @@ def main():
         batches.append(b)
     torch.manual_seed(0)
     single = BertForSequenceClassification.from_pretrained(ckpt, num_labels=2).train()
-    multi = hf_eenet.EENetBertForSequenceClassification.from_pretrained(ckpt, num_labels=2).train()
+    multi = hf_eenet.EENetBertForSequenceClassification.from_pretrained(
+        ckpt, num_labels=2, exit_pooling=args.exit_pooling).train()
     opts = {"single": torch.optim.AdamW(single.parameters(), lr=1e-5),
             "multi": torch.optim.AdamW(multi.parameters(), lr=1e-5)}
 
@@ -82,7 +85,7 @@ def main():
         Path(args.json).write_text(json.dumps({
             "command": "python benchmarks/bench_train_step.py " + " ".join(sys.argv[1:]),
             "single_exit_ms": 1000 * s, "multi_exit_ms": 1000 * m, "ratio": m / s, "batch_size": args.batch_size,
-            "steps": args.steps, "distill": args.distill, "threads": torch.get_num_threads(),
+            "steps": args.steps, "distill": args.distill, "exit_pooling": args.exit_pooling, "threads": torch.get_num_threads(),
             "torch": torch.__version__}, indent=2))
 
 

@@ -21,16 +21,22 @@ $PY recipes/run_eenet.py --dataset ag_news --data_dir "$DATA" --output_dir outpu
   --logging_steps 50 --save_strategy no --eval_strategy no --report_to none --use_cpu \
   --budgets 0.25,0.3,0.4,0.5,0.6,0.7,0.8,0.9 --cost_profile latency
 
-# 3. Wall-clock through the pipeline, bf16 / int8 compounding, peak memory.
-$PY benchmarks/bench_pipeline.py --model_dir outputs/sst2 --dataset sst2 --data_dir "$DATA" --memory \
-  --json benchmarks/results/pipeline_sst2.json
-$PY benchmarks/bench_pipeline.py --model_dir outputs/ag_news --dataset ag_news --data_dir "$DATA" --memory \
-  --max_texts 2000 --json benchmarks/results/pipeline_ag_news.json
+# 3. Wall-clock through the pipeline (fp32 and dynamic int8; bf16 autocast separately on fewer texts because this
+#    CPU has no bf16 units), peak memory. int8/bf16 early exit refits the scheduler bank on that precision's outputs.
+$PY benchmarks/bench_pipeline.py --model_dir outputs/sst2 --dataset sst2 --data_dir "$DATA" --precisions fp32,int8 \
+  --budgets 0.3,0.4,0.5,0.7 --rounds 3 --bs1_texts 300 --memory --json benchmarks/results/pipeline_sst2.json
+$PY benchmarks/bench_pipeline.py --model_dir outputs/ag_news --dataset ag_news --data_dir "$DATA" --precisions fp32,int8 \
+  --budgets 0.3,0.4,0.5,0.7 --rounds 2 --max_texts 2000 --bs1_texts 300 --memory --json benchmarks/results/pipeline_ag_news.json
+$PY benchmarks/bench_pipeline.py --model_dir outputs/sst2 --dataset sst2 --data_dir "$DATA" --precisions fp32,bf16 \
+  --rounds 1 --max_texts 320 --bs1_texts 64 --json benchmarks/results/pipeline_sst2_bf16.json
+$PY benchmarks/bench_pipeline.py --model_dir outputs/ag_news --dataset ag_news --data_dir "$DATA" --precisions fp32,bf16 \
+  --rounds 1 --max_texts 320 --bs1_texts 64 --json benchmarks/results/pipeline_ag_news_bf16.json
 
 # 4. Engine overhead, scheduler fit time, training step time.
 $PY benchmarks/bench_early_exit.py --json benchmarks/results/early_exit_engine.json
-$PY benchmarks/bench_scheduler_fit.py
-$PY benchmarks/bench_train_step.py --json benchmarks/results/train_step.json
+$PY benchmarks/bench_scheduler_fit.py --json benchmarks/results/scheduler_fit.json
+$PY benchmarks/bench_train_step.py --distill --json benchmarks/results/train_step.json
 
-# 5. README results section from the JSON.
+# 5. Model cards / plots and the README results section, regenerated from the JSON.
+$PY benchmarks/make_model_cards.py
 $PY benchmarks/make_readme_results.py

@@ -14,6 +14,11 @@ Early-exit fields:
         one scheduler per budget, sorted ascending. Weights live in the model's safetensors file.
     scheduler_config (`dict`): constructor kwargs shared by the schedulers of the bank (num_exits, num_classes, ...).
     default_budget (`float`): budget used by the pipeline when a call gives none.
+    exit_pooling (`str`): what every exit (the last one included) classifies: ``"cls"`` (default) the first token,
+        as the stock ``BertForSequenceClassification`` / ``RobertaForSequenceClassification`` do, or ``"mean"`` the
+        average of the non-padding tokens, fed to the same pooler/classifier layers. ``"mean"`` suits backbones
+        pretrained with mean pooling (sentence-transformers checkpoints such as all-MiniLM-L6-v2), whose early
+        first-token states carry little.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ EENET_FIELDS = (
     "scheduler_budgets",
     "scheduler_config",
     "default_budget",
+    "exit_pooling",
 )
+
+EXIT_POOLINGS = ("cls", "mean")
 
 
 def validate_exit_layers(exit_layers, num_hidden_layers: int) -> list[int]:
@@ -104,6 +112,8 @@ class EENetConfigMixin:
         if budgets != sorted(budgets) or len(set(budgets)) != len(budgets):
             raise ValueError(f"scheduler_budgets must be sorted and unique, got {budgets}")
         self.scheduler_budgets = budgets
+        if self.exit_pooling not in EXIT_POOLINGS:
+            raise ValueError(f"exit_pooling must be one of {EXIT_POOLINGS}, got {self.exit_pooling!r}")
         if self.default_budget is not None:
             b = float(self.default_budget)
             if not (0 < b <= 1):
@@ -127,6 +137,7 @@ class EENetBertConfig(EENetConfigMixin, BertConfig):
     scheduler_budgets: list[float] | None = None
     scheduler_config: dict | None = None
     default_budget: float | None = None
+    exit_pooling: str = "cls"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -145,6 +156,7 @@ class EENetRobertaConfig(EENetConfigMixin, RobertaConfig):
     scheduler_budgets: list[float] | None = None
     scheduler_config: dict | None = None
     default_budget: float | None = None
+    exit_pooling: str = "cls"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

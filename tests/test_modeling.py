@@ -66,6 +66,46 @@ def test_config_rejects_bad_costs_and_budgets():
         hf_eenet.EENetBertConfig(**tiny_kwargs(layers=2), default_budget=1.5)
 
 
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_mean_pooling_exits(kind, tmp_path):
+    """exit_pooling="mean": every exit reads the mean of the non-padding tokens (padding never leaks in), it is not
+    the first-token head, and the choice round-trips through save_pretrained."""
+    with pytest.raises(ValueError, match="exit_pooling must be one of"):
+        hf_eenet.EENetBertConfig(**tiny_kwargs(layers=2), exit_pooling="max")
+    model = tiny_model(kind, seed=2, layers=3, exit_pooling="mean")
+    cls_model = tiny_model(kind, seed=2, layers=3)
+    pad = model.config.pad_token_id
+    batch = random_batch(n=6, max_len=12, seed=4, pad_id=pad, token_types=False)
+    with torch.no_grad():
+        out = model(**batch, output_hidden_states=False).exit_logits
+        assert not torch.allclose(out, cls_model(**batch).exit_logits, atol=1e-3)
+        # changing the padding tokens' ids changes nothing (they are masked in attention and in the mean)
+        noisy = {k: v.clone() for k, v in batch.items()}
+        noisy["input_ids"][batch["attention_mask"] == 0] = 7
+        torch.testing.assert_close(model(**noisy).exit_logits, out, atol=1e-5, rtol=1e-5)
+        # exit 1 == its head on the hand-computed masked mean of layer 1's output
+        hidden = model.backbone(**batch, output_hidden_states=True).hidden_states[1]
+        m = batch["attention_mask"].unsqueeze(-1).float()
+        manual = model.exit_heads[0]((hidden * m).sum(1) / m.sum(1))
+        torch.testing.assert_close(out[:, 0], manual, atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path)
+    again = type(model).from_pretrained(tmp_path).eval()
+    assert again.config.exit_pooling == "mean"
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).exit_logits, out)
+
+
+def test_recipe_reads_sentence_transformers_pooling(minilm_dir, tmp_path):
+    from hf_eenet.recipe import checkpoint_pooling, load_backbone
+
+    assert checkpoint_pooling(minilm_dir) == "mean"  # all-MiniLM-L6-v2 ships 1_Pooling/config.json (mean tokens)
+    assert checkpoint_pooling(str(tmp_path)) == "cls"
+    model, _ = load_backbone(minilm_dir, 2)
+    assert model.config.exit_pooling == "mean"
+    model, _ = load_backbone(minilm_dir, 2, exit_pooling="cls")
+    assert model.config.exit_pooling == "cls"
+
+
 # ---------------------------------------------------------------------------------------------------- loading
 
 
@@ -177,17 +217,23 @@ def test_multi_exit_loss_weights_and_regression():
 
 
 def _mixed_thresholds(model, batch):
-    """Per-exit median max-prob thresholds: the rows spread over several exits."""
+    """Per-exit max-prob thresholds halfway between the two middle values: the rows spread over several exits and
+    no row sits on a threshold (where float rounding of a different batch shape could flip its decision)."""
     with torch.no_grad():
         probs = model(**batch).exit_logits.softmax(-1)
-    return [probs[:, k].max(-1).values.median().item() for k in range(probs.shape[1])], probs
+    thr = []
+    for k in range(probs.shape[1]):
+        v = probs[:, k].max(-1).values.sort().values
+        mid = len(v) // 2
+        thr.append(((v[mid - 1] + v[mid]) / 2).item())
+    return thr, probs
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("token_types", [True, False])
-def test_early_exit_parity(kind, attn, token_types):
-    model = tiny_model(kind, attn=attn, seed=1, layers=6, exit_layers=[1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("token_types,pooling", [(True, "cls"), (False, "cls"), (True, "mean")])
+def test_early_exit_parity(kind, attn, token_types, pooling):
+    model = tiny_model(kind, attn=attn, seed=1, layers=6, exit_layers=[1, 2, 3, 4, 5, 6], exit_pooling=pooling)
     pad = model.config.pad_token_id
     batch = random_batch(n=16, max_len=24, seed=3, pad_id=pad, token_types=token_types)
     thr, probs = _mixed_thresholds(model, batch)

@@ -341,7 +341,18 @@ def test_recipe_end_to_end_small(tmp_path):
     assert (out / "accuracy_vs_cost.png").stat().st_size > 1000
     card = (out / "README.md").read_text()
     assert "model-index" in card and "budget 0.50" in card
+    assert "Budget adherence" in card and "layer-count costs" in card and "exit pooling**: mean" in card
     assert json.loads((out / "config.json").read_text())["scheduler_budgets"] == [0.5, 0.8]
+    assert data["exit_pooling"] == "mean"  # all-MiniLM-L6-v2 is a mean-pooled sentence-transformers checkpoint
+    # the card is a function of results.json alone (benchmarks/make_model_cards.py regenerates committed cards)
+    from hf_eenet.model_card import card_from_results
+
+    assert str(card_from_results(data)) == card
+    # per-exit predictions saved (safetensors) for re-comparisons without another forward pass
+    from safetensors.torch import load_file
+
+    preds = load_file(str(out / "exit_predictions.safetensors"))
+    assert tuple(preds["test_probs"].shape) == (200, 6, 2) and preds["val_labels"].shape[0] == data["splits"]["validation"]
 
 
 def test_cli_help_and_predict(trained, capsys):

@@ -1,0 +1,37 @@
+"""Regenerate the committed model cards and plots from their ``results.json`` (never hand-typed numbers).
+
+The recipe writes ``model_cards/<dataset>/{results.json, accuracy_vs_cost.png, README.md}`` itself; this script
+rebuilds the plot and the card from the JSON alone, e.g. after a change of the card template.
+
+    python benchmarks/make_model_cards.py [sst2 ag_news]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hf_eenet.model_card import card_from_results  # noqa: E402
+from hf_eenet.reporting import plot_results  # noqa: E402
+
+
+def main(names=None):
+    for name in names or ("sst2", "ag_news"):
+        folder = ROOT / "model_cards" / name
+        path = folder / "results.json"
+        if not path.exists():
+            print(f"{name}: no {path.relative_to(ROOT)}, skipped")
+            continue
+        results = json.loads(path.read_text())
+        plot_results(results, str(folder / "accuracy_vs_cost.png"),
+                     title=f"{name} test: accuracy vs realised cost ({results['cost_profile']} cost)")
+        card_from_results(results).save(str(folder / "README.md"))
+        print(f"{name}: card and plot regenerated from {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
