@@ -1,8 +1,9 @@
 """Real wall-clock of budgeted early exit through the pipeline vs the full model, side by side in one run.
 
 For a trained model folder (from ``recipes/run_eenet.py``) and its dataset's test texts, at each batch size:
-  * full model: the stock ``BertForSequenceClassification``/``RobertaForSequenceClassification`` with the same
-    weights (the last exit), through the stock pipeline;
+  * full model: the same weights with the last exit's head only, through the stock pipeline: the stock
+    ``BertForSequenceClassification``/``RobertaForSequenceClassification`` for first-token exits, the single-exit
+    EENet model for mean-pooled exits (see ``full_model``);
   * early exit at each budget through ``pipeline("text-classification")(texts, budget=B)``;
   * compounding: early exit at each budget with bf16 autocast, and with dynamic int8 quantisation of the Linear
     layers (``torch.ao.quantization.quantize_dynamic``); plus the full model in bf16 / int8 for reference.
@@ -21,7 +22,6 @@ import argparse
 import contextlib
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -69,26 +69,42 @@ def refit_bank(model, tok, prec, val_texts, val_labels, budgets, seed=42) -> dic
     return info
 
 
-def build(model_dir: str, variant: str, refit=None):
-    """(pipeline, is_early_exit) for variant in {full, ee} x {fp32, bf16, int8}: 'full-fp32', 'ee-int8', ..."""
+def full_model(model_dir: str):
+    """The full model the early exit is compared with: same weights, the last exit's head only.
+
+    First-token exits: the stock ``BertForSequenceClassification`` / ``RobertaForSequenceClassification`` (the
+    exit heads are simply not loaded). Mean-pooled exits (``exit_pooling="mean"``) have no stock equivalent, so the
+    same EENet class with a single exit at the last layer (no intermediate heads, no policy) serves as the full model.
+    """
     from transformers import (
+        AutoConfig,
         AutoModelForSequenceClassification,
-        AutoTokenizer,
         BertForSequenceClassification,
         RobertaForSequenceClassification,
-        TextClassificationPipeline,
     )
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if config.exit_pooling == "cls":
+        stock_cls = RobertaForSequenceClassification if "roberta" in config.model_type else BertForSequenceClassification
+        return stock_cls.from_pretrained(model_dir).eval()
+    single = config.to_dict()
+    single.update(exit_layers=[config.num_hidden_layers], exit_costs=[1.0], exit_cost_profile="layers",
+                  scheduler_budgets=None, scheduler_config=None, default_budget=None)
+    single = {k: v for k, v in single.items() if k not in ("model_type", "transformers_version")}
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, config=type(config)(**single)).eval()
+
+
+def build(model_dir: str, variant: str, refit=None):
+    """(pipeline, is_early_exit) for variant in {full, ee} x {fp32, bf16, int8}: 'full-fp32', 'ee-int8', ..."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TextClassificationPipeline
 
     kind, prec = variant.split("-")
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ee_model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     if kind == "full":
-        stock_cls = RobertaForSequenceClassification if "roberta" in ee_model.config.model_type else \
-            BertForSequenceClassification
-        model = stock_cls.from_pretrained(model_dir).eval()  # backbone + last exit, exit heads ignored
+        model = full_model(model_dir)
         pipe_cls = TextClassificationPipeline
     else:
-        model = ee_model
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
         pipe_cls = hf_eenet.EENetTextClassificationPipeline
     if prec == "int8":  # backbone and exit heads only: the tiny scheduler nets stay fp32 (their decisions are exact)
         names = [n for n in ("bert", "roberta", "exit_heads", "classifier", "dropout") if hasattr(model, n)]
@@ -108,15 +124,30 @@ def run_variant(pipe, is_ee, prec, texts, budget, batch_size):
         return pipe(texts, batch_size=batch_size, truncation=True, max_length=128, **kw)
 
 
+def _proc_status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
 def measure_memory(args) -> None:
-    """Child process: build one configuration, run it once, print the peak RSS (MiB)."""
+    """Child process: build one configuration, then reset the kernel's peak-RSS mark (``/proc/self/clear_refs``)
+    and run it once, so the reported peak is that of inference (weights + activations), not of loading the data
+    or the checkpoint. Prints ``{"peak_rss_mib", "rss_before_mib", "inference_growth_mib"}``."""
+    import gc
+
     texts, _ = load_texts(args)
     pipe, is_ee = build(args.model_dir, args.memory_variant)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run_variant(pipe, is_ee, args.memory_variant.split("-")[1], texts[: args.memory_rows], args.memory_budget,
-                args.memory_batch_size)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_mib": peak / 1024, "rss_growth_mib": (peak - base) / 1024}))
+    prec = args.memory_variant.split("-")[1]
+    run_variant(pipe, is_ee, prec, texts[:8], args.memory_budget, args.memory_batch_size)  # warm-up (lazy inits)
+    gc.collect()
+    before = _proc_status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
+    run_variant(pipe, is_ee, prec, texts[: args.memory_rows], args.memory_budget, args.memory_batch_size)
+    peak = _proc_status_kib("VmHWM")
+    print(json.dumps({"peak_rss_mib": peak / 1024, "rss_before_mib": before / 1024,
+                      "inference_growth_mib": (peak - before) / 1024}))
 
 
 def load_texts(args, split="test"):
@@ -205,7 +236,7 @@ def main():
                 cmd += ["--memory_budget", str(budget)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             memory.append({"variant": variant, "budget": budget, **json.loads(out)})
-            print(f"peak RSS {variant:10s} B={budget}: {memory[-1]['peak_rss_mib']:.0f} MiB")
+            print(f"peak RSS {variant:10s} B={budget}: {memory[-1]['peak_rss_mib']:.0f} MiB (inference growth {memory[-1]['inference_growth_mib']:.0f} MiB)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({

@@ -115,9 +115,14 @@ def targets_section(name: str, res: dict, pipe: dict | None) -> list[str]:
                          + (f"budget {best['budget']}, {best['speedup_vs_full_fp32']:.2f}x, "
                             f"{best['accuracy_delta_pt']:+.2f} pt)" if ok else "none; "
                             f"fastest {best['speedup_vs_full_fp32']:.2f}x at {best['accuracy_delta_pt']:+.2f} pt)"))
-        for m in pipe.get("memory", []):
-            lines.append(f"- Peak RSS ({m['variant']}{'' if m['budget'] is None else ', budget ' + str(m['budget'])}"
-                         f", batch 32): {m['peak_rss_mib']:.0f} MiB")
+        mem = pipe.get("memory", [])
+        if mem:
+            lines.append("- Peak memory during inference (batch 32, separate process per configuration; peak RSS, "
+                         "and its growth over the loaded model): " + "; ".join(
+                             f"{'full model' if m['budget'] is None else 'early exit B=' + str(m['budget'])} "
+                             f"{m['peak_rss_mib']:.0f} MiB"
+                             + (f" (+{m['inference_growth_mib']:.0f})" if "inference_growth_mib" in m else "")
+                             for m in mem))
     return lines + [""]
 
 
