@@ -148,6 +148,13 @@ def engine_and_synthetic_sections() -> list[str]:
                   f"single-exit {t['single_exit_ms']:.0f} ms per batch of {t['batch_size']} = "
                   f"{t['ratio']:.3f}x (target ≤ 1.15x{', self-distillation term included' if t.get('distill') else ''}; "
                   f"exit pooling {t.get('exit_pooling', 'cls')}).", ""]
+    sf = ROOT / "benchmarks" / "results" / "scheduler_fit.json"
+    if sf.exists():
+        f = json.loads(sf.read_text())
+        lines += [f"**Scheduler fit** (`benchmarks/results/scheduler_fit.json`, synthetic N = {f['n']:,}, "
+                  f"K = {f['num_exits']}, C = {f['num_classes']}, {f['restarts']} restarts, {f['threads']} threads): "
+                  f"{f['seconds']:.1f} s (target ≤ 30 s); held-out realised cost {f['heldout_cost']:.3f} at budget "
+                  f"{f['budget']}.", ""]
     syn = ROOT / "benchmarks" / "results" / "synthetic_policies.json"
     if syn.exists():
         r = json.loads(syn.read_text())
