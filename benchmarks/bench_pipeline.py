@@ -58,12 +58,10 @@ def refit_bank(model, tok, prec, val_texts, val_labels, budgets, seed=42) -> dic
     t0 = time.perf_counter()
     probs = validation_exit_probs(model, tok, val_texts, prec)
     fwd = time.perf_counter() - t0
-    cfg = dict(model.config.scheduler_config or {})
-    cfg.pop("num_exits", None), cfg.pop("num_classes", None)
     info = {"validation_rows": len(val_texts), "forward_seconds": fwd, "fit_seconds": {}}
     for b in budgets:
         t1 = time.perf_counter()
-        sched = hf_eenet.EENetScheduler(**cfg).fit(probs, np.asarray(val_labels), model.config.exit_costs, b, seed=seed)
+        sched = hf_eenet.EENetScheduler.from_config(model.config.scheduler_config).fit(probs, np.asarray(val_labels), model.config.exit_costs, b, seed=seed)
         model.add_scheduler(sched, b)
         info["fit_seconds"][str(b)] = time.perf_counter() - t1
     return info

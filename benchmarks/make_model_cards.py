@@ -15,8 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hf_eenet.model_card import card_from_results  # noqa: E402
-from hf_eenet.reporting import plot_results  # noqa: E402
+from hf_eenet.model_card import write_results_card  # noqa: E402
 
 
 def main(names=None):
@@ -26,10 +25,7 @@ def main(names=None):
         if not path.exists():
             print(f"{name}: no {path.relative_to(ROOT)}, skipped")
             continue
-        results = json.loads(path.read_text())
-        plot_results(results, str(folder / "accuracy_vs_cost.png"),
-                     title=f"{name} test: accuracy vs realised cost ({results['cost_profile']} cost)")
-        card_from_results(results).save(str(folder / "README.md"))
+        write_results_card(json.loads(path.read_text()), folder)
         print(f"{name}: card and plot regenerated from {path.relative_to(ROOT)}")
 
 

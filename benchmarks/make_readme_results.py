@@ -126,11 +126,15 @@ def targets_section(name: str, res: dict, pipe: dict | None) -> list[str]:
     return lines + [""]
 
 
+def _load_result(name: str) -> dict | None:
+    path = ROOT / "benchmarks" / "results" / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def engine_and_synthetic_sections() -> list[str]:
     lines = []
-    eng = ROOT / "benchmarks" / "results" / "early_exit_engine.json"
-    if eng.exists():
-        e = json.loads(eng.read_text())
+    e = _load_result("early_exit_engine.json")
+    if e:
         lines += ["**Early-exit engine overhead** (`benchmarks/results/early_exit_engine.json`: stock "
                   "`BertForSequenceClassification` vs our early exit with fixed exit mixes, MiniLM, SST-2 test "
                   f"sentences, {e['threads']} CPU threads):", "",
@@ -141,23 +145,20 @@ def engine_and_synthetic_sections() -> list[str]:
         for name, v in by.items():
             lines.append(f"| {name} | {v.get(1, float('nan')):.2f}x | {v.get(32, float('nan')):.2f}x |")
         lines.append("")
-    ts = ROOT / "benchmarks" / "results" / "train_step.json"
-    if ts.exists():
-        t = json.loads(ts.read_text())
+    t = _load_result("train_step.json")
+    if t:
         lines += [f"**Training step** (`benchmarks/results/train_step.json`): multi-exit {t['multi_exit_ms']:.0f} ms vs "
                   f"single-exit {t['single_exit_ms']:.0f} ms per batch of {t['batch_size']} = "
                   f"{t['ratio']:.3f}x (target ≤ 1.15x{', self-distillation term included' if t.get('distill') else ''}; "
                   f"exit pooling {t.get('exit_pooling', 'cls')}).", ""]
-    sf = ROOT / "benchmarks" / "results" / "scheduler_fit.json"
-    if sf.exists():
-        f = json.loads(sf.read_text())
+    f = _load_result("scheduler_fit.json")
+    if f:
         lines += [f"**Scheduler fit** (`benchmarks/results/scheduler_fit.json`, synthetic N = {f['n']:,}, "
                   f"K = {f['num_exits']}, C = {f['num_classes']}, {f['restarts']} restarts, {f['threads']} threads): "
                   f"{f['seconds']:.1f} s (target ≤ 30 s); held-out realised cost {f['heldout_cost']:.3f} at budget "
                   f"{f['budget']}.", ""]
-    syn = ROOT / "benchmarks" / "results" / "synthetic_policies.json"
-    if syn.exists():
-        r = json.loads(syn.read_text())
+    r = _load_result("synthetic_policies.json")
+    if r:
         methods = list(r["methods"])
         lines += ["**Synthetic check** (`benchmarks/results/synthetic_policies.json`, known ground truth where exit-1 "
                   "correctness depends on the class; calibrated on 10,000 rows, evaluated on 20,000 held-out rows; "

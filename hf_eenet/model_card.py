@@ -6,7 +6,9 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .reporting import EENET, budget_adherence_table, results_table
+from .reporting import EENET, budget_adherence_table, plot_results, results_table
+
+PLOT_FILE = "accuracy_vs_cost.png"
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
 
@@ -60,7 +62,7 @@ def _scheduler_fit_line(results: dict) -> str:
             f"({sum(secs):.1f} s in all) on {results.get('versions', {}).get('threads', '?')} CPU threads")
 
 
-def card_from_results(results: dict, plot_file: str | None = "accuracy_vs_cost.png") -> ModelCard:
+def card_from_results(results: dict, plot_file: str | None = PLOT_FILE) -> ModelCard:
     """The recipe's model card, built only from its ``results.json`` (so committed cards can be regenerated)."""
     args = results.get("recipe_args", {})
     targs = results.get("training_args", {})
@@ -107,4 +109,14 @@ def card_from_results(results: dict, plot_file: str | None = "accuracy_vs_cost.p
         model_name=f"hf_eenet {name} ({'all-MiniLM-L6-v2' if minilm else Path(backbone).name})")
 
 
-__all__ = ["build_model_card", "card_from_results"]
+def write_results_card(results: dict, folder) -> ModelCard:
+    """Write ``<folder>/accuracy_vs_cost.png`` and ``<folder>/README.md`` from a recipe's results dict."""
+    folder = Path(folder)
+    plot_results(results, str(folder / PLOT_FILE),
+                 title=f"{results['dataset']} test: accuracy vs realised cost ({results['cost_profile']} cost)")
+    card = card_from_results(results, plot_file=PLOT_FILE)
+    card.save(str(folder / "README.md"))
+    return card
+
+
+__all__ = ["build_model_card", "card_from_results", "write_results_card"]

@@ -110,8 +110,8 @@ def run(args: EENetArguments, training_args, command: str | None = None) -> dict
 
     from .costs import profile_exit_costs, set_exit_costs
     from .data import LABELS, default_data_dir, load_task
-    from .model_card import card_from_results
-    from .reporting import compare_policies, plot_results, results_table
+    from .model_card import write_results_card
+    from .reporting import compare_policies, results_table
     from .trainer import EENetTrainer
 
     t_start = time.perf_counter()
@@ -186,10 +186,7 @@ def run(args: EENetArguments, training_args, command: str | None = None) -> dict
         wall_seconds=time.perf_counter() - t_start,
     )
     (res_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    plot = plot_results(results, str(res_dir / "accuracy_vs_cost.png"),
-                        title=f"{args.dataset} test: accuracy vs realised cost ({args.cost_profile} cost)")
-    card = card_from_results(results, plot_file=os.path.basename(plot))
-    card.save(str(res_dir / "README.md"))
+    card = write_results_card(results, res_dir)
     if res_dir != out_dir:
         card.save(str(out_dir / "README.md"))
     if not args.quiet:
