@@ -13,12 +13,25 @@ Early-exit fields:
     scheduler_budgets (`list[float]`): budgets (fractions of the full cost) of the fitted EENet scheduler bank,
         one scheduler per budget, sorted ascending. Weights live in the model's safetensors file.
     scheduler_config (`dict`): constructor kwargs shared by the schedulers of the bank (num_exits, num_classes, ...).
+    scheduler_bank (`list[dict]`): one record per ``scheduler_budgets`` entry saying what that scheduler was fitted
+        for (budget, costs, exits, classes, validation-data fingerprint, scheduler config, tensor digest); see
+        ``hf_eenet/bank.py``. The model verifies bank ↔ config on load, on ``add_scheduler``, on ``set_exit_costs``
+        and before serving a budget.
     default_budget (`float`): budget used by the pipeline when a call gives none.
     exit_pooling (`str`): what every exit (the last one included) classifies: ``"cls"`` (default) the first token,
         as the stock ``BertForSequenceClassification`` / ``RobertaForSequenceClassification`` do, or ``"mean"`` the
         average of the non-padding tokens, fed to the same pooler/classifier layers. ``"mean"`` suits backbones
         pretrained with mean pooling (sentence-transformers checkpoints such as all-MiniLM-L6-v2), whose early
         first-token states carry little.
+
+Validation runs in ``__post_init__`` *and* after ``from_pretrained(..., exit_layers=..., exit_pooling=...)`` kwargs
+(which transformers sets after construction). When ``exit_layers`` is overridden that way without ``exit_costs``,
+analytic (``"flops"``/unset profile) costs are recomputed for the new exits; measured (``"latency"``/``"layers"``)
+costs cannot be, so that is an error asking for ``exit_costs=`` or a new profile. ``exit_costs`` must always have one
+entry per exit.
+
+``custom_pipelines`` (written by ``save_pretrained`` so the Hub code serves ``budget=``) is dropped from configs loaded
+by the *installed* hf_eenet: its registered pipeline serves the model without ``trust_remote_code``.
 """
 
 from __future__ import annotations
@@ -36,9 +49,13 @@ EENET_FIELDS = (
     "scheduler_config",
     "default_budget",
     "exit_pooling",
+    "scheduler_bank",
 )
 
 EXIT_POOLINGS = ("cls", "mean")
+
+# True when this file runs as the installed hf_eenet package (not as Hub remote code copied next to a model).
+_INSTALLED = __name__.split(".")[0] == "hf_eenet"
 
 
 def validate_exit_layers(exit_layers, num_hidden_layers: int) -> list[int]:
@@ -96,6 +113,25 @@ class EENetConfigMixin:
             config_dict = {**config_dict, "model_type": cls.model_type}
         return config_dict, kwargs
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # transformers sets from_pretrained kwargs *after* __init__ (so __post_init__ never saw them): validate again.
+        override_layers = "exit_layers" in kwargs and "exit_costs" not in kwargs
+        out = super().from_dict(config_dict, **kwargs)
+        config = out[0] if isinstance(out, tuple) else out
+        if override_layers and list(config.exit_layers or []) != list(config_dict.get("exit_layers") or []):
+            profile = config.exit_cost_profile
+            if profile not in (None, "flops"):
+                raise ValueError(
+                    f"exit_layers changed to {config.exit_layers} but exit_costs were measured ({profile!r}) for "
+                    f"exit_layers {config_dict.get('exit_layers')}: pass exit_costs= for the new exits or re-profile "
+                    "them (hf_eenet.profile_exit_costs + set_exit_costs)"
+                )
+            config.exit_costs = None  # recomputed (analytic FLOPs) for the new exits by _validate_eenet
+            config.exit_cost_profile = None
+        config._validate_eenet()
+        return out
+
     def _validate_eenet(self) -> None:
         self.exit_layers = validate_exit_layers(self.exit_layers, self.num_hidden_layers)
         k = len(self.exit_layers)
@@ -119,6 +155,10 @@ class EENetConfigMixin:
             if not (0 < b <= 1):
                 raise ValueError(f"default_budget must be a fraction of the full cost in (0, 1], got {b}")
             self.default_budget = b
+        if self.scheduler_bank is not None and not isinstance(self.scheduler_bank, list):
+            raise ValueError(f"scheduler_bank must be a list of records, got {type(self.scheduler_bank).__name__}")
+        if _INSTALLED:
+            self.__dict__.pop("custom_pipelines", None)
 
     @property
     def num_exits(self) -> int:
@@ -138,6 +178,7 @@ class EENetBertConfig(EENetConfigMixin, BertConfig):
     scheduler_config: dict | None = None
     default_budget: float | None = None
     exit_pooling: str = "cls"
+    scheduler_bank: list[dict] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -157,6 +198,7 @@ class EENetRobertaConfig(EENetConfigMixin, RobertaConfig):
     scheduler_config: dict | None = None
     default_budget: float | None = None
     exit_pooling: str = "cls"
+    scheduler_bank: list[dict] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

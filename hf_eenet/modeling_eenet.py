@@ -9,8 +9,9 @@ computes every exit for every row (the "all exits" forward used for training and
 
 from __future__ import annotations
 
-import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,8 +26,20 @@ from transformers.models.roberta.modeling_roberta import (
 )
 from transformers.utils import ModelOutput
 
+from .bank import (
+    BankIntegrityError,
+    SchedulerBank,
+    scheduler_config_json,
+    atomic_save_dir,
+    check_entry,
+    check_loading_info,
+    check_scheduler,
+    make_record,
+    verify_bank,
+)
 from .configuration_eenet import EENetBertConfig, EENetRobertaConfig
 from .policies import ExitPolicy
+from .validation import check_budget_fraction
 
 
 @dataclass
@@ -126,18 +139,17 @@ class EENetModelMixin:
         weights = exit_loss_weights(exit_logits.shape[1])
         return sum(w * self.single_exit_loss(exit_logits[:, k], labels) for k, w in enumerate(weights))
 
-    # ------------------------------------------------------------------ policies and budgets
+    # ------------------------------------------------------------------ policies and budgets (the bank)
     def get_exit_policy(self, budget: float):
-        """The fitted EENet scheduler of the bank for ``budget`` (a fraction of the full cost, in (0, 1]).
+        """The fitted EENet scheduler of the bank for ``budget`` (a fraction of the full cost, in (0, 1]: a Python
+        number, NumPy scalar or 0-d tensor; see ``hf_eenet.validation``).
 
         Rule between grid points: the largest fitted budget that does not exceed ``budget`` (so the realised cost
         never plans above what was asked); an exact grid point is used as is. Outside the fitted range → ValueError.
+        The entry is checked against the config before it is returned (``check_entry``): a scheduler fitted
+        for another budget, other costs or other exits, or with NaN state, raises ``BankIntegrityError``.
         """
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-            raise TypeError(f"budget must be a number (fraction of the full cost), got {type(budget).__name__}")
-        budget = float(budget)
-        if math.isnan(budget) or budget <= 0 or budget > 1:
-            raise ValueError(f"budget must be a fraction of the full model's cost in (0, 1], got {budget}")
+        budget = check_budget_fraction(budget)
         budgets = list(self.config.scheduler_budgets or [])
         if not budgets:
             raise ValueError(
@@ -151,12 +163,16 @@ class EENetModelMixin:
                 f"budget {budget} is outside the fitted range [{budgets[0]}, {budgets[-1]}] "
                 f"(fitted budgets: {budgets}); refit the scheduler bank with this budget"
             )
+        if len(budgets) != len(self.eenet_schedulers):
+            verify_bank(self, where="before serving")  # raises, naming the mismatch
         idx = max(i for i, b in enumerate(budgets) if b <= budget + eps)
+        check_entry(self, idx)
         return self.eenet_schedulers[idx]
 
     def _build_scheduler_bank(self) -> None:
-        """Empty schedulers, one per ``config.scheduler_budgets`` entry; ``from_pretrained`` fills their weights."""
-        self.eenet_schedulers = nn.ModuleList()
+        """Empty schedulers, one per ``config.scheduler_budgets`` entry; ``from_pretrained`` fills their weights
+        (and fails if any tensor is missing from the checkpoint)."""
+        self.eenet_schedulers = SchedulerBank()
         if self.config.scheduler_budgets:
             from .scheduler import EENetScheduler
 
@@ -165,9 +181,7 @@ class EENetModelMixin:
             cfg.setdefault("num_classes", self.config.num_labels)
             self.eenet_schedulers.extend(EENetScheduler.from_config(cfg) for _ in self.config.scheduler_budgets)
 
-    def add_scheduler(self, scheduler, budget: float) -> None:
-        """Put a fitted :class:`EENetScheduler` into the bank under ``budget`` (fraction of the full cost); replaces
-        an entry with the same budget. Its costs must be this model's ``config.exit_costs`` (fractions)."""
+    def _check_bank_candidate(self, scheduler, budget: float) -> None:
         from .scheduler import EENetScheduler
 
         if not isinstance(scheduler, EENetScheduler):
@@ -175,19 +189,127 @@ class EENetModelMixin:
         if not getattr(scheduler, "is_fitted", False):
             raise ValueError("the scheduler is not fitted: call scheduler.fit(...) first")
         scheduler.check_num_exits(self.config.num_exits)
-        budget = float(budget)
-        if not (0 < budget <= 1):
-            raise ValueError(f"budget must be a fraction of the full cost in (0, 1], got {budget}")
-        cfg = scheduler.get_config()
-        if self.config.scheduler_config and self.config.scheduler_budgets:
-            if {k: v for k, v in cfg.items()} != self.config.scheduler_config:
-                raise ValueError("all schedulers of a bank must share one configuration (scheduler_config)")
-        entries = dict(zip(self.config.scheduler_budgets or [], list(self.eenet_schedulers)))
-        entries[budget] = scheduler.to(next(self.parameters()).device)
+        check_scheduler(scheduler, self.config, budget, where="add_scheduler")
+
+    def add_scheduler(self, scheduler, budget: float, *, data_fingerprint: str | None = None) -> None:
+        """Put a fitted :class:`EENetScheduler` into the bank under ``budget`` (fraction of the full cost); replaces
+        an entry with the same budget.
+
+        The scheduler must have been fitted for this budget and for this model's ``config.exit_costs``, exits and
+        classes, and share the bank's scheduler config; ``data_fingerprint`` (``data_fingerprint(probs,
+        labels)`` of its validation data) must equal the other entries' when both are known. Else
+        ``BankIntegrityError`` names what differs."""
+        budget = check_budget_fraction(budget)
+        self._check_bank_candidate(scheduler, budget)
+        records = verify_bank(self, where="add_scheduler") if self.config.scheduler_budgets else []
+        cfg = scheduler_config_json(scheduler)
+        entries = {r["budget"]: (s, r) for r, s in zip(records, self.eenet_schedulers)}
+        others = {b: e for b, e in entries.items() if b != budget}
+        if others:
+            if self.config.scheduler_config and cfg != self.config.scheduler_config:
+                raise BankIntegrityError(
+                    f"all schedulers of a bank must share one configuration: the bank has {self.config.scheduler_config}"
+                    f", the new scheduler {cfg}")
+            prints = {r.get("data_fingerprint") for _, r in others.values() if r.get("data_fingerprint")}
+            if data_fingerprint and prints and prints != {data_fingerprint}:
+                raise BankIntegrityError(
+                    "the new scheduler was fitted on other validation data than the bank's other schedulers "
+                    f"({data_fingerprint} vs {sorted(prints)}): refit the whole bank (fit_scheduler replaces it)")
+        entries[budget] = (scheduler, make_record(scheduler, budget, data_fingerprint))
+        self._install_bank({b: e for b, e in entries.items()}, cfg)
+
+    def set_scheduler_bank(self, schedulers: dict, *, data_fingerprint: str | None = None) -> None:
+        """Replace the whole bank with ``{budget: fitted scheduler}`` (all checked first; on error the old bank stays)."""
+        if not isinstance(schedulers, dict) or not schedulers:
+            raise ValueError("schedulers must be a non-empty {budget: EENetScheduler} dict")
+        entries, cfgs = {}, []
+        for b, sched in schedulers.items():
+            b = check_budget_fraction(b)
+            self._check_bank_candidate(sched, b)
+            cfgs.append(scheduler_config_json(sched))
+            entries[b] = (sched, make_record(sched, b, data_fingerprint))
+        if any(c != cfgs[0] for c in cfgs):
+            raise BankIntegrityError("all schedulers of a bank must share one configuration (scheduler_config)")
+        self._install_bank(entries, cfgs[0])
+
+    def clear_scheduler_bank(self) -> None:
+        """Remove every scheduler (e.g. before changing ``exit_costs``); the model then serves no budget."""
+        self.eenet_schedulers = SchedulerBank()
+        self.config.scheduler_budgets = []
+        self.config.scheduler_bank = None
+        self.config.default_budget = None
+
+    def _install_bank(self, entries: dict, scheduler_config: dict) -> None:
+        device = next(self.parameters()).device
         budgets = sorted(entries)
-        self.config.scheduler_config = cfg
+        self.eenet_schedulers = SchedulerBank([entries[b][0].to(device) for b in budgets])
+        self.config.scheduler_config = scheduler_config
         self.config.scheduler_budgets = budgets
-        self.eenet_schedulers = nn.ModuleList([entries[b] for b in budgets])
+        self.config.scheduler_bank = [entries[b][1] for b in budgets]
+        if self.config.default_budget is not None and not budgets[0] <= self.config.default_budget <= budgets[-1] + 1e-6:
+            self.config.default_budget = None
+
+    def verify_scheduler_bank(self) -> list[dict]:
+        """Check the bank against the config (see ``hf_eenet.verify_bank``); returns the records."""
+        return verify_bank(self)
+
+    # ------------------------------------------------------------------ persistence
+    def _apply(self, fn, *args, **kwargs):
+        # ``model.to(dtype)`` / ``.half()`` cast every floating tensor; the scheduler bank keeps float64 (its
+        # ``SchedulerBank._apply`` restores dtypes). A bank assigned as a plain ModuleList is converted first.
+        bank_modules = self._modules.get("eenet_schedulers")
+        if bank_modules is not None and not isinstance(bank_modules, SchedulerBank):
+            self._modules["eenet_schedulers"] = SchedulerBank(list(bank_modules))
+        return super()._apply(fn, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As ``PreTrainedModel.from_pretrained``, then: no scheduler tensor may be missing from (or left over in)
+        the checkpoint, and the bank must match the config (``verify_bank``); else ``BankIntegrityError``."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        check_loading_info(info)
+        model.config._validate_eenet()
+        if model.config.scheduler_budgets:
+            records = verify_bank(model, where="on load")
+            if model.config.scheduler_bank is None:  # legacy checkpoint: records from the verified schedulers
+                model.config.scheduler_bank = records
+        return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As ``PreTrainedModel.save_pretrained``, but atomic and Hub-complete.
+
+        The bank is verified first (an inconsistent bank is never written) and its records go to ``config.json``.
+        Everything is written into a temporary folder beside ``save_directory`` that is then swapped in by rename,
+        so an interrupted save leaves the old folder loading exactly as before. Files of the old folder the save
+        does not produce (tokenizer, README, ...) are kept. The folder always gets the remote code (``auto_map``,
+        the model/config code), the pipeline code and ``custom_pipelines``, so
+        ``pipeline("text-classification", model=folder, trust_remote_code=True)`` serves ``budget=`` without
+        hf_eenet installed."""
+        if self.config.scheduler_budgets:
+            self.config.scheduler_bank = verify_bank(self, where="on save")
+        is_main = kwargs.get("is_main_process", True)
+        custom = {"text-classification": {"impl": "pipeline_eenet.EENetTextClassificationPipeline",
+                                          "pt": ["AutoModelForSequenceClassification"], "type": "text"}}
+
+        def write(tmp):
+            had = self.config.__dict__.get("custom_pipelines", None)
+            self.config.custom_pipelines = custom
+            try:
+                super(EENetModelMixin, self).save_pretrained(tmp, *args, **kwargs)
+            finally:
+                if had is None:
+                    self.config.__dict__.pop("custom_pipelines", None)
+                else:
+                    self.config.custom_pipelines = had
+            here = Path(__file__).parent
+            for name in ("pipeline_eenet.py",):
+                if (here / name).exists():
+                    shutil.copy(here / name, Path(tmp, name))
+
+        if not is_main:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        atomic_save_dir(save_directory, write)
 
     # ------------------------------------------------------------------ the exit loop
     def _check_inputs(self, input_ids, attention_mask, inputs_embeds):
@@ -296,8 +418,22 @@ class EENetModelMixin:
         exit_policy=None,
         budget=None,
         return_dict=None,
+        output_attentions=None,
+        output_hidden_states=None,
         **kwargs,
     ):
+        if output_attentions or output_hidden_states:
+            raise NotImplementedError(
+                "output_attentions / output_hidden_states are not supported by the EENet models: in the early-exit "
+                "forward rows leave the batch at their exit, so per-layer tensors do not cover every row. Use "
+                "model.backbone(...) (the stock BertModel/RobertaModel) for hidden states or attentions."
+            )
+        if kwargs:
+            raise TypeError(
+                f"{type(self).__name__}.forward() got unexpected keyword arguments {sorted(kwargs)}; it takes "
+                "input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, labels, exit_policy, budget, "
+                "return_dict"
+            )
         if exit_policy is not None and budget is not None:
             raise ValueError("give either exit_policy or budget, not both")
         if budget is not None:

@@ -17,7 +17,8 @@ Baselines (eenet_method.md §8), each with ``Cls.calibrate(exit_probs, labels, c
 with ``.budget``, ``.costs`` and ``.planned_cost`` (realised average cost on the calibration data):
 :class:`MaxProbPolicy` (MSDNet), :class:`EntropyPolicy` (BranchyNet), :class:`PatiencePolicy` (PABEE),
 :class:`StaticPolicy` and :class:`OraclePolicy` (labels-based upper bound, offline only). Input validators
-:func:`check_costs`, :func:`check_budget`, :func:`check_labels` are shared with the EENet scheduler.
+(:func:`check_costs`, :func:`check_budget`, :func:`check_labels`, ...) live in :mod:`hf_eenet.validation` and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -27,51 +28,18 @@ import math
 import numpy as np
 import torch
 
-
-def _as_probs_tensor(exit_probs, name: str = "exit_probs") -> torch.Tensor:
-    """Validate ``exit_probs`` of shape [N, K, C] (softmax outputs) and return a float tensor."""
-    if not isinstance(exit_probs, torch.Tensor):
-        try:
-            exit_probs = torch.as_tensor(exit_probs)
-        except Exception as err:  # noqa: BLE001 - re-raised with a clear message
-            raise TypeError(f"{name} must be a tensor or array of shape [N, K, C], got {type(exit_probs).__name__}") from err
-    if exit_probs.dim() != 3:
-        raise ValueError(f"{name} must have shape [N, K, C], got shape {tuple(exit_probs.shape)}")
-    if exit_probs.shape[0] == 0:
-        raise ValueError(f"{name} is empty (N = 0)")
-    if not torch.is_floating_point(exit_probs):
-        raise TypeError(f"{name} must be floating point probabilities, got dtype {exit_probs.dtype}")
-    p = exit_probs.detach().double()
-    if not torch.isfinite(p).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if (p < -1e-6).any():
-        raise ValueError(f"{name} contains negative probabilities (min {p.min().item():.3g})")
-    sums = p.sum(-1)
-    dev = (sums - 1).abs()
-    if dev.max().item() > 1e-3:
-        worst = sums.flatten()[dev.flatten().argmax()].item()
-        raise ValueError(
-            f"{name} rows must sum to 1 over the class dimension (softmax outputs); a row sums to {worst:.4g}. "
-            "Pass probabilities, not logits."
-        )
-    return exit_probs.detach().float()
-
-
-def _check_thresholds(thresholds, name: str = "thresholds") -> list[float]:
-    if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__len__"):
-        raise TypeError(f"{name} must be a sequence of numbers, one per exit, got {type(thresholds).__name__}")
-    out = []
-    for i, t in enumerate(thresholds):
-        try:
-            t = float(t)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"{name}[{i}] must be a number, got {t!r}") from err
-        if math.isnan(t):
-            raise ValueError(f"{name}[{i}] is NaN")
-        out.append(t)
-    if not out:
-        raise ValueError(f"{name} is empty: give one threshold per exit")
-    return out
+# The validators live in hf_eenet.validation (one module for every rule); the old names stay importable from here.
+from .validation import (  # noqa: F401 - re-exported
+    ValidationTypeError,
+    as_number,
+    as_probs_tensor as _as_probs_tensor,
+    check_budget,
+    check_costs,
+    check_exit_index,
+    check_labels,
+    check_thresholds as _check_thresholds,
+    is_number as _is_number,
+)
 
 
 class ExitPolicy:
@@ -256,103 +224,6 @@ class MaxProbPolicy(ScoreThresholdPolicy):
 
     def score(self, probs: torch.Tensor) -> torch.Tensor:
         return probs.max(dim=-1).values
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Validators (reusable: the EENet scheduler calibration uses the same rules)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _is_number(x) -> bool:
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, torch.Tensor):
-        return x.dim() == 0 and not x.dtype == torch.bool and not x.is_complex()
-    if isinstance(x, np.ndarray):
-        return x.ndim == 0 and (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating))
-    return isinstance(x, (int, float, np.integer, np.floating))
-
-
-def check_costs(costs, num_exits: int) -> list[float]:
-    """Validate cumulative per-exit costs ``c_1 < ... < c_K`` (any unit) and return them as a list of floats.
-
-    Raises ``ValueError`` unless ``costs`` is a 1-D sequence of ``num_exits`` finite, positive, strictly increasing
-    numbers.
-    """
-    if isinstance(costs, (str, bytes)) or costs is None:
-        raise ValueError(f"costs must be a sequence of {num_exits} numbers (cumulative cost per exit), got {costs!r}")
-    if isinstance(costs, (torch.Tensor, np.ndarray)):
-        if costs.ndim != 1:
-            raise ValueError(f"costs must be 1-D (one cumulative cost per exit), got shape {tuple(costs.shape)}")
-        costs = costs.tolist()
-    if not hasattr(costs, "__len__"):
-        raise ValueError(f"costs must be a sequence of {num_exits} numbers, got {type(costs).__name__}")
-    if len(costs) != num_exits:
-        raise ValueError(f"costs must have one entry per exit: expected {num_exits}, got {len(costs)}")
-    out = []
-    for i, c in enumerate(costs):
-        if not _is_number(c):
-            raise ValueError(f"costs[{i}] must be a number, got {c!r}")
-        c = float(c)
-        if not math.isfinite(c) or c <= 0:
-            raise ValueError(f"costs[{i}] must be finite and > 0, got {c}")
-        out.append(c)
-    for i in range(1, len(out)):
-        if not out[i] > out[i - 1]:
-            raise ValueError(
-                f"costs must be cumulative and strictly increasing (c_1 < c_2 < ... < c_K), got {out}"
-            )
-    return out
-
-
-def check_budget(budget, costs) -> float:
-    """Validate a target *average* cost ``budget`` against cumulative ``costs`` and return it as a float.
-
-    Raises ``ValueError`` if the budget is not a number, NaN/inf, ``<= 0``, or outside ``[c_1, c_K]`` (a relative
-    slack of 1e-9 is tolerated and clipped, so ``1.0 * c_K`` computed in floating point is accepted).
-    """
-    costs = [float(c) for c in costs]
-    if not _is_number(budget):
-        raise ValueError(f"budget must be a number (target average cost, same unit as costs), got {budget!r}")
-    b = float(budget)
-    if not math.isfinite(b):
-        raise ValueError(f"budget must be finite, got {b}")
-    if b <= 0:
-        raise ValueError(f"budget must be > 0, got {b}")
-    lo, hi = costs[0], costs[-1]
-    tol = 1e-9 * hi
-    if b < lo - tol or b > hi + tol:
-        raise ValueError(
-            f"budget {b:g} is outside the reachable range [c_1, c_K] = [{lo:g}, {hi:g}] "
-            f"(as a fraction of c_K: [{lo / hi:.4g}, 1])"
-        )
-    return min(max(b, lo), hi)
-
-
-def check_labels(labels, n: int, num_classes: int) -> torch.Tensor:
-    """Validate class labels: shape ``[n]``, integer values in ``[0, num_classes)``. Returns a long tensor."""
-    if labels is None:
-        raise ValueError("labels are required")
-    if not isinstance(labels, torch.Tensor):
-        try:
-            labels = torch.as_tensor(np.asarray(labels))
-        except Exception as err:  # noqa: BLE001
-            raise ValueError(f"labels must be an integer array of shape [{n}], got {type(labels).__name__}") from err
-    labels = labels.detach().cpu()
-    if labels.dim() != 1 or labels.shape[0] != n:
-        raise ValueError(f"labels must have shape [{n}] (one per sample), got shape {tuple(labels.shape)}")
-    if labels.dtype == torch.bool or labels.is_complex():
-        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
-    if torch.is_floating_point(labels):
-        if not torch.isfinite(labels).all() or (labels != labels.round()).any():
-            raise ValueError("labels must be integer class ids (got non-integral values)")
-    labels = labels.long()
-    if n > 0 and (labels.min().item() < 0 or labels.max().item() >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}) (num_classes = {num_classes}); "
-            f"got min {labels.min().item()}, max {labels.max().item()}"
-        )
-    return labels
 
 
 def _mean_cost(exit_idx: torch.Tensor, costs) -> float:

@@ -1,0 +1,284 @@
+"""The budget → scheduler bank: what each fitted EENet scheduler was fitted for, and the checks that keep a model from
+serving a budget it was not fitted for.
+
+A model's bank is ``model.eenet_schedulers`` (a :class:`SchedulerBank`, state-dict keys ``eenet_schedulers.<i>.*``),
+indexed like ``config.scheduler_budgets`` (sorted ascending). Every entry has a *record* in ``config.scheduler_bank``
+(JSON, saved in ``config.json``)::
+
+    {"budget": 0.4,                      # the bank key: fraction of the full model's cost
+     "costs": [0.29, 0.53, 0.77, 1.0],   # cumulative exit costs the scheduler was fitted with (= config.exit_costs)
+     "num_exits": 4, "num_classes": 2,
+     "data_fingerprint": "sha256:...",   # of the validation labels + rounded exit probabilities (None: unknown)
+     "scheduler_config": {...},          # the scheduler's get_config()
+     "state_sha256": "..."}              # digest of the scheduler's tensors when the record was written
+
+:func:`verify_bank` compares config ↔ records ↔ the schedulers' own fitted-for state (read through their public API:
+``is_fitted``, ``budget``, ``costs``, ``thresholds``, ``num_exits``, ``get_config()``) and the tensors (finite, digest)
+and raises :class:`BankIntegrityError` naming what differs. The model runs it on ``from_pretrained`` (after checking that
+no scheduler tensor is missing from the checkpoint), on ``add_scheduler``, on ``set_exit_costs`` and on
+``save_pretrained``; :func:`check_entry` is the cheap per-request version run before serving a budget.
+
+This module is copied next to the model code by ``save_pretrained`` (Hub remote code): relative imports only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+from torch import nn
+
+from .validation import check_budget_fraction, costs_match
+
+BANK_RECORD_KEYS = ("budget", "costs", "num_exits", "num_classes", "data_fingerprint", "scheduler_config",
+                    "state_sha256")
+
+
+class BankIntegrityError(ValueError):
+    """The scheduler bank does not match the model's config (or is damaged): the model refuses to serve it."""
+
+
+# ------------------------------------------------------------------------------------------------------------ the bank
+class SchedulerBank(nn.ModuleList):
+    """``nn.ModuleList`` of the fitted schedulers whose floating state keeps its dtype through ``model.to(dtype)``,
+    ``.half()``, ``.bfloat16()`` (thresholds, costs and budget are float64 by design: casting them moves exits).
+    Device moves still apply."""
+
+    def _apply(self, fn, recurse=True):
+        def keep_dtype(t):
+            out = fn(t)
+            if isinstance(out, torch.Tensor) and t.is_floating_point() and out.dtype != t.dtype:
+                out = out.to(t.dtype)
+            return out
+
+        return super()._apply(keep_dtype, recurse)
+
+
+# ----------------------------------------------------------------------------------------------------- fingerprints
+def data_fingerprint(exit_probs, labels, decimals: int = 4) -> str:
+    """``"sha256:<hex>"`` of the validation data a bank is fitted on: labels ``[N]`` (int64) and the exit
+    probabilities ``[N, K, C]`` rounded to ``decimals`` (so the same data collected twice gives the same print)."""
+    p = exit_probs.detach().cpu().double().numpy() if isinstance(exit_probs, torch.Tensor) else np.asarray(exit_probs, np.float64)
+    y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    h = hashlib.sha256()
+    h.update(repr((tuple(p.shape), decimals)).encode())
+    h.update(np.ascontiguousarray(y.astype(np.int64)).tobytes())
+    h.update(np.ascontiguousarray(np.round(p, decimals) + 0.0).tobytes())  # + 0.0: -0.0 → 0.0
+    return "sha256:" + h.hexdigest()
+
+
+def state_digest(module: nn.Module) -> str:
+    """sha256 of a module's state dict (names, dtypes, shapes, bytes), device independent."""
+    h = hashlib.sha256()
+    for key, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def make_record(scheduler, budget: float, data_fingerprint: str | None = None) -> dict:
+    """The JSON record of one fitted scheduler under bank key ``budget``."""
+    return {
+        "budget": float(budget),
+        "costs": [float(c) for c in scheduler.costs],
+        "num_exits": int(scheduler.num_exits),
+        "num_classes": _num_classes(scheduler),
+        "data_fingerprint": data_fingerprint,
+        "scheduler_config": scheduler_config_json(scheduler),
+        "state_sha256": state_digest(scheduler),
+    }
+
+
+def _num_classes(scheduler):
+    n = getattr(scheduler, "num_classes", None)
+    return None if n is None else int(n)
+
+
+def scheduler_config_json(scheduler) -> dict:
+    import json
+
+    return json.loads(json.dumps(scheduler.get_config()))  # what config.json will hold (tuples → lists, ...)
+
+
+# -------------------------------------------------------------------------------------------------------- checks
+def _fail(where: str, msg: str):
+    raise BankIntegrityError(f"EENet scheduler bank {where}: {msg}")
+
+
+def check_scheduler(scheduler, config, budget: float, where: str = "check") -> None:
+    """A fitted scheduler can serve ``budget`` on a model with ``config``: fitted, same exits/classes, fitted for
+    this budget and for ``config.exit_costs``, no NaN threshold, finite weights."""
+    name = f"scheduler for budget {budget:g}"
+    try:
+        fitted = bool(scheduler.is_fitted)
+    except Exception as err:  # noqa: BLE001 - a damaged module can fail anywhere
+        _fail(where, f"{name}: cannot read its fitted state ({err})")
+    if not fitted:
+        _fail(where, f"{name} is not fitted (its tensors are missing or were never fitted)")
+    if int(scheduler.num_exits) != int(config.num_exits):
+        _fail(where, f"{name} was fitted for {scheduler.num_exits} exits but config.exit_layers has "
+                     f"{config.num_exits} ({list(config.exit_layers)})")
+    n_cls = _num_classes(scheduler)
+    if n_cls is not None and n_cls != int(config.num_labels):
+        _fail(where, f"{name} was fitted for {n_cls} classes but config.num_labels = {config.num_labels}")
+    fitted_budget = float(scheduler.budget)
+    if not math.isfinite(fitted_budget) or not math.isclose(fitted_budget, budget, rel_tol=1e-6, abs_tol=1e-9):
+        _fail(where, f"config says budget {budget:g} but the scheduler stored there was fitted for budget "
+                     f"{fitted_budget:g}")
+    costs = scheduler.costs
+    if not costs_match(costs, config.exit_costs):
+        _fail(where, f"{name} was fitted for exit costs {[round(c, 6) for c in costs]} but config.exit_costs = "
+                     f"{[round(c, 6) for c in config.exit_costs]}: refit the bank for these costs "
+                     "(EENetTrainer.fit_scheduler) or restore the costs")
+    thresholds = scheduler.thresholds
+    if any(math.isnan(t) for t in thresholds):
+        _fail(where, f"{name} has NaN thresholds {thresholds}")
+    for key, t in scheduler.state_dict().items():
+        if t.is_floating_point() and torch.isnan(t).any():
+            _fail(where, f"{name}: tensor {key!r} contains NaN")
+    for key, p in scheduler.named_parameters():
+        if not torch.isfinite(p).all():
+            _fail(where, f"{name}: weight {key!r} is not finite")
+
+
+def check_entry(model, index: int) -> None:
+    """Cheap check before serving bank entry ``index`` (config ↔ scheduler; no digest)."""
+    cfg = model.config
+    check_scheduler(model.eenet_schedulers[index], cfg, float(cfg.scheduler_budgets[index]), where="before serving")
+
+
+def verify_bank(model, where: str = "check") -> list[dict]:
+    """Full check of ``model``'s bank against its config; returns the records. Raises :class:`BankIntegrityError`."""
+    cfg = model.config
+    budgets = [float(b) for b in (cfg.scheduler_budgets or [])]
+    schedulers = list(model.eenet_schedulers)
+    records = cfg.scheduler_bank
+    if len(budgets) != len(schedulers):
+        _fail(where, f"config.scheduler_budgets lists {len(budgets)} budgets {budgets} but the model holds "
+                     f"{len(schedulers)} schedulers")
+    if records is not None:
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            _fail(where, f"config.scheduler_bank must be a list of records, got {type(records).__name__}")
+        if [r.get("budget") for r in records] != budgets:
+            _fail(where, f"config.scheduler_budgets {budgets} differ from the budgets of config.scheduler_bank "
+                         f"{[r.get('budget') for r in records]} (was config.json edited?)")
+    elif budgets:
+        records = [None] * len(budgets)  # a legacy checkpoint (no records): check what the schedulers say
+    prints = {r.get("data_fingerprint") for r in records if r and r.get("data_fingerprint")}
+    if len(prints) > 1:
+        _fail(where, "the bank mixes schedulers fitted on different validation data "
+                     f"({sorted(prints)}); refit the whole bank on one validation set")
+    for b, sched, rec in zip(budgets, schedulers, records):
+        check_budget_fraction(b, "config.scheduler_budgets entry")
+        check_scheduler(sched, cfg, b, where)
+        if rec is None:
+            continue
+        if not costs_match(rec.get("costs", []), cfg.exit_costs):
+            _fail(where, f"record for budget {b:g} says costs {rec.get('costs')} but config.exit_costs = "
+                         f"{cfg.exit_costs}")
+        if rec.get("num_exits") != cfg.num_exits:
+            _fail(where, f"record for budget {b:g} says {rec.get('num_exits')} exits, config has {cfg.num_exits}")
+        if rec.get("num_classes") not in (None, cfg.num_labels):
+            _fail(where, f"record for budget {b:g} says {rec.get('num_classes')} classes, config has "
+                         f"{cfg.num_labels}")
+        if rec.get("scheduler_config") is not None and rec["scheduler_config"] != scheduler_config_json(sched):
+            _fail(where, f"record for budget {b:g}: scheduler config {rec['scheduler_config']} differs from the "
+                         f"loaded scheduler's {scheduler_config_json(sched)}")
+        if rec.get("state_sha256") and rec["state_sha256"] != state_digest(sched):
+            _fail(where, f"the tensors of the scheduler for budget {b:g} are not the ones recorded in "
+                         "config.scheduler_bank (weights file from another save, or edited)")
+    return [r if r is not None else make_record(s, b) for r, s, b in zip(records, schedulers, budgets)]
+
+
+def check_loading_info(info: dict, prefix: str = "eenet_schedulers.") -> None:
+    """After ``from_pretrained``: every scheduler tensor must come from the checkpoint (a missing one would serve
+    uninitialised memory, the fitted flag included) and none may be left over."""
+    missing = sorted(k for k in info.get("missing_keys", []) if k.startswith(prefix))
+    unexpected = sorted(k for k in info.get("unexpected_keys", []) if k.startswith(prefix))
+    mismatched = sorted(str(k[0] if isinstance(k, (tuple, list)) else k)
+                        for k in info.get("mismatched_keys", []) if str(k[0] if isinstance(k, (tuple, list)) else k).startswith(prefix))
+    if missing:
+        _fail("on load", f"{len(missing)} scheduler tensors are missing from the checkpoint (e.g. {missing[:4]}); "
+                         "the weights file does not match config.scheduler_budgets")
+    if unexpected:
+        _fail("on load", f"the checkpoint holds scheduler tensors that config.scheduler_budgets does not list "
+                         f"(e.g. {unexpected[:4]}); config.json and the weights file come from different saves")
+    if mismatched:
+        _fail("on load", f"scheduler tensors with the wrong shape: {mismatched[:4]}")
+
+
+# --------------------------------------------------------------------------------------------------- atomic saves
+WEIGHT_PREFIXES = ("model.safetensors", "model-", "pytorch_model", "tf_model", "flax_model")
+
+
+def atomic_save_dir(target, write, keep_old_entries: bool = True) -> None:
+    """Write a folder atomically: ``write(tmp)`` fills a temporary folder beside ``target``, then the folder is swapped
+    in by rename. If ``write`` raises, ``target`` is untouched (it loads exactly as before) and the error propagates.
+
+    With ``keep_old_entries``, files and sub-folders of the old ``target`` that ``write`` did not produce (tokenizer
+    files, checkpoints, README, ...) are carried over as hard links (copies where links fail), except stale weight
+    files (``model*.safetensors``, ``pytorch_model*``: the new save's weights replace them).
+    """
+    target = os.path.abspath(os.fspath(target))
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
+    try:
+        write(tmp)
+        if keep_old_entries and os.path.isdir(target):
+            produced = set(os.listdir(tmp))
+            for entry in os.listdir(target):
+                if entry in produced or entry.startswith(WEIGHT_PREFIXES) or entry.startswith(".saving-"):
+                    continue
+                src, dst = os.path.join(target, entry), os.path.join(tmp, entry)
+                if os.path.isdir(src) and not os.path.islink(src):
+                    shutil.copytree(src, dst, copy_function=_link_or_copy, symlinks=True)
+                else:
+                    _link_or_copy(src, dst)
+        if os.path.isdir(target):
+            backup = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
+            os.rmdir(backup)
+            os.rename(target, backup)
+            try:
+                os.rename(tmp, target)
+            except BaseException:
+                os.rename(backup, target)
+                raise
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _link_or_copy(src, dst):
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+        return dst
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+__all__ = [
+    "BankIntegrityError",
+    "SchedulerBank",
+    "data_fingerprint",
+    "state_digest",
+    "make_record",
+    "scheduler_config_json",
+    "check_scheduler",
+    "check_entry",
+    "verify_bank",
+    "check_loading_info",
+    "atomic_save_dir",
+]

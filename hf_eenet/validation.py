@@ -1,0 +1,228 @@
+"""The one place for the input rules shared by policies, the EENet scheduler, evaluation, the models, the bank and
+the trainer: exit probabilities, labels, cumulative exit costs, budgets and exit indices.
+
+Numbers: a *number* is a Python ``int``/``float``, a NumPy integer/floating scalar (``np.float32``, ``np.int64``),
+or a 0-d NumPy array / torch tensor of an integer or floating dtype. Booleans (``True``, ``np.bool_``, bool tensors),
+strings, ``None``, complex values and anything with more than one element are not numbers. Every entry point that
+takes a budget (model ``budget=``, ``get_exit_policy``, the pipeline, ``fit``/``calibrate``, ``fit_scheduler``) goes
+through :func:`as_number`, so they accept and reject the same values.
+
+Errors: a value of the wrong *type* raises :class:`ValidationTypeError`, which is both a ``TypeError`` and a
+``ValueError`` (callers that catch either keep working); a value of the right type but out of range raises
+``ValueError``. Every message names the argument and the offending value.
+
+This module is copied next to the model code by ``save_pretrained`` (Hub remote code), so it only imports
+numpy/torch and nothing else from hf_eenet.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+class ValidationTypeError(TypeError, ValueError):
+    """A value of the wrong type (also a ``ValueError``, so older ``except ValueError`` callers keep working)."""
+
+
+# ----------------------------------------------------------------------------------------------------------- numbers
+def is_number(x) -> bool:
+    """True for real int/float scalars: Python, NumPy scalars, 0-d arrays/tensors; False for bools and the rest."""
+    if isinstance(x, (bool, np.bool_)):
+        return False
+    if isinstance(x, torch.Tensor):
+        return x.dim() == 0 and x.dtype != torch.bool and not x.is_complex()
+    if isinstance(x, np.ndarray):
+        return x.ndim == 0 and (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating))
+    return isinstance(x, (int, float, np.integer, np.floating))
+
+
+def as_number(x, name: str = "value", what: str = "a number") -> float:
+    """``x`` as a Python float if :func:`is_number`, else :class:`ValidationTypeError` naming ``name``."""
+    if not is_number(x):
+        raise ValidationTypeError(f"{name} must be {what}, got {type(x).__name__}: {x!r}")
+    return float(x.item() if isinstance(x, (torch.Tensor, np.ndarray)) else x)
+
+
+def check_budget_fraction(budget, name: str = "budget") -> float:
+    """A budget as a fraction of the full model's cost: a finite number in (0, 1]. Returns it as a float."""
+    b = as_number(budget, name, "a number (fraction of the full model's cost)")
+    if math.isnan(b) or not (0 < b <= 1):
+        raise ValueError(f"{name} must be a fraction of the full model's cost in (0, 1], got {b}")
+    return b
+
+
+def check_budget(budget, costs) -> float:
+    """Validate a target *average* cost ``budget`` against cumulative ``costs`` and return it as a float.
+
+    Raises ``ValueError`` if the budget is not a number, NaN/inf, ``<= 0``, or outside ``[c_1, c_K]`` (a relative
+    slack of 1e-9 is tolerated and clipped, so ``1.0 * c_K`` computed in floating point is accepted).
+    """
+    costs = [float(c) for c in costs]
+    b = as_number(budget, "budget", "a number (target average cost, same unit as costs)")
+    if not math.isfinite(b):
+        raise ValueError(f"budget must be finite, got {b}")
+    if b <= 0:
+        raise ValueError(f"budget must be > 0, got {b}")
+    lo, hi = costs[0], costs[-1]
+    tol = 1e-9 * hi
+    if b < lo - tol or b > hi + tol:
+        raise ValueError(
+            f"budget {b:g} is outside the reachable range [c_1, c_K] = [{lo:g}, {hi:g}] "
+            f"(as a fraction of c_K: [{lo / hi:.4g}, 1])"
+        )
+    return min(max(b, lo), hi)
+
+
+# ------------------------------------------------------------------------------------------------------------- costs
+def check_costs(costs, num_exits: int, name: str = "costs") -> list[float]:
+    """Validate cumulative per-exit costs ``c_1 < ... < c_K`` (any unit) and return them as a list of floats.
+
+    Raises ``ValueError`` unless ``costs`` is a 1-D sequence of ``num_exits`` finite, positive, strictly increasing
+    numbers.
+    """
+    if isinstance(costs, (str, bytes)) or costs is None:
+        raise ValidationTypeError(
+            f"{name} must be a sequence of {num_exits} numbers (cumulative cost per exit), got {costs!r}")
+    if isinstance(costs, (torch.Tensor, np.ndarray)):
+        if costs.ndim != 1:
+            raise ValueError(f"{name} must be 1-D (one cumulative cost per exit), got shape {tuple(costs.shape)}")
+        costs = costs.tolist()
+    if not hasattr(costs, "__len__"):
+        raise ValidationTypeError(f"{name} must be a sequence of {num_exits} numbers, got {type(costs).__name__}")
+    if len(costs) != num_exits:
+        raise ValueError(f"{name} must have one entry per exit: expected {num_exits}, got {len(costs)}")
+    out = []
+    for i, c in enumerate(costs):
+        if not is_number(c):
+            raise ValidationTypeError(f"{name}[{i}] must be a number, got {c!r}")
+        c = float(c)
+        if not math.isfinite(c) or c <= 0:
+            raise ValueError(f"{name}[{i}] must be finite and > 0, got {c}")
+        out.append(c)
+    for i in range(1, len(out)):
+        if not out[i] > out[i - 1]:
+            raise ValueError(f"{name} must be cumulative and strictly increasing (c_1 < c_2 < ... < c_K), got {out}")
+    return out
+
+
+def costs_match(a, b, rel_tol: float = 1e-6) -> bool:
+    """Two cost lists describe the same exits (same length, equal up to ``rel_tol`` after normalising by c_K)."""
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    if len(a) != len(b) or not a:
+        return False
+    return all(math.isclose(x / a[-1], y / b[-1], rel_tol=rel_tol, abs_tol=1e-12) for x, y in zip(a, b))
+
+
+# ------------------------------------------------------------------------------------------------------ probabilities
+def as_probs_tensor(exit_probs, name: str = "exit_probs") -> torch.Tensor:
+    """Validate ``exit_probs`` of shape [N, K, C] (softmax outputs) and return a float tensor."""
+    if not isinstance(exit_probs, torch.Tensor):
+        try:
+            exit_probs = torch.as_tensor(exit_probs)
+        except Exception as err:  # noqa: BLE001 - re-raised with a clear message
+            raise ValidationTypeError(
+                f"{name} must be a tensor or array of shape [N, K, C], got {type(exit_probs).__name__}") from err
+    if exit_probs.dim() != 3:
+        raise ValueError(f"{name} must have shape [N, K, C], got shape {tuple(exit_probs.shape)}")
+    if exit_probs.shape[0] == 0:
+        raise ValueError(f"{name} is empty (N = 0)")
+    if not torch.is_floating_point(exit_probs):
+        raise ValidationTypeError(f"{name} must be floating point probabilities, got dtype {exit_probs.dtype}")
+    p = exit_probs.detach().double()
+    if not torch.isfinite(p).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if (p < -1e-6).any():
+        raise ValueError(f"{name} contains negative probabilities (min {p.min().item():.3g})")
+    sums = p.sum(-1)
+    dev = (sums - 1).abs()
+    if dev.max().item() > 1e-3:
+        worst = sums.flatten()[dev.flatten().argmax()].item()
+        raise ValueError(
+            f"{name} rows must sum to 1 over the class dimension (softmax outputs); a row sums to {worst:.4g}. "
+            "Pass probabilities, not logits."
+        )
+    return exit_probs.detach().float()
+
+
+# ------------------------------------------------------------------------------------------------ labels and indices
+def _as_int_vector(values, n: int, name: str, what: str) -> torch.Tensor:
+    if values is None:
+        raise ValueError(f"{name} are required: {what}, shape [{n}]")
+    if not isinstance(values, torch.Tensor):
+        try:
+            values = torch.as_tensor(np.asarray(values))
+        except Exception as err:  # noqa: BLE001
+            raise ValidationTypeError(f"{name} must be an integer array of shape [{n}], got {type(values).__name__}") from err
+    values = values.detach().cpu()
+    if values.dim() != 1 or values.shape[0] != n:
+        raise ValueError(f"{name} must have shape [{n}] (one per sample), got shape {tuple(values.shape)}")
+    if values.dtype == torch.bool or values.is_complex():
+        raise ValidationTypeError(f"{name} must hold integer {what}, got dtype {values.dtype}")
+    if torch.is_floating_point(values):
+        if not torch.isfinite(values).all() or (values != values.round()).any():
+            raise ValueError(f"{name} must hold integer {what} (got non-integral values)")
+    return values.long()
+
+
+def check_labels(labels, n: int, num_classes: int) -> torch.Tensor:
+    """Validate class labels: shape ``[n]``, integer values in ``[0, num_classes)``. Returns a long tensor."""
+    labels = _as_int_vector(labels, n, "labels", "class ids")
+    if n > 0 and (labels.min().item() < 0 or labels.max().item() >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) (num_classes = {num_classes}); "
+            f"got min {labels.min().item()}, max {labels.max().item()}"
+        )
+    return labels
+
+
+def check_exit_index(exit_index, n: int, num_exits: int) -> torch.Tensor:
+    """Validate the 0-based exit each row took: shape ``[n]``, integers in ``[0, num_exits)``. Returns a long tensor."""
+    idx = _as_int_vector(exit_index, n, "exit_index", "exit ids (0-based)")
+    if idx.min().item() < 0 or idx.max().item() >= num_exits:
+        raise ValueError(
+            f"exit_index values must lie in [0, {num_exits}) (0-based exits); "
+            f"got min {idx.min().item()}, max {idx.max().item()}"
+        )
+    return idx
+
+
+def check_thresholds(thresholds, name: str = "thresholds") -> list[float]:
+    """One number per exit (``±inf`` allowed: never / always exit); NaN rejected. Returns floats."""
+    if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__len__"):
+        raise ValidationTypeError(
+            f"{name} must be a sequence of numbers, one per exit, got {type(thresholds).__name__}")
+    out = []
+    for i, t in enumerate(thresholds):
+        if not is_number(t):
+            raise ValidationTypeError(f"{name}[{i}] must be a number, got {t!r}")
+        t = float(t)
+        if math.isnan(t):
+            raise ValueError(f"{name}[{i}] is NaN")
+        out.append(t)
+    if not out:
+        raise ValueError(f"{name} is empty: give one threshold per exit")
+    return out
+
+
+def check_num_exits(expected: int, got: int, what: str = "policy") -> None:
+    if int(expected) != int(got):
+        raise ValueError(f"{what} was built for {expected} exits but the model has {got} exits (config.exit_layers)")
+
+
+__all__ = [
+    "ValidationTypeError",
+    "is_number",
+    "as_number",
+    "check_budget_fraction",
+    "check_budget",
+    "check_costs",
+    "costs_match",
+    "as_probs_tensor",
+    "check_labels",
+    "check_exit_index",
+    "check_thresholds",
+    "check_num_exits",
+]
