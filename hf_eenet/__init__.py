@@ -2,7 +2,7 @@
 
 ``import hf_eenet`` registers the configs and models with ``AutoConfig`` / ``AutoModelForSequenceClassification``,
 marks them for Hub export (``save_pretrained`` writes ``auto_map`` and copies the code files) and registers the
-budgeted text-classification pipeline.
+budgeted text-classification pipeline for EENet models only: other models get the stock pipeline, unchanged.
 """
 
 from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -16,7 +16,7 @@ from .modeling_eenet import (
     EENetRobertaForSequenceClassification,
     EENetSequenceClassifierOutput,
 )
-from .pipeline_eenet import EENetTextClassificationPipeline
+from .pipeline_eenet import EENetTextClassificationPipeline, TextClassificationDispatch
 from .policies import (
     EntropyPolicy,
     ExitPolicy,
@@ -41,11 +41,11 @@ for _cfg, _model in (
 
 
 def _register_pipelines() -> None:
-    # Serve the stock task (our class behaves exactly like TextClassificationPipeline for other models) ...
-    # (same entry, defaults and model classes; only the implementation class changes).
+    # "text-classification": early-exit models get the budgeted pipeline; the dispatcher hands every other model the
+    # stock TextClassificationPipeline itself (same class, same outputs and errors as without hf_eenet).
     stock = PIPELINE_REGISTRY.supported_tasks["text-classification"]
-    PIPELINE_REGISTRY.supported_tasks["text-classification"] = {**stock, "impl": EENetTextClassificationPipeline}
-    # ... and register last the task name that save_pretrained records in config.custom_pipelines.
+    PIPELINE_REGISTRY.supported_tasks["text-classification"] = {**stock, "impl": TextClassificationDispatch}
+    # the explicit task name (also what Pipeline.save_pretrained records for the pipeline's own code)
     PIPELINE_REGISTRY.register_pipeline(
         "eenet-text-classification", pipeline_class=EENetTextClassificationPipeline,
         pt_model=AutoModelForSequenceClassification, type="text",

@@ -130,10 +130,26 @@ def profile_exit_costs(
 
 
 def set_exit_costs(model, profile: ExitCostProfile, kind: str = "latency") -> list[float]:
-    """Store ``profile``'s ``kind`` costs (normalised) as ``model.config.exit_costs``; returns them."""
+    """Store ``profile``'s ``kind`` costs (normalised) as ``model.config.exit_costs``; returns them.
+
+    A fitted scheduler bank means its budgets in these costs: if the model has one and the new costs differ from the
+    ones it was fitted for, this raises ``BankIntegrityError`` and changes nothing (refit with
+    ``EENetTrainer.fit_scheduler(cost_profile=...)``, or ``model.clear_scheduler_bank()`` first)."""
+    from .bank import BankIntegrityError
+    from .validation import check_costs, costs_match
+
     costs = profile.normalised(kind)
     if len(costs) != model.config.num_exits:
         raise ValueError(f"profile has {len(costs)} exits but the model has {model.config.num_exits}")
+    costs = check_costs(costs, model.config.num_exits, name=f"{kind} costs")
+    if model.config.scheduler_budgets:
+        model.verify_scheduler_bank()
+        if not costs_match(costs, model.config.exit_costs):
+            raise BankIntegrityError(
+                f"set_exit_costs: the scheduler bank (budgets {model.config.scheduler_budgets}) was fitted for exit "
+                f"costs {[round(c, 6) for c in model.config.exit_costs]}; the new {kind} costs "
+                f"{[round(c, 6) for c in costs]} would change what every budget means. Refit the bank "
+                "(EENetTrainer.fit_scheduler(cost_profile=...)) or call model.clear_scheduler_bank() first")
     model.config.exit_costs = costs
     model.config.exit_cost_profile = kind
     model.config.exit_cost_info = {**profile.info, "raw": getattr(profile, {"latency": "latency_ms"}.get(kind, kind))}

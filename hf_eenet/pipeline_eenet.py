@@ -3,10 +3,12 @@
 Each result carries the stock fields plus ``exit_layer`` (1-based encoder layer the text exited at) and ``cost``
 (fraction of the full model's cost). Inside a batch (``batch_size=``) every row really stops at its own exit.
 
-With ``import hf_eenet`` this class serves the stock ``"text-classification"`` task (for models that are not
-early-exit models it behaves exactly like ``TextClassificationPipeline``) and the ``"eenet-text-classification"``
-task, which is what ``save_pretrained`` records in ``custom_pipelines`` so that, without hf_eenet installed,
-``pipeline(model=d, trust_remote_code=True)`` loads it from the folder's own code.
+With ``import hf_eenet``, the stock ``"text-classification"`` task builds this class for hf_eenet early-exit models
+only (:class:`TextClassificationDispatch`); every other model gets the stock ``TextClassificationPipeline`` itself, so
+its outputs and errors are unchanged. ``save_pretrained`` / ``push_to_hub`` of an EENet model write this file next to
+the model code and ``custom_pipelines = {"text-classification": ...}`` into ``config.json``: without hf_eenet,
+``pipeline("text-classification", model=d, trust_remote_code=True)`` (or ``pipeline(model=d, trust_remote_code=True)``)
+then loads this class from the folder and honours ``budget=``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
     """
 
     def _is_early_exit_model(self) -> bool:
-        return hasattr(self.model, "exit_forward")
+        return is_early_exit_model(self.model)
 
     def _sanitize_parameters(self, budget=None, exit_policy=None, function_to_apply=None, top_k="", **tokenizer_kwargs):
         preprocess, forward, postprocess = super()._sanitize_parameters(
@@ -44,9 +46,16 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         return preprocess, forward, postprocess
 
     def preprocess(self, inputs, **tokenizer_kwargs):
+        if not self._is_early_exit_model():  # exactly the stock behaviour
+            return super().preprocess(inputs, **tokenizer_kwargs)
         if inputs is None:
             raise ValueError("the pipeline got None instead of a text")
-        texts = [inputs.get("text"), inputs.get("text_pair")] if isinstance(inputs, dict) else [inputs]
+        if isinstance(inputs, dict):
+            texts = [inputs.get("text"), inputs.get("text_pair")]
+        elif isinstance(inputs, list) and len(inputs) == 1 and isinstance(inputs[0], list) and len(inputs[0]) == 2:
+            texts = list(inputs[0])  # the stock pipeline's legacy [["text", "pair"]] form
+        else:
+            texts = [inputs]
         for t in texts:
             if t is None and isinstance(inputs, dict):
                 continue
@@ -90,4 +99,20 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         return [{**r, **extra} for r in result]
 
 
-__all__ = ["EENetTextClassificationPipeline"]
+def is_early_exit_model(model) -> bool:
+    """An hf_eenet early-exit classifier (installed package or its Hub remote-code copy)."""
+    return hasattr(model, "exit_forward") and hasattr(model, "get_exit_policy")
+
+
+class TextClassificationDispatch(TextClassificationPipeline):
+    """What ``import hf_eenet`` registers as the ``"text-classification"`` implementation: constructing it returns an
+    :class:`EENetTextClassificationPipeline` for early-exit models and a plain stock ``TextClassificationPipeline``
+    for every other model (so ``import hf_eenet`` changes nothing for them)."""
+
+    def __new__(cls, *args, **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
+        impl = EENetTextClassificationPipeline if is_early_exit_model(model) else TextClassificationPipeline
+        return impl(*args, **kwargs)
+
+
+__all__ = ["EENetTextClassificationPipeline", "TextClassificationDispatch", "is_early_exit_model"]

@@ -7,7 +7,7 @@ the last ``distill_start`` fraction of training: + α · T² · KL(softmax(z_K/T
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 import shutil
 import time
@@ -18,9 +18,13 @@ import torch
 from torch.nn import functional as F
 from transformers import Trainer
 
+from .bank import atomic_save_dir, data_fingerprint
 from .evaluation import evaluate_exits
-from .policies import check_budget, check_costs
 from .scheduler import EENetScheduler
+from .validation import check_budget, check_budget_fraction, check_costs
+
+
+logger = logging.getLogger(__name__)
 
 
 def softmax_np(x: np.ndarray) -> np.ndarray:
@@ -81,6 +85,7 @@ class EENetTrainer(Trainer):
         self.distill_temperature = distill_temperature
         self.distill_weight = distill_weight
         self.scheduler_fit_info: dict = {}
+        self.scheduler_fit_mode: str | None = None  # "replaced" / "extended" after fit_scheduler
 
     # ------------------------------------------------------------------------------------------------ training
     def _distillation_active(self) -> bool:
@@ -110,24 +115,28 @@ class EENetTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """``Trainer._save`` minus pickles, plus what the Hub needs for the budgeted pipeline.
+        """``Trainer._save`` minus pickles, atomic, plus what the Hub needs for the budgeted pipeline.
 
-        Writes ``training_args.json`` instead of the pickled ``training_args.bin``, records the
-        ``eenet-text-classification`` pipeline in ``config.custom_pipelines`` and copies its code next to the model
-        code, so ``pipeline(model=folder, trust_remote_code=True)`` works without hf_eenet installed.
+        Everything (model, remote code + pipeline code + ``custom_pipelines`` via the model's ``save_pretrained``,
+        tokenizer, ``training_args.json`` instead of the pickled ``training_args.bin``) is written into a temporary
+        folder beside ``output_dir`` that is swapped in by rename: if any write fails, ``output_dir`` still loads
+        exactly as before (``hf-eenet fit-scheduler`` saves over the model folder). Other files already in
+        ``output_dir`` (checkpoints, README, ...) are kept.
         """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        model = self.accelerator.unwrap_model(self.model)
-        model.config.custom_pipelines = {
-            "eenet-text-classification": {"impl": "pipeline_eenet.EENetTextClassificationPipeline",
-                                          "pt": ("AutoModelForSequenceClassification",), "type": "text"}}
-        super()._save(output_dir, state_dict=state_dict)
-        if self.args.should_save:
-            pickled = os.path.join(output_dir, "training_args.bin")
+        if not self.args.should_save:
+            return super()._save(output_dir, state_dict=state_dict)
+
+        def write(tmp):
+            Trainer._save(self, tmp, state_dict=state_dict)
+            pickled = os.path.join(tmp, "training_args.bin")
             if os.path.exists(pickled):
                 os.remove(pickled)
-            Path(output_dir, "training_args.json").write_text(self.args.to_json_string())
-            shutil.copy(Path(__file__).with_name("pipeline_eenet.py"), Path(output_dir, "pipeline_eenet.py"))
+            Path(tmp, "training_args.json").write_text(self.args.to_json_string())
+            if not Path(tmp, "pipeline_eenet.py").exists():  # a model that is not ours: still ship the pipeline code
+                shutil.copy(Path(__file__).with_name("pipeline_eenet.py"), Path(tmp, "pipeline_eenet.py"))
+
+        atomic_save_dir(output_dir, write)
 
     # ------------------------------------------------------------------------------------------------ scheduler
     def collect_exit_predictions(self, dataset=None) -> tuple[np.ndarray, np.ndarray]:
@@ -142,51 +151,103 @@ class EENetTrainer(Trainer):
         return probs.astype(np.float32), np.asarray(pred.label_ids)
 
     def fit_scheduler(self, eval_dataset=None, budgets=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), seed: int = 0,
-                      default_budget: float | None = None, cost_profile=None, **scheduler_kwargs) -> dict:
-        """Fit one EENet scheduler per budget on the all-exit predictions of ``eval_dataset`` (collected once).
+                      default_budget: float | None = None, cost_profile=None, extend: bool = False,
+                      **scheduler_kwargs) -> dict:
+        """Fit one EENet scheduler per budget on the all-exit predictions of ``eval_dataset`` (collected once) and
+        install them as the model's scheduler bank.
 
         Args:
-            budgets: fractions of the full model's cost in (0, 1], each within [c_1, c_K] of ``config.exit_costs``.
+            budgets: fractions of the full model's cost in (0, 1] (numbers, NumPy scalars or 0-d tensors), each within
+                [c_1, c_K] of ``config.exit_costs``.
             cost_profile: optional :class:`~hf_eenet.costs.ExitCostProfile` (plus kind) to store as the model's
                 exit costs first, e.g. ``(profile, "latency")``; by default the costs already in the config are used.
             default_budget: budget the pipeline uses when a call gives none (default: the fitted budget nearest 0.5).
+            extend: ``False`` (default) *replaces* the bank with the schedulers fitted now; ``True`` adds them to the
+                existing bank (same budgets are replaced), which requires the same validation data (fingerprint),
+                costs and scheduler config as the bank's other entries.
             scheduler_kwargs: passed to :class:`EENetScheduler`.
         Returns:
             ``{budget: {"planned_cost", "validation": evaluate_exits(...), "fit_seconds", ...}}``, also stored in
-            ``self.scheduler_fit_info``.
+            ``self.scheduler_fit_info``; ``self.scheduler_fit_mode`` is ``"replaced"`` or ``"extended"`` (also
+            logged), and ``self.scheduler_bank_budgets`` the bank's budgets afterwards.
         """
         model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(extend, bool):
+            raise TypeError(f"extend must be a bool, got {extend!r}")
         if cost_profile is not None:
-            from .costs import set_exit_costs
+            from .costs import ExitCostProfile
 
             profile, kind = cost_profile if isinstance(cost_profile, tuple) else (cost_profile, "latency")
-            set_exit_costs(model, profile, kind)
-        costs = check_costs(model.config.exit_costs, model.config.num_exits)
-        budgets = sorted(float(b) for b in budgets)
+            if not isinstance(profile, ExitCostProfile):
+                raise TypeError(f"cost_profile must be an ExitCostProfile (or (profile, kind)), got {type(profile).__name__}")
+            new_costs = check_costs(profile.normalised(kind), model.config.num_exits, name="cost_profile costs")
+        else:
+            new_costs = check_costs(model.config.exit_costs, model.config.num_exits)
+        if isinstance(budgets, (str, bytes)) or not hasattr(budgets, "__iter__"):
+            raise TypeError(f"budgets must be a sequence of fractions in (0, 1], got {budgets!r}")
+        budgets = sorted(check_budget_fraction(b, "budgets entry") for b in budgets)
         if not budgets:
             raise ValueError("budgets is empty")
+        if len(set(budgets)) != len(budgets):
+            raise ValueError(f"budgets has duplicates: {budgets}")
         for b in budgets:  # validate all before spending time on any fit
-            if not (0 < b <= 1) or math.isnan(b):
-                raise ValueError(f"budget {b} must be a fraction of the full cost in (0, 1]")
-            check_budget(b, costs)
+            check_budget(b, new_costs)
+        if extend and model.config.scheduler_budgets:
+            model.verify_scheduler_bank()
+            from .validation import costs_match
+
+            if not costs_match(new_costs, model.config.exit_costs):
+                raise ValueError("extend=True needs the bank's exit costs; these cost_profile costs differ: refit the "
+                                 "whole bank (extend=False)")
         probs, labels = self.collect_exit_predictions(eval_dataset)
-        info = {}
-        for b in budgets:
+        fingerprint = data_fingerprint(probs, labels)
+        if extend and model.config.scheduler_bank:
+            prints = {r.get("data_fingerprint") for r in model.config.scheduler_bank if r.get("data_fingerprint")}
+            if prints and prints != {fingerprint}:
+                raise ValueError("extend=True: the existing bank was fitted on other validation data (fingerprint "
+                                 f"{sorted(prints)} vs {fingerprint}); refit the whole bank (extend=False)")
+        info, fitted = {}, {}
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm ships with transformers
+            tqdm = None
+        bar = tqdm(budgets, desc="EENet scheduler bank", unit="budget",
+                   disable=self.args.disable_tqdm if tqdm else True) if tqdm else budgets
+        for b in bar:
+            if tqdm:
+                bar.set_postfix(budget=f"{b:g}")
             t0 = time.perf_counter()
-            sched = EENetScheduler(**scheduler_kwargs).fit(probs, labels, costs, b, seed=seed)
+            sched = EENetScheduler(**scheduler_kwargs).fit(probs, labels, new_costs, b, seed=seed)
             secs = time.perf_counter() - t0
-            model.add_scheduler(sched, b)
+            fitted[b] = sched
             info[b] = {
                 "fit_seconds": secs,
                 "planned_cost": float(sched.planned_cost),
-                "validation": evaluate_exits(probs, labels, sched.exit_index(probs), costs, budget=b),
+                "validation": evaluate_exits(probs, labels, sched.exit_index(probs), new_costs, budget=b),
             }
+        # install only now: a failed or interrupted fit leaves the old bank as it was
+        if extend:
+            for b, sched in fitted.items():
+                model.add_scheduler(sched, b, data_fingerprint=fingerprint)
+            mode = "extended"
+        else:
+            if cost_profile is not None:
+                from .costs import set_exit_costs
+
+                model.clear_scheduler_bank()
+                set_exit_costs(model, profile, kind)
+            model.set_scheduler_bank(fitted, data_fingerprint=fingerprint)
+            mode = "replaced"
         if default_budget is None and model.config.default_budget is None:
             default_budget = min(model.config.scheduler_budgets, key=lambda x: abs(x - 0.5))
         if default_budget is not None:
             model.get_exit_policy(default_budget)  # validates it is servable
-            model.config.default_budget = float(default_budget)
+            model.config.default_budget = check_budget_fraction(default_budget, "default_budget")
+        logger.info("EENet scheduler bank %s: fitted budgets %s, bank now %s", mode, budgets,
+                    model.config.scheduler_budgets)
         self.scheduler_fit_info = info
+        self.scheduler_fit_mode = mode
+        self.scheduler_bank_budgets = list(model.config.scheduler_budgets)
         return info
 
 

@@ -275,7 +275,7 @@ def test_pipeline_reloads_without_hf_eenet(clf, trained, tmp_path):
     d = tmp_path / "hub"
     clf.save_pretrained(str(d))
     cfg = json.loads((d / "config.json").read_text())
-    assert "eenet-text-classification" in cfg["custom_pipelines"] and "auto_map" in cfg
+    assert list(cfg["custom_pipelines"]) == ["text-classification"] and "auto_map" in cfg
     assert (d / "pipeline_eenet.py").exists() and (d / "modeling_eenet.py").exists()
     texts, _ = toy_texts(12, seed=13)
     expect = clf(texts, budget=0.6, batch_size=4)
