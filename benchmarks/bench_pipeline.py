@@ -87,7 +87,7 @@ def full_model(model_dir: str):
         return stock_cls.from_pretrained(model_dir).eval()
     single = config.to_dict()
     single.update(exit_layers=[config.num_hidden_layers], exit_costs=[1.0], exit_cost_profile="layers",
-                  scheduler_budgets=None, scheduler_config=None, default_budget=None)
+                  scheduler_budgets=None, scheduler_config=None, scheduler_bank=None, default_budget=None)
     single = {k: v for k, v in single.items() if k not in ("model_type", "transformers_version")}
     return AutoModelForSequenceClassification.from_pretrained(model_dir, config=type(config)(**single)).eval()
 
@@ -104,15 +104,21 @@ def build(model_dir: str, variant: str, refit=None):
     else:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
         pipe_cls = hf_eenet.EENetTextClassificationPipeline
-    if prec == "int8":  # backbone and exit heads only: the tiny scheduler nets stay fp32 (their decisions are exact)
-        names = [n for n in ("bert", "roberta", "exit_heads", "classifier", "dropout") if hasattr(model, n)]
-        for n in names:
-            sub = getattr(model, n)
-            if isinstance(sub, torch.nn.Module):
-                setattr(model, n, torch.ao.quantization.quantize_dynamic(sub, {torch.nn.Linear}, dtype=torch.qint8))
+    refit_info = None
+    if prec == "int8" and kind == "ee":  # the supported entry point: backbone + heads int8, bank refitted on its outputs
+        from hf_eenet.quantization import quantize_dynamic_int8
+
+        val_texts, val_labels, budgets = refit if refit is not None else (None, None, None)
+        model = quantize_dynamic_int8(model, tok, val_texts, val_labels, budgets=budgets, refit=refit is not None,
+                                      inplace=True, seed=42)
+        refit_info = model.eenet_quantization["refit"]
+    elif prec == "int8":  # the full model for reference: every Linear of the stock / single-exit classifier
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     pipe = pipe_cls(model=model, tokenizer=tok)
-    if kind == "ee" and prec != "fp32" and refit is not None:
-        pipe.refit_info = refit_bank(model, tok, prec, *refit)
+    if kind == "ee" and prec == "bf16" and refit is not None:
+        refit_info = refit_bank(model, tok, prec, *refit)
+    if refit_info is not None:
+        pipe.refit_info = refit_info
     return pipe, kind == "ee"
 
 
@@ -173,7 +179,8 @@ def main():
     ap.add_argument("--precisions", default="fp32,bf16,int8")
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS per configuration (subprocesses)")
     ap.add_argument("--no_refit", action="store_true",
-                    help="bf16/int8 early exit: keep the fp32-fitted scheduler bank instead of refitting it")
+                    help="bf16 early exit: keep the fp32-fitted scheduler bank instead of refitting it (int8 early "
+                         "exit always refits: hf_eenet.quantization drops a bank not fitted on its outputs)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--memory_variant", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--memory_budget", type=float, default=None, help=argparse.SUPPRESS)
@@ -187,6 +194,8 @@ def main():
     budgets = [float(b) for b in args.budgets.split(",")]
     precs = args.precisions.split(",")
     refit = None if args.no_refit else (*load_texts(args, "validation"), budgets)
+    if args.no_refit and "int8" in precs:
+        raise SystemExit("--no_refit applies to bf16 only: int8 early exit needs a bank fitted on the int8 outputs")
     pipes = {f"{k}-{p}": build(args.model_dir, f"{k}-{p}", refit) for k in ("full", "ee") for p in precs}
     refit_info = {v: p.refit_info for v, (p, _) in pipes.items() if hasattr(p, "refit_info")}
     for v, info in refit_info.items():

@@ -8,6 +8,7 @@ budgeted text-classification pipeline for EENet models only: other models get th
 from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .bank import BankIntegrityError, data_fingerprint
 from .configuration_eenet import EENetBertConfig, EENetRobertaConfig
 from .costs import ExitCostProfile, profile_exit_costs, set_exit_costs
 from .evaluation import evaluate_exits
@@ -25,6 +26,7 @@ from .policies import (
     PatiencePolicy,
     StaticPolicy,
 )
+from .quantization import quantize_dynamic_int8, refit_scheduler_bank
 from .scheduler import EENetScheduler
 from .trainer import EENetTrainer, compute_exit_metrics
 
@@ -74,4 +76,8 @@ __all__ = [
     "set_exit_costs",
     "evaluate_exits",
     "compute_exit_metrics",
+    "BankIntegrityError",
+    "data_fingerprint",
+    "quantize_dynamic_int8",
+    "refit_scheduler_bank",
 ]

@@ -196,9 +196,10 @@ def verify_bank(model, where: str = "check") -> list[dict]:
     return [r if r is not None else make_record(s, b) for r, s, b in zip(records, schedulers, budgets)]
 
 
-def check_loading_info(info: dict, prefix: str = "eenet_schedulers.") -> None:
+def check_loading_info(info: dict, prefix: str = "eenet_schedulers.", bank_expected: bool = True) -> None:
     """After ``from_pretrained``: every scheduler tensor must come from the checkpoint (a missing one would serve
-    uninitialised memory, the fitted flag included) and none may be left over."""
+    uninitialised memory, the fitted flag included) and none may be left over, unless the config asks for no bank
+    at all (``bank_expected=False``: e.g. loading the backbone with ``config=`` whose bank was cleared)."""
     missing = sorted(k for k in info.get("missing_keys", []) if k.startswith(prefix))
     unexpected = sorted(k for k in info.get("unexpected_keys", []) if k.startswith(prefix))
     mismatched = sorted(str(k[0] if isinstance(k, (tuple, list)) else k)
@@ -206,7 +207,7 @@ def check_loading_info(info: dict, prefix: str = "eenet_schedulers.") -> None:
     if missing:
         _fail("on load", f"{len(missing)} scheduler tensors are missing from the checkpoint (e.g. {missing[:4]}); "
                          "the weights file does not match config.scheduler_budgets")
-    if unexpected:
+    if unexpected and bank_expected:
         _fail("on load", f"the checkpoint holds scheduler tensors that config.scheduler_budgets does not list "
                          f"(e.g. {unexpected[:4]}); config.json and the weights file come from different saves")
     if mismatched:

@@ -268,9 +268,9 @@ class EENetModelMixin:
         the checkpoint, and the bank must match the config (``verify_bank``); else ``BankIntegrityError``."""
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        check_loading_info(info)
         model.config._validate_eenet()
-        if model.config.scheduler_budgets:
+        check_loading_info(info, bank_expected=bool(model.config.scheduler_budgets or model.config.scheduler_bank))
+        if model.config.scheduler_budgets or model.config.scheduler_bank:
             records = verify_bank(model, where="on load")
             if model.config.scheduler_bank is None:  # legacy checkpoint: records from the verified schedulers
                 model.config.scheduler_bank = records
@@ -286,8 +286,11 @@ class EENetModelMixin:
         the model/config code), the pipeline code and ``custom_pipelines``, so
         ``pipeline("text-classification", model=folder, trust_remote_code=True)`` serves ``budget=`` without
         hf_eenet installed."""
-        if self.config.scheduler_budgets:
-            self.config.scheduler_bank = verify_bank(self, where="on save")
+        if getattr(self, "eenet_quantization", None):
+            raise ValueError("this model is dynamically quantised (hf_eenet.quantization): save the fp32 model and "
+                             "quantise after loading")
+        if self.config.scheduler_budgets or self.config.scheduler_bank:
+            self.config.scheduler_bank = verify_bank(self, where="on save") or None
         is_main = kwargs.get("is_main_process", True)
         custom = {"text-classification": {"impl": "pipeline_eenet.EENetTextClassificationPipeline",
                                           "pt": ["AutoModelForSequenceClassification"], "type": "text"}}

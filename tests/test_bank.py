@@ -1,0 +1,405 @@
+"""Integrity of the budget → scheduler bank (issue 10): what each scheduler was fitted for is recorded and verified on
+load, add, cost changes and serving; saves are atomic; float64 through dtype casts; the Hub round trip honours
+``budget=`` with and without hf_eenet; ``import hf_eenet`` leaves non-EENet pipelines alone."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, random_batch, tiny_kwargs, tiny_model
+from safetensors.torch import load_file, save_file
+
+import hf_eenet
+from hf_eenet.bank import BankIntegrityError, SchedulerBank, data_fingerprint
+from hf_eenet.scheduler import EENetScheduler
+
+FAST = dict(restarts=1, max_epochs=6)
+BLOCK = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_eenet" or name.startswith("hf_eenet."):
+            raise ImportError("hf_eenet is blocked in this test")
+sys.meta_path.insert(0, Block())
+sys.path = [p for p in sys.path if p not in ("", {root!r})]
+"""
+
+
+def clean_env(tmp_path):
+    return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+            "HF_HOME": str(tmp_path / "hf_home")}
+
+
+def all_exit_probs(model, batch):
+    with torch.no_grad():
+        return torch.softmax(model(**batch).exit_logits.float(), -1)
+
+
+def fitted_model(budgets=(0.5, 0.8), seed=0, n=64, costs=None, **over):
+    model = tiny_model(layers=4, num_labels=3, seed=seed, **over)
+    batch = random_batch(n=n, seed=seed)
+    probs = all_exit_probs(model, batch)
+    labels = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(seed))
+    costs = costs or model.config.exit_costs
+    scheds = {b: EENetScheduler(**FAST).fit(probs, labels, costs, b) for b in budgets}
+    model.set_scheduler_bank(scheds, data_fingerprint=data_fingerprint(probs, labels))
+    return model, batch, probs, labels
+
+
+def outputs(model, batch, budget):
+    with torch.no_grad():
+        out = model(**batch, budget=budget)
+    return out.exit_index.tolist(), out.logits
+
+
+# ------------------------------------------------------------------------------------------------- 1: load / save
+def test_records_saved_and_verified_roundtrip(tmp_path):
+    model, batch, probs, labels = fitted_model()
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert [r["budget"] for r in cfg["scheduler_bank"]] == cfg["scheduler_budgets"] == [0.5, 0.8]
+    rec = cfg["scheduler_bank"][0]
+    assert rec["costs"] == pytest.approx(model.config.exit_costs) and rec["num_exits"] == 4 and rec["num_classes"] == 3
+    assert rec["data_fingerprint"] == data_fingerprint(probs, labels) and rec["state_sha256"]
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    assert outputs(loaded, batch, 0.5)[0] == outputs(model, batch, 0.5)[0]
+
+
+def test_interrupted_save_leaves_old_state_loadable(tmp_path):
+    old, batch, _, _ = fitted_model(budgets=(0.5, 0.8))
+    old.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "tokenizer.json").write_text("{}")  # a file the model save does not write: kept
+    expect = {b: outputs(old, batch, b)[0] for b in (0.5, 0.8)}
+    new, _, _, _ = fitted_model(budgets=(0.4, 0.6, 0.9), seed=1)
+
+    def boom(*a, **k):
+        raise OSError("disk full (simulated)")
+
+    with mock.patch("transformers.modeling_utils.safe_save_file", boom), pytest.raises(OSError, match="disk full"):
+        new.save_pretrained(tmp_path / "m")
+    assert sorted(os.listdir(tmp_path)) == ["m"]  # no temporary folder left behind
+    loaded = type(old).from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.scheduler_budgets == [0.5, 0.8]
+    assert {b: outputs(loaded, batch, b)[0] for b in (0.5, 0.8)} == expect
+    new.save_pretrained(tmp_path / "m")  # a save that completes replaces the state and keeps the other files
+    assert type(old).from_pretrained(tmp_path / "m").config.scheduler_budgets == [0.4, 0.6, 0.9]
+    assert (tmp_path / "m" / "tokenizer.json").exists()
+
+
+def _rewrite_weights(folder, edit):
+    path = Path(folder) / "model.safetensors"
+    tensors = load_file(str(path))
+    edit(tensors)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def test_missing_scheduler_tensors_raise(tmp_path):
+    model, _, _, _ = fitted_model()
+    model.save_pretrained(tmp_path)
+    _rewrite_weights(tmp_path, lambda t: [t.pop(k) for k in list(t) if k.startswith("eenet_schedulers.1.")])
+    with pytest.raises(BankIntegrityError, match="missing"):
+        type(model).from_pretrained(tmp_path)
+
+
+def test_only_the_fitted_flag_missing_raises(tmp_path):
+    model, _, _, _ = fitted_model()
+    model.save_pretrained(tmp_path)
+    _rewrite_weights(tmp_path, lambda t: t.pop("eenet_schedulers.0.fitted"))
+    with pytest.raises(BankIntegrityError, match="missing"):
+        type(model).from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("key", ["exit_thresholds", "utility.1.weight"])
+def test_nan_scheduler_state_raises_on_load(tmp_path, key):
+    model, _, _, _ = fitted_model()
+    model.save_pretrained(tmp_path)
+
+    def poison(t):
+        t[f"eenet_schedulers.0.{key}"] = t[f"eenet_schedulers.0.{key}"].clone().fill_(float("nan"))
+
+    _rewrite_weights(tmp_path, poison)
+    with pytest.raises(BankIntegrityError, match="NaN|not finite"):
+        type(model).from_pretrained(tmp_path)
+
+
+def test_edited_config_budgets_raise(tmp_path):
+    model, _, _, _ = fitted_model()
+    model.save_pretrained(tmp_path)
+    cfg_path = tmp_path / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    edited = {**cfg, "scheduler_budgets": [0.3, 0.5]}
+    cfg_path.write_text(json.dumps(edited))
+    with pytest.raises(BankIntegrityError, match="scheduler_budgets"):
+        type(model).from_pretrained(tmp_path)
+    # budgets edited consistently in both lists: the schedulers themselves say what they were fitted for
+    edited["scheduler_bank"] = [{**r, "budget": b} for r, b in zip(cfg["scheduler_bank"], [0.3, 0.5])]
+    cfg_path.write_text(json.dumps(edited))
+    with pytest.raises(BankIntegrityError, match="fitted for budget 0.5"):
+        type(model).from_pretrained(tmp_path)
+
+
+def test_weights_from_another_save_are_detected(tmp_path):
+    a, _, _, _ = fitted_model(seed=0)
+    b, _, _, _ = fitted_model(seed=3)
+    a.save_pretrained(tmp_path / "a")
+    b.save_pretrained(tmp_path / "b")
+    os.replace(tmp_path / "b" / "model.safetensors", tmp_path / "a" / "model.safetensors")
+    with pytest.raises(BankIntegrityError, match="not the ones recorded"):
+        type(a).from_pretrained(tmp_path / "a")
+
+
+# --------------------------------------------------------------------------------------------------- 2: costs drift
+def test_add_scheduler_fitted_on_other_costs_raises():
+    model, _, probs, labels = fitted_model()
+    other = EENetScheduler(**FAST).fit(probs, labels, [0.25, 0.5, 0.75, 1.0], 0.6)
+    with pytest.raises(BankIntegrityError, match="exit costs"):
+        model.add_scheduler(other, 0.6)
+    right = EENetScheduler(**FAST).fit(probs, labels, model.config.exit_costs, 0.6)
+    with pytest.raises(BankIntegrityError, match="fitted for budget 0.6"):
+        model.add_scheduler(right, 0.7)  # filed under a budget it was not fitted for
+    with pytest.raises(BankIntegrityError, match="other validation data"):
+        model.add_scheduler(right, 0.6, data_fingerprint="sha256:other")
+    model.add_scheduler(right, 0.6, data_fingerprint=data_fingerprint(probs, labels))
+    assert model.config.scheduler_budgets == [0.5, 0.6, 0.8]
+
+
+def test_set_exit_costs_after_fitting_raises_and_changes_nothing():
+    model, _, _, _ = fitted_model()
+    before = list(model.config.exit_costs)
+    profile = hf_eenet.ExitCostProfile(exit_layers=[1, 2, 3, 4], layers=[1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(BankIntegrityError, match="fitted for exit costs"):
+        hf_eenet.set_exit_costs(model, profile, "layers")
+    assert model.config.exit_costs == before
+    model.clear_scheduler_bank()
+    assert hf_eenet.set_exit_costs(model, profile, "layers") == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_edited_costs_are_refused_on_load_and_before_serving(tmp_path):
+    model, batch, _, _ = fitted_model()
+    model.save_pretrained(tmp_path)
+    cfg_path = tmp_path / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "exit_costs": [0.1, 0.2, 0.3, 1.0]}))
+    with pytest.raises(BankIntegrityError, match="exit costs"):
+        type(model).from_pretrained(tmp_path)
+    model.config.exit_costs = [0.1, 0.2, 0.3, 1.0]  # edited in memory
+    with pytest.raises(BankIntegrityError, match="exit costs"):
+        model(**batch, budget=0.5)
+
+
+def test_from_pretrained_kwargs_are_validated(tmp_path):
+    plain = tiny_model(layers=6)
+    plain.save_pretrained(tmp_path / "plain")
+    cls = type(plain)
+    with pytest.raises(ValueError, match="exit_layers"):
+        cls.from_pretrained(tmp_path / "plain", exit_layers=[2, 4, 5])
+    with pytest.raises(ValueError, match="exit_pooling"):
+        cls.from_pretrained(tmp_path / "plain", exit_pooling="bogus")
+    m = cls.from_pretrained(tmp_path / "plain", exit_layers=[2, 4, 6])
+    assert m.config.exit_costs == pytest.approx(hf_eenet.configuration_eenet.flops_exit_costs(m.config, [2, 4, 6]))
+    assert len(m.exit_heads) == 2
+    with torch.no_grad():
+        out = m(**random_batch(n=3), exit_policy=hf_eenet.StaticPolicy(1, 3))
+    assert out.exit_cost.tolist() == pytest.approx([m.config.exit_costs[1]] * 3)
+    # measured costs cannot be recomputed for new exits: an error asks for them
+    lat = tiny_model(layers=6, exit_costs=[1, 2, 3, 4, 5, 6], exit_cost_profile="latency")
+    lat.save_pretrained(tmp_path / "lat")
+    with pytest.raises(ValueError, match="measured"):
+        cls.from_pretrained(tmp_path / "lat", exit_layers=[2, 4, 6])
+    # a fitted bank does not fit other exits
+    model, _, _, _ = fitted_model()
+    model.save_pretrained(tmp_path / "fitted")
+    with pytest.raises(BankIntegrityError, match="exits"):
+        cls.from_pretrained(tmp_path / "fitted", exit_layers=[2, 4])
+
+
+# ------------------------------------------------------------------------------------------------------ 3: dtypes
+@pytest.mark.parametrize("cast", ["half", "bfloat16", "to"])
+def test_scheduler_state_stays_float64_through_casts(cast):
+    model, batch, probs, _ = fitted_model()
+    expect = [s.exit_index(probs).tolist() for s in model.eenet_schedulers]
+    thresholds = [s.thresholds for s in model.eenet_schedulers]
+    if cast == "half":
+        model.half()
+    elif cast == "bfloat16":
+        model.bfloat16()
+    else:
+        model.to(torch.float16)
+    assert isinstance(model.eenet_schedulers, SchedulerBank)
+    for s, e, t in zip(model.eenet_schedulers, expect, thresholds):
+        assert s.exit_thresholds.dtype == torch.float64 and s.exit_costs.dtype == torch.float64
+        assert s.utility[0].weight.dtype == torch.float32
+        assert s.thresholds == t and s.exit_index(probs).tolist() == e
+    assert model.bert.embeddings.word_embeddings.weight.dtype != torch.float32
+    model.float()
+    assert model(**batch, budget=0.5).exit_index is not None
+
+
+def test_from_pretrained_low_precision_keeps_float64(tmp_path):
+    model, _, probs, _ = fitted_model()
+    model.save_pretrained(tmp_path)
+    m = type(model).from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert m.bert.embeddings.word_embeddings.weight.dtype == torch.bfloat16
+    s = m.eenet_schedulers[0]
+    assert s.exit_thresholds.dtype == torch.float64
+    assert s.exit_index(probs).tolist() == model.eenet_schedulers[0].exit_index(probs).tolist()
+
+
+# ------------------------------------------------------------------------------------------------------- 7: forward
+def test_forward_rejects_hidden_states_attentions_and_unknown_kwargs():
+    model = tiny_model(layers=2)
+    batch = random_batch(n=2)
+    with pytest.raises(NotImplementedError, match="output_hidden_states"):
+        model(**batch, output_hidden_states=True)
+    with pytest.raises(NotImplementedError, match="output_attentions"):
+        model(**batch, output_attentions=True)
+    with pytest.raises(TypeError, match="bugdet"):
+        model(**batch, bugdet=0.5)
+    assert model(**batch, output_hidden_states=False).logits.shape == (2, 3)
+
+
+# ------------------------------------------------------------------------------------------------- 4: Hub round trip
+@pytest.fixture(scope="module")
+def hub_model(minilm_dir, tmp_path_factory):
+    """A tiny EENet model with the MiniLM tokenizer and a fitted bank, saved with ``model.save_pretrained``."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    torch.manual_seed(0)
+    cfg = hf_eenet.EENetBertConfig(**tiny_kwargs(num_labels=2, layers=4, vocab_size=tok.vocab_size))
+    model = hf_eenet.EENetBertForSequenceClassification(cfg).eval()
+    texts = [f"text number {i} is {'good' if i % 2 else 'bad'} " * (1 + i % 4) for i in range(80)]
+    enc = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        probs = torch.softmax(model(**enc).exit_logits, -1)
+    labels = torch.tensor([i % 2 for i in range(80)])
+    model.set_scheduler_bank({b: EENetScheduler(**FAST).fit(probs, labels, cfg.exit_costs, b) for b in (0.5, 0.8)})
+    d = tmp_path_factory.mktemp("hub") / "model"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return SimpleNamespace(model=model, tok=tok, dir=d, texts=texts[:10])
+
+
+def test_model_save_pretrained_writes_pipeline_code_and_custom_pipelines(hub_model):
+    cfg = json.loads((hub_model.dir / "config.json").read_text())
+    assert set(cfg["custom_pipelines"]) == {"text-classification"} and "auto_map" in cfg
+    for name in ("pipeline_eenet.py", "modeling_eenet.py", "configuration_eenet.py", "bank.py", "validation.py"):
+        assert (hub_model.dir / name).exists(), name
+
+
+def test_push_to_hub_uploads_the_remote_and_pipeline_code(hub_model):
+    seen = {}
+
+    def fake_upload(self, working_dir, repo_id, **kw):
+        seen["files"] = sorted(os.listdir(working_dir))
+        seen["config"] = json.loads(Path(working_dir, "config.json").read_text())
+
+    api = SimpleNamespace(create_repo=lambda repo_id, **kw: SimpleNamespace(repo_id=repo_id))
+    card = SimpleNamespace(save=lambda path: Path(path).write_text("card"))
+    with mock.patch("transformers.utils.hub.hf_api", lambda: api), \
+            mock.patch("transformers.utils.hub.create_and_tag_model_card", lambda *a, **k: card), \
+            mock.patch.object(type(hub_model.model), "_upload_modified_files", fake_upload):
+        hub_model.model.push_to_hub("someone/eenet-test")
+    assert {"pipeline_eenet.py", "modeling_eenet.py", "bank.py", "validation.py"} <= set(seen["files"])
+    assert "text-classification" in seen["config"]["custom_pipelines"]
+
+
+def test_installed_pipeline_needs_no_trust_remote_code(hub_model):
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(hub_model.dir))
+    assert isinstance(clf, hf_eenet.EENetTextClassificationPipeline)
+    out = clf(hub_model.texts, budget=0.5)
+    assert all("exit_layer" in r for r in out)
+    with pytest.raises(ValueError, match="outside the fitted range"):
+        clf("good", budget=0.3)
+
+
+def test_clean_process_pipeline_honours_budget_or_raises(hub_model, tmp_path):
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(hub_model.dir))
+    expect = {str(b): clf(hub_model.texts, budget=b, batch_size=4) for b in (0.5, 0.8)}
+    script = BLOCK.format(root=str(ROOT)) + textwrap.dedent(f"""
+        import json
+        try:
+            import hf_eenet
+            raise SystemExit("hf_eenet should not be importable here")
+        except ImportError:
+            pass
+        from transformers import pipeline
+        res = {{}}
+        for kw in ({{"task": "text-classification"}}, {{}}):
+            clf = pipeline(model={str(hub_model.dir)!r}, trust_remote_code=True, **kw)
+            assert "hf_eenet" not in type(clf).__module__ and type(clf).__name__ == "EENetTextClassificationPipeline"
+            res[str(bool(kw))] = {{str(b): clf({hub_model.texts!r}, budget=b, batch_size=4) for b in (0.5, 0.8)}}
+            try:
+                clf("good", budget=0.3)
+                res["low"] = "served"
+            except ValueError as e:
+                res["low"] = "raised: " + str(e)[:60]
+        try:
+            pipeline("text-classification", model={str(hub_model.dir)!r})
+            res["untrusted"] = "loaded"
+        except ValueError as e:
+            res["untrusted"] = "raised"
+        print(json.dumps(res))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(tmp_path),
+                       env=clean_env(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("True", "False"):
+        for b, rows in expect.items():
+            assert [g["exit_layer"] for g in got[key][b]] == [e["exit_layer"] for e in rows]
+            assert [g["label"] for g in got[key][b]] == [e["label"] for e in rows]
+    assert got["low"].startswith("raised") and got["untrusted"] == "raised"
+
+
+# ------------------------------------------------------------------------------------- 5: no side effects on others
+def test_import_hf_eenet_changes_nothing_for_a_stock_bert(minilm_dir, tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(**tiny_kwargs(num_labels=2, vocab_size=30522))).save_pretrained(tmp_path / "m")
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path / "m")
+    script = textwrap.dedent(f"""
+        import json, sys
+        if sys.argv[1] == "with":
+            sys.path.insert(0, {str(ROOT)!r})
+            import hf_eenet
+        from transformers import pipeline
+        clf = pipeline("text-classification", model={str(tmp_path / "m")!r})
+        cases = ["a fine film", "", "   ", [["first text", "its pair"]], {{"text": "a", "text_pair": "b"}},
+                 " ".join(["good"] * 400), ["x", "y"], None]
+        res = [type(clf).__module__ + "." + type(clf).__name__]
+        for case in cases:
+            try:
+                res.append(clf(case))
+            except Exception as e:
+                res.append(["error", type(e).__name__, str(e)[:200]])
+        for kw in ({{"top_k": None}}, {{"budget": 0.5}}, {{"truncation": True}}):
+            try:
+                res.append(clf("a fine film", **kw))
+            except Exception as e:
+                res.append(["error", type(e).__name__, str(e)[:200]])
+        print(json.dumps(res))
+    """)
+    runs = {}
+    for mode in ("without", "with"):
+        r = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, cwd=str(tmp_path),
+                           env=clean_env(tmp_path))
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    assert runs["with"] == runs["without"]
+    assert runs["with"][0] == "transformers.pipelines.text_classification.TextClassificationPipeline"
+    assert runs["with"][6][0] == "error"  # stock raises on an over-long text (no silent truncation)

@@ -1,0 +1,138 @@
+"""hf_eenet.validation: one set of rules for probabilities, labels, costs, budgets and exit indices, used the same way
+by the model, the pipeline, the policies' calibrate, the scheduler fit, evaluation and the trainer (issue 10 point 7);
+plus the int8 entry point (point 3)."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_batch, tiny_model
+
+import hf_eenet
+from hf_eenet import evaluation, policies, validation
+from hf_eenet.scheduler import EENetScheduler
+from hf_eenet.validation import ValidationTypeError
+
+GOOD_BUDGETS = [0.5, np.float32(0.5), np.float64(0.5), torch.tensor(0.5), torch.tensor(0.5, dtype=torch.float64),
+                np.array(0.5)]
+INT_BUDGETS = [1, np.int64(1), torch.tensor(1)]
+BAD_TYPES = [True, np.bool_(True), torch.tensor(True), "0.5", None, [0.5], torch.tensor([0.5]), complex(0.5, 0)]
+
+
+def test_old_names_stay_importable_and_are_the_same_functions():
+    assert policies.check_budget is validation.check_budget
+    assert policies.check_costs is validation.check_costs
+    assert policies.check_labels is validation.check_labels
+    assert policies._as_probs_tensor is validation.as_probs_tensor
+    assert policies._is_number is validation.is_number
+    assert evaluation._check_exit_index is validation.check_exit_index
+
+
+@pytest.mark.parametrize("b", GOOD_BUDGETS + INT_BUDGETS)
+def test_number_forms_accepted(b):
+    assert validation.check_budget_fraction(b) == float(b)
+
+
+@pytest.mark.parametrize("b", BAD_TYPES)
+def test_bools_and_non_numbers_rejected_with_both_error_types(b):
+    with pytest.raises(TypeError, match="budget must be a number"):
+        validation.check_budget_fraction(b)
+    with pytest.raises(ValueError, match="budget must be a number"):  # ValidationTypeError is both
+        validation.check_budget(b, [0.25, 0.5, 1.0])
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    model = tiny_model(layers=4, num_labels=3, vocab_size=30522)  # the MiniLM tokenizer's vocabulary
+    batch = random_batch(n=48)
+    with torch.no_grad():
+        probs = torch.softmax(model(**batch).exit_logits, -1)
+    labels = torch.randint(0, 3, (48,), generator=torch.Generator().manual_seed(1))
+    sched = EENetScheduler(restarts=1, max_epochs=5).fit(probs, labels, model.config.exit_costs, 0.5)
+    model.set_scheduler_bank({0.5: sched})
+    return model, batch, probs, labels
+
+
+@pytest.mark.parametrize("b", GOOD_BUDGETS)
+def test_budget_forms_consistent_across_model_policies_and_scheduler(fitted, b):
+    model, batch, probs, labels = fitted
+    costs = model.config.exit_costs
+    ref = model(**batch, budget=0.5).exit_index
+    assert torch.equal(model(**batch, budget=b).exit_index, ref)
+    assert model.get_exit_policy(b) is model.get_exit_policy(0.5)
+    assert hf_eenet.MaxProbPolicy.calibrate(probs, labels, costs, b).budget == 0.5
+    assert hf_eenet.StaticPolicy.calibrate(probs, labels, costs, b).budget == 0.5
+    EENetScheduler(restarts=1, max_epochs=2).fit(probs, labels, costs, b)
+    assert evaluation.evaluate_exits(probs, labels, ref, costs, budget=b)["cost_ratio"] is not None
+
+
+@pytest.mark.parametrize("b", [True, np.bool_(True), torch.tensor(True), "0.5"])
+def test_budget_bools_rejected_everywhere(fitted, b):
+    model, batch, probs, labels = fitted
+    with pytest.raises(TypeError):
+        model(**batch, budget=b)
+    with pytest.raises(TypeError):
+        model.get_exit_policy(b)
+    with pytest.raises((TypeError, ValueError)):
+        hf_eenet.MaxProbPolicy.calibrate(probs, labels, model.config.exit_costs, b)
+
+
+def test_pipeline_accepts_numpy_and_tensor_budgets(fitted, minilm_dir):
+    from transformers import AutoTokenizer, pipeline
+
+    model = fitted[0]
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    tok.model_max_length = 64
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    ref = clf(["a good film", "bad"], budget=0.5)
+    for b in GOOD_BUDGETS:
+        assert clf(["a good film", "bad"], budget=b) == ref
+    with pytest.raises(TypeError):
+        clf("a good film", budget=True)
+
+
+def test_exit_index_and_labels_rules():
+    assert validation.check_exit_index([0, 2, 1.0], 3, 3).tolist() == [0, 2, 1]
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        validation.check_exit_index([0, 3, 1], 3, 3)
+    with pytest.raises(ValueError, match="integer"):
+        validation.check_exit_index([True, False, True], 3, 3)
+    with pytest.raises(ValueError, match="shape"):
+        validation.check_labels([0, 1], 3, 2)
+    assert isinstance(ValidationTypeError("x"), TypeError) and isinstance(ValidationTypeError("x"), ValueError)
+
+
+def test_costs_match_normalises():
+    assert validation.costs_match([1, 2, 4], [0.25, 0.5, 1.0])
+    assert not validation.costs_match([1, 2, 4], [0.25, 0.6, 1.0])
+    assert not validation.costs_match([1, 2], [0.25, 0.5, 1.0])
+
+
+# ------------------------------------------------------------------------------------------------ int8 entry point
+def test_quantize_dynamic_int8_keeps_budget_path_and_refits_bank(minilm_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    torch.manual_seed(0)
+    from conftest import tiny_kwargs
+
+    cfg = hf_eenet.EENetBertConfig(**tiny_kwargs(num_labels=2, layers=4, vocab_size=tok.vocab_size))
+    model = hf_eenet.EENetBertForSequenceClassification(cfg).eval()
+    texts = [f"sample {i} {'good' if i % 2 else 'bad'} " * (1 + i % 3) for i in range(64)]
+    labels = [i % 2 for i in range(64)]
+    hf_eenet.refit_scheduler_bank(model, tok, texts, labels, budgets=[0.5, 0.8], max_length=32, progress=False)
+    with pytest.raises(ValueError, match="refit"):
+        hf_eenet.quantize_dynamic_int8(model)
+    q = hf_eenet.quantize_dynamic_int8(model, tok, texts, labels, max_length=32, progress=False)
+    assert q is not model and q.config.scheduler_budgets == [0.5, 0.8]
+    assert isinstance(q.bert.encoder.layer[0].attention.self.query, torch.ao.nn.quantized.dynamic.Linear)
+    assert isinstance(q.eenet_schedulers[0].utility[0], torch.nn.Linear)  # the schedulers are untouched
+    assert q.config.scheduler_bank[0]["data_fingerprint"] != model.config.scheduler_bank[0]["data_fingerprint"]
+    enc = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        out = q(**enc, budget=0.5)
+    assert out.exit_cost.mean().item() <= 0.5 + 0.1
+    dropped = hf_eenet.quantize_dynamic_int8(model, refit=False)
+    with pytest.raises(ValueError, match="no fitted EENet scheduler"):
+        dropped(**enc, budget=0.5)
+    with pytest.raises(ValueError, match="quantised"):
+        q.save_pretrained("/tmp/should-not-exist-eenet-int8")
