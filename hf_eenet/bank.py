@@ -53,7 +53,7 @@ class SchedulerBank(nn.ModuleList):
         def keep_dtype(t):
             out = fn(t)
             if isinstance(out, torch.Tensor) and t.is_floating_point() and out.dtype != t.dtype:
-                out = out.to(t.dtype)
+                out = t.to(device=out.device)  # the device move only: the original values, not a round trip
             return out
 
         return super()._apply(keep_dtype, recurse)

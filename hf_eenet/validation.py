@@ -43,7 +43,15 @@ def as_number(x, name: str = "value", what: str = "a number") -> float:
     """``x`` as a Python float if :func:`is_number`, else :class:`ValidationTypeError` naming ``name``."""
     if not is_number(x):
         raise ValidationTypeError(f"{name} must be {what}, got {type(x).__name__}: {x!r}")
-    return float(x.item() if isinstance(x, (torch.Tensor, np.ndarray)) else x)
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        x = x.float().numpy()[()] if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else x.item()
+    elif isinstance(x, np.ndarray):
+        x = x[()]
+    if isinstance(x, (np.float16, np.float32)):
+        # shortest decimal that round-trips in the input's precision: np.float32(0.8) -> 0.8, not 0.800000011920929
+        return float(np.format_float_positional(x, unique=True, trim="0"))
+    return float(x)
 
 
 def check_budget_fraction(budget, name: str = "budget") -> float:

@@ -160,7 +160,7 @@ def test_weights_from_another_save_are_detected(tmp_path):
 # --------------------------------------------------------------------------------------------------- 2: costs drift
 def test_add_scheduler_fitted_on_other_costs_raises():
     model, _, probs, labels = fitted_model()
-    other = EENetScheduler(**FAST).fit(probs, labels, [0.25, 0.5, 0.75, 1.0], 0.6)
+    other = EENetScheduler(**FAST).fit(probs, labels, [0.1, 0.2, 0.3, 1.0], 0.6)
     with pytest.raises(BankIntegrityError, match="exit costs"):
         model.add_scheduler(other, 0.6)
     right = EENetScheduler(**FAST).fit(probs, labels, model.config.exit_costs, 0.6)
@@ -175,12 +175,12 @@ def test_add_scheduler_fitted_on_other_costs_raises():
 def test_set_exit_costs_after_fitting_raises_and_changes_nothing():
     model, _, _, _ = fitted_model()
     before = list(model.config.exit_costs)
-    profile = hf_eenet.ExitCostProfile(exit_layers=[1, 2, 3, 4], layers=[1.0, 2.0, 3.0, 4.0])
+    profile = hf_eenet.ExitCostProfile(exit_layers=[1, 2, 3, 4], layers=[1.0, 2.0, 3.0, 10.0])
     with pytest.raises(BankIntegrityError, match="fitted for exit costs"):
         hf_eenet.set_exit_costs(model, profile, "layers")
     assert model.config.exit_costs == before
     model.clear_scheduler_bank()
-    assert hf_eenet.set_exit_costs(model, profile, "layers") == [0.25, 0.5, 0.75, 1.0]
+    assert hf_eenet.set_exit_costs(model, profile, "layers") == [0.1, 0.2, 0.3, 1.0]
 
 
 def test_edited_costs_are_refused_on_load_and_before_serving(tmp_path):
@@ -355,9 +355,10 @@ def test_clean_process_pipeline_honours_budget_or_raises(hub_model, tmp_path):
         print(json.dumps(res))
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(tmp_path),
-                       env=clean_env(tmp_path))
+                       env=clean_env(tmp_path), stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr[-3000:]
-    got = json.loads(r.stdout.strip().splitlines()[-1])
+    last = r.stdout.strip().splitlines()[-1]
+    got = json.loads(last[last.index("{"):])  # after transformers' "Do you wish to run the custom code?" prompt
     for key in ("True", "False"):
         for b, rows in expect.items():
             assert [g["exit_layer"] for g in got[key][b]] == [e["exit_layer"] for e in rows]
@@ -403,3 +404,69 @@ def test_import_hf_eenet_changes_nothing_for_a_stock_bert(minilm_dir, tmp_path):
     assert runs["with"] == runs["without"]
     assert runs["with"][0] == "transformers.pipelines.text_classification.TextClassificationPipeline"
     assert runs["with"][6][0] == "error"  # stock raises on an over-long text (no silent truncation)
+
+
+# -------------------------------------------------------------------------------- trainer: replace vs extend, atomic
+@pytest.fixture(scope="module")
+def trainer_setup(minilm_dir, tmp_path_factory):
+    from datasets import Dataset
+    from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    torch.manual_seed(0)
+    cfg = hf_eenet.EENetBertConfig(**tiny_kwargs(num_labels=2, layers=4, vocab_size=tok.vocab_size))
+    model = hf_eenet.EENetBertForSequenceClassification(cfg)
+
+    def dataset(seed, n=96):
+        rng = np.random.default_rng(seed)
+        texts = [" ".join(rng.choice(["good", "bad", "film", "plot", "the", "a"], size=int(rng.integers(2, 9))))
+                 for _ in range(n)]
+        ds = Dataset.from_dict({"text": texts, "labels": [int(rng.integers(0, 2)) for _ in range(n)]})
+        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=32), batched=True, remove_columns=["text"])
+
+    tmp = tmp_path_factory.mktemp("trainer")
+    args = TrainingArguments(output_dir=str(tmp / "out"), report_to=[], use_cpu=True, save_strategy="no",
+                             per_device_eval_batch_size=64, disable_tqdm=False, dataloader_num_workers=0)
+    trainer = hf_eenet.EENetTrainer(model=model, args=args, eval_dataset=dataset(1), processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
+    return SimpleNamespace(trainer=trainer, model=model, other=dataset(2), tmp=tmp)
+
+
+def test_fit_scheduler_replaces_by_default_and_extends_when_told(trainer_setup, capsys):
+    tr, model = trainer_setup.trainer, trainer_setup.model
+    tr.fit_scheduler(budgets=[0.5, np.float32(0.8)], **FAST)
+    assert model.config.scheduler_budgets == [0.5, 0.8] and tr.scheduler_fit_mode == "replaced"
+    assert "EENet scheduler bank" in capsys.readouterr().err  # tqdm bar over the budgets
+    tr.fit_scheduler(budgets=[0.6], **FAST)
+    assert model.config.scheduler_budgets == [0.6] and tr.scheduler_fit_mode == "replaced"
+    tr.fit_scheduler(budgets=[torch.tensor(0.7)], extend=True, **FAST)
+    assert model.config.scheduler_budgets == [0.6, 0.7] and tr.scheduler_fit_mode == "extended"
+    assert len({r["data_fingerprint"] for r in model.config.scheduler_bank}) == 1
+    with pytest.raises(ValueError, match="other validation data"):
+        tr.fit_scheduler(trainer_setup.other, budgets=[0.8], extend=True, **FAST)
+    assert model.config.scheduler_budgets == [0.6, 0.7]
+    with pytest.raises(TypeError):
+        tr.fit_scheduler(budgets=[True], **FAST)
+
+
+def test_trainer_save_is_atomic(trainer_setup):
+    tr, model = trainer_setup.trainer, trainer_setup.model
+    if not model.config.scheduler_budgets:
+        tr.fit_scheduler(budgets=[0.6, 0.7], **FAST)
+    d = trainer_setup.tmp / "saved"
+    tr.save_model(str(d))
+    before = sorted(os.listdir(d))
+    assert "training_args.json" in before and "training_args.bin" not in before and "tokenizer.json" in before
+    assert "pipeline_eenet.py" in before
+    budgets = list(model.config.scheduler_budgets)
+    tr.fit_scheduler(budgets=[0.4], **FAST)
+
+    def boom(*a, **k):
+        raise OSError("interrupted (simulated)")
+
+    with mock.patch("transformers.modeling_utils.safe_save_file", boom), pytest.raises(OSError, match="interrupted"):
+        tr.save_model(str(d))
+    assert sorted(os.listdir(d)) == before
+    assert type(model).from_pretrained(d).config.scheduler_budgets == budgets
+    tr.save_model(str(d))
+    assert type(model).from_pretrained(d).config.scheduler_budgets == [0.4]
