@@ -313,10 +313,11 @@ def test_push_to_hub_uploads_the_remote_and_pipeline_code(hub_model):
     assert "text-classification" in seen["config"]["custom_pipelines"]
 
 
-def test_installed_pipeline_needs_no_trust_remote_code(hub_model):
+@pytest.mark.parametrize("trust", [None, True])
+def test_installed_pipeline_needs_no_trust_remote_code(hub_model, trust):
     from transformers import pipeline
 
-    clf = pipeline("text-classification", model=str(hub_model.dir))
+    clf = pipeline("text-classification", model=str(hub_model.dir), trust_remote_code=trust)
     assert isinstance(clf, hf_eenet.EENetTextClassificationPipeline)
     out = clf(hub_model.texts, budget=0.5)
     assert all("exit_layer" in r for r in out)

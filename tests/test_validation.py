@@ -108,7 +108,7 @@ def test_costs_match_normalises():
 
 
 # ------------------------------------------------------------------------------------------------ int8 entry point
-def test_quantize_dynamic_int8_keeps_budget_path_and_refits_bank(minilm_dir):
+def test_quantize_dynamic_int8_keeps_budget_path_and_refits_bank(minilm_dir, tmp_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(minilm_dir)
@@ -135,4 +135,5 @@ def test_quantize_dynamic_int8_keeps_budget_path_and_refits_bank(minilm_dir):
     with pytest.raises(ValueError, match="no fitted EENet scheduler"):
         dropped(**enc, budget=0.5)
     with pytest.raises(ValueError, match="quantised"):
-        q.save_pretrained("/tmp/should-not-exist-eenet-int8")
+        q.save_pretrained(tmp_path / "int8")
+    assert not (tmp_path / "int8").exists()
