@@ -130,19 +130,44 @@ class EENetTrainer(Trainer):
             shutil.copy(Path(__file__).with_name("pipeline_eenet.py"), Path(output_dir, "pipeline_eenet.py"))
 
     # ------------------------------------------------------------------------------------------------ scheduler
-    def collect_exit_predictions(self, dataset=None) -> tuple[np.ndarray, np.ndarray]:
-        """All-exit softmax outputs ``[N, K, C]`` and labels ``[N]`` on ``dataset`` (default: ``eval_dataset``)."""
+    def collect_exit_predictions(self, dataset=None, require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """All-exit softmax outputs ``[N, K, C]`` and labels ``[N]`` on ``dataset`` (default: ``eval_dataset``).
+
+        Under DDP every rank must call this (``Trainer.predict`` gathers the rows of all ranks); every rank gets all
+        rows. ``require_labels=False`` allows an unlabelled dataset (labels ``None``). Shows the ``Trainer``
+        prediction progress bar unless ``args.disable_tqdm``.
+        """
         dataset = dataset if dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("no dataset: pass eval_dataset to the trainer or to fit_scheduler(eval_dataset=...)")
-        pred = self.predict(dataset, metric_key_prefix="scheduler")
+        if require_labels and "labels" not in getattr(dataset, "column_names", ["labels"]):
+            raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
+        pred = self.predict(dataset, metric_key_prefix="exits")
         probs = softmax_np(_exit_logits_from_predictions(pred.predictions).astype(np.float64))
         if pred.label_ids is None:
-            raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
+            if require_labels:
+                raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
+            return probs.astype(np.float32), None
         return probs.astype(np.float32), np.asarray(pred.label_ids)
 
+    # ------------------------------------------------------------------------------------------------ hub
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Keep the EENet card. ``Trainer.push_to_hub`` calls this and the stock version would replace the card the
+        recipe writes from its results (``model-index`` with accuracy and cost per budget) by a generic draft
+        without them. When ``output_dir/README.md`` exists it is left as it is; otherwise the stock draft is
+        written, tagged as an hf_eenet early-exit model."""
+        if not self.is_world_process_zero():
+            return
+        if Path(self.args.output_dir, "README.md").is_file():
+            return
+        tags = kwargs.pop("tags", None) or []
+        tags = [tags] if isinstance(tags, str) else list(tags)
+        kwargs["tags"] = tags + [t for t in ("hf_eenet", "early-exit", "eenet") if t not in tags]
+        super().create_model_card(*args, **kwargs)
+
     def fit_scheduler(self, eval_dataset=None, budgets=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), seed: int = 0,
-                      default_budget: float | None = None, cost_profile=None, **scheduler_kwargs) -> dict:
+                      default_budget: float | None = None, cost_profile=None, extend: bool = False,
+                      **scheduler_kwargs) -> dict:
         """Fit one EENet scheduler per budget on the all-exit predictions of ``eval_dataset`` (collected once).
 
         Args:
@@ -150,6 +175,7 @@ class EENetTrainer(Trainer):
             cost_profile: optional :class:`~hf_eenet.costs.ExitCostProfile` (plus kind) to store as the model's
                 exit costs first, e.g. ``(profile, "latency")``; by default the costs already in the config are used.
             default_budget: budget the pipeline uses when a call gives none (default: the fitted budget nearest 0.5).
+            extend: keep the schedulers already in the bank and add these budgets (default: replace the bank).
             scheduler_kwargs: passed to :class:`EENetScheduler`.
         Returns:
             ``{budget: {"planned_cost", "validation": evaluate_exits(...), "fit_seconds", ...}}``, also stored in
@@ -170,6 +196,11 @@ class EENetTrainer(Trainer):
                 raise ValueError(f"budget {b} must be a fraction of the full cost in (0, 1]")
             check_budget(b, costs)
         probs, labels = self.collect_exit_predictions(eval_dataset)
+        if not extend:  # replace: the new bank holds only schedulers fitted on this data
+            model.eenet_schedulers = torch.nn.ModuleList()
+            model.config.scheduler_budgets = []
+            model.config.scheduler_config = None
+            model.config.default_budget = None
         info = {}
         for b in budgets:
             t0 = time.perf_counter()
