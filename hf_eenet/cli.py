@@ -49,6 +49,10 @@ class FitArguments:
         "help": "keep the schedulers already in the bank and add these budgets (default: replace the bank)"})
     seed: int = field(default=0, metadata={"help": "seed of the scheduler fit (and of a validation hold-out)"})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "batch size of the prediction pass"})
+    scheduler_max_epochs: int | None = field(default=None, metadata={
+        "help": "epoch cap of each scheduler fit (default: EENetScheduler's)"})
+    scheduler_restarts: int | None = field(default=None, metadata={
+        "help": "random restarts of each scheduler fit (default: EENetScheduler's)"})
 
 
 @dataclass
@@ -142,7 +146,7 @@ def _has_cuda() -> bool:
 
 
 def cmd_fit_scheduler(argv) -> None:
-    from .recipe import parse_budgets
+    from .recipe import parse_budgets, scheduler_kwargs
 
     args, data_args, ns = _parse("fit-scheduler", FitArguments, argv)
     budgets = parse_budgets(args.budgets)
@@ -150,7 +154,7 @@ def cmd_fit_scheduler(argv) -> None:
     trainer, _, _ = _trainer_and_data(model, tok, data_args, ns.model_dir, args.seed, args.per_device_eval_batch_size,
                                       need=("validation",))
     old = list(model.config.scheduler_budgets or [])
-    info = trainer.fit_scheduler(budgets=budgets, seed=args.seed, extend=args.extend)
+    info = trainer.fit_scheduler(budgets=budgets, seed=args.seed, extend=args.extend, **scheduler_kwargs(args))
     trainer.save_model(ns.model_dir)
     for b, r in info.items():
         print(f"budget {b:.2f}: validation accuracy {100 * r['validation']['accuracy']:.2f}, "

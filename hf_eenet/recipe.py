@@ -41,6 +41,8 @@ class ModelArguments:
         "help": "cls, mean, or auto: mean when the checkpoint is a sentence-transformers model pooled by the token "
                 "mean (its 1_Pooling/config.json says so), else cls"})
     cache_dir: str | None = field(default=None, metadata={"help": "where downloaded checkpoints are cached"})
+    ignore_mismatched_sizes: bool = field(default=False, metadata={
+        "help": "allow a classification head of another size in the checkpoint (re-initialised)"})
 
 
 @dataclass
@@ -55,6 +57,10 @@ class EENetArguments:
     self_distillation: bool = field(default=True, metadata={
         "help": "self-distillation in the last quarter of training"})
     do_fit_scheduler: bool = field(default=True, metadata={"help": "fit the EENet scheduler bank on validation"})
+    scheduler_max_epochs: int | None = field(default=None, metadata={
+        "help": "epoch cap of each scheduler fit (default: EENetScheduler's)"})
+    scheduler_restarts: int | None = field(default=None, metadata={
+        "help": "random restarts of each scheduler fit (default: EENetScheduler's)"})
     results_dir: str | None = field(default=None, metadata={"help": "where results JSON/plot/card go; default output_dir"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars, no results table"})
     dataset_label: str | None = field(default=None, metadata={
@@ -120,7 +126,8 @@ def is_eenet_checkpoint(path: str) -> bool:
 
 
 def load_backbone(path: str, num_labels: int, exit_layers=None, id2label=None, exit_pooling: str = "auto",
-                  tokenizer_name: str | None = None, cache_dir: str | None = None):
+                  tokenizer_name: str | None = None, cache_dir: str | None = None,
+                  ignore_mismatched_sizes: bool = False):
     """An EENet BERT or RoBERTa model (chosen from the checkpoint's model_type) plus its tokenizer.
 
     ``id2label``: a list of label names (id order) or a dict."""
@@ -139,7 +146,7 @@ def load_backbone(path: str, num_labels: int, exit_layers=None, id2label=None, e
         names = id2label if isinstance(id2label, dict) else dict(enumerate(id2label))
         kw["id2label"] = names
         kw["label2id"] = {n: i for i, n in names.items()}
-    model = cls.from_pretrained(path, cache_dir=cache_dir, **kw)
+    model = cls.from_pretrained(path, cache_dir=cache_dir, ignore_mismatched_sizes=ignore_mismatched_sizes, **kw)
     return model, AutoTokenizer.from_pretrained(tokenizer_name or path, cache_dir=cache_dir)
 
 
@@ -228,6 +235,12 @@ def eval_metrics(results: dict, split: str = "test") -> dict:
     return m
 
 
+def scheduler_kwargs(args) -> dict:
+    """``EENetScheduler`` keyword arguments set by ``--scheduler_max_epochs`` / ``--scheduler_restarts``."""
+    kw = {"max_epochs": args.scheduler_max_epochs, "restarts": args.scheduler_restarts}
+    return {k: v for k, v in kw.items() if v is not None}
+
+
 def _dist_broadcast_costs(costs: list[float]) -> list[float]:
     """Rank 0's measured costs on every rank (measurements differ between processes)."""
     import torch
@@ -286,7 +299,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         exit_layers = [int(x) for x in model_args.exit_layers.split(",")] if model_args.exit_layers else None
         model, tok = load_backbone(path, len(data.label_names), exit_layers,
                                    data.label_names, exit_pooling=model_args.exit_pooling,
-                                   tokenizer_name=model_args.tokenizer_name, cache_dir=model_args.cache_dir)
+                                   tokenizer_name=model_args.tokenizer_name, cache_dir=model_args.cache_dir,
+                                   ignore_mismatched_sizes=model_args.ignore_mismatched_sizes)
     enc = data.tokenize(tok, data_args.max_seq_length)
     push = training_args.push_to_hub
     if args.quiet:
@@ -321,7 +335,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     if args.do_fit_scheduler:
         if show:
             print(f"fitting the EENet scheduler bank for budgets {budgets} on {len(enc['validation'])} validation rows")
-        fit_info = trainer.fit_scheduler(budgets=budgets, seed=training_args.seed)
+        fit_info = trainer.fit_scheduler(budgets=budgets, seed=training_args.seed, **scheduler_kwargs(args))
     trainer.save_model(training_args.output_dir)  # rank 0 writes: weights, config, bank, tokenizer, code
     # ---- predictions on all ranks (Trainer.predict gathers them); reporting on rank 0 only
     val_probs = val_labels = test_probs = test_labels = None
@@ -342,12 +356,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         results = compare_policies(val_probs, val_labels, e_probs, e_labels, costs, eval_budgets,
                                    seed=training_args.seed, schedulers=bank or None, progress=show)
         results_layers = {}
-        if profile is not None:  # the same comparison with plain layer-count costs (schedulers refitted)
+        if profile is not None and args.cost_profile != "layers":  # the same with layer-count costs (refitted)
             layer_costs = profile.normalised("layers")
             results_layers = compare_policies(val_probs, val_labels, e_probs, e_labels, layer_costs,
                                               [b for b in eval_budgets if b >= layer_costs[0]],
-                                              seed=training_args.seed, progress=show)
-        metrics = eval_metrics(results, eval_on)
+                                              seed=training_args.seed, progress=show,
+                                              scheduler_kwargs=scheduler_kwargs(args))
+        metrics = {f"eval_{k}": v for k, v in eval_metrics(results, eval_on).items()}
         metrics["eval_samples"] = len(e_labels)
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)  # eval_results.json + all_results.json
