@@ -379,7 +379,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         label = args.dataset_label or data_args.dataset_name or (
             Path(data_args.train_file or data_args.validation_file or data_args.test_file).parent.name)
         results.update(
-            dataset=label, evaluated_on=eval_on, splits={s: len(d) for s, d in data.splits.items()},
+            dataset=label, evaluated_on=eval_on, world_size=training_args.world_size, splits={s: len(d) for s, d in data.splits.items()},
             label_names=data.label_names, sentence_pairs=data.is_pair,
             notes=" ".join(args.card_notes), cost_profile=args.cost_profile,
             exit_cost_profile=profile.to_dict() if profile else None, exit_layers=list(model.config.exit_layers),

@@ -400,6 +400,25 @@ def test_sst5_preset_loads_five_named_classes():
     assert {s: len(d) for s, d in ds.items()} == {"train": 8544, "validation": 1101, "test": 2210}
 
 
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in (ROOT / "model_cards").glob("*/results.json")))
+def test_committed_results_hold_no_machine_paths_and_resolved_pooling(name):
+    """A fresh clone elsewhere regenerates the same cards: nothing is resolved from this machine's paths."""
+    results = json.loads((ROOT / "model_cards" / name / "results.json").read_text())
+
+    def strings(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                yield from strings(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from strings(v)
+        elif isinstance(x, str):
+            yield x
+
+    assert not [s for s in strings(results) if s.startswith("/") or "/work/" in s or "site-packages" in s]
+    assert results["exit_pooling"] in ("cls", "mean")
+
+
 def test_portable_paths(tmp_path, monkeypatch):
     import site
 
@@ -428,7 +447,7 @@ def test_recipe_under_torchrun_two_processes(tiny_backbone, csv_data, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["splits"]["test"] == 40 and results["training"]["global_steps"] == 3
+    assert results["world_size"] == 2 and results["splits"]["test"] == 40 and results["training"]["global_steps"] == 3
     assert json.loads((out / "config.json").read_text())["scheduler_budgets"] == [0.5, 0.8]
     assert len((out / "predict_results.jsonl").read_text().splitlines()) == 40  # all rows, gathered from 2 ranks
     assert json.loads((out / "eval_results.json").read_text())["eval_samples"] == 40
