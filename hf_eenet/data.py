@@ -136,9 +136,10 @@ def _text_columns(args: DataArguments, columns: list[str], split: str) -> list[s
 
 
 def _is_unlabelled(ds, label_col: str) -> bool:
+    """No label column, or no value in it (None, empty strings, or -1 as in GLUE's hidden test labels)."""
     if label_col not in ds.column_names:
         return True
-    return all(v is None or (isinstance(v, str) and not v.strip()) for v in ds[label_col])
+    return all(v is None or v == -1 or (isinstance(v, str) and not v.strip()) for v in ds[label_col])
 
 
 # ------------------------------------------------------------------------------------------------ result

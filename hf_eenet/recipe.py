@@ -330,20 +330,23 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         costs = _dist_broadcast_costs(set_exit_costs(model, profile, args.cost_profile))
         model.config.exit_costs = [float(c) for c in costs]
     costs = list(model.config.exit_costs)
-    # ---- scheduler bank (every rank predicts; the fit is deterministic so the banks agree)
-    fit_info = {}
-    if args.do_fit_scheduler:
-        if show:
-            print(f"fitting the EENet scheduler bank for budgets {budgets} on {len(enc['validation'])} validation rows")
-        fit_info = trainer.fit_scheduler(budgets=budgets, seed=training_args.seed, **scheduler_kwargs(args))
-    trainer.save_model(training_args.output_dir)  # rank 0 writes: weights, config, bank, tokenizer, code
-    # ---- predictions on all ranks (Trainer.predict gathers them); reporting on rank 0 only
-    val_probs = val_labels = test_probs = test_labels = None
-    test_labelled = data.labelled.get("test", False)
-    if do_eval:
-        val_probs, val_labels = trainer.collect_exit_predictions(enc["validation"])
-    if "test" in enc and (do_predict or (do_eval and test_labelled)):
-        test_probs, test_labels = trainer.collect_exit_predictions(enc["test"], require_labels=False)
+    # ---- scheduler bank, then predictions; every rank predicts (Trainer.predict gathers the rows of all ranks),
+    # the fit is deterministic so the banks agree; each split is run once (the model no longer changes)
+    with trainer.reuse_exit_predictions():
+        fit_info = {}
+        if args.do_fit_scheduler:
+            if show:
+                print(f"fitting the EENet scheduler bank for budgets {budgets} on {len(enc['validation'])} "
+                      "validation rows")
+            fit_info = trainer.fit_scheduler(budgets=budgets, seed=training_args.seed, **scheduler_kwargs(args))
+        trainer.save_model(training_args.output_dir)  # rank 0 writes: weights, config, bank, tokenizer, code
+        # ---- predictions on all ranks (Trainer.predict gathers them); reporting on rank 0 only
+        val_probs = val_labels = test_probs = test_labels = None
+        test_labelled = data.labelled.get("test", False)
+        if do_eval:
+            val_probs, val_labels = trainer.collect_exit_predictions(enc["validation"])
+        if "test" in enc and (do_predict or (do_eval and test_labelled)):
+            test_probs, test_labels = trainer.collect_exit_predictions(enc["test"], require_labels=False)
     is_main = trainer.is_world_process_zero()
     results: dict = {}
     out_dir = Path(training_args.output_dir)
@@ -381,6 +384,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         results.update(
             dataset=label, evaluated_on=eval_on, world_size=training_args.world_size, splits={s: len(d) for s, d in data.splits.items()},
             label_names=data.label_names, sentence_pairs=data.is_pair,
+            data_fingerprints={s: data.fingerprint(s) for s in data.splits},
             notes=" ".join(args.card_notes), cost_profile=args.cost_profile,
             exit_cost_profile=profile.to_dict() if profile else None, exit_layers=list(model.config.exit_layers),
             exit_pooling=model.config.exit_pooling, results_with_layer_costs=results_layers,

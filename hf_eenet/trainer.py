@@ -7,6 +7,7 @@ the last ``distill_start`` fraction of training: + α · T² · KL(softmax(z_K/T
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -142,6 +143,29 @@ class EENetTrainer(Trainer):
             raise ValueError("no dataset: pass eval_dataset to the trainer or to fit_scheduler(eval_dataset=...)")
         if require_labels and "labels" not in getattr(dataset, "column_names", ["labels"]):
             raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
+        cache = getattr(self, "_exit_prediction_cache", None)
+        key = getattr(dataset, "_fingerprint", None)
+        if cache is not None and key is not None and key in cache:
+            probs, labels = cache[key]
+            if labels is None and require_labels:
+                raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
+            return probs, labels
+        out = self._predict_exits(dataset, require_labels)
+        if cache is not None and key is not None:
+            cache[key] = out
+        return out
+
+    @contextlib.contextmanager
+    def reuse_exit_predictions(self):
+        """Within this block the model must not change: ``collect_exit_predictions`` runs each dataset (by its
+        ``datasets`` fingerprint) once, e.g. when the bank is fitted on validation and then evaluated on it."""
+        self._exit_prediction_cache = {}
+        try:
+            yield
+        finally:
+            self._exit_prediction_cache = None
+
+    def _predict_exits(self, dataset, require_labels: bool):
         pred = self.predict(dataset, metric_key_prefix="exits")
         probs = softmax_np(_exit_logits_from_predictions(pred.predictions).astype(np.float64))
         if pred.label_ids is None:

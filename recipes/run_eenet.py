@@ -21,8 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hf_eenet.data import DataError  # noqa: E402
 from hf_eenet.recipe import main  # noqa: E402
 from recipes.presets import resolve_backbone  # noqa: E402
 
 if __name__ == "__main__":
-    main(prog="python recipes/run_eenet.py", resolve_model=resolve_backbone)
+    try:
+        main(prog="python recipes/run_eenet.py", resolve_model=resolve_backbone)
+    except DataError as err:  # a problem with the user's data: one line, no traceback
+        sys.exit(f"run_eenet.py: error: {err}")

@@ -452,3 +452,28 @@ def test_recipe_under_torchrun_two_processes(tiny_backbone, csv_data, tmp_path):
     assert len((out / "predict_results.jsonl").read_text().splitlines()) == 40  # all rows, gathered from 2 ranks
     assert json.loads((out / "eval_results.json").read_text())["eval_samples"] == 40
     assert "model-index" in (out / "README.md").read_text()
+
+
+def test_hub_dataset_classlabel_names_and_pair_columns(monkeypatch):
+    """--dataset_name goes through datasets.load_dataset (mocked: no network); ClassLabel names become the labels,
+    sentence1/sentence2 are found as a pair, a missing validation split is held out of train."""
+    import datasets
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    feats = Features({"sentence1": Value("string"), "sentence2": Value("string"),
+                      "label": ClassLabel(names=["not_equivalent", "equivalent"])})
+    rows = {"sentence1": [f"a {i}" for i in range(40)], "sentence2": [f"b {i}" for i in range(40)],
+            "label": [i % 2 for i in range(40)]}
+    calls = []
+
+    def fake_load(name, config=None, **kw):
+        calls.append((name, config))
+        return DatasetDict(train=Dataset.from_dict(rows, features=feats),
+                           test=Dataset.from_dict({**rows, "label": [-1] * 40}, features=feats))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    d = load_text_classification(DataArguments(dataset_name="glue", dataset_config_name="mrpc",
+                                               validation_split_rows=10), seed=0)
+    assert calls == [("glue", "mrpc")] and d.is_pair and d.label_names == ["not_equivalent", "equivalent"]
+    assert len(d.splits["validation"]) == 10 and len(d.splits["train"]) == 30
+    assert d.labelled["test"] is False  # GLUE-style hidden test labels (-1): predictions only
