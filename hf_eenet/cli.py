@@ -270,7 +270,8 @@ HANDLERS = {"train": cmd_train, "fit-scheduler": cmd_fit_scheduler, "evaluate": 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser (``hf-eenet --help``); each command parses its own flags (``hf-eenet CMD --help``)."""
-    p = argparse.ArgumentParser(prog="hf-eenet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="hf-eenet", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)

@@ -61,7 +61,8 @@ class EENetArguments:
         "help": "epoch cap of each scheduler fit (default: EENetScheduler's)"})
     scheduler_restarts: int | None = field(default=None, metadata={
         "help": "random restarts of each scheduler fit (default: EENetScheduler's)"})
-    results_dir: str | None = field(default=None, metadata={"help": "where results JSON/plot/card go; default output_dir"})
+    results_dir: str | None = field(default=None, metadata={
+        "help": "where results JSON/plot/card go; default output_dir"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars, no results table"})
     dataset_label: str | None = field(default=None, metadata={
         "help": "short dataset name for results and the card; default: --dataset_name or the train file's folder"})
@@ -382,7 +383,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         label = args.dataset_label or data_args.dataset_name or (
             Path(data_args.train_file or data_args.validation_file or data_args.test_file).parent.name)
         results.update(
-            dataset=label, evaluated_on=eval_on, world_size=training_args.world_size, splits={s: len(d) for s, d in data.splits.items()},
+            dataset=label, evaluated_on=eval_on, world_size=training_args.world_size,
+            splits={s: len(d) for s, d in data.splits.items()},
             label_names=data.label_names, sentence_pairs=data.is_pair,
             data_fingerprints={s: data.fingerprint(s) for s in data.splits},
             notes=" ".join(args.card_notes), cost_profile=args.cost_profile,

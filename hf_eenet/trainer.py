@@ -131,7 +131,8 @@ class EENetTrainer(Trainer):
             shutil.copy(Path(__file__).with_name("pipeline_eenet.py"), Path(output_dir, "pipeline_eenet.py"))
 
     # ------------------------------------------------------------------------------------------------ scheduler
-    def collect_exit_predictions(self, dataset=None, require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    def collect_exit_predictions(self, dataset=None,
+                                 require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """All-exit softmax outputs ``[N, K, C]`` and labels ``[N]`` on ``dataset`` (default: ``eval_dataset``).
 
         Under DDP every rank must call this (``Trainer.predict`` gathers the rows of all ranks); every rank gets all
