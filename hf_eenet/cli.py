@@ -1,113 +1,258 @@
 """``hf-eenet`` (or ``python -m hf_eenet``): train, fit-scheduler, evaluate, predict and demo.
 
-Examples::
+Every data-reading command takes the recipe's data flags (``--train_file/--validation_file/--test_file``,
+``--dataset_name``, ``--text_column_names``, ``--label_column_name``, ...) or a JSON config (e.g. a preset) right
+after the model folder. Examples::
 
-    hf-eenet demo                                        # ~10 min on 2 CPU cores, fully offline
-    hf-eenet train --dataset sst2 --output_dir outputs/sst2 --do_train --num_train_epochs 1
-    hf-eenet fit-scheduler outputs/sst2 --dataset sst2 --budgets 0.3,0.5,0.7
-    hf-eenet evaluate outputs/sst2 --dataset sst2 --budgets 0.3,0.5,0.7
-    hf-eenet predict outputs/sst2 "a gripping , funny film" "dull" --budget 0.5
+    hf-eenet demo                                                      # a few minutes on 2 CPU cores, offline
+    hf-eenet train --model_name_or_path bert-base-uncased --train_file train.csv --validation_file dev.csv \\
+        --text_column_names question,answer --output_dir outputs/mine --do_train --do_eval
+    hf-eenet fit-scheduler outputs/mine --validation_file dev.csv --text_column_names question,answer \\
+        --budgets 0.3,0.5,0.7                                          # replaces the bank (--extend adds to it)
+    hf-eenet evaluate outputs/mine --validation_file dev.csv --test_file test.csv --json results.json
+    hf-eenet predict outputs/mine "a gripping , funny film" "dull" --budget 0.5
+    hf-eenet predict outputs/mine --test_file new.csv --text_column_names text --output_file preds.jsonl
+
+Value errors (bad data, budgets, paths) print one line ``hf-eenet: error: ...`` and exit with code 2
+(``HF_EENET_TRACEBACK=1`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COMMANDS = {
+    "train": "run the recipe: fine-tune, fit the scheduler bank, evaluate, predict (hf-eenet train --help)",
+    "fit-scheduler": "fit the EENet scheduler bank on a validation split and save it (replaces the bank unless "
+                     "--extend)",
+    "evaluate": "EENet vs baselines vs oracle: calibrate on validation, report on test",
+    "predict": "classify texts (arguments) or a test split (data flags) under budgets",
+    "demo": "offline end-to-end demo on an SST-2 subset (a few minutes on 2 cores; needs the repository checkout)",
+}
 
 
-def _budgets(s: str) -> list[float]:
-    try:
-        return [float(x) for x in s.split(",") if x.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"budgets must be comma-separated numbers, got {s!r}") from err
+class CLIError(ValueError):
+    """A user error the CLI reports in one line."""
 
 
-def _load(model_dir: str):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+@dataclass
+class FitArguments:
+    budgets: str = field(default="0.3,0.4,0.5,0.6,0.7,0.8", metadata={
+        "help": "comma-separated budgets, fractions of the full cost"})
+    extend: bool = field(default=False, metadata={
+        "help": "keep the schedulers already in the bank and add these budgets (default: replace the bank)"})
+    seed: int = field(default=0, metadata={"help": "seed of the scheduler fit (and of a validation hold-out)"})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "batch size of the prediction pass"})
+    scheduler_max_epochs: int | None = field(default=None, metadata={
+        "help": "epoch cap of each scheduler fit (default: EENetScheduler's)"})
+    scheduler_restarts: int | None = field(default=None, metadata={
+        "help": "random restarts of each scheduler fit (default: EENetScheduler's)"})
 
-    import hf_eenet  # noqa: F401  (registers the Auto classes)
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    if not hasattr(model, "exit_forward"):
-        raise SystemExit(f"{model_dir} is not an hf_eenet early-exit model ({type(model).__name__})")
-    return model, AutoTokenizer.from_pretrained(model_dir)
+@dataclass
+class EvaluateArguments:
+    budgets: str | None = field(default=None, metadata={"help": "comma-separated budgets (default: the bank's)"})
+    json: str | None = field(default=None, metadata={"help": "also write the results here (checked before work)"})
+    seed: int = field(default=0, metadata={"help": "seed of baseline calibration (and of a validation hold-out)"})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "batch size of the prediction pass"})
 
 
-def _eval_trainer(model, tok, dataset, args):
+@dataclass
+class PredictArguments:
+    budget: float | None = field(default=None, metadata={
+        "help": "for texts given as arguments: fraction of the full cost (default: the config's default budget)"})
+    budgets: str | None = field(default=None, metadata={
+        "help": "for a test split: comma-separated budgets (default: every fitted budget)"})
+    batch_size: int = field(default=8, metadata={"help": "batch size"})
+    output_file: str | None = field(default=None, metadata={
+        "help": "for a test split: write JSON lines here (default: stdout)"})
+    seed: int = field(default=0, metadata={"help": "seed (of a validation hold-out, if any)"})
+
+
+def _check_writable(path: str | None, flag: str) -> None:
+    """Fail before any work when ``path`` cannot be written."""
+    if not path:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise CLIError(f"{flag} {path} is a folder; give a file path")
+    if not parent.is_dir():
+        raise CLIError(f"{flag} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise CLIError(f"{flag} {path}: not writable")
+
+
+def _parser(command: str, extra):
+    from transformers import HfArgumentParser
+
+    from .data import DataArguments
+
+    p = HfArgumentParser((extra, DataArguments), prog=f"hf-eenet {command}",
+                         description=COMMANDS[command] + ". A JSON config (e.g. recipes/presets/sst2.json) may follow "
+                         "MODEL_DIR; its data options apply, flags override it, its other keys are ignored.")
+    p.add_argument("model_dir", help="a folder written by the recipe / EENetTrainer.save_model")
+    return p
+
+
+def _parse(command: str, extra, argv: list[str]):
+    from .recipe import parse_args_with_config
+
+    parser = _parser(command, extra)
+    if command == "predict":
+        parser.add_argument("texts", nargs="*", help="texts to classify (else the test split of the data flags)")
+    argv = list(argv)
+    # a config file right after MODEL_DIR: move it first, where parse_args_with_config looks for it
+    if len(argv) >= 2 and argv[1].endswith(".json") and not argv[0].startswith("-"):
+        argv = [argv[1], argv[0], *argv[2:]]
+    cmd_args, data_args, ns = parse_args_with_config(parser, argv, ignore_unknown=True)
+    return cmd_args, data_args, ns
+
+
+def _load_model(model_dir: str):
+    from .recipe import load_eenet
+
+    if not Path(model_dir).is_dir():
+        raise CLIError(f"model folder {model_dir} does not exist")
+    return load_eenet(model_dir)
+
+
+def _trainer_and_data(model, tok, data_args, model_dir: str, seed: int, batch_size: int, need):
     from transformers import DataCollatorWithPadding, TrainingArguments
 
-    from .data import default_data_dir, load_task
+    from .data import load_text_classification
+    from .recipe import model_label_names
     from .trainer import EENetTrainer
 
-    ds = load_task(dataset, args.data_dir or default_data_dir(), seed=args.seed)
-    enc = ds.map(lambda b: tok(b["text"], truncation=True, max_length=args.max_length), batched=True,
-                 remove_columns=["text"]).rename_column("label", "labels")
-    targs = TrainingArguments(output_dir=args.model_dir, per_device_eval_batch_size=64, report_to=[], use_cpu=True)
-    trainer = EENetTrainer(model=model, args=targs, eval_dataset=enc["validation"], processing_class=tok,
+    data = load_text_classification(data_args, seed=seed, label_names=model_label_names(model), need=need)
+    enc = data.tokenize(tok, data_args.max_seq_length)
+    targs = TrainingArguments(output_dir=model_dir, per_device_eval_batch_size=batch_size, report_to=[],
+                              use_cpu=not _has_cuda(), seed=seed)
+    trainer = EENetTrainer(model=model, args=targs, eval_dataset=enc.get("validation"), processing_class=tok,
                            data_collator=DataCollatorWithPadding(tok))
-    return trainer, enc
+    return trainer, data, enc
 
 
-def cmd_fit_scheduler(args) -> None:
-    model, tok = _load(args.model_dir)
-    trainer, _ = _eval_trainer(model, tok, args.dataset, args)
-    info = trainer.fit_scheduler(budgets=args.budgets, seed=args.seed)
-    model.save_pretrained(args.model_dir)
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_fit_scheduler(argv) -> None:
+    from .recipe import parse_budgets, scheduler_kwargs
+
+    args, data_args, ns = _parse("fit-scheduler", FitArguments, argv)
+    budgets = parse_budgets(args.budgets)
+    model, tok = _load_model(ns.model_dir)
+    trainer, _, _ = _trainer_and_data(model, tok, data_args, ns.model_dir, args.seed, args.per_device_eval_batch_size,
+                                      need=("validation",))
+    old = list(model.config.scheduler_budgets or [])
+    info = trainer.fit_scheduler(budgets=budgets, seed=args.seed, extend=args.extend, **scheduler_kwargs(args))
+    trainer.save_model(ns.model_dir)
     for b, r in info.items():
         print(f"budget {b:.2f}: validation accuracy {100 * r['validation']['accuracy']:.2f}, "
               f"cost {r['validation']['mean_cost']:.3f}, fit {r['fit_seconds']:.1f}s")
+    new = list(model.config.scheduler_budgets)
+    if args.extend:
+        print(f"extended the scheduler bank {old} -> {new} (saved in {ns.model_dir})")
+    else:
+        print(f"replaced the scheduler bank {old} with {new} (saved in {ns.model_dir}; --extend keeps old entries)")
 
 
-def cmd_evaluate(args) -> None:
+def cmd_evaluate(argv) -> dict:
+    from .recipe import parse_budgets
     from .reporting import compare_policies, results_table
 
-    model, tok = _load(args.model_dir)
-    trainer, enc = _eval_trainer(model, tok, args.dataset, args)
+    args, data_args, ns = _parse("evaluate", EvaluateArguments, argv)
+    _check_writable(args.json, "--json")
+    model, tok = _load_model(ns.model_dir)
+    bank = dict(zip(model.config.scheduler_budgets or [], model.eenet_schedulers))
+    budgets = parse_budgets(args.budgets) if args.budgets else list(bank)
+    if not budgets:
+        raise CLIError(f"{ns.model_dir} has no fitted scheduler bank and no --budgets were given")
+    trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, args.seed,
+                                           args.per_device_eval_batch_size, need=("validation",))
     val_probs, val_labels = trainer.collect_exit_predictions(enc["validation"])
-    test_probs, test_labels = trainer.collect_exit_predictions(enc["test"])
-    bank = dict(zip(model.config.scheduler_budgets, model.eenet_schedulers))
-    budgets = args.budgets or list(model.config.scheduler_budgets)
-    res = compare_policies(val_probs, val_labels, test_probs, test_labels, list(model.config.exit_costs), budgets,
-                           seed=args.seed, schedulers=bank)
+    on = "test" if data.labelled.get("test") else "validation"
+    probs, labels = trainer.collect_exit_predictions(enc[on]) if on == "test" else (val_probs, val_labels)
+    res = compare_policies(val_probs, val_labels, probs, labels, list(model.config.exit_costs), budgets,
+                           seed=args.seed, schedulers={b: s for b, s in bank.items() if b in budgets} or None)
+    res["evaluated_on"] = on
+    print(f"evaluated on the {on} split ({len(labels)} rows)")
     print(results_table(res))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2, default=float)
+        Path(args.json).write_text(json.dumps(res, indent=2, default=float))
+    return res
 
 
-def cmd_predict(args) -> None:
-    from transformers import pipeline
+def cmd_predict(argv) -> None:
+    from .recipe import parse_budgets, write_predictions
 
-    model, tok = _load(args.model_dir)
-    clf = pipeline("text-classification", model=model, tokenizer=tok)
-    kw = {"budget": args.budget} if args.budget is not None else {}
-    for text, res in zip(args.texts, clf(args.texts, batch_size=args.batch_size, **kw)):
-        print(json.dumps({"text": text, **res}))
+    args, data_args, ns = _parse("predict", PredictArguments, argv)
+    if ns.texts and data_args.has_data():
+        raise CLIError("give texts or data flags (--test_file / --dataset_name), not both")
+    if not ns.texts and not data_args.has_data():
+        raise CLIError("give texts to classify, or a test split (--test_file or --dataset_name)")
+    _check_writable(args.output_file, "--output_file")
+    model, tok = _load_model(ns.model_dir)
+    if ns.texts:
+        from transformers import pipeline
+
+        clf = pipeline("text-classification", model=model, tokenizer=tok)
+        kw = {"budget": args.budget} if args.budget is not None else {}
+        for text, res in zip(ns.texts, clf(ns.texts, batch_size=args.batch_size, **kw)):
+            print(json.dumps({"text": text, **res}))
+        return
+    trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, args.seed, args.batch_size,
+                                           need=("test",))
+    budgets = parse_budgets(args.budgets) if args.budgets else None
+    probs, labels = trainer.collect_exit_predictions(enc["test"], require_labels=False)
+    out = args.output_file or "/dev/stdout"
+    n = write_predictions(out, model, probs, budgets, labels=labels, texts=data.texts("test"))
+    if args.output_file:
+        print(f"wrote {n} predictions to {args.output_file}")
 
 
-def cmd_train(rest: list[str]) -> None:
+def cmd_train(argv) -> dict:
     from .recipe import main as recipe_main
 
-    recipe_main(rest)
+    return recipe_main(argv, prog="hf-eenet train")
 
 
-def cmd_demo(args) -> None:
-    """Fine-tune a 6-exit MiniLM on an SST-2 subset, fit the bank, print the table, run the pipeline."""
-    from transformers import TrainingArguments, pipeline
+def cmd_demo(argv) -> None:
+    """Run the recipe's SST-2 preset on a training subset, fit the bank, print the table, run the
+    pipeline."""
+    p = argparse.ArgumentParser(prog="hf-eenet demo", description=COMMANDS["demo"])
+    p.add_argument("--output_dir", default="outputs/demo")
+    p.add_argument("--train_samples", type=int, default=6000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from transformers import pipeline
 
-    from .recipe import EENetArguments, run
+    from .recipe import main as recipe_main
 
+    root = Path(__file__).resolve().parents[1]
+    preset = root / "recipes" / "presets" / "sst2.json"
+    if not preset.is_file():
+        raise CLIError(f"the demo uses the SST-2 preset of the repository checkout ({preset} not found)")
+    sys.path.insert(0, str(root))
+    from recipes.presets import data_arguments, resolve_backbone
+
+    data = data_arguments("sst2")
     t0 = time.perf_counter()
     out = args.output_dir
-    rargs = EENetArguments(dataset="sst2", data_dir=args.data_dir, max_train_samples=args.train_samples,
-                           max_length=64, budgets="0.3,0.4,0.5,0.6,0.7,0.8", cost_profile="latency")
-    targs = TrainingArguments(output_dir=out, do_train=True, num_train_epochs=1, per_device_train_batch_size=32,
-                              per_device_eval_batch_size=128, learning_rate=1e-4, warmup_steps=0.06,
-                              weight_decay=0.01, logging_steps=25, save_strategy="no", eval_strategy="no",
-                              report_to=[], seed=args.seed, use_cpu=True, dataloader_num_workers=0)
-    run(rargs, targs, command="hf-eenet demo " + " ".join(sys.argv[2:]))
+    recipe_main([str(preset), "--train_file", data.train_file, "--validation_file", data.validation_file,
+                 "--test_file", data.test_file, "--output_dir", out, "--results_dir", out,
+                 "--max_train_samples", str(args.train_samples), "--shuffle_train_dataset", "--do_predict", "false",
+                 "--budgets", "0.3,0.4,0.5,0.6,0.7,0.8", "--learning_rate", "1e-4", "--logging_steps", "25",
+                 "--seed", str(args.seed)], prog="hf-eenet demo", resolve_model=resolve_backbone)
     clf = pipeline("text-classification", model=out)
     examples = ["a gripping , funny and deeply moving film .", "the plot is thin and the jokes are stale .",
                 "not the best of the series , but it has its moments ."]
@@ -119,45 +264,35 @@ def cmd_demo(args) -> None:
     print(f"\ndemo wall time: {time.perf_counter() - t0:.0f} s (model, results.json, plot and card in {out})")
 
 
+HANDLERS = {"train": cmd_train, "fit-scheduler": cmd_fit_scheduler, "evaluate": cmd_evaluate,
+            "predict": cmd_predict, "demo": cmd_demo}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hf-eenet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="run the recipe (all flags: hf-eenet train --help)", add_help=False)
-
-    def common(sp, budgets_required=False):
-        sp.add_argument("model_dir", help="a folder written by the recipe / EENetTrainer.save_model")
-        sp.add_argument("--dataset", default="sst2", choices=["sst2", "ag_news"])
-        sp.add_argument("--data_dir", default=None, help="local data folder (default $EENET_DATA_DIR / ../shared/data)")
-        sp.add_argument("--budgets", type=_budgets, default=None if not budgets_required else [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
-                        help="comma-separated fractions of the full cost")
-        sp.add_argument("--max_length", type=int, default=128)
-        sp.add_argument("--seed", type=int, default=0)
-
-    fs = sub.add_parser("fit-scheduler", help="fit the EENet scheduler bank on the validation split and save it")
-    common(fs, budgets_required=True)
-    ev = sub.add_parser("evaluate", help="EENet vs baselines vs oracle on the test split")
-    common(ev)
-    ev.add_argument("--json", default=None, help="also write the results here")
-    pr = sub.add_parser("predict", help="classify texts with the budgeted pipeline")
-    pr.add_argument("model_dir")
-    pr.add_argument("texts", nargs="+")
-    pr.add_argument("--budget", type=float, default=None, help="fraction of the full cost (default: config's)")
-    pr.add_argument("--batch_size", type=int, default=8)
-    de = sub.add_parser("demo", help="offline end-to-end demo on an SST-2 subset (a few minutes on 2 cores)")
-    de.add_argument("--output_dir", default="outputs/demo")
-    de.add_argument("--data_dir", default=None)
-    de.add_argument("--train_samples", type=int, default=6000)
-    de.add_argument("--seed", type=int, default=0)
+    """The top-level parser (``hf-eenet --help``); each command parses its own flags (``hf-eenet CMD --help``)."""
+    p = argparse.ArgumentParser(prog="hf-eenet", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
     return p
 
 
-def main(argv=None) -> None:
+def main(argv=None):
+    from .data import DataError
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":
-        return cmd_train(argv[1:])
-    args = build_parser().parse_args(argv)
-    {"fit-scheduler": cmd_fit_scheduler, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo}[
-        args.command](args)
+    if not argv or argv[0] not in HANDLERS:
+        build_parser().parse_args(argv)  # prints help / the usage error and exits
+        return None
+    try:
+        return HANDLERS[argv[0]](argv[1:])
+    except (CLIError, DataError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        if os.environ.get("HF_EENET_TRACEBACK"):
+            raise
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"hf-eenet {argv[0]}: error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

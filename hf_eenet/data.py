@@ -1,80 +1,325 @@
-"""SST-2 and AG News with the splits of eenet_method.md §9, from local files (``--data_dir``) or the Hub.
+"""Generic text-classification data, as in transformers' ``run_classification.py``: any Hub dataset or local files
+(csv, tsv, json, jsonl, parquet), one text column or two (sentence pairs), labels taken from the data.
 
-Local layout (``../shared/data`` or ``$EENET_DATA_DIR``)::
+    args = DataArguments(train_file="train.csv", validation_file="dev.csv", text_column_names="review",
+                         label_column_name="stars")
+    data = load_text_classification(args, seed=0)
+    data.splits            # DatasetDict: "text" (+ "text_pair") and, where labelled, "label" (a ClassLabel of ids)
+    data.label_names       # ["bad", "good", ...] -> config.id2label
+    enc = data.tokenize(tokenizer)   # input_ids, attention_mask (, token_type_ids), labels
 
-    sst2/{train,validation,test}.tsv     sentence<TAB>label   (test = labelled SST-2 test, 1,821 rows)
-    ag_news/{train,test}.csv             label,title,description
-
-Splits: SST-2 train = GLUE train, validation = GLUE dev (scheduler fitting), test = labelled test (reported).
-AG News train = train minus a seeded, stratified hold-out of ``ag_news_val_size`` rows (validation), test = test.
-Every split has the columns ``text`` and ``label`` (a ``ClassLabel``).
+Rules:
+- Texts: with ``--text_column_delimiter`` the columns are joined raw, then leading/trailing whitespace is removed
+  (also from single texts and from each text of a pair); an empty text is an error.
+- Labels: ``ClassLabel`` names when the train split has them; else ``--class_names`` when given (their order is the id
+  order; integer labels are then ids into it); else the sorted distinct train values (strings or ints).
+- No validation split: a seeded, stratified hold-out of the train split (``--validation_split_percentage`` or
+  ``--validation_split_rows``).
+- The test split may be unlabelled (no label column, or every value empty): predictions only.
+- Clear errors (``DataError``, a ``ValueError``) for a missing column (the existing ones are listed), a
+  validation/test label never seen in train, an empty split, an unreadable file and fewer than 2 classes.
+No dataset names here: presets live in ``recipes/presets``.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
-
-LABELS = {"sst2": ["negative", "positive"], "ag_news": ["World", "Sports", "Business", "Sci/Tech"]}
-DATASETS = tuple(LABELS)
+SPLITS = ("train", "validation", "test")
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
-def default_data_dir() -> str | None:
-    """``$EENET_DATA_DIR`` if set, else ``../shared/data`` next to the repository if it exists, else ``None``."""
-    env = os.environ.get("EENET_DATA_DIR")
-    if env:
-        return env
-    guess = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return str(guess) if guess.is_dir() else None
+class DataError(ValueError):
+    """A problem with the user's data (missing column, unseen label, empty split, unreadable file, ...)."""
 
 
-def _require(path: Path) -> str:
-    if not path.is_file():
-        raise FileNotFoundError(f"missing data file: {path} (expected by --data_dir {path.parent.parent})")
-    return str(path)
+@dataclass
+class DataArguments:
+    """Which data to train, fit the scheduler bank and evaluate on (flags of ``run_classification.py``)."""
+
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "a dataset on the Hub (through the datasets library), e.g. glue"})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "its configuration, e.g. mrpc"})
+    train_file: str | None = field(default=None, metadata={"help": "training file: csv, tsv, json, jsonl or parquet"})
+    validation_file: str | None = field(default=None, metadata={
+        "help": "validation file (scheduler fitting, calibration); default: a stratified hold-out of train"})
+    test_file: str | None = field(default=None, metadata={
+        "help": "test file (reported results, predictions); may be unlabelled"})
+    text_column_names: str | None = field(default=None, metadata={
+        "help": "one text column, or two comma-separated columns for sentence pairs; default: text or sentence, "
+                "else sentence1,sentence2"})
+    text_column_delimiter: str | None = field(default=None, metadata={
+        "help": "join the text columns with this string into one text instead of a sentence pair"})
+    label_column_name: str = field(default="label", metadata={"help": "the label column"})
+    class_names: str | None = field(default=None, metadata={
+        "help": "comma-separated label names in id order; integer labels are then ids into this list"})
+    train_split_name: str = field(default="train", metadata={"help": "Hub split used for training"})
+    validation_split_name: str = field(default="validation", metadata={"help": "Hub split used for validation"})
+    test_split_name: str = field(default="test", metadata={"help": "Hub split used for test"})
+    validation_split_percentage: float = field(default=10.0, metadata={
+        "help": "percent of train held out (seeded, stratified) when there is no validation split"})
+    validation_split_rows: int | None = field(default=None, metadata={
+        "help": "hold out this many train rows instead of a percentage"})
+    max_seq_length: int = field(default=128, metadata={"help": "truncate inputs to this many tokens"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N validation rows"})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "use only the first N test rows"})
+    shuffle_train_dataset: bool = field(default=False, metadata={
+        "help": "shuffle the training rows (seeded) before --max_train_samples"})
+    data_cache_dir: str | None = field(default=None, metadata={"help": "cache folder of the datasets library"})
+
+    def has_data(self) -> bool:
+        return bool(self.dataset_name or self.train_file or self.validation_file or self.test_file)
 
 
-def _finish(ds: Dataset, name: str) -> Dataset:
-    ds = ds.cast_column("label", ClassLabel(names=LABELS[name]))
-    return ds.select_columns(["text", "label"])
+# ------------------------------------------------------------------------------------------------ reading
+def _read_files(args: DataArguments):
+    from datasets import DatasetDict, load_dataset
+
+    out = {}
+    for split in SPLITS:
+        path = getattr(args, f"{split}_file")
+        if not path:
+            continue
+        p = Path(path)
+        if not p.is_file():
+            raise DataError(f"--{split}_file {path}: no such file")
+        fmt = FILE_FORMATS.get(p.suffix.lower())
+        if fmt is None:
+            raise DataError(f"--{split}_file {path}: unsupported format {p.suffix!r}; use one of "
+                            f"{', '.join(sorted(FILE_FORMATS))}")
+        kw = {}
+        if fmt == "csv":  # keep "null"/"NA" as text; GLUE-style tsv files are unquoted
+            kw = {"keep_default_na": False}
+            if p.suffix.lower() == ".tsv":
+                kw.update(sep="\t", quoting=3)
+        try:
+            ds = load_dataset(fmt, data_files={split: str(p)}, cache_dir=args.data_cache_dir, **kw)[split]
+        except Exception as err:  # datasets wraps parser errors in several exception types
+            if "corresponds to no data" in str(err):
+                raise DataError(f"the {split} split is empty ({path} has no rows)") from err
+            raise DataError(f"--{split}_file {path}: cannot be read as {fmt} ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''})") from err
+        out[split] = ds
+    return DatasetDict(out)
 
 
-def load_sst2(data_dir: str | None) -> DatasetDict:
-    if data_dir:
-        root = Path(data_dir) / "sst2"
-        files = {s: _require(root / f"{s}.tsv") for s in ("train", "validation", "test")}
-        raw = load_dataset("csv", data_files=files, sep="\t", quoting=3, keep_default_na=False)
-        raw = raw.map(lambda b: {"text": [s.strip() for s in b["sentence"]]}, batched=True)
-    else:  # the Hub; GLUE hides the test labels, so the labelled SST-2 test comes from SetFit/sst2
-        glue = load_dataset("glue", "sst2")
-        test = load_dataset("SetFit/sst2", split="test")
-        raw = DatasetDict(train=glue["train"], validation=glue["validation"], test=test)
-        raw = raw.map(lambda b: {"text": [s.strip() for s in (b.get("sentence") or b["text"])]}, batched=True)
-    return DatasetDict({s: _finish(raw[s], "sst2") for s in ("train", "validation", "test")})
+def _read_hub(args: DataArguments):
+    from datasets import DatasetDict, load_dataset
+
+    raw = load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.data_cache_dir)
+    names = {"train": args.train_split_name, "validation": args.validation_split_name, "test": args.test_split_name}
+    return DatasetDict({s: raw[n] for s, n in names.items() if n in raw})
 
 
-def load_ag_news(data_dir: str | None, val_size: int = 2000, seed: int = 0) -> DatasetDict:
-    if data_dir:
-        root = Path(data_dir) / "ag_news"
-        files = {s: _require(root / f"{s}.csv") for s in ("train", "test")}
-        raw = load_dataset("csv", data_files=files, keep_default_na=False)
-        raw = raw.map(lambda b: {"text": [f"{t} {d}" for t, d in zip(b["title"], b["description"])]}, batched=True)
+def _text_columns(args: DataArguments, columns: list[str], split: str) -> list[str]:
+    if args.text_column_names:
+        cols = [c.strip() for c in args.text_column_names.split(",") if c.strip()]
+        if args.text_column_delimiter is None and len(cols) > 2:
+            raise DataError(f"--text_column_names takes one column or two (a sentence pair), got {cols}; "
+                            "give --text_column_delimiter to join more columns into one text")
     else:
-        raw = load_dataset("ag_news")
-    train = _finish(raw["train"], "ag_news")
-    split = train.train_test_split(test_size=val_size, stratify_by_column="label", seed=seed)
-    return DatasetDict(train=split["train"], validation=split["test"], test=_finish(raw["test"], "ag_news"))
+        cols = next(([c] for c in ("text", "sentence") if c in columns), None)
+        if cols is None and {"sentence1", "sentence2"} <= set(columns):
+            cols = ["sentence1", "sentence2"]
+        if cols is None:
+            raise DataError(f"no text column found in the {split} split; give --text_column_names "
+                            f"(columns: {', '.join(columns)})")
+    missing = [c for c in cols if c not in columns]
+    if missing:
+        raise DataError(f"the {split} split has no column {', '.join(map(repr, missing))} "
+                        f"(columns: {', '.join(columns)})")
+    return cols
 
 
-def load_task(name: str, data_dir: str | None = None, seed: int = 0, ag_news_val_size: int = 2000) -> DatasetDict:
-    """Load ``name`` (``"sst2"`` or ``"ag_news"``) with train/validation/test splits (see the module docstring)."""
-    if name == "sst2":
-        return load_sst2(data_dir)
-    if name == "ag_news":
-        return load_ag_news(data_dir, val_size=ag_news_val_size, seed=seed)
-    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+def _is_unlabelled(ds, label_col: str) -> bool:
+    """No label column, or no value in it (None, empty strings, or -1 as in GLUE's hidden test labels)."""
+    if label_col not in ds.column_names:
+        return True
+    return all(v is None or v == -1 or (isinstance(v, str) and not v.strip()) for v in ds[label_col])
 
 
-__all__ = ["LABELS", "DATASETS", "default_data_dir", "load_task", "load_sst2", "load_ag_news"]
+# ------------------------------------------------------------------------------------------------ result
+@dataclass
+class TextClassificationData:
+    """Loaded splits plus what the model config needs (``label_names`` → ``id2label``)."""
+
+    splits: "object"  # datasets.DatasetDict
+    label_names: list[str]
+    is_pair: bool
+    text_columns: list[str]
+    labelled: dict[str, bool]
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.label_names)}
+
+    def texts(self, split: str):
+        """The model inputs of ``split`` as the pipeline takes them: strings, or ``{"text", "text_pair"}`` dicts."""
+        ds = self.splits[split]
+        if self.is_pair:
+            return [{"text": a, "text_pair": b} for a, b in zip(ds["text"], ds["text_pair"])]
+        return list(ds["text"])
+
+    def tokenize(self, tokenizer, max_seq_length: int = 128, desc: str = "tokenize"):
+        """``input_ids``/``attention_mask`` (``token_type_ids``) per split, plus ``labels`` where labelled."""
+
+        def enc(batch):
+            pair = (batch["text_pair"],) if self.is_pair else ()
+            return tokenizer(batch["text"], *pair, truncation=True, max_length=max_seq_length)
+
+        out = {}
+        for split, ds in self.splits.items():
+            cols = [c for c in ds.column_names if c != "label"]
+            e = ds.map(enc, batched=True, remove_columns=cols, desc=f"{desc} {split}")
+            out[split] = e.rename_column("label", "labels") if "label" in e.column_names else e
+        from datasets import DatasetDict
+
+        return DatasetDict(out)
+
+    def fingerprint(self, split: str) -> str:
+        """sha256 of the split's rows (texts and label names), to compare loaders."""
+        h = hashlib.sha256()
+        ds = self.splits[split]
+        cols = ["text", "text_pair"] if self.is_pair else ["text"]
+        labels = ds["label"] if "label" in ds.column_names else [None] * len(ds)
+        for row in zip(*(ds[c] for c in cols), labels):
+            *texts, y = row
+            h.update(json.dumps([*texts, None if y is None else self.label_names[y]]).encode())
+        return h.hexdigest()
+
+
+def load_text_classification(args: DataArguments, seed: int = 0, label_names: list[str] | None = None,
+                             need: tuple[str, ...] = ()) -> TextClassificationData:
+    """Load, validate and normalise the splits of ``args`` (see the module docstring).
+
+    Args:
+        seed: seed of the stratified validation hold-out and of ``shuffle_train_dataset``.
+        label_names: the label names (id order) of an already trained model: data labels are mapped onto them and a
+            label the model does not know is an error. Default: derived from the train split.
+        need: splits that must exist (e.g. ``("train", "validation")``).
+    """
+    from datasets import ClassLabel, DatasetDict
+
+    if not args.has_data():
+        raise DataError("no data: give --dataset_name (a Hub dataset) or --train_file/--validation_file/--test_file")
+    if args.dataset_name and (args.train_file or args.validation_file or args.test_file):
+        raise DataError("give either --dataset_name or data files, not both")
+    raw = _read_hub(args) if args.dataset_name else _read_files(args)
+    for split, ds in raw.items():
+        if len(ds) == 0:
+            raise DataError(f"the {split} split is empty")
+    label_col = args.label_column_name
+    # ---- label names
+    train = raw.get("train")
+    if label_names is None:
+        if train is None:
+            raise DataError("label names come from the train split: give --train_file (or a model that has them)")
+        if label_col not in train.column_names:
+            raise DataError(f"the train split has no label column {label_col!r} (columns: "
+                            f"{', '.join(train.column_names)}); set --label_column_name")
+        feat = train.features[label_col]
+        if isinstance(feat, ClassLabel):
+            label_names = list(feat.names)
+        elif args.class_names:
+            label_names = [x.strip() for x in args.class_names.split(",")]
+        else:
+            values = [v for v in train[label_col] if v is not None and v != ""]
+            label_names = [str(v) for v in sorted(set(values))]
+        if len(label_names) < 2:
+            raise DataError(f"found {len(label_names)} class(es) ({label_names}) in the train split's "
+                            f"{label_col!r} column; classification needs at least 2")
+        if len(set(label_names)) != len(label_names):
+            raise DataError(f"label names must be distinct, got {label_names}")
+    name_to_id = {n: i for i, n in enumerate(label_names)}
+    explicit_names = args.class_names is not None
+
+    def to_id(value, split, feat):
+        if isinstance(feat, ClassLabel):
+            name = feat.names[value] if value is not None and value >= 0 else None
+        elif isinstance(value, (int,)) and not isinstance(value, bool) and explicit_names:
+            if not 0 <= value < len(label_names):
+                raise DataError(f"{split} label {value} is not an id into --class_names {label_names}")
+            name = label_names[value]
+        else:
+            name = None if value is None else str(value)
+        if name not in name_to_id:
+            raise DataError(f"the {split} split has label {value!r}, which is not among the labels learnt from "
+                            f"train ({', '.join(label_names)})")
+        return name_to_id[name]
+
+    out, labelled, text_cols = {}, {}, None
+    for split, ds in raw.items():
+        cols = _text_columns(args, ds.column_names, split)
+        text_cols = text_cols or cols
+        if cols != text_cols:
+            raise DataError(f"text columns differ between splits: {text_cols} vs {cols}")
+        has_labels = not _is_unlabelled(ds, label_col)
+        if not has_labels and split != "test":
+            raise DataError(f"the {split} split has no labels in column {label_col!r} (columns: "
+                            f"{', '.join(ds.column_names)}); only the test split may be unlabelled")
+        labelled[split] = has_labels
+        feat = ds.features.get(label_col)
+        delim = args.text_column_delimiter
+
+        def norm(batch, cols=cols, feat=feat, split=split, has_labels=has_labels, delim=delim):
+            texts = [["" if t is None else str(t) for t in batch[c]] for c in cols]
+            res = {}
+            if delim is not None or len(cols) == 1:  # joined raw (as run_classification.py), then stripped
+                res["text"] = [(delim or " ").join(parts).strip() for parts in zip(*texts)]
+            else:
+                res["text"], res["text_pair"] = ([t.strip() for t in col] for col in texts)
+            for key, values in res.items():
+                for i, t in enumerate(values):
+                    if not t:
+                        raise DataError(f"the {split} split has an empty text in column(s) {cols} (a row near "
+                                        f"index {i} of its batch); remove empty rows")
+            if has_labels:
+                res["label"] = [to_id(v, split, feat) for v in batch[label_col]]
+            return res
+
+        keep = ["text", "text_pair"] if (delim is None and len(cols) == 2) else ["text"]
+        new = ds.map(norm, batched=True, remove_columns=ds.column_names, desc=f"read {split}")
+        new = new.select_columns(keep + (["label"] if has_labels else []))
+        if has_labels:
+            new = new.cast_column("label", ClassLabel(names=label_names))
+        out[split] = new
+    splits = DatasetDict(out)
+    # ---- validation hold-out
+    if "validation" not in splits and "train" in splits:
+        n = len(splits["train"])
+        rows = args.validation_split_rows or int(round(n * args.validation_split_percentage / 100))
+        if not 0 < rows < n:
+            raise DataError(f"cannot hold out {rows} of {n} train rows for validation; give --validation_file")
+        try:
+            parts = splits["train"].train_test_split(test_size=rows, stratify_by_column="label", seed=seed)
+        except ValueError:  # a class with a single row cannot be stratified
+            parts = splits["train"].train_test_split(test_size=rows, seed=seed)
+        splits["train"], splits["validation"] = parts["train"], parts["test"]
+        labelled["validation"] = True
+    # ---- subsets (first N rows, like run_classification.py)
+    if "train" in splits and args.shuffle_train_dataset:
+        splits["train"] = splits["train"].shuffle(seed=seed)
+    for split, n in (("train", args.max_train_samples), ("validation", args.max_eval_samples),
+                     ("test", args.max_predict_samples)):
+        if n is not None and split in splits:
+            if n < 1:
+                raise DataError(f"max samples for {split} must be >= 1, got {n}")
+            splits[split] = splits[split].select(range(min(n, len(splits[split]))))
+    missing = [s for s in need if s not in splits]
+    if missing:
+        raise DataError(f"this step needs the {', '.join(missing)} split(s); give "
+                        + ", ".join(f"--{s}_file" for s in missing))
+    return TextClassificationData(splits=splits, label_names=list(label_names),
+                                  is_pair=("text_pair" in next(iter(splits.values())).column_names),
+                                  text_columns=list(text_cols or []), labelled=labelled)
+
+
+__all__ = ["DataArguments", "DataError", "TextClassificationData", "load_text_classification", "FILE_FORMATS"]

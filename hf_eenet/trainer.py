@@ -8,6 +8,7 @@ the last ``distill_start`` fraction of training: + α · T² · KL(softmax(z_K/T
 from __future__ import annotations
 
 import logging
+import contextlib
 import os
 import shutil
 import time
@@ -139,16 +140,64 @@ class EENetTrainer(Trainer):
         atomic_save_dir(output_dir, write)
 
     # ------------------------------------------------------------------------------------------------ scheduler
-    def collect_exit_predictions(self, dataset=None) -> tuple[np.ndarray, np.ndarray]:
-        """All-exit softmax outputs ``[N, K, C]`` and labels ``[N]`` on ``dataset`` (default: ``eval_dataset``)."""
+    def collect_exit_predictions(self, dataset=None,
+                                 require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """All-exit softmax outputs ``[N, K, C]`` and labels ``[N]`` on ``dataset`` (default: ``eval_dataset``).
+
+        Under DDP every rank must call this (``Trainer.predict`` gathers the rows of all ranks); every rank gets all
+        rows. ``require_labels=False`` allows an unlabelled dataset (labels ``None``). Shows the ``Trainer``
+        prediction progress bar unless ``args.disable_tqdm``.
+        """
         dataset = dataset if dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("no dataset: pass eval_dataset to the trainer or to fit_scheduler(eval_dataset=...)")
-        pred = self.predict(dataset, metric_key_prefix="scheduler")
+        if require_labels and "labels" not in getattr(dataset, "column_names", ["labels"]):
+            raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
+        cache = getattr(self, "_exit_prediction_cache", None)
+        key = getattr(dataset, "_fingerprint", None)
+        if cache is not None and key is not None and key in cache:
+            probs, labels = cache[key]
+            if labels is None and require_labels:
+                raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
+            return probs, labels
+        out = self._predict_exits(dataset, require_labels)
+        if cache is not None and key is not None:
+            cache[key] = out
+        return out
+
+    @contextlib.contextmanager
+    def reuse_exit_predictions(self):
+        """Within this block the model must not change: ``collect_exit_predictions`` runs each dataset (by its
+        ``datasets`` fingerprint) once, e.g. when the bank is fitted on validation and then evaluated on it."""
+        self._exit_prediction_cache = {}
+        try:
+            yield
+        finally:
+            self._exit_prediction_cache = None
+
+    def _predict_exits(self, dataset, require_labels: bool):
+        pred = self.predict(dataset, metric_key_prefix="exits")
         probs = softmax_np(_exit_logits_from_predictions(pred.predictions).astype(np.float64))
         if pred.label_ids is None:
-            raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
+            if require_labels:
+                raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
+            return probs.astype(np.float32), None
         return probs.astype(np.float32), np.asarray(pred.label_ids)
+
+    # ------------------------------------------------------------------------------------------------ hub
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Keep the EENet card. ``Trainer.push_to_hub`` calls this and the stock version would replace the card the
+        recipe writes from its results (``model-index`` with accuracy and cost per budget) by a generic draft
+        without them. When ``output_dir/README.md`` exists it is left as it is; otherwise the stock draft is
+        written, tagged as an hf_eenet early-exit model."""
+        if not self.is_world_process_zero():
+            return
+        if Path(self.args.output_dir, "README.md").is_file():
+            return
+        tags = kwargs.pop("tags", None) or []
+        tags = [tags] if isinstance(tags, str) else list(tags)
+        kwargs["tags"] = tags + [t for t in ("hf_eenet", "early-exit", "eenet") if t not in tags]
+        super().create_model_card(*args, **kwargs)
 
     def fit_scheduler(self, eval_dataset=None, budgets=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), seed: int = 0,
                       default_budget: float | None = None, cost_profile=None, extend: bool = False,

@@ -316,24 +316,21 @@ def test_ddp_two_processes_identical_weights(tmp_path, minilm_dir):
     assert sums[0]["checksum"] == sums[1]["checksum"]
 
 
-def test_data_dir_missing_split_names_the_file(tmp_path):
-    from hf_eenet.data import load_task
-
-    (tmp_path / "sst2").mkdir()
-    (tmp_path / "sst2" / "train.tsv").write_text("sentence\tlabel\ngood \t1\n")
-    with pytest.raises(FileNotFoundError, match="validation.tsv"):
-        load_task("sst2", str(tmp_path))
-
-
 @pytest.mark.skipif(not (DATA_DIR / "sst2" / "validation.tsv").exists(), reason="needs ../shared/data/sst2 (or EENET_DATA_DIR)")
 def test_recipe_end_to_end_small(tmp_path):
+    """The SST-2 preset (recipes/presets/sst2.json) with overrides: a few steps on 64 rows."""
     from hf_eenet.recipe import main
+    from recipes.presets import data_arguments, resolve_backbone
 
     out = tmp_path / "run"
-    res = main(["--dataset", "sst2", "--data_dir", str(DATA_DIR), "--output_dir", str(out), "--do_train",
+    files = data_arguments("sst2", str(DATA_DIR))
+    res = main([str(ROOT / "recipes" / "presets" / "sst2.json"), "--train_file", files.train_file,
+                "--validation_file", files.validation_file, "--test_file", files.test_file,
+                "--output_dir", str(out), "--results_dir", str(out), "--do_predict", "false",
                 "--max_steps", "3", "--per_device_train_batch_size", "8", "--max_train_samples", "64",
-                "--max_test_samples", "200", "--budgets", "0.5,0.8", "--max_length", "48", "--report_to", "none",
-                "--use_cpu", "--save_strategy", "no", "--quiet", "--per_device_eval_batch_size", "128"])
+                "--max_predict_samples", "200", "--budgets", "0.5,0.8", "--max_seq_length", "48",
+                "--quiet", "--per_device_eval_batch_size", "128", "--scheduler_max_epochs", "10",
+                "--scheduler_restarts", "1"], resolve_model=resolve_backbone)
     data = json.loads((out / "results.json").read_text())
     assert set(data["methods"]) >= {"EENet", "BranchyNet (entropy)", "MSDNet (max-prob)", "PABEE (patience)",
                                     "Static", "Oracle (upper bound)"}

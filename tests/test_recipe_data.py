@@ -1,0 +1,479 @@
+"""Bring-your-own-data: the generic loader (hf_eenet/data.py), the recipe's do_train/do_eval/do_predict through the
+``hf-eenet`` CLI on a CSV with string labels and on a sentence-pair jsonl, the pushed folder, --help of every entry
+point, CLI errors, DDP end to end, and the presets."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA_DIR, ROOT
+
+from hf_eenet.data import DataArguments, DataError, load_text_classification
+
+POS = "good great fine lovely superb wonderful funny gripping".split()
+NEG = "bad awful dull boring stale thin poor weak".split()
+FILL = "the a film plot story it was is and of movie this with".split()
+
+
+def synth(n, seed):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        y = int(rng.integers(0, 2))
+        words = list(rng.choice(FILL, size=int(rng.integers(3, 9)))) + [str(rng.choice(POS if y else NEG))]
+        rng.shuffle(words)
+        rows.append((" ".join(words), "good" if y else "bad"))
+    return rows
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return str(path)
+
+
+def write_jsonl(path, rows):
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory, minilm_dir):
+    """A plain (non-EENet) 4-layer BERT with random weights and the MiniLM tokenizer: what a user fine-tunes."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    d = tmp_path_factory.mktemp("backbone")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertForSequenceClassification(cfg).save_pretrained(d)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def csv_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("csv")
+    return {"train": write_csv(d / "train.csv", ["review", "sentiment"], synth(96, 0)),
+            "validation": write_csv(d / "dev.csv", ["review", "sentiment"], synth(64, 1)),
+            "test": write_csv(d / "test.csv", ["review", "sentiment"], synth(40, 2)),
+            "unlabelled": write_csv(d / "new.csv", ["review"], [(t,) for t, _ in synth(7, 3)]),
+            "dir": d}
+
+
+def common_flags(backbone, out):
+    return ["--model_name_or_path", backbone, "--output_dir", str(out), "--max_steps", "3",
+            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64", "--learning_rate", "1e-3",
+            "--budgets", "0.5,0.8", "--cost_profile", "layers", "--max_seq_length", "48", "--report_to", "none",
+            "--use_cpu", "--save_strategy", "no", "--quiet", "--seed", "0", "--scheduler_max_epochs", "5",
+            "--scheduler_restarts", "1"]
+
+
+class FakeHub:
+    """Stands in for ``transformers.trainer.hf_api()``: records what would be pushed, no network."""
+
+    def __init__(self):
+        self.uploads, self.repos = [], []
+
+    def __call__(self):
+        return self
+
+    def create_repo(self, repo_id, **kw):
+        self.repos.append(repo_id)
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, repo_id, folder_path, **kw):
+        files = {p.relative_to(folder_path).as_posix(): p.read_bytes() for p in Path(folder_path).rglob("*")
+                 if p.is_file()}
+        self.uploads.append({"repo_id": repo_id, "files": files, "ignore": kw.get("ignore_patterns")})
+
+
+@pytest.fixture(scope="module")
+def csv_run(tiny_backbone, csv_data, tmp_path_factory):
+    """hf-eenet train on the CSV (custom columns, string labels): train, fit, eval, predict, push (mocked)."""
+    import transformers.trainer
+
+    from hf_eenet.cli import main
+
+    out = tmp_path_factory.mktemp("csv_run") / "model"
+    hub = FakeHub()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(transformers.trainer, "hf_api", hub)
+    try:
+        res = main(["train", "--train_file", csv_data["train"], "--validation_file", csv_data["validation"],
+                    "--test_file", csv_data["test"], "--text_column_names", "review",
+                    "--label_column_name", "sentiment", "--do_train", "--do_eval", "--do_predict",
+                    "--push_to_hub", "--hub_model_id", "someone/eenet-reviews",
+                    *common_flags(tiny_backbone, out)])
+    finally:
+        mp.undo()
+    return {"out": out, "res": res, "hub": hub}
+
+
+def test_csv_train_eval_predict_through_the_cli(csv_run, csv_data):
+    out = csv_run["out"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["id2label"] == {"0": "bad", "1": "good"} and cfg["scheduler_budgets"] == [0.5, 0.8]
+    ev = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_accuracy_exit_1", "eval_accuracy_exit_4", "eval_eenet_accuracy@0.50", "eval_eenet_cost@0.80",
+            "eval_static_accuracy@0.50"} <= set(ev)
+    assert ev["eval_split"] == "test" and ev["eval_samples"] == 40
+    allres = json.loads((out / "all_results.json").read_text())
+    assert "train_loss" in allres and "eval_eenet_accuracy@0.50" in allres
+    rows = [json.loads(x) for x in (out / "predict_results.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and rows[0]["index"] == 0 and rows[0]["true_label"] in ("bad", "good")
+    for r in rows:
+        assert [p["budget"] for p in r["predictions"]] == [0.5, 0.8]
+        for p in r["predictions"]:
+            assert p["label"] in ("bad", "good") and 0.5 <= p["score"] <= 1 and p["exit_layer"] in (1, 2, 3, 4)
+            assert p["cost"] == pytest.approx(p["exit_layer"] / 4)
+    res = json.loads((out / "results.json").read_text())
+    assert res["label_names"] == ["bad", "good"] and res["evaluated_on"] == "test" and not res["sentence_pairs"]
+    assert res["splits"] == {"train": 96, "validation": 64, "test": 40}
+    # the realised test cost of EENet's rows in the predictions file equals the evaluation's
+    for i, b in enumerate((0.5, 0.8)):
+        mean_cost = np.mean([r["predictions"][i]["cost"] for r in rows])
+        assert mean_cost == pytest.approx(res["methods"]["EENet"][i]["mean_cost"])
+
+
+def test_pushed_folder_has_weights_bank_code_and_the_eenet_card(csv_run):
+    hub = csv_run["hub"]
+    assert len(hub.uploads) == 1 and hub.uploads[0]["repo_id"] == "someone/eenet-reviews"  # pushed once, at the end
+    files = hub.uploads[0]["files"]
+    assert {"model.safetensors", "config.json", "README.md", "modeling_eenet.py", "configuration_eenet.py",
+            "pipeline_eenet.py", "tokenizer.json", "results.json", "accuracy_vs_cost.png",
+            "eval_results.json", "predict_results.jsonl"} <= set(files)
+    cfg = json.loads(files["config.json"])
+    assert cfg["scheduler_budgets"] == [0.5, 0.8] and "AutoModelForSequenceClassification" in cfg["auto_map"]
+    assert "eenet-text-classification" in cfg["custom_pipelines"]
+    from safetensors import safe_open
+
+    tmp = csv_run["out"].parent / "pushed.safetensors"
+    tmp.write_bytes(files["model.safetensors"])
+    with safe_open(str(tmp), "pt") as f:
+        assert any(k.startswith("eenet_schedulers.1.") for k in f.keys())  # the bank travels with the weights
+    card = files["README.md"].decode()
+    from huggingface_hub import ModelCard
+
+    index = ModelCard(card).data.eval_results
+    assert len(index) == 4 and {r.metric_args["budget"] for r in index} == {0.5, 0.8}  # EENet card, not Trainer's
+    assert "hf_eenet" in card and "bad" not in ModelCard(card).data.to_dict().get("datasets", [])
+
+
+def test_create_model_card_keeps_the_eenet_card(csv_run):
+    """Trainer.create_model_card (called by push_to_hub) must not replace the card written from the results."""
+    import hf_eenet
+    from transformers import TrainingArguments
+
+    out = csv_run["out"]
+    before = (out / "README.md").read_text()
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(out)
+    trainer = hf_eenet.EENetTrainer(model=model, args=TrainingArguments(output_dir=str(out), report_to=[],
+                                                                        use_cpu=True))
+    trainer.create_model_card(model_name="x", tags=["t"])
+    assert (out / "README.md").read_text() == before
+
+
+def test_fit_scheduler_replaces_unless_extend_and_says_which(csv_run, csv_data, tmp_path, capsys):
+    import shutil
+
+    from hf_eenet.cli import main
+
+    d = tmp_path / "m"
+    shutil.copytree(csv_run["out"], d)
+    data = ["--validation_file", csv_data["validation"], "--text_column_names", "review", "--label_column_name",
+            "sentiment", "--max_seq_length", "48"]
+    data += ["--scheduler_max_epochs", "5", "--scheduler_restarts", "1"]
+    main(["fit-scheduler", str(d), *data, "--budgets", "0.6"])
+    assert "replaced the scheduler bank [0.5, 0.8] with [0.6]" in capsys.readouterr().out
+    assert json.loads((d / "config.json").read_text())["scheduler_budgets"] == [0.6]
+    main(["fit-scheduler", str(d), *data, "--budgets", "0.7", "--extend"])
+    assert "extended the scheduler bank [0.6] -> [0.6, 0.7]" in capsys.readouterr().out
+    assert json.loads((d / "config.json").read_text())["scheduler_budgets"] == [0.6, 0.7]
+
+
+def test_evaluate_and_predict_a_file_through_the_cli(csv_run, csv_data, tmp_path, capsys):
+    from hf_eenet.cli import main
+
+    out = csv_run["out"]
+    data = ["--text_column_names", "review", "--label_column_name", "sentiment", "--max_seq_length", "48"]
+    res = main(["evaluate", str(out), "--validation_file", csv_data["validation"], "--test_file", csv_data["test"],
+                *data, "--json", str(tmp_path / "ev.json")])
+    assert json.loads((tmp_path / "ev.json").read_text())["budgets"] == [0.5, 0.8] == res["budgets"]
+    saved = json.loads((out / "results.json").read_text())
+    assert res["methods"]["EENet"] == saved["methods"]["EENet"]  # same model, same data: same numbers
+    capsys.readouterr()
+    # an unlabelled file: predictions only
+    main(["predict", str(out), "--test_file", csv_data["unlabelled"], *data, "--budgets", "0.8",
+          "--output_file", str(tmp_path / "p.jsonl")])
+    rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 7 and "true_label" not in rows[0] and rows[0]["predictions"][0]["budget"] == 0.8
+
+
+def test_cli_value_errors_are_one_line_and_json_path_is_checked_first(csv_run, csv_data, monkeypatch, capsys):
+    import hf_eenet.cli as cli
+
+    def no_work(*a, **k):
+        raise AssertionError("the model was loaded before the --json path was checked")
+
+    monkeypatch.setattr(cli, "_load_model", no_work)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["evaluate", str(csv_run["out"]), "--validation_file", csv_data["validation"],
+                  "--json", "/nonexistent-dir/x/results.json"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: --json /nonexistent-dir/x/results.json" in err and "Traceback" not in err
+    monkeypatch.undo()
+    for argv, needle in (
+        (["fit-scheduler", str(csv_run["out"]), "--validation_file", csv_data["validation"], "--budgets", "0.6,x"],
+         "budgets must be comma-separated numbers"),
+        (["evaluate", str(csv_run["out"]), "--validation_file", csv_data["validation"]],
+         "no text column found in the validation split"),
+        (["predict", str(csv_run["out"]) + "-missing", "hello"], "does not exist"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and needle in err and "Traceback" not in err, err
+
+
+def test_sentence_pairs_jsonl_end_to_end_and_pipeline_pairs(tiny_backbone, tmp_path):
+    """Pairs: tokenised as pairs (token_type_ids), trained, bank fitted, predictions; the pipeline's
+    {"text", "text_pair"} inputs with budget= give the same labels and exits as the offline predictions."""
+    from transformers import pipeline
+
+    from hf_eenet.cli import main
+
+    rng = np.random.default_rng(0)
+    labels = ["contradiction", "entailment", "neutral"]
+
+    def pairs(n):
+        out = []
+        for _ in range(n):
+            a, b = " ".join(rng.choice(FILL, 4)), " ".join(rng.choice(FILL, 3))
+            y = labels[int(rng.integers(0, 3))]
+            out.append({"premise": f"{a} {rng.choice(POS)}", "hypothesis": f"{b} {rng.choice(NEG)}", "gold": y})
+        return out
+
+    files = {s: write_jsonl(tmp_path / f"{s}.jsonl", pairs(n)) for s, n in (("train", 64), ("dev", 48), ("test", 24))}
+    out = tmp_path / "model"
+    main(["train", "--train_file", files["train"], "--validation_file", files["dev"], "--test_file", files["test"],
+          "--text_column_names", "premise,hypothesis", "--label_column_name", "gold", "--do_train", "--do_eval",
+          "--ignore_mismatched_sizes",
+          "--do_predict", *common_flags(tiny_backbone, out)])
+    res = json.loads((out / "results.json").read_text())
+    assert res["sentence_pairs"] and res["label_names"] == labels
+    rows = [json.loads(x) for x in (out / "predict_results.jsonl").read_text().splitlines()]
+    assert rows[0]["text"].keys() == {"text", "text_pair"}
+    clf = pipeline("text-classification", model=str(out))
+    inputs = [r["text"] for r in rows]
+    for i, b in enumerate((0.5, 0.8)):
+        got = clf(inputs, budget=b, batch_size=5)
+        single = [clf(x, budget=b) for x in inputs]  # batched == one at a time, exactly
+        assert [(s["label"], s["exit_layer"]) for s in single] == [(g["label"], g["exit_layer"]) for g in got]
+        # the predictions file applies the same bank to one all-exit pass (padded per batch, float64 softmax):
+        # the same decisions up to float ties of this barely trained model's near-uniform outputs
+        same = [(g["label"], g["exit_layer"]) == (r["predictions"][i]["label"], r["predictions"][i]["exit_layer"])
+                for g, r in zip(got, rows)]
+        print(b, sum(same), len(same))
+        assert np.mean(same) >= 0.9
+
+
+# --------------------------------------------------------------------------------------------------- loader
+def load(tmp_path, files: dict, **kw):
+    args = DataArguments(**{f"{s}_file": p for s, p in files.items()}, **kw)
+    return load_text_classification(args, seed=0)
+
+
+def test_loader_labels_from_data_and_stratified_seeded_holdout(tmp_path):
+    rows = [(f"text {i}", ["b", "a", "c"][i % 3]) for i in range(90)]
+    train = write_csv(tmp_path / "t.csv", ["sentence", "label"], rows)
+    d1 = load(tmp_path, {"train": train}, validation_split_percentage=20)
+    assert d1.label_names == ["a", "b", "c"] and len(d1.splits["validation"]) == 18
+    counts = np.bincount(d1.splits["validation"]["label"], minlength=3)
+    assert counts.tolist() == [6, 6, 6]  # stratified
+    d2 = load(tmp_path, {"train": train}, validation_split_percentage=20)
+    assert list(d2.splits["validation"]["text"]) == list(d1.splits["validation"]["text"])  # seeded
+    ints = write_jsonl(tmp_path / "i.jsonl", [{"text": f"x {i}", "label": [3, 1, 7][i % 3]} for i in range(30)])
+    d3 = load(tmp_path, {"train": ints, "validation": ints})
+    assert d3.label_names == ["1", "3", "7"]  # sorted distinct ints
+    d4 = load(tmp_path, {"train": ints, "validation": ints}, class_names="a,b,c,d,e,f,g,h")
+    assert d4.splits["train"].features["label"].names[3] == "d"  # ints are ids into --class_names
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing_column", r"has no column 'body' \(columns: sentence, label\)"),
+    ("unseen_label", "has label 'maybe', which is not among the labels learnt from train"),
+    ("empty_split", "the validation split is empty"),
+    ("unreadable", "cannot be read as parquet"),
+    ("one_class", "classification needs at least 2"),
+    ("no_file", "no such file"),
+    ("bad_format", "unsupported format '.xlsx'"),
+])
+def test_loader_errors_are_clear(tmp_path, case, match):
+    train = write_csv(tmp_path / "train.csv", ["sentence", "label"], [("good", "yes"), ("bad", "no")] * 3)
+    files, kw = {"train": train}, {}
+    if case == "missing_column":
+        kw["text_column_names"] = "body"
+    elif case == "unseen_label":
+        files["validation"] = write_csv(tmp_path / "v.csv", ["sentence", "label"], [("fine", "maybe")])
+    elif case == "empty_split":
+        files["validation"] = write_csv(tmp_path / "v.csv", ["sentence", "label"], [])
+    elif case == "unreadable":
+        (tmp_path / "x.parquet").write_bytes(b"not parquet at all")
+        files["validation"] = str(tmp_path / "x.parquet")
+    elif case == "one_class":
+        files["train"] = write_csv(tmp_path / "one.csv", ["sentence", "label"], [("good", "yes")] * 4)
+    elif case == "no_file":
+        files["test"] = str(tmp_path / "nope.csv")
+    elif case == "bad_format":
+        (tmp_path / "a.xlsx").write_text("x")
+        files["test"] = str(tmp_path / "a.xlsx")
+    with pytest.raises(DataError, match=match):
+        load(tmp_path, files, **kw)
+
+
+def test_unlabelled_test_split_is_predictions_only_and_tsv_parquet_read(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"q": ["a b", "c d", "e f", "g h"], "y": [0, 1, 0, 1]}).to_parquet(tmp_path / "t.parquet")
+    (tmp_path / "v.tsv").write_text('q\ty\n"quoted" text\t1\nnull\t0\n')
+    (tmp_path / "test.tsv").write_text("q\nsomething\n")
+    d = load(tmp_path, {"train": str(tmp_path / "t.parquet"), "validation": str(tmp_path / "v.tsv"),
+                        "test": str(tmp_path / "test.tsv")}, text_column_names="q", label_column_name="y")
+    assert d.labelled == {"train": True, "validation": True, "test": False}
+    assert list(d.splits["validation"]["text"]) == ['"quoted" text', "null"]  # unquoted tsv, "null" stays text
+    assert "label" not in d.splits["test"].column_names
+
+
+# --------------------------------------------------------------------------------------------------- --help
+@pytest.mark.parametrize("cmd", [None, "train", "fit-scheduler", "evaluate", "predict", "demo"])
+def test_help_of_every_cli_command(cmd, capsys):
+    from hf_eenet.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(([cmd] if cmd else []) + ["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: hf-eenet" in text
+    if cmd in ("train", "fit-scheduler", "evaluate", "predict"):
+        assert "--text_column_names" in text and "--train_file" in text  # the same data flags everywhere
+
+
+def test_help_of_the_recipe_script():
+    res = subprocess.run([sys.executable, str(ROOT / "recipes" / "run_eenet.py"), "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "--validation_split_percentage" in res.stdout and "--do_predict" in res.stdout
+
+
+# --------------------------------------------------------------------------------------------------- presets
+def test_presets_parse_and_hold_no_dataset_text_in_the_library():
+    from hf_eenet.recipe import build_parser, parse_args_with_config
+
+    for name in ("sst2", "ag_news", "sst5"):
+        margs, dargs, eargs, targs = parse_args_with_config(
+            build_parser(), [str(ROOT / "recipes" / "presets" / f"{name}.json"), "--output_dir", "/tmp/x"])
+        assert dargs.train_file.endswith("train.csv" if name != "sst2" else "train.tsv")
+        assert targs.output_dir == "/tmp/x" and targs.do_train and targs.do_eval and eargs.dataset_label == name
+    for name in ("data", "recipe", "cli", "model_card", "reporting", "trainer"):  # generic library code
+        f = ROOT / "hf_eenet" / f"{name}.py"
+        text = f.read_text().lower()
+        assert "ag news" not in text and "10,429" not in text and "minilm" not in text, f.name
+
+
+@pytest.mark.skipif(not (DATA_DIR / "sst5" / "validation.csv").exists(), reason="needs ../shared/data/sst5")
+def test_sst5_preset_loads_five_named_classes():
+    from recipes.presets import load_task
+
+    ds = load_task("sst5", str(DATA_DIR))
+    assert ds["train"].features["label"].names == ["very negative", "negative", "neutral", "positive",
+                                                   "very positive"]
+    assert {s: len(d) for s, d in ds.items()} == {"train": 8544, "validation": 1101, "test": 2210}
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in (ROOT / "model_cards").glob("*/results.json")))
+def test_committed_results_hold_no_machine_paths_and_resolved_pooling(name):
+    """A fresh clone elsewhere regenerates the same cards: nothing is resolved from this machine's paths."""
+    results = json.loads((ROOT / "model_cards" / name / "results.json").read_text())
+
+    def strings(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                yield from strings(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from strings(v)
+        elif isinstance(x, str):
+            yield x
+
+    assert not [s for s in strings(results) if s.startswith("/") or "/work/" in s or "site-packages" in s]
+    assert results["exit_pooling"] in ("cls", "mean")
+
+
+def test_portable_paths(tmp_path, monkeypatch):
+    import site
+
+    from hf_eenet.recipe import portable_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert portable_path(str(tmp_path / "data" / "a.csv")) == "data/a.csv"
+    sp = site.getsitepackages()[0]
+    assert portable_path(os.path.join(sp, "pkg", "model")) == "<site-packages>/pkg/model"
+    assert portable_path("org/model") == "org/model"
+
+
+# --------------------------------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+def test_recipe_under_torchrun_two_processes(tiny_backbone, csv_data, tmp_path):
+    """The whole recipe (train, collect predictions, fit the bank, save, results, card) under torchrun with gloo."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           str(ROOT / "recipes" / "run_eenet.py"), "--train_file", csv_data["train"],
+           "--validation_file", csv_data["validation"], "--test_file", csv_data["test"],
+           "--text_column_names", "review", "--label_column_name", "sentiment", "--do_train", "--do_eval",
+           "--do_predict", "--ddp_backend", "gloo", "--disable_tqdm", "true", *common_flags(tiny_backbone, out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and results["splits"]["test"] == 40 and results["training"]["global_steps"] == 3
+    assert json.loads((out / "config.json").read_text())["scheduler_budgets"] == [0.5, 0.8]
+    assert len((out / "predict_results.jsonl").read_text().splitlines()) == 40  # all rows, gathered from 2 ranks
+    assert json.loads((out / "eval_results.json").read_text())["eval_samples"] == 40
+    assert "model-index" in (out / "README.md").read_text()
+
+
+def test_hub_dataset_classlabel_names_and_pair_columns(monkeypatch):
+    """--dataset_name goes through datasets.load_dataset (mocked: no network); ClassLabel names become the labels,
+    sentence1/sentence2 are found as a pair, a missing validation split is held out of train."""
+    import datasets
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    feats = Features({"sentence1": Value("string"), "sentence2": Value("string"),
+                      "label": ClassLabel(names=["not_equivalent", "equivalent"])})
+    rows = {"sentence1": [f"a {i}" for i in range(40)], "sentence2": [f"b {i}" for i in range(40)],
+            "label": [i % 2 for i in range(40)]}
+    calls = []
+
+    def fake_load(name, config=None, **kw):
+        calls.append((name, config))
+        return DatasetDict(train=Dataset.from_dict(rows, features=feats),
+                           test=Dataset.from_dict({**rows, "label": [-1] * 40}, features=feats))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    d = load_text_classification(DataArguments(dataset_name="glue", dataset_config_name="mrpc",
+                                               validation_split_rows=10), seed=0)
+    assert calls == [("glue", "mrpc")] and d.is_pair and d.label_names == ["not_equivalent", "equivalent"]
+    assert len(d.splits["validation"]) == 10 and len(d.splits["train"]) == 30
+    assert d.labelled["test"] is False  # GLUE-style hidden test labels (-1): predictions only
