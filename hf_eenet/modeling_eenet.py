@@ -214,8 +214,43 @@ class EENetModelMixin:
     def _mask(self, hidden: torch.Tensor, mask2d: torch.Tensor):
         return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d)
 
+    def _layer_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor, has_padding: bool):
+        """Attention mask for the encoder layers from the 2-D padding mask, without a device→host sync.
+
+        ``has_padding`` is known on the host (the exit loops keep a host copy of the rows' lengths), so the check
+        that ``create_bidirectional_mask`` makes with ``mask.all()`` (a host sync on a GPU) is not needed: eager and
+        SDPA get ``None`` (no padding) or the same broadcast mask that function builds; other attention
+        implementations go through it.
+        """
+        impl = self.config._attn_implementation
+        if impl == "sdpa":
+            return mask2d.bool()[:, None, None, :] if has_padding else None
+        if impl == "eager":
+            if not has_padding:
+                return None
+            keep = mask2d.bool()[:, None, None, :]
+            zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+            return torch.where(keep, zero, torch.finfo(hidden.dtype).min)
+        return self._mask(hidden, mask2d)
+
     def _exit_logits(self, k: int, hidden: torch.Tensor, mask2d: torch.Tensor) -> torch.Tensor:
         return self.exit_head(k, pool_hidden(hidden, mask2d, self.config.exit_pooling))
+
+    def exit_step(self, k: int, hidden: torch.Tensor, mask2d: torch.Tensor, exit_policy, state):
+        """The work done at exit ``k`` for the ``b`` running rows, in one place: pool → head → softmax → decision.
+
+        Args:
+            hidden (`[b, S, h]`), mask2d (`[b, S]`): the running rows after exit ``k``'s layer.
+            exit_policy, state: the policy and its per-row state (``None`` policy: no decision).
+        Returns:
+            ``(logits [b, C], stop [b] bool | None)``, both on the device; nothing is read back to the host.
+            ``stop`` is ``None`` at the last exit (it always accepts) and without a policy.
+        """
+        logits = self._exit_logits(k, hidden, mask2d)
+        if exit_policy is None or k == self.config.num_exits - 1:
+            return logits, None
+        probs = torch.softmax(logits.float(), dim=-1)
+        return logits, exit_policy.decide(k, probs, state).to(torch.bool)
 
     def exit_forward(
         self,
@@ -226,7 +261,12 @@ class EENetModelMixin:
         inputs_embeds=None,
         exit_policy: ExitPolicy | None = None,
     ):
-        """Run the encoder layer by layer. Returns ``(logits [B, C], exit_index [B], exit_logits [B, K, C] | None)``."""
+        """Run the encoder layer by layer. Returns ``(logits [B, C], exit_index [B], exit_logits [B, K, C] | None)``.
+
+        The per-request loop (the batch shrinks as rows leave). Host syncs: one at the start (the rows' token
+        extents) and one per exit that a policy decides at (which rows go on); logits and exit indices are written
+        on the device for every running row at every exit (a row's last write is its exit), so no boolean indexing.
+        """
         self._check_inputs(input_ids, attention_mask, inputs_embeds)
         backbone = self.backbone
         exit_layers = self.config.exit_layers
@@ -235,11 +275,11 @@ class EENetModelMixin:
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
         )
         batch = hidden.shape[0]
-        mask2d = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
-        mask = self._mask(hidden, mask2d)
         exit_at = {layer: k for k, layer in enumerate(exit_layers)}
 
         if exit_policy is None:  # all-exits forward
+            mask2d = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
+            mask = self._mask(hidden, mask2d)
             all_logits = []
             for i, layer in enumerate(backbone.encoder.layer):
                 hidden = layer(hidden, mask)
@@ -252,37 +292,53 @@ class EENetModelMixin:
         if self.config.num_labels < 2:
             raise ValueError("early-exit policies need a classification head (num_labels >= 2)")
         exit_policy.check_num_exits(num_exits)
-        state = exit_policy.init_state(batch, hidden.device)
-        rows = torch.arange(batch, device=hidden.device)  # original row of each running row
+        device = hidden.device
+        width = hidden.shape[1]
+        if attention_mask is None:
+            mask2d = torch.ones(hidden.shape[:2], dtype=torch.long, device=device)
+            mask_host = torch.ones(hidden.shape[:2], dtype=torch.bool)
+        else:
+            mask2d = attention_mask
+            mask_host = attention_mask.detach().to("cpu", torch.bool)  # host sync 1 (once per call)
+        # per row, the column after its last token: trailing columns that are padding for every running row are
+        # dropped after a shrink (host arithmetic, no sync)
+        cols = torch.arange(1, width + 1)
+        extent = (mask_host * cols).amax(1)
+        mask = self._layer_mask(hidden, mask2d, not bool(mask_host.all()))
+        state = exit_policy.init_state(batch, device)
+        rows = torch.arange(batch, device=device)  # original row of each running row
         logits_out = None
-        exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=hidden.device)
+        exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=device)
         for i, layer in enumerate(backbone.encoder.layer):
             hidden = layer(hidden, mask)
             k = exit_at.get(i + 1)
             if k is None:
                 continue
-            logits = self._exit_logits(k, hidden, mask2d)
+            logits, stop = self.exit_step(k, hidden, mask2d, exit_policy, state)
             if logits_out is None:
                 logits_out = logits.new_empty((batch, logits.shape[-1]))
-            if k == num_exits - 1:  # the last exit always accepts
-                logits_out[rows] = logits
+            # every running row gets this exit's logits and index; rows that go on are overwritten later
+            logits_out.index_copy_(0, rows, logits)
+            exit_index.index_fill_(0, rows, k)
+            if stop is None:  # the last exit always accepts
                 break
-            probs = torch.softmax(logits.float(), dim=-1)
-            stop = exit_policy.decide(k, probs, state).to(torch.bool)
-            if stop.any():
-                logits_out[rows[stop]] = logits[stop]
-                exit_index[rows[stop]] = k
-                keep = ~stop
-                if not keep.any():
-                    break
-                rows, hidden, mask2d = rows[keep], hidden[keep], mask2d[keep]
-                for key in list(state):
-                    state[key] = state[key][keep]
-                # drop trailing columns that are padding for every remaining row
-                length = int(mask2d.bool().any(0).nonzero().max()) + 1
-                if length < mask2d.shape[1]:
-                    hidden, mask2d = hidden[:, :length], mask2d[:, :length]
-                mask = self._mask(hidden, mask2d)
+            keep_host = ~stop.cpu()  # host sync: the one decision the loop cannot run ahead of
+            n_keep = int(keep_host.sum())
+            if n_keep == 0:
+                break
+            if n_keep == keep_host.shape[0]:
+                continue
+            keep_idx_host = keep_host.nonzero().squeeze(1)
+            keep_idx = keep_idx_host.to(device)
+            rows, hidden, mask2d = rows[keep_idx], hidden[keep_idx], mask2d[keep_idx]
+            mask_host, extent = mask_host[keep_idx_host], extent[keep_idx_host]
+            for key in list(state):
+                state[key] = state[key][keep_idx.to(state[key].device)]
+            # drop trailing columns that are padding for every remaining row
+            length = int(extent.max())
+            if length < mask2d.shape[1]:
+                hidden, mask2d, mask_host = hidden[:, :length], mask2d[:, :length], mask_host[:, :length]
+            mask = self._layer_mask(hidden, mask2d, not bool(mask_host.all()))
         return logits_out, exit_index, None
 
     def forward(
