@@ -341,6 +341,70 @@ class EENetModelMixin:
             mask = self._layer_mask(hidden, mask2d, not bool(mask_host.all()))
         return logits_out, exit_index, None
 
+    @torch.no_grad()
+    def early_exit_predict(
+        self,
+        inputs,
+        *,
+        budget: float | None = None,
+        exit_policy: ExitPolicy | None = None,
+        tokenizer=None,
+        batch_size: int = 32,
+        chunk_size: int = 1024,
+        **tokenizer_kwargs,
+    ) -> EENetSequenceClassifierOutput:
+        """Classify many texts with early exit through depth waves (the throughput path, ``hf_eenet/engine.py``).
+
+        Rows are length-sorted within chunks of ``chunk_size`` texts and re-packed into full micro-batches of
+        ``batch_size`` rows before every layer, so layer work follows the rows still running; decisions stay on the
+        device (at most one host sync per exit layer per chunk). Predictions, exits and costs equal running each
+        text alone.
+
+        Args:
+            inputs: a list of texts (needs ``tokenizer``), or tokenizer output (``BatchEncoding`` / dict with
+                ``input_ids`` as a list of lists or a padded ``[N, S]`` tensor plus ``attention_mask``).
+            budget (`float`): fraction of the full cost in (0, 1], served by the fitted bank (``get_exit_policy``).
+                Default: ``config.default_budget`` (else the largest fitted budget) when there is a bank, else the
+                full model.
+            exit_policy (`ExitPolicy`): an explicit policy instead of a budget.
+            tokenizer: used when ``inputs`` are texts (``truncation=True`` by default); ``tokenizer_kwargs`` go to it.
+            batch_size (`int`): rows per layer call (micro-batch).
+            chunk_size (`int`): texts whose hidden states are on the device at once (memory bound:
+                ``chunk_size x longest x hidden_size`` activations).
+        Returns:
+            [`EENetSequenceClassifierOutput`] with ``logits [N, C]``, ``exit_index``, ``exit_layer``, ``exit_cost``
+            ``[N]``, in input order, on the model's device (``exit_logits`` and ``loss`` are ``None``).
+        """
+        from .engine import depth_wave_forward, rows_from_encodings
+
+        if exit_policy is not None and budget is not None:
+            raise ValueError("give either exit_policy or budget, not both")
+        if budget is None and exit_policy is None and self.config.scheduler_budgets:
+            default = getattr(self.config, "default_budget", None)
+            budget = default if default is not None else self.config.scheduler_budgets[-1]
+        if budget is not None:
+            exit_policy = self.get_exit_policy(budget)
+        if exit_policy is not None and not isinstance(exit_policy, ExitPolicy):
+            raise TypeError(f"exit_policy must be an hf_eenet ExitPolicy, got {type(exit_policy).__name__}")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
+            if tokenizer is None:
+                raise ValueError("early_exit_predict got texts: pass tokenizer= (or give tokenizer output)")
+            tokenizer_kwargs.setdefault("truncation", True)
+            inputs = tokenizer(list(inputs), **tokenizer_kwargs)
+        elif tokenizer_kwargs:
+            raise TypeError(f"unexpected keyword arguments {sorted(tokenizer_kwargs)} (tokenizer kwargs need texts)")
+        rows = rows_from_encodings(inputs)
+        logits, exit_index = depth_wave_forward(
+            self, rows, exit_policy, micro_batch_size=batch_size, chunk_size=chunk_size
+        )
+        layers = torch.tensor(self.config.exit_layers, device=exit_index.device)
+        costs = torch.tensor(self.config.exit_costs, device=exit_index.device)
+        return EENetSequenceClassifierOutput(
+            logits=logits, exit_index=exit_index, exit_layer=layers[exit_index], exit_cost=costs[exit_index]
+        )
+
     def forward(
         self,
         input_ids=None,
