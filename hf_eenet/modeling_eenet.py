@@ -264,8 +264,8 @@ class EENetModelMixin:
         """Run the encoder layer by layer. Returns ``(logits [B, C], exit_index [B], exit_logits [B, K, C] | None)``.
 
         The per-request loop (the batch shrinks as rows leave). Host syncs: one at the start (the rows' token
-        extents) and one per exit that a policy decides at (which rows go on); logits and exit indices are written
-        on the device for every running row at every exit (a row's last write is its exit), so no boolean indexing.
+        extents) and one per exit that a policy decides at (which rows stop); outputs of the rows that stop are
+        written with one index built on the host (no boolean indexing, no further syncs).
         """
         self._check_inputs(input_ids, attention_mask, inputs_embeds)
         backbone = self.backbone
@@ -317,19 +317,25 @@ class EENetModelMixin:
             logits, stop = self.exit_step(k, hidden, mask2d, exit_policy, state)
             if logits_out is None:
                 logits_out = logits.new_empty((batch, logits.shape[-1]))
-            # every running row gets this exit's logits and index; rows that go on are overwritten later
-            logits_out.index_copy_(0, rows, logits)
-            exit_index.index_fill_(0, rows, k)
             if stop is None:  # the last exit always accepts
+                logits_out.index_copy_(0, rows, logits)
+                exit_index.index_fill_(0, rows, k)
                 break
-            keep_host = ~stop.cpu()  # host sync: the one decision the loop cannot run ahead of
-            n_keep = int(keep_host.sum())
-            if n_keep == 0:
-                break
-            if n_keep == keep_host.shape[0]:
+            stop_host = stop.cpu()  # host sync: the one decision the loop cannot run ahead of
+            n_stop = int(stop_host.sum())
+            if n_stop == 0:
                 continue
-            keep_idx_host = keep_host.nonzero().squeeze(1)
-            keep_idx = keep_idx_host.to(device)
+            if n_stop == stop_host.shape[0]:
+                logits_out.index_copy_(0, rows, logits)
+                exit_index.index_fill_(0, rows, k)
+                break
+            order_host = torch.cat([stop_host.nonzero().squeeze(1), (~stop_host).nonzero().squeeze(1)])
+            order_dev = order_host.to(device)
+            stop_idx, keep_idx = order_dev[:n_stop], order_dev[n_stop:]
+            leaving = rows.index_select(0, stop_idx)
+            logits_out.index_copy_(0, leaving, logits.index_select(0, stop_idx))
+            exit_index.index_fill_(0, leaving, k)
+            keep_idx_host = order_host[n_stop:]
             rows, hidden, mask2d = rows[keep_idx], hidden[keep_idx], mask2d[keep_idx]
             mask_host, extent = mask_host[keep_idx_host], extent[keep_idx_host]
             for key in list(state):
