@@ -418,7 +418,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    results = {"command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+    results = {"command": "",
                "device": device_name(dev), "versions": versions(), "args": dict(vars(args)),
                "notes": "speedup = stock (or full-model) time / engine time on the same texts and micro-batches, "
                         "medians of interleaved rounds in one process",
@@ -426,8 +426,8 @@ def main():
     for key in ("texts", "tokenizer", "shares", "model_dir", "json"):  # no absolute paths of this machine in results
         if results["args"].get(key):
             results["args"][key] = os.path.basename(os.path.normpath(results["args"][key]))
-    results["command"] = " ".join(
-        os.path.relpath(w, os.getcwd()) if os.path.isabs(w) else w for w in results["command"].split()
+    results["command"] = " ".join(  # no absolute paths of the machine; empty arguments stay visible
+        (os.path.basename(w) if os.path.isabs(w) else w) or '""' for w in ["python", *sys.argv]
     )
     if args.pipeline:
         pipeline_mode(args, dev, results, args.json)

@@ -240,3 +240,14 @@ def test_pipeline_waves_reject_bad_chunk_size(banked):
     clf = pipeline("text-classification", model=model, tokenizer=tok)
     with pytest.raises(ValueError, match="chunk_size"):
         clf(texts, batch_size=4, chunk_size=-1)
+
+
+def test_readme_engine_tables_are_generated_from_the_committed_json():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "make_readme_engine.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, "README engine tables are stale: run python benchmarks/make_readme_engine.py"
