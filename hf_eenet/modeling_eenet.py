@@ -339,8 +339,43 @@ class EENetModelMixin:
     def _mask(self, hidden: torch.Tensor, mask2d: torch.Tensor):
         return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d)
 
+    def _layer_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor, has_padding: bool):
+        """Attention mask for the encoder layers from the 2-D padding mask, without a device→host sync.
+
+        ``has_padding`` is known on the host (the exit loops keep a host copy of the rows' lengths), so the check
+        that ``create_bidirectional_mask`` makes with ``mask.all()`` (a host sync on a GPU) is not needed: eager and
+        SDPA get ``None`` (no padding) or the same broadcast mask that function builds; other attention
+        implementations go through it.
+        """
+        impl = self.config._attn_implementation
+        if impl == "sdpa":
+            return mask2d.bool()[:, None, None, :] if has_padding else None
+        if impl == "eager":
+            if not has_padding:
+                return None
+            keep = mask2d.bool()[:, None, None, :]
+            zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+            return torch.where(keep, zero, torch.finfo(hidden.dtype).min)
+        return self._mask(hidden, mask2d)
+
     def _exit_logits(self, k: int, hidden: torch.Tensor, mask2d: torch.Tensor) -> torch.Tensor:
         return self.exit_head(k, pool_hidden(hidden, mask2d, self.config.exit_pooling))
+
+    def exit_step(self, k: int, hidden: torch.Tensor, mask2d: torch.Tensor, exit_policy, state):
+        """The work done at exit ``k`` for the ``b`` running rows, in one place: pool → head → softmax → decision.
+
+        Args:
+            hidden (`[b, S, h]`), mask2d (`[b, S]`): the running rows after exit ``k``'s layer.
+            exit_policy, state: the policy and its per-row state (``None`` policy: no decision).
+        Returns:
+            ``(logits [b, C], stop [b] bool | None)``, both on the device; nothing is read back to the host.
+            ``stop`` is ``None`` at the last exit (it always accepts) and without a policy.
+        """
+        logits = self._exit_logits(k, hidden, mask2d)
+        if exit_policy is None or k == self.config.num_exits - 1:
+            return logits, None
+        probs = torch.softmax(logits.float(), dim=-1)
+        return logits, exit_policy.decide(k, probs, state).to(torch.bool)
 
     def exit_forward(
         self,
@@ -351,7 +386,12 @@ class EENetModelMixin:
         inputs_embeds=None,
         exit_policy: ExitPolicy | None = None,
     ):
-        """Run the encoder layer by layer. Returns ``(logits [B, C], exit_index [B], exit_logits [B, K, C] | None)``."""
+        """Run the encoder layer by layer. Returns ``(logits [B, C], exit_index [B], exit_logits [B, K, C] | None)``.
+
+        The per-request loop (the batch shrinks as rows leave). Host syncs: one at the start (the rows' token
+        extents) and one per exit that a policy decides at (which rows stop); outputs of the rows that stop are
+        written with one index built on the host (no boolean indexing, no further syncs).
+        """
         self._check_inputs(input_ids, attention_mask, inputs_embeds)
         backbone = self.backbone
         exit_layers = self.config.exit_layers
@@ -360,11 +400,11 @@ class EENetModelMixin:
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
         )
         batch = hidden.shape[0]
-        mask2d = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
-        mask = self._mask(hidden, mask2d)
         exit_at = {layer: k for k, layer in enumerate(exit_layers)}
 
         if exit_policy is None:  # all-exits forward
+            mask2d = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
+            mask = self._mask(hidden, mask2d)
             all_logits = []
             for i, layer in enumerate(backbone.encoder.layer):
                 hidden = layer(hidden, mask)
@@ -377,38 +417,124 @@ class EENetModelMixin:
         if self.config.num_labels < 2:
             raise ValueError("early-exit policies need a classification head (num_labels >= 2)")
         exit_policy.check_num_exits(num_exits)
-        state = exit_policy.init_state(batch, hidden.device)
-        rows = torch.arange(batch, device=hidden.device)  # original row of each running row
+        device = hidden.device
+        width = hidden.shape[1]
+        if attention_mask is None:
+            mask2d = torch.ones(hidden.shape[:2], dtype=torch.long, device=device)
+            mask_host = torch.ones(hidden.shape[:2], dtype=torch.bool)
+        else:
+            mask2d = attention_mask
+            mask_host = attention_mask.detach().to("cpu", torch.bool)  # host sync 1 (once per call)
+        # per row, the column after its last token: trailing columns that are padding for every running row are
+        # dropped after a shrink (host arithmetic, no sync)
+        cols = torch.arange(1, width + 1)
+        extent = (mask_host * cols).amax(1)
+        mask = self._layer_mask(hidden, mask2d, not bool(mask_host.all()))
+        state = exit_policy.init_state(batch, device)
+        rows = torch.arange(batch, device=device)  # original row of each running row
         logits_out = None
-        exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=hidden.device)
+        exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=device)
         for i, layer in enumerate(backbone.encoder.layer):
             hidden = layer(hidden, mask)
             k = exit_at.get(i + 1)
             if k is None:
                 continue
-            logits = self._exit_logits(k, hidden, mask2d)
+            logits, stop = self.exit_step(k, hidden, mask2d, exit_policy, state)
             if logits_out is None:
                 logits_out = logits.new_empty((batch, logits.shape[-1]))
-            if k == num_exits - 1:  # the last exit always accepts
-                logits_out[rows] = logits
+            if stop is None:  # the last exit always accepts
+                logits_out.index_copy_(0, rows, logits)
+                exit_index.index_fill_(0, rows, k)
                 break
-            probs = torch.softmax(logits.float(), dim=-1)
-            stop = exit_policy.decide(k, probs, state).to(torch.bool)
-            if stop.any():
-                logits_out[rows[stop]] = logits[stop]
-                exit_index[rows[stop]] = k
-                keep = ~stop
-                if not keep.any():
-                    break
-                rows, hidden, mask2d = rows[keep], hidden[keep], mask2d[keep]
-                for key in list(state):
-                    state[key] = state[key][keep]
-                # drop trailing columns that are padding for every remaining row
-                length = int(mask2d.bool().any(0).nonzero().max()) + 1
-                if length < mask2d.shape[1]:
-                    hidden, mask2d = hidden[:, :length], mask2d[:, :length]
-                mask = self._mask(hidden, mask2d)
+            stop_host = stop.cpu()  # host sync: the one decision the loop cannot run ahead of
+            n_stop = int(stop_host.sum())
+            if n_stop == 0:
+                continue
+            if n_stop == stop_host.shape[0]:
+                logits_out.index_copy_(0, rows, logits)
+                exit_index.index_fill_(0, rows, k)
+                break
+            order_host = torch.cat([stop_host.nonzero().squeeze(1), (~stop_host).nonzero().squeeze(1)])
+            order_dev = order_host.to(device)
+            stop_idx, keep_idx = order_dev[:n_stop], order_dev[n_stop:]
+            leaving = rows.index_select(0, stop_idx)
+            logits_out.index_copy_(0, leaving, logits.index_select(0, stop_idx))
+            exit_index.index_fill_(0, leaving, k)
+            keep_idx_host = order_host[n_stop:]
+            rows, hidden, mask2d = rows[keep_idx], hidden[keep_idx], mask2d[keep_idx]
+            mask_host, extent = mask_host[keep_idx_host], extent[keep_idx_host]
+            for key in list(state):
+                state[key] = state[key][keep_idx.to(state[key].device)]
+            # drop trailing columns that are padding for every remaining row
+            length = int(extent.max())
+            if length < mask2d.shape[1]:
+                hidden, mask2d, mask_host = hidden[:, :length], mask2d[:, :length], mask_host[:, :length]
+            mask = self._layer_mask(hidden, mask2d, not bool(mask_host.all()))
         return logits_out, exit_index, None
+
+    @torch.no_grad()
+    def early_exit_predict(
+        self,
+        inputs,
+        *,
+        budget: float | None = None,
+        exit_policy: ExitPolicy | None = None,
+        tokenizer=None,
+        batch_size: int = 32,
+        chunk_size: int = 1024,
+        **tokenizer_kwargs,
+    ) -> EENetSequenceClassifierOutput:
+        """Classify many texts with early exit through depth waves (the throughput path, ``hf_eenet/engine.py``).
+
+        Rows are length-sorted within chunks of ``chunk_size`` texts and re-packed into full micro-batches of
+        ``batch_size`` rows before every layer, so layer work follows the rows still running; decisions stay on the
+        device (at most one host sync per exit layer per chunk). Predictions, exits and costs equal running each
+        text alone.
+
+        Args:
+            inputs: a list of texts (needs ``tokenizer``), or tokenizer output (``BatchEncoding`` / dict with
+                ``input_ids`` as a list of lists or a padded ``[N, S]`` tensor plus ``attention_mask``).
+            budget (`float`): fraction of the full cost in (0, 1], served by the fitted bank (``get_exit_policy``).
+                Default: ``config.default_budget`` (else the largest fitted budget) when there is a bank, else the
+                full model.
+            exit_policy (`ExitPolicy`): an explicit policy instead of a budget.
+            tokenizer: used when ``inputs`` are texts (``truncation=True`` by default); ``tokenizer_kwargs`` go to it.
+            batch_size (`int`): rows per layer call (micro-batch).
+            chunk_size (`int`): texts whose hidden states are on the device at once (memory bound:
+                ``chunk_size x longest x hidden_size`` activations).
+        Returns:
+            [`EENetSequenceClassifierOutput`] with ``logits [N, C]``, ``exit_index``, ``exit_layer``, ``exit_cost``
+            ``[N]``, in input order, on the model's device (``exit_logits`` and ``loss`` are ``None``).
+        """
+        from .engine import depth_wave_forward, rows_from_encodings
+
+        if exit_policy is not None and budget is not None:
+            raise ValueError("give either exit_policy or budget, not both")
+        if budget is None and exit_policy is None and self.config.scheduler_budgets:
+            default = getattr(self.config, "default_budget", None)
+            budget = default if default is not None else self.config.scheduler_budgets[-1]
+        if budget is not None:
+            exit_policy = self.get_exit_policy(budget)
+        if exit_policy is not None and not isinstance(exit_policy, ExitPolicy):
+            raise TypeError(f"exit_policy must be an hf_eenet ExitPolicy, got {type(exit_policy).__name__}")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
+            if tokenizer is None:
+                raise ValueError("early_exit_predict got texts: pass tokenizer= (or give tokenizer output)")
+            tokenizer_kwargs.setdefault("truncation", True)
+            inputs = tokenizer(list(inputs), **tokenizer_kwargs)
+        elif tokenizer_kwargs:
+            raise TypeError(f"unexpected keyword arguments {sorted(tokenizer_kwargs)} (tokenizer kwargs need texts)")
+        rows = rows_from_encodings(inputs)
+        logits, exit_index = depth_wave_forward(
+            self, rows, exit_policy, micro_batch_size=batch_size, chunk_size=chunk_size
+        )
+        layers = torch.tensor(self.config.exit_layers, device=exit_index.device)
+        costs = torch.tensor(self.config.exit_costs, device=exit_index.device)
+        return EENetSequenceClassifierOutput(
+            logits=logits, exit_index=exit_index, exit_layer=layers[exit_index], exit_cost=costs[exit_index]
+        )
 
     def forward(
         self,

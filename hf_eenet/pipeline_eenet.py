@@ -13,6 +13,9 @@ then loads this class from the folder and honours ``budget=``.
 
 from __future__ import annotations
 
+import threading
+
+import torch
 from transformers import TextClassificationPipeline
 
 
@@ -29,6 +32,76 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
 
     def _is_early_exit_model(self) -> bool:
         return is_early_exit_model(self.model)
+
+    # ------------------------------------------------------------------ throughput path: depth waves
+    #: default number of texts per depth-wave chunk (``pipe(texts, batch_size=32)`` with ``batch_size > 1``)
+    default_chunk_size = 1024
+
+    def __call__(self, inputs, *args, chunk_size=None, **kwargs):
+        """As ``TextClassificationPipeline.__call__``, plus ``chunk_size`` for many texts.
+
+        When the pipeline gets a list, a ``KeyDataset`` / dataset or a generator of texts and runs an hf_eenet model
+        with ``batch_size > 1``, it classifies them with *depth waves* (``hf_eenet/engine.py``): chunks of
+        ``chunk_size`` texts (default 1024) are length-sorted and re-packed into full micro-batches of
+        ``batch_size`` rows before every layer, so the work follows the rows that have not exited yet. Results are
+        the same as text by text, in input order; a generator / dataset yields them chunk by chunk.
+        ``chunk_size=0`` keeps the stock per-batch loop; ``chunk_size=N`` with ``batch_size=1`` runs waves of
+        single-row micro-batches. Peak memory grows with ``chunk_size`` (hidden states of the whole chunk).
+        """
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0):
+            raise ValueError(f"chunk_size must be a non-negative int (0 = no depth waves), got {chunk_size!r}")
+        local = self._wave_local()
+        previous, local.chunk_size = getattr(local, "chunk_size", None), chunk_size
+        try:
+            return super().__call__(inputs, *args, **kwargs)
+        finally:
+            local.chunk_size = previous
+
+    def _wave_local(self):
+        """Per-thread call settings (one pipeline may serve several threads at once)."""
+        local = self.__dict__.get("_eenet_local")
+        if local is None:
+            local = self.__dict__.setdefault("_eenet_local", threading.local())
+        return local
+
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        chunk_size = getattr(self._wave_local(), "chunk_size", None)
+        if chunk_size is None:
+            chunk_size = self.default_chunk_size if batch_size > 1 else 0
+        waves = (
+            chunk_size > 0
+            and self._is_early_exit_model()
+            and not (set(forward_params) - {"budget", "exit_policy"})  # unknown forward kwargs: stock path
+        )
+        if not waves:
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        return self._wave_iterator(inputs, batch_size, chunk_size, preprocess_params, forward_params, postprocess_params)
+
+    def _wave_iterator(self, inputs, batch_size, chunk_size, preprocess_params, forward_params, postprocess_params):
+        from .engine import depth_wave_forward, iter_chunks, rows_from_encodings
+
+        model = self.model
+        config = model.config
+        budget, exit_policy = forward_params.get("budget"), forward_params.get("exit_policy")
+        if budget is None and exit_policy is None and config.scheduler_budgets:
+            budget = config.default_budget if config.default_budget is not None else config.scheduler_budgets[-1]
+        if budget is not None:
+            exit_policy = model.get_exit_policy(budget)
+        layers = torch.tensor(config.exit_layers)
+        costs = torch.tensor(config.exit_costs)
+        for texts in iter_chunks(inputs, chunk_size):
+            rows = rows_from_encodings([self.preprocess(t, **preprocess_params) for t in texts])
+            with self.device_placement(), self.get_inference_context()():
+                logits, exit_index = depth_wave_forward(
+                    model, rows, exit_policy, micro_batch_size=batch_size, chunk_size=chunk_size
+                )
+            logits, exit_index = logits.cpu(), exit_index.cpu()
+            for i in range(len(rows)):
+                out = {"logits": logits[i : i + 1], "exit_layer": layers[exit_index[i : i + 1]],
+                       "exit_cost": costs[exit_index[i : i + 1]]}
+                yield self.postprocess(out, **postprocess_params)
 
     def _sanitize_parameters(self, budget=None, exit_policy=None, function_to_apply=None, top_k="", **tokenizer_kwargs):
         preprocess, forward, postprocess = super()._sanitize_parameters(

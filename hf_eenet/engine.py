@@ -1,0 +1,282 @@
+"""Depth waves: the throughput path of early exit for many texts at once.
+
+The per-request loop (:meth:`EENetModelMixin.exit_forward`) runs one batch through the encoder and lets it shrink
+as rows leave: on a GPU a 9-row layer call costs about what a 32-row call costs, so the saving is lost. Depth waves
+take a *chunk* of up to ``chunk_size`` texts and run it layer by layer:
+
+1. the chunk's rows are sorted by token length (longest first) and padded only to their micro-batch's longest row;
+2. every layer runs over the rows still alive as full micro-batches of ``micro_batch_size`` rows (contiguous slices
+   of the length-sorted, compacted chunk, each cut to its own longest row);
+3. at an exit, pooling + head + softmax + the policy's decision run once for all alive rows of the chunk, on the
+   device; logits and exit index are written for every alive row (a row's last write is its exit); then the only
+   device→host read of the layer (the ``[n]`` "goes on" flags) decides the re-pack: rows that left are dropped, the
+   survivors (still length-sorted) are compacted into full micro-batches, and trailing padding columns are cut;
+4. outputs come back in input order.
+
+So layer work is proportional to the rows alive, with at most one host sync per exit layer per chunk. Memory: the
+chunk's hidden states ``[chunk_size, longest, h]`` (plus one micro-batch's activations) stay on the device; bound it
+with ``chunk_size``.
+
+Policies are used only through the :class:`~hf_eenet.policies.ExitPolicy` interface: ``state =
+policy.init_state(n, device)`` once per chunk (rows in the chunk's input order), ``policy.decide(k, probs, state)``
+once per exit with the alive rows in wave order; every state tensor (whatever its keys) is re-indexed with the rows.
+Decisions therefore equal those of running each text alone (``tests/test_engine.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+
+ROW_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _row_tensor(value, name: str) -> torch.Tensor:
+    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    if t.dim() == 2 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 1:
+        raise ValueError(f"each row's {name} must be 1-D (one text), got shape {tuple(t.shape)}")
+    return t.detach().to("cpu", torch.long)
+
+
+def rows_from_encodings(encodings) -> list[dict[str, torch.Tensor]]:
+    """Split tokenizer output into per-row dicts of 1-D CPU tensors, each cut after its last token.
+
+    Accepts a ``BatchEncoding`` / dict with ``input_ids`` as a list of lists (unpadded) or a ``[N, S]`` tensor
+    (padded; then ``attention_mask`` says where the tokens are), or a sequence of per-text mappings (e.g. the
+    pipeline's preprocessed ``[1, S]`` inputs).
+    """
+    if isinstance(encodings, Mapping):
+        if "input_ids" not in encodings:
+            raise ValueError("encodings need 'input_ids' (token ids of each text)")
+        ids = encodings["input_ids"]
+        n = len(ids)
+        rows = [{key: encodings[key][i] for key in ROW_KEYS if encodings.get(key) is not None} for i in range(n)]
+    elif isinstance(encodings, Sequence) and not isinstance(encodings, (str, bytes)):
+        rows = list(encodings)
+    else:
+        raise TypeError(f"expected tokenizer output or a list of per-text encodings, got {type(encodings).__name__}")
+    if not rows:
+        raise ValueError("no texts to classify (empty input)")
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping) or "input_ids" not in row:
+            raise TypeError(f"row {i}: expected a mapping with 'input_ids', got {type(row).__name__}")
+        r = {key: _row_tensor(row[key], key) for key in ROW_KEYS if row.get(key) is not None}
+        length = r["input_ids"].shape[0]
+        if length == 0:
+            raise ValueError(f"row {i} has no tokens")
+        for key, t in r.items():
+            if t.shape[0] != length:
+                raise ValueError(f"row {i}: {key} has {t.shape[0]} entries but input_ids has {length}")
+        if "attention_mask" in r:
+            nz = r["attention_mask"].nonzero()
+            if nz.numel() == 0:
+                raise ValueError(f"row {i}: attention_mask has no tokens (all zeros)")
+            end = int(nz.max()) + 1
+            if end < length:
+                r = {key: t[:end] for key, t in r.items()}
+        out.append(r)
+    return out
+
+
+class _Chunk:
+    """Device tensors of one chunk in wave order (length-sorted, compacted as rows leave) + host bookkeeping."""
+
+    def __init__(self, model, rows: list[dict[str, torch.Tensor]], micro_batch_size: int):
+        device = model.device
+        n = len(rows)
+        lengths = [r["input_ids"].shape[0] for r in rows]
+        order = sorted(range(n), key=lambda i: -lengths[i])  # stable: ties keep input order
+        pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        sorted_rows = [rows[i] for i in order]
+        self.lengths = [lengths[i] for i in order]  # host, wave order, non-increasing
+        self.mb = micro_batch_size
+        # padded [n, W] tensors from one concatenation per key (pad_sequence over many small tensors is ~100x
+        # slower); rows are right-aligned at 0, so the flat tokens fill `within` in row-major order
+        width = self.lengths[0]
+        within = torch.arange(width)[None] < torch.tensor(self.lengths)[:, None]
+
+        def padded(key, fill, default=None):
+            out = torch.full((n, width), fill, dtype=torch.long)
+            out[within] = torch.cat([r[key] if key in r else default(r) for r in sorted_rows])
+            return out
+
+        ids = padded("input_ids", pad_id)
+        has_mask = all("attention_mask" in r for r in sorted_rows)
+        mask = padded("attention_mask", 0) if has_mask else within.long()
+        tt = None
+        if any("token_type_ids" in r for r in sorted_rows):
+            tt = padded("token_type_ids", 0, lambda r: torch.zeros_like(r["input_ids"]))
+        # does a row have holes in its mask within its length (then a micro-batch is "padded" even at equal
+        # lengths)? One vectorised op on the host
+        self.holes = ((mask == 0) & within).any(1).tolist() if has_mask else [False] * n
+        self.ids = ids.to(device, non_blocking=True)
+        self.mask2d = mask.to(device, non_blocking=True)
+        self.tt = tt.to(device, non_blocking=True) if tt is not None else None
+        self.rows = torch.tensor(order, device=device)  # wave position -> input position in the chunk
+        self.order = order
+
+    def slices(self):
+        """Micro-batches of the alive rows: ``(start, end, width)``, width = longest row of the micro-batch."""
+        n = len(self.lengths)
+        return [(s, min(s + self.mb, n), self.lengths[s]) for s in range(0, n, self.mb)]
+
+    def padded(self, s: int, e: int, width: int) -> bool:
+        return self.lengths[e - 1] < width or any(self.holes[s:e])
+
+
+@torch.no_grad()
+def depth_wave_forward(
+    model,
+    rows: list[dict[str, torch.Tensor]],
+    exit_policy=None,
+    *,
+    micro_batch_size: int = 32,
+    chunk_size: int = 1024,
+    stats: dict | None = None,
+):
+    """Early exit over many texts with depth waves.
+
+    Args:
+        model: an hf_eenet multi-exit model (``EENetBertForSequenceClassification`` / ``...Roberta...``).
+        rows: per-text dicts of 1-D ``input_ids`` (+ ``attention_mask``, ``token_type_ids``), see
+            :func:`rows_from_encodings`.
+        exit_policy: an :class:`~hf_eenet.policies.ExitPolicy`; ``None`` = the full model (only the last exit is
+            computed).
+        micro_batch_size: rows per layer call (the re-packed micro-batch).
+        chunk_size: texts held on the device at once (hidden states ``[chunk_size, longest, h]``).
+        stats: optional dict, filled with ``host_syncs`` (device→host reads) and ``layer_rows`` (Σ over layer calls
+            of the rows computed), ``layer_calls``.
+    Returns:
+        ``(logits [N, C], exit_index [N])`` on the model's device, in input order.
+    """
+    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int) or micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be a positive int, got {micro_batch_size!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if not rows:
+        raise ValueError("no texts to classify (empty input)")
+    num_exits = model.config.num_exits
+    if exit_policy is not None:
+        if model.config.num_labels < 2:
+            raise ValueError("early-exit policies need a classification head (num_labels >= 2)")
+        exit_policy.check_num_exits(num_exits)
+    if stats is not None:
+        stats.update(host_syncs=0, layer_rows=0, layer_calls=0)
+    logits_parts, exit_parts = [], []
+    for start in range(0, len(rows), chunk_size):
+        logits, exit_index = _run_chunk(model, rows[start:start + chunk_size], exit_policy, micro_batch_size, stats)
+        logits_parts.append(logits)
+        exit_parts.append(exit_index)
+    if len(logits_parts) == 1:
+        return logits_parts[0], exit_parts[0]
+    return torch.cat(logits_parts), torch.cat(exit_parts)
+
+
+def _run_chunk(model, rows, policy, micro_batch_size, stats):
+    backbone = model.backbone
+    config = model.config
+    num_exits = config.num_exits
+    exit_at = {layer: k for k, layer in enumerate(config.exit_layers)}
+    chunk = _Chunk(model, rows, micro_batch_size)
+    n = len(rows)
+    device = chunk.ids.device
+    dtype = next(backbone.encoder.parameters()).dtype
+
+    # embeddings, one call per micro-batch, into a zero-initialised chunk buffer (positions past a row's
+    # micro-batch width stay finite: they are padding, masked everywhere)
+    hidden = torch.zeros(n, chunk.lengths[0], config.hidden_size, dtype=dtype, device=device)
+    for s, e, w in chunk.slices():
+        hidden[s:e, :w] = backbone.embeddings(
+            input_ids=chunk.ids[s:e, :w], token_type_ids=None if chunk.tt is None else chunk.tt[s:e, :w]
+        )
+    mask2d = chunk.mask2d
+
+    def layer_masks():
+        sl = chunk.slices()
+        if not any(chunk.padded(s, e, w) for s, e, w in sl):
+            return [None] * len(sl)
+        full = model._layer_mask(hidden, mask2d, True)
+        if isinstance(full, torch.Tensor) and full.dim() == 4 and full.shape[1] == 1 and full.shape[2] == 1:
+            # eager / SDPA: one [n, 1, 1, W] mask for the chunk, sliced (views) per micro-batch
+            return [full[s:e, :, :, :w] if chunk.padded(s, e, w) else None for s, e, w in sl]
+        return [model._layer_mask(hidden[s:e, :w], mask2d[s:e, :w], chunk.padded(s, e, w)) for s, e, w in sl]
+
+    masks = layer_masks()
+    state = {}
+    if policy is not None:
+        state = policy.init_state(n, device)  # rows in the chunk's input order ...
+        perm = chunk.rows
+        for key in list(state):  # ... re-indexed into wave order
+            state[key] = state[key].index_select(0, perm.to(state[key].device))
+    rows_dev = chunk.rows
+    logits_out = None
+    exit_index = torch.full((n,), num_exits - 1, dtype=torch.long, device=device)
+    for i, layer in enumerate(backbone.encoder.layer):
+        sl = chunk.slices()
+        if len(sl) == 1 and sl[0][2] == hidden.shape[1]:
+            hidden = layer(hidden, masks[0])
+        else:
+            for (s, e, w), m in zip(sl, masks):
+                hidden[s:e, :w] = layer(hidden[s:e, :w], m)
+        if stats is not None:
+            stats["layer_rows"] += len(chunk.lengths)
+            stats["layer_calls"] += len(sl)
+        k = exit_at.get(i + 1)
+        if k is None or (policy is None and k < num_exits - 1):
+            continue
+        logits, stop = model.exit_step(k, hidden, mask2d, policy, state)
+        if logits_out is None:
+            logits_out = logits.new_empty((n, logits.shape[-1]))
+        if stop is None:  # the last exit always accepts
+            logits_out.index_copy_(0, rows_dev, logits)
+            exit_index.index_fill_(0, rows_dev, k)
+            break
+        stop_host = stop.cpu()  # the layer's one device->host read
+        if stats is not None:
+            stats["host_syncs"] += 1
+        n_stop = int(stop_host.sum())
+        if n_stop == 0:
+            continue
+        if n_stop == stop_host.shape[0]:
+            logits_out.index_copy_(0, rows_dev, logits)
+            exit_index.index_fill_(0, rows_dev, k)
+            break
+        # rows that stop: write their outputs at their input positions (one index built on the host, one copy)
+        order_host = torch.cat([stop_host.nonzero().squeeze(1), (~stop_host).nonzero().squeeze(1)])
+        order_dev = order_host.to(device, non_blocking=True)
+        stop_idx, keep_idx = order_dev[:n_stop], order_dev[n_stop:]
+        leaving = rows_dev.index_select(0, stop_idx)
+        logits_out.index_copy_(0, leaving, logits.index_select(0, stop_idx))
+        exit_index.index_fill_(0, leaving, k)
+        # re-pack: survivors stay length-sorted; compact them and cut trailing padding columns
+        keep_host_idx = order_host[n_stop:]
+        kept = keep_host_idx.tolist()
+        chunk.lengths = [chunk.lengths[j] for j in kept]
+        chunk.holes = [chunk.holes[j] for j in kept]
+        width = chunk.lengths[0]
+        hidden = hidden[:, :width].index_select(0, keep_idx)
+        mask2d = mask2d[:, :width].index_select(0, keep_idx)
+        rows_dev = rows_dev.index_select(0, keep_idx)
+        for key in list(state):
+            state[key] = state[key].index_select(0, keep_idx.to(state[key].device))
+        masks = layer_masks()
+    return logits_out, exit_index
+
+
+def iter_chunks(items: Iterable, chunk_size: int):
+    """Yield lists of up to ``chunk_size`` items from any iterable (list, dataset, generator)."""
+    buf = []
+    for item in items:
+        buf.append(item)
+        if len(buf) == chunk_size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+__all__ = ["depth_wave_forward", "rows_from_encodings", "iter_chunks"]

@@ -1,0 +1,253 @@
+"""Depth waves (hf_eenet/engine.py): same decisions, predictions and costs as each text alone, for every policy."""
+
+import pytest
+import torch
+from conftest import random_batch, tiny_kwargs, tiny_model
+from transformers import AutoTokenizer, pipeline
+
+import hf_eenet
+from hf_eenet.engine import depth_wave_forward, iter_chunks, rows_from_encodings
+from hf_eenet.policies import ExitPolicy, MaxProbPolicy
+
+BUDGETS = [0.3, 0.5, 0.8]
+POLICIES = ["eenet", "entropy", "maxprob", "patience", "static"]
+
+
+def _calibration(model, seed):
+    """All-exits softmax outputs of a calibration batch + labels that make exit 3 "right" most of the time."""
+    batch = random_batch(n=48, max_len=20, seed=seed, pad_id=model.config.pad_token_id)
+    with torch.no_grad():
+        probs = model(**batch).exit_logits.softmax(-1)
+    labels = probs[:, 2].argmax(-1)
+    labels[::4] = (labels[::4] + 1) % probs.shape[-1]
+    return probs, labels
+
+
+_POLICY_CACHE = {}
+
+
+def make_policy(name, model, budget, kind):
+    key = (name, budget, kind)
+    if key not in _POLICY_CACHE:
+        probs, labels = _calibration(model, seed=11)
+        costs = model.config.exit_costs
+        if name == "eenet":
+            policy = hf_eenet.EENetScheduler(restarts=1, max_epochs=20).fit(probs, labels, costs, budget, seed=0)
+        else:
+            cls = {"entropy": hf_eenet.EntropyPolicy, "maxprob": MaxProbPolicy, "patience": hf_eenet.PatiencePolicy,
+                   "static": hf_eenet.StaticPolicy}[name]
+            policy = cls.calibrate(probs, labels, costs, budget)
+        _POLICY_CACHE[key] = policy
+    return _POLICY_CACHE[key]
+
+
+_MODELS = {}
+
+
+def model_of(kind):
+    if kind not in _MODELS:
+        model = tiny_model(kind, seed=2, layers=6, exit_layers=[1, 2, 3, 4, 5, 6])
+        # a random tiny model is almost uniform (entropy confidences ~1e-5, at float32's resolution near 1): sharpen
+        # every exit so scores spread over (0, 1) and float noise between batch shapes stays far below their gaps
+        with torch.no_grad():
+            for head in model.exit_heads:
+                head.out_proj.weight.mul_(40.0)
+            last = model.classifier if kind == "bert" else model.classifier.out_proj
+            last.weight.mul_(40.0)
+        _MODELS[kind] = model
+    return _MODELS[kind]
+
+
+def per_row(model, batch, policy):
+    """Each text alone (bs = 1, its own unpadded length) through the per-request loop."""
+    logits, exits = [], []
+    with torch.no_grad():
+        for i in range(batch["input_ids"].shape[0]):
+            n = int(batch["attention_mask"][i].sum())
+            out = model(**{k: v[i : i + 1, :n] for k, v in batch.items()}, exit_policy=policy)
+            logits.append(out.logits[0])
+            exits.append(int(out.exit_index[0]))
+    return torch.stack(logits), torch.tensor(exits)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("name", POLICIES)
+def test_waves_equal_each_text_alone(name, budget, kind):
+    model = model_of(kind)
+    policy = make_policy(name, model, budget, kind)
+    # texts the policy was not calibrated on (no row sits exactly on a threshold), mixed lengths
+    batch = random_batch(n=30, max_len=22, seed=5, pad_id=model.config.pad_token_id, min_len=2)
+    ref_logits, ref_exits = per_row(model, batch, policy)
+    stats = {}
+    logits, exits = depth_wave_forward(model, rows_from_encodings(batch), policy, micro_batch_size=4,
+                                       chunk_size=13, stats=stats)
+    assert torch.equal(exits, ref_exits)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    assert torch.equal(logits.argmax(-1), ref_logits.argmax(-1))
+    # the model-level entry: same, plus layer and cost of the exit taken
+    out = model.early_exit_predict(batch, exit_policy=policy, batch_size=5, chunk_size=64)
+    assert torch.equal(out.exit_index, ref_exits)
+    costs = torch.tensor(model.config.exit_costs)
+    torch.testing.assert_close(out.exit_cost, costs[ref_exits])
+    assert torch.equal(out.exit_layer, torch.tensor(model.config.exit_layers)[ref_exits])
+    # layer work follows the rows alive: Σ over layers of rows computed = Σ over rows of their exit layer
+    layers_run = torch.tensor(model.config.exit_layers)[ref_exits]
+    assert stats["layer_rows"] == int(layers_run.sum())
+    # at most one host sync per decided exit per chunk (3 chunks, 5 exits that decide)
+    assert stats["host_syncs"] <= 3 * (model.config.num_exits - 1)
+    if name in ("eenet", "entropy", "maxprob") and budget == 0.5:
+        assert len(set(ref_exits.tolist())) >= 2, "rows must spread over several exits for this test to bite"
+
+
+class TracingPolicy(ExitPolicy):
+    """Per-row state of several shapes that travels with the rows: every decide checks that each row's state is
+    its own (ids) and logs what it saw, so the test can compare with the all-exits forward."""
+
+    def __init__(self, num_exits, stop_at):
+        self.num_exits = num_exits
+        self.stop_at = stop_at  # [N] planned exit per row id
+        self.next_id = 0
+        self.seen = []
+
+    def init_state(self, batch_size, device="cpu"):
+        ids = torch.arange(self.next_id, self.next_id + batch_size, device=device)
+        self.next_id += batch_size
+        return {"id": ids, "pair": torch.stack([ids, ids * 2], 1), "hist": torch.zeros(batch_size, self.num_exits)}
+
+    def decide(self, k, probs, state):
+        ids = state["id"]
+        assert torch.equal(state["pair"], torch.stack([ids, ids * 2], 1))
+        assert torch.equal(state["hist"][:, :k], torch.full((ids.shape[0], k), 1.0) * torch.arange(1, k + 1))
+        state["hist"] = state["hist"].clone()
+        state["hist"][:, k] = k + 1
+        self.seen.append((k, ids.clone(), probs.clone()))
+        return self.stop_at[ids] == k
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_every_state_tensor_travels_with_its_row(kind):
+    model = model_of(kind)
+    batch = random_batch(n=23, max_len=18, seed=7, pad_id=model.config.pad_token_id)
+    g = torch.Generator().manual_seed(0)
+    plan = torch.randint(0, model.config.num_exits, (23,), generator=g)
+    policy = TracingPolicy(model.config.num_exits, plan)
+    _, exits = depth_wave_forward(model, rows_from_encodings(batch), policy, micro_batch_size=3, chunk_size=10)
+    assert torch.equal(exits, plan)
+    with torch.no_grad():
+        all_probs = model(**batch).exit_logits.softmax(-1)
+    for k, ids, probs in policy.seen:
+        torch.testing.assert_close(probs, all_probs[ids, k], atol=1e-5, rtol=1e-5)
+
+
+def test_full_model_without_policy_computes_only_the_last_exit():
+    model = model_of("bert")
+    batch = random_batch(n=9, max_len=16, seed=8)
+    with torch.no_grad():
+        ref = model(**batch)
+    calls = []
+    hooks = [h.register_forward_hook(lambda *a: calls.append(1)) for h in model.exit_heads]
+    try:
+        logits, exits = depth_wave_forward(model, rows_from_encodings(batch), None, micro_batch_size=4)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert not calls
+    assert torch.equal(exits, torch.full((9,), model.config.num_exits - 1))
+    torch.testing.assert_close(logits, ref.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_rows_from_encodings_accepts_lists_tensors_and_rows():
+    unpadded = {"input_ids": [[2, 5, 6], [2, 7]], "attention_mask": [[1, 1, 1], [1, 1]]}
+    padded = {"input_ids": torch.tensor([[2, 5, 6], [2, 7, 0]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
+    per_text = [{"input_ids": torch.tensor([[2, 5, 6]])}, {"input_ids": torch.tensor([[2, 7]])}]
+    for enc in (unpadded, padded, per_text):
+        rows = rows_from_encodings(enc)
+        assert [r["input_ids"].tolist() for r in rows] == [[2, 5, 6], [2, 7]]
+    assert list(iter_chunks(iter(range(5)), 2)) == [[0, 1], [2, 3], [4]]
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (lambda m: depth_wave_forward(m, [], None), ValueError, "empty"),
+        (lambda m: depth_wave_forward(m, rows_from_encodings({"input_ids": [[2, 3]]}), None, chunk_size=0),
+         ValueError, "chunk_size"),
+        (lambda m: depth_wave_forward(m, rows_from_encodings({"input_ids": [[2, 3]]}), None, micro_batch_size=0),
+         ValueError, "micro_batch_size"),
+        (lambda m: rows_from_encodings({"input_ids": [[2, 3]], "attention_mask": [[0, 0]]}), ValueError, "no tokens"),
+        (lambda m: rows_from_encodings({"input_ids": [[2, 3]], "attention_mask": [[1]]}), ValueError, "entries"),
+        (lambda m: m.early_exit_predict(["a text"]), ValueError, "tokenizer"),
+        (lambda m: m.early_exit_predict({"input_ids": [[2, 3]]}, budget=0.5), ValueError, "no fitted"),
+        (lambda m: m.early_exit_predict({"input_ids": [[2, 3]]}, exit_policy="x"), TypeError, "ExitPolicy"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call(model_of("bert"))
+
+
+# ------------------------------------------------------------------------------------------------ pipeline + bank
+
+
+@pytest.fixture(scope="module")
+def banked(minilm_dir):
+    """A tiny BERT with the MiniLM tokenizer's vocabulary and a fitted EENet bank at 0.4 and 0.7."""
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    torch.manual_seed(3)
+    cfg = hf_eenet.EENetBertConfig(**tiny_kwargs(num_labels=2, layers=4, vocab_size=30522),
+                                   id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    model = hf_eenet.EENetBertForSequenceClassification(cfg).eval()
+    words = "the film was good bad dull fine great plot story thin lovely awful it and is".split()
+    g = torch.Generator().manual_seed(0)
+    texts = [" ".join(words[j] for j in torch.randint(0, len(words), (int(n),), generator=g))
+             for n in torch.randint(2, 14, (120,), generator=g)]
+    enc = tok(texts[:80], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**enc).exit_logits.softmax(-1)
+    labels = probs[:, 1].argmax(-1)
+    labels[::3] = 1 - labels[::3]
+    for b in (0.4, 0.7):
+        sched = hf_eenet.EENetScheduler(restarts=1, max_epochs=20).fit(probs, labels, cfg.exit_costs, b, seed=0)
+        model.add_scheduler(sched, b)
+    return model, tok, texts[80:]
+
+
+@pytest.mark.parametrize("budget", [0.4, 0.7])
+def test_pipeline_over_a_list_uses_waves_and_equals_text_by_text(banked, budget):
+    model, tok, texts = banked
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    one_by_one = [clf(t, budget=budget)[0] for t in texts]
+    waves = clf(texts, budget=budget, batch_size=4, chunk_size=16)
+    stock_loop = clf(texts, budget=budget, batch_size=4, chunk_size=0)
+    default = clf(texts, budget=budget, batch_size=8)  # batch_size > 1: waves with the default chunk size
+    for got in (waves, stock_loop, default):
+        assert [(r["label"], r["exit_layer"], r["cost"]) for r in got] == \
+            [(r["label"], r["exit_layer"], r["cost"]) for r in one_by_one]
+        for a, b in zip(got, one_by_one):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+    assert len({r["exit_layer"] for r in waves}) >= 2
+    # a generator streams results chunk by chunk
+    streamed = list(clf((t for t in texts), budget=budget, batch_size=4, chunk_size=7))
+    assert [r["exit_layer"] for r in streamed] == [r["exit_layer"] for r in one_by_one]
+    # the model-level entry on raw texts
+    out = model.early_exit_predict(texts, tokenizer=tok, budget=budget, batch_size=4)
+    assert out.exit_layer.tolist() == [r["exit_layer"] for r in one_by_one]
+
+
+def test_pipeline_waves_reject_bad_chunk_size(banked):
+    model, tok, texts = banked
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    with pytest.raises(ValueError, match="chunk_size"):
+        clf(texts, batch_size=4, chunk_size=-1)
+
+
+def test_readme_engine_tables_are_generated_from_the_committed_json():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "make_readme_engine.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, "README engine tables are stale: run python benchmarks/make_readme_engine.py"
