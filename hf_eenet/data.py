@@ -1,4 +1,4 @@
-"""SST-2 and AG News with the splits of eenet_method.md §9, from local files (``--data_dir``) or the Hub.
+"""SST-2 and AG News with the splits of docs/method.md §9, from local files (``--data_dir``) or the Hub.
 
 Local layout (``../shared/data`` or ``$EENET_DATA_DIR``)::
 

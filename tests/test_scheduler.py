@@ -201,7 +201,7 @@ def test_paper_shares_without_budget_matching(fit_data):
     sched = EENetScheduler(match_budget=False, shares="learned", fallback=False, selection_fraction=0.0,
                            **FAST).fit(probs, labels, COSTS, 0.5)
     # §6 as written: n_k = floor(mean pi_k * N) for k < K, the rest to the last exit; no rescaling to the budget
-    pi_bar = sched.assignment(probs).mean(0)
+    pi_bar = sched.assignment(probs).double().mean(0)
     expected = torch.floor(pi_bar[:-1] * len(probs) + 1e-9) / len(probs)
     assert torch.allclose(torch.tensor(sched.fit_info["exit_shares"][:-1], dtype=torch.float64), expected, atol=1.5e-4)
     assert abs(sched.planned_cost - sched.fit_info["raw_planned_cost"]) < 0.005

@@ -349,16 +349,17 @@ class _FitMixin:
         return counts
 
     def _plan_thresholds(self, plan, scores, log_pi_bar, c, budget):
-        """Thresholds (list, float32 values) for a plan on these rows' raw scores [n, K]."""
+        """(thresholds (list of float32 values), planned cost) for a plan on these rows' raw scores [n, K]. The
+        planned cost is B, except for learned shares without budget matching (the paper's plain pi_bar)."""
         n = scores.shape[0]
         if plan == "learned":
             counts = self._plan_counts(log_pi_bar, c / c[-1], budget / float(c[-1]), n)
-            return thresholds_from_counts(scores, counts)
+            return thresholds_from_counts(scores, counts), float((counts.double() * c).sum() / n)
         if plan == "static":
-            return thresholds_from_counts(scores, self._static_counts(c, budget, n))
+            return thresholds_from_counts(scores, self._static_counts(c, budget, n)), budget
         if plan == "geometric":
             th, _, _ = _calibrate_geometric(scores, c.tolist(), budget)
-            return refine_thresholds(scores, th)
+            return refine_thresholds(scores, th), budget
         raise ValueError(plan)
 
     def _set_maxprob_readout(self) -> None:
@@ -390,7 +391,7 @@ class _FitMixin:
         plans = ["learned", "geometric"] if self.shares == "auto" else [self.shares]
 
         def evaluate(plan, scores, log_pi_bar):
-            th = self._plan_thresholds(plan, scores, log_pi_bar, c, budget)
+            th, _ = self._plan_thresholds(plan, scores, log_pi_bar, c, budget)
             exits = first_exit(scores, th)
             acc = float(correct_sel[torch.arange(len(exits)), exits].mean())
             cost = float(c[exits].mean())
@@ -438,13 +439,13 @@ class _FitMixin:
         # §6 thresholds on all fitting rows for the kept candidate's plan
         scores_all = self._raw_scores(probs)
         log_pi_all = self._log_pi_bar(xs) if chosen["plan"] == "learned" else None
-        thresholds = self._plan_thresholds(chosen["plan"], scores_all, log_pi_all, c, budget)
+        thresholds, planned = self._plan_thresholds(chosen["plan"], scores_all, log_pi_all, c, budget)
         exits = first_exit(scores_all, thresholds)
         realized = float(c[exits].mean())
-        if abs(realized - budget) > max(0.01 * budget, float(c[-1]) / n):
+        if abs(realized - planned) > max(0.01 * planned, float(c[-1]) / n):
             warnings.warn(
                 f"EENetScheduler: the thresholds give an average cost of {realized:.6g} on the fitting data instead "
-                f"of the budget {budget:.6g}: tied utility scores (e.g. duplicate rows) cannot be split by thresholds",
+                f"of the planned {planned:.6g}: tied utility scores (e.g. duplicate rows) cannot be split by thresholds",
                 RuntimeWarning, stacklevel=3,
             )
         with torch.no_grad():
@@ -480,7 +481,7 @@ class _FitMixin:
             "within_tolerance": runs[chosen["run"]]["within_tolerance"] if not fallback else True,
             "budget": budget,
             "raw_planned_cost": runs[chosen["run"]]["raw_planned_cost"] if not fallback else realized,
-            "planned_cost": realized,
+            "planned_cost": planned,
             "realized_cost_fit": realized,
             "exit_shares": (torch.bincount(exits, minlength=k_total).double() / n).tolist(),
             "runs": runs,
