@@ -1,4 +1,4 @@
-"""Tests of the EENet scheduler (hf_eenet/scheduler/) on synthetic all-exits outputs with a known structure.
+"""Tests of the EENet scheduler (hf_eenet/scheduler*.py) on synthetic all-exits outputs with a known structure.
 
 Generators: ``make_data`` (exit 1's correctness depends on the class) and ``make_agreement_data`` (agreement between
 exits carries the information, max prob hardly any). Features and selection have their own test files."""

@@ -1,4 +1,4 @@
-"""Agreement features (hf_eenet/scheduler/features.py, docs/method.md §3) and the cheap float32 ``decide``."""
+"""Agreement features (hf_eenet/scheduler_features.py, docs/method.md §3) and the cheap float32 ``decide``."""
 
 import math
 

@@ -4,7 +4,7 @@ import torch
 
 from hf_eenet.policies import MaxProbPolicy, StaticPolicy
 from hf_eenet.scheduler import EENetScheduler
-from hf_eenet.scheduler.fit import stratified_split
+from hf_eenet.scheduler_fit import stratified_split
 from test_scheduler import COSTS, K, accuracy, make_data, realized_cost
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..policies import ExitPolicy, _as_probs_tensor
-from .features import exit_features, init_feature_state
+from .policies import ExitPolicy, _as_probs_tensor
+from .scheduler_features import exit_features, init_feature_state
 
 
 class _InferenceMixin:
@@ -45,7 +45,7 @@ class _InferenceMixin:
     # ------------------------------------------------------------------ ExitPolicy interface (§7)
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Per-row state, a dict of batch-first tensors: ``q`` [b, K] float32 (clamped scores of the exits passed),
-        and with agreement features ``votes`` [b, C] float32 and ``prev`` [b] int64 (see ``features.py``)."""
+        and with agreement features ``votes`` [b, C] float32 and ``prev`` [b] int64 (see ``scheduler_features.py``)."""
         self._check_fitted()
         return init_feature_state(int(batch_size), self.num_exits, self.num_classes, self.features, device)
 

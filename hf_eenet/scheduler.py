@@ -1,7 +1,18 @@
-"""The :class:`EENetScheduler` module: construction, persistence and the fitted state as plain Python values.
+"""EENet scheduler (docs/method.md): learn *when* each sample leaves a multi-exit model under an average-cost budget.
 
-The method is written down in docs/method.md; equations cited as "eq. x.y" live there and in the docstrings of
-``features.py`` (§3), ``inference.py`` (§4, §7) and ``fit.py`` (§5, §6).
+The scheduler is split over flat modules, in the order of the method (flat, not a package, because transformers'
+remote-code export copies a model's relative imports as single files into the Hub repo, so a model saved with
+``save_pretrained`` loads with ``trust_remote_code=True`` where hf_eenet is not installed):
+
+* ``scheduler_config.py``    — :class:`EENetSchedulerConfig`, the typed constructor arguments (declared once).
+* ``scheduler_features.py``  — §3 per-exit features incl. the agreement/voting terms, computable online row by row.
+* ``scheduler_inference.py`` — §4 heads and §7 decisions: ``init_state``, ``decide`` (float32, vectorised, no host
+  sync), ``exit_index``.
+* ``scheduler_fit.py``       — §5 losses and training, §5.3 honest selection with max-prob / static fallbacks, §6
+  thresholds.
+* this module                — :class:`EENetScheduler`: construction, save/load, fitted state as Python values.
+
+Equations cited as "eq. x.y" and deviations "Dn" are those of docs/method.md.
 """
 
 from __future__ import annotations
@@ -13,11 +24,11 @@ import os
 import torch
 from torch import nn
 
-from ..policies import ExitPolicy
-from .config import EENetSchedulerConfig, FEATURE_SETS
-from .features import feature_dim
-from .fit import _FitMixin
-from .inference import _InferenceMixin
+from .policies import ExitPolicy
+from .scheduler_config import EENetSchedulerConfig, FEATURE_SETS
+from .scheduler_features import feature_dim
+from .scheduler_fit import _FitMixin
+from .scheduler_inference import _InferenceMixin
 
 WEIGHTS_NAME = "eenet_scheduler.safetensors"
 CONFIG_NAME = "eenet_scheduler.json"
@@ -31,7 +42,7 @@ class EENetScheduler(_FitMixin, _InferenceMixin, ExitPolicy, nn.Module):
     online, exit by exit, through the :class:`~hf_eenet.policies.ExitPolicy` interface (:meth:`init_state`,
     :meth:`decide`).
 
-    Args: see :class:`~hf_eenet.scheduler.config.EENetSchedulerConfig` (the same keyword arguments).
+    Args: see :class:`~hf_eenet.scheduler_config.EENetSchedulerConfig` (the same keyword arguments).
 
     After :meth:`fit`: ``thresholds`` (K floats on the raw utility scale, last = -inf), ``costs``, ``budget``,
     ``planned_cost`` and ``fit_info``. Everything decisions need is in ``state_dict()``:
@@ -199,4 +210,10 @@ class EENetScheduler(_FitMixin, _InferenceMixin, ExitPolicy, nn.Module):
                 f"features={self.features!r}, {state})")
 
 
-__all__ = ["EENetScheduler", "WEIGHTS_NAME", "CONFIG_NAME"]
+from .scheduler_config import SHARE_PLANS  # noqa: E402  (re-exported)
+from .scheduler_features import all_exit_features, exit_features, init_feature_state  # noqa: E402
+
+__all__ = [
+    "EENetScheduler", "EENetSchedulerConfig", "WEIGHTS_NAME", "CONFIG_NAME", "FEATURE_SETS", "SHARE_PLANS",
+    "all_exit_features", "exit_features", "feature_dim", "init_feature_state",
+]

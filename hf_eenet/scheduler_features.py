@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from .config import FEATURE_SETS
+from .scheduler_config import FEATURE_SETS
 
 
 def feature_dim(num_classes: int, exit_idx: int, features: str) -> int:

@@ -44,7 +44,7 @@ import warnings
 import torch
 from torch.nn import functional as F
 
-from ..policies import (
+from .policies import (
     _as_probs_tensor,
     _calibrate_geometric,
     check_budget,
@@ -52,7 +52,7 @@ from ..policies import (
     check_labels,
     sequential_quantile_thresholds,
 )
-from .features import all_exit_features
+from .scheduler_features import all_exit_features
 
 _BCE_EPS = 1e-6
 _MIN_SELECTION_ROWS = 30  # below this (either side of the split) selection uses the fitting rows themselves
