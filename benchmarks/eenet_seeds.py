@@ -33,12 +33,12 @@ import torch  # noqa: E402
 
 from hf_eenet.costs import _eenet_timing_probe, measure_decision_ms  # noqa: E402
 from hf_eenet.evaluation import evaluate_exits  # noqa: E402
-from hf_eenet.reporting import BASELINES, EENET, ORACLE, compare_policies  # noqa: E402
+from hf_eenet.reporting import BASELINES, ORACLE, compare_policies  # noqa: E402
 from hf_eenet.scheduler import EENetScheduler  # noqa: E402
 
 BUDGETS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 #: ablation variants, cumulative: base features -> + agreement -> + honest selection (= the default), and the
-#: share-plan ablation for the assignment nets (pi only enters as pi_bar, see hf_eenet/scheduler/fit.py)
+#: share-plan ablation for the assignment nets (pi only enters as pi_bar, see hf_eenet/scheduler_fit.py)
 ABLATION = {
     "base features (selection on fitting data, learned shares)":
         dict(features="base", selection_fraction=0.0, fallback=False, shares="learned"),
@@ -76,7 +76,7 @@ def decision_inclusive_costs(lat_ms, decision_ms):
     return raw, [r / raw[-1] for r in raw]
 
 
-def fit_eenet_rows(val_p, val_y, test_p, test_y, costs, budgets, seed, kwargs):
+def fit_eenet_rows(val_p, val_y, test_p, test_y, costs, budgets, seed, kwargs, keep=None):
     rows = []
     for b in budgets:
         t0 = time.perf_counter()
@@ -85,6 +85,8 @@ def fit_eenet_rows(val_p, val_y, test_p, test_y, costs, budgets, seed, kwargs):
         rows.append({"budget": b, "accuracy": r["accuracy"], "mean_cost": r["mean_cost"],
                      "exit_fractions": r["exit_fractions"], "chosen": s.fit_info["chosen"],
                      "fallback": s.fit_info["fallback"], "fit_seconds": time.perf_counter() - t0})
+        if keep is not None:
+            keep[b] = s
     return rows
 
 
@@ -132,9 +134,10 @@ def main(argv=None):
     print(f"{name}: val {tuple(val_p.shape)}, test {tuple(test_p.shape)}; costs {[round(c, 4) for c in costs]}")
 
     # seed 0 with every baseline and the oracle (reporting.compare_policies), further seeds: EENet only
-    res0 = compare_policies(val_p, val_y, test_p, test_y, costs, budgets, seed=seeds[0], progress=False)
-    eenet = {seeds[0]: [{"budget": r["budget"], "accuracy": r["accuracy"], "mean_cost": r["mean_cost"],
-                         "exit_fractions": r["exit_fractions"]} for r in res0["methods"][EENET]]}
+    bank = {}
+    eenet = {seeds[0]: fit_eenet_rows(val_p, val_y, test_p, test_y, costs, budgets, seeds[0], {}, keep=bank)}
+    res0 = compare_policies(val_p, val_y, test_p, test_y, costs, budgets, seed=seeds[0], schedulers=bank,
+                            progress=False)
     for s in seeds[1:]:
         eenet[s] = fit_eenet_rows(val_p, val_y, test_p, test_y, costs, budgets, s, {})
     n_test = len(test_y)
