@@ -157,7 +157,7 @@ def _eenet_timing_probe(cfg):
 
     from .scheduler import EENetScheduler
 
-    sched_cfg = dict(cfg.scheduler_config or {})
+    sched_cfg = dict(cfg.scheduler_config or {"features": EENetScheduler().features})  # no bank yet: the default
     sched_cfg.update(num_exits=cfg.num_exits, num_classes=cfg.num_labels)
     probe = EENetScheduler.from_config(sched_cfg)
     gen = torch.Generator().manual_seed(0)

@@ -100,7 +100,7 @@ class EENetScheduler(_FitMixin, _InferenceMixin, ExitPolicy, nn.Module):
     @classmethod
     def from_config(cls, config: dict) -> "EENetScheduler":
         """Rebuild from :meth:`get_config`'s dict; a dict without ``features`` (written before the agreement
-        features existed) gives a ``features="base"`` scheduler."""
+        features existed) gives a ``features="legacy"`` scheduler that reproduces the old decisions."""
         cfg = EENetSchedulerConfig.from_dict(config).to_dict()
         return cls(cfg.pop("num_exits"), cfg.pop("num_classes"), **cfg)
 

@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 #: feature sets of §3 (docs/method.md): extra per-exit features beyond [p, max p, conf]
-FEATURE_SETS = {"base": 0, "agreement": 2}
+FEATURE_SETS = {"base": 0, "agreement": 2, "legacy": 0}  # legacy: [p, max p, conf], files saved before issue 12
 #: exit-share plans that turn utility scores into thresholds (§6): learned pi_bar, geometric (as the baselines), or
 #: let the honest selection pick per candidate
 SHARE_PLANS = ("learned", "geometric", "auto")
@@ -49,7 +49,8 @@ class EENetSchedulerConfig:
         budget_tolerance: relative cost gap under which an epoch / run counts as meeting the budget (paper 0.1).
         match_budget: tilt the learned exit shares so the planned cost equals the budget (deviation D9).
         features: ``"agreement"`` (default: [p, max p, conf, agreement share, agreement with the previous exit]) or
-            ``"base"`` (the feature set without the agreement/voting terms, §3).
+            ``"base"`` (the feature set without the agreement/voting terms, §3); ``"legacy"`` only loads schedulers
+            saved before issue 12 ([p, max p, conf]).
         shares: exit-share plan, ``"learned"`` (pi_bar of the assignment nets), ``"geometric"`` (pi_k ~ q^k bisected
             to the budget, as the baselines) or ``"auto"`` (the honest selection picks per candidate, §5.3).
         selection_fraction: share of the fitting rows held out (stratified, seeded) to choose among the candidates
@@ -117,14 +118,14 @@ class EENetSchedulerConfig:
     @classmethod
     def from_dict(cls, config: dict) -> "EENetSchedulerConfig":
         """Build from a JSON dict. A dict without ``features`` was written before the agreement features existed:
-        it describes a ``features="base"`` scheduler (its weights have the base shapes)."""
+        it describes a ``features="legacy"`` scheduler ([p, max p, conf] features, the shapes of ``"base"``)."""
         if not isinstance(config, dict):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
         unknown = sorted(set(config) - set(cls.keys()))
         if unknown:
             raise ValueError(f"unknown EENetScheduler config keys {unknown}; expected a subset of {list(cls.keys())}")
         config = dict(config)
-        config.setdefault("features", "base")
+        config.setdefault("features", "legacy")
         return cls(**config)
 
     def to_dict(self) -> dict:

@@ -2,17 +2,20 @@
 
 Notation: exit k (0-based in code, 1-based in the equations), p_{n,k} = softmax of exit k, a_{n,k} = argmax_c p_{n,k}.
 
-    x_{n,k} = [ p_{n,k} (C),  m_{n,k},  conf_{n,k},  (v_{n,k},  g_{n,k}),  q_{n,1..k-1} ]               (eq. 3.1)
+    x_{n,k} = [ p_{n,k} (C),  m_{n,k},  h_{n,k},  (v_{n,k},  g_{n,k}),  q_{n,1..k-1} ]                  (eq. 3.1)
 
-    m_{n,k}    = max_c p_{n,k}                                                   max prob (MSDNet's score)
-    conf_{n,k} = 1 + sum_c p_{n,k,c} log p_{n,k,c} / log C                       entropy confidence (BranchyNet)
-    v_{n,k}    = (1/(k-1)) sum_{j<k} 1[a_{n,j} = a_{n,k}]   (v_{n,1} = 0)       voting: share of earlier exits that
-                                                                                 agree with exit k          (eq. 3.2)
-    g_{n,k}    = 1[a_{n,k-1} = a_{n,k}]                     (g_{n,1} = 0)       agreement with the previous exit
-                                                                                 (PABEE's signal)           (eq. 3.3)
+    m_{n,k} = max_c p_{n,k}                                       max prob (MSDNet's score)
+    h_{n,k} = -sum_c p_{n,k,c} log p_{n,k,c}                      entropy (BranchyNet's score; the entropy confidence
+                                                                  conf = 1 - h / log C is the same feature for a linear
+                                                                  head, whose p part absorbs the constant, sum_c p = 1)
+    v_{n,k} = sum_{j<k} 1[a_{n,j} = a_{n,k}]      (0 at k = 1)     voting: number of earlier exits that agree with exit
+                                                                  k; the share v / (k-1) is the same feature for exit
+                                                                  k's own head                                 (eq. 3.2)
+    g_{n,k} = 1[a_{n,k-1} = a_{n,k}]              (0 at k = 1)     agreement with the previous exit (PABEE)     (eq. 3.3)
 
-v and g exist with ``features="agreement"`` (the default). The agreement *count* sum_{j<k} 1[a_j = a_k] = (k-1) v is
-the same feature up to the per-exit weight (each exit has its own linear head), so only the share enters.
+v and g exist with ``features="agreement"`` (the default); ``"base"`` has [p, m, h] only. ``"legacy"`` is the
+feature set of schedulers saved before the agreement features existed ([p, m, conf]); it is only for loading them. Counts and nats rather than share and conf save the scalar
+operations on the hot path (each is a separate kernel launch) without changing what a per-exit linear head can express.
 
 Online, row by row. The exit loop carries a dict of batch-first tensors (sliced with the same row index when rows
 leave, re-packed by an engine); the features of exit k need only:
@@ -21,7 +24,7 @@ leave, re-packed by an engine); the features of exit k need only:
     state["prev"]  [B]    int64     a_{n,k-1} (-1 before the first exit)
     state["q"]     [B, K] float32   clamped utility scores of the exits passed so far (0 for the others)
 
-so v_{n,k} = votes[n, a_{n,k}] / (k-1) and g_{n,k} = 1[prev_n = a_{n,k}]. All of it is elementwise or a reduction over
+so v_{n,k} = votes[n, a_{n,k}] and g_{n,k} = 1[prev_n = a_{n,k}]. All of it is elementwise or a reduction over
 the class dimension of one row: a row's features never depend on the other rows of its batch.
 """
 
@@ -59,17 +62,18 @@ def exit_features(exit_idx: int, probs: torch.Tensor, state: dict[str, torch.Ten
     Returns:
         ``(x [b, C + 2 (+2)], updates)`` where ``updates`` holds the new ``votes`` / ``prev`` (agreement only).
     """
-    num_classes = probs.shape[-1]
     m = probs.amax(-1, keepdim=True)
-    conf = 1.0 + torch.xlogy(probs, probs).sum(-1, keepdim=True) * (1.0 / math.log(num_classes))
+    h = torch.special.entr(probs).sum(-1, keepdim=True)  # -sum p log p (0 log 0 = 0)
+    if features == "legacy":  # schedulers saved before issue 12 read conf = 1 - h / log C
+        return torch.cat([probs, m, 1.0 - h * (1.0 / math.log(probs.shape[-1]))], -1), {}
     if not FEATURE_SETS[features]:
-        return torch.cat([probs, m, conf], -1), {}
+        return torch.cat([probs, m, h], -1), {}
     a = probs.argmax(-1, keepdim=True)  # [b, 1]
     votes, prev = state["votes"], state["prev"]
-    v = votes.gather(1, a) * (1.0 / max(exit_idx, 1))  # eq. 3.2 (0 at the first exit: no votes yet)
+    v = votes.gather(1, a)  # eq. 3.2 (0 at the first exit: no votes yet)
     g = (prev.unsqueeze(1) == a).to(probs.dtype)  # eq. 3.3 (prev = -1 before the first exit)
     updates = {"votes": votes.scatter_add(1, a, torch.ones_like(m)), "prev": a.squeeze(1)}
-    return torch.cat([probs, m, conf, v, g], -1), updates
+    return torch.cat([probs, m, h, v, g], -1), updates
 
 
 @torch.no_grad()

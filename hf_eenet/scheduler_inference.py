@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from .policies import ExitPolicy, _as_probs_tensor
+from .scheduler_config import FEATURE_SETS
 from .scheduler_features import exit_features, init_feature_state
 
 
@@ -70,7 +71,7 @@ class _InferenceMixin:
 
     def _state_shapes(self) -> dict[str, tuple]:
         shapes = {"q": (self.num_exits,)}
-        if self.features != "base":
+        if FEATURE_SETS[self.features]:
             shapes.update(votes=(self.num_classes,), prev=())
         return shapes
 

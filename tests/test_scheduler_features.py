@@ -18,17 +18,17 @@ def _onehot_probs(preds, num_classes=3, top=0.7):
 
 
 def test_agreement_equations_on_a_hand_made_row():
-    # argmax per exit: 0, 1, 0, 0, 2  ->  v (share of earlier exits agreeing), g (agrees with the previous exit)
+    # argmax per exit: 0, 1, 0, 0, 2  ->  v (earlier exits agreeing), g (agrees with the previous exit)
     probs = _onehot_probs([[0, 1, 0, 0, 2]])
     xs = all_exit_features(probs, "agreement")  # [K, N, C + 4]
     v, g = xs[:, 0, -2], xs[:, 0, -1]
-    assert v.tolist() == pytest.approx([0.0, 0.0, 1 / 2, 2 / 3, 0.0])  # eq. 3.2
+    assert v.tolist() == [0.0, 0.0, 1.0, 2.0, 0.0]  # eq. 3.2
     assert g.tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]  # eq. 3.3
-    # the rest of x: p, max p, entropy confidence 1 + sum p log p / log C
+    # the rest of x: p, max p, entropy -sum p log p
     p = probs[0, 0]
     assert torch.allclose(xs[0, 0, :3], p)
     assert xs[0, 0, 3] == pytest.approx(0.7)
-    assert xs[0, 0, 4].item() == pytest.approx(1 + float((p * p.log()).sum()) / math.log(3), abs=1e-6)
+    assert xs[0, 0, 4].item() == pytest.approx(-float((p * p.log()).sum()), abs=1e-6)
     assert all_exit_features(probs, "base").shape == (5, 1, 5)
     assert feature_dim(3, 2, "agreement") == 3 + 2 + 2 + 2 and feature_dim(3, 2, "base") == 3 + 2 + 2
 
@@ -123,14 +123,26 @@ def test_batched_and_single_row_decisions_agree(fitted_agreement):
         assert e == batched[n].item()
 
 
-def test_legacy_base_config_loads_with_base_features(tmp_path):
+def test_legacy_config_loads_with_legacy_features():
+    """A bank saved before the agreement features (no ``features`` key, float64 thresholds, conf feature) loads as
+    ``features="legacy"`` and decides as the old code did: q^ = w . [p, max p, 1 + sum p log p / log C, q_<k]."""
     probs, labels = make_agreement_data(400, seed=7)
-    base = EENetScheduler(features="base", restarts=1, max_epochs=5).fit(probs, labels, COSTS, 0.5)
-    cfg = base.get_config()
+    old = EENetScheduler(features="legacy", restarts=1, max_epochs=5).fit(probs, labels, COSTS, 0.5)
+    cfg = old.get_config()
     legacy = {k: v for k, v in cfg.items() if k not in ("features", "shares", "selection_fraction", "fallback")}
-    loaded = EENetScheduler.from_config(legacy)  # a config written before the agreement features existed
-    assert loaded.features == "base"
-    state = base.state_dict()
+    loaded = EENetScheduler.from_config(legacy)
+    assert loaded.features == "legacy"
+    state = old.state_dict()
     state["exit_thresholds"] = state["exit_thresholds"].double()  # old files stored float64 thresholds
     loaded.load_state_dict(state)
-    assert torch.equal(loaded.exit_index(probs), base.exit_index(probs))
+    assert torch.equal(loaded.exit_index(probs), old.exit_index(probs))
+    # the old feature formula, by hand, in float64
+    n = len(probs)
+    conf = 1 + (probs.double() * probs.double().clamp_min(1e-30).log()).sum(-1) / math.log(C)
+    q = []
+    for k in range(K):
+        x = torch.cat([probs[:, k].double(), probs[:, k].double().amax(-1, keepdim=True), conf[:, k:k + 1],
+                       torch.stack(q, -1) if k else torch.zeros(n, 0, dtype=torch.float64)], -1)
+        s = (x * loaded.utility[k].weight[0].double()).sum(-1)
+        q.append(s.clamp(0, 1))
+        assert torch.allclose(loaded.utility_scores(probs, raw=True)[:, k].double(), s, atol=1e-5)
