@@ -223,7 +223,12 @@ def main(argv=None):
                                    if not (isinstance(v, str) and v.startswith("/"))}
         folder = ROOT / args.card
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "results.json").write_text(json.dumps(card_res, indent=2, default=float))
+        text = json.dumps(card_res, indent=2, default=float)
+        for prefix in sorted({str(Path(args.model_dir).resolve().parent), str(ROOT.parent.parent)}, key=len,
+                             reverse=True):  # no absolute paths of this machine in committed JSON
+            text = text.replace(prefix + "/", "")
+        card_res = json.loads(text)
+        (folder / "results.json").write_text(text)
         write_results_card(card_res, folder)
         print("wrote card", _rel(folder))
     return out
