@@ -2,6 +2,10 @@
 
 All three are *cumulative* (cost of running up to and including exit k) and are also given normalised so the last
 exit costs 1.0, which is the unit of ``config.exit_costs`` and of every ``budget=`` fraction.
+
+Decision cost (docs/method.md §7.2): the measured latency of exit k includes the exit heads up to k, and by default
+also the served policy's decisions at every exit passed: ``c_k = t_forward(k) + sum_{j <= k, j < K} d_j``, where
+``d_j`` is the median time of ``policy.decide(j, ...)`` at the profiled batch size (the last exit makes no decision).
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ def profile_exit_costs(
     repeats: int = 20,
     warmup: int = 3,
     measure_latency: bool = True,
+    decision_policy="eenet",
 ) -> ExitCostProfile:
     """Measure the cumulative latency of every exit of ``model`` on its device, plus FLOPs and layer-count costs.
 
@@ -73,6 +78,12 @@ def profile_exit_costs(
     up to ℓ_k, every exit head up to k and the policy's decisions included), over ``repeats`` runs of
     ``batch_size`` inputs. Inputs are ``texts`` tokenised by ``tokenizer`` (truncated/padded to ``seq_len`` if
     given) or, without a tokenizer, random token ids of length ``seq_len`` (default 32).
+
+    ``decision_policy``: the policy whose per-exit decision time is added to every exit passed (docs/method.md
+    §7.2): ``"eenet"`` (default) times an EENet scheduler of the model's ``scheduler_config`` (the bank that will be
+    served), an :class:`~hf_eenet.policies.ExitPolicy` instance times that policy, ``None`` adds nothing. The
+    per-exit times are in ``info["decision_ms"]`` and the forced-exit latencies without them in
+    ``info["latency_ms_without_decisions"]``.
 
     Returns an :class:`ExitCostProfile`; store one in the config with ``set_exit_costs(model, profile, "latency")``.
     """
@@ -120,6 +131,16 @@ def profile_exit_costs(
                 torch.cuda.synchronize()
             samples[k].append((time.perf_counter() - t0) * 1000)
     lat = [statistics.median(s) for s in samples]
+    if decision_policy is not None:
+        policy = _eenet_timing_probe(cfg) if isinstance(decision_policy, str) else decision_policy
+        if isinstance(decision_policy, str) and decision_policy != "eenet":
+            raise ValueError(f"decision_policy must be 'eenet', an ExitPolicy or None, got {decision_policy!r}")
+        dec = measure_decision_ms(policy, k_total, cfg.num_labels, batch_size=batch_size, repeats=max(repeats, 50),
+                                  device=device)
+        profile.info["latency_ms_without_decisions"] = list(lat)
+        profile.info["decision_ms"] = dec
+        profile.info["decision_policy"] = type(policy).__name__
+        lat = [t + sum(dec[: min(k + 1, k_total - 1)]) for k, t in enumerate(lat)]
     # cumulative costs must increase; timer noise can invert two nearly equal exits, so enforce monotonicity
     for k in range(1, k_total):
         lat[k] = max(lat[k], lat[k - 1] * (1 + 1e-6))
@@ -127,6 +148,51 @@ def profile_exit_costs(
     profile.info["unit"] = "ms per batch"
     model.train(was_training)
     return profile
+
+
+def _eenet_timing_probe(cfg):
+    """An EENet scheduler with the bank's configuration and random heads, thresholds +inf (nobody stops, so every
+    exit is decided), for timing ``decide`` before the real bank is fitted (timing does not depend on the weights)."""
+    import math
+
+    from .scheduler import EENetScheduler
+
+    sched_cfg = dict(cfg.scheduler_config or {"features": EENetScheduler().features})  # no bank yet: the default
+    sched_cfg.update(num_exits=cfg.num_exits, num_classes=cfg.num_labels)
+    probe = EENetScheduler.from_config(sched_cfg)
+    gen = torch.Generator().manual_seed(0)
+    probe._init_parameters(gen)
+    with torch.no_grad():
+        probe.exit_thresholds.fill_(math.inf)
+        probe.exit_thresholds[-1] = -math.inf
+        probe.fitted.fill_(True)
+    probe._fitted_flag = True
+    return probe
+
+
+@torch.inference_mode()
+def measure_decision_ms(policy: ExitPolicy, num_exits: int, num_classes: int, batch_size: int = 1,
+                        repeats: int = 200, device="cpu") -> list[float]:
+    """Median wall time (ms) of ``policy.decide(k, probs, state)`` for k = 0..K-2 on ``batch_size`` random softmax
+    rows, with the state carried from exit to exit as in the exit loop. Returns K-1 values."""
+    device = torch.device(device)
+    if hasattr(policy, "to"):
+        policy = policy.to(device)
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(num_exits, batch_size, num_classes, generator=gen), -1).to(device)
+    samples = [[] for _ in range(num_exits - 1)]
+    for rep in range(repeats + 5):
+        state = policy.init_state(batch_size, device)
+        for k in range(num_exits - 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            policy.decide(k, probs[k], state)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if rep >= 5:  # warm-up
+                samples[k].append((time.perf_counter() - t0) * 1000)
+    return [statistics.median(s) for s in samples]
 
 
 def set_exit_costs(model, profile: ExitCostProfile, kind: str = "latency") -> list[float]:
@@ -156,4 +222,5 @@ def set_exit_costs(model, profile: ExitCostProfile, kind: str = "latency") -> li
     return costs
 
 
-__all__ = ["ExitCostProfile", "ForcedExitPolicy", "profile_exit_costs", "set_exit_costs", "flops_exit_costs"]
+__all__ = ["ExitCostProfile", "ForcedExitPolicy", "profile_exit_costs", "set_exit_costs", "flops_exit_costs",
+           "measure_decision_ms"]

@@ -79,7 +79,7 @@ def pool_hidden(hidden_states: torch.Tensor, attention_mask: torch.Tensor, how: 
 class EENetExitHead(nn.Module):
     """An early exit: pooler (Linear + tanh) and a linear classifier on a pooled ``[b, h]`` vector.
 
-    ``roberta_style=False`` (BERT, eenet_method.md §1): pooler → dropout → Linear(h, C).
+    ``roberta_style=False`` (BERT, docs/method.md §1): pooler → dropout → Linear(h, C).
     ``roberta_style=True`` mirrors ``RobertaClassificationHead``: dropout → dense → tanh → dropout → out_proj.
     Input ``[b, h]`` pooled states (see ``pool_hidden``), output ``[b, C]`` logits.
     """
@@ -101,7 +101,7 @@ class EENetExitHead(nn.Module):
 
 
 def exit_loss_weights(num_exits: int) -> list[float]:
-    """w_k ∝ k (deeper exits weigh more), normalised to sum to 1 (eenet_method.md §2)."""
+    """w_k ∝ k (deeper exits weigh more), normalised to sum to 1 (docs/method.md §2)."""
     total = num_exits * (num_exits + 1) / 2
     return [(k + 1) / total for k in range(num_exits)]
 

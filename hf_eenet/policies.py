@@ -13,7 +13,7 @@ Interface (shared by the online loop in ``modeling_eenet.py`` and the offline ``
 Because online and offline decisions go through the same ``decide`` calls, ``policy.exit_index(exit_probs)`` on the
 all-exits output equals the exit the early-exit forward takes for every row.
 
-Baselines (eenet_method.md §8), each with ``Cls.calibrate(exit_probs, labels, costs, budget)`` returning an instance
+Baselines (docs/method.md §8), each with ``Cls.calibrate(exit_probs, labels, costs, budget)`` returning an instance
 with ``.budget``, ``.costs`` and ``.planned_cost`` (realised average cost on the calibration data):
 :class:`MaxProbPolicy` (MSDNet), :class:`EntropyPolicy` (BranchyNet), :class:`PatiencePolicy` (PABEE),
 :class:`StaticPolicy` and :class:`OraclePolicy` (labels-based upper bound, offline only). Input validators
@@ -105,7 +105,7 @@ class ExitPolicy:
 
 
 def entropy_confidence(probs: torch.Tensor) -> torch.Tensor:
-    """conf = 1 + Σ_c p log p / log C  (1 = one-hot, 0 = uniform); eenet_method.md §3. Shape [..., C] → [...]."""
+    """conf = 1 + Σ_c p log p / log C  (1 = one-hot, 0 = uniform); docs/method.md §3. Shape [..., C] → [...]."""
     c = probs.shape[-1]
     if c < 2:
         raise ValueError("entropy confidence needs at least 2 classes")
@@ -115,7 +115,7 @@ def entropy_confidence(probs: torch.Tensor) -> torch.Tensor:
 
 
 def sequential_quantile_thresholds(scores: torch.Tensor, shares) -> list[float]:
-    """Thresholds from exit shares, eenet_method.md §6.
+    """Thresholds from exit shares, docs/method.md §6.
 
     Args:
         scores: ``[N, K]`` per-exit scores (higher = more confident).
@@ -170,7 +170,7 @@ class ScoreThresholdPolicy(ExitPolicy):
 
     @classmethod
     def calibrate(cls, exit_probs, labels, costs, budget):
-        """Thresholds that meet an average-cost ``budget`` with geometric exit shares (eenet_method.md §8).
+        """Thresholds that meet an average-cost ``budget`` with geometric exit shares (docs/method.md §8).
 
         Args:
             exit_probs: ``[N, K, C]`` softmax outputs of all exits on the calibration (validation) split.
@@ -216,7 +216,7 @@ class ScoreThresholdPolicy(ExitPolicy):
 
 class MaxProbPolicy(ScoreThresholdPolicy):
     """MSDNet rule: exit at the first exit whose max softmax probability is ≥ its threshold. Calibrate to a budget
-    with :meth:`ScoreThresholdPolicy.calibrate` (geometric exit shares, eenet_method.md §8).
+    with :meth:`ScoreThresholdPolicy.calibrate` (geometric exit shares, docs/method.md §8).
 
     Args:
         thresholds: one threshold per exit (the last one is ignored: the last exit always accepts).
@@ -232,7 +232,7 @@ def _mean_cost(exit_idx: torch.Tensor, costs) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Calibration of score-threshold policies with geometric exit shares (eenet_method.md §8)
+# Calibration of score-threshold policies with geometric exit shares (docs/method.md §8)
 # ----------------------------------------------------------------------------------------------------------------------
 
 _LOGQ_MIN, _LOGQ_MAX = -60.0, 60.0  # q = e^-60: everyone at exit 1; q = e^60: everyone at exit K

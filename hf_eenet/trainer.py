@@ -1,6 +1,6 @@
 """``EENetTrainer``: joint training of all exits with the HF ``Trainer``, then fitting the EENet scheduler bank.
 
-Training loss (eenet_method.md §2): Σ_k w_k · CE(z_k, y), w_k ∝ k normalised, plus optional self-distillation in
+Training loss (docs/method.md §2): Σ_k w_k · CE(z_k, y), w_k ∝ k normalised, plus optional self-distillation in
 the last ``distill_start`` fraction of training: + α · T² · KL(softmax(z_K/T) ‖ softmax(z_k/T)) for k < K with a
 *detached* teacher z_K (the authors' code lets the students pull on the final exit).
 """

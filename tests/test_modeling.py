@@ -391,7 +391,7 @@ def test_every_policy_online_equals_offline_and_bs1(name, kind):
     costs = model.config.exit_costs
     budget = 0.5
     if name == "eenet":
-        policy = hf_eenet.EENetScheduler(restarts=1, max_epochs=30).fit(probs, labels, costs, budget, seed=0)
+        policy = hf_eenet.EENetScheduler(restarts=1, max_epochs=30, fallback=False).fit(probs, labels, costs, budget, seed=0)
     else:
         cls = {"entropy": hf_eenet.EntropyPolicy, "maxprob": MaxProbPolicy, "patience": hf_eenet.PatiencePolicy,
                "static": hf_eenet.StaticPolicy}[name]

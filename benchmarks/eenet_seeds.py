@@ -1,0 +1,238 @@
+"""EENet vs every baseline over several scheduler seeds, with the decision cost in the exit costs, plus an ablation.
+
+Offline, on a trained model's saved all-exit probabilities (``exit_predictions.safetensors``: val_probs, val_labels,
+test_probs, test_labels, written by the recipe) and the recipe's ``results.json`` (profiled exit latencies). Every
+policy is calibrated on validation only and evaluated on test.
+
+Costs: the recipe profiled c_k with a forced-exit policy (no decisions). Here each exit passed also pays the EENet
+decision time d_j measured on this machine at the profile's batch size (``hf_eenet.costs.measure_decision_ms``):
+c_k = t_k + sum_{j<=k, j<K} d_j, normalised by c_K (docs/method.md §7.2). All policies are scored with these costs.
+
+    python benchmarks/eenet_seeds.py --model_dir ../outputs/sst5 --results ../outputs/sst5_results/results.json \
+        --name sst5 --ablation --card model_cards/sst5
+    python benchmarks/eenet_seeds.py --synthetic agreement --ablation
+
+Writes ``benchmarks/results/eenet_seeds_<name>.json``: per budget the mean ± sd over seeds of EENet − best baseline
+(points and test rows), realised cost / budget, the exits no policy uses, and the ablation table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import torch  # noqa: E402
+
+from hf_eenet.costs import _eenet_timing_probe, measure_decision_ms  # noqa: E402
+from hf_eenet.evaluation import evaluate_exits  # noqa: E402
+from hf_eenet.reporting import BASELINES, ORACLE, compare_policies  # noqa: E402
+from hf_eenet.scheduler import EENetScheduler  # noqa: E402
+
+BUDGETS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+#: ablation variants, cumulative: base features -> + agreement -> + honest selection (= the default), and the
+#: share-plan ablation for the assignment nets (pi only enters as pi_bar, see hf_eenet/scheduler_fit.py)
+ABLATION = {
+    "base features (selection on fitting data, learned shares)":
+        dict(features="base", selection_fraction=0.0, fallback=False, shares="learned"),
+    "+ agreement features":
+        dict(features="agreement", selection_fraction=0.0, fallback=False, shares="learned"),
+    "+ honest selection (default)": {},
+    "default, learned shares only": dict(shares="learned"),
+    "default, geometric shares only": dict(shares="geometric"),
+}
+
+
+def _rel(path) -> str:
+    return os.path.relpath(os.path.abspath(path), ROOT)
+
+
+def _mean_sd(xs):
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def load_model_outputs(model_dir, results_path):
+    from safetensors.torch import load_file
+
+    t = load_file(str(Path(model_dir) / "exit_predictions.safetensors"))
+    res = json.loads(Path(results_path).read_text())
+    prof = res.get("exit_cost_profile") or {}
+    lat = prof.get("latency_ms")
+    info = prof.get("info") or {}
+    return (t["val_probs"].float(), t["val_labels"].long(), t["test_probs"].float(), t["test_labels"].long(),
+            res, lat, info)
+
+
+def decision_inclusive_costs(lat_ms, decision_ms):
+    k_total = len(lat_ms)
+    raw = [t + sum(decision_ms[: min(k + 1, k_total - 1)]) for k, t in enumerate(lat_ms)]
+    return raw, [r / raw[-1] for r in raw]
+
+
+def fit_eenet_rows(val_p, val_y, test_p, test_y, costs, budgets, seed, kwargs, keep=None):
+    rows = []
+    for b in budgets:
+        t0 = time.perf_counter()
+        s = EENetScheduler(**kwargs).fit(val_p, val_y, costs, b, seed=seed)
+        r = evaluate_exits(test_p, test_y, s.exit_index(test_p), costs, budget=b)
+        rows.append({"budget": b, "accuracy": r["accuracy"], "mean_cost": r["mean_cost"],
+                     "exit_fractions": r["exit_fractions"], "chosen": s.fit_info["chosen"],
+                     "fallback": s.fit_info["fallback"], "fit_seconds": time.perf_counter() - t0})
+        if keep is not None:
+            keep[b] = s
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model_dir")
+    ap.add_argument("--results", help="the recipe's results.json (profiled exit latencies)")
+    ap.add_argument("--synthetic", choices=["agreement", "class"], help="use a test generator instead of a model")
+    ap.add_argument("--name")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
+    ap.add_argument("--ablation", action="store_true")
+    ap.add_argument("--card", help="also write a model card folder (results.json, plot, README.md) for seed 0")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    budgets = [float(b) for b in args.budgets.split(",")]
+    recipe_results, lat, prof_info = None, None, {}
+    if args.synthetic:
+        from test_scheduler import COSTS, make_agreement_data, make_data
+
+        gen = make_agreement_data if args.synthetic == "agreement" else make_data
+        val_p, val_y = gen(4000, seed=1)
+        test_p, test_y = gen(20000, seed=2)
+        costs_profiled = list(COSTS)
+        name = args.name or f"synthetic_{args.synthetic}"
+        decision_ms, costs, costs_raw = None, list(COSTS), None
+        inputs = {"generator": f"tests/test_scheduler.py::{gen.__name__}", "fit_rows": 4000, "test_rows": 20000}
+    else:
+        val_p, val_y, test_p, test_y, recipe_results, lat, prof_info = load_model_outputs(args.model_dir, args.results)
+        name = args.name or recipe_results.get("dataset", Path(args.model_dir).name)
+        costs_profiled = list(recipe_results["costs"])
+        k_total, n_classes = val_p.shape[1], val_p.shape[2]
+        from hf_eenet import EENetBertConfig
+
+        cfg = EENetBertConfig(num_hidden_layers=k_total, exit_layers=list(range(1, k_total + 1)), num_labels=n_classes)
+        probe = _eenet_timing_probe(cfg)
+        decision_ms = measure_decision_ms(probe, k_total, n_classes, batch_size=int(prof_info.get("batch_size", 1)),
+                                          repeats=300)
+        if lat is None:
+            raise SystemExit("results.json has no latency profile")
+        costs_raw, costs = decision_inclusive_costs(lat, decision_ms)
+        inputs = {"model_dir": _rel(args.model_dir), "results": _rel(args.results)}
+    print(f"{name}: val {tuple(val_p.shape)}, test {tuple(test_p.shape)}; costs {[round(c, 4) for c in costs]}")
+
+    # seed 0 with every baseline and the oracle (reporting.compare_policies), further seeds: EENet only
+    bank = {}
+    eenet = {seeds[0]: fit_eenet_rows(val_p, val_y, test_p, test_y, costs, budgets, seeds[0], {}, keep=bank)}
+    res0 = compare_policies(val_p, val_y, test_p, test_y, costs, budgets, seed=seeds[0], schedulers=bank,
+                            progress=False)
+    for s in seeds[1:]:
+        eenet[s] = fit_eenet_rows(val_p, val_y, test_p, test_y, costs, budgets, s, {})
+    n_test = len(test_y)
+    summary = []
+    for i, b in enumerate(budgets):
+        accs = [eenet[s][i]["accuracy"] for s in seeds]
+        base = {m: res0["methods"][m][i]["accuracy"] for m in BASELINES}
+        best = max(base, key=base.get)
+        margins = [100 * (a - base[best]) for a in accs]
+        m_mean, m_sd = _mean_sd(margins)
+        ratios = [eenet[s][i]["mean_cost"] / b for s in seeds]
+        summary.append({
+            "budget": b, "eenet_mean": 100 * statistics.fmean(accs), "eenet_sd": 100 * _mean_sd(accs)[1],
+            "best_baseline": best, "best_baseline_acc": 100 * base[best],
+            "maxprob_acc": 100 * base["MSDNet (max-prob)"], "static_acc": 100 * base["Static"],
+            "margin_mean_pt": m_mean, "margin_sd_pt": m_sd, "margin_mean_rows": m_mean / 100 * n_test,
+            "cost_ratio_mean": statistics.fmean(ratios), "cost_ratio_worst": max(ratios, key=lambda r: abs(r - 1)),
+            "oracle_acc": 100 * res0["methods"][ORACLE][i]["accuracy"],
+        })
+    # per-exit usefulness: largest test share of rows any (non-oracle) policy sends to each exit, over all budgets
+    k_total = val_p.shape[1]
+    usage = [0.0] * k_total
+    for m, rows in res0["methods"].items():
+        if m == ORACLE:
+            continue
+        for r in rows:
+            usage = [max(u, f) for u, f in zip(usage, r["exit_fractions"])]
+    for s in seeds:
+        for r in eenet[s]:
+            usage = [max(u, f) for u, f in zip(usage, r["exit_fractions"])]
+    out = {
+        "name": name, "inputs": inputs, "n_val": len(val_y), "n_test": n_test, "one_test_row_pt": 100 / n_test,
+        "budgets": budgets, "seeds": seeds, "costs_profiled_forced_exit": costs_profiled,
+        "decision_ms_per_exit": decision_ms, "costs_with_decisions_raw_ms": costs_raw, "costs": costs,
+        "profile_info": {k: prof_info.get(k) for k in ("batch_size", "seq_len", "threads", "statistic", "unit")},
+        "scheduler_config": EENetScheduler().get_config(),
+        "per_exit_accuracy": res0["per_exit_accuracy"], "full_model": res0["full_model"],
+        "baselines": {m: [r["accuracy"] for r in res0["methods"][m]] for m in BASELINES},
+        "oracle": [r["accuracy"] for r in res0["methods"][ORACLE]],
+        "eenet": {str(s): eenet[s] for s in seeds}, "summary": summary,
+        "exit_usage": {"max_share_per_exit": usage,
+                       "unused_exits": [k + 1 for k, u in enumerate(usage) if u == 0.0],
+                       "note": "1-based exits that no policy (EENet at any seed, any baseline) sends any test row to "
+                               "at any budget"},
+    }
+    if args.ablation:
+        abl = {}
+        for variant, kw in ABLATION.items():
+            t0 = time.perf_counter()
+            per_seed = {s: (eenet[s] if not kw else fit_eenet_rows(val_p, val_y, test_p, test_y, costs, budgets, s, kw))
+                        for s in seeds}
+            accs = [[100 * per_seed[s][i]["accuracy"] for s in seeds] for i in range(len(budgets))]
+            abl[variant] = {
+                "config": kw, "accuracy_mean": [statistics.fmean(a) for a in accs],
+                "accuracy_sd": [_mean_sd(a)[1] for a in accs],
+                "minus_best_baseline": [statistics.fmean(a) - summary[i]["best_baseline_acc"] for i, a in enumerate(accs)],
+                "minus_maxprob": [statistics.fmean(a) - summary[i]["maxprob_acc"] for i, a in enumerate(accs)],
+                "fallbacks": sum(r["fallback"] for s in seeds for r in per_seed[s] if "fallback" in r),
+                "seconds": time.perf_counter() - t0,
+            }
+            print(f"  ablation {variant}: " + " ".join(f"{x:.2f}" for x in abl[variant]["accuracy_mean"]))
+        out["ablation"] = abl
+    out["command"] = "python benchmarks/eenet_seeds.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out["versions"] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    print(f"| budget | EENet (mean ± sd) | best baseline | EENet − best (pt) | rows | cost/budget |")
+    for r in summary:
+        print(f"| {r['budget']:.2f} | {r['eenet_mean']:.2f} ± {r['eenet_sd']:.2f} | {r['best_baseline']} "
+              f"{r['best_baseline_acc']:.2f} | {r['margin_mean_pt']:+.2f} ± {r['margin_sd_pt']:.2f} | "
+              f"{r['margin_mean_rows']:+.1f} | {r['cost_ratio_mean']:.3f} |")
+    path = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"eenet_seeds_{name}.json"
+    path.write_text(json.dumps(out, indent=2, default=float))
+    print("wrote", _rel(path))
+    if args.card and recipe_results is not None:
+        from hf_eenet.model_card import write_results_card
+
+        card_res = dict(recipe_results)
+        card_res.update({k: res0[k] for k in ("budgets", "costs", "methods", "full_model", "per_exit_accuracy")})
+        card_res.pop("results_with_layer_costs", None)
+        card_res["scheduler_fit"] = {}
+        card_res["cost_profile"] = "latency incl. EENet decisions"
+        card_res["command"] = out["command"] + " (model trained with the recipe, see results.json's recipe_args)"
+        card_res["recipe_args"] = {k: v for k, v in (card_res.get("recipe_args") or {}).items()
+                                   if not (isinstance(v, str) and v.startswith("/"))}
+        folder = ROOT / args.card
+        folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(card_res, indent=2, default=float)
+        for prefix in sorted({str(Path(args.model_dir).resolve().parent), str(ROOT.parent.parent)}, key=len,
+                             reverse=True):  # no absolute paths of this machine in committed JSON
+            text = text.replace(prefix + "/", "")
+        card_res = json.loads(text)
+        (folder / "results.json").write_text(text)
+        write_results_card(card_res, folder)
+        print("wrote card", _rel(folder))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Typed, validated constructor arguments of :class:`~hf_eenet.scheduler.EENetScheduler` (declared once, here).
+
+Paper values (docs/method.md §5) are given in comments; where ours differ the method document lists the deviation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+#: feature sets of §3 (docs/method.md): extra per-exit features beyond [p, max p, conf]
+FEATURE_SETS = {"base": 0, "agreement": 2, "legacy": 0}  # legacy: [p, max p, conf], files saved before issue 12
+#: exit-share plans that turn utility scores into thresholds (§6): learned pi_bar, geometric (as the baselines), or
+#: let the honest selection pick per candidate
+SHARE_PLANS = ("learned", "geometric", "auto")
+
+
+def _check_number(value, name, *, positive=False, nonneg=False, integer=False, allow_none=False, upper=None):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise TypeError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if nonneg and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if upper is not None and value >= upper:
+        raise ValueError(f"{name} must be < {upper}, got {value!r}")
+    return value
+
+
+@dataclass
+class EENetSchedulerConfig:
+    """Constructor arguments of the EENet scheduler (JSON round trip via ``asdict`` / ``from_dict``).
+
+    Args:
+        num_exits, num_classes: build the networks now (else :meth:`fit` builds them from the data shapes).
+        rho: hidden width factor of the assignment MLPs, hidden = floor(rho * d_k) (§4).
+        beta: exponent of the KL teacher t = q^beta / sum q^beta (§5).
+        alpha_kl, alpha_cost: weights of L_kl and L_cost in the r-phase (§5).
+        period: epochs per phase; q-phase and r-phase alternate (§5).
+        lr, weight_decay: AdamW learning rate and decoupled weight decay.
+        batch_size: mini-batch rows (``None`` = auto: ceil(N / 8) capped at 1024).
+        max_epochs, patience: epoch cap, and patience counted once the planned cost is within ``budget_tolerance``.
+        restarts: randomly initialised training runs; one more run starts at the max-prob ranking (§5.3).
+        budget_tolerance: relative cost gap under which an epoch / run counts as meeting the budget (paper 0.1).
+        match_budget: tilt the learned exit shares so the planned cost equals the budget (deviation D9).
+        features: ``"agreement"`` (default: [p, max p, conf, agreement share, agreement with the previous exit]) or
+            ``"base"`` (the feature set without the agreement/voting terms, §3); ``"legacy"`` only loads schedulers
+            saved before issue 12 ([p, max p, conf]).
+        shares: exit-share plan, ``"learned"`` (pi_bar of the assignment nets), ``"geometric"`` (pi_k ~ q^k bisected
+            to the budget, as the baselines) or ``"auto"`` (the honest selection picks per candidate, §5.3).
+        selection_fraction: share of the fitting rows held out (stratified, seeded) to choose among the candidates
+            (§5.3); ``0`` selects on the fitting rows themselves (the previous behaviour).
+        fallback: keep the calibrated max-prob / static rules as candidates, so the kept scheduler is never worse
+            than them on the selection split (§5.3).
+    """
+
+    num_exits: int | None = None
+    num_classes: int | None = None
+    rho: float = 2.0  # paper (NLP)
+    beta: float = 1.0  # paper
+    alpha_kl: float = 1e-3  # paper
+    alpha_cost: float = 1e-2  # paper
+    period: int = 10  # paper
+    lr: float = 1e-2  # paper 3e-5 (Adam): the nets barely move from their init
+    weight_decay: float = 1e-2  # paper (coupled L2 there, decoupled AdamW here)
+    batch_size: int | None = None  # paper 512; None = auto
+    max_epochs: int = 100  # paper 1000
+    patience: int = 20  # paper 100
+    restarts: int = 3  # paper 10
+    budget_tolerance: float = 0.1  # paper
+    match_budget: bool = True  # deviation D9
+    features: str = "agreement"  # paper: max prob, entropy confidence and voting; "base" drops the voting terms
+    shares: str = "auto"
+    selection_fraction: float = 0.3  # paper: best trial on validation data; ours: a held-out part of it
+    fallback: bool = True
+
+    def __post_init__(self):
+        if (self.num_exits is None) != (self.num_classes is None):
+            raise ValueError("give both num_exits and num_classes (to build the networks now) or neither")
+        _check_number(self.num_exits, "num_exits", integer=True, allow_none=True)
+        _check_number(self.num_classes, "num_classes", integer=True, allow_none=True)
+        if self.num_exits is not None and self.num_exits < 2:
+            raise ValueError(f"num_exits must be >= 2, got {self.num_exits}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        self.rho = float(_check_number(self.rho, "rho", positive=True))
+        self.beta = float(_check_number(self.beta, "beta", positive=True))
+        self.alpha_kl = float(_check_number(self.alpha_kl, "alpha_kl", nonneg=True))
+        self.alpha_cost = float(_check_number(self.alpha_cost, "alpha_cost", nonneg=True))
+        _check_number(self.period, "period", positive=True, integer=True)
+        self.lr = float(_check_number(self.lr, "lr", positive=True))
+        self.weight_decay = float(_check_number(self.weight_decay, "weight_decay", nonneg=True))
+        _check_number(self.batch_size, "batch_size", positive=True, integer=True, allow_none=True)
+        _check_number(self.max_epochs, "max_epochs", positive=True, integer=True)
+        _check_number(self.patience, "patience", positive=True, integer=True)
+        _check_number(self.restarts, "restarts", nonneg=True, integer=True)
+        self.budget_tolerance = float(_check_number(self.budget_tolerance, "budget_tolerance", positive=True))
+        for name in ("match_budget", "fallback"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.features not in FEATURE_SETS:
+            raise ValueError(f"features must be one of {sorted(FEATURE_SETS)}, got {self.features!r}")
+        if self.shares not in SHARE_PLANS:
+            raise ValueError(f"shares must be one of {list(SHARE_PLANS)}, got {self.shares!r}")
+        self.selection_fraction = float(
+            _check_number(self.selection_fraction, "selection_fraction", nonneg=True, upper=0.9)
+        )
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "EENetSchedulerConfig":
+        """Build from a JSON dict. A dict without ``features`` was written before the agreement features existed:
+        it describes a ``features="legacy"`` scheduler ([p, max p, conf] features, the shapes of ``"base"``)."""
+        if not isinstance(config, dict):
+            raise TypeError(f"config must be a dict, got {type(config).__name__}")
+        unknown = sorted(set(config) - set(cls.keys()))
+        if unknown:
+            raise ValueError(f"unknown EENetScheduler config keys {unknown}; expected a subset of {list(cls.keys())}")
+        config = dict(config)
+        config.setdefault("features", "legacy")
+        return cls(**config)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+__all__ = ["EENetSchedulerConfig", "FEATURE_SETS", "SHARE_PLANS"]

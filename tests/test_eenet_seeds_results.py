@@ -1,0 +1,32 @@
+"""The committed EENet-over-seeds results (benchmarks/eenet_seeds.py) are consistent and shown in the README."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = sorted((ROOT / "benchmarks" / "results").glob("eenet_seeds_*.json"))
+
+
+def test_readme_section_is_regenerated_from_the_json():
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_eenet_readme.py"), "--check"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, "README eenet-seeds section is stale: run python benchmarks/make_eenet_readme.py"
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.stem)
+def test_results_json_is_self_consistent(path):
+    text = path.read_text()
+    assert "/work/" not in text and "/tmp/" not in text and "/root/" not in text  # no machine paths
+    res = json.loads(text)
+    assert len(res["seeds"]) >= 3 and res["command"].startswith("python benchmarks/eenet_seeds.py")
+    for i, row in enumerate(res["summary"]):
+        accs = [res["eenet"][str(s)][i]["accuracy"] for s in res["seeds"]]
+        assert row["eenet_mean"] == pytest.approx(100 * sum(accs) / len(accs))
+        best = max(res["baselines"], key=lambda m: res["baselines"][m][i])
+        assert row["best_baseline"] == best
+        assert row["margin_mean_pt"] == pytest.approx(row["eenet_mean"] - 100 * res["baselines"][best][i])
+        assert row["margin_mean_rows"] == pytest.approx(row["margin_mean_pt"] / 100 * res["n_test"])
