@@ -218,6 +218,7 @@ def main(argv=None):
         card_res.pop("results_with_layer_costs", None)
         card_res["scheduler_fit"] = {}
         card_res["cost_profile"] = "latency incl. EENet decisions"
+        card_res.setdefault("model_card", _preset_card(name))
         card_res["command"] = out["command"] + " (model trained with the recipe, see results.json's recipe_args)"
         card_res["recipe_args"] = {k: v for k, v in (card_res.get("recipe_args") or {}).items()
                                    if not (isinstance(v, str) and v.startswith("/"))}
@@ -232,6 +233,18 @@ def main(argv=None):
         write_results_card(card_res, folder)
         print("wrote card", _rel(folder))
     return out
+
+
+def _preset_card(name: str) -> dict | None:
+    """The card block the recipe records from the preset's ``card_*`` fields (results of runs made before it did)."""
+    from recipes.presets import preset, preset_names
+
+    if name not in preset_names():
+        return None
+    p = preset(name)
+    return {"dataset_id": p.get("card_dataset_id"), "dataset_config": p.get("card_dataset_config"),
+            "dataset_name": p.get("card_dataset_name"), "backbone": p.get("card_backbone"),
+            "base_model": p.get("model_name_or_path"), "notes": list(p.get("card_notes") or [])}
 
 
 if __name__ == "__main__":

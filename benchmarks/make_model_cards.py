@@ -3,7 +3,7 @@
 The recipe writes ``model_cards/<dataset>/{results.json, accuracy_vs_cost.png, README.md}`` itself; this script
 rebuilds the plot and the card from the JSON alone, e.g. after a change of the card template.
 
-    python benchmarks/make_model_cards.py [sst2 ag_news]
+    python benchmarks/make_model_cards.py [sst2 ag_news sst5]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hf_eenet.model_card import write_results_card  # noqa: E402
 
 
 def main(names=None):
-    for name in names or ("sst2", "ag_news"):
+    for name in names or ("sst2", "ag_news", "sst5"):
         folder = ROOT / "model_cards" / name
         path = folder / "results.json"
         if not path.exists():

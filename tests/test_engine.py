@@ -32,7 +32,7 @@ def make_policy(name, model, budget, kind):
         probs, labels = _calibration(model, seed=11)
         costs = model.config.exit_costs
         if name == "eenet":
-            policy = hf_eenet.EENetScheduler(restarts=1, max_epochs=20).fit(probs, labels, costs, budget, seed=0)
+            policy = hf_eenet.EENetScheduler(restarts=1, max_epochs=20, fallback=False).fit(probs, labels, costs, budget, seed=0)
         else:
             cls = {"entropy": hf_eenet.EntropyPolicy, "maxprob": MaxProbPolicy, "patience": hf_eenet.PatiencePolicy,
                    "static": hf_eenet.StaticPolicy}[name]

@@ -153,7 +153,7 @@ def test_pushed_folder_has_weights_bank_code_and_the_eenet_card(csv_run):
             "eval_results.json", "predict_results.jsonl"} <= set(files)
     cfg = json.loads(files["config.json"])
     assert cfg["scheduler_budgets"] == [0.5, 0.8] and "AutoModelForSequenceClassification" in cfg["auto_map"]
-    assert "eenet-text-classification" in cfg["custom_pipelines"]
+    assert "text-classification" in cfg["custom_pipelines"]
     from safetensors import safe_open
 
     tmp = csv_run["out"].parent / "pushed.safetensors"
