@@ -235,25 +235,15 @@ def _run_chunk(model, rows, policy, micro_batch_size, stats):
             logits_out.index_copy_(0, rows_dev, logits)
             exit_index.index_fill_(0, rows_dev, k)
             break
-        stop_host = stop.cpu()  # the layer's one device->host read
+        # rows that stop: outputs written at their input positions (the layer's one device->host read)
+        n_stop, keep_idx, keep_host_idx = model._record_exits(k, stop, rows_dev, logits, logits_out, exit_index)
         if stats is not None:
             stats["host_syncs"] += 1
-        n_stop = int(stop_host.sum())
         if n_stop == 0:
             continue
-        if n_stop == stop_host.shape[0]:
-            logits_out.index_copy_(0, rows_dev, logits)
-            exit_index.index_fill_(0, rows_dev, k)
+        if keep_idx is None:  # every row of the chunk stopped
             break
-        # rows that stop: write their outputs at their input positions (one index built on the host, one copy)
-        order_host = torch.cat([stop_host.nonzero().squeeze(1), (~stop_host).nonzero().squeeze(1)])
-        order_dev = order_host.to(device, non_blocking=True)
-        stop_idx, keep_idx = order_dev[:n_stop], order_dev[n_stop:]
-        leaving = rows_dev.index_select(0, stop_idx)
-        logits_out.index_copy_(0, leaving, logits.index_select(0, stop_idx))
-        exit_index.index_fill_(0, leaving, k)
         # re-pack: survivors stay length-sorted; compact them and cut trailing padding columns
-        keep_host_idx = order_host[n_stop:]
         kept = keep_host_idx.tolist()
         chunk.lengths = [chunk.lengths[j] for j in kept]
         chunk.holes = [chunk.holes[j] for j in kept]

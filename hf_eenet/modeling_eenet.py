@@ -446,21 +446,11 @@ class EENetModelMixin:
                 logits_out.index_copy_(0, rows, logits)
                 exit_index.index_fill_(0, rows, k)
                 break
-            stop_host = stop.cpu()  # host sync: the one decision the loop cannot run ahead of
-            n_stop = int(stop_host.sum())
+            n_stop, keep_idx, keep_idx_host = self._record_exits(k, stop, rows, logits, logits_out, exit_index)
             if n_stop == 0:
                 continue
-            if n_stop == stop_host.shape[0]:
-                logits_out.index_copy_(0, rows, logits)
-                exit_index.index_fill_(0, rows, k)
+            if keep_idx is None:  # every running row stopped
                 break
-            order_host = torch.cat([stop_host.nonzero().squeeze(1), (~stop_host).nonzero().squeeze(1)])
-            order_dev = order_host.to(device)
-            stop_idx, keep_idx = order_dev[:n_stop], order_dev[n_stop:]
-            leaving = rows.index_select(0, stop_idx)
-            logits_out.index_copy_(0, leaving, logits.index_select(0, stop_idx))
-            exit_index.index_fill_(0, leaving, k)
-            keep_idx_host = order_host[n_stop:]
             rows, hidden, mask2d = rows[keep_idx], hidden[keep_idx], mask2d[keep_idx]
             mask_host, extent = mask_host[keep_idx_host], extent[keep_idx_host]
             for key in list(state):
@@ -471,6 +461,32 @@ class EENetModelMixin:
                 hidden, mask2d, mask_host = hidden[:, :length], mask2d[:, :length], mask_host[:, :length]
             mask = self._layer_mask(hidden, mask2d, not bool(mask_host.all()))
         return logits_out, exit_index, None
+
+    @staticmethod
+    def _record_exits(k: int, stop: torch.Tensor, rows: torch.Tensor, logits: torch.Tensor,
+                      logits_out: torch.Tensor, exit_index: torch.Tensor):
+        """Write the outputs of the running rows that stop at exit ``k`` at their input positions ``rows`` [b].
+
+        ``stop`` [b] bool (on the device) is read to the host once: the one sync the loop cannot run ahead of.
+        Returns ``(n_stop, keep_idx, keep_idx_host)``: the survivors' positions among the running rows on the device
+        and on the host (both ``None`` when every row stopped; ``n_stop == 0`` means nothing was written).
+        Shared by the per-request loop and the depth-wave engine.
+        """
+        stop_host = stop.cpu()
+        n_stop = int(stop_host.sum())
+        if n_stop == 0:
+            return 0, None, None
+        if n_stop == stop_host.shape[0]:
+            logits_out.index_copy_(0, rows, logits)
+            exit_index.index_fill_(0, rows, k)
+            return n_stop, None, None
+        order_host = torch.cat([stop_host.nonzero().squeeze(1), (~stop_host).nonzero().squeeze(1)])
+        order_dev = order_host.to(rows.device, non_blocking=True)
+        stop_idx, keep_idx = order_dev[:n_stop], order_dev[n_stop:]
+        leaving = rows.index_select(0, stop_idx)
+        logits_out.index_copy_(0, leaving, logits.index_select(0, stop_idx))
+        exit_index.index_fill_(0, leaving, k)
+        return n_stop, keep_idx, order_host[n_stop:]
 
     @torch.no_grad()
     def early_exit_predict(
