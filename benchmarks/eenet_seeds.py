@@ -202,7 +202,7 @@ def main(argv=None):
         out["ablation"] = abl
     out["command"] = "python benchmarks/eenet_seeds.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out["versions"] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    print(f"| budget | EENet (mean ± sd) | best baseline | EENet − best (pt) | rows | cost/budget |")
+    print("| budget | EENet (mean ± sd) | best baseline | EENet − best (pt) | rows | cost/budget |")
     for r in summary:
         print(f"| {r['budget']:.2f} | {r['eenet_mean']:.2f} ± {r['eenet_sd']:.2f} | {r['best_baseline']} "
               f"{r['best_baseline_acc']:.2f} | {r['margin_mean_pt']:+.2f} ± {r['margin_sd_pt']:.2f} | "

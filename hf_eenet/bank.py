@@ -147,10 +147,29 @@ def check_scheduler(scheduler, config, budget: float, where: str = "check") -> N
             _fail(where, f"{name}: weight {key!r} is not finite")
 
 
-def check_entry(model, index: int) -> None:
-    """Cheap check before serving bank entry ``index`` (config ↔ scheduler; no digest)."""
+def _entry_signature(model, index: int) -> tuple:
+    """What a served entry's check depends on: the config's budget/costs/shape and, for every scheduler tensor, its
+    identity, storage, dtype and in-place version counter (``load_state_dict``, ``copy_``, ``fill_``, ``.to()`` and
+    ``.data =`` all change one of them)."""
     cfg = model.config
+    sched = model.eenet_schedulers[index]
+    tensors = tuple((id(t), t.data_ptr(), t.dtype, t.device, t._version)
+                    for t in (*sched.parameters(), *sched.buffers()))
+    return (id(sched), tensors, float(cfg.scheduler_budgets[index]), tuple(cfg.exit_costs), int(cfg.num_exits),
+            int(cfg.num_labels))
+
+
+def check_entry(model, index: int) -> None:
+    """Check before serving bank entry ``index`` (config ↔ scheduler; no digest). The full check runs once per state
+    of the entry: it is repeated only when the scheduler's tensors or the config's budget/costs changed since the last
+    check that passed (so a request does not pay for ~30 small tensor scans and host reads)."""
+    cfg = model.config
+    cache = model.__dict__.setdefault("_eenet_checked_entries", {})
+    sig = _entry_signature(model, index)
+    if cache.get(index) == sig:
+        return
     check_scheduler(model.eenet_schedulers[index], cfg, float(cfg.scheduler_budgets[index]), where="before serving")
+    cache[index] = sig
 
 
 def verify_bank(model, where: str = "check") -> list[dict]:

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.nn import functional as F
 from transformers import Trainer
 

@@ -183,6 +183,25 @@ def test_set_exit_costs_after_fitting_raises_and_changes_nothing():
     assert hf_eenet.set_exit_costs(model, profile, "layers") == [0.1, 0.2, 0.3, 1.0]
 
 
+def test_serve_check_is_cached_but_sees_in_place_edits():
+    """The per-request check is cached per entry state; an in-place edit of a served scheduler or of the config's
+    costs after a successful call is still refused before the next call serves it."""
+    model, batch, _, _ = fitted_model()
+    exits, logits = outputs(model, batch, 0.5)
+    exits2, logits2 = outputs(model, batch, 0.5)  # second call: cached check, same answer
+    assert exits2 == exits and torch.equal(logits2, logits)
+    sched = model.get_exit_policy(0.5)
+    with torch.no_grad():
+        next(sched.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(BankIntegrityError, match="NaN|not finite"):
+        model(**batch, budget=0.5)
+    model, batch, _, _ = fitted_model()
+    outputs(model, batch, 0.8)
+    model.config.exit_costs = [c * 0.5 for c in model.config.exit_costs[:-1]] + [1.0]
+    with pytest.raises(BankIntegrityError, match="exit costs"):
+        model(**batch, budget=0.8)
+
+
 def test_edited_costs_are_refused_on_load_and_before_serving(tmp_path):
     model, batch, _, _ = fitted_model()
     model.save_pretrained(tmp_path)
