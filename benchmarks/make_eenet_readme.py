@@ -8,9 +8,7 @@ results block if missing). Numbers come only from the committed JSON written by 
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,22 +79,9 @@ def build() -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--check", action="store_true", help="exit 1 if the README section is not up to date")
-    args = ap.parse_args()
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START in text:
-        i, j = text.index(START), text.index(END) + len(END)
-        new = text[:i] + build() + text[j:]
-    else:
-        anchor = "<!-- results:end -->"
-        k = text.index(anchor) + len(anchor) if anchor in text else len(text)
-        new = text[:k] + "\n\n" + build() + text[k:]
-    if args.check:
-        sys.exit(0 if new == text else 1)
-    readme.write_text(new)
-    print("README eenet-seeds section regenerated")
+    from make_readme_results import write_readme_block
+
+    write_readme_block(START, END, build(), "eenet-seeds", after="<!-- results:end -->")
 
 
 if __name__ == "__main__":

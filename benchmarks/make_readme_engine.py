@@ -8,9 +8,7 @@ so that it never collides with ``make_readme_results.py``'s section).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,19 +100,9 @@ def build() -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--check", action="store_true", help="exit 1 if the README block is not up to date")
-    args = ap.parse_args()
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} block")
-    i, j = text.index(START), text.index(END) + len(END)
-    new = text[:i] + build() + text[j:]
-    if args.check:
-        sys.exit(0 if new == text else 1)
-    readme.write_text(new)
-    print("README engine section regenerated")
+    from make_readme_results import write_readme_block
+
+    write_readme_block(START, END, build(), "engine")
 
 
 if __name__ == "__main__":

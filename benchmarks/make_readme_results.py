@@ -190,18 +190,31 @@ def build() -> str:
     return "\n".join(out)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--check", action="store_true", help="exit 1 if the README is not up to date")
+def write_readme_block(start: str, end: str, block: str, what: str, after: str | None = None) -> None:
+    """Replace the README's ``start … end`` block by ``block`` (inserted after the ``after`` marker, or at the end,
+    when missing); ``--check`` exits 1 instead of writing when the README is not up to date. Shared by the README
+    generators in this folder."""
+    ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__)
+    ap.add_argument("--check", action="store_true", help="exit 1 if the README block is not up to date")
     args = ap.parse_args()
     readme = ROOT / "README.md"
     text = readme.read_text()
-    i, j = text.index(START), text.index(END) + len(END)
-    new = text[:i] + build() + text[j:]
+    if start in text:
+        i, j = text.index(start), text.index(end) + len(end)
+        new = text[:i] + block + text[j:]
+    elif after is not None:
+        k = text.index(after) + len(after) if after in text else len(text)
+        new = text[:k] + "\n\n" + block + text[k:]
+    else:
+        raise SystemExit(f"README.md has no {start} ... {end} block")
     if args.check:
         sys.exit(0 if new == text else 1)
     readme.write_text(new)
-    print("README results section regenerated")
+    print(f"README {what} section regenerated")
+
+
+def main():
+    write_readme_block(START, END, build(), "results")
 
 
 if __name__ == "__main__":
