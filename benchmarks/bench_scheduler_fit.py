@@ -53,13 +53,15 @@ def main() -> None:
     result = {
         "seconds": seconds, "n": args.n, "num_exits": num_exits, "num_classes": num_classes, "budget": args.budget,
         "restarts": info["restarts"], "epochs_chosen_run": info["epochs"],
-        "epochs_all_runs": [r["epochs"] for r in info["runs"]], "heldout_cost": cost, "heldout_accuracy": acc,
+        "epochs_all_runs": [e for r in info["runs"] for e in r["fold_epochs"]], "selection": info["val_source"],
+        "trainings": sum(len(r["fold_epochs"]) for r in info["runs"]) + (0 if info["fallback"] else 1),
+        "chosen": info["chosen"], "heldout_cost": cost, "heldout_accuracy": acc,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "load_avg_1min": load, "machine": platform.machine(), "command": command,
     }
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load avg {load:.2f}")
     print(f"held-out: realised cost {cost:.4f} (budget {args.budget}), accuracy {acc:.4f}; "
-          f"epochs per restart {result['epochs_all_runs']}")
+          f"epochs per training {result['epochs_all_runs']}; {result['trainings']} trainings; kept {info['chosen']}")
     print(f"EENetScheduler.fit N={args.n} K={num_exits} C={num_classes} restarts={info['restarts']}: "
           f"{seconds:.2f} s (target <= 30 s)  command: {command}")
     if args.json:

@@ -106,6 +106,22 @@ def scheduler_config_json(scheduler) -> dict:
     return json.loads(json.dumps(scheduler.get_config()))  # what config.json will hold (tuples → lists, ...)
 
 
+def same_scheduler_config(a: dict | None, b: dict | None) -> bool:
+    """Whether two saved scheduler configs describe the same scheduler. Keys added to
+    :class:`~hf_eenet.scheduler_config.EENetSchedulerConfig` after a bank was saved (e.g. ``selection_folds``) take
+    their defaults on both sides, so banks saved by earlier versions keep loading; anything else must match."""
+    from .scheduler_config import EENetSchedulerConfig
+
+    if a == b:
+        return True
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    try:
+        return EENetSchedulerConfig.from_dict(a).to_dict() == EENetSchedulerConfig.from_dict(b).to_dict()
+    except (TypeError, ValueError):
+        return False
+
+
 # -------------------------------------------------------------------------------------------------------- checks
 def _fail(where: str, msg: str):
     raise BankIntegrityError(f"EENet scheduler bank {where}: {msg}")
@@ -206,7 +222,8 @@ def verify_bank(model, where: str = "check") -> list[dict]:
         if rec.get("num_classes") not in (None, cfg.num_labels):
             _fail(where, f"record for budget {b:g} says {rec.get('num_classes')} classes, config has "
                          f"{cfg.num_labels}")
-        if rec.get("scheduler_config") is not None and rec["scheduler_config"] != scheduler_config_json(sched):
+        if rec.get("scheduler_config") is not None and not same_scheduler_config(rec["scheduler_config"],
+                                                                                 scheduler_config_json(sched)):
             _fail(where, f"record for budget {b:g}: scheduler config {rec['scheduler_config']} differs from the "
                          f"loaded scheduler's {scheduler_config_json(sched)}")
         if rec.get("state_sha256") and rec["state_sha256"] != state_digest(sched):
@@ -296,6 +313,7 @@ __all__ = [
     "state_digest",
     "make_record",
     "scheduler_config_json",
+    "same_scheduler_config",
     "check_scheduler",
     "check_entry",
     "verify_bank",

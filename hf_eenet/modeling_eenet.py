@@ -28,6 +28,7 @@ from transformers.utils import ModelOutput
 from .bank import (
     BankIntegrityError,
     SchedulerBank,
+    same_scheduler_config,
     scheduler_config_json,
     atomic_save_dir,
     check_entry,
@@ -205,7 +206,7 @@ class EENetModelMixin:
         entries = {r["budget"]: (s, r) for r, s in zip(records, self.eenet_schedulers)}
         others = {b: e for b, e in entries.items() if b != budget}
         if others:
-            if self.config.scheduler_config and cfg != self.config.scheduler_config:
+            if self.config.scheduler_config and not same_scheduler_config(cfg, self.config.scheduler_config):
                 raise BankIntegrityError(
                     f"all schedulers of a bank must share one configuration: the bank has {self.config.scheduler_config}"
                     f", the new scheduler {cfg}")

@@ -61,6 +61,11 @@ class EENetArguments:
         "help": "epoch cap of each scheduler fit (default: EENetScheduler's)"})
     scheduler_restarts: int | None = field(default=None, metadata={
         "help": "random restarts of each scheduler fit (default: EENetScheduler's)"})
+    scheduler_selection_folds: int | None = field(default=None, metadata={
+        "help": "k of the scheduler's k-fold cross-selection (default: 5 below 4,000 validation rows, else one "
+                "30%% hold-out; 0 = one hold-out, faster)"})
+    reprofile_costs: bool = field(default=False, metadata={
+        "help": "re-measure the exit costs of an hf_eenet model given as --model_name_or_path (default: keep its own)"})
     results_dir: str | None = field(default=None, metadata={
         "help": "where results JSON/plot/card go; default output_dir"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars, no results table"})
@@ -237,8 +242,10 @@ def eval_metrics(results: dict, split: str = "test") -> dict:
 
 
 def scheduler_kwargs(args) -> dict:
-    """``EENetScheduler`` keyword arguments set by ``--scheduler_max_epochs`` / ``--scheduler_restarts``."""
-    kw = {"max_epochs": args.scheduler_max_epochs, "restarts": args.scheduler_restarts}
+    """``EENetScheduler`` keyword arguments set by ``--scheduler_max_epochs`` / ``--scheduler_restarts`` /
+    ``--scheduler_selection_folds``."""
+    kw = {"max_epochs": args.scheduler_max_epochs, "restarts": args.scheduler_restarts,
+          "selection_folds": args.scheduler_selection_folds}
     return {k: v for k, v in kw.items() if v is not None}
 
 
@@ -322,7 +329,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     model.eval()
     # ---- exit costs (measured on rank 0, shared by all ranks); a re-fitted model keeps its own costs
     profile = None
-    if not pretrained_eenet or not model.config.exit_costs:
+    if not pretrained_eenet or not model.config.exit_costs or args.reprofile_costs:
+        if model.config.scheduler_budgets:
+            if not args.do_fit_scheduler:
+                raise ValueError("--reprofile_costs changes what every budget of the model's scheduler bank means: "
+                                 "keep --do_fit_scheduler so the bank is refitted for the new costs")
+            model.clear_scheduler_bank()  # refitted below for the new costs
         prof_texts = list(data.splits["validation" if "validation" in data.splits else "train"]["text"][:64])
         with tqdm(total=1, desc="profile exit costs", disable=not show) as bar:
             profile = profile_exit_costs(model, tok, texts=prof_texts, batch_size=args.profile_batch_size, repeats=30,

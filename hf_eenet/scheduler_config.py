@@ -53,8 +53,17 @@ class EENetSchedulerConfig:
             saved before issue 12 ([p, max p, conf]).
         shares: exit-share plan, ``"learned"`` (pi_bar of the assignment nets), ``"geometric"`` (pi_k ~ q^k bisected
             to the budget, as the baselines) or ``"auto"`` (the honest selection picks per candidate, §5.3).
-        selection_fraction: share of the fitting rows held out (stratified, seeded) to choose among the candidates
-            (§5.3); ``0`` selects on the fitting rows themselves (the previous behaviour).
+        selection_folds: k of the seeded, stratified k-fold cross-selection that chooses among the candidates
+            (§5.3): every candidate is trained on k-1 folds and judged on the held-out fold, so every fitting row
+            is held out once; the kept candidate is then refitted on all rows. ``< 2`` uses ``selection_fraction``.
+            ``None`` (default) = 5 folds below 4,000 fitting rows (where one hold-out is too small to tell
+            candidates apart), else one ``selection_fraction`` hold-out (>= 1,200 rows; k-fold would cost k times
+            the training time there).
+        selection_fraction: with ``selection_folds < 2``: share of the fitting rows held out once; ``0`` selects on
+            the fitting rows themselves (the paper's literal reading, optimistic).
+        selection_margin: the one-standard-error rule of §5.3: the simplest candidate (max-prob < static < voting
+            < trained) whose paired per-row held-out gap to the most accurate one is within this many standard
+            errors is kept (selection among many candidates favours lucky ones). ``0`` = the most accurate.
         fallback: keep the calibrated max-prob / static rules as candidates, so the kept scheduler is never worse
             than them on the selection split (§5.3).
     """
@@ -76,7 +85,9 @@ class EENetSchedulerConfig:
     match_budget: bool = True  # deviation D9
     features: str = "agreement"  # paper: max prob, entropy confidence and voting; "base" drops the voting terms
     shares: str = "auto"
-    selection_fraction: float = 0.3  # paper: best trial on validation data; ours: a held-out part of it
+    selection_folds: int | None = None  # paper: best trial on validation data; ours: k-fold cross-selection on it
+    selection_fraction: float = 0.3  # single hold-out, used when selection_folds < 2
+    selection_margin: float = 1.0
     fallback: bool = True
 
     def __post_init__(self):
@@ -110,6 +121,8 @@ class EENetSchedulerConfig:
         self.selection_fraction = float(
             _check_number(self.selection_fraction, "selection_fraction", nonneg=True, upper=0.9)
         )
+        _check_number(self.selection_folds, "selection_folds", nonneg=True, integer=True, allow_none=True)
+        self.selection_margin = float(_check_number(self.selection_margin, "selection_margin", nonneg=True))
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

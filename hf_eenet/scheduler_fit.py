@@ -9,16 +9,19 @@ Fitting data: all-exits softmax outputs P [N, K, C] of a labelled validation spl
 §5.2 phases alternate every ``period`` epochs: the q-phase minimises L_bce (utility heads only), the r-phase
       alpha_kl L_kl + alpha_cost L_cost (assignment heads only); the best epoch within ``budget_tolerance`` of B by
       training loss is kept (patience counted only there).
-§5.3 honest selection (the paper keeps the best trial by validation accuracy). A seeded, class-stratified
-      ``selection_fraction`` of the fitting rows is held out. Candidates, each = (utility heads, exit-share plan):
+§5.3 honest selection (the paper keeps the best trial by validation accuracy): seeded, class-stratified
+      ``selection_folds``-fold cross-selection (auto: 5 folds below 4,000 rows, else one 30 % hold-out). Candidates, each = (utility heads, exit-share plan):
         - ``restarts`` runs from random initialisations and one run started at the max-prob ranking (q^_k = m_k),
-          trained on the other rows, each with the learned shares pi_bar and/or geometric shares (``shares``);
-        - with ``fallback``: the calibrated max-prob rule (q^_k = m_k, geometric shares, = MSDNet) and the static
+          trained on k-1 folds, each with the learned shares pi_bar and/or geometric shares (``shares``);
+        - with ``fallback``: fixed heads inside EENet's hypothesis space: calibrated max-prob (q^_k = m_k, geometric
+          shares, = MSDNet), calibrated voting (q^_k = v_k + g_k + m_k / 2, agreement features only) and the static
           split (everyone at the deepest exit with c_k <= B, the share that tops the budget up continues to the next
-          exit, chosen by max prob rather than by a hash). Both lie inside EENet's hypothesis space.
-      Every candidate's thresholds are set on the selection rows to meet B there (§6), and the candidate with the
-      best selection accuracy is kept (ties: trained runs first). The kept scheduler is therefore never worse than
-      calibrated max-prob and static on the selection split at its budget; ``fit_info`` says when a fallback won.
+          exit, chosen by max prob rather than by a hash).
+      On every held-out fold each candidate's thresholds are set on that fold to meet B there (§6); every row is
+      held out once. One-standard-error rule: the kept candidate is the simplest (max-prob < static < voting <
+      trained) whose paired per-row gap to the most accurate candidate is within ``selection_margin`` standard
+      errors, so a trained run is kept only when it beats every fallback by more than noise (``fit_info`` says when a
+      fallback won and by how much). A kept trained run is refitted on all rows.
 §6  thresholds on *all* fitting rows for the kept candidate's plan:
       learned:   pi_bar_k = mean_n pi_{n,k}, tilted to meet B (D9), planned counts n_k, and for k = 1..K-1 in order
                  t_k = the n_k-th largest q^_k among the rows not yet assigned (eq. 6.1); t_K = -inf.
@@ -56,6 +59,9 @@ from .scheduler_features import all_exit_features
 
 _BCE_EPS = 1e-6
 _MIN_SELECTION_ROWS = 30  # below this (either side of the split) selection uses the fitting rows themselves
+#: §5.3 one-SE rule: the order in which candidates count as simpler (trained runs come after all of these)
+_SIMPLICITY = {"max-prob (calibrated)": 0, "static split": 1, "voting (calibrated)": 2}
+_AUTO_FOLDS, _AUTO_FOLDS_BELOW_ROWS = 5, 4000  # selection_folds=None: 5-fold below 4,000 rows, else one hold-out
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int):
@@ -74,6 +80,24 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int):
     mask = torch.ones(n, dtype=torch.bool)
     mask[sel] = False
     return mask.nonzero(as_tuple=True)[0], sel
+
+
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int):
+    """Seeded class-stratified partition of the rows into ``folds`` held-out sets (sorted long tensors); ``None``
+    when a fold would hold fewer than the minimum selection rows. Each class is dealt round-robin over the folds
+    after a seeded shuffle, continuing where the previous class stopped, so fold sizes differ by at most one."""
+    n = labels.shape[0]
+    if folds < 2 or n // folds < _MIN_SELECTION_ROWS:
+        return None
+    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + 999_979) % (2**63))
+    assign = torch.empty(n, dtype=torch.long)
+    offset = 0
+    for cls in torch.unique(labels).tolist():
+        rows = (labels == cls).nonzero(as_tuple=True)[0]
+        rows = rows[torch.randperm(rows.numel(), generator=gen)]
+        assign[rows] = (torch.arange(rows.numel()) + offset) % folds
+        offset += rows.numel()
+    return [(assign == f).nonzero(as_tuple=True)[0] for f in range(folds)]
 
 
 def refine_thresholds(scores: torch.Tensor, thresholds: list[float]) -> list[float]:
@@ -363,13 +387,56 @@ class _FitMixin:
         raise ValueError(plan)
 
     def _set_maxprob_readout(self) -> None:
-        """Utility heads that read q^_k = max_c p_k exactly (the fallbacks' scores)."""
+        """Utility heads that read q^_k = max_c p_k exactly (the max-prob / static fallbacks' scores)."""
+        self._set_readout("maxprob")
+
+    def _set_readout(self, readout: str) -> None:
+        """Fixed utility heads of the fallbacks (§5.3), both linear in x_{n,k} of eq. 3.1:
+        ``maxprob``: q^_k = m_k;  ``voting``: q^_k = v_k + g_k + m_k / 2 (rows ranked by how many earlier exits
+        agree with exit k, a streak counting the previous exit twice, ties broken by max prob; m_k / 2 < 1)."""
+        c_dim = self.num_classes
         with torch.no_grad():
             for lin in self.utility:
                 lin.weight.zero_()
-                lin.weight[0, self.num_classes] = 1.0
+                if readout == "maxprob":
+                    lin.weight[0, c_dim] = 1.0
+                else:
+                    lin.weight[0, c_dim] = 0.5
+                    lin.weight[0, c_dim + 2] = 1.0
+                    lin.weight[0, c_dim + 3] = 1.0
+
+    def _fallback_rules(self) -> list[tuple[str, str, str]]:
+        """(plan, name, readout) of the fallback candidates: calibrated max-prob (= MSDNet), the static split, and
+        with the agreement features calibrated voting (the paper's third confidence measure, PABEE-like)."""
+        rules = [("geometric", "max-prob (calibrated)", "maxprob"), ("static", "static split", "maxprob")]
+        if self.features == "agreement":
+            rules.append(("geometric", "voting (calibrated)", "voting"))
+        return rules
 
     # ------------------------------------------------------------------ §5.3 + §6
+    def _selection_splits(self, labels: torch.Tensor, seed: int):
+        """§5.3 the (training rows, held-out rows) pairs candidates are judged on, and a description."""
+        n = labels.shape[0]
+        k = self.selection_folds
+        if k is None:  # auto: k-fold where a single hold-out is small, one hold-out where it is large
+            k = _AUTO_FOLDS if n < _AUTO_FOLDS_BELOW_ROWS else 0
+        if k >= 2:
+            folds = stratified_folds(labels, k, seed)
+            if folds is not None:
+                everything = torch.arange(n)
+                splits = []
+                for held in folds:
+                    mask = torch.ones(n, dtype=torch.bool)
+                    mask[held] = False
+                    splits.append((everything[mask], held))
+                return splits, (f"{len(folds)}-fold stratified cross-selection over all {n} fitting rows (seeded): "
+                                "every row is held out once; the kept candidate is refitted on all rows")
+        split = stratified_split(labels, self.selection_fraction, seed)
+        if split is not None:
+            return [split], (f"held-out stratified {len(split[1])} of {n} fitting rows (seeded); the kept candidate "
+                             "is refitted on all rows")
+        return [(torch.arange(n), torch.arange(n))], "fitting data (no internal split)"
+
     def _fit(self, probs, labels, correct, c, budget, seed, start_time):
         n = probs.shape[0]
         with torch.no_grad():
@@ -378,65 +445,103 @@ class _FitMixin:
         b_rel = budget / float(c[-1])
         c32 = (c / c[-1]).float()
         xs = self._inputs(probs)  # [K, N, d]
-        split = stratified_split(labels, self.selection_fraction, seed)
-        if split is None:
-            fit_rows = sel_rows = torch.arange(n)
-            source = "fitting data (no internal split)"
-        else:
-            fit_rows, sel_rows = split
-            source = (f"held-out stratified {len(sel_rows)} of {n} fitting rows (seeded); heads trained on the "
-                      f"other {len(fit_rows)}")
-        xs_fit, xs_sel = xs[:, fit_rows].contiguous(), xs[:, sel_rows].contiguous()
-        probs_sel, correct_sel = probs[sel_rows], correct[sel_rows]
+        splits, source = self._selection_splits(labels, seed)
         plans = ["learned", "geometric"] if self.shares == "auto" else [self.shares]
+        inits = [("random", r) for r in range(self.restarts)] + [("maxprob", self.restarts)]
+        names = [f"random init {r}" if mode == "random" else "max-prob init" for mode, r in inits]
 
-        def evaluate(plan, scores, log_pi_bar):
+        def gen_for(r):
+            return torch.Generator().manual_seed((int(seed) * 1_000_003 + r) % (2**63))
+
+        def held_out(plan, scores, log_pi_bar, rows):
+            """Thresholds set on the held-out rows to meet B there -> (per-row correctness, per-row cost)."""
             th, _ = self._plan_thresholds(plan, scores, log_pi_bar, c, budget)
             exits = first_exit(scores, th)
-            acc = float(correct_sel[torch.arange(len(exits)), exits].mean())
-            cost = float(c[exits].mean())
-            return acc, cost
+            return correct[rows, exits], c[exits]
 
-        runs, candidates = [], []
-        inits = [("random", r) for r in range(self.restarts)] + [("maxprob", self.restarts)]
-        for mode, r in inits:
-            gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + r) % (2**63))
-            self._init_parameters(gen, mode)
-            epochs, best_epoch = self._train(xs_fit, correct[fit_rows], c32, b_rel, gen)
-            log_pi_fit = self._log_pi_bar(xs_fit)
-            raw_planned = float((log_pi_fit.exp() * c).sum())
-            within = abs(raw_planned - budget) / budget < self.budget_tolerance
-            name = f"random init {r}" if mode == "random" else "max-prob init"
-            run = {"restart": len(runs), "init": name, "epochs": epochs, "best_epoch": best_epoch,
-                   "raw_planned_cost": raw_planned, "within_tolerance": within, "selection_accuracy": {}}
-            scores = self._raw_scores(probs_sel)
-            log_pi_sel = self._log_pi_bar(xs_sel)
-            state = self._head_state()
-            for plan in plans:
-                acc, cost = evaluate(plan, scores, log_pi_sel)
-                run["selection_accuracy"][plan] = acc
-                ok = within or self.match_budget or plan != "learned"
-                candidates.append({"name": name, "plan": plan, "accuracy": acc, "cost": cost, "run": len(runs),
-                                   "eligible": ok, "state": state})
-            runs.append(run)
-        # fallbacks: max-prob readout with geometric shares (= calibrated MSDNet) and the static split
-        self._set_maxprob_readout()
-        mp_scores = self._raw_scores(probs_sel)
-        mp_state = self._head_state()
+        # per candidate: held-out correctness and cost of every row (each row is held out once)
+        keys = [(i, plan) for i in range(len(inits)) for plan in plans]
+        rules = self._fallback_rules()
+        fb_keys = [(plan, name) for plan, name, _ in rules]
+        right = {key: torch.zeros(n) for key in keys + fb_keys}
+        spent = {key: torch.zeros(n, dtype=torch.float64) for key in keys + fb_keys}
+        runs = [{"restart": i, "init": names[i], "fold_epochs": [], "fold_best_epoch": [], "fold_raw_planned_cost": [],
+                 "fold_within_tolerance": []} for i in range(len(inits))]
+        last_state = {}
+        for fit_rows, sel_rows in splits:
+            xs_fit, xs_sel = xs[:, fit_rows].contiguous(), xs[:, sel_rows].contiguous()
+            probs_sel = probs[sel_rows]
+            for i, (mode, r) in enumerate(inits):
+                gen = gen_for(r)
+                self._init_parameters(gen, mode)
+                epochs, best_epoch = self._train(xs_fit, correct[fit_rows], c32, b_rel, gen)
+                raw_planned = float((self._log_pi_bar(xs_fit).exp() * c).sum())
+                runs[i]["fold_epochs"].append(epochs)
+                runs[i]["fold_best_epoch"].append(best_epoch)
+                runs[i]["fold_raw_planned_cost"].append(raw_planned)
+                runs[i]["fold_within_tolerance"].append(abs(raw_planned - budget) / budget < self.budget_tolerance)
+                scores = self._raw_scores(probs_sel)
+                log_pi_sel = self._log_pi_bar(xs_sel)
+                for plan in plans:
+                    right[(i, plan)][sel_rows], spent[(i, plan)][sel_rows] = held_out(plan, scores, log_pi_sel,
+                                                                                     sel_rows)
+                last_state[i] = self._head_state()
+            # fallbacks: fixed readouts (max prob, voting) with geometric shares, and the static split
+            for plan, name, readout in rules:
+                self._set_readout(readout)
+                fb_scores = self._raw_scores(probs_sel)
+                right[(plan, name)][sel_rows], spent[(plan, name)][sel_rows] = held_out(plan, fb_scores, None, sel_rows)
+
+        candidates = []
+        for i, plan in keys:
+            ok = all(runs[i]["fold_within_tolerance"]) or self.match_budget or plan != "learned"
+            candidates.append({"name": names[i], "plan": plan, "key": (i, plan), "run": i, "eligible": ok})
         baselines = {}
-        for plan, name in (("geometric", "max-prob (calibrated)"), ("static", "static split")):
-            acc, cost = evaluate(plan, mp_scores, None)
-            baselines[name] = {"accuracy": acc, "cost": cost}
+        for plan, name, readout in rules:
+            baselines[name] = {"accuracy": float(right[(plan, name)].mean()), "cost": float(spent[(plan, name)].mean())}
             if self.fallback:
-                candidates.append({"name": name, "plan": plan, "accuracy": acc, "cost": cost, "run": None,
-                                   "eligible": True, "state": mp_state})
-        # keep the best selection accuracy; ties go to the earlier candidate (trained runs come first)
-        eligible = [cd for cd in candidates if cd["eligible"]] or candidates
-        chosen = max(eligible, key=lambda cd: (cd["accuracy"], -candidates.index(cd)))
-        best_trained = max((cd for cd in candidates if cd["run"] is not None), key=lambda cd: cd["accuracy"])
-        self._load_head_state(chosen["state"])
+                candidates.append({"name": name, "plan": plan, "key": (plan, name), "run": None, "eligible": True,
+                                   "readout": readout})
+        for cd in candidates:
+            cd["accuracy"] = float(right[cd["key"]].mean())
+            cd["cost"] = float(spent[cd["key"]].mean())
 
-        # §6 thresholds on all fitting rows for the kept candidate's plan
+        # one-standard-error rule (§5.3): the simplest candidate whose paired per-row held-out gap to the most
+        # accurate one is within selection_margin standard errors; simplicity: max-prob < static < voting < trained
+        trained = [cd for cd in candidates if cd["run"] is not None and cd["eligible"]] or \
+            [cd for cd in candidates if cd["run"] is not None]
+        best_trained = max(trained, key=lambda cd: (cd["accuracy"], -candidates.index(cd)))
+        fallbacks = sorted((cd for cd in candidates if cd["run"] is None), key=lambda cd: _SIMPLICITY[cd["name"]])
+        pool = fallbacks + [best_trained]  # trained runs have no simplicity order: the most accurate stands for them
+        best = max(pool, key=lambda cd: (cd["accuracy"], -pool.index(cd)))
+        for cd in candidates:
+            diff = right[best["key"]] - right[cd["key"]]
+            cd["gap_points"] = 100 * float(diff.mean())
+            cd["gap_se_points"] = 100 * (float(diff.std() / math.sqrt(n)) if n > 1 else 0.0)
+        chosen = best_trained
+        if fallbacks:
+            chosen = next(cd for cd in pool if cd["gap_points"] <= self.selection_margin * cd["gap_se_points"])
+        advantage = {"best": f"{best['name']} / {best['plan']} shares", "best_accuracy": best["accuracy"],
+                     "kept": f"{chosen['name']} / {chosen['plan']} shares", "gap_points": chosen["gap_points"],
+                     "gap_se_points": chosen["gap_se_points"], "margin_se": self.selection_margin}
+        fallback = chosen["run"] is None
+
+        # refit the kept candidate on all rows (§5.3), then §6 thresholds on all fitting rows for its plan
+        final = {"epochs": 0, "raw_planned_cost": None, "within_tolerance": True}
+        if fallback:
+            self._set_readout(chosen["readout"])
+        else:
+            mode, r = inits[chosen["run"]]
+            if len(splits) == 1 and len(splits[0][0]) == n:  # no split: the run already saw every row
+                self._load_head_state(last_state[chosen["run"]])
+                epochs = runs[chosen["run"]]["fold_epochs"][0]
+            else:
+                gen = gen_for(r)
+                self._init_parameters(gen, mode)
+                epochs, _ = self._train(xs, correct, c32, b_rel, gen)
+            raw_planned = float((self._log_pi_bar(xs).exp() * c).sum())
+            final = {"epochs": epochs, "raw_planned_cost": raw_planned,
+                     "within_tolerance": abs(raw_planned - budget) / budget < self.budget_tolerance}
         scores_all = self._raw_scores(probs)
         log_pi_all = self._log_pi_bar(xs) if chosen["plan"] == "learned" else None
         thresholds, planned = self._plan_thresholds(chosen["plan"], scores_all, log_pi_all, c, budget)
@@ -455,13 +560,18 @@ class _FitMixin:
             self.planned_cost_value.fill_(realized)
             self.fitted.fill_(True)
         self._fitted_flag = True
-        fallback = chosen["run"] is None
         reason = None
         if fallback:
-            reason = (f"on the selection split the best trained candidate ({best_trained['name']}, "
-                      f"{best_trained['plan']} shares) reached {100 * best_trained['accuracy']:.2f}% vs "
-                      f"{100 * chosen['accuracy']:.2f}% for the {chosen['name']}; the {chosen['name']} is kept")
+            reason = (f"held out, the most accurate candidate ({advantage['best']}) reached "
+                      f"{100 * best['accuracy']:.2f}% and the best trained one ({best_trained['name']}, "
+                      f"{best_trained['plan']} shares) {100 * best_trained['accuracy']:.2f}%; the {chosen['name']} "
+                      f"({100 * chosen['accuracy']:.2f}%) is the simplest rule within {self.selection_margin:g} SE of "
+                      f"the best (gap {chosen['gap_points']:.2f} pt, SE {chosen['gap_se_points']:.2f} pt) and is kept")
         k_total = c.shape[0]
+        for run in runs:
+            run["within_tolerance"] = all(run["fold_within_tolerance"])
+            run["raw_planned_cost"] = sum(run["fold_raw_planned_cost"]) / len(run["fold_raw_planned_cost"])
+            run["selection_accuracy"] = {cd["plan"]: cd["accuracy"] for cd in candidates if cd["run"] == run["restart"]}
         self.fit_info = {
             "seconds": time.perf_counter() - start_time,
             "restarts": len(runs),
@@ -471,16 +581,18 @@ class _FitMixin:
             "fallback": fallback,
             "fallback_reason": reason,
             "features": self.features,
-            "epochs": runs[chosen["run"]]["epochs"] if not fallback else 0,
+            "epochs": final["epochs"],
             "val_accuracy": chosen["accuracy"],
             "val_source": source,
-            "selection_rows": int(len(sel_rows)),
-            "fit_rows": int(len(fit_rows)),
+            "selection_folds": len(splits),
+            "selection_rows": int(sum(len(held) for _, held in splits)),
+            "fit_rows": n,
+            "selection_advantage": advantage,
             "selection_baselines": baselines,
-            "candidates": [{k: v for k, v in cd.items() if k not in ("state", "run")} for cd in candidates],
-            "within_tolerance": runs[chosen["run"]]["within_tolerance"] if not fallback else True,
+            "candidates": [{k: v for k, v in cd.items() if k not in ("key", "run")} for cd in candidates],
+            "within_tolerance": final["within_tolerance"],
             "budget": budget,
-            "raw_planned_cost": runs[chosen["run"]]["raw_planned_cost"] if not fallback else realized,
+            "raw_planned_cost": final["raw_planned_cost"] if not fallback else realized,
             "planned_cost": planned,
             "realized_cost_fit": realized,
             "exit_shares": (torch.bincount(exits, minlength=k_total).double() / n).tolist(),
@@ -490,4 +602,4 @@ class _FitMixin:
         }
 
 
-__all__ = ["stratified_split", "refine_thresholds", "thresholds_from_counts", "first_exit"]
+__all__ = ["stratified_split", "stratified_folds", "refine_thresholds", "thresholds_from_counts", "first_exit"]

@@ -147,6 +147,30 @@ def test_edited_config_budgets_raise(tmp_path):
         type(model).from_pretrained(tmp_path)
 
 
+def test_bank_saved_before_new_config_keys_still_loads_but_edited_keys_do_not(tmp_path):
+    """A bank saved by an earlier version has no ``selection_folds`` / ``selection_margin`` (fitting-only keys added
+    later): it loads and serves the same exits. A changed value of a key it does have is still refused."""
+    model, batch, _, _ = fitted_model()
+    model.save_pretrained(tmp_path)
+    before = outputs(model, batch, 0.5)
+    cfg_path = tmp_path / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    new_keys = ("selection_folds", "selection_margin")
+    assert all(k in cfg["scheduler_config"] for k in new_keys)
+    old = {**cfg, "scheduler_config": {k: v for k, v in cfg["scheduler_config"].items() if k not in new_keys},
+           "scheduler_bank": [{**r, "scheduler_config": {k: v for k, v in r["scheduler_config"].items()
+                                                         if k not in new_keys}} for r in cfg["scheduler_bank"]]}
+    cfg_path.write_text(json.dumps(old))
+    loaded = type(model).from_pretrained(tmp_path)
+    after = outputs(loaded, batch, 0.5)
+    assert after[0] == before[0] and torch.allclose(after[1], before[1])
+    edited = {**old, "scheduler_bank": [{**r, "scheduler_config": {**r["scheduler_config"], "rho": 3.0}}
+                                        for r in old["scheduler_bank"]]}
+    cfg_path.write_text(json.dumps(edited))
+    with pytest.raises(BankIntegrityError, match="scheduler config"):
+        type(model).from_pretrained(tmp_path)
+
+
 def test_weights_from_another_save_are_detected(tmp_path):
     a, _, _, _ = fitted_model(seed=0)
     b, _, _, _ = fitted_model(seed=3)

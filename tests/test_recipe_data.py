@@ -74,7 +74,7 @@ def common_flags(backbone, out):
             "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64", "--learning_rate", "1e-3",
             "--budgets", "0.5,0.8", "--cost_profile", "layers", "--max_seq_length", "48", "--report_to", "none",
             "--use_cpu", "--save_strategy", "no", "--quiet", "--seed", "0", "--scheduler_max_epochs", "5",
-            "--scheduler_restarts", "1"]
+            "--scheduler_restarts", "1", "--scheduler_selection_folds", "0"]
 
 
 class FakeHub:
@@ -191,7 +191,7 @@ def test_fit_scheduler_replaces_unless_extend_and_says_which(csv_run, csv_data, 
     shutil.copytree(csv_run["out"], d)
     data = ["--validation_file", csv_data["validation"], "--text_column_names", "review", "--label_column_name",
             "sentiment", "--max_seq_length", "48"]
-    data += ["--scheduler_max_epochs", "5", "--scheduler_restarts", "1"]
+    data += ["--scheduler_max_epochs", "5", "--scheduler_restarts", "1", "--scheduler_selection_folds", "0"]
     main(["fit-scheduler", str(d), *data, "--budgets", "0.6"])
     assert "replaced the scheduler bank [0.5, 0.8] with [0.6]" in capsys.readouterr().out
     assert json.loads((d / "config.json").read_text())["scheduler_budgets"] == [0.6]

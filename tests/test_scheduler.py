@@ -15,7 +15,8 @@ from hf_eenet.scheduler import CONFIG_NAME, WEIGHTS_NAME, EENetScheduler
 
 K, C = 6, 4
 COSTS = [k / K for k in range(1, K + 1)]  # c_1 = 1/6 < 0.2
-FAST = dict(restarts=1, max_epochs=40)  # short fits for most tests; the defaults are tested once below
+# short fits for most tests (a single 30 % hold-out instead of 5-fold cross-selection); defaults tested once below
+FAST = dict(restarts=1, max_epochs=40, selection_folds=0)
 
 
 def make_data(n, num_exits=K, num_classes=C, seed=0):
@@ -157,11 +158,17 @@ def test_defaults_on_moderate_n():
     test_probs, test_labels = make_data(5000, seed=12)
     sched = EENetScheduler().fit(probs, labels, COSTS, 0.5)
     info = sched.fit_info
-    # 3 random restarts + 1 run started at the max-prob ranking, chosen on a held-out 30 % (600 rows)
+    # 3 random restarts + 1 run started at the max-prob ranking, chosen by 5-fold cross-selection (every row held
+    # out once), the kept run refitted on all 2000 rows
     assert info["restarts"] == 4 and len(info["runs"]) == 4 and info["runs"][-1]["init"] == "max-prob init"
+    assert all(len(run["fold_epochs"]) == 5 for run in info["runs"])
     assert 1 <= info["epochs"] <= 100 and info["seconds"] > 0
     assert info["within_tolerance"] and 0 <= info["chosen_restart"] < 4 and not info["fallback"]
-    assert info["selection_rows"] == 600 and info["fit_rows"] == 1400
+    assert info["selection_folds"] == 5 and info["selection_rows"] == 2000 and info["fit_rows"] == 2000
+    # one-SE rule: a trained run is kept only when every fixed rule is more than one standard error behind the best
+    fixed = [cd for cd in info["candidates"] if cd["name"] in info["selection_baselines"]]
+    assert len(fixed) == 3 and all(cd["gap_points"] > cd["gap_se_points"] > 0 for cd in fixed)
+    assert info["selection_advantage"]["kept"] == info["chosen"]
     assert info["val_accuracy"] == max(c["accuracy"] for c in info["candidates"] if c["eligible"])
     assert sched.budget == 0.5 and sched.costs == COSTS and abs(sched.planned_cost - 0.5) < 1e-3
     th = sched.thresholds
@@ -228,9 +235,10 @@ def test_tied_scores_warn():
     probs, labels = make_data(1, seed=3)
     probs = probs.expand(200, K, C).contiguous()  # 200 identical rows: no threshold can split them
     labels = torch.arange(200) % C
+    # B = 0.45 lies between two exits' costs (1/3, 1/2): only a split of the rows could meet it
     with pytest.warns(RuntimeWarning, match="tied"):
-        sched = EENetScheduler(restarts=1, max_epochs=3).fit(probs, labels, COSTS, 0.5)
-    assert sched.planned_cost == sched.fit_info["realized_cost_fit"] != 0.5
+        sched = EENetScheduler(restarts=1, max_epochs=3).fit(probs, labels, COSTS, 0.45)
+    assert sched.planned_cost == sched.fit_info["realized_cost_fit"] != 0.45
 
 
 def test_numpy_inputs_and_patience():
@@ -241,7 +249,8 @@ def test_numpy_inputs_and_patience():
     )
     assert sched.is_fitted and abs(sched.planned_cost - 0.5) <= 1.0 / 400 + 1e-12
     for run in sched.fit_info["runs"]:  # patience 1: stops at the first feasible epoch that does not improve
-        assert run["epochs"] < 60 and 0 <= run["best_epoch"] < run["epochs"]
+        for epochs, best in zip(run["fold_epochs"], run["fold_best_epoch"]):  # every fold's training
+            assert epochs < 60 and 0 <= best < epochs
 
 
 # ---------------------------------------------------------------------------------------------- determinism

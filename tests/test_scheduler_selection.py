@@ -4,7 +4,7 @@ import torch
 
 from hf_eenet.policies import MaxProbPolicy, StaticPolicy
 from hf_eenet.scheduler import EENetScheduler
-from hf_eenet.scheduler_fit import stratified_split
+from hf_eenet.scheduler_fit import stratified_folds, stratified_split
 from test_scheduler import COSTS, K, accuracy, make_data, realized_cost
 
 
@@ -18,6 +18,21 @@ def test_stratified_split_is_seeded_disjoint_and_stratified():
     assert torch.bincount(labels[sel_a]).tolist() == [30, 90, 60]
     assert stratified_split(labels[:60], 0.3, seed=0) is None  # too few rows for an honest split
     assert stratified_split(labels, 0.0, seed=0) is None
+
+
+def test_stratified_folds_partition_every_row_once_per_class_balance():
+    labels = torch.tensor([0] * 101 + [1] * 299 + [2] * 200)
+    folds = stratified_folds(labels, 5, seed=1)
+    assert [torch.equal(a, b) for a, b in zip(folds, stratified_folds(labels, 5, seed=1))] == [True] * 5
+    assert not all(torch.equal(a, b) for a, b in zip(folds, stratified_folds(labels, 5, seed=2)))
+    assert torch.equal(torch.sort(torch.cat(folds)).values, torch.arange(600))  # a partition: every row once
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 1
+    for f in folds:  # each class spread evenly over the folds (within one row)
+        counts = torch.bincount(labels[f], minlength=3).tolist()
+        assert abs(counts[0] - 101 / 5) <= 1 and abs(counts[1] - 299 / 5) <= 1 and abs(counts[2] - 40) <= 1
+    assert stratified_folds(labels[:100], 5, seed=0) is None  # 20-row folds: too few to judge a candidate
+    assert stratified_folds(labels, 1, seed=0) is None
 
 
 def _static_world(n, seed):
@@ -36,16 +51,31 @@ def _static_world(n, seed):
     return probs, y
 
 
-def test_fallback_is_never_worse_than_baselines_on_the_selection_split():
-    probs, labels = _static_world(1200, seed=1)
+def test_fallback_is_never_worse_than_baselines_and_noise_does_not_beat_it():
+    """Confidence is pure noise: whatever a trained run scores held out over the fallbacks is luck, and the margin
+    (one paired standard error) keeps the simpler rule unless the evidence says otherwise."""
+    probs, labels = _static_world(1000, seed=1)
+    kept = []
     for seed in range(3):
-        sched = EENetScheduler(restarts=1, max_epochs=30, features="base").fit(probs, labels, COSTS, 0.5, seed=seed)
-        info = sched.fit_info
+        info = EENetScheduler(restarts=1, max_epochs=20, features="base").fit(probs, labels, COSTS, 0.5,
+                                                                              seed=seed).fit_info
         best_baseline = max(b["accuracy"] for b in info["selection_baselines"].values())
         assert info["val_accuracy"] >= best_baseline
+        adv = info["selection_advantage"]
+        assert info["selection_folds"] == 5 and adv["margin_se"] == 1.0 and adv["kept"] == info["chosen"]
+        assert adv["gap_points"] <= adv["gap_se_points"]  # the kept rule is within one SE of the best candidate
+        fixed = sorted((cd for cd in info["candidates"] if cd["name"] in info["selection_baselines"]),
+                       key=lambda cd: ["max-prob (calibrated)", "static split"].index(cd["name"]))
         if info["fallback"]:
             assert info["fallback_reason"] and info["chosen_restart"] is None
             assert info["chosen"].split(" / ")[0] in info["selection_baselines"]
+            rule = next(cd for cd in fixed if info["chosen"].startswith(cd["name"]))
+            for simpler in fixed[:fixed.index(rule)]:  # every simpler rule was more than one SE behind
+                assert simpler["gap_points"] > simpler["gap_se_points"]
+        else:
+            assert all(cd["gap_points"] > cd["gap_se_points"] for cd in fixed)
+        kept.append(info["fallback"])
+    assert sum(kept) >= 2
 
 
 def test_static_fallback_serves_the_static_split():
@@ -67,9 +97,42 @@ def test_static_fallback_serves_the_static_split():
         assert set(e.unique().tolist()) <= {3, 4}
 
 
+def test_voting_fallback_reads_agreement_counts():
+    probs, labels = make_data(600, seed=5)
+    sched = EENetScheduler(restarts=1, max_epochs=5)
+    sched.fit(probs, labels, COSTS, 0.5)
+    assert set(sched.fit_info["selection_baselines"]) == {"max-prob (calibrated)", "static split",
+                                                          "voting (calibrated)"}
+    sched._set_readout("voting")
+    q = sched.utility_scores(probs, raw=True)
+    a, m = probs.argmax(-1), probs.amax(-1)
+    for k in range(K):  # q^_k = (# earlier exits agreeing with exit k) + 1[previous exit agrees] + m_k / 2
+        v = (a[:, :k] == a[:, k:k + 1]).sum(-1).float()
+        g = (a[:, k - 1] == a[:, k]).float() if k else torch.zeros(len(a))
+        assert torch.allclose(q[:, k], v + g + m[:, k] / 2, atol=1e-6)
+    base = EENetScheduler(restarts=1, max_epochs=5, features="base").fit(probs, labels, COSTS, 0.5)
+    assert "voting (calibrated)" not in base.fit_info["selection_baselines"]  # no agreement features to read
+
+
 def test_selection_off_uses_fitting_rows():
     probs, labels = make_data(500, seed=3)
-    sched = EENetScheduler(restarts=1, max_epochs=5, selection_fraction=0.0).fit(probs, labels, COSTS, 0.5)
+    sched = EENetScheduler(restarts=1, max_epochs=5, selection_folds=0, selection_fraction=0.0).fit(
+        probs, labels, COSTS, 0.5)
     assert sched.fit_info["val_source"].startswith("fitting data") and sched.fit_info["selection_rows"] == 500
+    single = EENetScheduler(restarts=1, max_epochs=5, selection_folds=0).fit(probs, labels, COSTS, 0.5)
+    info = single.fit_info
+    assert info["selection_folds"] == 1 and info["selection_rows"] == 150 and info["fit_rows"] == 500
     no_fb = EENetScheduler(restarts=1, max_epochs=5, fallback=False).fit(probs, labels, COSTS, 0.5)
     assert not no_fb.fit_info["fallback"] and len(no_fb.fit_info["candidates"]) == 4  # 2 runs x 2 share plans
+
+
+def test_auto_folds_by_fitting_rows():
+    """selection_folds=None: 5-fold cross-selection below 4,000 rows, one 30 % hold-out above (k trainings each)."""
+    auto = EENetScheduler()
+    splits, source = auto._selection_splits(torch.arange(3999) % 3, 0)
+    assert len(splits) == 5 and source.startswith("5-fold")
+    assert sorted(torch.cat([held for _, held in splits]).tolist()) == list(range(3999))
+    splits, source = auto._selection_splits(torch.arange(4000) % 3, 0)
+    assert len(splits) == 1 and len(splits[0][1]) == 1200 and len(splits[0][0]) == 2800
+    splits, _ = EENetScheduler(selection_folds=3)._selection_splits(torch.arange(4000) % 3, 0)
+    assert len(splits) == 3

@@ -330,7 +330,7 @@ def test_recipe_end_to_end_small(tmp_path):
                 "--max_steps", "3", "--per_device_train_batch_size", "8", "--max_train_samples", "64",
                 "--max_predict_samples", "200", "--budgets", "0.5,0.8", "--max_seq_length", "48",
                 "--quiet", "--per_device_eval_batch_size", "128", "--scheduler_max_epochs", "10",
-                "--scheduler_restarts", "1"], resolve_model=resolve_backbone)
+                "--scheduler_restarts", "1", "--scheduler_selection_folds", "0"], resolve_model=resolve_backbone)
     data = json.loads((out / "results.json").read_text())
     assert set(data["methods"]) >= {"EENet", "BranchyNet (entropy)", "MSDNet (max-prob)", "PABEE (patience)",
                                     "Static", "Oracle (upper bound)"}
