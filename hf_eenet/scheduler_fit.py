@@ -10,7 +10,8 @@ Fitting data: all-exits softmax outputs P [N, K, C] of a labelled validation spl
       alpha_kl L_kl + alpha_cost L_cost (assignment heads only); the best epoch within ``budget_tolerance`` of B by
       training loss is kept (patience counted only there).
 §5.3 honest selection (the paper keeps the best trial by validation accuracy): seeded, class-stratified
-      ``selection_folds``-fold cross-selection (auto: 5 folds below 4,000 rows, else one 30 % hold-out). Candidates, each = (utility heads, exit-share plan):
+      ``selection_folds``-fold cross-selection (auto: 5 folds below 4,000 rows, else one 30 % hold-out).
+      Candidates, each = (utility heads, exit-share plan):
         - ``restarts`` runs from random initialisations and one run started at the max-prob ranking (q^_k = m_k),
           trained on k-1 folds, each with the learned shares pi_bar and/or geometric shares (``shares``);
         - with ``fallback``: fixed heads inside EENet's hypothesis space: calibrated max-prob (q^_k = m_k, geometric
