@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .scheduler_config import SchedulerFitArguments
+
 COMMANDS = {
     "train": "run the recipe: fine-tune, fit the scheduler bank, evaluate, predict (hf-eenet train --help)",
     "fit-scheduler": "fit the EENet scheduler bank on a validation split and save it (replaces the bank unless "
@@ -42,20 +44,13 @@ class CLIError(ValueError):
 
 
 @dataclass
-class FitArguments:
+class FitArguments(SchedulerFitArguments):
     budgets: str = field(default="0.3,0.4,0.5,0.6,0.7,0.8", metadata={
         "help": "comma-separated budgets, fractions of the full cost"})
     extend: bool = field(default=False, metadata={
         "help": "keep the schedulers already in the bank and add these budgets (default: replace the bank)"})
     seed: int = field(default=0, metadata={"help": "seed of the scheduler fit (and of a validation hold-out)"})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "batch size of the prediction pass"})
-    scheduler_max_epochs: int | None = field(default=None, metadata={
-        "help": "epoch cap of each scheduler fit (default: EENetScheduler's)"})
-    scheduler_restarts: int | None = field(default=None, metadata={
-        "help": "random restarts of each scheduler fit (default: EENetScheduler's)"})
-    scheduler_selection_folds: int | None = field(default=None, metadata={
-        "help": "k of the scheduler's k-fold cross-selection (default: 5 below 4,000 validation rows, else one "
-                "30%% hold-out; 0 = one hold-out, faster)"})
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DataArguments, DataError, load_text_classification
+from .scheduler_config import SchedulerFitArguments
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class ModelArguments:
 
 
 @dataclass
-class EENetArguments:
+class EENetArguments(SchedulerFitArguments):
     """EENet-specific options (the rest: ``DataArguments``, ``ModelArguments``, ``transformers.TrainingArguments``)."""
 
     budgets: str = field(default="0.25,0.3,0.4,0.5,0.6,0.7,0.8,0.9", metadata={
@@ -57,13 +58,6 @@ class EENetArguments:
     self_distillation: bool = field(default=True, metadata={
         "help": "self-distillation in the last quarter of training"})
     do_fit_scheduler: bool = field(default=True, metadata={"help": "fit the EENet scheduler bank on validation"})
-    scheduler_max_epochs: int | None = field(default=None, metadata={
-        "help": "epoch cap of each scheduler fit (default: EENetScheduler's)"})
-    scheduler_restarts: int | None = field(default=None, metadata={
-        "help": "random restarts of each scheduler fit (default: EENetScheduler's)"})
-    scheduler_selection_folds: int | None = field(default=None, metadata={
-        "help": "k of the scheduler's k-fold cross-selection (default: 5 below 4,000 validation rows, else one "
-                "30%% hold-out; 0 = one hold-out, faster)"})
     reprofile_costs: bool = field(default=False, metadata={
         "help": "re-measure the exit costs of an hf_eenet model given as --model_name_or_path (default: keep its own)"})
     results_dir: str | None = field(default=None, metadata={
@@ -241,12 +235,9 @@ def eval_metrics(results: dict, split: str = "test") -> dict:
     return m
 
 
-def scheduler_kwargs(args) -> dict:
-    """``EENetScheduler`` keyword arguments set by ``--scheduler_max_epochs`` / ``--scheduler_restarts`` /
-    ``--scheduler_selection_folds``."""
-    kw = {"max_epochs": args.scheduler_max_epochs, "restarts": args.scheduler_restarts,
-          "selection_folds": args.scheduler_selection_folds}
-    return {k: v for k, v in kw.items() if v is not None}
+def scheduler_kwargs(args: SchedulerFitArguments) -> dict:
+    """``EENetScheduler`` keyword arguments set by the ``--scheduler_*`` flags."""
+    return args.scheduler_kwargs()
 
 
 def _dist_broadcast_costs(costs: list[float]) -> list[float]:

@@ -6,7 +6,7 @@ Paper values (docs/method.md §5) are given in comments; where ours differ the m
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 #: feature sets of §3 (docs/method.md): extra per-exit features beyond [p, max p, conf]
 FEATURE_SETS = {"base": 0, "agreement": 2, "legacy": 0}  # legacy: [p, max p, conf], files saved before issue 12
@@ -145,4 +145,24 @@ class EENetSchedulerConfig:
         return asdict(self)
 
 
-__all__ = ["EENetSchedulerConfig", "FEATURE_SETS", "SHARE_PLANS"]
+@dataclass
+class SchedulerFitArguments:
+    """The scheduler options of the command-line entry points (recipe and ``hf-eenet fit-scheduler``), declared once;
+    unset ones keep :class:`EENetSchedulerConfig`'s defaults."""
+
+    scheduler_max_epochs: int | None = field(default=None, metadata={
+        "help": "epoch cap of each scheduler fit (default: EENetScheduler's)"})
+    scheduler_restarts: int | None = field(default=None, metadata={
+        "help": "random restarts of each scheduler fit (default: EENetScheduler's)"})
+    scheduler_selection_folds: int | None = field(default=None, metadata={
+        "help": "k of the scheduler's k-fold cross-selection (default: 5 below 4,000 validation rows, else one "
+                "30%% hold-out; 0 = one hold-out, faster)"})
+
+    def scheduler_kwargs(self) -> dict:
+        """The ``EENetScheduler`` keyword arguments these flags set."""
+        kw = {"max_epochs": self.scheduler_max_epochs, "restarts": self.scheduler_restarts,
+              "selection_folds": self.scheduler_selection_folds}
+        return {k: v for k, v in kw.items() if v is not None}
+
+
+__all__ = ["EENetSchedulerConfig", "SchedulerFitArguments", "FEATURE_SETS", "SHARE_PLANS"]
