@@ -9,6 +9,9 @@ Sweep mode (default), random weights, so that only the engine differs:
   * engines: ``stock`` = ``BertForSequenceClassification`` with the same weights on the same length-sorted
     micro-batches; ``legacy`` = the per-request loop as of commit 70fa4e6 (verbatim copy below); ``loop`` = today's
     per-request loop (``model(..., exit_policy=...)``); ``waves`` = depth waves (``hf_eenet/engine.py``);
+    ``waves_graphs`` = depth waves with ``cuda_graphs=True`` (experimental: each full micro-batch replays a CUDA graph
+    of the layer; GPU only; graphs are captured in the warm-up pass, outside the timing); ``loop_graphs`` = the
+    per-request loop with ``cuda_graphs=True`` (micro-batch 1 only: the loop uses graphs for one text);
   * ``all-last``: every row planned to the last exit (the engines' overhead over the stock model);
   * peak device memory of depth waves per ``chunk_size``.
 Timing: warm-up, then ``--repeats`` interleaved rounds, median; ``torch.cuda.synchronize`` around each pass.
@@ -119,13 +122,17 @@ def legacy_exit_forward(model, input_ids, attention_mask, exit_policy):
     return logits_out, exit_index
 
 
-def load_texts(path, n):
+def load_texts(path, n, with_labels=False):
     with open(path, encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     header = [h.strip().lower() for h in rows[0]]
     col = header.index("sentence") if "sentence" in header else 0
-    texts = [r[col].strip() for r in rows[1:] if len(r) > col and r[col].strip()]
-    return texts[:n] if n else texts
+    rows = [r for r in rows[1:] if len(r) > col and r[col].strip()][: n or None]
+    texts = [r[col].strip() for r in rows]
+    if not with_labels:
+        return texts
+    lab = header.index("label") if "label" in header else None
+    return texts, (None if lab is None else [int(r[lab]) for r in rows])
 
 
 def sst2_shares(path):
@@ -218,10 +225,10 @@ class Bench:
     def run(self, engine, n, mb, plan=None, chunk_size=1024):
         """One pass over the first ``n`` texts; returns (logits [n, C], exit_index [n]) in text order (on device)."""
         dev = self.dev
-        if engine == "waves":
+        if engine in ("waves", "waves_graphs"):
             self.policy.feed(plan)
             return depth_wave_forward(self.model, self.rows[:n], self.policy, micro_batch_size=mb,
-                                      chunk_size=chunk_size)
+                                      chunk_size=chunk_size, cuda_graphs=engine == "waves_graphs")
         logits = torch.empty(n, 2, device=dev, dtype=next(self.model.parameters()).dtype)
         exits = torch.full((n,), self.K - 1, device=dev, dtype=torch.long)
         batches = self._batches.get((n, mb))
@@ -238,8 +245,9 @@ class Bench:
             elif engine == "legacy":
                 lg, ex = legacy_exit_forward(self.model, ids, mask, self.policy)
                 logits[idx_d], exits[idx_d] = lg, ex
-            elif engine == "loop":
-                out = self.model(input_ids=ids, attention_mask=mask, exit_policy=self.policy)
+            elif engine in ("loop", "loop_graphs"):
+                out = self.model(input_ids=ids, attention_mask=mask, exit_policy=self.policy,
+                                 cuda_graphs=engine == "loop_graphs")
                 logits[idx_d], exits[idx_d] = out.logits, out.exit_index
             else:
                 raise ValueError(engine)
@@ -274,18 +282,36 @@ def sweep(args, dev, results, out_path):
                 budgets = [float(b) for b in (args.budgets_bs1 if mb == 1 else args.budgets).split(",")]
                 plans = {f"B={b}": make_plan(shares[round(b, 4)], n, seed=0) for b in budgets}
                 plans["all-last"] = torch.full((n,), bench.K - 1, dtype=torch.long)
-                engines = [e for e in args.engines.split(",") if not (mb == 1 and e == "waves" and args.no_waves_bs1)]
+                engines = [e for e in args.engines.split(",")
+                           if not (mb == 1 and e.startswith("waves") and args.no_waves_bs1)
+                           and not (e.endswith("_graphs") and dev.type != "cuda")
+                           and not (e == "loop_graphs" and mb != 1)]  # the loop uses graphs for one text
                 configs = [("stock", None)] + [(e, p) for p in plans for e in engines]
-                times = {c: [] for c in configs}
                 check = {}
                 # warm-up + correctness: every engine takes the planned exits; all-last logits match stock
                 ref_logits, _ = bench.run("stock", n, mb)
-                for e, p in configs[1:]:
-                    lg, ex = bench.run(e, n, mb, plans[p])
+                eager = {}
+                for e, p in list(configs[1:]):
+                    if (e, p) not in configs:
+                        continue
+                    try:
+                        lg, ex = bench.run(e, n, mb, plans[p])
+                    except Exception as exc:  # noqa: BLE001 - an experimental engine must not sink the sweep
+                        if not e.endswith("_graphs"):
+                            raise
+                        check[f"{e}/error"] = repr(exc)
+                        print(f"{e} failed: {exc!r}", flush=True)
+                        configs = [c for c in configs if c[0] != e]
+                        continue
                     ok = bool(torch.equal(ex.cpu(), plans[p]))
                     check[f"{e}/{p}/exits_as_planned"] = ok
+                    if e == "waves":
+                        eager[p] = lg
+                    if e == "waves_graphs" and p in eager:
+                        check[f"{e}/{p}/max_abs_logit_diff_vs_waves"] = float((lg.float() - eager[p].float()).abs().max())
                     if p == "all-last":
                         check[f"{e}/all-last/max_abs_logit_diff_vs_stock"] = float((lg.float() - ref_logits.float()).abs().max())
+                times = {c: [] for c in configs}
                 for _ in range(args.repeats):
                     for c in configs:
                         e, p = c
@@ -338,22 +364,27 @@ def pipeline_mode(args, dev, results, out_path):
     from bench_pipeline import full_model  # the same full-model baseline as the pipeline benchmark
 
     tok = AutoTokenizer.from_pretrained(args.model_dir)
-    texts = load_texts(args.texts, args.n_texts)
-    ee = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval().to(dev)
-    full = full_model(args.model_dir).to(dev)
+    texts, labels = load_texts(args.texts, args.n_texts, with_labels=True)
+    # fp32 compute whatever the stored dtype (the GPU run ships the weights as fp16 to fit the transfer limit)
+    ee = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval().float().to(dev)
+    full = full_model(args.model_dir).float().to(dev)
     pipes = {"full": TextClassificationPipeline(model=full, tokenizer=tok, device=dev),
              "ee": hf_eenet.EENetTextClassificationPipeline(model=ee, tokenizer=tok, device=dev)}
     budgets = [float(b) for b in args.budgets.split(",")]
     for bs in [int(x) for x in args.mbs.split(",")]:
         n = min(args.n_texts_bs1 if bs == 1 else args.n_texts, len(texts))
         sub = texts[:n]
+        graphs = args.graphs and dev.type == "cuda"
         configs = [("full", None, None)] + [("ee", b, cs) for b in budgets
-                                            for cs in ([None] if bs == 1 else [0, None])]
+                                            for cs in ([None] + (["graphs"] if graphs else []) if bs == 1
+                                                       else [0, None])]
 
         def call(c):
             kind, b, cs = c
             kw = {} if kind == "full" else {"budget": b}
-            if cs is not None:
+            if cs == "graphs":
+                kw["cuda_graphs"] = True
+            elif cs is not None:
                 kw["chunk_size"] = cs
             return pipes[kind](sub, batch_size=bs, truncation=True, max_length=128, **kw)
 
@@ -364,26 +395,66 @@ def pipeline_mode(args, dev, results, out_path):
                 times[c].append(timed(lambda: call(c), dev))
         med = {c: statistics.median(v) for c, v in times.items()}
         full_t = med[configs[0]]
-        entry = {"batch_size": bs, "n_texts": n, "full_texts_per_s": n / full_t, "rows": []}
+        entry = {"batch_size": bs, "n_texts": n, "full_texts_per_s": n / full_t, "rows": [],
+                 "full_accuracy": accuracy(outs[configs[0]], labels, full.config)}
         for c in configs[1:]:
             _, b, cs = c
             res = outs[c]
-            path = "per-request loop" if bs == 1 or cs == 0 else "depth waves (chunk_size default)"
+            path = ("per-request loop + cuda_graphs" if cs == "graphs" else
+                    "per-request loop" if bs == 1 or cs == 0 else "depth waves (chunk_size default)")
             entry["rows"].append({"budget": b, "chunk_size": cs, "path": path, "texts_per_s": n / med[c],
                                   "speedup_vs_full": full_t / med[c],
-                                  "mean_cost": statistics.fmean(r["cost"] for r in res), "times_s": times[c]})
+                                  "mean_cost": statistics.fmean(r["cost"] for r in res), "times_s": times[c],
+                                  "accuracy": accuracy(res, labels, full.config)})
         if bs > 1:  # the two paths give the same results
             for b in budgets:
                 a = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, 0)]]
                 w = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, None)]]
                 entry.setdefault("checks", {})[f"B={b}/waves_equal_loop"] = a == w
+        if bs > 1 and graphs:  # experimental CUDA graphs: same exits and labels, time side by side
+            try:
+                entry["cuda_graphs"] = graphs_check(ee, tok, sub, bs, budgets, args.repeats, dev)
+            except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                entry["cuda_graphs"] = {"error": repr(exc)}
+                print(f"cuda_graphs check failed: {exc!r}", flush=True)
         results["pipeline"].append(entry)
         cells = []
         for r in entry["rows"]:
-            tag = "" if r["chunk_size"] is None else "/cs=%d" % r["chunk_size"]
+            tag = "" if r["chunk_size"] is None else f"/cs={r['chunk_size']}"
             cells.append(f"B={r['budget']}{tag}={r['speedup_vs_full']:.2f}x")
         print(f"pipeline bs={bs} n={n} full={n / full_t:,.1f}/s | " + " ".join(cells), flush=True)
         write(results, out_path)
+
+
+def graphs_check(model, tok, texts, bs, budgets, repeats, dev):
+    """``early_exit_predict`` with and without ``cuda_graphs`` on the real model and bank: agreement and speed."""
+    out = {}
+    enc = tok(texts, truncation=True, max_length=128)
+    for b in budgets:
+        def call(graphs):
+            with torch.inference_mode():
+                return model.early_exit_predict(enc, budget=b, batch_size=bs, cuda_graphs=graphs)
+        ref, got = call(False), call(True)  # the second call captures the graphs
+        times = {g: [] for g in (False, True)}
+        for _ in range(repeats):
+            for g in (False, True):
+                times[g].append(timed(lambda: call(g), dev))
+        t0, t1 = statistics.median(times[False]), statistics.median(times[True])
+        out[f"B={b}"] = {
+            "same_exit": int((ref.exit_index == got.exit_index).sum()), "rows": len(texts),
+            "same_label": int((ref.logits.argmax(-1) == got.logits.argmax(-1)).sum()),
+            "max_abs_logit_diff": float((ref.logits.float() - got.logits.float()).abs().max()),
+            "texts_per_s_eager": len(texts) / t0, "texts_per_s_graphs": len(texts) / t1, "speedup": t0 / t1}
+        print(f"  cuda_graphs bs={bs} B={b}: {out[f'B={b}']}", flush=True)
+    return out
+
+
+def accuracy(results, labels, config):
+    """Share of pipeline results whose label is the gold one (``None`` when the texts have no labels)."""
+    if labels is None:
+        return None
+    label2id = {v: int(k) for k, v in config.id2label.items()}
+    return statistics.fmean(float(label2id[r["label"]] == y) for r, y in zip(results, labels))
 
 
 def write(results, out_path):
@@ -412,8 +483,10 @@ def main():
     p.add_argument("--chunk_sizes", default="128,512,1024")
     p.add_argument("--pipeline", action="store_true", help="real model through the pipeline (needs --model_dir)")
     p.add_argument("--model_dir", default=None)
+    p.add_argument("--graphs", action="store_true", help="pipeline mode: also time cuda_graphs=True (CUDA only)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", default=None)
+    p.add_argument("--note", default="", help="appended to the JSON's notes (e.g. how the weights travelled)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -421,7 +494,7 @@ def main():
     results = {"command": "",
                "device": device_name(dev), "versions": versions(), "args": dict(vars(args)),
                "notes": "speedup = stock (or full-model) time / engine time on the same texts and micro-batches, "
-                        "medians of interleaved rounds in one process",
+                        "medians of interleaved rounds in one process" + (f"; {args.note}" if args.note else ""),
                "sweep": [], "memory": [], "pipeline": []}
     for key in ("texts", "tokenizer", "shares", "model_dir", "json"):  # no absolute paths of this machine in results
         if results["args"].get(key):

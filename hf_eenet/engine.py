@@ -94,30 +94,45 @@ class _Chunk:
         sorted_rows = [rows[i] for i in order]
         self.lengths = [lengths[i] for i in order]  # host, wave order, non-increasing
         self.mb = micro_batch_size
-        # padded [n, W] tensors from one concatenation per key (pad_sequence over many small tensors is ~100x
-        # slower); rows are right-aligned at 0, so the flat tokens fill `within` in row-major order
+        # padded [n, W] tensors: one concatenation per key, then one scatter of all keys at flat positions (rows
+        # right-aligned at 0); pad_sequence over many small tensors is slower, boolean index_put needs a nonzero
         width = self.lengths[0]
-        within = torch.arange(width)[None] < torch.tensor(self.lengths)[:, None]
-
-        def padded(key, fill, default=None):
-            out = torch.full((n, width), fill, dtype=torch.long)
-            out[within] = torch.cat([r[key] if key in r else default(r) for r in sorted_rows])
-            return out
-
-        ids = padded("input_ids", pad_id)
+        lt = torch.tensor(self.lengths)
+        within = torch.arange(width)[None] < lt[:, None]
+        offsets = torch.cumsum(lt, 0) - lt
+        pos = torch.repeat_interleave(torch.arange(n) * width - offsets, lt) + torch.arange(int(lt.sum()))
+        flats = {"input_ids": torch.cat([r["input_ids"] for r in sorted_rows])}
         has_mask = all("attention_mask" in r for r in sorted_rows)
-        mask = padded("attention_mask", 0) if has_mask else within.long()
-        tt = None
+        if has_mask:
+            flats["attention_mask"] = torch.cat([r["attention_mask"] for r in sorted_rows])
+            # holes in a row's mask within its length make its micro-batch "padded" even at equal lengths
+            has_mask = not bool(flats["attention_mask"].all())
+            if not has_mask:
+                del flats["attention_mask"]  # all ones within the lengths: the mask is `within`
         if any("token_type_ids" in r for r in sorted_rows):
-            tt = padded("token_type_ids", 0, lambda r: torch.zeros_like(r["input_ids"]))
-        # does a row have holes in its mask within its length (then a micro-batch is "padded" even at equal
-        # lengths)? One vectorised op on the host
+            tt = torch.cat([r["token_type_ids"] if "token_type_ids" in r else torch.zeros_like(r["input_ids"])
+                            for r in sorted_rows])
+            if bool(tt.any()):  # all zeros = the embeddings' default (same lookup): not sent
+                flats["token_type_ids"] = tt
+        keys = list(flats)
+        padded = torch.zeros(len(keys), n * width, dtype=torch.long)
+        if pad_id:
+            padded[0].fill_(pad_id)
+        padded[:, pos] = torch.stack([flats[key] for key in keys])
+        padded = padded.view(len(keys), n, width)
+        mask = padded[keys.index("attention_mask")] if has_mask else within.long()
         self.holes = ((mask == 0) & within).any(1).tolist() if has_mask else [False] * n
-        self.ids = ids.to(device, non_blocking=True)
-        self.mask2d = mask.to(device, non_blocking=True)
-        self.tt = tt.to(device, non_blocking=True) if tt is not None else None
-        self.rows = torch.tensor(order, device=device)  # wave position -> input position in the chunk
-        self.order = order
+        if not has_mask:
+            padded = torch.cat([padded, mask[None]])
+            keys.append("attention_mask")
+        # one host->device copy for all keys (pinned on a GPU, so it does not wait for the device)
+        pin = device.type == "cuda"
+        on_device = (padded.pin_memory() if pin else padded).to(device, non_blocking=pin)
+        self.ids = on_device[0]
+        self.mask2d = on_device[keys.index("attention_mask")]
+        self.tt = on_device[keys.index("token_type_ids")] if "token_type_ids" in keys else None
+        order_t = torch.tensor(order)
+        self.rows = (order_t.pin_memory() if pin else order_t).to(device, non_blocking=pin)  # wave pos -> input pos
 
     def slices(self):
         """Micro-batches of the alive rows: ``(start, end, width)``, width = longest row of the micro-batch."""
@@ -128,6 +143,105 @@ class _Chunk:
         return self.lengths[e - 1] < width or any(self.holes[s:e])
 
 
+class _LayerGraphs:
+    """CUDA graphs of the encoder layers for full micro-batches (``depth_wave_forward(..., cuda_graphs=True)``).
+
+    On a GPU at serving batch sizes a layer call is bound by the host (about 15 kernel launches through Python),
+    not by the device. A graph replays all of a layer's kernels with one launch. One graph per (layer, width
+    bucket): a full micro-batch of ``micro_batch_size`` rows and width ``w`` is copied into a static input of width
+    ``ceil(w / bucket) * bucket`` with its padding mask (the extra columns are masked like any padding), the graph
+    is replayed and the first ``w`` columns of its output are copied out at once. Partial micro-batches run
+    eagerly. Graphs are captured on first use of a (layer, width) and kept on the model; they are dropped when the
+    layers' parameters move (``.to()``, a new state dict assigned as new tensors) or the dtype changes. Memory: one
+    static output per graph (``micro_batch_size x width x hidden``), the graphs share one pool.
+    """
+
+    def __init__(self, model, micro_batch_size: int, bucket: int = 8):
+        self.model = model
+        self.layers = model.backbone.encoder.layer
+        self.mb = micro_batch_size
+        self.bucket = bucket
+        self.key = self.fingerprint(model)
+        self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, int], tuple[object, torch.Tensor]] = {}
+        self.pool = None
+
+    @staticmethod
+    def fingerprint(model):
+        params = list(model.backbone.encoder.parameters())
+        # static buffers made under inference_mode are inference tensors: keep one cache per mode
+        return (params[0].dtype, params[0].device, torch.is_inference_mode_enabled(),
+                tuple(p.data_ptr() for p in params))
+
+    @classmethod
+    def of(cls, model, micro_batch_size: int) -> "_LayerGraphs":
+        cache = model.__dict__.setdefault("_eenet_layer_graphs", {})
+        graphs = cache.get(micro_batch_size)
+        if graphs is None or graphs.key != cls.fingerprint(model):
+            graphs = cache[micro_batch_size] = cls(model, micro_batch_size)
+        return graphs
+
+    def _step(self, i: int, width: int):
+        """What a graph of layer ``i`` at ``width`` replays: the layer on the static input and mask."""
+        static_in, static_mask = self.inputs[width]
+        layer, model = self.layers[i], self.model
+
+        def step():
+            return layer(static_in, model._layer_mask(static_in, static_mask, True))
+
+        return step
+
+    def _capture(self, i: int, width: int):
+        """``(graph, static output)``; ``graph.replay()`` recomputes the output from the static input."""
+        step = self._step(i, width)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the capture (lazy initialisations, autotuning)
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = step()
+        return graph, out
+
+    def run(self, i: int, hidden: torch.Tensor, mask2d: torch.Tensor) -> torch.Tensor:
+        """Layer ``i`` on a full micro-batch ``hidden [mb, w, h]`` with padding mask ``mask2d [mb, w]``."""
+        w = hidden.shape[1]
+        wb = -(-w // self.bucket) * self.bucket
+        if wb not in self.inputs:
+            self.inputs[wb] = (
+                torch.zeros(self.mb, wb, hidden.shape[2], dtype=hidden.dtype, device=hidden.device),
+                torch.zeros(self.mb, wb, dtype=mask2d.dtype, device=hidden.device),
+            )
+        static_in, static_mask = self.inputs[wb]
+        static_in[:, :w].copy_(hidden)
+        static_mask[:, :w].copy_(mask2d)
+        if wb > w:
+            static_mask[:, w:].zero_()
+        entry = self.graphs.get((i, wb))
+        if entry is None:
+            entry = self.graphs[(i, wb)] = self._capture(i, wb)
+        entry[0].replay()
+        return entry[1][:, :w]
+
+
+def layer_graphs(model, rows: int) -> _LayerGraphs:
+    """The model's CUDA-graph cache for layer calls of ``rows`` rows, after checking that graphs can serve it."""
+    if model.device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs a model on a CUDA device, this one is on {model.device}")
+    if model.training:
+        raise ValueError("cuda_graphs=True needs model.eval() (graphs replay inference kernels)")
+    if model.config._attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(
+            f"cuda_graphs=True supports the 'sdpa' and 'eager' attention implementations, this model uses "
+            f"{model.config._attn_implementation!r}"
+        )
+    return _LayerGraphs.of(model, rows)
+
+
 @torch.no_grad()
 def depth_wave_forward(
     model,
@@ -136,6 +250,7 @@ def depth_wave_forward(
     *,
     micro_batch_size: int = 32,
     chunk_size: int = 1024,
+    cuda_graphs: bool = False,
     stats: dict | None = None,
 ):
     """Early exit over many texts with depth waves.
@@ -148,6 +263,9 @@ def depth_wave_forward(
             computed).
         micro_batch_size: rows per layer call (the re-packed micro-batch).
         chunk_size: texts held on the device at once (hidden states ``[chunk_size, longest, h]``).
+        cuda_graphs: experimental, CUDA only: full micro-batches replay a CUDA graph of each layer instead of
+            launching its kernels from Python (see :class:`_LayerGraphs`: widths padded to a multiple of 8 and
+            masked, graphs captured on first use and kept on the model).
         stats: optional dict, filled with ``host_syncs`` (device→host reads) and ``layer_rows`` (Σ over layer calls
             of the rows computed), ``layer_calls``.
     Returns:
@@ -159,6 +277,7 @@ def depth_wave_forward(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if not rows:
         raise ValueError("no texts to classify (empty input)")
+    graphs = layer_graphs(model, micro_batch_size) if cuda_graphs else None
     num_exits = model.config.num_exits
     if exit_policy is not None:
         if model.config.num_labels < 2:
@@ -168,7 +287,9 @@ def depth_wave_forward(
         stats.update(host_syncs=0, layer_rows=0, layer_calls=0)
     logits_parts, exit_parts = [], []
     for start in range(0, len(rows), chunk_size):
-        logits, exit_index = _run_chunk(model, rows[start:start + chunk_size], exit_policy, micro_batch_size, stats)
+        logits, exit_index = _run_chunk(
+            model, rows[start:start + chunk_size], exit_policy, micro_batch_size, stats, graphs
+        )
         logits_parts.append(logits)
         exit_parts.append(exit_index)
     if len(logits_parts) == 1:
@@ -176,7 +297,7 @@ def depth_wave_forward(
     return torch.cat(logits_parts), torch.cat(exit_parts)
 
 
-def _run_chunk(model, rows, policy, micro_batch_size, stats):
+def _run_chunk(model, rows, policy, micro_batch_size, stats, graphs=None):
     backbone = model.backbone
     config = model.config
     num_exits = config.num_exits
@@ -217,11 +338,14 @@ def _run_chunk(model, rows, policy, micro_batch_size, stats):
     exit_index = torch.full((n,), num_exits - 1, dtype=torch.long, device=device)
     for i, layer in enumerate(backbone.encoder.layer):
         sl = chunk.slices()
-        if len(sl) == 1 and sl[0][2] == hidden.shape[1]:
+        if len(sl) == 1 and sl[0][2] == hidden.shape[1] and graphs is None:
             hidden = layer(hidden, masks[0])
         else:
             for (s, e, w), m in zip(sl, masks):
-                hidden[s:e, :w] = layer(hidden[s:e, :w], m)
+                if graphs is not None and e - s == micro_batch_size:
+                    hidden[s:e, :w] = graphs.run(i, hidden[s:e, :w], mask2d[s:e, :w])
+                else:  # a narrower slice of the buffer is strided: one copy here, not one per projection
+                    hidden[s:e, :w] = layer(hidden[s:e, :w].contiguous(), m)
         if stats is not None:
             stats["layer_rows"] += len(chunk.lengths)
             stats["layer_calls"] += len(sl)

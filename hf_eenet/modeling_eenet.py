@@ -385,12 +385,14 @@ class EENetModelMixin:
         position_ids=None,
         inputs_embeds=None,
         exit_policy: ExitPolicy | None = None,
+        cuda_graphs: bool = False,
     ):
         """Run the encoder layer by layer. Returns ``(logits [B, C], exit_index [B], exit_logits [B, K, C] | None)``.
 
         The per-request loop (the batch shrinks as rows leave). Host syncs: one at the start (the rows' token
         extents) and one per exit that a policy decides at (which rows stop); outputs of the rows that stop are
-        written with one index built on the host (no boolean indexing, no further syncs).
+        written with one index built on the host (no boolean indexing, no further syncs). ``cuda_graphs``
+        (experimental, CUDA, a policy, one text): each layer replays a CUDA graph (``hf_eenet/engine.py``).
         """
         self._check_inputs(input_ids, attention_mask, inputs_embeds)
         backbone = self.backbone
@@ -430,12 +432,17 @@ class EENetModelMixin:
         cols = torch.arange(1, width + 1)
         extent = (mask_host * cols).amax(1)
         mask = self._layer_mask(hidden, mask2d, not bool(mask_host.all()))
+        graphs = None
+        if cuda_graphs and batch == 1:
+            from .engine import layer_graphs
+
+            graphs = layer_graphs(self, 1)
         state = exit_policy.init_state(batch, device)
         rows = torch.arange(batch, device=device)  # original row of each running row
         logits_out = None
         exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=device)
         for i, layer in enumerate(backbone.encoder.layer):
-            hidden = layer(hidden, mask)
+            hidden = graphs.run(i, hidden, mask2d) if graphs is not None else layer(hidden, mask)
             k = exit_at.get(i + 1)
             if k is None:
                 continue
@@ -498,6 +505,7 @@ class EENetModelMixin:
         tokenizer=None,
         batch_size: int = 32,
         chunk_size: int = 1024,
+        cuda_graphs: bool = False,
         **tokenizer_kwargs,
     ) -> EENetSequenceClassifierOutput:
         """Classify many texts with early exit through depth waves (the throughput path, ``hf_eenet/engine.py``).
@@ -518,6 +526,8 @@ class EENetModelMixin:
             batch_size (`int`): rows per layer call (micro-batch).
             chunk_size (`int`): texts whose hidden states are on the device at once (memory bound:
                 ``chunk_size x longest x hidden_size`` activations).
+            cuda_graphs (`bool`): experimental, CUDA only: full micro-batches replay a CUDA graph per layer (see
+                ``hf_eenet/engine.py``).
         Returns:
             [`EENetSequenceClassifierOutput`] with ``logits [N, C]``, ``exit_index``, ``exit_layer``, ``exit_cost``
             ``[N]``, in input order, on the model's device (``exit_logits`` and ``loss`` are ``None``).
@@ -544,7 +554,7 @@ class EENetModelMixin:
             raise TypeError(f"unexpected keyword arguments {sorted(tokenizer_kwargs)} (tokenizer kwargs need texts)")
         rows = rows_from_encodings(inputs)
         logits, exit_index = depth_wave_forward(
-            self, rows, exit_policy, micro_batch_size=batch_size, chunk_size=chunk_size
+            self, rows, exit_policy, micro_batch_size=batch_size, chunk_size=chunk_size, cuda_graphs=cuda_graphs
         )
         layers = torch.tensor(self.config.exit_layers, device=exit_index.device)
         costs = torch.tensor(self.config.exit_costs, device=exit_index.device)
@@ -565,6 +575,7 @@ class EENetModelMixin:
         return_dict=None,
         output_attentions=None,
         output_hidden_states=None,
+        cuda_graphs=False,
         **kwargs,
     ):
         if output_attentions or output_hidden_states:
@@ -577,7 +588,7 @@ class EENetModelMixin:
             raise TypeError(
                 f"{type(self).__name__}.forward() got unexpected keyword arguments {sorted(kwargs)}; it takes "
                 "input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, labels, exit_policy, budget, "
-                "return_dict"
+                "return_dict, cuda_graphs"
             )
         if exit_policy is not None and budget is not None:
             raise ValueError("give either exit_policy or budget, not both")
@@ -585,8 +596,10 @@ class EENetModelMixin:
             exit_policy = self.get_exit_policy(budget)
         if exit_policy is not None and not isinstance(exit_policy, ExitPolicy):
             raise TypeError(f"exit_policy must be an hf_eenet ExitPolicy, got {type(exit_policy).__name__}")
+        if not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
         logits, exit_index, exit_logits = self.exit_forward(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, exit_policy
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, exit_policy, cuda_graphs
         )
         loss = None
         if labels is not None:
@@ -614,6 +627,8 @@ class EENetModelMixin:
                 at their exit). Without it (and without `budget`) every exit is computed for every row.
             budget (`float`, *optional*): fraction of the full cost in (0, 1]; uses the fitted scheduler bank
                 (see `get_exit_policy`).
+            cuda_graphs (`bool`, *optional*): experimental, CUDA only; with a policy/budget and a single text, each
+                layer replays a CUDA graph instead of launching its kernels from Python (`hf_eenet/engine.py`).
         Returns: [`EENetSequenceClassifierOutput`].
     """
 

@@ -71,7 +71,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         waves = (
             chunk_size > 0
             and self._is_early_exit_model()
-            and not (set(forward_params) - {"budget", "exit_policy"})  # unknown forward kwargs: stock path
+            and not (set(forward_params) - {"budget", "exit_policy", "cuda_graphs"})  # unknown kwargs: stock path
         )
         if not waves:
             return super().get_iterator(
@@ -95,7 +95,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
             rows = rows_from_encodings([self.preprocess(t, **preprocess_params) for t in texts])
             with self.device_placement(), self.get_inference_context()():
                 logits, exit_index = depth_wave_forward(
-                    model, rows, exit_policy, micro_batch_size=batch_size, chunk_size=chunk_size
+                    model, rows, exit_policy, micro_batch_size=batch_size, chunk_size=chunk_size,
+                    cuda_graphs=forward_params.get("cuda_graphs", False),
                 )
             logits, exit_index = logits.cpu(), exit_index.cpu()
             for i in range(len(rows)):
@@ -103,7 +104,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
                        "exit_cost": costs[exit_index[i : i + 1]]}
                 yield self.postprocess(out, **postprocess_params)
 
-    def _sanitize_parameters(self, budget=None, exit_policy=None, function_to_apply=None, top_k="", **tokenizer_kwargs):
+    def _sanitize_parameters(self, budget=None, exit_policy=None, cuda_graphs=None, function_to_apply=None, top_k="",
+                             **tokenizer_kwargs):
         preprocess, forward, postprocess = super()._sanitize_parameters(
             function_to_apply=function_to_apply, top_k=top_k, **tokenizer_kwargs
         )
@@ -116,6 +118,12 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
             forward["budget"] = float(budget)
         if exit_policy is not None:
             forward["exit_policy"] = exit_policy
+        if cuda_graphs is not None:
+            if not self._is_early_exit_model():
+                raise ValueError(f"cuda_graphs needs an hf_eenet early-exit model, got {type(self.model).__name__}")
+            if not isinstance(cuda_graphs, bool):
+                raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
+            forward["cuda_graphs"] = cuda_graphs
         return preprocess, forward, postprocess
 
     def preprocess(self, inputs, **tokenizer_kwargs):
@@ -151,13 +159,13 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         tok_limit = getattr(self.tokenizer, "model_max_length", None)
         return min(limit, tok_limit) if tok_limit and tok_limit < 10**6 else limit
 
-    def _forward(self, model_inputs, budget=None, exit_policy=None):
+    def _forward(self, model_inputs, budget=None, exit_policy=None, cuda_graphs=False):
         if not self._is_early_exit_model():
             return super()._forward(model_inputs)
         config = self.model.config
         if budget is None and exit_policy is None and config.scheduler_budgets:
             budget = config.default_budget if config.default_budget is not None else config.scheduler_budgets[-1]
-        out = self.model(**model_inputs, budget=budget, exit_policy=exit_policy)
+        out = self.model(**model_inputs, budget=budget, exit_policy=exit_policy, cuda_graphs=cuda_graphs)
         # batch-first tensors only: the pipeline unbatches every field along dim 0
         return {"logits": out.logits, "exit_layer": out.exit_layer, "exit_cost": out.exit_cost}
 

@@ -6,7 +6,7 @@ from conftest import random_batch, tiny_kwargs, tiny_model
 from transformers import AutoTokenizer, pipeline
 
 import hf_eenet
-from hf_eenet.engine import depth_wave_forward, iter_chunks, rows_from_encodings
+from hf_eenet.engine import _LayerGraphs, _run_chunk, depth_wave_forward, iter_chunks, rows_from_encodings
 from hf_eenet.policies import ExitPolicy, MaxProbPolicy
 
 BUDGETS = [0.3, 0.5, 0.8]
@@ -165,6 +165,66 @@ def test_rows_from_encodings_accepts_lists_tensors_and_rows():
         rows = rows_from_encodings(enc)
         assert [r["input_ids"].tolist() for r in rows] == [[2, 5, 6], [2, 7]]
     assert list(iter_chunks(iter(range(5)), 2)) == [[0, 1], [2, 3], [4]]
+
+
+class _EagerGraphs(_LayerGraphs):
+    """The graph cache with every CUDA call replaced by an eager "replay" (recompute into the static output), so
+    the bucketing, masking and copies of ``cuda_graphs=True`` are checked on a CPU."""
+
+    def _capture(self, i, width):
+        step = self._step(i, width)
+        out = step()
+
+        class Replay:
+            def replay(self):
+                out.copy_(step())
+
+        return Replay(), out
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("name", ["eenet", "entropy", "patience"])
+def test_graph_path_pads_to_buckets_and_equals_each_text_alone(name, kind):
+    model = model_of(kind)
+    policy = make_policy(name, model, 0.5, kind)
+    batch = random_batch(n=30, max_len=22, seed=5, pad_id=model.config.pad_token_id, min_len=2)
+    ref_logits, ref_exits = per_row(model, batch, policy)
+    graphs = _EagerGraphs(model, 4, bucket=8)
+    logits, exits = _run_chunk(model, rows_from_encodings(batch), policy, 4, None, graphs)
+    assert torch.equal(exits, ref_exits)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    assert graphs.graphs and all(width % 8 == 0 for _, width in graphs.graphs)
+    assert any(width > 8 for _, width in graphs.graphs), "texts up to 22 tokens must reach wider buckets"
+
+
+@pytest.mark.parametrize("name", ["eenet", "maxprob"])
+def test_loop_graph_path_for_one_text_equals_eager(name, monkeypatch):
+    import hf_eenet.engine as engine
+
+    model = model_of("bert")
+    policy = make_policy(name, model, 0.5, "bert")
+    batch = random_batch(n=12, max_len=22, seed=6, pad_id=model.config.pad_token_id, min_len=2)
+    ref_logits, ref_exits = per_row(model, batch, policy)
+    made = []
+    monkeypatch.setattr(engine, "layer_graphs", lambda m, rows: made.append(_EagerGraphs(m, rows)) or made[-1])
+    with torch.no_grad():
+        outs = [model(**{k: v[i : i + 1, : int(batch["attention_mask"][i].sum())] for k, v in batch.items()},
+                      exit_policy=policy, cuda_graphs=True) for i in range(12)]
+    assert made and all(g.graphs for g in made), "the graph path must have run"
+    assert torch.equal(torch.cat([o.exit_index for o in outs]), ref_exits)
+    torch.testing.assert_close(torch.cat([o.logits for o in outs]), ref_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_cuda_graphs_refused_off_cuda():
+    model = model_of("bert")
+    rows = rows_from_encodings(random_batch(n=4, max_len=8, seed=1, pad_id=model.config.pad_token_id))
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a model on a CUDA device"):
+        depth_wave_forward(model, rows, None, micro_batch_size=2, cuda_graphs=True)
+    policy = make_policy("maxprob", model, 0.5, "bert")
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a model on a CUDA device"):
+        model(input_ids=rows[0]["input_ids"][None], exit_policy=policy, cuda_graphs=True)
+    with pytest.raises(TypeError, match="cuda_graphs must be a bool"):
+        model(input_ids=rows[0]["input_ids"][None], exit_policy=policy, cuda_graphs="yes")
 
 
 @pytest.mark.parametrize(
