@@ -49,46 +49,144 @@ def sweep_table(res, columns) -> list[str]:
     return lines
 
 
+def _row(entry, engine, plan):
+    for r in entry["rows"]:
+        if r["engine"] == engine and r["plan"] == plan:
+            return r
+    return None
+
+
+def _entries(res, mbs):
+    return [e for e in res["sweep"] if e["micro_batch"] in mbs]
+
+
+def _label(e):
+    return f"{SHAPE_NAMES.get(e['shape'], e['shape']).split(' (')[0]} {e['dtype']} mb{e['micro_batch']}"
+
+
+def targets_table(gpu, gpu_pipe, cpu_pipe) -> list[str]:
+    """Issue 11's targets, each met / not met with the figures, computed from the committed JSON."""
+    lines = ["| target | engine | figures (speed-up vs stock) | met |", "|---|---|---|---|"]
+
+    def row(target, engine, figs, ok):
+        lines.append(f"| {target} | {engine} | {figs} | {'met' if ok else 'not met'} |")
+
+    def sweep_target(target, plan, mbs, engine, bound):
+        got = [(e, _row(e, engine, plan)) for e in _entries(gpu, mbs)]
+        got = [(e, r) for e, r in got if r is not None]
+        if not got:
+            return
+        figs = ", ".join(f"{_label(e)} {r['speedup_vs_stock']:.2f}x" for e, r in got)
+        row(target, f"`{engine}`", figs, all(r["speedup_vs_stock"] >= bound for _, r in got))
+
+    if gpu:
+        for engine in ("waves", "waves_graphs"):
+            sweep_target("GPU, B=0.5, mb 32 and 128, both shapes, fp32/bf16: >= 1.7x", "B=0.5", (32, 128), engine, 1.7)
+        for engine in ("waves", "waves_graphs"):
+            sweep_target("GPU, B=0.9: >= 0.95x", "B=0.9", (32, 128), engine, 0.95)
+        for engine in ("loop", "loop_graphs"):
+            sweep_target("GPU, batch 1, B=0.5: >= 1.8x", "B=0.5", (1,), engine, 1.8)
+        for engine in ("loop", "loop_graphs"):
+            sweep_target("GPU, batch 1, all-last overhead <= 5 % (>= 0.95x)", "all-last", (1,), engine, 0.95)
+    if gpu_pipe:
+        for e in gpu_pipe["pipeline"]:
+            rows = [r for r in e["rows"] if r["budget"] == 0.5]
+            figs = ", ".join(f"{r['path']} {r['speedup_vs_full']:.2f}x" for r in rows)
+            lines.append(f"| GPU, real SST-2 model through the pipeline, batch {e['batch_size']}, B=0.5 (measured, "
+                         f"no target) | pipeline | {figs} | – |")
+    if cpu_pipe:
+        for bs, bound in ((1, 1.8), (32, 1.85)):
+            for e in cpu_pipe["pipeline"]:
+                if e["batch_size"] != bs:
+                    continue
+                rows = [r for r in e["rows"] if r["budget"] == 0.5]
+                figs = ", ".join(f"{r['path']} {r['speedup_vs_full']:.2f}x" for r in rows)
+                best = max(r["speedup_vs_full"] for r in rows)
+                row(f"CPU, real SST-2 model through the pipeline, batch {bs}, B=0.5: >= {bound}x", "pipeline", figs,
+                    best >= bound)
+    return lines
+
+
 def build() -> str:
     out = [START, ""]
     cur = _load("engine_gpu_h200.json")
+    gpu_pipe = _load("engine_gpu_h200_pipeline.json")
+    cpu_pipe = _load("engine_cpu_pipeline.json")
+    if cur or cpu_pipe:
+        out += ["**Issue 11's targets** (from the JSON below; `*_graphs` = the opt-in `cuda_graphs=True`):", ""]
+        out += targets_table(cur, gpu_pipe, cpu_pipe) + [""]
     if cur:
-        out += [f"**Depth waves on a GPU** (`benchmarks/results/engine_gpu_h200.json`, {cur['device']}, torch "
+        out += [f"**Engines on a GPU** (`benchmarks/results/engine_gpu_h200.json`, {cur['device']}, torch "
                 f"{cur['versions']['torch']}, transformers {cur['versions']['transformers']}; random weights, "
-                f"{cur['sweep'][0]['n_texts']:,} SST-2 test sentences, rows exit by a fixed plan drawn from the exit "
-                "shares EENet chose on SST-2 at each budget, so only the engine differs). Cells: throughput / stock "
-                "`BertForSequenceClassification` (same weights, same length-sorted micro-batches); `waves` = "
-                "`model.early_exit_predict` / the pipeline over a list, `loop` = the per-request loop "
-                "(`model(..., budget=)`), `all-last` = every row to the last exit (the engine's overhead):", ""]
-        out += sweep_table(cur, [(e, p) for p in ("B=0.5", "B=0.9", "all-last") for e in ("waves", "loop")]) + [""]
-    full = _load("engine_gpu_h200_sweep.json")
-    if full:
-        out += [f"Full sweep, one run (`benchmarks/results/engine_gpu_h200_sweep.json`, {full['device']}; "
-                "`legacy` = the loop before this change; engine one commit before the chunk-padding fix, see "
-                "`code` in the JSON):", ""]
-        out += sweep_table(full, [("waves", p) for p in ("B=0.3", "B=0.5", "B=0.7", "B=0.9", "all-last")]
-                           + [(e, p) for p in ("B=0.5", "all-last") for e in ("loop", "legacy")])
+                f"{cur['sweep'][-1]['n_texts']:,} SST-2 test sentences (64 at micro-batch 1), rows exit by a fixed "
+                "plan drawn from the exit shares EENet chose on SST-2 at each budget, so only the engine differs). "
+                "Cells: throughput / stock `BertForSequenceClassification` (eager, same weights, same length-sorted "
+                "micro-batches); `waves` = depth waves (`model.early_exit_predict`, the pipeline over a list), "
+                "`waves_graphs` = the same with `cuda_graphs=True`, `loop` = the per-request loop "
+                "(`model(..., budget=)`), `loop_graphs` = the loop with `cuda_graphs=True` (one text), `all-last` = "
+                "every row to the last exit. With graphs, `all-last` above 1x is the graphs' own gain over the "
+                "eager stock model, not early exit:", ""]
+        out += sweep_table(cur, [("waves", p) for p in ("B=0.3", "B=0.5", "B=0.7", "B=0.9", "all-last")]
+                           + [("waves_graphs", p) for p in ("B=0.5", "B=0.9", "all-last")]
+                           + [(e, p) for e in ("loop", "loop_graphs") for p in ("B=0.5", "all-last")])
         out.append("")
-        if full.get("memory"):
-            out += ["Peak device memory of depth waves above the weights (B=0.5, micro-batch 128, "
-                    f"{full['memory'][0]['n_texts']:,} texts):", "",
+        if cur.get("memory"):
+            out += ["Peak device memory of depth waves (eager) above the weights (B=0.5, micro-batch 128, "
+                    f"{cur['memory'][0]['n_texts']:,} texts):", "",
                     "| shape, dtype | chunk_size | peak extra MiB | texts/s |", "|---|---:|---:|---:|"]
-            for m in full["memory"]:
+            for m in cur["memory"]:
                 out.append(f"| {SHAPE_NAMES.get(m['shape'], m['shape'])}, {m['dtype']} | {m['chunk_size']} | "
                            f"{m['peak_extra_bytes'] / 2**20:.0f} | {m['texts_per_s']:,.0f} |")
             out.append("")
+    if gpu_pipe and gpu_pipe.get("pipeline"):
+        out += [f"**Real SST-2 model on the GPU** (`benchmarks/results/engine_gpu_h200_pipeline.json`, "
+                f"{gpu_pipe['device']}; its bank, the 1,821 SST-2 test texts, 200 at batch 1; {gpu_pipe['notes']}): "
+                "speed-up vs the full model through the stock pipeline, and `early_exit_predict` with vs without "
+                "`cuda_graphs` (same exits and labels on every row):", "",
+                "| batch_size | path | budget | speed-up | mean cost | accuracy |", "|---:|---|---:|---:|---:|---:|"]
+        for e in gpu_pipe["pipeline"]:
+            for r in e["rows"]:
+                out.append(f"| {e['batch_size']} | {r['path']} | {r['budget']} | {r['speedup_vs_full']:.2f}x | "
+                           f"{r['mean_cost']:.3f} | {100 * r['accuracy']:.2f} |")
+        out += ["", "| batch_size | budget | eager texts/s | graphs texts/s | graphs / eager | same exit | same label |",
+                "|---:|---:|---:|---:|---:|---:|---:|"]
+        for e in gpu_pipe["pipeline"]:
+            for key, g in (e.get("cuda_graphs") or {}).items():
+                if key == "error":
+                    continue
+                out.append(f"| {e['batch_size']} | {key[2:]} | {g['texts_per_s_eager']:,.0f} | "
+                           f"{g['texts_per_s_graphs']:,.0f} | {g['speedup']:.2f}x | {g['same_exit']}/{g['rows']} | "
+                           f"{g['same_label']}/{g['rows']} |")
+        out.append("")
+    dec = _load("gpu_decide_check.json")
+    if dec:
+        a, b = dec["checks"]["agreement"], dec["checks"]["base"]
+        out += [f"**Decisions on the GPU** (`benchmarks/results/gpu_decide_check.json`, {dec['device']}): "
+                f"EENet `decide` under `torch.cuda.set_sync_debug_mode('error')` (no host sync), exits equal to the "
+                f"CPU on {a['same_exit_cpu_vs_gpu']:,}/{a['rows']:,} (agreement features) and "
+                f"{b['same_exit_cpu_vs_gpu']:,}/{b['rows']:,} (base) rows; launch-bound time per call at batch 1 / "
+                f"4,096: {a['decide_us']['1']:.0f} / {a['decide_us']['4096']:.0f} us (agreement), "
+                f"{b['decide_us']['1']:.0f} / {b['decide_us']['4096']:.0f} us (base), max-prob "
+                f"{dec['maxprob_decide_us']['1']:.0f} / {dec['maxprob_decide_us']['4096']:.0f} us.", ""]
+    exp = _load("engine_gpu_h200_streams_experiment.json")
+    if exp:
+        out += ["**Tried and removed: interleaved waves** (`benchmarks/results/engine_gpu_h200_streams_experiment.json`, "
+                f"{exp['device']}): a chunk split into 2 waves run in turn, so the device works on one while the host "
+                "reads the other's decisions (`waves`), vs one wave per chunk (`waves1`). Slower everywhere: the GPU "
+                "is mostly waiting for the host at these sizes, and two waves double the host work per exit:", ""]
+        out += sweep_table(exp, [(e, p) for p in ("B=0.5", "B=0.9") for e in ("waves1", "waves")])
+        out.append("")
     cpu = _load("engine_cpu.json")
     if cpu and cpu.get("sweep"):
         out += [f"**Same benchmark on this machine's CPU** (`benchmarks/results/engine_cpu.json`, {cpu['device']}; "
                 "shared with other jobs while it ran, so absolute numbers are noisy; ratios are side by side):", ""]
         out += sweep_table(cpu, [(e, p) for p in ("B=0.5", "B=0.9", "all-last") for e in ("waves", "loop", "legacy")])
         out.append("")
-    pipe = _load("engine_cpu_pipeline.json")
-    if pipe and pipe.get("pipeline"):
+    if cpu_pipe and cpu_pipe.get("pipeline"):
         out += [f"**Real SST-2 model through the pipeline, CPU** (`benchmarks/results/engine_cpu_pipeline.json`, "
-                f"{pipe['device']}): speed-up vs the full model through the stock pipeline:", "",
+                f"{cpu_pipe['device']}): speed-up vs the full model through the stock pipeline:", "",
                 "| batch_size | path | budget | speed-up | mean cost |", "|---:|---|---:|---:|---:|"]
-        for e in pipe["pipeline"]:
+        for e in cpu_pipe["pipeline"]:
             for r in e["rows"]:
                 out.append(f"| {e['batch_size']} | {r['path']} | {r['budget']} | {r['speedup_vs_full']:.2f}x | "
                            f"{r['mean_cost']:.3f} |")

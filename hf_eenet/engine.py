@@ -17,6 +17,10 @@ So layer work is proportional to the rows alive, with at most one host sync per 
 chunk's hidden states ``[chunk_size, longest, h]`` (plus one micro-batch's activations) stay on the device; bound it
 with ``chunk_size``.
 
+On a GPU at serving sizes a layer call costs the host more than the device (its kernels are launched one by one
+from Python); ``cuda_graphs=True`` (opt-in) replays each full micro-batch's layer as one CUDA graph
+(:class:`_LayerGraphs`), and the per-request loop does the same for a single text (:func:`layer_graphs`).
+
 Policies are used only through the :class:`~hf_eenet.policies.ExitPolicy` interface: ``state =
 policy.init_state(n, device)`` once per chunk (rows in the chunk's input order), ``policy.decide(k, probs, state)``
 once per exit with the alive rows in wave order; every state tensor (whatever its keys) is re-indexed with the rows.
@@ -152,8 +156,9 @@ class _LayerGraphs:
     ``ceil(w / bucket) * bucket`` with its padding mask (the extra columns are masked like any padding), the graph
     is replayed and the first ``w`` columns of its output are copied out at once. Partial micro-batches run
     eagerly. Graphs are captured on first use of a (layer, width) and kept on the model; they are dropped when the
-    layers' parameters move (``.to()``, a new state dict assigned as new tensors) or the dtype changes. Memory: one
-    static output per graph (``micro_batch_size x width x hidden``), the graphs share one pool.
+    layers' parameters move (``.to()``, a new state dict assigned as new tensors) or the dtype changes (in-place
+    weight updates are seen by the replay). Forward hooks on the encoder would not run on a replay, so they are
+    refused. Memory: one static output per graph (``micro_batch_size x width x hidden``), the graphs share one pool.
     """
 
     def __init__(self, model, micro_batch_size: int, bucket: int = 8):
@@ -175,6 +180,15 @@ class _LayerGraphs:
 
     @classmethod
     def of(cls, model, micro_batch_size: int) -> "_LayerGraphs":
+        from torch.nn.modules import module as nn_module
+
+        hooked = [name for name, m in model.backbone.encoder.named_modules()
+                  if m._forward_hooks or m._forward_pre_hooks]
+        if hooked or nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+            raise ValueError(
+                "cuda_graphs=True replays captured kernels and would skip forward hooks (registered on "
+                f"{hooked[:3] or 'all modules'}): remove them or run without cuda_graphs"
+            )
         cache = model.__dict__.setdefault("_eenet_layer_graphs", {})
         graphs = cache.get(micro_batch_size)
         if graphs is None or graphs.key != cls.fingerprint(model):

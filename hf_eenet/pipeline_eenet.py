@@ -47,6 +47,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         the same as text by text, in input order; a generator / dataset yields them chunk by chunk.
         ``chunk_size=0`` keeps the stock per-batch loop; ``chunk_size=N`` with ``batch_size=1`` runs waves of
         single-row micro-batches. Peak memory grows with ``chunk_size`` (hidden states of the whole chunk).
+        ``cuda_graphs=True`` (a call argument like ``budget``; CUDA only, opt-in) replays each layer as a CUDA graph
+        for full micro-batches and for single-text requests (``hf_eenet/engine.py``).
         """
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0):
             raise ValueError(f"chunk_size must be a non-negative int (0 = no depth waves), got {chunk_size!r}")

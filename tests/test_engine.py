@@ -215,6 +215,17 @@ def test_loop_graph_path_for_one_text_equals_eager(name, monkeypatch):
     torch.testing.assert_close(torch.cat([o.logits for o in outs]), ref_logits, atol=1e-4, rtol=1e-4)
 
 
+def test_cuda_graphs_refuse_forward_hooks():
+    model = tiny_model("bert", seed=3, layers=2, exit_layers=[1, 2])
+    handle = model.bert.encoder.layer[1].output.register_forward_hook(lambda *a: None)
+    try:
+        with pytest.raises(ValueError, match="would skip forward hooks"):
+            _LayerGraphs.of(model, 4)
+    finally:
+        handle.remove()
+    assert _LayerGraphs.of(model, 4).mb == 4  # no hook: the cache is built
+
+
 def test_cuda_graphs_refused_off_cuda():
     model = model_of("bert")
     rows = rows_from_encodings(random_batch(n=4, max_len=8, seed=1, pad_id=model.config.pad_token_id))
