@@ -30,6 +30,7 @@ Decisions therefore equal those of running each text alone (``tests/test_engine.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 
 import torch
 
@@ -55,6 +56,9 @@ def rows_from_encodings(encodings) -> list[dict[str, torch.Tensor]]:
     if isinstance(encodings, Mapping):
         if "input_ids" not in encodings:
             raise ValueError("encodings need 'input_ids' (token ids of each text)")
+        fast = _rows_from_lists(encodings)
+        if fast is not None:
+            return fast
         ids = encodings["input_ids"]
         n = len(ids)
         rows = [{key: encodings[key][i] for key in ROW_KEYS if encodings.get(key) is not None} for i in range(n)]
@@ -84,6 +88,30 @@ def rows_from_encodings(encodings) -> list[dict[str, torch.Tensor]]:
                 r = {key: t[:end] for key, t in r.items()}
         out.append(r)
     return out
+
+
+def _rows_from_lists(encodings) -> list[dict[str, torch.Tensor]] | None:
+    """Fast path of :func:`rows_from_encodings` for unpadded tokenizer output (lists of lists, every mask all ones):
+    one tensor per key, split into per-row views. ``None`` when the input is anything else (the general path then
+    checks it row by row and names the problem)."""
+    ids = encodings["input_ids"]
+    if not isinstance(ids, list) or not ids or not all(isinstance(x, list) for x in ids):
+        return None
+    lengths = [len(x) for x in ids]
+    if min(lengths) == 0:
+        return None
+    per_key = {}
+    for key in ROW_KEYS:
+        values = encodings.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or [len(x) if isinstance(x, list) else -1 for x in values] != lengths:
+            return None
+        flat = torch.tensor(list(chain.from_iterable(values)), dtype=torch.long)
+        if key == "attention_mask" and not bool(flat.all()):
+            return None
+        per_key[key] = flat.split(lengths)
+    return [{key: parts[i] for key, parts in per_key.items()} for i in range(len(ids))]
 
 
 class _Chunk:

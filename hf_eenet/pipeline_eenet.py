@@ -82,7 +82,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         return self._wave_iterator(inputs, batch_size, chunk_size, preprocess_params, forward_params, postprocess_params)
 
     def _wave_iterator(self, inputs, batch_size, chunk_size, preprocess_params, forward_params, postprocess_params):
-        from .engine import depth_wave_forward, iter_chunks, rows_from_encodings
+        from .engine import depth_wave_forward, iter_chunks
 
         model = self.model
         config = model.config
@@ -94,7 +94,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         layers = torch.tensor(config.exit_layers)
         costs = torch.tensor(config.exit_costs)
         for texts in iter_chunks(inputs, chunk_size):
-            rows = rows_from_encodings([self.preprocess(t, **preprocess_params) for t in texts])
+            rows = self._chunk_rows(texts, preprocess_params)
             with self.device_placement(), self.get_inference_context()():
                 logits, exit_index = depth_wave_forward(
                     model, rows, exit_policy, micro_batch_size=batch_size, chunk_size=chunk_size,
@@ -142,14 +142,34 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         for t in texts:
             if t is None and isinstance(inputs, dict):
                 continue
-            if not isinstance(t, str):
-                raise TypeError(f"texts must be str (or a {{'text', 'text_pair'}} dict), got {type(t).__name__}: {t!r}")
-            if not t.strip():
-                raise ValueError("the pipeline got an empty string; give non-empty text")
+            self._check_text(t)
+        return super().preprocess(inputs, **self._tokenizer_kwargs(tokenizer_kwargs))
+
+    @staticmethod
+    def _check_text(t) -> None:
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be str (or a {{'text', 'text_pair'}} dict), got {type(t).__name__}: {t!r}")
+        if not t.strip():
+            raise ValueError("the pipeline got an empty string; give non-empty text")
+
+    def _tokenizer_kwargs(self, tokenizer_kwargs: dict) -> dict:
+        """Truncation on by default, to what the model takes (``_max_tokens``)."""
+        tokenizer_kwargs = dict(tokenizer_kwargs)
         tokenizer_kwargs.setdefault("truncation", True)
         if tokenizer_kwargs["truncation"] and "max_length" not in tokenizer_kwargs:
             tokenizer_kwargs["max_length"] = self._max_tokens()
-        return super().preprocess(inputs, **tokenizer_kwargs)
+        return tokenizer_kwargs
+
+    def _chunk_rows(self, texts: list, preprocess_params: dict):
+        """Token rows of a depth-wave chunk: one tokenizer call for a chunk of plain texts (the ids each text gets
+        alone, without the per-text call's overhead), text by text for pairs / dict inputs."""
+        from .engine import rows_from_encodings
+
+        if all(isinstance(t, str) for t in texts):
+            for t in texts:
+                self._check_text(t)
+            return rows_from_encodings(self.tokenizer(list(texts), **self._tokenizer_kwargs(preprocess_params)))
+        return rows_from_encodings([self.preprocess(t, **preprocess_params) for t in texts])
 
     def _max_tokens(self) -> int:
         """Longest input the model takes: its position table (RoBERTa positions start after the padding index),

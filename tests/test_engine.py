@@ -306,6 +306,29 @@ def test_pipeline_over_a_list_uses_waves_and_equals_text_by_text(banked, budget)
     assert out.exit_layer.tolist() == [r["exit_layer"] for r in one_by_one]
 
 
+def test_pipeline_waves_tokenize_a_chunk_in_one_call_with_the_ids_of_each_text(banked):
+    model, tok, texts = banked
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    rows = clf._chunk_rows(texts, {})
+    alone = [clf.preprocess(t) for t in texts]
+    assert [r["input_ids"].tolist() for r in rows] == [a["input_ids"][0].tolist() for a in alone]
+    calls = []
+    original = type(tok).__call__
+    try:
+        type(tok).__call__ = lambda self, *a, **k: calls.append(a) or original(self, *a, **k)
+        clf(texts, budget=0.4, batch_size=4, chunk_size=16)
+    finally:
+        type(tok).__call__ = original
+    assert len(calls) == -(-len(texts) // 16), "one tokenizer call per chunk"
+    with pytest.raises(ValueError, match="empty string"):
+        clf([texts[0], "  "], budget=0.4, batch_size=2)
+    pairs = [{"text": t, "text_pair": t} for t in texts[:3]]  # pairs go text by text, same results as alone
+    alone = [clf(p, budget=0.4) for p in pairs]
+    alone = [a[0] if isinstance(a, list) else a for a in alone]
+    got = clf(pairs, budget=0.4, batch_size=2)
+    assert [(r["label"], r["exit_layer"]) for r in got] == [(a["label"], a["exit_layer"]) for a in alone]
+
+
 def test_pipeline_waves_reject_bad_chunk_size(banked):
     model, tok, texts = banked
     clf = pipeline("text-classification", model=model, tokenizer=tok)
