@@ -34,6 +34,8 @@ from itertools import chain
 
 import torch
 
+from .validation import check_bool
+
 ROW_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -319,7 +321,7 @@ def depth_wave_forward(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if not rows:
         raise ValueError("no texts to classify (empty input)")
-    graphs = layer_graphs(model, micro_batch_size) if cuda_graphs else None
+    graphs = layer_graphs(model, micro_batch_size) if check_bool(cuda_graphs, "cuda_graphs") else None
     num_exits = model.config.num_exits
     if exit_policy is not None:
         if model.config.num_labels < 2:

@@ -39,7 +39,7 @@ from .bank import (
 )
 from .configuration_eenet import EENetBertConfig, EENetRobertaConfig
 from .policies import ExitPolicy
-from .validation import check_budget_fraction
+from .validation import check_bool, check_budget_fraction
 
 
 @dataclass
@@ -596,8 +596,7 @@ class EENetModelMixin:
             exit_policy = self.get_exit_policy(budget)
         if exit_policy is not None and not isinstance(exit_policy, ExitPolicy):
             raise TypeError(f"exit_policy must be an hf_eenet ExitPolicy, got {type(exit_policy).__name__}")
-        if not isinstance(cuda_graphs, bool):
-            raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
+        check_bool(cuda_graphs, "cuda_graphs")
         logits, exit_index, exit_logits = self.exit_forward(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, exit_policy, cuda_graphs
         )

@@ -18,6 +18,8 @@ import threading
 import torch
 from transformers import TextClassificationPipeline
 
+from .validation import check_bool
+
 
 class EENetTextClassificationPipeline(TextClassificationPipeline):
     """``TextClassificationPipeline`` + per-call ``budget`` / ``exit_policy`` and the exit taken per text.
@@ -123,9 +125,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         if cuda_graphs is not None:
             if not self._is_early_exit_model():
                 raise ValueError(f"cuda_graphs needs an hf_eenet early-exit model, got {type(self.model).__name__}")
-            if not isinstance(cuda_graphs, bool):
-                raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
-            forward["cuda_graphs"] = cuda_graphs
+            forward["cuda_graphs"] = check_bool(cuda_graphs, "cuda_graphs")
         return preprocess, forward, postprocess
 
     def preprocess(self, inputs, **tokenizer_kwargs):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from .validation import check_bool
+
 #: feature sets of §3 (docs/method.md): extra per-exit features beyond [p, max p, conf]
 FEATURE_SETS = {"base": 0, "agreement": 2, "legacy": 0}  # legacy: [p, max p, conf], files saved before issue 12
 #: exit-share plans that turn utility scores into thresholds (§6): learned pi_bar, geometric (as the baselines), or
@@ -112,8 +114,7 @@ class EENetSchedulerConfig:
         _check_number(self.restarts, "restarts", nonneg=True, integer=True)
         self.budget_tolerance = float(_check_number(self.budget_tolerance, "budget_tolerance", positive=True))
         for name in ("match_budget", "fallback"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            check_bool(getattr(self, name), name)
         if self.features not in FEATURE_SETS:
             raise ValueError(f"features must be one of {sorted(FEATURE_SETS)}, got {self.features!r}")
         if self.shares not in SHARE_PLANS:

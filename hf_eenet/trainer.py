@@ -21,7 +21,7 @@ from transformers import Trainer
 from .bank import atomic_save_dir, data_fingerprint
 from .evaluation import evaluate_exits
 from .scheduler import EENetScheduler
-from .validation import check_budget, check_budget_fraction, check_costs
+from .validation import check_bool, check_budget, check_budget_fraction, check_costs
 
 
 logger = logging.getLogger(__name__)
@@ -220,8 +220,7 @@ class EENetTrainer(Trainer):
             logged), and ``self.scheduler_bank_budgets`` the bank's budgets afterwards.
         """
         model = self.accelerator.unwrap_model(self.model)
-        if not isinstance(extend, bool):
-            raise TypeError(f"extend must be a bool, got {extend!r}")
+        check_bool(extend, "extend")
         if cost_profile is not None:
             from .costs import ExitCostProfile
 

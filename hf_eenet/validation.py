@@ -27,6 +27,13 @@ class ValidationTypeError(TypeError, ValueError):
     """A value of the wrong type (also a ``ValueError``, so older ``except ValueError`` callers keep working)."""
 
 
+def check_bool(value, name: str) -> bool:
+    """A flag must be a Python bool (``1``, ``"yes"`` or a tensor are refused, not read as truthy)."""
+    if not isinstance(value, bool):
+        raise ValidationTypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
 # ----------------------------------------------------------------------------------------------------------- numbers
 def is_number(x) -> bool:
     """True for real int/float scalars: Python, NumPy scalars, 0-d arrays/tensors; False for bools and the rest."""
