@@ -188,7 +188,8 @@ class _LayerGraphs:
     eagerly. Graphs are captured on first use of a (layer, width) and kept on the model; they are dropped when the
     layers' parameters move (``.to()``, a new state dict assigned as new tensors) or the dtype changes (in-place
     weight updates are seen by the replay). Forward hooks on the encoder would not run on a replay, so they are
-    refused. Memory: one static output per graph (``micro_batch_size x width x hidden``), the graphs share one pool.
+    refused. Memory: one static output per graph (``micro_batch_size x width x hidden``), the graphs share one pool;
+    ``model.release_cuda_graphs()`` drops them.
     """
 
     def __init__(self, model, micro_batch_size: int, bucket: int = 8):

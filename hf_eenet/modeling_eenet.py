@@ -239,6 +239,12 @@ class EENetModelMixin:
         self.config.scheduler_bank = None
         self.config.default_budget = None
 
+    def release_cuda_graphs(self) -> int:
+        """Drop the CUDA graphs captured by ``cuda_graphs=True`` (their static buffers hold device memory per
+        captured layer and width); returns how many graphs were dropped. The next call with graphs recaptures."""
+        caches = self.__dict__.pop("_eenet_layer_graphs", {})
+        return sum(len(graphs.graphs) for graphs in caches.values())
+
     def _install_bank(self, entries: dict, scheduler_config: dict) -> None:
         device = next(self.parameters()).device
         budgets = sorted(entries)

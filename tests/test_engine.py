@@ -195,6 +195,11 @@ def test_graph_path_pads_to_buckets_and_equals_each_text_alone(name, kind):
     torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
     assert graphs.graphs and all(width % 8 == 0 for _, width in graphs.graphs)
     assert any(width > 8 for _, width in graphs.graphs), "texts up to 22 tokens must reach wider buckets"
+    # the model keeps the cache built through _LayerGraphs.of; release_cuda_graphs drops it and says how many
+    cached = _LayerGraphs.of(model, 4)
+    cached.graphs.update(graphs.graphs)
+    assert model.release_cuda_graphs() == len(graphs.graphs)
+    assert "_eenet_layer_graphs" not in model.__dict__ and model.release_cuda_graphs() == 0
 
 
 @pytest.mark.parametrize("name", ["eenet", "maxprob"])
