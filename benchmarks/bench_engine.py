@@ -18,7 +18,9 @@ Timing: warm-up, then ``--repeats`` interleaved rounds, median; ``torch.cuda.syn
 
 Pipeline mode (``--pipeline --model_dir DIR``): the real fitted model and its bank through
 ``pipeline("text-classification")`` on the real test texts vs the full model (same weights, last head only, the
-stock pipeline), at batch 1 (per-request loop) and batch 32 (depth waves), budgets from the bank.
+stock pipeline), over the list of texts at each ``--mbs`` batch size through the default path (depth waves; single-row
+micro-batches at batch 1) and the per-request loop (``chunk_size=0``), plus the default path with every row sent to the
+last exit (what the path gives without early exit) and, at batch 1, one text per call; budgets from the bank.
 
     DEV=cuda python benchmarks/bench_engine.py --texts .gpu/sst2_test.tsv --tokenizer .gpu/tok --json out.json
     python benchmarks/bench_engine.py --pipeline --model_dir outputs/sst2 --texts ../shared/data/sst2/test.tsv \
@@ -371,22 +373,31 @@ def pipeline_mode(args, dev, results, out_path):
     pipes = {"full": TextClassificationPipeline(model=full, tokenizer=tok, device=dev),
              "ee": hf_eenet.EENetTextClassificationPipeline(model=ee, tokenizer=tok, device=dev)}
     budgets = [float(b) for b in args.budgets.split(",")]
+    last = hf_eenet.StaticPolicy(ee.config.num_exits - 1, ee.config.num_exits)  # every row to the last exit
     for bs in [int(x) for x in args.mbs.split(",")]:
         n = min(args.n_texts_bs1 if bs == 1 else args.n_texts, len(texts))
         sub = texts[:n]
         graphs = args.graphs and dev.type == "cuda"
-        configs = [("full", None, None)] + [("ee", b, cs) for b in budgets
-                                            for cs in ([None] + (["graphs"] if graphs else []) if bs == 1
-                                                       else [0, None])]
+        # (kind, budget, chunk_size, cuda_graphs); chunk_size None = the pipeline's default for a list (depth waves:
+        # micro-batches of batch_size rows; at batch_size=1 single-row micro-batches in chunks of 64), 0 = the
+        # per-request loop. "last" = the default path with every row sent to the last exit (no early exit): how much
+        # of the speed-up the path itself gives.
+        configs = [("full", None, None, False)]
+        for b in budgets:
+            configs += [("ee", b, None, False), ("ee", b, 0, False)]
+            if graphs:
+                configs += [("ee", b, None, True)] + ([("ee", b, 0, True)] if bs == 1 else [])
+        configs.append(("last", None, None, False))
 
         def call(c):
-            kind, b, cs = c
-            kw = {} if kind == "full" else {"budget": b}
-            if cs == "graphs":
+            kind, b, cs, g = c
+            kw = {} if kind == "full" else {"exit_policy": last} if kind == "last" else {"budget": b}
+            if g:
                 kw["cuda_graphs"] = True
-            elif cs is not None:
+            if cs is not None:
                 kw["chunk_size"] = cs
-            return pipes[kind](sub, batch_size=bs, truncation=True, max_length=128, **kw)
+            return pipes["full" if kind == "full" else "ee"](sub, batch_size=bs, truncation=True, max_length=128,
+                                                            **kw)
 
         outs = {c: call(c) for c in configs}  # warm-up; also the predictions
         times = {c: [] for c in configs}
@@ -398,19 +409,28 @@ def pipeline_mode(args, dev, results, out_path):
         entry = {"batch_size": bs, "n_texts": n, "full_texts_per_s": n / full_t, "rows": [],
                  "full_accuracy": accuracy(outs[configs[0]], labels, full.config)}
         for c in configs[1:]:
-            _, b, cs = c
+            kind, b, cs, g = c
             res = outs[c]
-            path = ("per-request loop + cuda_graphs" if cs == "graphs" else
-                    "per-request loop" if bs == 1 or cs == 0 else "depth waves (chunk_size default)")
-            entry["rows"].append({"budget": b, "chunk_size": cs, "path": path, "texts_per_s": n / med[c],
+            path = ("per-request loop" if cs == 0 else
+                    "depth waves of single rows (list default, chunk 64)" if bs == 1 else
+                    "depth waves (chunk_size default)")
+            if g:
+                path += " + cuda_graphs"
+            if kind == "last":
+                path += ", every row to the last exit (no early exit)"
+            entry["rows"].append({"budget": b if kind == "ee" else 1.0, "chunk_size": cs, "cuda_graphs": g,
+                                  "path": path, "texts_per_s": n / med[c],
                                   "speedup_vs_full": full_t / med[c],
                                   "mean_cost": statistics.fmean(r["cost"] for r in res), "times_s": times[c],
                                   "accuracy": accuracy(res, labels, full.config)})
-        if bs > 1:  # the two paths give the same results
-            for b in budgets:
-                a = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, 0)]]
-                w = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, None)]]
-                entry.setdefault("checks", {})[f"B={b}/waves_equal_loop"] = a == w
+        for b in budgets:  # the two paths give the same results
+            a = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, 0, False)]]
+            w = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, None, False)]]
+            entry.setdefault("checks", {})[f"B={b}/waves_equal_loop"] = a == w
+        if bs == 1 and args.single_calls:
+            entry["one_text_per_call"] = single_calls(pipes, sub, budgets, args.repeats, dev, labels, full.config)
+        if bs == 1:
+            entry["layer_order"] = layer_order(full, tok, sub[:64], args.repeats, dev)
         if bs > 1 and graphs:  # experimental CUDA graphs: same exits and labels, time side by side
             try:
                 entry["cuda_graphs"] = graphs_check(ee, tok, sub, bs, budgets, args.repeats, dev)
@@ -420,10 +440,69 @@ def pipeline_mode(args, dev, results, out_path):
         results["pipeline"].append(entry)
         cells = []
         for r in entry["rows"]:
-            tag = "" if r["chunk_size"] is None else f"/cs={r['chunk_size']}"
+            tag = ("" if r["chunk_size"] is None else f"/cs={r['chunk_size']}") + ("/graphs" if r["cuda_graphs"] else "")
             cells.append(f"B={r['budget']}{tag}={r['speedup_vs_full']:.2f}x")
         print(f"pipeline bs={bs} n={n} full={n / full_t:,.1f}/s | " + " ".join(cells), flush=True)
         write(results, out_path)
+
+
+def layer_order(model, tok, texts, repeats, dev):
+    """Why single-row depth waves beat text-by-text at batch 1 even without early exit: the same layer calls (one text
+    each, every layer) text-major (all layers of a text, then the next text) vs layer-major (one layer for every
+    text, then the next layer), ms per text."""
+    layers = model.backbone.encoder.layer
+    with torch.inference_mode():
+        hs = [model.backbone.embeddings(input_ids=tok(t, truncation=True, max_length=128, return_tensors="pt")
+                                        ["input_ids"].to(dev)) for t in texts]
+
+    def text_major():
+        with torch.inference_mode():
+            for h in hs:
+                for layer in layers:
+                    h = layer(h, None)
+
+    def layer_major():
+        with torch.inference_mode():
+            cur = list(hs)
+            for layer in layers:
+                cur = [layer(h, None) for h in cur]
+
+    fns = {"text_major": text_major, "layer_major": layer_major}
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            times[k].append(timed(f, dev))
+    out = {"n_texts": len(texts), **{f"{k}_ms_per_text": statistics.median(v) / len(texts) * 1e3
+                                     for k, v in times.items()}}
+    print(f"  layer order (same single-text layer calls): {out}", flush=True)
+    return out
+
+
+def single_calls(pipes, texts, budgets, repeats, dev, labels, config):
+    """One text per pipeline call (``clf(text, budget=b)``, a server answering one request at a time; the
+    per-request loop) vs the stock pipeline called the same way on the full model."""
+    def run(kind, b):
+        kw = {} if kind == "full" else {"budget": b}
+        return [pipes[kind](t, truncation=True, max_length=128, **kw)[0] for t in texts]
+
+    configs = [("full", None)] + [("ee", b) for b in budgets]
+    outs = {c: run(*c) for c in configs}
+    times = {c: [] for c in configs}
+    for _ in range(repeats):
+        for c in configs:
+            times[c].append(timed(lambda: run(*c), dev))
+    med = {c: statistics.median(v) for c, v in times.items()}
+    out = {"n_texts": len(texts), "full_texts_per_s": len(texts) / med[configs[0]], "rows": []}
+    for c in configs[1:]:
+        out["rows"].append({"budget": c[1], "path": "per-request loop, one text per call",
+                            "texts_per_s": len(texts) / med[c], "speedup_vs_full": med[configs[0]] / med[c],
+                            "mean_cost": statistics.fmean(r["cost"] for r in outs[c]), "times_s": times[c],
+                            "accuracy": accuracy(outs[c], labels, config)})
+    print("  one text per call: " + " ".join(f"B={r['budget']}={r['speedup_vs_full']:.2f}x" for r in out["rows"]),
+          flush=True)
+    return out
 
 
 def graphs_check(model, tok, texts, bs, budgets, repeats, dev):
@@ -484,6 +563,8 @@ def main():
     p.add_argument("--pipeline", action="store_true", help="real model through the pipeline (needs --model_dir)")
     p.add_argument("--model_dir", default=None)
     p.add_argument("--graphs", action="store_true", help="pipeline mode: also time cuda_graphs=True (CUDA only)")
+    p.add_argument("--no_single_calls", dest="single_calls", action="store_false",
+                   help="pipeline mode: skip timing one text per call at batch 1")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", default=None)
     p.add_argument("--note", default="", help="appended to the JSON's notes (e.g. how the weights travelled)")

@@ -9,6 +9,7 @@
 #                       heads stored as fp16 to fit the 64 MiB transfer, the scheduler bank as saved; computed in fp32)
 # On the device:  bash benchmarks/gpu_run.sh
 # CPU smoke test: QUICK=1 DEV=cpu PY=.venv/bin/python SKIP_INSTALL=1 OUT=/tmp/gpu_smoke bash benchmarks/gpu_run.sh
+# PARTS=pipeline (or any of sweep,pipeline,decide, comma-separated) runs only those parts (default: all three).
 set -euo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 DEV=${DEV:-cuda}
@@ -37,9 +38,16 @@ if [ "$DEV" = cuda ] && $PY benchmarks/bench_engine.py --device cuda --texts .gp
   PIPE="$PIPE --graphs"
 fi
 echo "engines: $ENGINES"
-$PY benchmarks/bench_engine.py --device "$DEV" --texts .gpu/sst2_test.tsv --tokenizer .gpu/tok \
-    --engines "$ENGINES" $SWEEP --json "$OUT/engine_gpu.json" || { echo "FAILED: sweep"; status=1; }
-$PY benchmarks/bench_engine.py --device "$DEV" --pipeline --model_dir .gpu/sst2_model --texts .gpu/sst2_test.tsv \
-    --budgets 0.5,0.9 $PIPE --note "$NOTE" --json "$OUT/engine_gpu_pipeline.json" || { echo "FAILED: pipeline"; status=1; }
-$PY benchmarks/gpu_decide_check.py --device "$DEV" --json "$OUT/gpu_decide_check.json" || { echo "FAILED: decide"; status=1; }
+PARTS=",${PARTS:-sweep,pipeline,decide},"
+if [[ $PARTS == *,sweep,* ]]; then
+  $PY benchmarks/bench_engine.py --device "$DEV" --texts .gpu/sst2_test.tsv --tokenizer .gpu/tok \
+      --engines "$ENGINES" $SWEEP --json "$OUT/engine_gpu.json" || { echo "FAILED: sweep"; status=1; }
+fi
+if [[ $PARTS == *,pipeline,* ]]; then
+  $PY benchmarks/bench_engine.py --device "$DEV" --pipeline --model_dir .gpu/sst2_model --texts .gpu/sst2_test.tsv \
+      --budgets 0.5,0.9 $PIPE --note "$NOTE" --json "$OUT/engine_gpu_pipeline.json" || { echo "FAILED: pipeline"; status=1; }
+fi
+if [[ $PARTS == *,decide,* ]]; then
+  $PY benchmarks/gpu_decide_check.py --device "$DEV" --json "$OUT/gpu_decide_check.json" || { echo "FAILED: decide"; status=1; }
+fi
 exit $status

@@ -38,6 +38,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
     # ------------------------------------------------------------------ throughput path: depth waves
     #: default number of texts per depth-wave chunk (``pipe(texts, batch_size=32)`` with ``batch_size > 1``)
     default_chunk_size = 1024
+    #: default chunk for a list / tuple of texts at ``batch_size=1`` (single-row micro-batches; memory stays small)
+    default_chunk_size_single = 64
 
     def __call__(self, inputs, *args, chunk_size=None, **kwargs):
         """As ``TextClassificationPipeline.__call__``, plus ``chunk_size`` for many texts.
@@ -47,8 +49,12 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         ``chunk_size`` texts (default 1024) are length-sorted and re-packed into full micro-batches of
         ``batch_size`` rows before every layer, so the work follows the rows that have not exited yet. Results are
         the same as text by text, in input order; a generator / dataset yields them chunk by chunk.
-        ``chunk_size=0`` keeps the stock per-batch loop; ``chunk_size=N`` with ``batch_size=1`` runs waves of
-        single-row micro-batches. Peak memory grows with ``chunk_size`` (hidden states of the whole chunk).
+        A list or tuple at ``batch_size=1`` (the stock default) runs depth waves of single-row micro-batches in
+        chunks of 64 texts: every layer call still holds one text (no padding), while each exit's head and decision
+        run once for the chunk's rows at that exit, and the chunk is tokenized in one call. A generator or dataset
+        at ``batch_size=1`` streams text by text through the per-request loop (a result per text as it comes).
+        ``chunk_size=0`` keeps the stock per-batch loop; ``chunk_size=N`` sets the chunk for any input.
+        Peak memory grows with ``chunk_size`` (hidden states of the whole chunk).
         ``cuda_graphs=True`` (a call argument like ``budget``; CUDA only, opt-in) replays each layer as a CUDA graph
         for full micro-batches and for single-text requests (``hf_eenet/engine.py``).
         """
@@ -71,7 +77,10 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
         chunk_size = getattr(self._wave_local(), "chunk_size", None)
         if chunk_size is None:
-            chunk_size = self.default_chunk_size if batch_size > 1 else 0
+            if batch_size > 1:
+                chunk_size = self.default_chunk_size
+            else:  # a list is answered as a whole anyway; a stream at batch 1 keeps one result per text
+                chunk_size = self.default_chunk_size_single if isinstance(inputs, (list, tuple)) else 0
         waves = (
             chunk_size > 0
             and self._is_early_exit_model()

@@ -334,6 +334,38 @@ def test_pipeline_waves_tokenize_a_chunk_in_one_call_with_the_ids_of_each_text(b
     assert [(r["label"], r["exit_layer"]) for r in got] == [(a["label"], a["exit_layer"]) for a in alone]
 
 
+def test_pipeline_list_at_batch_size_1_runs_single_row_waves_and_a_stream_goes_text_by_text(banked):
+    """A list at the default batch_size=1 takes depth waves of one-row micro-batches (one tokenizer call per chunk of
+    ``default_chunk_size_single`` texts); a generator at batch_size=1 keeps one result per text (one call per text).
+    Both equal each text alone."""
+    import hf_eenet.engine as engine
+
+    model, tok, texts = banked
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    one_by_one = [clf(t, budget=0.4)[0] for t in texts]
+    seen, original_wave = [], engine.depth_wave_forward
+    calls, original_tok = [], type(tok).__call__
+    try:
+        engine.depth_wave_forward = lambda *a, **k: seen.append(k["micro_batch_size"]) or original_wave(*a, **k)
+        type(tok).__call__ = lambda self, *a, **k: calls.append(a) or original_tok(self, *a, **k)
+        listed = clf(texts, budget=0.4)
+        n_list_calls, n_list_waves = len(calls), len(seen)
+        streamed = list(clf((t for t in texts), budget=0.4))
+    finally:
+        engine.depth_wave_forward = original_wave
+        type(tok).__call__ = original_tok
+    chunk = clf.default_chunk_size_single
+    assert n_list_waves == -(-len(texts) // chunk) and set(seen) == {1}
+    assert n_list_calls == n_list_waves, "one tokenizer call per chunk"
+    assert len(seen) == n_list_waves, "the stream did not take depth waves"
+    assert len(calls) - n_list_calls == len(texts), "the stream tokenizes text by text"
+    for got in (listed, streamed):
+        assert [(r["label"], r["exit_layer"], r["cost"]) for r in got] == \
+            [(r["label"], r["exit_layer"], r["cost"]) for r in one_by_one]
+        for a, b in zip(got, one_by_one):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
 def test_pipeline_waves_reject_bad_chunk_size(banked):
     model, tok, texts = banked
     clf = pipeline("text-classification", model=model, tokenizer=tok)
