@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 11's GPU run: one prepared script (about 5 minutes on an H200), results under $OUT.
+# Issue 11's GPU run: one prepared script (about 6-7 minutes on an H200 with all parts), results under $OUT.
 #
 # Needs the ignored folder .gpu/ beside the checkout (what travels to the GPU machine besides the repository):
 #   .gpu/whl/           transformers wheel (the machine has torch, not transformers >= 5.23; installed with --target)
