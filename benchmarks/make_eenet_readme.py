@@ -9,6 +9,7 @@ results block if missing). Numbers come only from the committed JSON written by 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,26 @@ def _load():
     return sorted(found.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER))
 
 
+def cost_noise(res: dict) -> str:
+    """How the worst realised-cost deviation compares with sampling noise: the standard error of (test cost −
+    validation cost) when thresholds matched the budget on the validation rows, from the per-row cost spread implied
+    by the test exit fractions (var = Σ f_k c_k² − (Σ f_k c_k)², SE = sqrt(var / n_val + var / n_test))."""
+    worst = None
+    for rows in res.get("eenet", {}).values():
+        for r in rows:
+            f, c = r["exit_fractions"], res["costs"]
+            mu = sum(a * b for a, b in zip(f, c))
+            var = max(sum(a * b * b for a, b in zip(f, c)) - mu * mu, 0.0)
+            se = math.sqrt(var / res["n_val"] + var / res["n_test"])
+            dev = r["mean_cost"] - r["budget"]
+            if se > 0 and (worst is None or abs(dev) / r["budget"] > abs(worst[0])):
+                worst = (dev / r["budget"], dev / se, se / r["budget"], r["budget"])
+    if worst is None:
+        return ""
+    return (f" (at B = {worst[3]:.1f}: {worst[1]:+.1f} standard errors of the test − validation cost difference, "
+            f"one SE = {100 * worst[2]:.1f} % of the budget with {res['n_val']:,} validation rows)")
+
+
 def section(name: str, path: str, res: dict) -> list[str]:
     s = res["summary"]
     lines = [f"**{TITLES.get(name, name)}** — `{path}`, {len(res['seeds'])} scheduler seeds "
@@ -55,7 +76,7 @@ def section(name: str, path: str, res: dict) -> list[str]:
     wins = sum(r["margin_mean_pt"] >= 0.5 for r in s)
     cost_dev = max(abs(r["cost_ratio_worst"] - 1) for r in s)
     lines += ["", f"Worst EENet − best baseline: {worst:+.2f} pt; budgets with ≥ +0.5 pt: {wins} of {len(s)}; "
-                  f"largest realised-cost deviation of any seed: {100 * cost_dev:.1f} % of the budget."]
+                  f"largest realised-cost deviation of any seed: {100 * cost_dev:.1f} % of the budget{cost_noise(res)}."]
     unused = res["exit_usage"]["unused_exits"]
     lines += [f"Exits that no policy uses at any budget: {unused if unused else 'none'} "
               f"(largest share per exit: {' / '.join(f'{100 * u:.0f}%' for u in res['exit_usage']['max_share_per_exit'])})."]
