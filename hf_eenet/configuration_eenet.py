@@ -85,6 +85,17 @@ def validate_exit_layers(exit_layers, num_hidden_layers: int) -> list[int]:
     return layers
 
 
+def max_input_tokens(config, tokenizer=None) -> int:
+    """Longest input a model of ``config`` takes: its position table (RoBERTa positions start after the padding
+    index), capped by ``tokenizer.model_max_length`` when the tokenizer states one. What the pipeline and
+    ``early_exit_predict`` truncate to by default."""
+    limit = getattr(config, "max_position_embeddings", None) or 512
+    if "roberta" in getattr(config, "model_type", ""):
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    return min(limit, tok_limit) if tok_limit and tok_limit < 10**6 else limit
+
+
 def flops_exit_costs(config, exit_layers, seq_len: int = 128, normalise: bool = True) -> list[float]:
     """Analytic cumulative FLOPs per exit (multiply-adds x2), normalised so the last exit costs 1 unless
     ``normalise=False``.
@@ -205,4 +216,4 @@ class EENetRobertaConfig(EENetConfigMixin, RobertaConfig):
         self._validate_eenet()
 
 
-__all__ = ["EENetBertConfig", "EENetRobertaConfig", "validate_exit_layers", "flops_exit_costs"]
+__all__ = ["EENetBertConfig", "EENetRobertaConfig", "validate_exit_layers", "flops_exit_costs", "max_input_tokens"]

@@ -29,6 +29,8 @@ Decisions therefore equal those of running each text alone (``tests/test_engine.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
 
@@ -185,14 +187,17 @@ class _LayerGraphs:
     bucket): a full micro-batch of ``micro_batch_size`` rows and width ``w`` is copied into a static input of width
     ``ceil(w / bucket) * bucket`` with its padding mask (the extra columns are masked like any padding), the graph
     is replayed and the first ``w`` columns of its output are copied out at once. Partial micro-batches run
-    eagerly. Graphs are captured on first use of a (layer, width) and kept on the model; they are dropped when the
-    layers' parameters move (``.to()``, a new state dict assigned as new tensors) or the dtype changes (in-place
-    weight updates are seen by the replay). Forward hooks on the encoder would not run on a replay, so they are
+    eagerly. Graphs are captured on first use of a (layer, width) and kept on the model (one cache per micro-batch
+    size and inference mode); after the layers' parameters move (``.to()``, a new state dict assigned as new
+    tensors) or the dtype changes, the next call recaptures them (in-place weight updates are seen by the replay).
+    Capture and replay run on the model's GPU, whichever device is current; a lock makes one thread at a time use
+    the shared static buffers. Forward hooks on the encoder would not run on a replay, so they are
     refused. Memory: one static output per graph (``micro_batch_size x width x hidden``), the graphs share one pool;
     ``model.release_cuda_graphs()`` drops them.
     """
 
     def __init__(self, model, micro_batch_size: int, bucket: int = 8):
+        self.lock = threading.RLock()  # static buffers are shared: one copy-in → replay → copy-out at a time
         self.model = model
         self.layers = model.backbone.encoder.layer
         self.mb = micro_batch_size
@@ -221,9 +226,10 @@ class _LayerGraphs:
                 f"{hooked[:3] or 'all modules'}): remove them or run without cuda_graphs"
             )
         cache = model.__dict__.setdefault("_eenet_layer_graphs", {})
-        graphs = cache.get(micro_batch_size)
+        slot = (micro_batch_size, torch.is_inference_mode_enabled())  # both modes keep their own graphs
+        graphs = cache.get(slot)
         if graphs is None or graphs.key != cls.fingerprint(model):
-            graphs = cache[micro_batch_size] = cls(model, micro_batch_size)
+            graphs = cache[slot] = cls(model, micro_batch_size)
         return graphs
 
     def _step(self, i: int, width: int):
@@ -239,42 +245,64 @@ class _LayerGraphs:
     def _capture(self, i: int, width: int):
         """``(graph, static output)``; ``graph.replay()`` recomputes the output from the static input."""
         step = self._step(i, width)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the capture (lazy initialisations, autotuning)
-            for _ in range(2):
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = step()
+        dev = self.inputs[width][0].device
+        with torch.cuda.device(dev):  # the model's GPU, whichever is current (capture on another does nothing)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            side = torch.cuda.Stream(device=dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):  # warm-up outside the capture (lazy initialisations, autotuning)
+                for _ in range(2):
+                    step()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool, stream=side):
+                out = step()
         return graph, out
 
-    def run(self, i: int, hidden: torch.Tensor, mask2d: torch.Tensor) -> torch.Tensor:
-        """Layer ``i`` on a full micro-batch ``hidden [mb, w, h]`` with padding mask ``mask2d [mb, w]``."""
-        w = hidden.shape[1]
-        wb = -(-w // self.bucket) * self.bucket
-        if wb not in self.inputs:
-            self.inputs[wb] = (
-                torch.zeros(self.mb, wb, hidden.shape[2], dtype=hidden.dtype, device=hidden.device),
-                torch.zeros(self.mb, wb, dtype=mask2d.dtype, device=hidden.device),
-            )
-        static_in, static_mask = self.inputs[wb]
-        static_in[:, :w].copy_(hidden)
-        static_mask[:, :w].copy_(mask2d)
-        if wb > w:
-            static_mask[:, w:].zero_()
-        entry = self.graphs.get((i, wb))
-        if entry is None:
-            entry = self.graphs[(i, wb)] = self._capture(i, wb)
-        entry[0].replay()
-        return entry[1][:, :w]
+    def run(self, i: int, hidden: torch.Tensor, mask2d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer ``i`` on a full micro-batch ``hidden [mb, w, h]`` with padding mask ``mask2d [mb, w]``.
+
+        With ``out`` the result is copied into it under the lock and ``out`` is returned; without, the returned
+        tensor is a view of the graph's static output, valid until the next replay of that graph (the caller holds
+        ``self.lock`` for as long as it reads it, as the per-request loop does)."""
+        with self.lock, _on_device(hidden.device):
+            w = hidden.shape[1]
+            wb = -(-w // self.bucket) * self.bucket
+            if wb not in self.inputs:
+                self.inputs[wb] = (
+                    torch.zeros(self.mb, wb, hidden.shape[2], dtype=hidden.dtype, device=hidden.device),
+                    torch.zeros(self.mb, wb, dtype=mask2d.dtype, device=hidden.device),
+                )
+            static_in, static_mask = self.inputs[wb]
+            static_in[:, :w].copy_(hidden)
+            static_mask[:, :w].copy_(mask2d)
+            if wb > w:
+                static_mask[:, w:].zero_()
+            entry = self.graphs.get((i, wb))
+            if entry is None:
+                entry = self.graphs[(i, wb)] = self._capture(i, wb)
+            entry[0].replay()
+            if out is None:
+                return entry[1][:, :w]
+            out.copy_(entry[1][:, :w])
+            return out
+
+
+def _on_device(device: torch.device):
+    """``torch.cuda.device(device)`` for a CUDA device (capture and replay on the model's GPU), else a no-op."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def layer_graphs(model, rows: int) -> _LayerGraphs:
     """The model's CUDA-graph cache for layer calls of ``rows`` rows, after checking that graphs can serve it."""
+    check_graphs_usable(model)
+    return _LayerGraphs.of(model, rows)
+
+
+def check_graphs_usable(model) -> None:
+    """ValueError unless ``cuda_graphs=True`` can serve ``model``: on a CUDA device, in eval mode, SDPA or eager
+    attention (forward hooks are checked when the cache is fetched)."""
     if model.device.type != "cuda":
         raise ValueError(f"cuda_graphs=True needs a model on a CUDA device, this one is on {model.device}")
     if model.training:
@@ -284,7 +312,6 @@ def layer_graphs(model, rows: int) -> _LayerGraphs:
             f"cuda_graphs=True supports the 'sdpa' and 'eager' attention implementations, this model uses "
             f"{model.config._attn_implementation!r}"
         )
-    return _LayerGraphs.of(model, rows)
 
 
 @torch.no_grad()
@@ -322,6 +349,7 @@ def depth_wave_forward(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if not rows:
         raise ValueError("no texts to classify (empty input)")
+    model._check_exit_policy(exit_policy)
     graphs = layer_graphs(model, micro_batch_size) if check_bool(cuda_graphs, "cuda_graphs") else None
     num_exits = model.config.num_exits
     if exit_policy is not None:
@@ -388,7 +416,7 @@ def _run_chunk(model, rows, policy, micro_batch_size, stats, graphs=None):
         else:
             for (s, e, w), m in zip(sl, masks):
                 if graphs is not None and e - s == micro_batch_size:
-                    hidden[s:e, :w] = graphs.run(i, hidden[s:e, :w], mask2d[s:e, :w])
+                    graphs.run(i, hidden[s:e, :w], mask2d[s:e, :w], out=hidden[s:e, :w])
                 else:  # a narrower slice of the buffer is strided: one copy here, not one per projection
                     hidden[s:e, :w] = layer(hidden[s:e, :w].contiguous(), m)
         if stats is not None:
@@ -427,7 +455,15 @@ def _run_chunk(model, rows, policy, micro_batch_size, stats, graphs=None):
 
 
 def iter_chunks(items: Iterable, chunk_size: int):
-    """Yield lists of up to ``chunk_size`` items from any iterable (list, dataset, generator)."""
+    """Yield lists of up to ``chunk_size`` items from any iterable (list, dataset, generator).
+
+    A sized, indexable input that is not a list (a map-style ``torch.utils.data.Dataset`` such as ``KeyDataset``, a
+    ``datasets.Dataset``) is read as ``items[i]`` for ``i < len(items)``, as the stock pipeline reads it (Python's
+    fallback iteration would call ``__getitem__`` until an ``IndexError``, which such a dataset may never raise)."""
+    if (not isinstance(items, (list, tuple, str, bytes, Mapping)) and hasattr(items, "__len__")
+            and hasattr(items, "__getitem__") and not hasattr(items, "__next__")):
+        dataset = items
+        items = (dataset[i] for i in range(len(dataset)))
     buf = []
     for item in items:
         buf.append(item)
@@ -438,4 +474,4 @@ def iter_chunks(items: Iterable, chunk_size: int):
         yield buf
 
 
-__all__ = ["depth_wave_forward", "rows_from_encodings", "iter_chunks"]
+__all__ = ["depth_wave_forward", "rows_from_encodings", "iter_chunks", "check_graphs_usable"]

@@ -9,6 +9,7 @@ computes every exit for every row (the "all exits" forward used for training and
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from .bank import (
     make_record,
     verify_bank,
 )
-from .configuration_eenet import EENetBertConfig, EENetRobertaConfig
+from .configuration_eenet import EENetBertConfig, EENetRobertaConfig, max_input_tokens
 from .policies import ExitPolicy
 from .validation import check_bool, check_budget_fraction
 
@@ -65,6 +66,11 @@ class EENetSequenceClassifierOutput(ModelOutput):
     exit_index: torch.LongTensor | None = None
     exit_layer: torch.LongTensor | None = None
     exit_cost: torch.FloatTensor | None = None
+
+
+def _check_rows_have_tokens(attention_mask: torch.Tensor) -> None:
+    if not attention_mask.bool().any(-1).all():
+        raise ValueError("attention_mask has a row with no tokens (all zeros)")
 
 
 def pool_hidden(hidden_states: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -321,7 +327,12 @@ class EENetModelMixin:
         atomic_save_dir(save_directory, write)
 
     # ------------------------------------------------------------------ the exit loop
-    def _check_inputs(self, input_ids, attention_mask, inputs_embeds):
+    def _check_exit_policy(self, exit_policy) -> None:
+        """``exit_policy`` is ``None`` or an hf_eenet :class:`ExitPolicy` (one check for every entry point)."""
+        if exit_policy is not None and not isinstance(exit_policy, ExitPolicy):
+            raise TypeError(f"exit_policy must be an hf_eenet ExitPolicy, got {type(exit_policy).__name__}")
+
+    def _check_inputs(self, input_ids, attention_mask, inputs_embeds, check_rows: bool = True):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         ref = input_ids if input_ids is not None else inputs_embeds
@@ -339,8 +350,8 @@ class EENetModelMixin:
                     f"attention_mask shape {tuple(attention_mask.shape)} does not match input shape "
                     f"{tuple(ref.shape[:2])}"
                 )
-            if not attention_mask.bool().any(-1).all():
-                raise ValueError("attention_mask has a row with no tokens (all zeros)")
+            if check_rows:  # the early-exit loop checks its host copy instead (no extra device sync)
+                _check_rows_have_tokens(attention_mask)
 
     def _mask(self, hidden: torch.Tensor, mask2d: torch.Tensor):
         return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d)
@@ -395,12 +406,18 @@ class EENetModelMixin:
     ):
         """Run the encoder layer by layer. Returns ``(logits [B, C], exit_index [B], exit_logits [B, K, C] | None)``.
 
-        The per-request loop (the batch shrinks as rows leave). Host syncs: one at the start (the rows' token
-        extents) and one per exit that a policy decides at (which rows stop); outputs of the rows that stop are
-        written with one index built on the host (no boolean indexing, no further syncs). ``cuda_graphs``
-        (experimental, CUDA, a policy, one text): each layer replays a CUDA graph (``hf_eenet/engine.py``).
+        The per-request loop (the batch shrinks as rows leave). Host syncs with a policy: one at the start (the
+        attention mask read to the host: the rows' token extents and the empty-row check) and one per exit that a
+        policy decides at (which rows stop); outputs of the rows that stop are written with one index built on the
+        host (no boolean indexing, no further syncs). ``cuda_graphs`` (experimental, CUDA): with a policy and one
+        text each layer replays a CUDA graph (``hf_eenet/engine.py``); other calls run eagerly, but the model must
+        still be one graphs can serve (on a CUDA device, in eval mode, SDPA/eager attention), else ValueError.
         """
-        self._check_inputs(input_ids, attention_mask, inputs_embeds)
+        self._check_inputs(input_ids, attention_mask, inputs_embeds, check_rows=exit_policy is None)
+        if cuda_graphs:
+            from .engine import check_graphs_usable
+
+            check_graphs_usable(self)
         backbone = self.backbone
         exit_layers = self.config.exit_layers
         num_exits = len(exit_layers)
@@ -433,16 +450,27 @@ class EENetModelMixin:
         else:
             mask2d = attention_mask
             mask_host = attention_mask.detach().to("cpu", torch.bool)  # host sync 1 (once per call)
-        # per row, the column after its last token: trailing columns that are padding for every running row are
-        # dropped after a shrink (host arithmetic, no sync)
-        cols = torch.arange(1, width + 1)
-        extent = (mask_host * cols).amax(1)
-        mask = self._layer_mask(hidden, mask2d, not bool(mask_host.all()))
+            _check_rows_have_tokens(mask_host)
         graphs = None
         if cuda_graphs and batch == 1:
             from .engine import layer_graphs
 
             graphs = layer_graphs(self, 1)
+        # with graphs, hidden is a view of a graph's static output between layers: hold the cache's lock throughout
+        with graphs.lock if graphs is not None else contextlib.nullcontext():
+            return self._policy_loop(hidden, mask2d, mask_host, width, exit_policy, graphs)
+
+    def _policy_loop(self, hidden, mask2d, mask_host, width, exit_policy, graphs):
+        """The layer loop of :meth:`exit_forward` with a policy (``hidden`` = embeddings ``[B, S, h]``)."""
+        backbone = self.backbone
+        num_exits = self.config.num_exits
+        exit_at = {layer: k for k, layer in enumerate(self.config.exit_layers)}
+        batch, device = hidden.shape[0], hidden.device
+        # per row, the column after its last token: trailing columns that are padding for every running row are
+        # dropped after a shrink (host arithmetic, no sync)
+        cols = torch.arange(1, width + 1)
+        extent = (mask_host * cols).amax(1)
+        mask = self._layer_mask(hidden, mask2d, not bool(mask_host.all()))
         state = exit_policy.init_state(batch, device)
         rows = torch.arange(batch, device=device)  # original row of each running row
         logits_out = None
@@ -528,7 +556,8 @@ class EENetModelMixin:
                 Default: ``config.default_budget`` (else the largest fitted budget) when there is a bank, else the
                 full model.
             exit_policy (`ExitPolicy`): an explicit policy instead of a budget.
-            tokenizer: used when ``inputs`` are texts (``truncation=True`` by default); ``tokenizer_kwargs`` go to it.
+            tokenizer: used when ``inputs`` are texts (truncated by default to what the model takes,
+                ``configuration_eenet.max_input_tokens``, as in the pipeline); ``tokenizer_kwargs`` go to it.
             batch_size (`int`): rows per layer call (micro-batch).
             chunk_size (`int`): texts whose hidden states are on the device at once (memory bound:
                 ``chunk_size x longest x hidden_size`` activations).
@@ -547,14 +576,15 @@ class EENetModelMixin:
             budget = default if default is not None else self.config.scheduler_budgets[-1]
         if budget is not None:
             exit_policy = self.get_exit_policy(budget)
-        if exit_policy is not None and not isinstance(exit_policy, ExitPolicy):
-            raise TypeError(f"exit_policy must be an hf_eenet ExitPolicy, got {type(exit_policy).__name__}")
+        self._check_exit_policy(exit_policy)
         if isinstance(inputs, str):
             inputs = [inputs]
         if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
             if tokenizer is None:
                 raise ValueError("early_exit_predict got texts: pass tokenizer= (or give tokenizer output)")
             tokenizer_kwargs.setdefault("truncation", True)
+            if tokenizer_kwargs["truncation"] and "max_length" not in tokenizer_kwargs:
+                tokenizer_kwargs["max_length"] = max_input_tokens(self.config, tokenizer)  # as the pipeline
             inputs = tokenizer(list(inputs), **tokenizer_kwargs)
         elif tokenizer_kwargs:
             raise TypeError(f"unexpected keyword arguments {sorted(tokenizer_kwargs)} (tokenizer kwargs need texts)")
@@ -600,8 +630,7 @@ class EENetModelMixin:
             raise ValueError("give either exit_policy or budget, not both")
         if budget is not None:
             exit_policy = self.get_exit_policy(budget)
-        if exit_policy is not None and not isinstance(exit_policy, ExitPolicy):
-            raise TypeError(f"exit_policy must be an hf_eenet ExitPolicy, got {type(exit_policy).__name__}")
+        self._check_exit_policy(exit_policy)
         check_bool(cuda_graphs, "cuda_graphs")
         logits, exit_index, exit_logits = self.exit_forward(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, exit_policy, cuda_graphs

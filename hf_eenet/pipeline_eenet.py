@@ -18,6 +18,7 @@ import threading
 import torch
 from transformers import TextClassificationPipeline
 
+from .configuration_eenet import max_input_tokens
 from .validation import check_bool
 
 
@@ -49,11 +50,12 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         ``chunk_size`` texts (default 1024) are length-sorted and re-packed into full micro-batches of
         ``batch_size`` rows before every layer, so the work follows the rows that have not exited yet. Results are
         the same as text by text, in input order; a generator / dataset yields them chunk by chunk.
-        A list or tuple at ``batch_size=1`` (the stock default) runs depth waves of single-row micro-batches in
-        chunks of 64 texts: every layer call still holds one text (no padding), while each exit's head and decision
-        run once for the chunk's rows at that exit, and the chunk is tokenized in one call. A generator or dataset
-        at ``batch_size=1`` streams text by text through the per-request loop (a result per text as it comes).
-        ``chunk_size=0`` keeps the stock per-batch loop; ``chunk_size=N`` sets the chunk for any input.
+        A list at ``batch_size=1`` (the stock default) runs depth waves of single-row micro-batches in chunks of 64
+        texts: every layer call still holds one text (no padding), while each exit's head and decision run once for
+        the chunk's rows at that exit, and the chunk is tokenized in one call. A generator or dataset at
+        ``batch_size=1`` streams text by text through the per-request loop (a result per text as it comes).
+        ``chunk_size=0`` keeps the stock per-batch loop; ``chunk_size=N`` sets the chunk for a list, dataset or
+        generator (a single text always takes the per-request loop).
         Peak memory grows with ``chunk_size`` (hidden states of the whole chunk).
         ``cuda_graphs=True`` (a call argument like ``budget``; CUDA only, opt-in) replays each layer as a CUDA graph
         for full micro-batches and for single-text requests (``hf_eenet/engine.py``).
@@ -80,7 +82,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
             if batch_size > 1:
                 chunk_size = self.default_chunk_size
             else:  # a list is answered as a whole anyway; a stream at batch 1 keeps one result per text
-                chunk_size = self.default_chunk_size_single if isinstance(inputs, (list, tuple)) else 0
+                chunk_size = self.default_chunk_size_single if isinstance(inputs, list) else 0
         waves = (
             chunk_size > 0
             and self._is_early_exit_model()
@@ -102,6 +104,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
             budget = config.default_budget if config.default_budget is not None else config.scheduler_budgets[-1]
         if budget is not None:
             exit_policy = model.get_exit_policy(budget)
+        _check_exit_policy(model, exit_policy)
         layers = torch.tensor(config.exit_layers)
         costs = torch.tensor(config.exit_costs)
         for texts in iter_chunks(inputs, chunk_size):
@@ -126,11 +129,14 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
             raise ValueError(f"budget/exit_policy need an hf_eenet early-exit model, got {type(self.model).__name__}")
         if budget is not None and exit_policy is not None:
             raise ValueError("give either budget or exit_policy, not both")
+        # a call's budget / exit_policy replaces whichever of the two the pipeline was built with (the stock
+        # pipeline merges construction and call settings key by key, so the other key is reset explicitly)
         if budget is not None:
             self.model.get_exit_policy(budget)  # validates now: type, NaN, (0, 1], fitted range, a bank exists
-            forward["budget"] = float(budget)
+            forward["budget"], forward["exit_policy"] = float(budget), None
         if exit_policy is not None:
-            forward["exit_policy"] = exit_policy
+            _check_exit_policy(self.model, exit_policy)
+            forward["exit_policy"], forward["budget"] = exit_policy, None
         if cuda_graphs is not None:
             if not self._is_early_exit_model():
                 raise ValueError(f"cuda_graphs needs an hf_eenet early-exit model, got {type(self.model).__name__}")
@@ -174,21 +180,25 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         alone, without the per-text call's overhead), text by text for pairs / dict inputs."""
         from .engine import rows_from_encodings
 
-        if all(isinstance(t, str) for t in texts):
+        if all(isinstance(t, str) for t in texts) and set(preprocess_params) <= self._ONE_CALL_KWARGS:
             for t in texts:
                 self._check_text(t)
-            return rows_from_encodings(self.tokenizer(list(texts), **self._tokenizer_kwargs(preprocess_params)))
-        return rows_from_encodings([self.preprocess(t, **preprocess_params) for t in texts])
+            rows = rows_from_encodings(self.tokenizer(list(texts), **self._tokenizer_kwargs(preprocess_params)))
+        else:  # pairs, dicts, or tokenizer options whose batched output may differ from each text's (text_pair=,
+            # padding=, overflowing tokens, ...): text by text, exactly as the per-text path tokenizes
+            rows = rows_from_encodings([self.preprocess(t, **preprocess_params) for t in texts])
+        if len(rows) != len(texts):
+            raise ValueError(f"tokenizing {len(texts)} texts gave {len(rows)} rows: the tokenizer options "
+                             f"{sorted(preprocess_params)} split texts into several rows, which a classifier "
+                             "pipeline cannot map back to the texts")
+        return rows
+
+    #: tokenizer options for which one call over a chunk gives each text the ids it gets alone
+    _ONE_CALL_KWARGS = frozenset({"truncation", "max_length", "add_special_tokens"})
 
     def _max_tokens(self) -> int:
-        """Longest input the model takes: its position table (RoBERTa positions start after the padding index),
-        capped by the tokenizer's own limit."""
-        config = self.model.config
-        limit = getattr(config, "max_position_embeddings", None) or 512
-        if "roberta" in getattr(config, "model_type", ""):
-            limit -= (config.pad_token_id or 0) + 1
-        tok_limit = getattr(self.tokenizer, "model_max_length", None)
-        return min(limit, tok_limit) if tok_limit and tok_limit < 10**6 else limit
+        """Longest input the model takes (``configuration_eenet.max_input_tokens``: position table, tokenizer cap)."""
+        return max_input_tokens(self.model.config, self.tokenizer)
 
     def _forward(self, model_inputs, budget=None, exit_policy=None, cuda_graphs=False):
         if not self._is_early_exit_model():
@@ -209,6 +219,13 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         if isinstance(result, dict):
             return {**result, **extra}
         return [{**r, **extra} for r in result]
+
+
+def _check_exit_policy(model, exit_policy) -> None:
+    """The model's own ``exit_policy`` check (a model saved by an older hf_eenet may not have one)."""
+    check = getattr(model, "_check_exit_policy", None)
+    if check is not None:
+        check(exit_policy)
 
 
 def is_early_exit_model(model) -> bool:

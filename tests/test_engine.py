@@ -212,6 +212,7 @@ def test_loop_graph_path_for_one_text_equals_eager(name, monkeypatch):
     ref_logits, ref_exits = per_row(model, batch, policy)
     made = []
     monkeypatch.setattr(engine, "layer_graphs", lambda m, rows: made.append(_EagerGraphs(m, rows)) or made[-1])
+    monkeypatch.setattr(engine, "check_graphs_usable", lambda m: None)  # the eager replay stands in for CUDA
     with torch.no_grad():
         outs = [model(**{k: v[i : i + 1, : int(batch["attention_mask"][i].sum())] for k, v in batch.items()},
                       exit_policy=policy, cuda_graphs=True) for i in range(12)]
@@ -241,6 +242,27 @@ def test_cuda_graphs_refused_off_cuda():
         model(input_ids=rows[0]["input_ids"][None], exit_policy=policy, cuda_graphs=True)
     with pytest.raises(TypeError, match="cuda_graphs must be a bool"):
         model(input_ids=rows[0]["input_ids"][None], exit_policy=policy, cuda_graphs="yes")
+    # refused the same way whatever the batch size or policy (the graphs serve one text with a policy only, but a
+    # call that could never use them is not silently run eagerly)
+    two = random_batch(n=2, max_len=8, seed=1, pad_id=model.config.pad_token_id)
+    for kw in ({"exit_policy": policy}, {}):
+        with pytest.raises(ValueError, match="cuda_graphs=True needs a model on a CUDA device"):
+            model(**two, cuda_graphs=True, **kw)
+    with pytest.raises(TypeError, match="ExitPolicy"):
+        depth_wave_forward(model, rows, "not a policy", micro_batch_size=2)
+
+
+def test_graph_cache_keeps_one_entry_per_inference_mode_and_a_lock():
+    model = model_of("bert")
+    with torch.no_grad():
+        a = _LayerGraphs.of(model, 4)
+    with torch.inference_mode():
+        b = _LayerGraphs.of(model, 4)
+    with torch.no_grad():
+        assert _LayerGraphs.of(model, 4) is a, "alternating modes must not recapture"
+    assert a is not b and len(model.__dict__["_eenet_layer_graphs"]) == 2
+    assert a.lock.acquire(blocking=False) and a.lock.acquire(blocking=False)  # re-entrant: run() inside the loop
+    a.lock.release(), a.lock.release()
 
 
 @pytest.mark.parametrize(
@@ -364,6 +386,76 @@ def test_pipeline_list_at_batch_size_1_runs_single_row_waves_and_a_stream_goes_t
             [(r["label"], r["exit_layer"], r["cost"]) for r in one_by_one]
         for a, b in zip(got, one_by_one):
             assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_call_policy_or_budget_overrides_the_pipeline_default_in_every_path(banked):
+    """``pipeline(..., budget=b)`` then ``clf(texts, exit_policy=p)``: the call's policy serves, through waves, the
+    per-batch loop and text by text alike (and a call's budget overrides a pipeline-level policy)."""
+    model, tok, texts = banked
+    texts = texts[:9]
+    first = hf_eenet.StaticPolicy(0, model.config.num_exits)  # every text at exit 1
+    clf = pipeline("text-classification", model=model, tokenizer=tok, budget=0.7)
+    assert {r["exit_layer"] for r in clf(texts)} != {1}, "the fixture's budget must send some texts deeper"
+    for got in (clf(texts, exit_policy=first), clf(texts, exit_policy=first, chunk_size=0),
+                [clf(t, exit_policy=first)[0] for t in texts], clf(texts, exit_policy=first, batch_size=4)):
+        assert [r["exit_layer"] for r in got] == [1] * len(texts)
+    by_policy = pipeline("text-classification", model=model, tokenizer=tok, exit_policy=first)
+    want = [r["exit_layer"] for r in clf(texts)]
+    assert [r["exit_layer"] for r in by_policy(texts, budget=0.7)] == want
+    assert [by_policy(t, budget=0.7)[0]["exit_layer"] for t in texts] == want
+    with pytest.raises(ValueError, match="either budget or exit_policy"):
+        clf(texts, budget=0.4, exit_policy=first)
+    with pytest.raises(TypeError, match="ExitPolicy"):
+        clf(texts, exit_policy="x")
+
+
+def test_waves_tokenize_text_by_text_when_tokenizer_options_could_change_the_ids(banked):
+    model, tok, texts = banked
+    texts = texts[:5]
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+
+    def key(results):
+        return [(r["label"], r["exit_layer"], round(r["score"], 5)) for r in results]
+
+    alone = key([clf(t, text_pair="a good film", budget=0.4)[0] for t in texts])
+    assert key(clf(texts, text_pair="a good film", budget=0.4)) == alone  # text_pair= with a list at batch 1
+    assert key(clf(texts, text_pair="a good film", budget=0.4, batch_size=2)) == alone
+    alone = key([clf(t, padding=True, budget=0.4)[0] for t in texts])
+    assert key(clf(texts, padding=True, budget=0.4)) == alone
+    # overflowing tokens give several rows per text: refused (as text by text), never results misaligned with texts
+    for kw in ({}, {"batch_size": 2}):
+        with pytest.raises((ValueError, TypeError)):
+            clf(texts, budget=0.4, truncation=True, max_length=4, return_overflowing_tokens=True, **kw)
+
+
+def test_waves_read_a_sized_dataset_by_index_like_the_stock_pipeline(banked):
+    model, tok, texts = banked
+    texts = texts[:6]
+
+    class DictDataset(torch.utils.data.Dataset):  # KeyError (not IndexError) past the end, like a dict-backed set
+        def __init__(self, items):
+            self.d = dict(enumerate(items))
+
+        def __len__(self):
+            return len(self.d)
+
+        def __getitem__(self, i):
+            return self.d[i]
+
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    want = [clf(t, budget=0.4)[0]["exit_layer"] for t in texts]
+    for kw in ({"batch_size": 1}, {"batch_size": 4}, {"batch_size": 4, "chunk_size": 0}, {"batch_size": 1,
+                                                                                            "chunk_size": 4}):
+        assert [r["exit_layer"] for r in clf(DictDataset(texts), budget=0.4, **kw)] == want
+
+
+def test_early_exit_predict_truncates_to_what_the_model_takes(banked):
+    model, tok, texts = banked
+    long_text = " ".join(["good film"] * 80)  # longer than the tiny model's position table
+    assert len(tok(long_text)["input_ids"]) > model.config.max_position_embeddings
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    out = model.early_exit_predict([long_text], tokenizer=tok, budget=0.4)
+    assert int(out.exit_layer[0]) == clf(long_text, budget=0.4)[0]["exit_layer"]
 
 
 def test_pipeline_waves_reject_bad_chunk_size(banked):

@@ -306,8 +306,14 @@ def test_pipeline_reloads_without_hf_eenet(clf, trained, tmp_path):
 def test_ddp_two_processes_identical_weights(tmp_path, minilm_dir):
     script = ROOT / "tests" / "ddp_worker.py"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "EENET_DDP_OUT": str(tmp_path)}
+    import socket
+
+    with socket.socket() as sock:  # a free port (a fixed one fails when another run holds it)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", str(script)], capture_output=True, text=True, env=env, timeout=600)
+                          "--master_port", str(port), str(script)], capture_output=True, text=True, env=env,
+                         timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     sums = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sums[0]["world_size"] == 2 and sums[1]["world_size"] == 2
