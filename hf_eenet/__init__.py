@@ -17,7 +17,7 @@ from .modeling_eenet import (
     EENetRobertaForSequenceClassification,
     EENetSequenceClassifierOutput,
 )
-from .pipeline_eenet import EENetTextClassificationPipeline, TextClassificationDispatch
+from .pipeline_eenet import EENetTextClassificationPipeline, TextClassificationDispatch, register_text_classification
 from .policies import (
     EntropyPolicy,
     ExitPolicy,
@@ -45,8 +45,7 @@ for _cfg, _model in (
 def _register_pipelines() -> None:
     # "text-classification": early-exit models get the budgeted pipeline; the dispatcher hands every other model the
     # stock TextClassificationPipeline itself (same class, same outputs and errors as without hf_eenet).
-    stock = PIPELINE_REGISTRY.supported_tasks["text-classification"]
-    PIPELINE_REGISTRY.supported_tasks["text-classification"] = {**stock, "impl": TextClassificationDispatch}
+    register_text_classification(force=True)
     # the explicit task name (also what Pipeline.save_pretrained records for the pipeline's own code)
     PIPELINE_REGISTRY.register_pipeline(
         "eenet-text-classification", pipeline_class=EENetTextClassificationPipeline,

@@ -23,6 +23,7 @@ This module is copied next to the model code by ``save_pretrained`` (Hub remote 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -272,11 +273,20 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True) -> None:
     With ``keep_old_entries``, files and sub-folders of the old ``target`` that ``write`` did not produce (tokenizer
     files, checkpoints, README, ...) are carried over as hard links (copies where links fail), except stale weight
     files (``model*.safetensors``, ``pytorch_model*``: the new save's weights replace them).
+
+    A symlinked ``target`` is saved into the folder it points at (the link stays). Where the folder itself cannot be
+    swapped — its parent is not writable, or it is a mount point (rename fails with EBUSY) — the temporary folder
+    goes inside ``target`` and its files replace the old ones one by one, weights first and ``config.json`` last:
+    an interruption during ``write`` still leaves the old folder untouched, one during the replacement can leave new
+    weights beside the old config (a changed bank is then refused on load by its digest check).
     """
-    target = os.path.abspath(os.fspath(target))
+    target = os.path.realpath(os.path.abspath(os.fspath(target)))
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
+    except PermissionError:  # the parent is not writable; the folder may be
+        return _save_inside(target, write)
     try:
         write(tmp)
         if keep_old_entries and os.path.isdir(target):
@@ -292,7 +302,14 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True) -> None:
         if os.path.isdir(target):
             backup = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
             os.rmdir(backup)
-            os.rename(target, backup)
+            try:
+                os.rename(target, backup)
+            except OSError as err:
+                if err.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES):
+                    raise
+                _replace_files(tmp, target)  # a mount point (or a folder that cannot move): file by file
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
             try:
                 os.rename(tmp, target)
             except BaseException:
@@ -304,6 +321,33 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _save_inside(target, write) -> None:
+    """:func:`atomic_save_dir` when the folder cannot be swapped: write into a hidden folder inside it, then
+    replace the files one by one."""
+    os.makedirs(target, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".saving-", dir=target)
+    try:
+        write(tmp)
+        _replace_files(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_files(src_dir, target) -> None:
+    """Move every entry of ``src_dir`` into ``target`` (weights first, ``config.json`` last), then drop weight files
+    of ``target`` the new save did not produce."""
+    produced = os.listdir(src_dir)
+    order = sorted(produced, key=lambda e: (not e.startswith(WEIGHT_PREFIXES), e == "config.json", e))
+    for entry in order:
+        src, dst = os.path.join(src_dir, entry), os.path.join(target, entry)
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            shutil.rmtree(dst)
+        os.replace(src, dst)
+    for entry in os.listdir(target):
+        if entry.startswith(WEIGHT_PREFIXES) and entry not in produced:
+            os.remove(os.path.join(target, entry))
 
 
 def _link_or_copy(src, dst):

@@ -49,7 +49,9 @@ class FitArguments(SchedulerFitArguments):
         "help": "comma-separated budgets, fractions of the full cost"})
     extend: bool = field(default=False, metadata={
         "help": "keep the schedulers already in the bank and add these budgets (default: replace the bank)"})
-    seed: int = field(default=0, metadata={"help": "seed of the scheduler fit (and of a validation hold-out)"})
+    seed: int | None = field(default=None, metadata={"help": "seed of the scheduler fit (and of a validation hold-out); default: the seed the model was trained "
+                                                           "with (its training_args.json), so a hold-out is the "
+                                                           "recipe's, else 0"})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "batch size of the prediction pass"})
 
 
@@ -57,7 +59,9 @@ class FitArguments(SchedulerFitArguments):
 class EvaluateArguments:
     budgets: str | None = field(default=None, metadata={"help": "comma-separated budgets (default: the bank's)"})
     json: str | None = field(default=None, metadata={"help": "also write the results here (checked before work)"})
-    seed: int = field(default=0, metadata={"help": "seed of baseline calibration (and of a validation hold-out)"})
+    seed: int | None = field(default=None, metadata={"help": "seed of baseline calibration (and of a validation hold-out); default: the seed the model was trained "
+                                                           "with (its training_args.json), so a hold-out is the "
+                                                           "recipe's, else 0"})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "batch size of the prediction pass"})
 
 
@@ -70,7 +74,9 @@ class PredictArguments:
     batch_size: int = field(default=8, metadata={"help": "batch size"})
     output_file: str | None = field(default=None, metadata={
         "help": "for a test split: write JSON lines here (default: stdout)"})
-    seed: int = field(default=0, metadata={"help": "seed (of a validation hold-out, if any)"})
+    seed: int | None = field(default=None, metadata={"help": "seed (of a validation hold-out, if any); default: the seed the model was trained "
+                                                           "with (its training_args.json), so a hold-out is the "
+                                                           "recipe's, else 0"})
 
 
 def _check_writable(path: str | None, flag: str) -> None:
@@ -121,6 +127,19 @@ def _load_model(model_dir: str):
     return load_eenet(model_dir)
 
 
+def _seed(args, model_dir: str) -> int:
+    """``--seed``, else the seed the recipe trained the model with (``training_args.json``), else 0: without
+    ``--validation_file`` the validation hold-out then has the rows the recipe held out (not training rows)."""
+    if args.seed is not None:
+        return args.seed
+    try:
+        seed = json.loads((Path(model_dir) / "training_args.json").read_text()).get("seed")
+    except (OSError, ValueError, AttributeError):
+        seed = None
+    args.seed = int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0
+    return args.seed
+
+
 def _trainer_and_data(model, tok, data_args, model_dir: str, seed: int, batch_size: int, need):
     from transformers import DataCollatorWithPadding, TrainingArguments
 
@@ -149,8 +168,8 @@ def cmd_fit_scheduler(argv) -> None:
     args, data_args, ns = _parse("fit-scheduler", FitArguments, argv)
     budgets = parse_budgets(args.budgets)
     model, tok = _load_model(ns.model_dir)
-    trainer, _, _ = _trainer_and_data(model, tok, data_args, ns.model_dir, args.seed, args.per_device_eval_batch_size,
-                                      need=("validation",))
+    trainer, _, _ = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
+                                      args.per_device_eval_batch_size, need=("validation",))
     old = list(model.config.scheduler_budgets or [])
     info = trainer.fit_scheduler(budgets=budgets, seed=args.seed, extend=args.extend, **scheduler_kwargs(args))
     trainer.save_model(ns.model_dir)
@@ -175,7 +194,7 @@ def cmd_evaluate(argv) -> dict:
     budgets = parse_budgets(args.budgets) if args.budgets else list(bank)
     if not budgets:
         raise CLIError(f"{ns.model_dir} has no fitted scheduler bank and no --budgets were given")
-    trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, args.seed,
+    trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
                                            args.per_device_eval_batch_size, need=("validation",))
     val_probs, val_labels = trainer.collect_exit_predictions(enc["validation"])
     on = "test" if data.labelled.get("test") else "validation"
@@ -208,8 +227,8 @@ def cmd_predict(argv) -> None:
         for text, res in zip(ns.texts, clf(ns.texts, batch_size=args.batch_size, **kw)):
             print(json.dumps({"text": text, **res}))
         return
-    trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, args.seed, args.batch_size,
-                                           need=("test",))
+    trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
+                                           args.batch_size, need=("test",))
     budgets = parse_budgets(args.budgets) if args.budgets else None
     probs, labels = trainer.collect_exit_predictions(enc["test"], require_labels=False)
     out = args.output_file or "/dev/stdout"

@@ -93,7 +93,8 @@ def _read_files(args: DataArguments):
                             f"{', '.join(sorted(FILE_FORMATS))}")
         kw = {}
         if fmt == "csv":  # keep "null"/"NA" as text; GLUE-style tsv files are unquoted
-            kw = {"keep_default_na": False}
+            # text columns stay strings even when every cell looks like a number ("007" is not 7.0)
+            kw = {"keep_default_na": False, "converters": {c: str for c in _candidate_text_columns(args)}}
             if p.suffix.lower() == ".tsv":
                 kw.update(sep="\t", quoting=3)
         try:
@@ -113,6 +114,13 @@ def _read_hub(args: DataArguments):
     raw = load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.data_cache_dir)
     names = {"train": args.train_split_name, "validation": args.validation_split_name, "test": args.test_split_name}
     return DatasetDict({s: raw[n] for s, n in names.items() if n in raw})
+
+
+def _candidate_text_columns(args: DataArguments) -> list[str]:
+    """The columns :func:`_text_columns` may read as text (read as strings from csv/tsv files)."""
+    if args.text_column_names:
+        return [c.strip() for c in args.text_column_names.split(",") if c.strip()]
+    return ["text", "sentence", "sentence1", "sentence2"]
 
 
 def _text_columns(args: DataArguments, columns: list[str], split: str) -> list[str]:
@@ -206,7 +214,7 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
             label the model does not know is an error. Default: derived from the train split.
         need: splits that must exist (e.g. ``("train", "validation")``).
     """
-    from datasets import ClassLabel, DatasetDict
+    from datasets import ClassLabel, DatasetDict, Features, Value
 
     if not args.has_data():
         raise DataError("no data: give --dataset_name (a Hub dataset) or --train_file/--validation_file/--test_file")
@@ -219,6 +227,7 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
     label_col = args.label_column_name
     # ---- label names
     train = raw.get("train")
+    names_from_model = label_names is not None
     if label_names is None:
         if train is None:
             raise DataError("label names come from the train split: give --train_file (or a model that has them)")
@@ -250,9 +259,13 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
             name = label_names[value]
         else:
             name = None if value is None else str(value)
+            if (name not in name_to_id and names_from_model and isinstance(value, int) and not isinstance(value, bool)
+                    and 0 <= value < len(label_names)):
+                name = label_names[value]  # an int that is not a name: an id into the model's labels (id2label)
         if name not in name_to_id:
-            raise DataError(f"the {split} split has label {value!r}, which is not among the labels learnt from "
-                            f"train ({', '.join(label_names)})")
+            where = "the model's labels" if names_from_model else "the labels learnt from train"
+            raise DataError(f"the {split} split has label {value!r}, which is not among {where} "
+                            f"({', '.join(label_names)})")
         return name_to_id[name]
 
     out, labelled, text_cols = {}, {}, None
@@ -273,7 +286,7 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
             texts = [["" if t is None else str(t) for t in batch[c]] for c in cols]
             res = {}
             if delim is not None or len(cols) == 1:  # joined raw (as run_classification.py), then stripped
-                res["text"] = [(delim or " ").join(parts).strip() for parts in zip(*texts)]
+                res["text"] = [(" " if delim is None else delim).join(parts).strip() for parts in zip(*texts)]
             else:
                 res["text"], res["text_pair"] = ([t.strip() for t in col] for col in texts)
             for key, values in res.items():
@@ -286,7 +299,10 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
             return res
 
         keep = ["text", "text_pair"] if (delim is None and len(cols) == 2) else ["text"]
-        new = ds.map(norm, batched=True, remove_columns=ds.column_names, desc=f"read {split}")
+        # explicit output types: a removed input column of the same name (e.g. a numeric "text" column that is not
+        # the text) must not impose its type on the new one
+        types = Features({**{k: Value("string") for k in keep}, **({"label": Value("int64")} if has_labels else {})})
+        new = ds.map(norm, batched=True, remove_columns=ds.column_names, features=types, desc=f"read {split}")
         new = new.select_columns(keep + (["label"] if has_labels else []))
         if has_labels:
             new = new.cast_column("label", ClassLabel(names=label_names))
@@ -295,7 +311,8 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
     # ---- validation hold-out
     if "validation" not in splits and "train" in splits:
         n = len(splits["train"])
-        rows = args.validation_split_rows or int(round(n * args.validation_split_percentage / 100))
+        rows = (args.validation_split_rows if args.validation_split_rows is not None
+                else int(round(n * args.validation_split_percentage / 100)))
         if not 0 < rows < n:
             raise DataError(f"cannot hold out {rows} of {n} train rows for validation; give --validation_file")
         try:

@@ -17,7 +17,8 @@ def build_model_card(results: dict, *, dataset: str, base_model: str, setup: dic
                      dataset_config: str | None = None, dataset_name: str | None = None) -> ModelCard:
     """A card whose ``model-index`` carries EENet's accuracy and realised cost at every budget.
 
-    ``dataset``: short name; ``dataset_id`` / ``dataset_config``: the Hub dataset (default: ``dataset``);
+    ``dataset``: short name; ``dataset_id`` / ``dataset_config``: the Hub dataset (listed under ``datasets:`` only when given; the
+    eval results fall back to ``dataset``);
     ``dataset_name``: readable name (default: ``dataset``)."""
     ds_type, ds_name, ds_config = dataset_id or dataset, dataset_name or dataset, dataset_config
     split = results.get("evaluated_on", "test")
@@ -33,7 +34,8 @@ def build_model_card(results: dict, *, dataset: str, base_model: str, setup: dic
             ))
     data = ModelCardData(
         base_model=base_model if "/" in base_model and not base_model.startswith("/") else None,
-        datasets=[ds_type], library_name="transformers", pipeline_tag="text-classification",
+        datasets=[dataset_id] if dataset_id else None,  # Hub dataset ids only (a local folder name is not one)
+        library_name="transformers", pipeline_tag="text-classification",
         tags=["early-exit", "eenet", "hf_eenet", "adaptive-inference"], model_name=model_name,
         eval_results=eval_results, license="apache-2.0",
     )

@@ -38,7 +38,7 @@ from .bank import (
     make_record,
     verify_bank,
 )
-from .configuration_eenet import EENetBertConfig, EENetRobertaConfig, max_input_tokens
+from .configuration_eenet import _INSTALLED, EENetBertConfig, EENetRobertaConfig, max_input_tokens
 from .policies import ExitPolicy
 from .validation import check_bool, check_budget_fraction
 
@@ -324,7 +324,30 @@ class EENetModelMixin:
 
         if not is_main:
             return super().save_pretrained(save_directory, *args, **kwargs)
+        # push_to_hub=True: the stock save would create the repo from the *temporary* folder's name and upload it
+        # before the pipeline code is added; push the finished folder instead
+        push = kwargs.pop("push_to_hub", False)
+        hub = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "create_pr", "private") if key in kwargs}
         atomic_save_dir(save_directory, write)
+        if push:
+            self._push_saved_folder(save_directory, token=kwargs.get("token"), **hub)
+
+    def _push_saved_folder(self, folder, repo_id=None, commit_message=None, create_pr=False, private=None,
+                           token=None):
+        """Upload a folder written by :meth:`save_pretrained` as the stock ``push_to_hub=True`` does (repo id
+        defaults to the folder's name; a stock model card is added only when the folder has no README.md)."""
+        from transformers import modeling_utils
+
+        repo_kw = {"private": private} if private is not None else {}
+        repo_id = modeling_utils.hf_api().create_repo(
+            repo_id or Path(folder).name, exist_ok=True, token=token, **repo_kw
+        ).repo_id
+        if not Path(folder, "README.md").exists():
+            modeling_utils.create_and_tag_model_card(repo_id, self.model_tags, token=token).save(
+                str(Path(folder, "README.md"))
+            )
+        self._upload_modified_files(str(folder), repo_id, {}, commit_message=commit_message, token=token,
+                                    create_pr=create_pr)
 
     # ------------------------------------------------------------------ the exit loop
     def _check_exit_policy(self, exit_policy) -> None:
@@ -731,6 +754,11 @@ class EENetRobertaForSequenceClassification(EENetModelMixin, RobertaPreTrainedMo
             return self.exit_heads[k](pooled)
         return self.classifier(pooled.unsqueeze(1))  # RobertaClassificationHead reads token 0
 
+
+if not _INSTALLED:  # Hub remote code without hf_eenet: a pipeline built from this model object honours budget=
+    from .pipeline_eenet import register_text_classification
+
+    register_text_classification()
 
 __all__ = [
     "EENetSequenceClassifierOutput",

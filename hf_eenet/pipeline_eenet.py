@@ -244,4 +244,20 @@ class TextClassificationDispatch(TextClassificationPipeline):
         return impl(*args, **kwargs)
 
 
-__all__ = ["EENetTextClassificationPipeline", "TextClassificationDispatch", "is_early_exit_model"]
+def register_text_classification(force: bool = False) -> None:
+    """Make ``pipeline("text-classification", ...)`` build :class:`TextClassificationDispatch`: the budgeted
+    pipeline for hf_eenet models, the stock ``TextClassificationPipeline`` for every other model. ``import
+    hf_eenet`` calls it; so does the model code when it runs as Hub remote code without hf_eenet installed (a
+    pipeline built from a model *object* does not read ``custom_pipelines``). Remote code keeps a dispatcher that is
+    already registered (the installed package's, or another folder's); the installed package (``force``) replaces
+    it."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    stock = PIPELINE_REGISTRY.supported_tasks["text-classification"]
+    if not force and getattr(stock.get("impl"), "__name__", "") == TextClassificationDispatch.__name__:
+        return
+    PIPELINE_REGISTRY.supported_tasks["text-classification"] = {**stock, "impl": TextClassificationDispatch}
+
+
+__all__ = ["EENetTextClassificationPipeline", "TextClassificationDispatch", "is_early_exit_model",
+           "register_text_classification"]

@@ -291,6 +291,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     pretrained_eenet = is_eenet_checkpoint(path)
     if pretrained_eenet:
         model, tok = load_eenet(path, model_args.tokenizer_name)
+        if model_args.exit_layers and [int(x) for x in model_args.exit_layers.split(",")] != list(
+                model.config.exit_layers):
+            raise DataError(f"--exit_layers {model_args.exit_layers} differs from the exits of the hf_eenet model at "
+                            f"{path} ({model.config.exit_layers}); its exit heads are trained for those layers. "
+                            "Start from the backbone to train other exits, or drop --exit_layers")
         data = load_text_classification(data_args, seed=training_args.seed, label_names=model_label_names(model),
                                         need=need)
     else:
@@ -334,6 +339,17 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         costs = _dist_broadcast_costs(set_exit_costs(model, profile, args.cost_profile))
         model.config.exit_costs = [float(c) for c in costs]
     costs = list(model.config.exit_costs)
+    unreachable = [b for b in budgets if b < costs[0] / costs[-1] * (1 - 1e-9)]
+    if args.do_fit_scheduler and unreachable:  # found only now that the costs are known: keep what was trained
+        trainer.save_model(training_args.output_dir)
+        reachable = [b for b in budgets if b not in unreachable]
+        raise DataError(
+            f"--budgets {unreachable} are below the cheapest exit's cost: with --cost_profile {args.cost_profile} "
+            f"exit 1 costs {costs[0] / costs[-1]:.3f} of the full model, so the reachable budgets are "
+            f"[{costs[0] / costs[-1]:.3f}, 1]. The trained model was saved to {training_args.output_dir} without a "
+            f"scheduler bank: fit one with `python -m hf_eenet fit-scheduler {training_args.output_dir} "
+            f"--budgets {','.join(f'{b:g}' for b in reachable) or '0.5'} ...` (the same data flags), or rerun with "
+            "reachable --budgets")
     # ---- scheduler bank, then predictions; every rank predicts (Trainer.predict gathers the rows of all ranks),
     # the fit is deterministic so the banks agree; each split is run once (the model no longer changes)
     with trainer.reuse_exit_predictions():
@@ -383,8 +399,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         save_file(tensors, str(out_dir / "exit_predictions.safetensors"))
         recipe_args = {k: portable_path(v) for k, v in
                        {**asdict(model_args), **asdict(data_args), **asdict(args)}.items()}
-        label = args.dataset_label or data_args.dataset_name or (
-            Path(data_args.train_file or data_args.validation_file or data_args.test_file).parent.name)
+        first_file = Path(data_args.train_file or data_args.validation_file or data_args.test_file)
+        label = args.dataset_label or data_args.dataset_name or first_file.resolve().parent.name or first_file.stem
         results.update(
             dataset=label, evaluated_on=eval_on, world_size=training_args.world_size,
             splits={s: len(d) for s, d in data.splits.items()},

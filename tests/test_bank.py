@@ -95,6 +95,56 @@ def test_interrupted_save_leaves_old_state_loadable(tmp_path):
     assert (tmp_path / "m" / "tokenizer.json").exists()
 
 
+def test_save_through_a_symlink_updates_the_linked_folder(tmp_path):
+    old, batch, _, _ = fitted_model(budgets=(0.5, 0.8))
+    new, _, _, _ = fitted_model(budgets=(0.4, 0.6, 0.9), seed=1)
+    old.save_pretrained(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    new.save_pretrained(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink(), "the link must stay a link"
+    assert type(old).from_pretrained(tmp_path / "real").config.scheduler_budgets == [0.4, 0.6, 0.9]
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"], "no backup or temporary folder left behind"
+
+
+@pytest.mark.parametrize("case", ["parent_not_writable", "mount_point"])
+def test_save_where_the_folder_cannot_be_swapped_replaces_files_and_keeps_old_state_on_failure(tmp_path, case):
+    """A folder whose parent is read-only, or a mount point (rename: EBUSY): the save still works (files replaced
+    one by one), an interrupted write still leaves the old state, and stale weight files go."""
+    import errno
+    import tempfile
+
+    old, batch, _, _ = fitted_model(budgets=(0.5, 0.8))
+    new, _, _, _ = fitted_model(budgets=(0.4, 0.6, 0.9), seed=1)
+    target = tmp_path / "m"
+    old.save_pretrained(target)
+    (target / "tokenizer.json").write_text("{}")
+    (target / "model-00002-of-00002.safetensors").write_bytes(b"stale shard")
+    expect = {b: outputs(old, batch, b)[0] for b in (0.5, 0.8)}
+    real_mkdtemp, real_rename = tempfile.mkdtemp, os.rename
+
+    def mkdtemp(*a, dir=None, **k):
+        if case == "parent_not_writable" and os.path.realpath(dir) == os.path.realpath(tmp_path):
+            raise PermissionError(errno.EACCES, "read-only parent (simulated)", str(tmp_path))
+        return real_mkdtemp(*a, dir=dir, **k)
+
+    def rename(src, dst):
+        if case == "mount_point" and os.path.realpath(src) == os.path.realpath(target):
+            raise OSError(errno.EBUSY, "device or resource busy (simulated)", str(src))
+        return real_rename(src, dst)
+
+    def boom(*a, **k):
+        raise OSError("disk full (simulated)")
+
+    with mock.patch("tempfile.mkdtemp", mkdtemp), mock.patch("os.rename", rename):
+        with mock.patch("transformers.modeling_utils.safe_save_file", boom), pytest.raises(OSError, match="disk"):
+            new.save_pretrained(target)
+        assert {b: outputs(type(old).from_pretrained(target).eval(), batch, b)[0] for b in (0.5, 0.8)} == expect
+        new.save_pretrained(target)
+    assert type(old).from_pretrained(target).config.scheduler_budgets == [0.4, 0.6, 0.9]
+    assert (target / "tokenizer.json").exists() and not (target / "model-00002-of-00002.safetensors").exists()
+    assert not [e for e in os.listdir(target) if e.startswith(".")] and sorted(os.listdir(tmp_path)) == ["m"]
+
+
 def _rewrite_weights(folder, edit):
     path = Path(folder) / "model.safetensors"
     tensors = load_file(str(path))

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -407,3 +408,33 @@ def test_every_policy_online_equals_offline_and_bs1(name, kind):
             one = model(**{k: v[i : i + 1, :n] for k, v in batch.items()}, exit_policy=policy)
             assert one.exit_index.item() == offline[i].item()
             torch.testing.assert_close(one.logits[0], online.logits[i], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("repo_id", [None, "someone/eenet-sst2"])
+def test_save_pretrained_push_to_hub_uploads_the_finished_folder(repo_id, tmp_path, monkeypatch):
+    """``save_pretrained(d, push_to_hub=True)`` (Hub mocked): the repo is named after ``d`` (or ``repo_id``), not after
+    the temporary folder of the atomic save, and the upload holds the pipeline code and ``custom_pipelines``."""
+    from types import SimpleNamespace
+
+    from transformers import modeling_utils
+
+    seen = {}
+    api = SimpleNamespace(create_repo=lambda rid, **kw: seen.setdefault("repo", SimpleNamespace(repo_id=rid)))
+    monkeypatch.setattr(modeling_utils, "hf_api", lambda: api)
+    monkeypatch.setattr(modeling_utils, "create_and_tag_model_card",
+                        lambda *a, **k: SimpleNamespace(save=lambda path: open(path, "w").write("card")))
+
+    def upload(self, working_dir, rid, timestamps, **kw):
+        seen.update(upload_repo=rid, files=sorted(os.listdir(working_dir)),
+                    config=json.loads(open(os.path.join(working_dir, "config.json")).read()))
+
+    model = tiny_model(layers=2)
+    monkeypatch.setattr(type(model), "_upload_modified_files", upload)
+    target = tmp_path / "my-eenet-model"
+    kw = {"repo_id": repo_id} if repo_id else {}
+    model.save_pretrained(str(target), push_to_hub=True, **kw)
+    want = repo_id or "my-eenet-model"
+    assert seen["repo"].repo_id == want and seen["upload_repo"] == want
+    assert "pipeline_eenet.py" in seen["files"] and "modeling_eenet.py" in seen["files"]
+    assert list(seen["config"]["custom_pipelines"]) == ["text-classification"]
+    assert not [p for p in tmp_path.iterdir() if p.name != "my-eenet-model"], "temporary folders left behind"

@@ -309,6 +309,17 @@ def test_loader_labels_from_data_and_stratified_seeded_holdout(tmp_path):
     assert d4.splits["train"].features["label"].names[3] == "d"  # ints are ids into --class_names
 
 
+def test_text_columns_that_look_numeric_stay_text(tmp_path):
+    """A csv text column whose cells are all numbers is read as the strings in the file ("007", not 7.0), under the
+    default name and under --text_column_names; the label column keeps its own type."""
+    rows = [("007", "0012", 1), ("3.10", "42", 0), ("42", "7", 1), ("0012", "1e3", 0)]
+    f = write_csv(tmp_path / "n.csv", ["text", "other", "label"], rows)
+    d = load(tmp_path, {"train": f, "validation": f})
+    assert list(d.splits["train"]["text"]) == ["007", "3.10", "42", "0012"] and d.label_names == ["0", "1"]
+    d = load(tmp_path, {"train": f, "validation": f}, text_column_names="other")
+    assert list(d.splits["train"]["text"]) == ["0012", "42", "7", "1e3"]
+
+
 @pytest.mark.parametrize("case, match", [
     ("missing_column", r"has no column 'body' \(columns: sentence, label\)"),
     ("unseen_label", "has label 'maybe', which is not among the labels learnt from train"),
@@ -477,3 +488,30 @@ def test_hub_dataset_classlabel_names_and_pair_columns(monkeypatch):
     assert calls == [("glue", "mrpc")] and d.is_pair and d.label_names == ["not_equivalent", "equivalent"]
     assert len(d.splits["validation"]) == 10 and len(d.splits["train"]) == 30
     assert d.labelled["test"] is False  # GLUE-style hidden test labels (-1): predictions only
+
+
+def test_cli_hold_out_seed_defaults_to_the_seed_the_model_was_trained_with(tmp_path):
+    """Without --validation_file the CLI holds out validation rows from train: with the recipe's seed (read from the
+    model's training_args.json) they are the rows the recipe held out, not rows it trained on."""
+    from types import SimpleNamespace
+
+    from hf_eenet.cli import _seed
+
+    (tmp_path / "training_args.json").write_text(json.dumps({"seed": 42, "learning_rate": 1e-4}))
+    assert _seed(SimpleNamespace(seed=None), str(tmp_path)) == 42
+    assert _seed(SimpleNamespace(seed=7), str(tmp_path)) == 7  # an explicit --seed wins
+    assert _seed(SimpleNamespace(seed=None), str(tmp_path / "none")) == 0  # no record: 0
+
+
+def test_int_labels_are_ids_into_the_model_labels_when_they_are_not_names(tmp_path):
+    """A model trained with --class_names on int labels: evaluating an int-labelled file later (names from the
+    model, no --class_names) reads the ints as ids; a model whose names are the ints themselves keeps names first."""
+    rows = [(f"text {i}", i % 3) for i in range(30)]
+    f = write_csv(tmp_path / "i.csv", ["text", "label"], rows)
+    d = load_text_classification(DataArguments(validation_file=f), seed=0, label_names=["agree", "disagree", "unsure"])
+    assert d.splits["validation"]["label"][:3] == [0, 1, 2]
+    d = load_text_classification(DataArguments(validation_file=f), seed=0, label_names=["2", "0", "1"])
+    assert d.splits["validation"]["label"][:3] == [1, 2, 0]  # "0" is a name: name first
+    bad = write_csv(tmp_path / "b.csv", ["text", "label"], [("x", 5), ("y", 0)])
+    with pytest.raises(DataError, match="label 5, which is not among the model's labels"):
+        load_text_classification(DataArguments(validation_file=bad), seed=0, label_names=["a", "b", "c"])

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, ROOT, tiny_kwargs
+from conftest import DATA_DIR, ROOT, tiny_kwargs, tiny_model
 from datasets import Dataset
 from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments, pipeline
 
@@ -287,15 +287,34 @@ def test_pipeline_reloads_without_hf_eenet(clf, trained, tmp_path):
                     raise ImportError("blocked")
         sys.meta_path.insert(0, Block())
         sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
-        from transformers import pipeline
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
         clf = pipeline(model={str(d)!r}, trust_remote_code=True)
         assert "hf_eenet" not in type(clf).__module__
-        print(json.dumps(clf({texts!r}, budget=0.6, batch_size=4)))
+        out = clf({texts!r}, budget=0.6, batch_size=4)
+        # a pipeline built from the model object (custom_pipelines is not read then) honours budget= too
+        model = AutoModelForSequenceClassification.from_pretrained({str(d)!r}, trust_remote_code=True)
+        tok = AutoTokenizer.from_pretrained({str(d)!r}, trust_remote_code=True)
+        obj = pipeline("text-classification", model=model, tokenizer=tok)
+        assert obj({texts!r}, budget=0.6, batch_size=4) == out, "model-object pipeline ignored budget="
+        try:
+            obj({texts!r}, budget=0.01)
+            raise SystemExit("an unfitted budget was accepted")
+        except ValueError:
+            pass
+        # every other model still gets the stock pipeline
+        from transformers import BertConfig, BertForSequenceClassification, TextClassificationPipeline
+        plain = BertForSequenceClassification(BertConfig(vocab_size=99, hidden_size=8, num_hidden_layers=1,
+                                                         num_attention_heads=1, intermediate_size=8))
+        stock = pipeline("text-classification", model=plain, tokenizer=tok)
+        assert type(stock) is TextClassificationPipeline, type(stock)
+        print("RESULT " + json.dumps(out))
     """)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")})
     assert res.returncode == 0, res.stderr[-3000:]
-    got = json.loads(res.stdout.strip().splitlines()[-1])
+    lines = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
+    assert lines, res.stdout[-3000:]
+    got = json.loads(lines[-1][len("RESULT "):])
     assert [g["label"] for g in got] == [e["label"] for e in expect]
     assert [g["exit_layer"] for g in got] == [e["exit_layer"] for e in expect]
 
@@ -320,6 +339,44 @@ def test_ddp_two_processes_identical_weights(tmp_path, minilm_dir):
     assert sums[0]["steps"] == sums[1]["steps"] > 0
     assert sums[0]["moved"], "training must change the weights"
     assert sums[0]["checksum"] == sums[1]["checksum"]
+
+
+@pytest.mark.skipif(not (DATA_DIR / "sst2" / "validation.tsv").exists(), reason="needs ../shared/data/sst2 (or EENET_DATA_DIR)")
+def test_recipe_keeps_the_trained_model_when_a_budget_is_below_the_first_exit(tmp_path):
+    """Costs are known only after training: an unreachable budget ends the run with a clear error, and the trained
+    weights are on disk (loadable, no bank) for ``hf-eenet fit-scheduler``."""
+    from hf_eenet.data import DataError
+    from hf_eenet.recipe import main
+    from recipes.presets import data_arguments, resolve_backbone
+
+    out = tmp_path / "run"
+    files = data_arguments("sst2", str(DATA_DIR))
+    with pytest.raises(DataError, match=r"below the cheapest exit.*reachable budgets are \[0\.167, 1\]"):
+        main([str(ROOT / "recipes" / "presets" / "sst2.json"), "--train_file", files.train_file,
+              "--validation_file", files.validation_file, "--output_dir", str(out), "--results_dir", str(out),
+              "--do_predict", "false", "--max_steps", "1", "--per_device_train_batch_size", "8",
+              "--max_train_samples", "16", "--max_eval_samples", "64", "--budgets", "0.1,0.5",
+              "--cost_profile", "layers", "--max_seq_length", "32", "--quiet", "--save_strategy", "no"],
+             resolve_model=resolve_backbone)
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(str(out))
+    assert not model.config.scheduler_budgets and model.config.exit_costs[0] == pytest.approx(1 / 6)
+
+
+@pytest.mark.skipif(not (DATA_DIR / "sst2" / "validation.tsv").exists(), reason="needs ../shared/data/sst2 (or EENET_DATA_DIR)")
+def test_recipe_refuses_exit_layers_that_differ_from_an_eenet_checkpoint(tmp_path, minilm_dir):
+    from transformers import AutoTokenizer
+
+    from hf_eenet.data import DataError
+    from hf_eenet.recipe import main
+    from recipes.presets import data_arguments
+
+    ckpt = tmp_path / "ckpt"
+    tiny_model(layers=4, vocab_size=30522).save_pretrained(str(ckpt))
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(str(ckpt))
+    files = data_arguments("sst2", str(DATA_DIR))
+    with pytest.raises(DataError, match="--exit_layers 2,4 differs"):
+        main(["--model_name_or_path", str(ckpt), "--train_file", files.train_file, "--validation_file",
+              files.validation_file, "--output_dir", str(tmp_path / "out"), "--exit_layers", "2,4", "--quiet"])
 
 
 @pytest.mark.skipif(not (DATA_DIR / "sst2" / "validation.tsv").exists(), reason="needs ../shared/data/sst2 (or EENET_DATA_DIR)")
