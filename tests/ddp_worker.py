@@ -41,6 +41,11 @@ def main():
     (out / f"rank{rank}.json").write_text(json.dumps({
         "checksum": h.hexdigest(), "steps": result.global_step, "moved": moved,
         "world_size": trainer.args.world_size}))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # shut the process group down before exit (its threads can abort a bare exit)
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
