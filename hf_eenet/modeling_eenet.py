@@ -129,21 +129,24 @@ class EENetModelMixin:
                 self.config.problem_type = "multi_label_classification"
         return self.config.problem_type
 
-    def single_exit_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Loss of one exit: CE (single label), MSE (regression, num_labels=1) or BCE-with-logits (multi-label)."""
+    def single_exit_loss(self, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Loss of one exit: CE (single label; ``label_smoothing`` as in ``F.cross_entropy``), MSE (regression,
+        num_labels=1) or BCE-with-logits (multi-label)."""
         kind = self.problem_type(labels)
         if kind == "regression":
             if self.config.num_labels == 1:
                 return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
             return F.mse_loss(logits.float(), labels.float())
         if kind == "single_label_classification":
-            return F.cross_entropy(logits.view(-1, self.config.num_labels).float(), labels.view(-1))
+            return F.cross_entropy(logits.view(-1, self.config.num_labels).float(), labels.view(-1),
+                                   label_smoothing=float(label_smoothing))
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
-    def multi_exit_loss(self, exit_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Σ_k w_k · loss(z_k, y), ``exit_logits`` ``[B, K, C]``."""
+    def multi_exit_loss(self, exit_logits: torch.Tensor, labels: torch.Tensor,
+                        label_smoothing: float = 0.0) -> torch.Tensor:
+        """Σ_k w_k · loss(z_k, y), ``exit_logits`` ``[B, K, C]`` (``label_smoothing`` applies to every exit's CE)."""
         weights = exit_loss_weights(exit_logits.shape[1])
-        return sum(w * self.single_exit_loss(exit_logits[:, k], labels) for k, w in enumerate(weights))
+        return sum(w * self.single_exit_loss(exit_logits[:, k], labels, label_smoothing) for k, w in enumerate(weights))
 
     # ------------------------------------------------------------------ policies and budgets (the bank)
     def get_exit_policy(self, budget: float):

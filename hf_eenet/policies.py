@@ -123,7 +123,8 @@ def sequential_quantile_thresholds(scores: torch.Tensor, shares) -> list[float]:
     Returns:
         ``K`` thresholds; ``t_K = -inf`` so every sample has an exit. Planned counts ``n_k = floor(share_k * N)``
         for ``k < K``; in order, among samples not yet assigned, ``t_k`` is the ``n_k``-th largest score
-        (``+inf`` when ``n_k = 0``) and those ``n_k`` samples are assigned to exit ``k``.
+        (``+inf`` when ``n_k = 0``, ``-inf`` when ``n_k`` is every sample not yet assigned) and those ``n_k``
+        samples are assigned to exit ``k``.
     """
     scores = torch.as_tensor(scores, dtype=torch.float64)
     n, k_total = scores.shape
@@ -138,6 +139,10 @@ def sequential_quantile_thresholds(scores: torch.Tensor, shares) -> list[float]:
         n_k = min(n_k, rows.numel())
         if n_k <= 0:
             thresholds.append(math.inf)
+            continue
+        if n_k == rows.numel():  # the plan sends every remaining row here: so does the online rule for new rows
+            thresholds.append(-math.inf)  # (docs/method.md D7), not the lowest fitting score
+            remaining[rows] = False
             continue
         s = scores[rows, k]
         t = torch.topk(s, n_k).values[-1].item()

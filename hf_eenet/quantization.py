@@ -37,7 +37,9 @@ QUANTIZED_PARTS = ("bert", "roberta", "exit_heads", "classifier")
 @torch.inference_mode()
 def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: int = 64, max_length: int = 128,
                        autocast_dtype: torch.dtype | None = None, progress: bool = True) -> np.ndarray:
-    """``[N, K, C]`` softmax outputs of every exit of ``model`` (all-exits forward) on ``texts`` (float32 numpy)."""
+    """``[N, K, C]`` softmax outputs of every exit of ``model`` (all-exits forward) on ``texts`` (float32 numpy).
+
+    Runs the model in eval mode (dropout off; its previous mode is restored), as it serves."""
     from tqdm.auto import tqdm
 
     if isinstance(texts, str) or not len(texts):
@@ -48,13 +50,18 @@ def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: 
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     out = []
     starts = range(0, len(texts), batch_size)
-    with ctx:
-        for i in tqdm(starts, desc="exit probabilities", unit="batch", disable=not progress):
-            pair = None if text_pairs is None else list(text_pairs[i: i + batch_size])
-            enc = tokenizer(list(texts[i: i + batch_size]), pair, padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt")
-            enc = {k: v.to(device) for k, v in enc.items()}
-            out.append(model(**enc).exit_logits.float().softmax(-1).cpu())
+    was_training = model.training
+    model.eval()
+    try:
+        with ctx:
+            for i in tqdm(starts, desc="exit probabilities", unit="batch", disable=not progress):
+                pair = None if text_pairs is None else list(text_pairs[i: i + batch_size])
+                enc = tokenizer(list(texts[i: i + batch_size]), pair, padding=True, truncation=True,
+                                max_length=max_length, return_tensors="pt")
+                enc = {k: v.to(device) for k, v in enc.items()}
+                out.append(model(**enc).exit_logits.float().softmax(-1).cpu())
+    finally:
+        model.train(was_training)
     return torch.cat(out).numpy()
 
 

@@ -493,6 +493,14 @@ class _FitMixin:
                 fb_scores = self._raw_scores(probs_sel)
                 right[(plan, name)][sel_rows], spent[(plan, name)][sel_rows] = held_out(plan, fb_scores, None, sel_rows)
 
+        # the rows that were held out (all rows with k folds; one share with a single hold-out): every held-out figure
+        # below is a mean over these rows only
+        held = torch.zeros(n, dtype=torch.bool)
+        for _, sel_rows in splits:
+            held[sel_rows] = True
+        n_held = int(held.sum())
+        right = {key: v[held] for key, v in right.items()}
+        spent = {key: v[held] for key, v in spent.items()}
         candidates = []
         for i, plan in keys:
             ok = all(runs[i]["fold_within_tolerance"]) or self.match_budget or plan != "learned"
@@ -518,7 +526,7 @@ class _FitMixin:
         for cd in candidates:
             diff = right[best["key"]] - right[cd["key"]]
             cd["gap_points"] = 100 * float(diff.mean())
-            cd["gap_se_points"] = 100 * (float(diff.std() / math.sqrt(n)) if n > 1 else 0.0)
+            cd["gap_se_points"] = 100 * (float(diff.std() / math.sqrt(n_held)) if n_held > 1 else 0.0)
         chosen = best_trained
         if fallbacks:
             chosen = next(cd for cd in pool if cd["gap_points"] <= self.selection_margin * cd["gap_se_points"])

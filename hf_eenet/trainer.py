@@ -34,12 +34,25 @@ def softmax_np(x: np.ndarray) -> np.ndarray:
 
 
 def _exit_logits_from_predictions(predictions) -> np.ndarray:
-    """The ``[N, K, C]`` exit logits among the arrays ``Trainer.predict`` returns for our models."""
-    preds = predictions if isinstance(predictions, (tuple, list)) else (predictions,)
+    """The ``[N, K, C]`` exit logits among the arrays ``Trainer.predict`` returns for our models (a tuple of arrays,
+    or with ``eval_do_concat_batches=False`` a list of per-batch tuples, concatenated here)."""
+    if isinstance(predictions, list) and predictions:  # per-batch outputs
+        return np.concatenate([_exit_logits_from_predictions(batch) for batch in predictions])
+    preds = predictions if isinstance(predictions, tuple) else (predictions,)
     for p in preds:
         if isinstance(p, np.ndarray) and p.ndim == 3:
             return p
+    if predictions is None:
+        raise ValueError("the Trainer kept no predictions (prediction_loss_only=True?): the per-exit metrics and the "
+                         "scheduler need the exit logits")
     raise ValueError("predictions hold no [N, K, C] exit logits: was the model run with all exits (no policy)?")
+
+
+def _label_array(label_ids) -> np.ndarray:
+    """Labels as one array (a list of per-batch arrays with ``eval_do_concat_batches=False``)."""
+    if isinstance(label_ids, list) and label_ids and isinstance(label_ids[0], np.ndarray):
+        return np.concatenate(label_ids)
+    return np.asarray(label_ids)
 
 
 def compute_exit_metrics(eval_pred) -> dict[str, float]:
@@ -48,7 +61,7 @@ def compute_exit_metrics(eval_pred) -> dict[str, float]:
     Needs no Hub access (plain numpy; ``evaluate.load("accuracy")`` would download the metric script).
     """
     exit_logits = _exit_logits_from_predictions(eval_pred.predictions)
-    labels = np.asarray(eval_pred.label_ids)
+    labels = _label_array(eval_pred.label_ids)
     if exit_logits.shape[-1] == 1:  # regression: report per-exit MSE
         return {f"mse_exit_{k + 1}": float(np.mean((exit_logits[:, k, 0] - labels) ** 2))
                 for k in range(exit_logits.shape[1])}
@@ -77,6 +90,9 @@ class EENetTrainer(Trainer):
     def __init__(self, *args, self_distillation: bool = False, distill_start: float = 0.75,
                  distill_temperature: float = 3.0, distill_weight: float = 0.01, **kwargs):
         kwargs.setdefault("compute_metrics", compute_exit_metrics)
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError("EENetTrainer computes the weighted loss over all exits itself, so compute_loss_func is "
+                             "not used: override EENetTrainer.compute_loss (or the model's multi_exit_loss) instead")
         super().__init__(*args, **kwargs)
         if not 0.0 <= distill_start <= 1.0:
             raise ValueError(f"distill_start must be in [0, 1], got {distill_start}")
@@ -101,7 +117,9 @@ class EENetTrainer(Trainer):
         if labels is None:
             raise ValueError("EENetTrainer needs `labels` in every batch")
         core = self.accelerator.unwrap_model(model)
-        loss = core.multi_exit_loss(outputs.exit_logits, labels)
+        # label_smoothing_factor (TrainingArguments) smooths every exit's cross-entropy, as LabelSmoother does the
+        # stock model's one head
+        loss = core.multi_exit_loss(outputs.exit_logits, labels, label_smoothing=self.args.label_smoothing_factor)
         if self._distillation_active() and outputs.exit_logits.shape[1] > 1:
             t = self.distill_temperature
             teacher = F.softmax(outputs.exit_logits[:, -1].detach().float() / t, dim=-1)  # detached teacher
@@ -150,7 +168,9 @@ class EENetTrainer(Trainer):
         dataset = dataset if dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("no dataset: pass eval_dataset to the trainer or to fit_scheduler(eval_dataset=...)")
-        if require_labels and "labels" not in getattr(dataset, "column_names", ["labels"]):
+        columns = getattr(dataset, "column_names", None)
+        if require_labels and columns is not None and not {"labels", "label", "label_ids", *self.label_names} & set(
+                columns):
             raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
         cache = getattr(self, "_exit_prediction_cache", None)
         key = getattr(dataset, "_fingerprint", None)
@@ -174,14 +194,37 @@ class EENetTrainer(Trainer):
         finally:
             self._exit_prediction_cache = None
 
+    @contextlib.contextmanager
+    def _serving_precision(self):
+        """Exit predictions that a bank is fitted (or evaluated) on are computed as the saved model serves them: the
+        model's own dtype, without the mixed-precision forward wrapper Accelerate installs for ``bf16`` / ``fp16``
+        training and without ``*_full_eval`` casts (a bank fitted on bf16 probabilities mis-spends in fp32)."""
+        patched = []
+        for m in {id(m): m for m in (self.model, self.accelerator.unwrap_model(self.model))}.values():
+            original = m.__dict__.get("_original_forward")
+            if original is not None and "forward" in m.__dict__:
+                patched.append((m, m.__dict__["forward"]))
+                m.forward = original
+        flags = {k: getattr(self.args, k, False) for k in ("bf16_full_eval", "fp16_full_eval", "prediction_loss_only")}
+        try:
+            for k in flags:  # fp32 eval, and the predictions kept (the bank needs the exit logits)
+                setattr(self.args, k, False)
+            yield
+        finally:
+            for m, forward in patched:
+                m.forward = forward
+            for k, v in flags.items():
+                setattr(self.args, k, v)
+
     def _predict_exits(self, dataset, require_labels: bool):
-        pred = self.predict(dataset, metric_key_prefix="exits")
+        with self._serving_precision():
+            pred = self.predict(dataset, metric_key_prefix="exits")
         probs = softmax_np(_exit_logits_from_predictions(pred.predictions).astype(np.float64))
         if pred.label_ids is None:
             if require_labels:
                 raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
             return probs.astype(np.float32), None
-        return probs.astype(np.float32), np.asarray(pred.label_ids)
+        return probs.astype(np.float32), _label_array(pred.label_ids)
 
     # ------------------------------------------------------------------------------------------------ hub
     def create_model_card(self, *args, **kwargs) -> None:
@@ -239,6 +282,14 @@ class EENetTrainer(Trainer):
             raise ValueError(f"budgets has duplicates: {budgets}")
         for b in budgets:  # validate all before spending time on any fit
             check_budget(b, new_costs)
+        if extend and not model.config.scheduler_budgets:
+            extend = False  # nothing to extend: the fitted schedulers make a new bank (with cost_profile's costs)
+        future = sorted(set(model.config.scheduler_budgets or []) | set(budgets)) if extend else budgets
+        if default_budget is not None:  # servable by the bank this call will leave, checked before any change
+            d = check_budget_fraction(default_budget, "default_budget")
+            if not future[0] - 1e-6 <= d <= future[-1] + 1e-6:
+                raise ValueError(f"default_budget {d:g} is outside the budgets the bank will hold {future}; give one "
+                                 "in that range (or none: the fitted budget nearest 0.5)")
         if extend and model.config.scheduler_budgets:
             model.verify_scheduler_bank()
             from .validation import costs_match

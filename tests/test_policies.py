@@ -556,3 +556,19 @@ def test_constructor_errors():
         StaticPolicy(3, 4, mix_next=0.5)  # no next exit
     with pytest.raises(ValueError, match="strictly increasing"):
         OraclePolicy([2.0, 1.0])
+
+
+def test_budget_at_the_first_exit_sends_new_rows_there_too():
+    """At B = c_1 the plan puts every row at exit 1: its threshold is -inf (D7), so a new row with a lower score than
+    any fitting row exits at 1 as well (it went to the last exit, at cost c_K)."""
+    from hf_eenet.policies import sequential_quantile_thresholds
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(200, 4, 3, generator=g) * 3, -1)
+    costs = [0.25, 0.5, 0.75, 1.0]
+    assert sequential_quantile_thresholds(torch.rand(50, 4, generator=g), [1.0, 0.0, 0.0, 0.0])[0] == -math.inf
+    for cls in (MaxProbPolicy, EntropyPolicy):
+        policy = cls.calibrate(probs, None, costs, 0.25)
+        assert policy.thresholds[0] == -math.inf
+        flat = torch.full((1, 4, 3), 1 / 3)  # less confident than every fitting row
+        assert policy.exit_index(flat).tolist() == [0]

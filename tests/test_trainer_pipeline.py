@@ -152,6 +152,83 @@ def test_fit_scheduler_bank_and_budget_lookup(trained):
         model.get_exit_policy("0.5")
 
 
+def test_bank_fitted_after_bf16_training_is_fitted_on_the_fp32_outputs_it_serves(tok, tmp_path):
+    """bf16 training patches the model's forward with autocast; the bank must still be fitted on what the saved model
+    computes (fp32): same exits online (in memory and reloaded) as the fit planned, realised cost = planned."""
+    model = toy_model(seed=2)
+    train, val = toy_dataset(tok, 256, seed=3), toy_dataset(tok, 192, seed=4)
+    trainer = hf_eenet.EENetTrainer(
+        model=model, args=targs(tmp_path, bf16=True, num_train_epochs=2, per_device_train_batch_size=32,
+                                learning_rate=3e-3, label_smoothing_factor=0.1, prediction_loss_only=True),
+        train_dataset=train, eval_dataset=val, processing_class=tok, data_collator=DataCollatorWithPadding(tok))
+    trainer.train()
+    trainer.fit_scheduler(budgets=[0.5], seed=0, restarts=1, max_epochs=5)
+    assert trainer.model.forward.__func__ is not type(trainer.model).forward, "bf16 must have patched the forward"
+    trainer.save_model(str(tmp_path / "m"))
+    reloaded = type(model).from_pretrained(str(tmp_path / "m")).eval()
+    batch = DataCollatorWithPadding(tok)([{k: val[i][k] for k in ("input_ids", "attention_mask")}
+                                          for i in range(len(val))])
+    sched = model.eenet_schedulers[0]
+    with torch.no_grad():
+        ref = model.eval().__class__.forward(model, **batch).exit_logits.float().softmax(-1)  # plain fp32 forward
+        online = reloaded(**batch, budget=0.5).exit_index
+    assert torch.equal(sched.exit_index(ref), online)
+    costs = torch.tensor(reloaded.config.exit_costs)
+    assert float(costs[online].mean()) == pytest.approx(sched.planned_cost, abs=1e-6)
+
+
+def test_trainer_loss_smooths_labels_and_refuses_compute_loss_func(tok, tmp_path):
+    model = toy_model(seed=3)
+    data = toy_dataset(tok, 32, seed=5)
+    batch = DataCollatorWithPadding(tok)([data[i] for i in range(16)])
+    losses = []
+    for eps in (0.0, 0.3):
+        trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, label_smoothing_factor=eps),
+                                        train_dataset=data, processing_class=tok)
+        losses.append(float(trainer.compute_loss(model.eval(), dict(batch))))
+    assert losses[0] != pytest.approx(losses[1])
+    smoothed = model.multi_exit_loss(model(**{k: v for k, v in batch.items() if k != "labels"}).exit_logits,
+                                     batch["labels"], label_smoothing=0.3)
+    assert losses[1] == pytest.approx(float(smoothed), rel=1e-5)
+    with pytest.raises(ValueError, match="compute_loss_func"):
+        hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), compute_loss_func=lambda *a, **k: 0.0)
+
+
+def test_fit_scheduler_accepts_a_label_column_and_checks_default_budget_first(tok, tmp_path, trained):
+    from hf_eenet.costs import ExitCostProfile
+
+    model = toy_model(seed=4)
+    val = toy_dataset(tok, 96, seed=6).rename_column("labels", "label")  # GLUE-style column name
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), eval_dataset=val, processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
+    profile = ExitCostProfile(exit_layers=[1, 2, 3, 4], layers=[1.0, 2.0, 3.0, 4.0], latency_ms=[4.0, 6.0, 8.0, 10.0])
+    # extend=True on a model without a bank: a new bank with the profile's costs (was: every fit refused at the end)
+    trainer.fit_scheduler(budgets=[0.5, 0.7], seed=0, restarts=1, max_epochs=3, extend=True,
+                          cost_profile=(profile, "latency"))
+    assert model.config.scheduler_budgets == [0.5, 0.7] and model.config.exit_costs == pytest.approx([.4, .6, .8, 1])
+    with pytest.raises(ValueError, match="default_budget 0.95 is outside"):
+        trainer.fit_scheduler(budgets=[0.6, 0.8], seed=0, restarts=1, max_epochs=3, default_budget=0.95)
+    assert model.config.scheduler_budgets == [0.5, 0.7], "a refused call must leave the bank as it was"
+
+
+def test_per_batch_predictions_work_for_metrics_and_the_bank(tok, tmp_path):
+    """eval_do_concat_batches=False hands lists of per-batch outputs to compute_metrics and to the bank's
+    predictions: the same per-exit metrics and exit probabilities as concatenated outputs."""
+    model = toy_model(seed=5)
+    val = toy_dataset(tok, 80, seed=7)
+    outs = []
+    for concat in (True, False):
+        trainer = hf_eenet.EENetTrainer(
+            model=model, args=targs(tmp_path, eval_do_concat_batches=concat, per_device_eval_batch_size=16),
+            eval_dataset=val, processing_class=tok, data_collator=DataCollatorWithPadding(tok))
+        metrics = trainer.evaluate()
+        probs, labels = trainer.collect_exit_predictions(val)
+        outs.append(({k: v for k, v in metrics.items() if "accuracy" in k}, probs, labels))
+    assert outs[0][0] == outs[1][0] and len(outs[0][0]) == 5
+    np.testing.assert_allclose(outs[0][1], outs[1][1], atol=1e-6)
+    assert np.array_equal(outs[0][2], outs[1][2])
+
+
 def test_saved_model_reloads_with_identical_decisions(trained, tok):
     from transformers import AutoModelForSequenceClassification
 

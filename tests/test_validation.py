@@ -137,3 +137,20 @@ def test_quantize_dynamic_int8_keeps_budget_path_and_refits_bank(minilm_dir, tmp
     with pytest.raises(ValueError, match="quantised"):
         q.save_pretrained(tmp_path / "int8")
     assert not (tmp_path / "int8").exists()
+
+
+def test_exit_probabilities_run_in_eval_mode_and_restore_the_mode(minilm_dir):
+    """A model straight out of training (train mode, dropout on) gives the serving probabilities, reproducibly."""
+    from transformers import AutoTokenizer
+
+    from hf_eenet.quantization import exit_probabilities
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    model = tiny_model(layers=2, vocab_size=30522, hidden_dropout_prob=0.5)
+    texts = ["a good film", "a dull plot", "it is fine"] * 4
+    model.train()
+    a = exit_probabilities(model, tok, texts, progress=False)
+    b = exit_probabilities(model, tok, texts, progress=False)
+    assert model.training, "the caller's mode is restored"
+    model.eval()
+    assert np.array_equal(a, b) and np.array_equal(a, exit_probabilities(model, tok, texts, progress=False))
