@@ -39,7 +39,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
     # ------------------------------------------------------------------ throughput path: depth waves
     #: default number of texts per depth-wave chunk (``pipe(texts, batch_size=32)`` with ``batch_size > 1``)
     default_chunk_size = 1024
-    #: default chunk for a list / tuple of texts at ``batch_size=1`` (single-row micro-batches; memory stays small)
+    #: default chunk for a list of texts at ``batch_size=1`` (single-row micro-batches; memory stays small)
     default_chunk_size_single = 64
 
     def __call__(self, inputs, *args, chunk_size=None, **kwargs):
