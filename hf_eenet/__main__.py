@@ -1,3 +1,5 @@
-from hf_eenet.cli import main
+import sys
 
-main()
+from hf_eenet.cli import console_main
+
+sys.exit(console_main())

@@ -13,7 +13,7 @@ after the model folder. Examples::
     hf-eenet predict outputs/mine "a gripping , funny film" "dull" --budget 0.5
     hf-eenet predict outputs/mine --test_file new.csv --text_column_names text --output_file preds.jsonl
 
-Value errors (bad data, budgets, paths) print one line ``hf-eenet: error: ...`` and exit with code 2
+Value errors (bad data, budgets, paths) print one line ``hf-eenet COMMAND: error: ...`` and exit with code 2
 (``HF_EENET_TRACEBACK=1`` shows the traceback).
 """
 
@@ -293,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
     return p
+
+
+def console_main() -> int:
+    """The ``hf-eenet`` console script: exit code 0 on success (``main`` returns results dicts for Python callers;
+    ``sys.exit(dict)`` would print the dict and exit with 1)."""
+    main()
+    return 0
 
 
 def main(argv=None):

@@ -36,7 +36,8 @@ class ForcedExitPolicy(ExitPolicy):
 
 @dataclass
 class ExitCostProfile:
-    """Cumulative per-exit costs of one model. ``*_norm`` lists are divided by the last exit's cost."""
+    """Cumulative per-exit costs of one model; ``normalised(kind)`` returns the ``kind`` costs (latency, flops or
+    layers) divided by the last exit's cost."""
 
     exit_layers: list[int]
     latency_ms: list[float] | None = None

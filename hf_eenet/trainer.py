@@ -56,7 +56,7 @@ def _label_array(label_ids) -> np.ndarray:
 
 
 def compute_exit_metrics(eval_pred) -> dict[str, float]:
-    """``compute_metrics`` for ``Trainer``: accuracy of every exit (``accuracy_exit_<layer>``) and of the last one.
+    """``compute_metrics`` for ``Trainer``: accuracy of every exit (``accuracy_exit_<k>``, k the 1-based exit index, not the encoder layer) and of the last one.
 
     Needs no Hub access (plain numpy; ``evaluate.load("accuracy")`` would download the metric script).
     """

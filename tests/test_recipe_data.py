@@ -515,3 +515,14 @@ def test_int_labels_are_ids_into_the_model_labels_when_they_are_not_names(tmp_pa
     bad = write_csv(tmp_path / "b.csv", ["text", "label"], [("x", 5), ("y", 0)])
     with pytest.raises(DataError, match="label 5, which is not among the model's labels"):
         load_text_classification(DataArguments(validation_file=bad), seed=0, label_names=["a", "b", "c"])
+
+
+def test_console_script_exits_0_on_success(monkeypatch, capsys):
+    """``hf-eenet`` is ``console_main``: a command that returns a results dict still exits with code 0."""
+    import hf_eenet.cli as cli
+
+    monkeypatch.setattr(cli, "main", lambda argv=None: {"some": "results"})
+    assert cli.console_main() == 0
+    import tomllib
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["hf-eenet"] == "hf_eenet.cli:console_main"
