@@ -99,6 +99,38 @@ def section(name: str, path: str, res: dict) -> list[str]:
             lines.append(f"| {r['budget']:.2f} | " + " | ".join(f"{r[k]['accuracy']:.2f}" for k in labels) +
                          f" | {r['best_baseline']:.2f} | {r['bound_minus_best_baseline']:+.2f} |")
     lines += ["", f"Command: `{res['command']}`", ""]
+    lines += rematch_section(name)
+    return lines
+
+
+def rematch_section(name: str) -> list[str]:
+    """The ``benchmarks/rematch_budget.py`` table for this dataset, if committed."""
+    path = ROOT / "benchmarks" / "results" / f"rematch_{name}.json"
+    if not path.exists():
+        return []
+    res = json.loads(path.read_text())
+    sizes = res["traffic_rows"]
+    by = {(r["budget"], r["mode"]): r for r in res["summary"]}
+    modes = ["plain"] + [f"rematched_{s}" for s in sizes]
+    label = {"plain": "validation"} | {f"rematched_{s}": (f"traffic {s} rows" if s != "all" else
+                                                           f"traffic {max(res['half_rows']):,} rows") for s in sizes}
+    lines = [f"**{TITLES.get(name, name).split(' (')[0]}: budget re-matched on unlabelled traffic** — "
+             f"`{path.relative_to(ROOT).as_posix()}`. Each half of the test set is scored with thresholds matched on "
+             "an unlabelled sample of the other half (`model.rematch_budgets`; EENet heads as fitted on validation, "
+             "every baseline recalibrated on the same rows): the worst seed's realised cost / budget, and EENet − best "
+             "baseline in points (mean over seeds, every method under the same protocol):", "",
+             "| budget | " + " | ".join(f"EENet cost/B, {label[m]}" for m in modes) + " | max-prob cost/B, "
+             f"{label[modes[0]]} → {label[modes[-1]]} | " + " | ".join(f"EENet − best, {label[m]}" for m in modes) + " |",
+             "|---:|" + "---:|" * (2 * len(modes) + 1)]
+    for b in res["budgets"]:
+        rows = [by[(b, m)] for m in modes]
+        lines.append(f"| {b:.2f} | " + " | ".join(f"{r['eenet_cost_ratio_worst']:.3f}" for r in rows) +
+                     f" | {rows[0]['maxprob_cost_ratio']:.3f} → {rows[-1]['maxprob_cost_ratio']:.3f} | " +
+                     " | ".join(f"{r['margin_mean_pt']:+.2f}" for r in rows) + " |")
+    worst = {m: max(abs(by[(b, m)]["eenet_cost_ratio_worst"] - 1) for b in res["budgets"]) for m in modes}
+    lines += ["", "Largest EENet cost deviation over budgets and seeds: " +
+              ", ".join(f"{label[m]} {100 * worst[m]:.1f} %" for m in modes) + ".", "",
+              f"Command: `{res['command']}`", ""]
     return lines
 
 

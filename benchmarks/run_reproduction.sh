@@ -33,3 +33,9 @@ $PY benchmarks/bench_train_step.py --distill --json benchmarks/results/train_ste
 # 5. Model cards / plots and the README results section, regenerated from the JSON.
 $PY benchmarks/make_model_cards.py
 $PY benchmarks/make_readme_results.py
+
+# 6. Budget drift validation -> test and thresholds re-matched on unlabelled traffic (needs the models of steps 1-2
+#    and SST-5, and the committed eenet_seeds_<name>.json whose exact commands are inside them).
+$PY benchmarks/rematch_budget.py --seeds_json benchmarks/results/eenet_seeds_sst5.json --traffic_rows 250,all
+$PY benchmarks/rematch_budget.py --seeds_json benchmarks/results/eenet_seeds_ag_news.json --traffic_rows 250,all
+$PY benchmarks/make_eenet_readme.py

@@ -26,7 +26,7 @@ from .policies import (
     PatiencePolicy,
     StaticPolicy,
 )
-from .quantization import quantize_dynamic_int8, refit_scheduler_bank
+from .quantization import exit_probabilities, quantize_dynamic_int8, refit_scheduler_bank
 from .scheduler import EENetScheduler
 from .trainer import EENetTrainer, compute_exit_metrics
 
@@ -79,4 +79,5 @@ __all__ = [
     "data_fingerprint",
     "quantize_dynamic_int8",
     "refit_scheduler_bank",
+    "exit_probabilities",
 ]

@@ -10,7 +10,10 @@ indexed like ``config.scheduler_budgets`` (sorted ascending). Every entry has a 
      "num_exits": 4, "num_classes": 2,
      "data_fingerprint": "sha256:...",   # of the validation labels + rounded exit probabilities (None: unknown)
      "scheduler_config": {...},          # the scheduler's get_config()
-     "state_sha256": "..."}              # digest of the scheduler's tensors when the record was written
+     "state_sha256": "...",              # digest of the scheduler's tensors when the record was written
+     "plan": "geometric",                # share plan of the kept candidate (§6; None: not recorded)
+     "rematched_on": {"rows": 5000, "fingerprint": "sha256:..."}}  # optional: thresholds re-matched on unlabelled
+                                                                    # traffic (model.rematch_budgets)
 
 :func:`verify_bank` compares config ↔ records ↔ the schedulers' own fitted-for state (read through their public API:
 ``is_fitted``, ``budget``, ``costs``, ``thresholds``, ``num_exits``, ``get_config()``) and the tensors (finite, digest)
@@ -93,6 +96,8 @@ def make_record(scheduler, budget: float, data_fingerprint: str | None = None) -
         "data_fingerprint": data_fingerprint,
         "scheduler_config": scheduler_config_json(scheduler),
         "state_sha256": state_digest(scheduler),
+        # the share plan of the kept candidate (learned / geometric / static): what rematch_budgets re-runs
+        "plan": (getattr(scheduler, "fit_info", None) or {}).get("plan"),
     }
 
 
@@ -215,12 +220,16 @@ def verify_bank(model, where: str = "check") -> list[dict]:
         if [r.get("budget") for r in records] != budgets:
             _fail(where, f"config.scheduler_budgets {budgets} differ from the budgets of config.scheduler_bank "
                          f"{[r.get('budget') for r in records]} (was config.json edited?)")
-    elif budgets:
-        records = [None] * len(budgets)  # a legacy checkpoint (no records): check what the schedulers say
+    else:
+        records = [None] * len(budgets)  # no bank, or a legacy checkpoint (no records): check what the schedulers say
     prints = {r.get("data_fingerprint") for r in records if r and r.get("data_fingerprint")}
     if len(prints) > 1:
         _fail(where, "the bank mixes schedulers fitted on different validation data "
                      f"({sorted(prints)}); refit the whole bank on one validation set")
+    rematched = [r.get("rematched_on") for r in records if r]
+    if any(rematched) and (not all(rematched) or len({str(m.get("fingerprint")) for m in rematched}) > 1):
+        _fail(where, "the bank mixes thresholds re-matched on different traffic samples (or on none): re-match the "
+                     "whole bank at once (rematch_budgets)")
     for b, sched, rec in zip(budgets, schedulers, records):
         check_budget_fraction(b, "config.scheduler_budgets entry")
         check_scheduler(sched, cfg, b, where)

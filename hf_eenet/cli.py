@@ -12,6 +12,7 @@ after the model folder. Examples::
     hf-eenet evaluate outputs/mine --validation_file dev.csv --test_file test.csv --json results.json
     hf-eenet predict outputs/mine "a gripping , funny film" "dull" --budget 0.5
     hf-eenet predict outputs/mine --test_file new.csv --text_column_names text --output_file preds.jsonl
+    hf-eenet rematch outputs/mine --test_file traffic.csv --text_column_names text  # unlabelled sample of traffic
 
 Value errors (bad data, budgets, paths) print one line ``hf-eenet COMMAND: error: ...`` and exit with code 2
 (``HF_EENET_TRACEBACK=1`` shows the traceback).
@@ -35,6 +36,8 @@ COMMANDS = {
                      "--extend)",
     "evaluate": "EENet vs baselines vs oracle: calibrate on validation, report on test",
     "predict": "classify texts (arguments) or a test split (data flags) under budgets",
+    "rematch": "re-match the bank's thresholds to its budgets on an unlabelled sample of your traffic (--test_file; "
+               "labels not needed) and save it",
     "demo": "offline end-to-end demo on an SST-2 subset (a few minutes on 2 cores; needs the repository checkout)",
 }
 
@@ -237,6 +240,32 @@ def cmd_predict(argv) -> None:
         print(f"wrote {n} predictions to {args.output_file}")
 
 
+@dataclass
+class RematchArguments:
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "batch size of the prediction pass"})
+    seed: int | None = field(default=None, metadata={"help": "seed (of a hold-out, if the data flags make one); "
+                                                           "default: the model's training seed, else 0"})
+
+
+def cmd_rematch(argv) -> dict:
+    args, data_args, ns = _parse("rematch", RematchArguments, argv)
+    if not data_args.test_file and not data_args.dataset_name:
+        raise CLIError("give the traffic sample as --test_file (or --dataset_name with its test split); labels are "
+                       "not needed")
+    model, tok = _load_model(ns.model_dir)
+    if not model.config.scheduler_budgets:
+        raise CLIError(f"{ns.model_dir} has no fitted scheduler bank to re-match (hf-eenet fit-scheduler first)")
+    trainer, _, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
+                                        args.per_device_eval_batch_size, need=("test",))
+    info = trainer.rematch_budgets(enc["test"])
+    trainer.save_model(ns.model_dir)
+    for b, r in info.items():
+        print(f"budget {b:.2f}: cost on these {r['rows']} rows {r['cost_before'] / b:.3f} x budget with the "
+              f"validation thresholds -> {r['cost_after'] / b:.3f} x re-matched")
+    print(f"re-matched the scheduler bank on {len(enc['test'])} rows (saved in {ns.model_dir})")
+    return info
+
+
 def cmd_train(argv) -> dict:
     from .recipe import main as recipe_main
 
@@ -282,7 +311,7 @@ def cmd_demo(argv) -> None:
 
 
 HANDLERS = {"train": cmd_train, "fit-scheduler": cmd_fit_scheduler, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "demo": cmd_demo}
+            "predict": cmd_predict, "rematch": cmd_rematch, "demo": cmd_demo}
 
 
 def build_parser() -> argparse.ArgumentParser:

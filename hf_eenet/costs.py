@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .configuration_eenet import flops_exit_costs
+from .configuration_eenet import flops_exit_costs, max_input_tokens
 from .policies import ExitPolicy
 
 
@@ -72,13 +72,18 @@ def profile_exit_costs(
     warmup: int = 3,
     measure_latency: bool = True,
     decision_policy="eenet",
+    text_pairs: list[str] | None = None,
+    max_length: int | None = None,
 ) -> ExitCostProfile:
     """Measure the cumulative latency of every exit of ``model`` on its device, plus FLOPs and layer-count costs.
 
     Latency of exit k = median wall time of the early-exit forward where every row exits at k (embeddings, layers
     up to ℓ_k, every exit head up to k and the policy's decisions included), over ``repeats`` runs of
-    ``batch_size`` inputs. Inputs are ``texts`` tokenised by ``tokenizer`` (truncated/padded to ``seq_len`` if
-    given) or, without a tokenizer, random token ids of length ``seq_len`` (default 32).
+    ``batch_size`` inputs. Inputs are ``texts`` (with ``text_pairs`` for a sentence-pair task) tokenised by
+    ``tokenizer``: the ``batch_size`` texts of *median* token length among those given (so the profile does not
+    hang on whichever text happens to come first), truncated to ``max_length`` (default: what the model takes,
+    ``max_input_tokens``), or padded/truncated to exactly ``seq_len`` if given. Without a tokenizer: random token ids
+    of length ``seq_len`` (default 32).
 
     ``decision_policy``: the policy whose per-exit decision time is added to every exit passed (docs/method.md
     §7.2): ``"eenet"`` (default) times an EENet scheduler of the model's ``scheduler_config`` (the bank that will be
@@ -92,12 +97,33 @@ def profile_exit_costs(
     k_total = cfg.num_exits
     if batch_size < 1 or repeats < 1:
         raise ValueError("batch_size and repeats must be >= 1")
+    if decision_policy is not None and not isinstance(decision_policy, ExitPolicy) and decision_policy != "eenet":
+        raise ValueError(f"decision_policy must be 'eenet', an ExitPolicy or None, got {decision_policy!r}")
     device = next(model.parameters()).device
     if tokenizer is not None:
-        texts = texts or _default_texts(batch_size)
-        texts = (texts * (batch_size // len(texts) + 1))[:batch_size]
-        kw = dict(padding="max_length", truncation=True, max_length=seq_len) if seq_len else dict(padding=True)
-        batch = dict(tokenizer(texts, return_tensors="pt", **kw))
+        if texts is None:
+            if text_pairs is not None:
+                raise ValueError("text_pairs needs texts (one first segment per pair)")
+            texts = _default_texts(batch_size)
+        if isinstance(texts, str) or not len(texts) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a non-empty list of strings (or None for built-in sample texts)")
+        texts = list(texts)
+        if text_pairs is not None:
+            text_pairs = list(text_pairs)
+            if len(text_pairs) != len(texts) or not all(isinstance(t, str) for t in text_pairs):
+                raise ValueError(f"text_pairs must hold one string per text ({len(texts)}), got {len(text_pairs)}")
+        limit = max_input_tokens(cfg, tokenizer) if max_length is None else int(max_length)
+        kw = dict(truncation=True, max_length=seq_len or limit)
+        if len(texts) > batch_size:  # the batch_size texts around the median token length
+            lengths = [len(ids) for ids in tokenizer(texts, text_pairs, **kw)["input_ids"]]
+            order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+            start = max(0, min(len(order) - batch_size, (len(order) - batch_size) // 2))
+            pick = sorted(order[start: start + batch_size])
+        else:  # repeat the given texts up to batch_size
+            pick = [i % len(texts) for i in range(batch_size)]
+        pair = None if text_pairs is None else [text_pairs[i] for i in pick]
+        batch = dict(tokenizer([texts[i] for i in pick], pair, return_tensors="pt",
+                               padding="max_length" if seq_len else True, **kw))
     else:
         length = seq_len or 32
         g = torch.Generator().manual_seed(0)
@@ -134,8 +160,6 @@ def profile_exit_costs(
     lat = [statistics.median(s) for s in samples]
     if decision_policy is not None:
         policy = _eenet_timing_probe(cfg) if isinstance(decision_policy, str) else decision_policy
-        if isinstance(decision_policy, str) and decision_policy != "eenet":
-            raise ValueError(f"decision_policy must be 'eenet', an ExitPolicy or None, got {decision_policy!r}")
         dec = measure_decision_ms(policy, k_total, cfg.num_labels, batch_size=batch_size, repeats=max(repeats, 50),
                                   device=device)
         profile.info["latency_ms_without_decisions"] = list(lat)

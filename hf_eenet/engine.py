@@ -74,6 +74,10 @@ def rows_from_encodings(encodings) -> list[dict[str, torch.Tensor]]:
         raise ValueError("no texts to classify (empty input)")
     out = []
     for i, row in enumerate(rows):
+        if isinstance(row, Mapping) and "input_ids" not in row and "text" in row:
+            raise TypeError(f"row {i} is a {{'text', 'text_pair'}} dict: early_exit_predict takes texts as a list of "
+                            "strings with tokenizer= (pairs: text_pair=[...] with the second segments), or tokenizer "
+                            "output")
         if not isinstance(row, Mapping) or "input_ids" not in row:
             raise TypeError(f"row {i}: expected a mapping with 'input_ids', got {type(row).__name__}")
         r = {key: _row_tensor(row[key], key) for key in ROW_KEYS if row.get(key) is not None}

@@ -33,16 +33,28 @@ def build_model_card(results: dict, *, dataset: str, base_model: str, setup: dic
                 metric_args={"budget": b},
             ))
     data = ModelCardData(
-        base_model=base_model if "/" in base_model and not base_model.startswith("/") else None,
+        base_model=base_model if _looks_like_hub_id(base_model) else None,
         datasets=[dataset_id] if dataset_id else None,  # Hub dataset ids only (a local folder name is not one)
         library_name="transformers", pipeline_tag="text-classification",
         tags=["early-exit", "eenet", "hf_eenet", "adaptive-inference"], model_name=model_name,
         eval_results=eval_results, license="apache-2.0",
     )
     per_exit = ", ".join(f"{100 * a:.2f}" for a in results["per_exit_accuracy"])
+    bank = bank_budgets(results)
+    if bank:
+        bank_line = (f" and a fitted EENet scheduler bank for budgets {bank}: ask for a budget in [{bank[0]:g}, "
+                     f"{bank[-1]:g}] (a fraction of the full model's cost) and every text exits as early as the "
+                     "scheduler judges safe.")
+        default = results.get("default_budget")
+        example = default if default is not None else min(bank, key=lambda b: abs(b - 0.5))
+    else:
+        bank_line = (". **It has no scheduler bank**: the EENet rows below come from schedulers fitted for this "
+                     "evaluation and not saved, so `budget=` is refused until one is fitted "
+                     "(`python -m hf_eenet fit-scheduler <this folder> --budgets 0.3,0.5,0.7 ...`).")
+        example = 0.5
     card = ModelCard.from_template(
         data, template_path=str(TEMPLATE),
-        model_name=model_name, dataset_name=ds_name,
+        model_name=model_name, dataset_name=ds_name, split=split, bank_line=bank_line, example_budget=f"{example:g}",
         results_table=results_table(results),
         per_exit_accuracy=per_exit,
         full_accuracy=f"{100 * results['full_model']['accuracy']:.2f}",
@@ -55,6 +67,21 @@ def build_model_card(results: dict, *, dataset: str, base_model: str, setup: dic
         scheduler_fit=_scheduler_fit_line(results),
     )
     return card
+
+
+def _looks_like_hub_id(name: str | None) -> bool:
+    """``owner/name`` that is not a path of this machine (absolute, relative or an existing local folder)."""
+    if not name or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return False
+    return not Path(name).exists()
+
+
+def bank_budgets(results: dict) -> list[float]:
+    """Budgets of the scheduler bank saved with the model (``bank_budgets``; older results: the budgets the recipe
+    fitted, ``scheduler_fit``)."""
+    if "bank_budgets" in results:
+        return sorted(float(b) for b in results["bank_budgets"] or [])
+    return sorted(float(b) for b in (results.get("scheduler_fit") or {}))
 
 
 def _scheduler_fit_line(results: dict) -> str:
@@ -83,14 +110,16 @@ def card_from_results(results: dict, plot_file: str | None = PLOT_FILE) -> Model
         "exit layers": results.get("exit_layers"),
         "exit pooling": pooling,
         "training": (f"{train.get('train_rows', 'n/a')} rows, {train.get('global_steps', '?')} steps "
-                     f"({train.get('train_seconds', 0) / 60:.0f} min on CPU), lr {targs.get('learning_rate')}, "
-                     f"{targs.get('num_train_epochs')} epoch(s), batch {targs.get('per_device_train_batch_size')}, "
+                     f"({_minutes(train.get('train_seconds'))}), lr {targs.get('learning_rate')}, "
+                     f"{_length(targs)}, batch {targs.get('per_device_train_batch_size')}, "
                      f"max length {args.get('max_seq_length', args.get('max_length'))}, AdamW, weight decay "
                      f"{targs.get('weight_decay')}, self-distillation {args.get('self_distillation')}, "
                      f"seed {targs.get('seed')}"),
         "scheduler": (f"EENet bank fitted on validation ({splits.get('validation', '?')} rows) for budgets "
-                      f"{results['budgets']}; {results.get('evaluated_on', 'test')} = "
-                      f"{splits.get(results.get('evaluated_on', 'test'), '?')} rows"),
+                      f"{bank_budgets(results)}" if bank_budgets(results) else
+                      f"no bank saved; EENet fitted on validation ({splits.get('validation', '?')} rows) for this "
+                      f"evaluation only") + (f"; {results.get('evaluated_on', 'test')} = "
+                                             f"{splits.get(results.get('evaluated_on', 'test'), '?')} rows"),
         "scheduler fit time": _scheduler_fit_line(results),
         "exit costs": f"{results.get('cost_profile')}: {[round(c, 3) for c in results['costs']]}",
         "libraries": ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items()),
@@ -102,6 +131,9 @@ def card_from_results(results: dict, plot_file: str | None = PLOT_FILE) -> Model
     if results.get("cost_profile") == "latency":
         limitations.append("Costs are measured on one CPU machine; realised speed-ups depend on hardware and batch "
                            "size.")
+    if results.get("evaluated_on") == "validation":
+        limitations.append("No labelled test split: every policy was calibrated and scored on the same validation "
+                           "rows, so the numbers are in-sample (optimistic).")
     limitations += list(meta.get("notes") or [])
     name = results.get("dataset", "?")
     base_model = meta.get("base_model") or backbone
@@ -112,11 +144,26 @@ def card_from_results(results: dict, plot_file: str | None = PLOT_FILE) -> Model
         model_name=f"hf_eenet {name} ({Path(base_model).name})")
 
 
+def _minutes(seconds) -> str:
+    if not seconds:
+        return "time not recorded"
+    return f"{seconds / 60:.1f} min" if seconds < 600 else f"{seconds / 60:.0f} min"
+
+
+def _length(targs: dict) -> str:
+    """Training length as it was set: ``max_steps`` overrides the epoch count in the Trainer."""
+    steps = targs.get("max_steps")
+    if steps is not None and int(steps) > 0:
+        return f"max_steps {int(steps)}"
+    return f"{targs.get('num_train_epochs')} epoch(s)"
+
+
 def write_results_card(results: dict, folder) -> ModelCard:
     """Write ``<folder>/accuracy_vs_cost.png`` and ``<folder>/README.md`` from a recipe's results dict."""
     folder = Path(folder)
     plot_results(results, str(folder / PLOT_FILE),
-                 title=f"{results['dataset']} test: accuracy vs realised cost ({results['cost_profile']} cost)")
+                 title=f"{results['dataset']} {results.get('evaluated_on', 'test')}: accuracy vs realised cost "
+                       f"({results['cost_profile']} cost)")
     card = card_from_results(results, plot_file=PLOT_FILE)
     card.save(str(folder / "README.md"))
     return card

@@ -10,6 +10,7 @@ computes every exit for every row (the "all exits" forward used for training and
 from __future__ import annotations
 
 import contextlib
+import copy
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from .bank import (
     check_entry,
     check_loading_info,
     check_scheduler,
+    data_fingerprint as _data_fingerprint,
     make_record,
     verify_bank,
 )
@@ -215,6 +217,11 @@ class EENetModelMixin:
         entries = {r["budget"]: (s, r) for r, s in zip(records, self.eenet_schedulers)}
         others = {b: e for b, e in entries.items() if b != budget}
         if others:
+            if any("rematched_on" in r for _, r in others.values()):
+                raise BankIntegrityError(
+                    "the bank's thresholds were re-matched on traffic (rematch_budgets): a scheduler matched on "
+                    "validation data cannot join it; refit the whole bank (fit_scheduler replaces it), then call "
+                    "rematch_budgets again")
             if self.config.scheduler_config and not same_scheduler_config(cfg, self.config.scheduler_config):
                 raise BankIntegrityError(
                     f"all schedulers of a bank must share one configuration: the bank has {self.config.scheduler_config}"
@@ -240,6 +247,46 @@ class EENetModelMixin:
         if any(c != cfgs[0] for c in cfgs):
             raise BankIntegrityError("all schedulers of a bank must share one configuration (scheduler_config)")
         self._install_bank(entries, cfgs[0])
+
+    def rematch_budgets(self, exit_probs) -> dict:
+        """Re-match every bank entry's thresholds to its budget on *unlabelled* traffic (§6 only; the heads fitted on
+        labelled validation data stay): use it when the inputs you serve are more or less confident than the
+        validation rows, which moves the realised cost away from the budget (see
+        :meth:`~hf_eenet.scheduler.EENetScheduler.rematch_budget`).
+
+        Args:
+            exit_probs: ``[N, K, C]`` all-exits softmax outputs on a sample of the traffic, e.g.
+                ``hf_eenet.exit_probabilities(model, tokenizer, texts)`` (or ``EENetTrainer.rematch_budgets``).
+        Returns:
+            ``{budget: {"rows", "plan", "cost_before", "cost_after", "budget"}}`` (costs on these rows, as fractions
+            of ``config.exit_costs``). Each bank record gains ``rematched_on`` (rows and fingerprint); all entries are
+            re-matched on copies first, so on error the old bank stays.
+        """
+        records = verify_bank(self, where="rematch_budgets")
+        if not records:
+            raise ValueError("the model has no scheduler bank to re-match: fit one first (EENetTrainer.fit_scheduler)")
+        probs = exit_probs if isinstance(exit_probs, torch.Tensor) else torch.as_tensor(exit_probs)
+        expected = (int(self.config.num_exits), int(self.config.num_labels))
+        if probs.dim() != 3 or tuple(probs.shape[1:]) != expected:
+            raise ValueError(f"exit_probs must have shape [N, {expected[0]}, {expected[1]}] (rows, exits, classes), "
+                             f"got {tuple(probs.shape)}")
+        probs = probs.detach().to("cpu", torch.float32)
+        if any(not (s.fit_info or {}).get("plan") for s in self.eenet_schedulers):
+            raise ValueError("this bank was saved before hf_eenet recorded each scheduler's share plan, which "
+                             "re-matching re-runs: refit it (EENetTrainer.fit_scheduler / hf-eenet fit-scheduler), "
+                             "then re-match")
+        marker = {"rows": int(probs.shape[0]),
+                  "fingerprint": _data_fingerprint(probs, torch.full((probs.shape[0],), -1, dtype=torch.long))}
+        entries, out = {}, {}
+        for rec, sched in zip(records, self.eenet_schedulers):
+            b = float(rec["budget"])
+            new = copy.deepcopy(sched).cpu().rematch_budget(probs)
+            record = make_record(new, b, rec.get("data_fingerprint"))
+            record["rematched_on"] = dict(marker)
+            entries[b] = (new, record)
+            out[b] = dict(new.fit_info["rematch"])
+        self._install_bank(entries, self.config.scheduler_config)
+        return out
 
     def clear_scheduler_bank(self) -> None:
         """Remove every scheduler (e.g. before changing ``exit_costs``); the model then serves no budget."""
@@ -289,6 +336,9 @@ class EENetModelMixin:
             records = verify_bank(model, where="on load")
             if model.config.scheduler_bank is None:  # legacy checkpoint: records from the verified schedulers
                 model.config.scheduler_bank = records
+            for rec, sched in zip(records, model.eenet_schedulers):  # fit_info is not in the weights: the plan
+                if rec.get("plan") and not (sched.fit_info or {}).get("plan"):  # comes back from the record
+                    sched.fit_info = dict(sched.fit_info or {}, plan=rec["plan"])
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -583,7 +633,8 @@ class EENetModelMixin:
                 full model.
             exit_policy (`ExitPolicy`): an explicit policy instead of a budget.
             tokenizer: used when ``inputs`` are texts (truncated by default to what the model takes,
-                ``configuration_eenet.max_input_tokens``, as in the pipeline); ``tokenizer_kwargs`` go to it.
+                ``configuration_eenet.max_input_tokens``, as in the pipeline); ``tokenizer_kwargs`` go to it —
+                for sentence pairs pass the second segments as ``text_pair=[...]`` (one per text).
             batch_size (`int`): rows per layer call (micro-batch).
             chunk_size (`int`): texts whose hidden states are on the device at once (memory bound:
                 ``chunk_size x longest x hidden_size`` activations).

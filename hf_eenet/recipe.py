@@ -99,6 +99,22 @@ def portable_path(value):
     return value
 
 
+def portable_command(command: str) -> str:
+    """``command`` with every absolute path made portable (:func:`portable_path`; paths outside the working directory
+    and site-packages become ``<path>/<name>``), also inside ``--flag=/abs/path``: no machine paths in committed
+    results or cards."""
+    out = []
+    for token in command.split(" "):
+        flag, eq, value = token.partition("=") if token.startswith("--") else ("", "", token)
+        out.append(f"{flag}{eq}{_no_machine_path(value)}")
+    return " ".join(out)
+
+
+def _no_machine_path(value):
+    p = portable_path(value)
+    return "<path>/" + Path(p).name if isinstance(p, str) and os.path.isabs(p) else p
+
+
 def checkpoint_pooling(path: str) -> str:
     """``"mean"`` when ``path`` is a sentence-transformers checkpoint pooled by the token mean (its
     ``1_Pooling/config.json``), else ``"cls"``. Local folders are read directly; Hub ids only from the local cache."""
@@ -331,10 +347,21 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                 raise ValueError("--reprofile_costs changes what every budget of the model's scheduler bank means: "
                                  "keep --do_fit_scheduler so the bank is refitted for the new costs")
             model.clear_scheduler_bank()  # refitted below for the new costs
-        prof_texts = list(data.splits["validation" if "validation" in data.splits else "train"]["text"][:64])
+        prof_split = data.splits["validation" if "validation" in data.splits else "train"]
+        prof_texts = list(prof_split["text"][:64])
+        prof_pairs = list(prof_split["text_pair"][:64]) if data.is_pair else None
         with tqdm(total=1, desc="profile exit costs", disable=not show) as bar:
-            profile = profile_exit_costs(model, tok, texts=prof_texts, batch_size=args.profile_batch_size, repeats=30,
-                                         measure_latency=args.cost_profile == "latency")
+            try:  # texts of median length among 64 validation rows (both segments of a pair), truncated as served
+                profile = profile_exit_costs(model, tok, texts=prof_texts, text_pairs=prof_pairs,
+                                             batch_size=args.profile_batch_size, repeats=30,
+                                             max_length=data_args.max_seq_length,
+                                             measure_latency=args.cost_profile == "latency")
+            except BaseException:
+                if do_train:  # never lose what was trained: save it (no bank) before the error propagates
+                    trainer.save_model(training_args.output_dir)
+                    logger.error("exit-cost profiling failed; the trained model was saved to %s without a scheduler "
+                                 "bank", training_args.output_dir)
+                raise
             bar.update()
         costs = _dist_broadcast_costs(set_exit_costs(model, profile, args.cost_profile))
         model.config.exit_costs = [float(c) for c in costs]
@@ -397,7 +424,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
             tensors.update(test_probs=torch.as_tensor(test_probs).contiguous(),
                            test_labels=torch.as_tensor(test_labels))
         save_file(tensors, str(out_dir / "exit_predictions.safetensors"))
-        recipe_args = {k: portable_path(v) for k, v in
+        recipe_args = {k: _no_machine_path(v) for k, v in
                        {**asdict(model_args), **asdict(data_args), **asdict(args)}.items()}
         first_file = Path(data_args.train_file or data_args.validation_file or data_args.test_file)
         label = args.dataset_label or data_args.dataset_name or first_file.resolve().parent.name or first_file.stem
@@ -419,7 +446,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                 "dataset_name": args.card_dataset_name, "backbone": args.card_backbone,
                 "base_model": args.card_base_model, "notes": list(args.card_notes)},
             versions=_versions(), seeds={"training": training_args.seed, "scheduler": training_args.seed},
-            command=command or " ".join([os.path.basename(sys.executable), *sys.argv]),
+            bank_budgets=list(model.config.scheduler_budgets or []), default_budget=model.config.default_budget,
+            command=portable_command(command or " ".join([os.path.basename(sys.executable), *sys.argv])),
             wall_seconds=time.perf_counter() - t_start,
         )
         (res_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
@@ -490,5 +518,5 @@ def main(argv=None, prog: str = "python recipes/run_eenet.py", resolve_model=Non
 
 
 __all__ = ["ModelArguments", "EENetArguments", "DataArguments", "DataError", "run", "main", "build_parser",
-           "parse_args_with_config", "load_backbone", "load_eenet", "checkpoint_pooling", "portable_path",
+           "parse_args_with_config", "load_backbone", "load_eenet", "checkpoint_pooling", "portable_path", "portable_command",
            "budget_predictions", "write_predictions", "eval_metrics", "parse_budgets"]

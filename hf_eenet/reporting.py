@@ -83,8 +83,9 @@ def results_table(results: dict, fmt: str = "md") -> str:
             cells.append(f"{100 * r['accuracy']:.2f} ({r['mean_cost']:.3f})")
         rows.append(f"| {b:.2f} | " + " | ".join(cells) + " |")
     full = results["full_model"]
-    rows.append(f"\nFull model (all {len(results['costs'])} layers): accuracy {100 * full['accuracy']:.2f}, cost 1.000. "
-                "Cells: test accuracy % (realised mean cost as a fraction of the full model).")
+    split = results.get("evaluated_on", "test")
+    rows.append(f"\nFull model (last of {len(results['costs'])} exits): accuracy {100 * full['accuracy']:.2f}, cost 1.000. "
+                f"Cells: {split} accuracy % (realised mean cost as a fraction of the full model).")
     return "\n".join(rows)
 
 
@@ -101,13 +102,14 @@ def budget_adherence_table(results: dict, tolerance: float = 0.03) -> str:
             flag = "!" if n == EENET and abs(ratio - 1) > tolerance else ""
             cells.append(f"{ratio:.3f}{flag}")
         rows.append(f"| {b:.2f} | " + " | ".join(cells) + " |")
-    rows.append(f"\nCells: realised mean test cost / budget. `!` marks EENet outside ±{100 * tolerance:.0f}%. "
+    rows.append(f"\nCells: realised mean {results.get('evaluated_on', 'test')} cost / budget. `!` marks EENet outside "
+                f"±{100 * tolerance:.0f}%. "
                 "Policies that cannot reach a budget (patience, static on a coarse grid) stay below it.")
     return "\n".join(rows)
 
 
 def plot_results(results: dict, path: str, title: str = "") -> str:
-    """Accuracy vs realised cost on test, one line per method, the full model as a star. Writes a PNG."""
+    """Accuracy vs realised cost on the evaluated split (``results["evaluated_on"]``, default test), one line per method, the full model as a star. Writes a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,7 +126,7 @@ def plot_results(results: dict, path: str, title: str = "") -> str:
     full = results["full_model"]
     ax.scatter([1.0], [100 * full["accuracy"]], marker="*", s=160, color="C2", zorder=5, label="full model")
     ax.set_xlabel("realised mean cost (fraction of the full model)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"{results.get('evaluated_on', 'test')} accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

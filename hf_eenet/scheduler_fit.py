@@ -211,6 +211,61 @@ class _FitMixin:
         correct = (probs.argmax(-1) == labels.unsqueeze(1)).float()  # A_{n,k}
         return probs, labels, correct, torch.tensor(costs, dtype=torch.float64), budget
 
+    # ------------------------------------------------------------------ §6 on unlabelled traffic
+    def rematch_budget(self, exit_probs):
+        """Re-run §6 (thresholds) on *unlabelled* all-exits outputs of the traffic the model will serve; the heads
+        (§4–§5, which need labels) stay as fitted.
+
+        Why: thresholds turn a plan into a cost only on the rows they were set on. When the traffic is less (or more)
+        confident than the labelled validation rows, the same thresholds send more (fewer) rows deep, and the realised
+        cost drifts from the budget (e.g. AG News: a hold-out of the training file is more confident than the test
+        set, +3.9 % of the budget at B = 0.3). Costs depend only on the exits, not on labels, so the plan can be met
+        on unlabelled rows: the kept candidate's plan (learned pi_bar on these rows' features, geometric, or static)
+        and eq. 6.1 + D8 on these rows' scores, exactly as :meth:`fit` does on the fitting rows.
+
+        Args:
+            exit_probs: ``[N, K, C]`` softmax outputs of every exit on unlabelled rows (no labels needed).
+        Returns:
+            ``self``, with new ``thresholds`` and ``planned_cost`` (the cost on these rows); ``fit_info["rematch"]``
+            records the rows, the plan and the cost the old thresholds gave on them.
+        """
+        self._check_fitted()
+        plan = (self.fit_info or {}).get("plan")
+        if plan not in ("learned", "geometric", "static"):
+            raise ValueError(
+                "this scheduler does not record the share plan it was fitted with (fit_info['plan'] is "
+                f"{plan!r}, e.g. a scheduler saved by an older version): refit it with .fit(...) first")
+        probs = self._check_probs(exit_probs).detach().to("cpu", torch.float32)
+        n = probs.shape[0]
+        if n < 2:
+            raise ValueError(f"exit_probs has {n} row(s): re-matching a budget needs a sample of the traffic")
+        if not torch.isfinite(probs).all():
+            raise ValueError("exit_probs contains NaN or infinite values")
+        c = self.exit_costs.detach().to("cpu", torch.float64)
+        budget = self.budget
+        device = self.exit_thresholds.device
+        self.cpu()
+        try:
+            scores = self._raw_scores(probs)
+            before = float(c[first_exit(scores, self.thresholds)].mean())
+            log_pi = self._log_pi_bar(self._inputs(probs)) if plan == "learned" else None
+            thresholds, planned = self._plan_thresholds(plan, scores, log_pi, c, budget)
+            realized = float(c[first_exit(scores, thresholds)].mean())
+            if abs(realized - planned) > max(0.01 * planned, float(c[-1]) / n):
+                warnings.warn(
+                    f"EENetScheduler.rematch_budget: the thresholds give an average cost of {realized:.6g} on these "
+                    f"rows instead of the planned {planned:.6g}: tied utility scores (e.g. duplicate rows) cannot "
+                    "be split by thresholds", RuntimeWarning, stacklevel=2)
+            with torch.no_grad():
+                self.exit_thresholds.copy_(torch.tensor(thresholds, dtype=torch.float32))
+                self.planned_cost_value.fill_(realized)
+        finally:
+            self.to(device)
+        self.fit_info = dict(self.fit_info)
+        self.fit_info["rematch"] = {"rows": n, "plan": plan, "cost_before": before, "cost_after": realized,
+                                    "budget": budget}
+        return self
+
     # ------------------------------------------------------------------ §5 training
     def _inputs(self, probs: torch.Tensor) -> torch.Tensor:
         """Exit-major features without q_{<k}, ``[K, N, d]`` float32 (features.py eq. 3.1)."""

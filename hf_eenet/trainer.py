@@ -226,6 +226,19 @@ class EENetTrainer(Trainer):
             return probs.astype(np.float32), None
         return probs.astype(np.float32), _label_array(pred.label_ids)
 
+    def rematch_budgets(self, dataset) -> dict:
+        """Re-match the model's scheduler bank to its budgets on ``dataset``, a sample of the traffic it will serve
+        (tokenized like the eval set; labels not needed, ignored if present): see
+        :meth:`~hf_eenet.modeling_eenet.EENetModelMixin.rematch_budgets`. Returns its per-budget dict."""
+        model = self.accelerator.unwrap_model(self.model)
+        if not model.config.scheduler_budgets:
+            raise ValueError("the model has no scheduler bank to re-match: call fit_scheduler first")
+        probs, _ = self._predict_exits(dataset, require_labels=False)
+        info = model.rematch_budgets(probs)
+        logger.info("EENet scheduler bank re-matched on %d rows: %s", len(probs),
+                    {b: (round(i["cost_before"], 4), round(i["cost_after"], 4)) for b, i in info.items()})
+        return info
+
     # ------------------------------------------------------------------------------------------------ hub
     def create_model_card(self, *args, **kwargs) -> None:
         """Keep the EENet card. ``Trainer.push_to_hub`` calls this and the stock version would replace the card the
@@ -292,6 +305,9 @@ class EENetTrainer(Trainer):
                                  "in that range (or none: the fitted budget nearest 0.5)")
         if extend and model.config.scheduler_budgets:
             model.verify_scheduler_bank()
+            if any("rematched_on" in r for r in model.config.scheduler_bank or []):
+                raise ValueError("extend=True: the bank's thresholds were re-matched on traffic (rematch_budgets); "
+                                 "refit the whole bank (extend=False), then re-match it")
             from .validation import costs_match
 
             if not costs_match(new_costs, model.config.exit_costs):

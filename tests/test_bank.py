@@ -570,3 +570,81 @@ def test_trainer_save_is_atomic(trainer_setup):
     assert type(model).from_pretrained(d).config.scheduler_budgets == budgets
     tr.save_model(str(d))
     assert type(model).from_pretrained(d).config.scheduler_budgets == [0.4]
+
+
+# ------------------------------------------------------------------------- re-matching the budgets on unlabelled traffic
+def test_rematch_budgets_updates_records_serves_the_budget_and_round_trips(tmp_path):
+    model, batch, probs, labels = fitted_model(budgets=(0.5, 0.8), n=96)
+    traffic = torch.softmax(probs.clamp_min(1e-12).log() / 1.5, -1)  # less confident than the validation rows
+    before = [s.thresholds for s in model.eenet_schedulers]
+    info = model.rematch_budgets(traffic)
+    assert sorted(info) == [0.5, 0.8] and all(i["rows"] == 96 for i in info.values())
+    recs = model.verify_scheduler_bank()
+    assert all(r["rematched_on"]["rows"] == 96 for r in recs)
+    assert len({r["rematched_on"]["fingerprint"] for r in recs}) == 1
+    assert all(r["data_fingerprint"] == data_fingerprint(probs, labels) for r in recs)  # still the labelled fit's
+    assert [s.thresholds for s in model.eenet_schedulers] != before
+    c = torch.tensor(model.config.exit_costs, dtype=torch.float64)
+    for b, sched in zip((0.5, 0.8), model.eenet_schedulers):  # on the traffic it was matched on: the budget
+        assert float(c[sched.exit_index(traffic)].mean()) == pytest.approx(b * c[-1].item(), abs=1.0 / 96 + 1e-9)
+        assert info[b]["cost_after"] == pytest.approx(sched.planned_cost)
+    model.save_pretrained(tmp_path / "m")
+    loaded = type(model).from_pretrained(tmp_path / "m").eval()
+    assert [s.thresholds for s in loaded.eenet_schedulers] == [s.thresholds for s in model.eenet_schedulers]
+    assert outputs(loaded, batch, 0.5)[0] == outputs(model, batch, 0.5)[0]
+    assert loaded.config.scheduler_bank[0]["rematched_on"] == recs[0]["rematched_on"]
+
+
+def test_rematch_budgets_refusals_leave_the_bank_as_it_was(tmp_path):
+    model, batch, probs, labels = fitted_model(budgets=(0.5, 0.8))
+    digests = [r["state_sha256"] for r in model.config.scheduler_bank]
+    with pytest.raises(ValueError, match=r"shape \[N, 4, 3\]"):
+        model.rematch_budgets(probs[:, :3])
+    with pytest.raises(ValueError, match="sample of the traffic"):
+        model.rematch_budgets(probs[:1])
+    assert [r["state_sha256"] for r in model.config.scheduler_bank] == digests
+    assert all("rematched_on" not in r for r in model.config.scheduler_bank)
+    with pytest.raises(ValueError, match="no scheduler bank"):
+        tiny_model(layers=4, num_labels=3).rematch_budgets(probs)
+    # a re-matched bank takes no scheduler matched on validation data (it would mix two matchings)
+    model.rematch_budgets(probs)
+    extra = EENetScheduler(**FAST).fit(probs, labels, model.config.exit_costs, 0.6)
+    with pytest.raises(BankIntegrityError, match="re-matched"):
+        model.add_scheduler(extra, 0.6, data_fingerprint=data_fingerprint(probs, labels))
+    # config.json whose records disagree about the re-matching is refused on load
+    model.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["scheduler_bank"][1]["rematched_on"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BankIntegrityError, match="re-matched on different traffic"):
+        type(model).from_pretrained(tmp_path / "m")
+
+
+def test_trainer_rematch_budgets_on_an_unlabelled_dataset(trainer_setup):
+    tr, model = trainer_setup.trainer, trainer_setup.model
+    tr.fit_scheduler(budgets=[0.5, 0.7], **FAST)
+    traffic = trainer_setup.other.remove_columns(["labels"])
+    info = tr.rematch_budgets(traffic)
+    assert sorted(info) == [0.5, 0.7] and all(i["rows"] == len(traffic) for i in info.values())
+    assert all(r["rematched_on"]["rows"] == len(traffic) for r in model.config.scheduler_bank)
+    with pytest.raises(ValueError, match="re-matched"):
+        tr.fit_scheduler(budgets=[0.6], extend=True, **FAST)
+    tr.fit_scheduler(budgets=[0.5, 0.7], **FAST)  # a full refit replaces the re-matched bank
+    assert all("rematched_on" not in r for r in model.config.scheduler_bank)
+
+
+def test_a_loaded_bank_keeps_its_plans_and_one_saved_without_them_asks_for_a_refit(tmp_path):
+    model, _, probs, _ = fitted_model(budgets=(0.5, 0.8))
+    plans = [s.fit_info["plan"] for s in model.eenet_schedulers]
+    model.save_pretrained(tmp_path / "m")
+    loaded = type(model).from_pretrained(tmp_path / "m")
+    assert [r["plan"] for r in loaded.config.scheduler_bank] == plans
+    assert [s.fit_info["plan"] for s in loaded.eenet_schedulers] == plans
+    loaded.rematch_budgets(probs)  # works after a load (fit_info itself is not in the weights)
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    for rec in cfg["scheduler_bank"]:
+        del rec["plan"]  # as written by earlier versions
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    old = type(model).from_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="refit it"):
+        old.rematch_budgets(probs)

@@ -27,3 +27,37 @@ def test_profile_adds_the_served_policys_decisions():
 def test_measure_decision_ms_for_any_policy():
     ms = measure_decision_ms(MaxProbPolicy([0.5, 0.5, 0.5]), 3, 4, batch_size=2, repeats=5)
     assert len(ms) == 2 and all(m > 0 for m in ms)
+
+
+def test_profile_uses_median_length_texts_both_pair_segments_and_truncates(minilm_dir):
+    from unittest import mock
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    model = tiny_model(num_labels=3, layers=4, vocab_size=tok.vocab_size, max_position_embeddings=64)
+    n_tokens = lambda *seg: len(tok(*seg)["input_ids"])  # noqa: E731
+    long = " ".join(["word"] * 500)
+    texts = [long, "short", "one two three four five six seven eight nine", "a b c d e f"]
+    # not the first text (500 words), the one of median length (batch 1 of 4: the 2nd shortest)
+    prof = profile_exit_costs(model, tok, texts=texts, measure_latency=False)
+    assert prof.info["seq_len"] == n_tokens("a b c d e f")
+    two = profile_exit_costs(model, tok, texts=texts, batch_size=2, measure_latency=False)
+    assert two.info["seq_len"] == n_tokens("one two three four five six seven eight nine")
+    # longer than the model takes: truncated to its 64 positions (was an IndexError after training)
+    prof = profile_exit_costs(model, tok, texts=[long], repeats=1, warmup=0, decision_policy=None)
+    assert prof.info["seq_len"] == 64 and len(prof.latency_ms) == 4
+    assert profile_exit_costs(model, tok, texts=[long], max_length=20, measure_latency=False).info["seq_len"] == 20
+    # sentence pairs: both segments are profiled
+    pair = profile_exit_costs(model, tok, texts=["a b"], text_pairs=["c d e f g h i"], measure_latency=False)
+    assert pair.info["seq_len"] == n_tokens("a b", "c d e f g h i") > n_tokens("a b")
+    with pytest.raises(ValueError, match="non-empty"):
+        profile_exit_costs(model, tok, texts=[], measure_latency=False)
+    with pytest.raises(ValueError, match="one string per text"):
+        profile_exit_costs(model, tok, texts=["a", "b"], text_pairs=["c"], measure_latency=False)
+    with pytest.raises(ValueError, match="needs texts"):
+        profile_exit_costs(model, tok, text_pairs=["c"], measure_latency=False)
+    # a bad decision_policy is refused before any forward is timed
+    with mock.patch.object(type(model), "forward", side_effect=AssertionError("forward ran")):
+        with pytest.raises(ValueError, match="decision_policy"):
+            profile_exit_costs(model, tok, texts=["a b"], decision_policy="entropy")

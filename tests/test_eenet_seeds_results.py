@@ -30,3 +30,21 @@ def test_results_json_is_self_consistent(path):
         assert row["best_baseline"] == best
         assert row["margin_mean_pt"] == pytest.approx(row["eenet_mean"] - 100 * res["baselines"][best][i])
         assert row["margin_mean_rows"] == pytest.approx(row["margin_mean_pt"] / 100 * res["n_test"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "results").glob("rematch_*.json")), ids=lambda p: p.stem)
+def test_rematch_json_is_self_consistent(path):
+    text = path.read_text()
+    assert "/work/" not in text and "/tmp/" not in text and "/root/" not in text
+    res = json.loads(text)
+    assert res["command"].startswith("python benchmarks/rematch_budget.py")
+    ref = json.loads((ROOT / res["seeds_json"]).read_text())
+    assert res["costs"] == ref["costs"] and res["seeds"] == ref["seeds"] and res["budgets"] == ref["budgets"]
+    for row in res["rows"]:  # the schedulers re-matched here are the committed run's (same plain test accuracy)
+        assert all(e["plain_matches_committed_run"] for e in row["eenet"].values())
+    for s in res["summary"]:
+        row = next(r for r in res["rows"] if r["budget"] == s["budget"])
+        accs = [row["eenet"][str(seed)][s["mode"]]["accuracy"] for seed in res["seeds"]]
+        base = {m: e[s["mode"]]["accuracy"] for m, e in row["baselines"].items()}
+        assert s["eenet_mean"] == pytest.approx(sum(accs) / len(accs))
+        assert s["margin_mean_pt"] == pytest.approx(s["eenet_mean"] - max(base.values()))

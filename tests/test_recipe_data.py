@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import DATA_DIR, ROOT
 
+import hf_eenet
 from hf_eenet.data import DataArguments, DataError, load_text_classification
 
 POS = "good great fine lovely superb wonderful funny gripping".split()
@@ -218,6 +219,25 @@ def test_evaluate_and_predict_a_file_through_the_cli(csv_run, csv_data, tmp_path
     assert len(rows) == 7 and "true_label" not in rows[0] and rows[0]["predictions"][0]["budget"] == 0.8
 
 
+def test_rematch_the_bank_on_an_unlabelled_file_through_the_cli(csv_run, csv_data, tmp_path, capsys):
+    import shutil
+
+    from hf_eenet.cli import main
+
+    out = tmp_path / "model"
+    shutil.copytree(csv_run["out"], out)
+    traffic = write_csv(tmp_path / "traffic.csv", ["review"], [(t,) for t, _ in synth(50, 7)])
+    info = main(["rematch", str(out), "--test_file", traffic, "--text_column_names", "review",
+                 "--max_seq_length", "48"])
+    assert sorted(info) == [0.5, 0.8] and all(r["rows"] == 50 for r in info.values())
+    assert "re-matched the scheduler bank on 50 rows" in capsys.readouterr().out
+    saved = hf_eenet.EENetBertForSequenceClassification.from_pretrained(out)  # saved, and it verifies
+    assert all(r["rematched_on"]["rows"] == 50 for r in saved.config.scheduler_bank)
+    with pytest.raises(SystemExit):
+        main(["rematch", str(out), "--validation_file", csv_data["validation"], "--text_column_names", "review"])
+    assert "--test_file" in capsys.readouterr().err
+
+
 def test_cli_value_errors_are_one_line_and_json_path_is_checked_first(csv_run, csv_data, monkeypatch, capsys):
     import hf_eenet.cli as cli
 
@@ -271,6 +291,13 @@ def test_sentence_pairs_jsonl_end_to_end_and_pipeline_pairs(tiny_backbone, tmp_p
           "--do_predict", *common_flags(tiny_backbone, out)])
     res = json.loads((out / "results.json").read_text())
     assert res["sentence_pairs"] and res["label_names"] == labels
+    # the exit-cost profile timed a pair of median length (both segments), not the first premise alone
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out))
+    dev = [json.loads(x) for x in Path(files["dev"]).read_text().splitlines()]
+    lengths = sorted(len(tok(r["premise"], r["hypothesis"])["input_ids"]) for r in dev)
+    assert res["exit_cost_profile"]["info"]["seq_len"] == lengths[(len(lengths) - 1) // 2]
     rows = [json.loads(x) for x in (out / "predict_results.jsonl").read_text().splitlines()]
     assert rows[0]["text"].keys() == {"text", "text_pair"}
     clf = pipeline("text-classification", model=str(out))
@@ -366,7 +393,7 @@ def test_unlabelled_test_split_is_predictions_only_and_tsv_parquet_read(tmp_path
 
 
 # --------------------------------------------------------------------------------------------------- --help
-@pytest.mark.parametrize("cmd", [None, "train", "fit-scheduler", "evaluate", "predict", "demo"])
+@pytest.mark.parametrize("cmd", [None, "train", "fit-scheduler", "evaluate", "predict", "rematch", "demo"])
 def test_help_of_every_cli_command(cmd, capsys):
     from hf_eenet.cli import main
 
@@ -526,3 +553,20 @@ def test_console_script_exits_0_on_success(monkeypatch, capsys):
     import tomllib
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["hf-eenet"] == "hf_eenet.cli:console_main"
+
+
+def test_a_failed_cost_profile_after_training_keeps_the_trained_model(tiny_backbone, csv_data, tmp_path, monkeypatch):
+    import hf_eenet.costs
+    from hf_eenet.cli import main
+
+    def boom(*a, **k):
+        raise RuntimeError("profiling failed (simulated)")
+
+    monkeypatch.setattr(hf_eenet.costs, "profile_exit_costs", boom)
+    out = tmp_path / "model"
+    with pytest.raises(RuntimeError, match="simulated"):
+        main(["train", "--train_file", csv_data["train"], "--validation_file", csv_data["validation"],
+              "--text_column_names", "review", "--label_column_name", "sentiment", "--do_train", "--do_eval",
+              *common_flags(tiny_backbone, out)])
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(out)  # trained weights, no bank
+    assert model.config.scheduler_budgets == [] and model.config.id2label == {0: "bad", 1: "good"}

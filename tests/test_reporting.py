@@ -37,3 +37,45 @@ def test_budget_adherence_table_flags_eenet_outside_tolerance():
     table = budget_adherence_table(results)
     assert "| 0.50 | 1.000 | 1.000 |" in table
     assert "| 0.25 | 1.080! | 1.080 |" in table  # only EENet is held to the ±3 % target
+
+
+def _card_text(results):
+    from hf_eenet.model_card import card_from_results
+
+    return str(card_from_results(results))
+
+
+def test_card_says_what_was_evaluated_and_whether_a_bank_was_saved(tmp_path):
+    base = json.loads((ROOT / "model_cards" / CARDS[0] / "results.json").read_text())
+    text = _card_text(base)
+    assert "## Results (test split, measured)" in text and "fitted EENet scheduler bank for budgets" in text
+    # evaluated on validation (no labelled test split): said in the headings, the tables and the limitations
+    val = dict(base, evaluated_on="validation")
+    text = _card_text(val)
+    assert "## Results (validation split, measured)" in text and "Per-exit validation accuracy" in text
+    assert "Cells: validation accuracy %" in text and "in-sample" in text
+    assert "(test split" not in text and "Per-exit test" not in text
+    # no bank saved (--do_fit_scheduler false): no claim of one, and the example does not promise budget= works
+    nobank = dict(base, bank_budgets=[])
+    text = _card_text(nobank)
+    assert "It has no scheduler bank" in text and "fitted EENet scheduler bank for budgets" not in text
+    assert "no bank saved" in text
+    # a bank for [0.85, 0.95]: the example asks for a budget the bank serves
+    text = _card_text(dict(base, bank_budgets=[0.85, 0.95]))
+    assert "budget=0.85)" in text and "ask for a budget in [0.85, 0.95]" in text
+    # the full model is the last exit, not "all K layers"; layer-count costs are l_k / L
+    assert f"Full model (last of {len(base['costs'])} exits)" in text and "ℓ_k / L" in text
+
+
+def test_card_metadata_names_only_hub_ids_and_the_training_length_as_set(tmp_path, monkeypatch):
+    base = json.loads((ROOT / "model_cards" / CARDS[0] / "results.json").read_text())
+    local = tmp_path / "checkpoints" / "my-roberta"
+    local.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for name, hub in (("checkpoints/my-roberta", False), ("./ckpt", False), ("/abs/model", False),
+                      ("someone/model", True)):
+        res = dict(base, model_card=dict(base.get("model_card") or {}, base_model=name))
+        assert ("base_model: " + name in _card_text(res)) is hub, name
+    res = dict(base, training_args=dict(base["training_args"], max_steps=3), training={"train_seconds": 12.0})
+    text = _card_text(res)
+    assert "max_steps 3" in text and "0.2 min" in text and "epoch(s)" not in text.split("**training**")[1].split("\n")[0]

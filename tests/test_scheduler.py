@@ -3,6 +3,7 @@
 Generators: ``make_data`` (exit 1's correctness depends on the class) and ``make_agreement_data`` (agreement between
 exits carries the information, max prob hardly any). Features and selection have their own test files."""
 
+import copy
 import json
 import math
 
@@ -480,3 +481,82 @@ def test_decide_and_exit_index_input_errors(small):
         sched.exit_index(probs[:, :4])
     with pytest.raises(ValueError, match="sum to 1"):
         sched.exit_index(probs * 2)
+
+
+# ----------------------------------------------------------------------------- §6 re-matched on unlabelled traffic
+def soften(probs, temperature):
+    """Less confident copies of all-exits outputs (a validation → traffic shift that moves every threshold's cost)."""
+    return torch.softmax(probs.clamp_min(1e-12).log() / temperature, -1)
+
+
+@pytest.mark.parametrize("plan", ["geometric", "learned", "static"])
+def test_rematch_budget_meets_the_budget_on_shifted_traffic(plan):
+    probs, labels = make_data(1500, seed=1)
+    shares = "learned" if plan == "learned" else "geometric"
+    sched = EENetScheduler(shares=shares, fallback=False, **FAST).fit(probs, labels, COSTS, 0.5, seed=0)
+    if plan == "static":  # the static split is only ever a fallback: force its plan (the count rule is what differs)
+        sched.fit_info = dict(sched.fit_info, plan="static")
+    assert sched.fit_info["plan"] == plan
+    traffic, _ = make_data(3000, seed=2)
+    traffic = soften(traffic, 1.6)
+    seen, unseen = traffic[:1500], traffic[1500:]
+    heads = {k: v.clone() for k, v in sched.state_dict().items() if not k.startswith(("exit_", "planned"))}
+    drift = realized_cost(sched.exit_index(unseen)) / 0.5
+    assert drift > 1.15  # the validation thresholds overspend on the less confident traffic
+    assert sched.rematch_budget(seen) is sched
+    # on the rows it was matched on: the budget up to one row's cost; on the other half: the sampling noise
+    assert realized_cost(sched.exit_index(seen)) == pytest.approx(0.5, abs=1.0 / 1500 + 1e-9)
+    assert sched.planned_cost == pytest.approx(realized_cost(sched.exit_index(seen)))
+    assert abs(realized_cost(sched.exit_index(unseen)) / 0.5 - 1) < 0.04
+    info = sched.fit_info["rematch"]
+    assert info["rows"] == 1500 and info["plan"] == plan and info["cost_before"] / 0.5 > 1.15
+    assert info["cost_after"] == pytest.approx(sched.planned_cost)
+    assert sched.budget == 0.5 and sched.costs == pytest.approx(COSTS)
+    for k, v in heads.items():  # heads unchanged: only the thresholds move
+        assert torch.equal(sched.state_dict()[k], v), k
+
+
+def test_rematch_on_the_fitting_rows_keeps_the_exits_and_decisions_stay_online(small):
+    sched, probs, _ = small
+    before = sched.exit_index(probs)
+    sched = copy.deepcopy(sched)
+    sched.rematch_budget(probs)
+    assert torch.equal(sched.exit_index(probs), before)
+    # after a re-match on shifted rows, online decisions (one row at a time) equal the batched exit_index
+    shifted = soften(probs, 1.5)
+    sched.rematch_budget(shifted[:300])
+    offline = sched.exit_index(shifted)
+    for n in range(0, len(shifted), 53):
+        st = sched.init_state(1)
+        e = K - 1
+        for k in range(K - 1):
+            if sched.decide(k, shifted[n: n + 1, k], st).item():
+                e = k
+                break
+        assert e == offline[n].item()
+
+
+def test_rematch_budget_errors(small, tmp_path):
+    sched, probs, _ = small
+    with pytest.raises(RuntimeError, match="not fitted"):
+        EENetScheduler().rematch_budget(probs)
+    with pytest.raises(ValueError, match="exits"):
+        sched.rematch_budget(probs[:, :3])
+    with pytest.raises(ValueError, match="classes"):
+        sched.rematch_budget(torch.softmax(probs[:, :, :3], -1))
+    with pytest.raises(ValueError, match="sample of the traffic"):
+        sched.rematch_budget(probs[:1])
+    bad = probs.clone()
+    bad[3, 2, 0] = float("nan")
+    with pytest.raises(ValueError):
+        sched.rematch_budget(bad)
+    old = copy.deepcopy(sched)
+    old.fit_info = {}  # e.g. loaded from a file written before fit_info recorded the plan
+    with pytest.raises(ValueError, match="refit"):
+        old.rematch_budget(probs)
+    assert old.thresholds == sched.thresholds  # nothing changed by the refused calls
+    # the re-matched state survives save / load (thresholds in the tensors, the record in fit_info)
+    moved = copy.deepcopy(sched).rematch_budget(soften(probs, 1.4))
+    moved.save_pretrained(tmp_path)
+    back = EENetScheduler.from_pretrained(tmp_path)
+    assert back.thresholds == moved.thresholds and back.fit_info["rematch"] == moved.fit_info["rematch"]
