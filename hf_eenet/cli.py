@@ -261,7 +261,8 @@ def cmd_rematch(argv) -> dict:
     trainer.save_model(ns.model_dir)
     for b, r in info.items():
         print(f"budget {b:.2f}: cost on these {r['rows']} rows {r['cost_before'] / b:.3f} x budget with the "
-              f"validation thresholds -> {r['cost_after'] / b:.3f} x re-matched")
+              f"validation thresholds -> {r['cost_after'] / b:.3f} x re-matched (sampling error of these rows: "
+              f"± {100 * r['cost_standard_error'] / b:.1f} % of the budget)")
     print(f"re-matched the scheduler bank on {len(enc['test'])} rows (saved in {ns.model_dir})")
     return info
 

@@ -227,7 +227,9 @@ class _FitMixin:
             exit_probs: ``[N, K, C]`` softmax outputs of every exit on unlabelled rows (no labels needed).
         Returns:
             ``self``, with new ``thresholds`` and ``planned_cost`` (the cost on these rows); ``fit_info["rematch"]``
-            records the rows, the plan and the cost the old thresholds gave on them.
+            records the rows, the plan, the cost the old thresholds gave on them and ``cost_standard_error`` (one
+            standard error of the traffic's mean cost from sampling these rows: use enough rows to make it small
+            against the budget; it shrinks as 1 / sqrt(rows)).
         """
         self._check_fitted()
         plan = (self.fit_info or {}).get("plan")
@@ -250,7 +252,10 @@ class _FitMixin:
             before = float(c[first_exit(scores, self.thresholds)].mean())
             log_pi = self._log_pi_bar(self._inputs(probs)) if plan == "learned" else None
             thresholds, planned = self._plan_thresholds(plan, scores, log_pi, c, budget)
-            realized = float(c[first_exit(scores, thresholds)].mean())
+            per_row = c[first_exit(scores, thresholds)]
+            realized = float(per_row.mean())
+            # how far the traffic's true mean cost can sit from the matched one by sampling alone (one SE)
+            standard_error = float(per_row.std(unbiased=True)) / math.sqrt(n)
             if abs(realized - planned) > max(0.01 * planned, float(c[-1]) / n):
                 warnings.warn(
                     f"EENetScheduler.rematch_budget: the thresholds give an average cost of {realized:.6g} on these "
@@ -263,7 +268,7 @@ class _FitMixin:
             self.to(device)
         self.fit_info = dict(self.fit_info)
         self.fit_info["rematch"] = {"rows": n, "plan": plan, "cost_before": before, "cost_after": realized,
-                                    "budget": budget}
+                                    "cost_standard_error": standard_error, "budget": budget}
         return self
 
     # ------------------------------------------------------------------ §5 training

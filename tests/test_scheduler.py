@@ -511,6 +511,9 @@ def test_rematch_budget_meets_the_budget_on_shifted_traffic(plan):
     info = sched.fit_info["rematch"]
     assert info["rows"] == 1500 and info["plan"] == plan and info["cost_before"] / 0.5 > 1.15
     assert info["cost_after"] == pytest.approx(sched.planned_cost)
+    per_row = torch.tensor(COSTS, dtype=torch.float64)[sched.exit_index(seen)]
+    assert info["cost_standard_error"] == pytest.approx(float(per_row.std()) / math.sqrt(1500))
+    assert (info["cost_standard_error"] > 0) == (plan != "static")  # static at B = c_3: every row at exit 3
     assert sched.budget == 0.5 and sched.costs == pytest.approx(COSTS)
     for k, v in heads.items():  # heads unchanged: only the thresholds move
         assert torch.equal(sched.state_dict()[k], v), k
