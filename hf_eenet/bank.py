@@ -226,10 +226,13 @@ def verify_bank(model, where: str = "check") -> list[dict]:
     if len(prints) > 1:
         _fail(where, "the bank mixes schedulers fitted on different validation data "
                      f"({sorted(prints)}); refit the whole bank on one validation set")
-    rematched = [r.get("rematched_on") for r in records if r]
-    if any(rematched) and (not all(rematched) or len({str(m.get("fingerprint")) for m in rematched}) > 1):
-        _fail(where, "the bank mixes thresholds re-matched on different traffic samples (or on none): re-match the "
-                     "whole bank at once (rematch_budgets)")
+    present = [r for r in records if r]
+    rematched = [r["rematched_on"] for r in present if "rematched_on" in r]
+    if rematched and (len(rematched) != len(present)
+                      or not all(isinstance(m, dict) and isinstance(m.get("fingerprint"), str) for m in rematched)
+                      or len({m["fingerprint"] for m in rematched}) > 1):
+        _fail(where, "the bank mixes thresholds re-matched on different traffic samples (or on none), or a "
+                     "rematched_on record is malformed: re-match the whole bank at once (rematch_budgets)")
     for b, sched, rec in zip(budgets, schedulers, records):
         check_budget_fraction(b, "config.scheduler_budgets entry")
         check_scheduler(sched, cfg, b, where)

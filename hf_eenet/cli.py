@@ -37,7 +37,7 @@ COMMANDS = {
     "evaluate": "EENet vs baselines vs oracle: calibrate on validation, report on test",
     "predict": "classify texts (arguments) or a test split (data flags) under budgets",
     "rematch": "re-match the bank's thresholds to its budgets on an unlabelled sample of your traffic (--test_file; "
-               "labels not needed) and save it",
+               "labels not needed; inputs truncated as the pipeline serves them) and save it",
     "demo": "offline end-to-end demo on an SST-2 subset (a few minutes on 2 cores; needs the repository checkout)",
 }
 
@@ -255,6 +255,11 @@ def cmd_rematch(argv) -> dict:
     model, tok = _load_model(ns.model_dir)
     if not model.config.scheduler_budgets:
         raise CLIError(f"{ns.model_dir} has no fitted scheduler bank to re-match (hf-eenet fit-scheduler first)")
+    from .configuration_eenet import max_input_tokens
+
+    # the traffic is truncated as the pipeline serves it (max_input_tokens), not to --max_seq_length's 128 default:
+    # a bank re-matched on shorter inputs than it serves would miss its budget on long texts
+    data_args.max_seq_length = max_input_tokens(model.config, tok)
     trainer, _, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
                                         args.per_device_eval_batch_size, need=("test",))
     info = trainer.rematch_budgets(enc["test"])

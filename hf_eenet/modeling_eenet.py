@@ -267,6 +267,8 @@ class EENetModelMixin:
         if not records:
             raise ValueError("the model has no scheduler bank to re-match: fit one first (EENetTrainer.fit_scheduler)")
         probs = exit_probs if isinstance(exit_probs, torch.Tensor) else torch.as_tensor(exit_probs)
+        if not probs.is_floating_point():
+            raise ValueError(f"exit_probs must be floating point probabilities, got dtype {probs.dtype}")
         expected = (int(self.config.num_exits), int(self.config.num_labels))
         if probs.dim() != 3 or tuple(probs.shape[1:]) != expected:
             raise ValueError(f"exit_probs must have shape [N, {expected[0]}, {expected[1]}] (rows, exits, classes), "
@@ -279,9 +281,14 @@ class EENetModelMixin:
         marker = {"rows": int(probs.shape[0]),
                   "fingerprint": _data_fingerprint(probs, torch.full((probs.shape[0],), -1, dtype=torch.long))}
         entries, out = {}, {}
-        for rec, sched in zip(records, self.eenet_schedulers):
-            b = float(rec["budget"])
-            new = copy.deepcopy(sched).cpu().rematch_budget(probs)
+        # outside inference mode (a caller's `with torch.inference_mode()` would make the new bank's tensors
+        # inference tensors, which the per-request bank check and later saves cannot use)
+        with torch.inference_mode(False), torch.no_grad():
+            probs = probs.clone()
+            for rec, sched in zip(records, self.eenet_schedulers):
+                b = float(rec["budget"])
+                entries[b] = (copy.deepcopy(sched).cpu().rematch_budget(probs), rec)
+        for b, (new, rec) in list(entries.items()):
             record = make_record(new, b, rec.get("data_fingerprint"))
             record["rematched_on"] = dict(marker)
             entries[b] = (new, record)

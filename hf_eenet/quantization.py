@@ -35,9 +35,12 @@ QUANTIZED_PARTS = ("bert", "roberta", "exit_heads", "classifier")
 
 
 @torch.inference_mode()
-def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: int = 64, max_length: int = 128,
+def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: int = 64, max_length: int | None = None,
                        autocast_dtype: torch.dtype | None = None, progress: bool = True) -> np.ndarray:
     """``[N, K, C]`` softmax outputs of every exit of ``model`` (all-exits forward) on ``texts`` (float32 numpy).
+
+    Texts are truncated to ``max_length``, by default what the pipeline and ``early_exit_predict`` truncate to
+    (``max_input_tokens``), so a bank fitted or re-matched on these outputs sees the inputs it will serve.
 
     Runs the model in eval mode (dropout off; its previous mode is restored), as it serves."""
     from tqdm.auto import tqdm
@@ -46,6 +49,10 @@ def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: 
         raise ValueError("texts must be a non-empty list of strings")
     if text_pairs is not None and len(text_pairs) != len(texts):
         raise ValueError(f"text_pairs has {len(text_pairs)} entries for {len(texts)} texts")
+    if max_length is None:
+        from .configuration_eenet import max_input_tokens
+
+        max_length = max_input_tokens(model.config, tokenizer)
     device = next(model.parameters()).device
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     out = []
@@ -66,7 +73,7 @@ def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: 
 
 
 def refit_scheduler_bank(model, tokenizer, texts, labels, *, budgets=None, text_pairs=None, seed: int = 0,
-                         batch_size: int = 64, max_length: int = 128, autocast_dtype: torch.dtype | None = None,
+                         batch_size: int = 64, max_length: int | None = None, autocast_dtype: torch.dtype | None = None,
                          progress: bool = True) -> dict:
     """Refit ``model``'s scheduler bank (same budgets and scheduler config unless ``budgets`` is given) on the
     model's *own* outputs on a labelled validation split, and replace the bank with it.
@@ -103,7 +110,7 @@ def refit_scheduler_bank(model, tokenizer, texts, labels, *, budgets=None, text_
 
 def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, budgets=None, text_pairs=None,
                           refit: bool = True, inplace: bool = False, seed: int = 0, batch_size: int = 64,
-                          max_length: int = 128, progress: bool = True):
+                          max_length: int | None = None, progress: bool = True):
     """Dynamic int8 quantisation of an EENet model's backbone, exit heads and classifier (CPU inference).
 
     Args:

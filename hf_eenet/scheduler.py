@@ -199,8 +199,9 @@ class EENetScheduler(_FitMixin, _InferenceMixin, ExitPolicy, nn.Module):
 
     @property
     def planned_cost(self) -> float:
-        """Average cost per sample of the fitted thresholds on the fitting data (= budget up to one row's cost,
-        unless tied scores, e.g. duplicate rows, cannot be split; ``fit`` warns then)."""
+        """Average cost per sample of the thresholds on the rows they were set on — the fitting data, or the traffic
+        sample of the last :meth:`rematch_budget` (= budget up to one row's cost, unless tied scores, e.g. duplicate
+        rows, cannot be split; ``fit`` / ``rematch_budget`` warn then)."""
         self._check_fitted()
         return float(self.planned_cost_value.item())
 

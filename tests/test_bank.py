@@ -648,3 +648,43 @@ def test_a_loaded_bank_keeps_its_plans_and_one_saved_without_them_asks_for_a_ref
     old = type(model).from_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="refit it"):
         old.rematch_budgets(probs)
+
+
+def test_rematch_inside_inference_mode_leaves_a_servable_savable_bank(tmp_path):
+    model, batch, probs, _ = fitted_model(budgets=(0.5, 0.8))
+    with torch.inference_mode():
+        model.rematch_budgets(torch.softmax(probs.log() / 1.3, -1))
+    exits, _ = outputs(model, batch, 0.5)  # the per-request bank check reads version counters
+    with torch.inference_mode():
+        assert model(**batch, budget=0.5).exit_index.tolist() == exits
+    model.save_pretrained(tmp_path / "m")
+    model.rematch_budgets(probs)  # and again
+    with pytest.raises(ValueError, match="floating point"):
+        model.rematch_budgets(torch.zeros(8, 4, 3, dtype=torch.long))
+
+
+def test_malformed_rematched_on_records_are_refused_on_load(tmp_path):
+    model, _, probs, _ = fitted_model(budgets=(0.5, 0.8))
+    model.rematch_budgets(probs)
+    model.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    for bad in (True, {}):
+        for rec in cfg["scheduler_bank"]:
+            rec["rematched_on"] = bad
+        (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(BankIntegrityError, match="malformed"):
+            type(model).from_pretrained(tmp_path / "m")
+
+
+def test_exit_probabilities_truncate_as_the_pipeline_serves(minilm_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    model = tiny_model(layers=4, num_labels=3, vocab_size=tok.vocab_size, max_position_embeddings=300)
+    texts = [" ".join(["word"] * 250), "short text"]
+    probs = hf_eenet.exit_probabilities(model, tok, texts, progress=False)  # 250 + 2 tokens: not cut at 128
+    enc = tok(texts, padding=True, truncation=True, max_length=300, return_tensors="pt")
+    assert enc["input_ids"].shape[1] > 128
+    with torch.no_grad():
+        full = torch.softmax(model(**enc).exit_logits.float(), -1).numpy()
+    assert np.allclose(probs, full, atol=1e-5)
