@@ -81,6 +81,15 @@ def accuracy(probs, labels, exits):
     return (probs[torch.arange(len(labels)), exits].argmax(-1) == labels).float().mean().item()
 
 
+def exit_alone(sched, row_probs):
+    """0-based exit of one row ``[K, C]`` decided online on its own (batch size 1), exit by exit."""
+    state = sched.init_state(1)
+    for k in range(K - 1):
+        if sched.decide(k, row_probs[None, k], state).item():
+            return k
+    return K - 1
+
+
 def realized_cost(exits, costs=COSTS):
     return torch.tensor(costs, dtype=torch.float64)[exits].mean().item()
 
@@ -301,13 +310,7 @@ def test_online_decisions_on_shrinking_batches_match_exit_index(small):
     assert torch.equal(online, offline)
     # one row at a time, as at batch size 1
     for n in range(0, len(probs), 97):
-        st = sched.init_state(1)
-        e = K - 1
-        for k in range(K - 1):
-            if sched.decide(k, probs[n : n + 1, k], st).item():
-                e = k
-                break
-        assert e == offline[n].item()
+        assert exit_alone(sched, probs[n]) == offline[n].item()
 
 
 def test_decide_stores_clamped_q(small):
@@ -530,13 +533,7 @@ def test_rematch_on_the_fitting_rows_keeps_the_exits_and_decisions_stay_online(s
     sched.rematch_budget(shifted[:300])
     offline = sched.exit_index(shifted)
     for n in range(0, len(shifted), 53):
-        st = sched.init_state(1)
-        e = K - 1
-        for k in range(K - 1):
-            if sched.decide(k, shifted[n: n + 1, k], st).item():
-                e = k
-                break
-        assert e == offline[n].item()
+        assert exit_alone(sched, shifted[n]) == offline[n].item()
 
 
 def test_rematch_budget_errors(small, tmp_path):
