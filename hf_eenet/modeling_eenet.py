@@ -259,9 +259,8 @@ class EENetModelMixin:
                 ``hf_eenet.exit_probabilities(model, tokenizer, texts)`` (or ``EENetTrainer.rematch_budgets``).
         Returns:
             ``{budget: {"rows", "plan", "cost_before", "cost_after", "cost_standard_error", "budget"}}`` (costs on
-            these rows, as fractions
-            of ``config.exit_costs``). Each bank record gains ``rematched_on`` (rows and fingerprint); all entries are
-            re-matched on copies first, so on error the old bank stays.
+            these rows, as fractions of ``config.exit_costs``). Each bank record gains ``rematched_on`` (rows and
+            fingerprint); all entries are re-matched on copies first, so on error the old bank stays.
         """
         records = verify_bank(self, where="rematch_budgets")
         if not records:
