@@ -42,7 +42,7 @@ from .bank import (
 )
 from .configuration_eenet import _INSTALLED, EENetBertConfig, EENetRobertaConfig, max_input_tokens
 from .policies import ExitPolicy
-from .validation import check_bool, check_budget_fraction
+from .validation import as_probs_tensor, check_bool, check_budget_fraction
 
 
 @dataclass
@@ -265,14 +265,11 @@ class EENetModelMixin:
         records = verify_bank(self, where="rematch_budgets")
         if not records:
             raise ValueError("the model has no scheduler bank to re-match: fit one first (EENetTrainer.fit_scheduler)")
-        probs = exit_probs if isinstance(exit_probs, torch.Tensor) else torch.as_tensor(exit_probs)
-        if not probs.is_floating_point():
-            raise ValueError(f"exit_probs must be floating point probabilities, got dtype {probs.dtype}")
+        probs = as_probs_tensor(exit_probs).to("cpu")  # the shared check: [N, K, C] finite softmax outputs
         expected = (int(self.config.num_exits), int(self.config.num_labels))
-        if probs.dim() != 3 or tuple(probs.shape[1:]) != expected:
+        if tuple(probs.shape[1:]) != expected:
             raise ValueError(f"exit_probs must have shape [N, {expected[0]}, {expected[1]}] (rows, exits, classes), "
                              f"got {tuple(probs.shape)}")
-        probs = probs.detach().to("cpu", torch.float32)
         if any(not (s.fit_info or {}).get("plan") for s in self.eenet_schedulers):
             raise ValueError("this bank was saved before hf_eenet recorded each scheduler's share plan, which "
                              "re-matching re-runs: refit it (EENetTrainer.fit_scheduler / hf-eenet fit-scheduler), "

@@ -148,6 +148,15 @@ def thresholds_from_counts(scores: torch.Tensor, counts: torch.Tensor) -> list[f
     return refine_thresholds(scores, thresholds)
 
 
+def _warn_if_ties(realized: float, planned: float, c: torch.Tensor, n: int, who: str, where: str,
+                  stacklevel: int) -> None:
+    """Warn when the thresholds miss the planned cost by more than one row's cost (and 1 %): ties cannot be split."""
+    if abs(realized - planned) > max(0.01 * planned, float(c[-1]) / n):
+        warnings.warn(f"{who}: the thresholds give an average cost of {realized:.6g} on {where} instead of the "
+                      f"planned {planned:.6g}: tied utility scores (e.g. duplicate rows) cannot be split by thresholds",
+                      RuntimeWarning, stacklevel=stacklevel)
+
+
 def first_exit(scores: torch.Tensor, thresholds) -> torch.Tensor:
     """eq. 7.1 offline: first k with q^_k >= t_k (float32 compare, as ``decide``)."""
     t = torch.tensor(thresholds, dtype=torch.float32)
@@ -241,8 +250,6 @@ class _FitMixin:
         n = probs.shape[0]
         if n < 2:
             raise ValueError(f"exit_probs has {n} row(s): re-matching a budget needs a sample of the traffic")
-        if not torch.isfinite(probs).all():
-            raise ValueError("exit_probs contains NaN or infinite values")
         c = self.exit_costs.detach().to("cpu", torch.float64)
         budget = self.budget
         device = self.exit_thresholds.device
@@ -256,11 +263,8 @@ class _FitMixin:
             realized = float(per_row.mean())
             # how far the traffic's true mean cost can sit from the matched one by sampling alone (one SE)
             standard_error = float(per_row.std(unbiased=True)) / math.sqrt(n)
-            if abs(realized - planned) > max(0.01 * planned, float(c[-1]) / n):
-                warnings.warn(
-                    f"EENetScheduler.rematch_budget: the thresholds give an average cost of {realized:.6g} on these "
-                    f"rows instead of the planned {planned:.6g}: tied utility scores (e.g. duplicate rows) cannot "
-                    "be split by thresholds", RuntimeWarning, stacklevel=2)
+            _warn_if_ties(realized, planned, c, n, f"EENetScheduler.rematch_budget (budget {budget:g})",
+                          "these rows", stacklevel=3)
             with torch.no_grad():
                 self.exit_thresholds.copy_(torch.tensor(thresholds, dtype=torch.float32))
                 self.planned_cost_value.fill_(realized)
@@ -616,12 +620,7 @@ class _FitMixin:
         thresholds, planned = self._plan_thresholds(chosen["plan"], scores_all, log_pi_all, c, budget)
         exits = first_exit(scores_all, thresholds)
         realized = float(c[exits].mean())
-        if abs(realized - planned) > max(0.01 * planned, float(c[-1]) / n):
-            warnings.warn(
-                f"EENetScheduler: the thresholds give an average cost of {realized:.6g} on the fitting data instead "
-                f"of the planned {planned:.6g}: tied utility scores (e.g. duplicate rows) cannot be split by thresholds",
-                RuntimeWarning, stacklevel=3,
-            )
+        _warn_if_ties(realized, planned, c, n, "EENetScheduler", "the fitting data", stacklevel=4)
         with torch.no_grad():
             self.exit_thresholds.copy_(torch.tensor(thresholds, dtype=torch.float32))
             self.exit_costs.copy_(c)
