@@ -143,14 +143,15 @@ def _seed(args, model_dir: str) -> int:
     return args.seed
 
 
-def _trainer_and_data(model, tok, data_args, model_dir: str, seed: int, batch_size: int, need):
+def _trainer_and_data(model, tok, data_args, model_dir: str, seed: int, batch_size: int, need, use_labels=True):
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     from .data import load_text_classification
     from .recipe import model_label_names
     from .trainer import EENetTrainer
 
-    data = load_text_classification(data_args, seed=seed, label_names=model_label_names(model), need=need)
+    data = load_text_classification(data_args, seed=seed, label_names=model_label_names(model), need=need,
+                                    use_labels=use_labels)
     enc = data.tokenize(tok, data_args.max_seq_length)
     targs = TrainingArguments(output_dir=model_dir, per_device_eval_batch_size=batch_size, report_to=[],
                               use_cpu=not _has_cuda(), seed=seed)
@@ -175,7 +176,7 @@ def cmd_fit_scheduler(argv) -> None:
                                       args.per_device_eval_batch_size, need=("validation",))
     old = list(model.config.scheduler_budgets or [])
     info = trainer.fit_scheduler(budgets=budgets, seed=args.seed, extend=args.extend, **scheduler_kwargs(args))
-    trainer.save_model(ns.model_dir)
+    model.save_pretrained(ns.model_dir)  # atomic; keeps the tokenizer and training_args.json (how it was trained)
     for b, r in info.items():
         print(f"budget {b:.2f}: validation accuracy {100 * r['validation']['accuracy']:.2f}, "
               f"cost {r['validation']['mean_cost']:.3f}, fit {r['fit_seconds']:.1f}s")
@@ -260,10 +261,11 @@ def cmd_rematch(argv) -> dict:
     # the traffic is truncated as the pipeline serves it (max_input_tokens), not to --max_seq_length's 128 default:
     # a bank re-matched on shorter inputs than it serves would miss its budget on long texts
     data_args.max_seq_length = max_input_tokens(model.config, tok)
+    # labels are not needed (costs only): a label column, even with labels the model does not know, is not read
     trainer, _, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
-                                        args.per_device_eval_batch_size, need=("test",))
+                                        args.per_device_eval_batch_size, need=("test",), use_labels=False)
     info = trainer.rematch_budgets(enc["test"])
-    trainer.save_model(ns.model_dir)
+    model.save_pretrained(ns.model_dir)  # atomic; keeps the tokenizer and training_args.json (how it was trained)
     for b, r in info.items():
         print(f"budget {b:.2f}: cost on these {r['rows']} rows {r['cost_before'] / b:.3f} x budget with the "
               f"validation thresholds -> {r['cost_after'] / b:.3f} x re-matched (sampling error of these rows: "

@@ -205,7 +205,7 @@ class TextClassificationData:
 
 
 def load_text_classification(args: DataArguments, seed: int = 0, label_names: list[str] | None = None,
-                             need: tuple[str, ...] = ()) -> TextClassificationData:
+                             need: tuple[str, ...] = (), use_labels: bool = True) -> TextClassificationData:
     """Load, validate and normalise the splits of ``args`` (see the module docstring).
 
     Args:
@@ -213,6 +213,8 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
         label_names: the label names (id order) of an already trained model: data labels are mapped onto them and a
             label the model does not know is an error. Default: derived from the train split.
         need: splits that must exist (e.g. ``("train", "validation")``).
+        use_labels: ``False``: only the ``need`` splits are kept, read as unlabelled (a label column, if any, is not
+            read or checked), for uses that need only the texts (re-matching a bank to traffic); needs ``label_names``.
     """
     from datasets import ClassLabel, DatasetDict, Features, Value
 
@@ -225,6 +227,10 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
         if len(ds) == 0:
             raise DataError(f"the {split} split is empty")
     label_col = args.label_column_name
+    if not use_labels:
+        if label_names is None:
+            raise ValueError("use_labels=False needs the model's label_names")
+        raw = DatasetDict({split: ds for split, ds in raw.items() if split in need})
     # ---- label names
     train = raw.get("train")
     names_from_model = label_names is not None
@@ -274,7 +280,7 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
         text_cols = text_cols or cols
         if cols != text_cols:
             raise DataError(f"text columns differ between splits: {text_cols} vs {cols}")
-        has_labels = not _is_unlabelled(ds, label_col)
+        has_labels = use_labels and not _is_unlabelled(ds, label_col)
         if not has_labels and split != "test":
             raise DataError(f"the {split} split has no labels in column {label_col!r} (columns: "
                             f"{', '.join(ds.column_names)}); only the test split may be unlabelled")

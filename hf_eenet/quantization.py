@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -109,18 +110,22 @@ def refit_scheduler_bank(model, tokenizer, texts, labels, *, budgets=None, text_
 
 
 def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, budgets=None, text_pairs=None,
-                          refit: bool = True, inplace: bool = False, seed: int = 0, batch_size: int = 64,
-                          max_length: int | None = None, progress: bool = True):
+                          traffic_texts=None, traffic_text_pairs=None, refit: bool = True, inplace: bool = False,
+                          seed: int = 0, batch_size: int = 64, max_length: int | None = None, progress: bool = True):
     """Dynamic int8 quantisation of an EENet model's backbone, exit heads and classifier (CPU inference).
 
     Args:
         model: an hf_eenet early-exit model (fp32).
         tokenizer, texts, labels: a labelled validation split; needed when the model has a scheduler bank, which is
             then refitted at ``budgets`` (default: the bank's budgets) on the quantised model's own outputs.
+        traffic_texts, traffic_text_pairs: an unlabelled sample of the served traffic: the refitted bank is then
+            re-matched to its budgets on the quantised model's outputs for it (``model.rematch_budgets``). A refit
+            matches the budgets on the validation split, so a bank that had been re-matched on traffic loses that
+            re-match without them (a warning says so).
         refit: ``False`` drops the bank instead (``budget=`` then raises until a bank is fitted for this model).
         inplace: quantise ``model`` itself instead of a deep copy.
     Returns:
-        The quantised model; ``model.eenet_quantization`` holds ``{"scheme", "modules", "refit"}``.
+        The quantised model; ``model.eenet_quantization`` holds ``{"scheme", "modules", "refit", "rematch"}``.
     """
     if not (hasattr(model, "exit_forward") and hasattr(model, "eenet_schedulers")):
         raise TypeError(f"expected an hf_eenet early-exit model, got {type(model).__name__}")
@@ -132,6 +137,14 @@ def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, bud
             "refit=False to drop the bank")
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("dynamic int8 quantisation runs on CPU: move the model to the CPU first")
+    if traffic_texts is not None and not (has_bank and refit):
+        raise ValueError("traffic_texts re-matches a refitted bank: it needs a bank (or budgets=) and refit=True")
+    rematched = [r for r in (model.config.scheduler_bank or []) if r.get("rematched_on")]
+    if rematched and refit and has_bank and traffic_texts is None:
+        warnings.warn(f"this model's bank was re-matched on {rematched[0]['rematched_on'].get('rows')} traffic rows; "
+                      "the quantised model's bank is refitted and matched on the validation split, so that re-match "
+                      "is not carried over: pass traffic_texts= (a sample of the traffic) to re-match it",
+                      UserWarning, stacklevel=2)
     q = model if inplace else copy.deepcopy(model)
     q.eval()
     done = []
@@ -140,12 +153,16 @@ def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, bud
         if isinstance(sub, nn.Module):
             setattr(q, name, torch.ao.quantization.quantize_dynamic(sub, {nn.Linear}, dtype=torch.qint8))
             done.append(name)
-    info = {"scheme": "torch.ao dynamic int8 (nn.Linear)", "modules": done, "refit": None}
+    info = {"scheme": "torch.ao dynamic int8 (nn.Linear)", "modules": done, "refit": None, "rematch": None}
     if has_bank:
         if refit:
             info["refit"] = refit_scheduler_bank(q, tokenizer, texts, labels, budgets=budgets, text_pairs=text_pairs,
                                                  seed=seed, batch_size=batch_size, max_length=max_length,
                                                  progress=progress)
+            if traffic_texts is not None:
+                traffic = exit_probabilities(q, tokenizer, traffic_texts, text_pairs=traffic_text_pairs,
+                                             batch_size=batch_size, max_length=max_length, progress=progress)
+                info["rematch"] = q.rematch_budgets(traffic)
         else:
             q.clear_scheduler_bank()
     q.eenet_quantization = info

@@ -199,6 +199,8 @@ def test_fit_scheduler_replaces_unless_extend_and_says_which(csv_run, csv_data, 
     main(["fit-scheduler", str(d), *data, "--budgets", "0.7", "--extend"])
     assert "extended the scheduler bank [0.6] -> [0.6, 0.7]" in capsys.readouterr().out
     assert json.loads((d / "config.json").read_text())["scheduler_budgets"] == [0.6, 0.7]
+    # the folder still says how the model was trained (the CLI's evaluation-only arguments are not saved over it)
+    assert (d / "training_args.json").read_text() == (csv_run["out"] / "training_args.json").read_text()
 
 
 def test_evaluate_and_predict_a_file_through_the_cli(csv_run, csv_data, tmp_path, capsys):
@@ -233,9 +235,16 @@ def test_rematch_the_bank_on_an_unlabelled_file_through_the_cli(csv_run, csv_dat
     assert "re-matched the scheduler bank on 50 rows" in capsys.readouterr().out
     saved = hf_eenet.EENetBertForSequenceClassification.from_pretrained(out)  # saved, and it verifies
     assert all(r["rematched_on"]["rows"] == 50 for r in saved.config.scheduler_bank)
+    assert (out / "training_args.json").read_text() == (csv_run["out"] / "training_args.json").read_text()
     with pytest.raises(SystemExit):
         main(["rematch", str(out), "--validation_file", csv_data["validation"], "--text_column_names", "review"])
     assert "--test_file" in capsys.readouterr().err
+    # traffic that carries a label column with labels the model does not know: labels are not needed, not read
+    labelled = write_csv(tmp_path / "labelled.csv", ["review", "label"],
+                         [(t, "brand-new-label") for t, _ in synth(40, 8)])
+    info = main(["rematch", str(out), "--test_file", labelled, "--text_column_names", "review",
+                 "--train_file", csv_data["train"]])
+    assert all(r["rows"] == 40 for r in info.values())
 
 
 def test_cli_value_errors_are_one_line_and_json_path_is_checked_first(csv_run, csv_data, monkeypatch, capsys):

@@ -137,6 +137,25 @@ def test_quantize_dynamic_int8_keeps_budget_path_and_refits_bank(minilm_dir, tmp
     with pytest.raises(ValueError, match="quantised"):
         q.save_pretrained(tmp_path / "int8")
     assert not (tmp_path / "int8").exists()
+    # a bank re-matched on traffic: quantising without traffic says that the re-match is not carried over; with
+    # traffic_texts the refitted bank is re-matched on the quantised model's outputs for that traffic
+    traffic = [f"new {i} {'fine' if i % 3 else 'poor'} " * (1 + i % 4) for i in range(48)]
+    model.rematch_budgets(hf_eenet.exit_probabilities(model, tok, traffic, max_length=32, progress=False))
+    with pytest.warns(UserWarning, match="re-match"):
+        hf_eenet.quantize_dynamic_int8(model, tok, texts, labels, max_length=32, progress=False)
+    q2 = hf_eenet.quantize_dynamic_int8(model, tok, texts, labels, traffic_texts=traffic, max_length=32,
+                                        progress=False)
+    assert sorted(q2.eenet_quantization["rematch"]) == [0.5, 0.8]
+    assert all(r["rematched_on"]["rows"] == 48 for r in q2.config.scheduler_bank)
+    # matched on the *quantised* model's outputs for the traffic (dynamic int8 activations are quantised per batch,
+    # so the served loop, whose batch shrinks, is compared offline on the all-exits outputs)
+    q_probs = hf_eenet.exit_probabilities(q2, tok, traffic, max_length=32, progress=False)
+    costs = torch.tensor(q2.config.exit_costs, dtype=torch.float64)
+    for sched, rec in zip(q2.eenet_schedulers, q2.config.scheduler_bank):
+        cost = float(costs[sched.exit_index(q_probs)].mean())
+        assert cost == pytest.approx(q2.eenet_quantization["rematch"][rec["budget"]]["cost_after"], abs=1e-9)
+    with pytest.raises(ValueError, match="refit=True"):
+        hf_eenet.quantize_dynamic_int8(model, refit=False, traffic_texts=traffic)
 
 
 def test_exit_probabilities_run_in_eval_mode_and_restore_the_mode(minilm_dir):
