@@ -31,6 +31,7 @@ import hashlib
 import math
 import os
 import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -280,25 +281,38 @@ WEIGHT_PREFIXES = ("model.safetensors", "model-", "pytorch_model", "tf_model", "
 
 def atomic_save_dir(target, write, keep_old_entries: bool = True) -> None:
     """Write a folder atomically: ``write(tmp)`` fills a temporary folder beside ``target``, then the folder is swapped
-    in by rename. If ``write`` raises, ``target`` is untouched (it loads exactly as before) and the error propagates.
+    in. If ``write`` raises, ``target`` is untouched (it loads exactly as before) and the error propagates.
+
+    The swap is one atomic exchange of the two folders where the OS has one (Linux ``renameat2(RENAME_EXCHANGE)``):
+    at every instant ``target`` is either the complete old folder or the complete new one, also when the process is
+    killed. Elsewhere (or on a filesystem without the exchange) it is two renames, ``target`` → ``.NAME.old-*`` then
+    ``.NAME.saving-*`` → ``target``; a kill between them leaves no ``target``, and the next save of the same folder
+    renames the old one back first. Each save also removes the ``.NAME.saving-*`` / ``.NAME.old-*`` folders that an
+    interrupted earlier save left beside ``target`` (unless a running save holds them, via ``flock``).
 
     With ``keep_old_entries``, files and sub-folders of the old ``target`` that ``write`` did not produce (tokenizer
     files, checkpoints, README, ...) are carried over as hard links (copies where links fail), except stale weight
     files (``model*.safetensors``, ``pytorch_model*``: the new save's weights replace them).
 
-    A symlinked ``target`` is saved into the folder it points at (the link stays). Where the folder itself cannot be
-    swapped — its parent is not writable, or it is a mount point (rename fails with EBUSY) — the temporary folder
-    goes inside ``target`` and its files replace the old ones one by one, weights first and ``config.json`` last:
-    an interruption during ``write`` still leaves the old folder untouched, one during the replacement can leave new
-    weights beside the old config (a changed bank is then refused on load by its digest check).
+    A symlinked ``target`` is saved into the folder it points at (the link stays). Where the folder itself must not
+    or cannot be swapped — it is the current working directory or contains it (swapping would delete the process's
+    cwd), its parent is not writable, or it is a mount point (EBUSY) — the temporary folder goes inside ``target``
+    and its files replace the old ones one by one, weights first and ``config.json`` last; other entries of the old
+    folder are always kept there. An interruption during ``write`` still leaves the old folder untouched, one during
+    the replacement can leave new weights beside the old config (a changed bank is then refused on load by its
+    digest check).
     """
     target = os.path.realpath(os.path.abspath(os.fspath(target)))
     parent = os.path.dirname(target)
+    if os.path.isdir(target) and _holds_cwd(target):
+        return _save_inside(target, write)
     os.makedirs(parent, exist_ok=True)
+    _recover_leftovers(target)
     try:
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
+        tmp = tempfile.mkdtemp(prefix=_leftover_prefixes(target)[0], dir=parent)
     except PermissionError:  # the parent is not writable; the folder may be
         return _save_inside(target, write)
+    lock = _hold(tmp)  # marks tmp as in use: another save's leftover clean-up leaves it alone
     try:
         write(tmp)
         if keep_old_entries and os.path.isdir(target):
@@ -312,49 +326,210 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True) -> None:
                 else:
                     _link_or_copy(src, dst)
         if os.path.isdir(target):
-            backup = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
-            os.rmdir(backup)
             try:
-                os.rename(target, backup)
+                swapped = _exchange(tmp, target)  # tmp now holds the old folder
             except OSError as err:
                 if err.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES):
                     raise
+                swapped = None  # a mount point (or a folder that cannot move)
+            if swapped is False:
+                swapped = _swap_by_renames(tmp, target, parent) or None
+            if swapped is None:
                 _replace_files(tmp, target)  # a mount point (or a folder that cannot move): file by file
-                shutil.rmtree(tmp, ignore_errors=True)
-                return
-            try:
-                os.rename(tmp, target)
-            except BaseException:
-                os.rename(backup, target)
-                raise
-            shutil.rmtree(backup, ignore_errors=True)
         else:
             os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+        shutil.rmtree(tmp, ignore_errors=True)  # the unfinished new folder, or the old one after the swap
+
+
+def _swap_by_renames(tmp, target, parent) -> bool:
+    """The fallback swap without an atomic exchange: ``target`` → ``.NAME.old-*``, ``tmp`` → ``target``. False when
+    ``target`` cannot be moved (a mount point, ...): nothing was changed."""
+    backup = tempfile.mkdtemp(prefix=_leftover_prefixes(target)[1], dir=parent)
+    os.rmdir(backup)
+    lock = _hold(target)  # the lock moves with the folder: a concurrent save does not take the backup for a leftover
+    try:
+        try:
+            os.rename(target, backup)
+        except OSError as err:
+            if err.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES):
+                raise
+            return False
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(backup, target)
+            raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+    shutil.rmtree(backup, ignore_errors=True)
+    return True
+
+
+# Linux renameat2(2): swaps two paths in one step. glibc >= 2.28 exports it.
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_UNRESOLVED = object()
+_renameat2_fn = _UNRESOLVED
+
+
+def _renameat2():
+    global _renameat2_fn
+    if _renameat2_fn is _UNRESOLVED:
+        _renameat2_fn = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                fn = ctypes.CDLL(None, use_errno=True).renameat2
+                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+                _renameat2_fn = fn
+            except (OSError, AttributeError, ImportError):
+                pass
+    return _renameat2_fn
+
+
+def _exchange(a, b) -> bool:
+    """Atomically exchange the paths ``a`` and ``b`` (both must exist). False where the OS or the filesystem has no
+    exchange (no ``renameat2``; ENOSYS / EINVAL / ENOTSUP): nothing was changed, the caller falls back to two
+    renames. Any other failure raises :class:`OSError`."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    import ctypes
+
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), a, None, b)
+
+
+def _holds_cwd(path) -> bool:
+    """True when ``path`` is the process's current working directory or one of its ancestors."""
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:  # the cwd is already gone
+        return False
+    path = os.path.realpath(path)
+    try:
+        return os.path.commonpath([cwd, path]) == path
+    except ValueError:  # different drives (Windows)
+        return False
+
+
+def _leftover_prefixes(target) -> tuple[str, str]:
+    """Name prefixes of :func:`atomic_save_dir`'s own temporary folders beside ``target``: (new folder, backup)."""
+    name = os.path.basename(target)
+    return f".{name}.saving-", f".{name}.old-"
+
+
+_MKDTEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _leftovers(folder, prefix) -> list[str]:
+    """Folders in ``folder`` named ``prefix`` + a ``tempfile.mkdtemp`` suffix (not symlinks, not held by a running
+    save), newest first."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        suffix = entry[len(prefix):]
+        if not entry.startswith(prefix) or not suffix or not set(suffix.lower()) <= _MKDTEMP_CHARS:
+            continue
+        path = os.path.join(folder, entry)
+        if os.path.isdir(path) and not os.path.islink(path) and not _in_use(path):
+            found.append(path)
+    return sorted(found, key=lambda p: os.stat(p).st_mtime, reverse=True)
+
+
+def _recover_leftovers(target) -> None:
+    """Mend what an interrupted earlier save of ``target`` left: a missing ``target`` whose old folder is still at
+    ``.NAME.old-*`` (killed between the two renames of the fallback swap) is renamed back; then the temporary
+    folders are removed."""
+    parent = os.path.dirname(target)
+    saving, old = _leftover_prefixes(target)
+    if not os.path.lexists(target):
+        backups = _leftovers(parent, old)
+        if backups:
+            os.rename(backups[0], target)
+    if os.path.isdir(target) or not os.path.lexists(target):
+        for path in _leftovers(parent, saving) + _leftovers(parent, old):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _hold(path):
+    """Take an exclusive ``flock`` on the folder ``path`` (released when the returned descriptor is closed, or when
+    the process dies): marks a temporary folder as in use. None where it cannot be taken (no ``fcntl``, ...)."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _in_use(path) -> bool:
+    """True when a running save holds ``path`` (see :func:`_hold`)."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no locks on this filesystem: cannot tell, treat as a leftover
+        return False
+    finally:
+        os.close(fd)
+    return False
 
 
 def _save_inside(target, write) -> None:
-    """:func:`atomic_save_dir` when the folder cannot be swapped: write into a hidden folder inside it, then
-    replace the files one by one."""
+    """:func:`atomic_save_dir` when the folder cannot (or must not) be swapped: write into a hidden folder inside
+    it, then replace the files one by one. Leftover ``.saving-*`` folders of an interrupted earlier save go first."""
     os.makedirs(target, exist_ok=True)
+    for path in _leftovers(target, ".saving-"):
+        shutil.rmtree(path, ignore_errors=True)
     tmp = tempfile.mkdtemp(prefix=".saving-", dir=target)
+    lock = _hold(tmp)
     try:
         write(tmp)
         _replace_files(tmp, target)
     finally:
+        if lock is not None:
+            os.close(lock)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _replace_files(src_dir, target) -> None:
     """Move every entry of ``src_dir`` into ``target`` (weights first, ``config.json`` last), then drop weight files
-    of ``target`` the new save did not produce."""
+    of ``target`` the new save did not produce. A sub-folder holding the process's cwd is merged into, not
+    replaced (replacing it would delete the cwd)."""
     produced = os.listdir(src_dir)
     order = sorted(produced, key=lambda e: (not e.startswith(WEIGHT_PREFIXES), e == "config.json", e))
     for entry in order:
         src, dst = os.path.join(src_dir, entry), os.path.join(target, entry)
         if os.path.isdir(dst) and not os.path.islink(dst):
+            if os.path.isdir(src) and not os.path.islink(src) and _holds_cwd(dst):
+                _replace_files(src, dst)
+                continue
             shutil.rmtree(dst)
         os.replace(src, dst)
     for entry in os.listdir(target):

@@ -71,9 +71,10 @@ class EvaluateArguments:
 @dataclass
 class PredictArguments:
     budget: float | None = field(default=None, metadata={
-        "help": "for texts given as arguments: fraction of the full cost (default: the config's default budget)"})
+        "help": "one budget, a fraction of the full cost (default: texts the config's default budget, a test split "
+                "every fitted budget)"})
     budgets: str | None = field(default=None, metadata={
-        "help": "for a test split: comma-separated budgets (default: every fitted budget)"})
+        "help": "comma-separated budgets (texts: one line per text and budget)"})
     batch_size: int = field(default=8, metadata={"help": "batch size"})
     output_file: str | None = field(default=None, metadata={
         "help": "for a test split: write JSON lines here (default: stdout)"})
@@ -112,6 +113,8 @@ def _parse(command: str, extra, argv: list[str]):
     from .recipe import parse_args_with_config
 
     parser = _parser(command, extra)
+    # no --max_seq_length (flag or config file): inputs are truncated as the model serves them (_serving_length)
+    parser.set_defaults(max_seq_length=None)
     if command == "predict":
         parser.add_argument("texts", nargs="*", help="texts to classify (else the test split of the data flags)")
     argv = list(argv)
@@ -120,6 +123,43 @@ def _parse(command: str, extra, argv: list[str]):
         argv = [argv[1], argv[0], *argv[2:]]
     cmd_args, data_args, ns = parse_args_with_config(parser, argv, ignore_unknown=True)
     return cmd_args, data_args, ns
+
+
+def _serving_length(model, tok, data_args, command: str) -> int:
+    """Tokens to truncate to: the length the model serves (``max_input_tokens``: ``config.max_seq_length`` when the
+    recipe recorded it) unless ``--max_seq_length`` was given; sets ``data_args.max_seq_length``."""
+    from .configuration_eenet import max_input_tokens
+
+    served = max_input_tokens(model.config, tok)
+    if data_args.max_seq_length is None:
+        data_args.max_seq_length = served
+    elif data_args.max_seq_length != served and command in ("evaluate", "predict"):
+        print(f"note: inputs truncated to --max_seq_length {data_args.max_seq_length}; the model serves "
+              f"{served} tokens (pipeline / early_exit_predict)", file=sys.stderr)
+    return data_args.max_seq_length
+
+
+def _mark_card_stale(model_dir: str, model, what: str) -> None:
+    """After the bank changed (fit-scheduler, rematch): the folder's card no longer describes the model it ships. Its
+    model-index results (shown by the Hub) are removed and a note heads the text; other files are left as they are."""
+    from huggingface_hub import ModelCard
+
+    path = Path(model_dir) / "README.md"
+    if not path.is_file():
+        return
+    card = ModelCard.load(str(path))
+    if "hf_eenet" not in (card.data.tags or []):
+        return  # not a card we wrote
+    card.data.eval_results = None
+    card.data.model_name = None
+    note = (f"> **Note:** the scheduler bank was {what} after this card was written (`hf-eenet`); it now serves budgets "
+            f"{list(model.config.scheduler_budgets)}. The results below describe the earlier bank: re-evaluate "
+            "(`hf-eenet evaluate`) before relying on them.\n\n")
+    text = card.text.lstrip("\n")
+    if text.startswith("> **Note:** the scheduler bank was"):  # a note of an earlier change: replaced
+        text = text.split("\n\n", 1)[1] if "\n\n" in text else ""
+    card.text = note + text
+    card.save(str(path))
 
 
 def _load_model(model_dir: str):
@@ -172,11 +212,14 @@ def cmd_fit_scheduler(argv) -> None:
     args, data_args, ns = _parse("fit-scheduler", FitArguments, argv)
     budgets = parse_budgets(args.budgets)
     model, tok = _load_model(ns.model_dir)
+    # the bank serves inputs of the length it is fitted at: an explicit --max_seq_length becomes the model's
+    model.config.max_seq_length = _serving_length(model, tok, data_args, "fit-scheduler")
     trainer, _, _ = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
                                       args.per_device_eval_batch_size, need=("validation",))
     old = list(model.config.scheduler_budgets or [])
     info = trainer.fit_scheduler(budgets=budgets, seed=args.seed, extend=args.extend, **scheduler_kwargs(args))
     model.save_pretrained(ns.model_dir)  # atomic; keeps the tokenizer and training_args.json (how it was trained)
+    _mark_card_stale(ns.model_dir, model, "extended" if args.extend else "refitted")
     for b, r in info.items():
         print(f"budget {b:.2f}: validation accuracy {100 * r['validation']['accuracy']:.2f}, "
               f"cost {r['validation']['mean_cost']:.3f}, fit {r['fit_seconds']:.1f}s")
@@ -195,17 +238,26 @@ def cmd_evaluate(argv) -> dict:
     _check_writable(args.json, "--json")
     model, tok = _load_model(ns.model_dir)
     bank = dict(zip(model.config.scheduler_budgets or [], model.eenet_schedulers))
+    if not bank:
+        raise CLIError(f"{ns.model_dir} has no fitted scheduler bank to evaluate (hf-eenet fit-scheduler first)")
     budgets = parse_budgets(args.budgets) if args.budgets else list(bank)
-    if not budgets:
-        raise CLIError(f"{ns.model_dir} has no fitted scheduler bank and no --budgets were given")
+    # EENet rows are what the model serves at each budget (get_exit_policy: the largest fitted budget <= B; outside
+    # the fitted range it refuses), never a scheduler fitted here on the fly
+    served = {b: model.get_exit_policy(b) for b in budgets}
+    served_by = {b: next(fb for fb, s in bank.items() if s is served[b]) for b in budgets}
+    for b, fb in served_by.items():
+        if fb != b:
+            print(f"budget {b:g} is served by the bank's {fb:g} scheduler", file=sys.stderr)
+    _serving_length(model, tok, data_args, "evaluate")
     trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
                                            args.per_device_eval_batch_size, need=("validation",))
     val_probs, val_labels = trainer.collect_exit_predictions(enc["validation"])
     on = "test" if data.labelled.get("test") else "validation"
     probs, labels = trainer.collect_exit_predictions(enc[on]) if on == "test" else (val_probs, val_labels)
     res = compare_policies(val_probs, val_labels, probs, labels, list(model.config.exit_costs), budgets,
-                           seed=args.seed, schedulers={b: s for b, s in bank.items() if b in budgets} or None)
+                           seed=args.seed, schedulers=served)
     res["evaluated_on"] = on
+    res["eenet_served_by"] = {str(b): fb for b, fb in served_by.items()}
     print(f"evaluated on the {on} split ({len(labels)} rows)")
     print(results_table(res))
     if args.json:
@@ -222,18 +274,26 @@ def cmd_predict(argv) -> None:
     if not ns.texts and not data_args.has_data():
         raise CLIError("give texts to classify, or a test split (--test_file or --dataset_name)")
     _check_writable(args.output_file, "--output_file")
+    if args.budget is not None and args.budgets:
+        raise CLIError("give --budget (one budget) or --budgets (several), not both")
     model, tok = _load_model(ns.model_dir)
+    max_length = _serving_length(model, tok, data_args, "predict")
     if ns.texts:
         from transformers import pipeline
 
+        if args.output_file:
+            raise CLIError("--output_file is for a test split (--test_file); texts given as arguments print to stdout")
         clf = pipeline("text-classification", model=model, tokenizer=tok)
-        kw = {"budget": args.budget} if args.budget is not None else {}
-        for text, res in zip(ns.texts, clf(ns.texts, batch_size=args.batch_size, **kw)):
-            print(json.dumps({"text": text, **res}))
+        budgets = parse_budgets(args.budgets) if args.budgets else [args.budget]
+        for b in budgets:  # None: the config's default budget
+            kw = {"budget": b} if b is not None else {}
+            out = clf(ns.texts, batch_size=args.batch_size, truncation=True, max_length=max_length, **kw)
+            for text, res in zip(ns.texts, out):
+                print(json.dumps({"text": text, "budget": b if b is not None else model.config.default_budget, **res}))
         return
     trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
                                            args.batch_size, need=("test",))
-    budgets = parse_budgets(args.budgets) if args.budgets else None
+    budgets = parse_budgets(args.budgets) if args.budgets else [args.budget] if args.budget is not None else None
     probs, labels = trainer.collect_exit_predictions(enc["test"], require_labels=False)
     out = args.output_file or "/dev/stdout"
     n = write_predictions(out, model, probs, budgets, labels=labels, texts=data.texts("test"))
@@ -258,14 +318,19 @@ def cmd_rematch(argv) -> dict:
         raise CLIError(f"{ns.model_dir} has no fitted scheduler bank to re-match (hf-eenet fit-scheduler first)")
     from .configuration_eenet import max_input_tokens
 
-    # the traffic is truncated as the pipeline serves it (max_input_tokens), not to --max_seq_length's 128 default:
-    # a bank re-matched on shorter inputs than it serves would miss its budget on long texts
-    data_args.max_seq_length = max_input_tokens(model.config, tok)
+    # the traffic is truncated as the model serves it (max_input_tokens): a bank re-matched on other inputs than it
+    # serves would miss its budget on long texts
+    served = max_input_tokens(model.config, tok)
+    if data_args.max_seq_length not in (None, served):
+        raise CLIError(f"--max_seq_length {data_args.max_seq_length}: re-matching reads the traffic as the model "
+                       f"serves it ({served} tokens); drop the flag")
+    data_args.max_seq_length = served
     # labels are not needed (costs only): a label column, even with labels the model does not know, is not read
     trainer, _, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
                                         args.per_device_eval_batch_size, need=("test",), use_labels=False)
     info = trainer.rematch_budgets(enc["test"])
     model.save_pretrained(ns.model_dir)  # atomic; keeps the tokenizer and training_args.json (how it was trained)
+    _mark_card_stale(ns.model_dir, model, f"re-matched on {len(enc['test'])} traffic rows")
     for b, r in info.items():
         print(f"budget {b:.2f}: cost on these {r['rows']} rows {r['cost_before'] / b:.3f} x budget with the "
               f"validation thresholds -> {r['cost_after'] / b:.3f} x re-matched (sampling error of these rows: "

@@ -18,6 +18,9 @@ Early-exit fields:
         ``hf_eenet/bank.py``. The model verifies bank ↔ config on load, on ``add_scheduler``, on ``set_exit_costs``
         and before serving a budget.
     default_budget (`float`): budget used by the pipeline when a call gives none.
+    max_seq_length (`int`): the input length in tokens the model was trained and its bank fitted at (the recipe's
+        ``--max_seq_length``); the pipeline, ``early_exit_predict``, ``exit_probabilities`` and the CLI truncate to it
+        by default (``max_input_tokens``), so a bank serves the inputs it was fitted on. ``None``: the position table.
     exit_pooling (`str`): what every exit (the last one included) classifies: ``"cls"`` (default) the first token,
         as the stock ``BertForSequenceClassification`` / ``RobertaForSequenceClassification`` do, or ``"mean"`` the
         average of the non-padding tokens, fed to the same pooler/classifier layers. ``"mean"`` suits backbones
@@ -50,6 +53,7 @@ EENET_FIELDS = (
     "default_budget",
     "exit_pooling",
     "scheduler_bank",
+    "max_seq_length",
 )
 
 EXIT_POOLINGS = ("cls", "mean")
@@ -87,11 +91,14 @@ def validate_exit_layers(exit_layers, num_hidden_layers: int) -> list[int]:
 
 def max_input_tokens(config, tokenizer=None) -> int:
     """Longest input a model of ``config`` takes: its position table (RoBERTa positions start after the padding
-    index), capped by ``tokenizer.model_max_length`` when the tokenizer states one. What the pipeline and
-    ``early_exit_predict`` truncate to by default."""
+    index), capped by ``config.max_seq_length`` (the length it was trained and its bank fitted at) and by
+    ``tokenizer.model_max_length`` when they are set. What the pipeline and ``early_exit_predict`` truncate to by
+    default."""
     limit = getattr(config, "max_position_embeddings", None) or 512
     if "roberta" in getattr(config, "model_type", ""):
         limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    if getattr(config, "max_seq_length", None):  # what the model was trained and its bank fitted at
+        limit = min(limit, int(config.max_seq_length))
     tok_limit = getattr(tokenizer, "model_max_length", None)
     return min(limit, tok_limit) if tok_limit and tok_limit < 10**6 else limit
 
@@ -166,6 +173,10 @@ class EENetConfigMixin:
             if not (0 < b <= 1):
                 raise ValueError(f"default_budget must be a fraction of the full cost in (0, 1], got {b}")
             self.default_budget = b
+        if self.max_seq_length is not None:
+            if isinstance(self.max_seq_length, bool) or not isinstance(self.max_seq_length, int) or \
+                    self.max_seq_length < 1:
+                raise ValueError(f"max_seq_length must be a positive int (tokens), got {self.max_seq_length!r}")
         if self.scheduler_bank is not None and not isinstance(self.scheduler_bank, list):
             raise ValueError(f"scheduler_bank must be a list of records, got {type(self.scheduler_bank).__name__}")
         if _INSTALLED:
@@ -190,6 +201,7 @@ class EENetBertConfig(EENetConfigMixin, BertConfig):
     default_budget: float | None = None
     exit_pooling: str = "cls"
     scheduler_bank: list[dict] | None = None
+    max_seq_length: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -210,6 +222,7 @@ class EENetRobertaConfig(EENetConfigMixin, RobertaConfig):
     default_budget: float | None = None
     exit_pooling: str = "cls"
     scheduler_bank: list[dict] | None = None
+    max_seq_length: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -13,6 +13,9 @@ Rules:
   (also from single texts and from each text of a pair); an empty text is an error.
 - Labels: ``ClassLabel`` names when the train split has them; else ``--class_names`` when given (their order is the id
   order; integer labels are then ids into it); else the sorted distinct train values (strings or ints).
+  Label strings are stripped and integral floats read as ints (0.0 is "0"). A labelled split is read as a whole:
+  its values are all names, or (names from a model) all ids into them; a row without a label (None, NaN, blank) in
+  a labelled split and a column mixing numbers and words are errors.
 - No validation split: a seeded, stratified hold-out of the train split (``--validation_split_percentage`` or
   ``--validation_split_rows``).
 - The test split may be unlabelled (no label column, or every value empty): predictions only.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,11 +147,83 @@ def _text_columns(args: DataArguments, columns: list[str], split: str) -> list[s
     return cols
 
 
+def _no_label(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
 def _is_unlabelled(ds, label_col: str) -> bool:
-    """No label column, or no value in it (None, empty strings, or -1 as in GLUE's hidden test labels)."""
+    """No label column, or no value in it (None, NaN, empty strings, or -1 as in GLUE's hidden test labels)."""
     if label_col not in ds.column_names:
         return True
-    return all(v is None or v == -1 or (isinstance(v, str) and not v.strip()) for v in ds[label_col])
+    return all(_no_label(v) or v == -1 for v in ds[label_col])
+
+
+def _few(values, k: int = 3) -> str:
+    values = sorted(set(values), key=str)
+    return ", ".join(map(repr, values[:k])) + (f" (+{len(values) - k} more)" if len(values) > k else "")
+
+
+def _label_values(values, split: str, col: str, feat) -> list:
+    """The labels of a labelled split as values: ``ClassLabel`` ids as their names, strings stripped, integral floats
+    as ints (a float column 0.0/1.0 means what an int column 0/1 does). A row without a label (None, NaN, blank, a
+    ``ClassLabel`` -1) and a column mixing numbers and words are errors."""
+    from datasets import ClassLabel
+
+    out = []
+    for v in values:
+        if isinstance(feat, ClassLabel):
+            v = feat.names[v] if v is not None and v >= 0 else None
+        elif isinstance(v, str):
+            v = v.strip()
+        elif isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out.append(v)
+    missing = [i for i, v in enumerate(out) if _no_label(v)]
+    if missing:
+        many = f"{len(missing)} rows with no label (first: row {missing[0]})" if len(missing) > 1 else \
+            f"a row with no label (row {missing[0]})"
+        raise DataError(f"the {split} split has {many} in column {col!r}; label every row or remove it "
+                        "(only the test split may be unlabelled, as a whole)")
+    words = [v for v in out if isinstance(v, str)]
+    if words and len(words) < len(out):
+        number = next(v for v in out if not isinstance(v, str))
+        raise DataError(f"the {split} split's label column {col!r} mixes numbers and words (e.g. {number!r} and "
+                        f"{words[0]!r}); use one kind")
+    return out
+
+
+def _label_ids(values: list, split: str, col: str, label_names: list[str], *, ids_are_ids: bool,
+               ids_allowed: bool, where: str) -> list[int]:
+    """What a split's (cleaned) labels mean, decided for the whole split, never per value.
+
+    ``ids_are_ids`` (``--class_names``): ints are ids into the names, strings are names. Else: if every value is a
+    name (as a string), names; else, where ``ids_allowed`` (names from a model), if every value is an int that is a
+    valid id, ids; else a DataError naming a few of the values that do not fit."""
+    n, name_to_id = len(label_names), {name: i for i, name in enumerate(label_names)}
+
+    def is_id(v):
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n
+
+    if ids_are_ids and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        bad = [v for v in values if not is_id(v)]
+        if bad:
+            raise DataError(f"the {split} split has label(s) {_few(bad)} in column {col!r}, not ids into "
+                            f"--class_names ({', '.join(label_names)})")
+        return list(values)
+    not_names = [v for v in values if str(v) not in name_to_id]
+    if not not_names:
+        return [name_to_id[str(v)] for v in values]
+    if ids_allowed and all(map(is_id, values)):
+        return list(values)
+    neither = [v for v in not_names if not (ids_allowed and is_id(v))]
+    if neither:
+        many = len(set(neither)) > 1
+        raise DataError(f"the {split} split has label{'s' if many else ''} {_few(neither)}, which "
+                        f"{'are' if many else 'is'} not among {where} ({', '.join(label_names)})"
+                        f"{' nor ids into them' if ids_allowed else ''} (column {col!r})")
+    not_ids = [v for v in values if not is_id(v)]
+    raise DataError(f"the {split} split mixes label names and ids in column {col!r}: {_few(not_names)} not among "
+                    f"{where} ({', '.join(label_names)}), {_few(not_ids)} not ids (0..{n - 1}); use one or the other")
 
 
 # ------------------------------------------------------------------------------------------------ result
@@ -245,35 +321,16 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
             label_names = list(feat.names)
         elif args.class_names:
             label_names = [x.strip() for x in args.class_names.split(",")]
-        else:
-            values = [v for v in train[label_col] if v is not None and v != ""]
+        else:  # the split's values are all strings or all numbers: sortable
+            values = ([] if _is_unlabelled(train, label_col)
+                      else _label_values(train[label_col], "train", label_col, feat))
             label_names = [str(v) for v in sorted(set(values))]
         if len(label_names) < 2:
             raise DataError(f"found {len(label_names)} class(es) ({label_names}) in the train split's "
                             f"{label_col!r} column; classification needs at least 2")
         if len(set(label_names)) != len(label_names):
             raise DataError(f"label names must be distinct, got {label_names}")
-    name_to_id = {n: i for i, n in enumerate(label_names)}
-    explicit_names = args.class_names is not None
-
-    def to_id(value, split, feat):
-        if isinstance(feat, ClassLabel):
-            name = feat.names[value] if value is not None and value >= 0 else None
-        elif isinstance(value, (int,)) and not isinstance(value, bool) and explicit_names:
-            if not 0 <= value < len(label_names):
-                raise DataError(f"{split} label {value} is not an id into --class_names {label_names}")
-            name = label_names[value]
-        else:
-            name = None if value is None else str(value)
-            if (name not in name_to_id and names_from_model and isinstance(value, int) and not isinstance(value, bool)
-                    and 0 <= value < len(label_names)):
-                name = label_names[value]  # an int that is not a name: an id into the model's labels (id2label)
-        if name not in name_to_id:
-            where = "the model's labels" if names_from_model else "the labels learnt from train"
-            raise DataError(f"the {split} split has label {value!r}, which is not among {where} "
-                            f"({', '.join(label_names)})")
-        return name_to_id[name]
-
+    where = "the model's labels" if names_from_model else "the labels learnt from train"
     out, labelled, text_cols = {}, {}, None
     for split, ds in raw.items():
         cols = _text_columns(args, ds.column_names, split)
@@ -281,14 +338,18 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
         if cols != text_cols:
             raise DataError(f"text columns differ between splits: {text_cols} vs {cols}")
         has_labels = use_labels and not _is_unlabelled(ds, label_col)
+        ids = None
+        if has_labels:
+            values = _label_values(ds[label_col], split, label_col, ds.features.get(label_col))
+            ids = _label_ids(values, split, label_col, label_names, ids_are_ids=args.class_names is not None,
+                             ids_allowed=names_from_model, where=where)
         if not has_labels and split != "test":
             raise DataError(f"the {split} split has no labels in column {label_col!r} (columns: "
                             f"{', '.join(ds.column_names)}); only the test split may be unlabelled")
         labelled[split] = has_labels
-        feat = ds.features.get(label_col)
         delim = args.text_column_delimiter
 
-        def norm(batch, cols=cols, feat=feat, split=split, has_labels=has_labels, delim=delim):
+        def norm(batch, rows, cols=cols, split=split, ids=ids, delim=delim):
             texts = [["" if t is None else str(t) for t in batch[c]] for c in cols]
             res = {}
             if delim is not None or len(cols) == 1:  # joined raw (as run_classification.py), then stripped
@@ -300,15 +361,16 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
                     if not t:
                         raise DataError(f"the {split} split has an empty text in column(s) {cols} (a row near "
                                         f"index {i} of its batch); remove empty rows")
-            if has_labels:
-                res["label"] = [to_id(v, split, feat) for v in batch[label_col]]
+            if ids is not None:
+                res["label"] = [ids[i] for i in rows]
             return res
 
         keep = ["text", "text_pair"] if (delim is None and len(cols) == 2) else ["text"]
         # explicit output types: a removed input column of the same name (e.g. a numeric "text" column that is not
         # the text) must not impose its type on the new one
         types = Features({**{k: Value("string") for k in keep}, **({"label": Value("int64")} if has_labels else {})})
-        new = ds.map(norm, batched=True, remove_columns=ds.column_names, features=types, desc=f"read {split}")
+        new = ds.map(norm, batched=True, with_indices=True, remove_columns=ds.column_names, features=types,
+                     desc=f"read {split}")
         new = new.select_columns(keep + (["label"] if has_labels else []))
         if has_labels:
             new = new.cast_column("label", ClassLabel(names=label_names))

@@ -759,7 +759,6 @@ class EENetBertForSequenceClassification(EENetModelMixin, BertPreTrainedModel):
     config_class = EENetBertConfig
     config: EENetBertConfig
     _no_split_modules = ["BertEmbeddings", "BertLayer"]
-    _keep_in_fp32_modules = ["eenet_schedulers"]
 
     def __init__(self, config: EENetBertConfig):
         super().__init__(config)
@@ -792,7 +791,6 @@ class EENetRobertaForSequenceClassification(EENetModelMixin, RobertaPreTrainedMo
     config_class = EENetRobertaConfig
     config: EENetRobertaConfig
     _no_split_modules = ["RobertaEmbeddings", "RobertaLayer"]
-    _keep_in_fp32_modules = ["eenet_schedulers"]
 
     def __init__(self, config: EENetRobertaConfig):
         super().__init__(config)

@@ -321,7 +321,16 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                                    data.label_names, exit_pooling=model_args.exit_pooling,
                                    tokenizer_name=model_args.tokenizer_name, cache_dir=model_args.cache_dir,
                                    ignore_mismatched_sizes=model_args.ignore_mismatched_sizes)
+    if args.do_fit_scheduler:  # found before training, not after it
+        classes = set(data.splits["validation"]["label"])
+        if len(classes) < 2:
+            raise DataError(f"the validation split ({len(data.splits['validation'])} rows) has a single class "
+                            f"({data.label_names[classes.pop()]!r}); the scheduler is fitted on right and wrong "
+                            "exits of several classes: give a --validation_file with several classes, or more "
+                            "validation rows (--validation_split_rows)")
     enc = data.tokenize(tok, data_args.max_seq_length)
+    if do_train or args.do_fit_scheduler:  # served (pipeline, early_exit_predict, CLI) at the length trained / fitted
+        model.config.max_seq_length = int(data_args.max_seq_length)
     push = training_args.push_to_hub
     if args.quiet:
         training_args.disable_tqdm = True
@@ -385,7 +394,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
             if show:
                 print(f"fitting the EENet scheduler bank for budgets {budgets} on {len(enc['validation'])} "
                       "validation rows")
-            fit_info = trainer.fit_scheduler(budgets=budgets, seed=training_args.seed, **scheduler_kwargs(args))
+            try:
+                fit_info = trainer.fit_scheduler(budgets=budgets, seed=training_args.seed, **scheduler_kwargs(args))
+            except BaseException:
+                if do_train:  # never lose what was trained: save it (no bank) before the error propagates
+                    model.clear_scheduler_bank()
+                    trainer.save_model(training_args.output_dir)
+                    logger.error("fitting the scheduler bank failed; the trained model was saved to %s without a "
+                                 "scheduler bank", training_args.output_dir)
+                raise
         trainer.save_model(training_args.output_dir)  # rank 0 writes: weights, config, bank, tokenizer, code
         # ---- predictions on all ranks (Trainer.predict gathers them); reporting on rank 0 only
         val_probs = val_labels = test_probs = test_labels = None

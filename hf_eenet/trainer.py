@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,25 @@ class EENetTrainer(Trainer):
         self.scheduler_fit_mode: str | None = None  # "replaced" / "extended" after fit_scheduler
 
     # ------------------------------------------------------------------------------------------------ training
+    def train(self, *args, **kwargs):
+        """``Trainer.train``; a scheduler bank the model had is removed afterwards (with a warning): it was fitted on
+        the exits' outputs *before* training and would serve budgets it no longer meets. Refit it with
+        :meth:`fit_scheduler` (also when training stops with an error: the weights may have changed)."""
+        model = self.model
+        had_bank = bool(getattr(getattr(model, "config", None), "scheduler_budgets", None))
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if had_bank:
+                model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+                budgets = list(model.config.scheduler_budgets or [])
+                if budgets:
+                    model.clear_scheduler_bank()
+                    warnings.warn(f"training changed the exits' outputs: the scheduler bank fitted before it (budgets "
+                                  f"{budgets}) no longer meets its budgets and was removed; refit it with "
+                                  "trainer.fit_scheduler(budgets=[...]) before serving budget=", UserWarning,
+                                  stacklevel=2)
+
     def _distillation_active(self) -> bool:
         if not self.self_distillation or not self.model.training:
             return False

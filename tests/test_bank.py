@@ -2,6 +2,7 @@
 load, add, cost changes and serving; saves are atomic; float64 through dtype casts; the Hub round trip honours
 ``budget=`` with and without hf_eenet; ``import hf_eenet`` leaves non-EENet pipelines alone."""
 
+import copy
 import json
 import math
 import os
@@ -341,11 +342,19 @@ def test_scheduler_state_stays_float64_through_casts(cast):
     assert model(**batch, budget=0.5).exit_index is not None
 
 
-def test_from_pretrained_low_precision_keeps_float64(tmp_path):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_from_pretrained_low_precision_keeps_float64(tmp_path, dtype):
+    """bf16 and fp16 loads (a dtype= argument, or dtype "auto" reading a half-precision save): the backbone in that
+    dtype, the bank exactly as fitted (float32 heads, float64 thresholds and costs, bool flags)."""
     model, _, probs, _ = fitted_model()
     model.save_pretrained(tmp_path)
-    m = type(model).from_pretrained(tmp_path, dtype=torch.bfloat16)
-    assert m.bert.embeddings.word_embeddings.weight.dtype == torch.bfloat16
+    m = type(model).from_pretrained(tmp_path, dtype=dtype)
+    assert m.bert.embeddings.word_embeddings.weight.dtype == dtype
+    half = copy.deepcopy(model).to(dtype)
+    half.save_pretrained(tmp_path / "half")
+    h = type(model).from_pretrained(tmp_path / "half")  # dtype "auto": the saved dtype
+    assert h.bert.embeddings.word_embeddings.weight.dtype == dtype
+    assert h.eenet_schedulers[0].exit_index(probs).tolist() == model.eenet_schedulers[0].exit_index(probs).tolist()
     s = m.eenet_schedulers[0]
     assert {n: x.dtype for n, x in s.state_dict().items()} == {
         n: x.dtype for n, x in model.eenet_schedulers[0].state_dict().items()}

@@ -199,6 +199,14 @@ def test_fit_scheduler_replaces_unless_extend_and_says_which(csv_run, csv_data, 
     main(["fit-scheduler", str(d), *data, "--budgets", "0.7", "--extend"])
     assert "extended the scheduler bank [0.6] -> [0.6, 0.7]" in capsys.readouterr().out
     assert json.loads((d / "config.json").read_text())["scheduler_budgets"] == [0.6, 0.7]
+    # the recipe's card described the old bank: its model-index results are gone and a note says why
+    from huggingface_hub import ModelCard
+
+    assert ModelCard.load(csv_run["out"] / "README.md").data.eval_results
+    card = ModelCard.load(d / "README.md")
+    assert not card.data.eval_results and "hf_eenet" in card.data.tags
+    assert card.text.startswith("> **Note:** the scheduler bank was extended") and "[0.6, 0.7]" in card.text
+    assert card.text.count("> **Note:** the scheduler bank was") == 1  # refitted twice, one note
     # the folder still says how the model was trained (the CLI's evaluation-only arguments are not saved over it)
     assert (d / "training_args.json").read_text() == (csv_run["out"] / "training_args.json").read_text()
 
@@ -219,6 +227,105 @@ def test_evaluate_and_predict_a_file_through_the_cli(csv_run, csv_data, tmp_path
           "--output_file", str(tmp_path / "p.jsonl")])
     rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == 7 and "true_label" not in rows[0] and rows[0]["predictions"][0]["budget"] == 0.8
+
+
+def test_a_single_class_validation_split_is_refused_before_training(tiny_backbone, csv_data, tmp_path):
+    from hf_eenet.cli import main
+
+    one = write_csv(tmp_path / "one.csv", ["review", "sentiment"], [(t, "good") for t, _ in synth(20, 4)])
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        main(["train", "--train_file", csv_data["train"], "--validation_file", one, "--text_column_names", "review",
+              "--label_column_name", "sentiment", "--do_train", "--do_eval", *common_flags(tiny_backbone, out)])
+    assert not out.exists()  # refused before any training
+
+
+def test_a_failed_scheduler_fit_keeps_the_trained_model(tiny_backbone, csv_data, tmp_path, monkeypatch):
+    from hf_eenet.cli import main
+
+    def boom(self, *a, **k):
+        raise RuntimeError("fit failed")
+
+    monkeypatch.setattr(hf_eenet.EENetTrainer, "fit_scheduler", boom)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="fit failed"):
+        main(["train", "--train_file", csv_data["train"], "--validation_file", csv_data["validation"],
+              "--text_column_names", "review", "--label_column_name", "sentiment", "--do_train", "--do_eval",
+              *common_flags(tiny_backbone, out)])
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(out)  # trained weights, no bank
+    assert not model.config.scheduler_budgets and model.config.max_seq_length == 48
+
+
+def test_model_serves_the_length_it_was_trained_and_fitted_at(csv_run, csv_data, tmp_path, capsys):
+    """The recipe ran with --max_seq_length 48: the config records it, the pipeline truncates to it, and CLI commands
+    without the flag read the data at it (the bank is never fitted on one length and served at another)."""
+    from transformers import AutoTokenizer, pipeline
+
+    from hf_eenet.cli import main
+    from hf_eenet.configuration_eenet import max_input_tokens
+
+    out = csv_run["out"]
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.max_seq_length == 48 and max_input_tokens(model.config, tok) == 48
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    long_text = " ".join(t for t, _ in synth(30, 9))
+    assert len(tok(long_text)["input_ids"]) > 60
+    served = clf(long_text, budget=0.5)
+    assert served == clf(long_text, budget=0.5, truncation=True, max_length=48)
+    assert served != clf(long_text, budget=0.5, truncation=True, max_length=60)
+    # evaluate without --max_seq_length reads the data as served (48): the recipe's numbers
+    data = ["--validation_file", csv_data["validation"], "--test_file", csv_data["test"], "--text_column_names",
+            "review", "--label_column_name", "sentiment"]
+    res = main(["evaluate", str(out), *data])
+    assert res["methods"]["EENet"] == json.loads((out / "results.json").read_text())["methods"]["EENet"]
+    # fit-scheduler with another explicit length: the bank is fitted at it, so the model now serves it
+    d = tmp_path / "m"
+    import shutil
+
+    shutil.copytree(out, d)
+    main(["fit-scheduler", str(d), "--validation_file", csv_data["validation"], "--text_column_names", "review",
+          "--label_column_name", "sentiment", "--max_seq_length", "40", "--budgets", "0.6",
+          "--scheduler_max_epochs", "5", "--scheduler_restarts", "1", "--scheduler_selection_folds", "0"])
+    assert json.loads((d / "config.json").read_text())["max_seq_length"] == 40
+    with pytest.raises(SystemExit):  # a re-match always reads the traffic as served
+        main(["rematch", str(d), "--test_file", csv_data["unlabelled"], "--text_column_names", "review",
+              "--max_seq_length", "64"])
+    assert "as the model serves it (40 tokens)" in capsys.readouterr().err
+
+
+def test_evaluate_reports_what_the_model_serves_at_each_budget(csv_run, csv_data, capsys):
+    """--budgets between bank entries: the EENet row is the scheduler the model serves (largest fitted <= B), never
+    one fitted on the fly; outside the bank's range: refused."""
+    from hf_eenet.cli import main
+
+    out = csv_run["out"]
+    data = ["--validation_file", csv_data["validation"], "--test_file", csv_data["test"], "--text_column_names",
+            "review", "--label_column_name", "sentiment"]
+    res = main(["evaluate", str(out), *data, "--budgets", "0.5,0.6"])
+    assert res["eenet_served_by"] == {"0.5": 0.5, "0.6": 0.5}
+    rows = {r["budget"]: r for r in res["methods"]["EENet"]}
+    assert rows[0.6]["accuracy"] == rows[0.5]["accuracy"] and rows[0.6]["mean_cost"] == rows[0.5]["mean_cost"]
+    assert "served by the bank's 0.5 scheduler" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(out), *data, "--budgets", "0.9"])
+    assert "outside the fitted range" in capsys.readouterr().err
+
+
+def test_predict_honours_budget_and_budgets_in_both_modes(csv_run, csv_data, tmp_path, capsys):
+    from hf_eenet.cli import main
+
+    out = csv_run["out"]
+    main(["predict", str(out), "a good film", "dull", "--budgets", "0.5,0.8"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [(x["text"], x["budget"]) for x in lines] == [("a good film", 0.5), ("dull", 0.5), ("a good film", 0.8),
+                                                         ("dull", 0.8)]
+    data = ["--test_file", csv_data["unlabelled"], "--text_column_names", "review"]
+    main(["predict", str(out), *data, "--budget", "0.8", "--output_file", str(tmp_path / "p.jsonl")])
+    rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert all([p["budget"] for p in r["predictions"]] == [0.8] for r in rows)
+    with pytest.raises(SystemExit):
+        main(["predict", str(out), "dull", "--budget", "0.5", "--budgets", "0.8"])
 
 
 def test_rematch_the_bank_on_an_unlabelled_file_through_the_cli(csv_run, csv_data, tmp_path, capsys):

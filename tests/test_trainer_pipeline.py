@@ -134,6 +134,27 @@ def test_resume_from_checkpoint_gives_same_result(tok, tmp_path):
         torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-6, rtol=1e-5)
 
 
+def test_training_a_model_with_a_bank_removes_the_stale_bank(trained, tok, tmp_path):
+    """A bank is fitted on the exits' outputs: after more training it would serve budgets it no longer meets, so
+    train() removes it (warning) and the saved model refuses budget= until it is refitted."""
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(trained["dir"])
+    assert model.config.scheduler_budgets == [0.4, 0.6, 0.8]
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, max_steps=2, per_device_train_batch_size=16,
+                                                            learning_rate=1e-3),
+                                    train_dataset=toy_dataset(tok, 32, seed=7), processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
+    with pytest.warns(UserWarning, match="removed"):
+        trainer.train()
+    assert model.config.scheduler_budgets == [] and len(model.eenet_schedulers) == 0
+    trainer.save_model(str(tmp_path / "again"))
+    again = hf_eenet.EENetBertForSequenceClassification.from_pretrained(tmp_path / "again")
+    batch = tok(["a good film"], return_tensors="pt")
+    with pytest.raises(ValueError, match="no fitted EENet scheduler"):
+        again(**batch, budget=0.6)
+    trainer.fit_scheduler(eval_dataset=trained["val"], budgets=[0.6], seed=0)  # refitted: served again
+    assert model.config.scheduler_budgets == [0.6]
+
+
 def test_fit_scheduler_bank_and_budget_lookup(trained):
     model, info = trained["model"], trained["info"]
     assert model.config.scheduler_budgets == [0.4, 0.6, 0.8]

@@ -1,0 +1,247 @@
+"""atomic_save_dir on its own (no models): saving into the current working directory, the one-step exchange of the
+folder, the two-rename fallback, and recovery from the leftovers of an interrupted earlier save."""
+
+import errno
+import os
+
+import pytest
+
+from hf_eenet import bank
+from hf_eenet.bank import atomic_save_dir
+
+
+def writer(files):
+    def write(tmp):
+        for name, text in files.items():
+            path = os.path.join(tmp, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+
+    return write
+
+
+def make_folder(path, files):
+    path.mkdir(exist_ok=True)
+    writer(files)(str(path))
+
+
+def read(path):
+    return path.read_text()
+
+
+OLD = {"config.json": "old config", "model.safetensors": "old weights", "tokenizer.json": "tok"}
+NEW = {"config.json": "new config", "model.safetensors": "new weights"}
+
+
+def check_new_state(target):
+    assert read(target / "config.json") == "new config" and read(target / "model.safetensors") == "new weights"
+    assert read(target / "tokenizer.json") == "tok", "files the write did not produce are kept"
+
+
+def exchange_supported(tmp_path):
+    a, b = tmp_path / "probe_a", tmp_path / "probe_b"
+    a.mkdir(), b.mkdir()
+    (a / "x").write_text("a")
+    try:
+        ok = bank._exchange(str(a), str(b))
+    finally:
+        for p in (a, b):
+            for f in p.iterdir():
+                f.unlink()
+            p.rmdir()
+    return ok
+
+
+# ----------------------------------------------------------------------------------------------- saving into the cwd
+@pytest.mark.parametrize("where", ["target", "subfolder"])
+def test_saving_into_the_cwd_keeps_the_cwd(tmp_path, where):
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    (target / "sub").mkdir()
+    (target / "sub" / "keep.txt").write_text("k")
+    cwd = os.getcwd()
+    try:
+        os.chdir(target if where == "target" else target / "sub")
+        inode = os.stat(".").st_ino
+        atomic_save_dir("." if where == "target" else "..", writer(NEW))
+        here = os.getcwd()  # FileNotFoundError when the folder was swapped away
+        assert os.stat(".").st_ino == inode
+        assert os.path.realpath(here) == os.path.realpath(target if where == "target" else target / "sub")
+    finally:
+        os.chdir(cwd)
+    check_new_state(target)
+    assert read(target / "sub" / "keep.txt") == "k"
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+    assert not [e for e in os.listdir(target) if e.startswith(".")], "no temporary folder left inside"
+
+
+def test_saving_into_the_cwd_with_a_failing_write_leaves_the_folder_untouched(tmp_path):
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+
+    def boom(tmp):
+        writer(NEW)(tmp)
+        raise OSError("disk full (simulated)")
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(target)
+        with pytest.raises(OSError, match="disk full"):
+            atomic_save_dir(".", boom)
+        os.getcwd()
+    finally:
+        os.chdir(cwd)
+    assert {p.name: read(p) for p in target.iterdir()} == OLD
+
+
+# ------------------------------------------------------------------------------------------------- the swap itself
+def test_exchange_swaps_in_one_step_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    if not exchange_supported(tmp_path):
+        pytest.skip("no atomic exchange on this OS / filesystem")
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    real_exchange, seen = bank._exchange, []
+
+    def exchange(a, b):
+        seen.append(read(target / "config.json"))
+        assert real_exchange(a, b) is True
+        seen.append(read(target / "config.json"))  # the target is never missing: it is the new folder already
+        return True
+
+    def no_rename(*a, **k):
+        raise AssertionError("the swap must not go through two renames")
+
+    monkeypatch.setattr(bank, "_exchange", exchange)
+    monkeypatch.setattr(os, "rename", no_rename)
+    atomic_save_dir(target, writer(NEW))
+    monkeypatch.undo()
+    assert seen == ["old config", "new config"]
+    check_new_state(target)
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+def test_fallback_without_exchange_still_swaps(tmp_path, monkeypatch):
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    renames = []
+    real_rename = os.rename
+
+    def rename(a, b):
+        renames.append((os.path.basename(a), os.path.basename(b)))
+        return real_rename(a, b)
+
+    monkeypatch.setattr(bank, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(os, "rename", rename)
+    atomic_save_dir(target, writer(NEW))
+    monkeypatch.undo()
+    check_new_state(target)
+    assert len(renames) == 2 and renames[0][0] == "m" and renames[1][1] == "m"
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+def test_exchange_reports_unsupported_as_false(monkeypatch):
+    """ENOSYS / EINVAL / ENOTSUP from renameat2 mean "no exchange here": the caller falls back to two renames."""
+    calls = []
+
+    class FakeRenameat2:
+        def __call__(self, *args):
+            calls.append(args)
+            return -1
+
+    for code, expect in [(errno.ENOSYS, False), (errno.EINVAL, False), (errno.ENOTSUP, False), (errno.ENOENT, None)]:
+        monkeypatch.setattr(bank, "_renameat2_fn", FakeRenameat2())
+        import ctypes
+
+        monkeypatch.setattr(ctypes, "get_errno", lambda code=code: code)
+        if expect is None:
+            with pytest.raises(FileNotFoundError):
+                bank._exchange("/nonexistent/a", "/nonexistent/b")
+        else:
+            assert bank._exchange("a", "b") is expect
+    monkeypatch.setattr(bank, "_renameat2_fn", None)  # no renameat2 symbol at all (old glibc, not Linux)
+    assert bank._exchange("a", "b") is False
+
+
+def test_exchange_refused_busy_replaces_files_in_place(tmp_path, monkeypatch):
+    """A mount point cannot be exchanged (EBUSY): the files are replaced one by one instead."""
+    target = tmp_path / "m"
+    make_folder(target, {**OLD, "model-00002-of-00002.safetensors": "stale"})
+
+    def busy(a, b):
+        raise OSError(errno.EBUSY, "busy (simulated)", a)
+
+    monkeypatch.setattr(bank, "_exchange", busy)
+    inode = os.stat(target).st_ino
+    atomic_save_dir(target, writer(NEW))
+    check_new_state(target)
+    assert os.stat(target).st_ino == inode and not (target / "model-00002-of-00002.safetensors").exists()
+    assert sorted(os.listdir(tmp_path)) == ["m"] and not [e for e in os.listdir(target) if e.startswith(".")]
+
+
+# ------------------------------------------------------------------------- leftovers of an interrupted earlier save
+def test_killed_between_the_two_renames_restores_the_old_folder_then_saves(tmp_path):
+    """The fallback was killed after ``target -> .m.old-*`` and before ``.m.saving-* -> target``."""
+    target = tmp_path / "m"
+    make_folder(tmp_path / ".m.old-x", OLD)
+    make_folder(tmp_path / ".m.saving-y", {"config.json": "half-finished"})
+    seen = []
+
+    def write(tmp):
+        seen.append(sorted(os.listdir(target)))  # the old folder is back before the new save is written
+        writer(NEW)(tmp)
+
+    atomic_save_dir(target, write)
+    assert seen == [sorted(OLD)]
+    check_new_state(target)
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+def test_leftover_temporary_folders_are_removed_and_nothing_else(tmp_path):
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    for name in [".m.saving-abc123", ".m.saving-x", ".m.old-q1w2e3r4"]:
+        make_folder(tmp_path / name, {"config.json": "leftover"})
+    others = [".m2.saving-x", "m.saving-x", ".m.saving-", ".n.old-x", ".m.old-x.bak", "m"]
+    for name in others[:-1]:
+        make_folder(tmp_path / name, {"f": "keep"})
+    (tmp_path / ".m.old-file").write_text("a file, not one of our folders")
+    atomic_save_dir(target, writer(NEW))
+    check_new_state(target)
+    assert sorted(os.listdir(tmp_path)) == sorted(others + [".m.old-file"])
+    assert all(read(tmp_path / n / "f") == "keep" for n in others[:-1])
+
+
+def test_a_leftover_old_folder_beside_an_existing_target_is_not_restored(tmp_path):
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    make_folder(tmp_path / ".m.old-x", {"config.json": "older"})
+    atomic_save_dir(target, writer(NEW))
+    check_new_state(target)
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+def test_a_folder_in_use_by_a_running_save_is_not_removed(tmp_path):
+    """Another process saving the same folder holds a lock on its temporary folder: a second save leaves it."""
+    probe = bank._hold(str(tmp_path))
+    if probe is None:
+        pytest.skip("no flock here")
+    os.close(probe)
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    busy = tmp_path / ".m.saving-busy1"
+    busy.mkdir()
+    fd = bank._hold(str(busy))
+    try:
+        atomic_save_dir(target, writer(NEW))
+    finally:
+        os.close(fd)
+    assert busy.is_dir()
+    atomic_save_dir(target, writer(NEW))
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+def test_first_save_into_a_missing_folder(tmp_path):
+    atomic_save_dir(tmp_path / "a" / "m", writer(NEW))
+    assert read(tmp_path / "a" / "m" / "config.json") == "new config"
+    assert os.listdir(tmp_path / "a") == ["m"]

@@ -1,0 +1,110 @@
+"""What a split's label column means (hf_eenet/data.py): names or ids decided per split, missing labels, integral
+float labels, whitespace around label strings, columns mixing numbers and words. Loader only, tiny files, no model."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from hf_eenet.data import DataArguments, DataError, load_text_classification
+
+
+def write_csv(path, rows, header=("text", "label")):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return str(path)
+
+
+def write_jsonl(path, labels):
+    # json.dumps writes float("nan") as NaN, as pandas' to_json of a float column with a missing value does
+    Path(path).write_text("".join(json.dumps({"text": f"text {i}", "label": y}) + "\n" for i, y in enumerate(labels)))
+    return str(path)
+
+
+def load(label_names=None, **files):
+    return load_text_classification(DataArguments(**{f"{s}_file": p for s, p in files.items()}), seed=0,
+                                    label_names=label_names)
+
+
+def names_of(d, split):
+    return [d.label_names[i] for i in d.splits[split]["label"]]
+
+
+# ---------------------------------------------------------------------------------------- 1. names or ids per split
+def test_int_labels_are_all_names_or_all_ids_never_mixed_within_a_split(tmp_path):
+    stars = ["1", "2", "3"]  # a model trained on int labels 1..3
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [0, 1, 2, 3, 0, 3])  # 0 only an id, 3 only a name
+    with pytest.raises(DataError, match=r"validation split mixes label names and ids in column 'label'") as err:
+        load(stars, validation=mixed)
+    assert "\n" not in str(err.value) and "0" in str(err.value) and "3" in str(err.value)
+    as_names = load(stars, validation=write_jsonl(tmp_path / "n.jsonl", [1, 2, 3, 3]))
+    assert names_of(as_names, "validation") == ["1", "2", "3", "3"]  # every value is a name: names
+    as_ids = load(stars, validation=write_jsonl(tmp_path / "i.jsonl", [0, 1, 2, 0]))
+    assert names_of(as_ids, "validation") == ["1", "2", "3", "1"]  # not all names, all valid ids: ids
+    with pytest.raises(DataError, match=r"the test split has labels 7, 9, which are not among the model's labels"):
+        load(stars, test=write_jsonl(tmp_path / "b.jsonl", [1, 7, 9, 7]))
+
+
+def test_labels_learnt_from_train_are_names_only(tmp_path):
+    train = write_jsonl(tmp_path / "t.jsonl", [3, 1, 7, 3])
+    with pytest.raises(DataError, match=r"validation split has label 0, which is not among the labels learnt"):
+        load(train=train, validation=write_jsonl(tmp_path / "v.jsonl", [0, 1]))  # 0 is no id: names from train
+
+
+# ---------------------------------------------------------------------------------------- 2. missing / float labels
+def test_a_nan_label_in_train_or_validation_is_an_error_not_a_class(tmp_path):
+    import pandas as pd
+
+    good = write_jsonl(tmp_path / "good.jsonl", [0, 1] * 4)
+    nan = write_jsonl(tmp_path / "nan.jsonl", [0, 1, float("nan"), 1, 0])
+    with pytest.raises(DataError, match=r"the train split has a row with no label \(row 2\) in column 'label'"):
+        load(train=nan, validation=good)
+    with pytest.raises(DataError, match=r"the validation split has a row with no label"):
+        load(train=good, validation=nan)
+    pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [0.0, None, 1.0, 1.0]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(DataError, match=r"the train split has a row with no label"):
+        load(train=str(tmp_path / "p.parquet"), validation=good)
+    empty_cell = write_csv(tmp_path / "e.csv", [("a", "good"), ("b", ""), ("c", "bad")])
+    with pytest.raises(DataError, match=r"the validation split has a row with no label"):
+        load(train=write_csv(tmp_path / "t.csv", [("x", "good"), ("y", "bad")]), validation=empty_cell)
+
+
+def test_test_split_unlabelled_as_a_whole_but_not_in_part(tmp_path):
+    train = write_jsonl(tmp_path / "t.jsonl", [0, 1] * 3)
+    d = load(train=train, validation=train, test=write_jsonl(tmp_path / "none.jsonl", [float("nan")] * 3))
+    assert d.labelled["test"] is False and "label" not in d.splits["test"].column_names
+    with pytest.raises(DataError, match=r"the test split has 2 rows with no label \(first: row 1\)"):
+        load(train=train, validation=train, test=write_jsonl(tmp_path / "part.jsonl", [1, None, 0, float("nan")]))
+
+
+def test_integral_float_labels_are_named_like_ints(tmp_path):
+    floats = write_jsonl(tmp_path / "f.jsonl", [0.0, 1.0, 1.0, 0.0])
+    ints = write_jsonl(tmp_path / "i.jsonl", [1, 0])
+    d = load(train=floats, validation=ints)
+    assert d.label_names == ["0", "1"] and names_of(d, "validation") == ["1", "0"]
+    d = load(["0", "1"], validation=floats)  # a model trained on an int column reads a float file
+    assert names_of(d, "validation") == ["0", "1", "1", "0"]
+
+
+# ---------------------------------------------------------------------------------------- 3. whitespace
+def test_label_strings_are_stripped(tmp_path):
+    train = write_csv(tmp_path / "t.csv", [("a", "good "), ("b", "good"), ("c", " bad"), ("d", "bad")])
+    dev = write_csv(tmp_path / "v.csv", [("e", "bad  "), ("f", "\tgood")])
+    d = load(train=train, validation=dev)
+    assert d.label_names == ["bad", "good"]
+    assert names_of(d, "train") == ["good", "good", "bad", "bad"] and names_of(d, "validation") == ["bad", "good"]
+    assert names_of(load(["bad", "good"], test=dev), "test") == ["bad", "good"]
+
+
+# ---------------------------------------------------------------------------------------- 4. numbers and words
+def test_a_column_mixing_numbers_and_words_is_a_one_line_error(tmp_path):
+    mixed = write_jsonl(tmp_path / "m.jsonl", ["neg", 1, "neg", 1])
+    with pytest.raises(DataError, match=r"the train split's label column 'label' mixes numbers and words") as err:
+        load(train=mixed)
+    assert "\n" not in str(err.value)
+    good = write_jsonl(tmp_path / "g.jsonl", ["neg", "pos"])
+    with pytest.raises(DataError, match=r"the validation split's label column 'label' mixes numbers and words"):
+        load(train=good, validation=mixed)
