@@ -187,11 +187,16 @@ def _trainer_and_data(model, tok, data_args, model_dir: str, seed: int, batch_si
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     from .data import load_text_classification
-    from .recipe import model_label_names
+    from .recipe import check_pairing, model_label_names
     from .trainer import EENetTrainer
 
     data = load_text_classification(data_args, seed=seed, label_names=model_label_names(model), need=need,
                                     use_labels=use_labels)
+    check_pairing(model.config, data.is_pair)
+    if "validation" in need and not (data_args.validation_file or data_args.dataset_name):
+        print(f"note: validation = a seeded hold-out of --train_file (seed {seed}); its rows were held out of "
+              "training only if the recipe trained this model on the same file with the same seed and hold-out "
+              "flags (else give --validation_file)", file=sys.stderr)
     enc = data.tokenize(tok, data_args.max_seq_length)
     targs = TrainingArguments(output_dir=model_dir, per_device_eval_batch_size=batch_size, report_to=[],
                               use_cpu=not _has_cuda(), seed=seed)
@@ -291,8 +296,17 @@ def cmd_predict(argv) -> None:
             for text, res in zip(ns.texts, out):
                 print(json.dumps({"text": text, "budget": b if b is not None else model.config.default_budget, **res}))
         return
-    trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
-                                           args.batch_size, need=("test",))
+    from .data import DataError
+
+    try:
+        trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
+                                               args.batch_size, need=("test",))
+    except DataError as err:  # predictions need no labels: labels the model cannot read are left out, not fatal
+        if "label" not in str(err):
+            raise
+        print(f"note: labels not read ({err}); writing predictions without true labels", file=sys.stderr)
+        trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
+                                               args.batch_size, need=("test",), use_labels=False)
     budgets = parse_budgets(args.budgets) if args.budgets else [args.budget] if args.budget is not None else None
     probs, labels = trainer.collect_exit_predictions(enc["test"], require_labels=False)
     out = args.output_file or "/dev/stdout"

@@ -21,6 +21,8 @@ Early-exit fields:
     max_seq_length (`int`): the input length in tokens the model was trained and its bank fitted at (the recipe's
         ``--max_seq_length``); the pipeline, ``early_exit_predict``, ``exit_probabilities`` and the CLI truncate to it
         by default (``max_input_tokens``), so a bank serves the inputs it was fitted on. ``None``: the position table.
+    sentence_pairs (`bool`): whether the model was trained on sentence pairs (the recipe records it); the CLI refuses
+        data of the other kind. ``None``: unknown.
     exit_pooling (`str`): what every exit (the last one included) classifies: ``"cls"`` (default) the first token,
         as the stock ``BertForSequenceClassification`` / ``RobertaForSequenceClassification`` do, or ``"mean"`` the
         average of the non-padding tokens, fed to the same pooler/classifier layers. ``"mean"`` suits backbones
@@ -54,6 +56,7 @@ EENET_FIELDS = (
     "exit_pooling",
     "scheduler_bank",
     "max_seq_length",
+    "sentence_pairs",
 )
 
 EXIT_POOLINGS = ("cls", "mean")
@@ -177,6 +180,8 @@ class EENetConfigMixin:
             if isinstance(self.max_seq_length, bool) or not isinstance(self.max_seq_length, int) or \
                     self.max_seq_length < 1:
                 raise ValueError(f"max_seq_length must be a positive int (tokens), got {self.max_seq_length!r}")
+        if self.sentence_pairs is not None and not isinstance(self.sentence_pairs, bool):
+            raise ValueError(f"sentence_pairs must be true, false or null, got {self.sentence_pairs!r}")
         if self.scheduler_bank is not None and not isinstance(self.scheduler_bank, list):
             raise ValueError(f"scheduler_bank must be a list of records, got {type(self.scheduler_bank).__name__}")
         if _INSTALLED:
@@ -202,6 +207,7 @@ class EENetBertConfig(EENetConfigMixin, BertConfig):
     exit_pooling: str = "cls"
     scheduler_bank: list[dict] | None = None
     max_seq_length: int | None = None
+    sentence_pairs: bool | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -223,6 +229,7 @@ class EENetRobertaConfig(EENetConfigMixin, RobertaConfig):
     exit_pooling: str = "cls"
     scheduler_bank: list[dict] | None = None
     max_seq_length: int | None = None
+    sentence_pairs: bool | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -329,8 +329,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                             "exits of several classes: give a --validation_file with several classes, or more "
                             "validation rows (--validation_split_rows)")
     enc = data.tokenize(tok, data_args.max_seq_length)
+    check_pairing(model.config, data.is_pair)
     if do_train or args.do_fit_scheduler:  # served (pipeline, early_exit_predict, CLI) at the length trained / fitted
         model.config.max_seq_length = int(data_args.max_seq_length)
+    if do_train:
+        model.config.sentence_pairs = bool(data.is_pair)
     push = training_args.push_to_hub
     if args.quiet:
         training_args.disable_tqdm = True
@@ -485,6 +488,19 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         training_args.push_to_hub = True
         trainer.push_to_hub(commit_message="hf_eenet: model, scheduler bank, code and card")
     return results
+
+
+def check_pairing(config, is_pair: bool) -> None:
+    """DataError when the data are sentence pairs and the model was trained on single texts, or the other way round
+    (``config.sentence_pairs``; ``None``: not recorded, nothing to check)."""
+    trained = getattr(config, "sentence_pairs", None)
+    if trained is None or trained == bool(is_pair):
+        return
+    if trained:
+        raise DataError("the model was trained on sentence pairs but the data give one text column: name both "
+                        "columns in --text_column_names (e.g. premise,hypothesis)")
+    raise DataError("the model was trained on single texts but the data give a sentence pair: name one text column "
+                    "in --text_column_names (or join columns with --text_column_delimiter)")
 
 
 def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False):

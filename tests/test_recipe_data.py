@@ -256,6 +256,35 @@ def test_a_failed_scheduler_fit_keeps_the_trained_model(tiny_backbone, csv_data,
     assert not model.config.scheduler_budgets and model.config.max_seq_length == 48
 
 
+def test_cli_refuses_pairs_for_a_single_text_model_and_reads_no_unknown_labels(csv_run, csv_data, tmp_path, capsys):
+    from hf_eenet.cli import main
+
+    out = csv_run["out"]
+    assert json.loads((out / "config.json").read_text())["sentence_pairs"] is False
+    pairs = write_csv(tmp_path / "pairs.csv", ["review", "other", "sentiment"],
+                      [(t, t[::-1], y) for t, y in synth(30, 5)])
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(out), "--validation_file", pairs, "--text_column_names", "review,other",
+              "--label_column_name", "sentiment"])
+    assert "trained on single texts but the data give a sentence pair" in capsys.readouterr().err
+    # predictions need no labels: a label the model does not know is left out with a note, not an error
+    new = write_csv(tmp_path / "new.csv", ["review", "sentiment"], [(t, "neutral") for t, _ in synth(6, 6)])
+    main(["predict", str(out), "--test_file", new, "--text_column_names", "review", "--label_column_name",
+          "sentiment", "--output_file", str(tmp_path / "p.jsonl")])
+    rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and "true_label" not in rows[0]
+    assert "labels not read" in capsys.readouterr().err
+    # a validation hold-out of --train_file: the CLI says which rows these are
+    d = tmp_path / "m"
+    import shutil
+
+    shutil.copytree(out, d)
+    main(["fit-scheduler", str(d), "--train_file", csv_data["train"], "--text_column_names", "review",
+          "--label_column_name", "sentiment", "--budgets", "0.6", "--scheduler_max_epochs", "5",
+          "--scheduler_restarts", "1", "--scheduler_selection_folds", "0"])
+    assert "validation = a seeded hold-out of --train_file" in capsys.readouterr().err
+
+
 def test_model_serves_the_length_it_was_trained_and_fitted_at(csv_run, csv_data, tmp_path, capsys):
     """The recipe ran with --max_seq_length 48: the config records it, the pipeline truncates to it, and CLI commands
     without the flag read the data at it (the bank is never fitted on one length and served at another)."""
