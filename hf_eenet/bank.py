@@ -215,6 +215,10 @@ def verify_bank(model, where: str = "check") -> list[dict]:
     if len(budgets) != len(schedulers):
         _fail(where, f"config.scheduler_budgets lists {len(budgets)} budgets {budgets} but the model holds "
                      f"{len(schedulers)} schedulers")
+    d = cfg.default_budget
+    if d is not None and budgets and not budgets[0] - 1e-6 <= float(d) <= budgets[-1] + 1e-6:
+        _fail(where, f"config.default_budget {d:g} is outside the bank's budgets {budgets} (was config.json "
+                     "edited?): set one the bank serves, or null")
     if records is not None:
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             _fail(where, f"config.scheduler_bank must be a list of records, got {type(records).__name__}")

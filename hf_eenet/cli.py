@@ -286,8 +286,13 @@ def cmd_predict(argv) -> None:
     if ns.texts:
         from transformers import pipeline
 
-        if args.output_file:
-            raise CLIError("--output_file is for a test split (--test_file); texts given as arguments print to stdout")
+        if args.output_file or data_args.text_column_names:
+            flag = "--output_file" if args.output_file else "--text_column_names"
+            raise CLIError(f"{flag} is for a test split (--test_file); texts given as arguments are classified as "
+                           "they are and printed")
+        if model.config.sentence_pairs:
+            raise CLIError("the model was trained on sentence pairs: give them as a --test_file with two "
+                           "--text_column_names (texts on the command line are single texts)")
         clf = pipeline("text-classification", model=model, tokenizer=tok)
         budgets = parse_budgets(args.budgets) if args.budgets else [args.budget]
         for b in budgets:  # None: the config's default budget

@@ -196,6 +196,10 @@ def test_edited_config_budgets_raise(tmp_path):
     cfg_path.write_text(json.dumps(edited))
     with pytest.raises(BankIntegrityError, match="fitted for budget 0.5"):
         type(model).from_pretrained(tmp_path)
+    # a default budget the bank does not serve: refused on load, not at the first call without budget=
+    cfg_path.write_text(json.dumps({**cfg, "default_budget": min(cfg["scheduler_budgets"]) / 2}))
+    with pytest.raises(BankIntegrityError, match="default_budget"):
+        type(model).from_pretrained(tmp_path)
 
 
 def test_bank_saved_before_new_config_keys_still_loads_but_edited_keys_do_not(tmp_path):

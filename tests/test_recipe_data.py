@@ -355,6 +355,9 @@ def test_predict_honours_budget_and_budgets_in_both_modes(csv_run, csv_data, tmp
     assert all([p["budget"] for p in r["predictions"]] == [0.8] for r in rows)
     with pytest.raises(SystemExit):
         main(["predict", str(out), "dull", "--budget", "0.5", "--budgets", "0.8"])
+    with pytest.raises(SystemExit):  # data flags do not apply to texts on the command line: not silently dropped
+        main(["predict", str(out), "dull", "--text_column_names", "review"])
+    assert "--text_column_names is for a test split" in capsys.readouterr().err
 
 
 def test_rematch_the_bank_on_an_unlabelled_file_through_the_cli(csv_run, csv_data, tmp_path, capsys):
