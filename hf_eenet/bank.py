@@ -446,12 +446,16 @@ def _leftovers(folder, prefix) -> list[str]:
     found = []
     for entry in entries:
         suffix = entry[len(prefix):]
-        if not entry.startswith(prefix) or not suffix or not set(suffix.lower()) <= _MKDTEMP_CHARS:
+        # exactly what tempfile.mkdtemp appends (8 characters of its alphabet): a hand-named ".model.old-v1" is not ours
+        if not entry.startswith(prefix) or len(suffix) != 8 or not set(suffix) <= _MKDTEMP_CHARS:
             continue
         path = os.path.join(folder, entry)
-        if os.path.isdir(path) and not os.path.islink(path) and not _in_use(path):
-            found.append(path)
-    return sorted(found, key=lambda p: os.stat(p).st_mtime, reverse=True)
+        try:  # a concurrent save may remove its own folder at any moment
+            if os.path.isdir(path) and not os.path.islink(path) and not _in_use(path):
+                found.append((os.stat(path).st_mtime, path))
+        except OSError:
+            continue
+    return [path for _, path in sorted(found, reverse=True)]
 
 
 def _recover_leftovers(target) -> None:

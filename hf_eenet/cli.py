@@ -152,8 +152,8 @@ def _mark_card_stale(model_dir: str, model, what: str) -> None:
         return  # not a card we wrote
     card.data.eval_results = None
     card.data.model_name = None
-    note = (f"> **Note:** the scheduler bank was {what} after this card was written (`hf-eenet`); it now serves budgets "
-            f"{list(model.config.scheduler_budgets)}. The results below describe the earlier bank: re-evaluate "
+    note = (f"> **Note:** the scheduler bank was {what} after this card was written (`hf-eenet`); it now serves "
+            f"budgets {list(model.config.scheduler_budgets)}. The results below describe the earlier bank: re-evaluate "
             "(`hf-eenet evaluate`) before relying on them.\n\n")
     text = card.text.lstrip("\n")
     if text.startswith("> **Note:** the scheduler bank was"):  # a note of an earlier change: replaced

@@ -193,13 +193,28 @@ def _label_values(values, split: str, col: str, feat) -> list:
 
 
 def _label_ids(values: list, split: str, col: str, label_names: list[str], *, ids_are_ids: bool,
-               ids_allowed: bool, where: str) -> list[int]:
+               ids_allowed: bool, where: str, raw: list | None = None) -> list[int]:
     """What a split's (cleaned) labels mean, decided for the whole split, never per value.
 
     ``ids_are_ids`` (``--class_names``): ints are ids into the names, strings are names. Else: if every value is a
     name (as a string), names; else, where ``ids_allowed`` (names from a model), if every value is an int that is a
-    valid id, ids; else a DataError naming a few of the values that do not fit."""
-    n, name_to_id = len(label_names), {name: i for i, name in enumerate(label_names)}
+    valid id, ids; else a DataError naming a few of the values that do not fit.
+
+    A value is a name when its cleaned form, or its ``raw`` form as read (e.g. ``"1.0"`` of a float column), is one
+    of ``label_names`` or of their stripped forms: models saved before labels were cleaned (names ``"1.0"`` or
+    ``" pos"``) keep reading their own data."""
+    n = len(label_names)
+    name_to_id = {**{name.strip(): i for i, name in enumerate(label_names)},
+                  **{name: i for i, name in enumerate(label_names)}}
+    raw = values if raw is None else raw
+
+    def name_id(v, r):  # the id of the name this value spells (raw first: a model trained on floats has "1.0")
+        for key in (str(r), str(r).strip(), str(v)):
+            if key in name_to_id:
+                return name_to_id[key]
+        return None
+
+    named = [name_id(v, r) for v, r in zip(values, raw)]
 
     def is_id(v):
         return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n
@@ -210,9 +225,9 @@ def _label_ids(values: list, split: str, col: str, label_names: list[str], *, id
             raise DataError(f"the {split} split has label(s) {_few(bad)} in column {col!r}, not ids into "
                             f"--class_names ({', '.join(label_names)})")
         return list(values)
-    not_names = [v for v in values if str(v) not in name_to_id]
+    not_names = [v for v, i in zip(values, named) if i is None]
     if not not_names:
-        return [name_to_id[str(v)] for v in values]
+        return named
     if ids_allowed and all(map(is_id, values)):
         return list(values)
     neither = [v for v in not_names if not (ids_allowed and is_id(v))]
@@ -342,7 +357,8 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
         if has_labels:
             values = _label_values(ds[label_col], split, label_col, ds.features.get(label_col))
             ids = _label_ids(values, split, label_col, label_names, ids_are_ids=args.class_names is not None,
-                             ids_allowed=names_from_model, where=where)
+                             ids_allowed=names_from_model, where=where,
+                             raw=None if isinstance(ds.features.get(label_col), ClassLabel) else ds[label_col])
         if not has_labels and split != "test":
             raise DataError(f"the {split} split has no labels in column {label_col!r} (columns: "
                             f"{', '.join(ds.column_names)}); only the test split may be unlabelled")

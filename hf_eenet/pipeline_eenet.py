@@ -158,7 +158,18 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
             if t is None and isinstance(inputs, dict):
                 continue
             self._check_text(t)
+        self._check_pairing((len(texts) == 2 and texts[1] is not None) or "text_pair" in tokenizer_kwargs)
         return super().preprocess(inputs, **self._tokenizer_kwargs(tokenizer_kwargs))
+
+    def _check_pairing(self, is_pair: bool) -> None:
+        """ValueError when a model trained on sentence pairs gets one text, or the other way round
+        (``config.sentence_pairs``, recorded by the recipe; unknown for older models: no check)."""
+        trained = getattr(self.model.config, "sentence_pairs", None)
+        if trained is None or trained == bool(is_pair):
+            return
+        if trained:
+            raise ValueError("this model was trained on sentence pairs: pass {'text': ..., 'text_pair': ...}")
+        raise ValueError("this model was trained on single texts, not sentence pairs: pass one string per input")
 
     @staticmethod
     def _check_text(t) -> None:
@@ -183,6 +194,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         if all(isinstance(t, str) for t in texts) and set(preprocess_params) <= self._ONE_CALL_KWARGS:
             for t in texts:
                 self._check_text(t)
+            self._check_pairing(False)
             rows = rows_from_encodings(self.tokenizer(list(texts), **self._tokenizer_kwargs(preprocess_params)))
         else:  # pairs, dicts, or tokenizer options whose batched output may differ from each text's (text_pair=,
             # padding=, overflowing tokens, ...): text by text, exactly as the per-text path tokenizes

@@ -106,23 +106,17 @@ class EENetTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------------ training
     def train(self, *args, **kwargs):
-        """``Trainer.train``; a scheduler bank the model had is removed afterwards (with a warning): it was fitted on
-        the exits' outputs *before* training and would serve budgets it no longer meets. Refit it with
-        :meth:`fit_scheduler` (also when training stops with an error: the weights may have changed)."""
-        model = self.model
-        had_bank = bool(getattr(getattr(model, "config", None), "scheduler_budgets", None))
-        try:
-            return super().train(*args, **kwargs)
-        finally:
-            if had_bank:
-                model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
-                budgets = list(model.config.scheduler_budgets or [])
-                if budgets:
-                    model.clear_scheduler_bank()
-                    warnings.warn(f"training changed the exits' outputs: the scheduler bank fitted before it (budgets "
-                                  f"{budgets}) no longer meets its budgets and was removed; refit it with "
-                                  "trainer.fit_scheduler(budgets=[...]) before serving budget=", UserWarning,
-                                  stacklevel=2)
+        """``Trainer.train``; a scheduler bank the model has is removed first (with a warning): it was fitted on the
+        exits' outputs *before* training and would serve budgets it no longer meets — from the final model and from
+        every checkpoint written during training. Refit it with :meth:`fit_scheduler` afterwards."""
+        model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+        budgets = list(getattr(getattr(model, "config", None), "scheduler_budgets", None) or [])
+        if budgets and hasattr(model, "clear_scheduler_bank"):
+            model.clear_scheduler_bank()
+            warnings.warn(f"training changes the exits' outputs: the scheduler bank fitted before it (budgets "
+                          f"{budgets}) would no longer meet its budgets and was removed; refit it with "
+                          "trainer.fit_scheduler(budgets=[...]) before serving budget=", UserWarning, stacklevel=2)
+        return super().train(*args, **kwargs)
 
     def _distillation_active(self) -> bool:
         if not self.self_distillation or not self.model.training:

@@ -97,8 +97,8 @@ def test_saving_into_the_cwd_with_a_failing_write_leaves_the_folder_untouched(tm
 
 # ------------------------------------------------------------------------------------------------- the swap itself
 def test_exchange_swaps_in_one_step_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
-    if not exchange_supported(tmp_path):
-        pytest.skip("no atomic exchange on this OS / filesystem")
+    # CI runs on Linux (glibc >= 2.28, ext4/tmpfs/overlayfs): the exchange must be there, not silently skipped
+    assert exchange_supported(tmp_path), "renameat2(RENAME_EXCHANGE) unavailable: the fallback is what runs here"
     target = tmp_path / "m"
     make_folder(target, OLD)
     real_exchange, seen = bank._exchange, []
@@ -183,8 +183,8 @@ def test_exchange_refused_busy_replaces_files_in_place(tmp_path, monkeypatch):
 def test_killed_between_the_two_renames_restores_the_old_folder_then_saves(tmp_path):
     """The fallback was killed after ``target -> .m.old-*`` and before ``.m.saving-* -> target``."""
     target = tmp_path / "m"
-    make_folder(tmp_path / ".m.old-x", OLD)
-    make_folder(tmp_path / ".m.saving-y", {"config.json": "half-finished"})
+    make_folder(tmp_path / ".m.old-x1x2x3x4", OLD)
+    make_folder(tmp_path / ".m.saving-y1y2y3y4", {"config.json": "half-finished"})
     seen = []
 
     def write(tmp):
@@ -200,9 +200,11 @@ def test_killed_between_the_two_renames_restores_the_old_folder_then_saves(tmp_p
 def test_leftover_temporary_folders_are_removed_and_nothing_else(tmp_path):
     target = tmp_path / "m"
     make_folder(target, OLD)
-    for name in [".m.saving-abc123", ".m.saving-x", ".m.old-q1w2e3r4"]:
+    for name in [".m.saving-abc12345", ".m.saving-x_x_x_x_", ".m.old-q1w2e3r4"]:  # mkdtemp's 8-character suffixes
         make_folder(tmp_path / name, {"config.json": "leftover"})
-    others = [".m2.saving-x", "m.saving-x", ".m.saving-", ".n.old-x", ".m.old-x.bak", "m"]
+    # not ours: other names, other suffixes (a hand-named ".m.old-v1" backup is never taken for a leftover)
+    others = [".m2.saving-x1234567", "m.saving-x1234567", ".m.saving-", ".n.old-x1234567", ".m.old-x1234567.bak",
+              ".m.old-v1", ".m.saving-abc123", ".m.saving-ABCD1234", "m"]
     for name in others[:-1]:
         make_folder(tmp_path / name, {"f": "keep"})
     (tmp_path / ".m.old-file").write_text("a file, not one of our folders")
@@ -215,7 +217,7 @@ def test_leftover_temporary_folders_are_removed_and_nothing_else(tmp_path):
 def test_a_leftover_old_folder_beside_an_existing_target_is_not_restored(tmp_path):
     target = tmp_path / "m"
     make_folder(target, OLD)
-    make_folder(tmp_path / ".m.old-x", {"config.json": "older"})
+    make_folder(tmp_path / ".m.old-x1x2x3x4", {"config.json": "older"})
     atomic_save_dir(target, writer(NEW))
     check_new_state(target)
     assert sorted(os.listdir(tmp_path)) == ["m"]
@@ -224,12 +226,11 @@ def test_a_leftover_old_folder_beside_an_existing_target_is_not_restored(tmp_pat
 def test_a_folder_in_use_by_a_running_save_is_not_removed(tmp_path):
     """Another process saving the same folder holds a lock on its temporary folder: a second save leaves it."""
     probe = bank._hold(str(tmp_path))
-    if probe is None:
-        pytest.skip("no flock here")
+    assert probe is not None, "flock unavailable here"
     os.close(probe)
     target = tmp_path / "m"
     make_folder(target, OLD)
-    busy = tmp_path / ".m.saving-busy1"
+    busy = tmp_path / ".m.saving-busy1234"
     busy.mkdir()
     fd = bank._hold(str(busy))
     try:

@@ -108,3 +108,18 @@ def test_a_column_mixing_numbers_and_words_is_a_one_line_error(tmp_path):
     good = write_jsonl(tmp_path / "g.jsonl", ["neg", "pos"])
     with pytest.raises(DataError, match=r"the validation split's label column 'label' mixes numbers and words"):
         load(train=good, validation=mixed)
+
+
+# ------------------------------------------------------------------------------- models saved before labels were cleaned
+def test_models_with_float_or_spaced_label_names_read_their_own_data(tmp_path):
+    """Names learnt before today's cleaning ("1.0" from a float column, " pos" from an unstripped csv) still match
+    the files they came from, value for value (no shift to ids, no refusal)."""
+    floats = write_jsonl(tmp_path / "f.jsonl", [1.0, 2.0, 1.0, 2.0])  # the top class 3.0 absent
+    d = load(label_names=["1.0", "2.0", "3.0"], validation=floats)
+    assert names_of(d, "validation") == ["1.0", "2.0", "1.0", "2.0"]
+    ints = write_jsonl(tmp_path / "i.jsonl", [0, 2, 1])  # ints into such a model: ids, as before
+    assert names_of(load(label_names=["1.0", "2.0", "3.0"], validation=ints), "validation") == ["1.0", "3.0", "2.0"]
+    spaced = write_csv(tmp_path / "s.csv", [("good film", " pos"), ("bad film", " neg")])
+    assert names_of(load(label_names=[" neg", " pos"], validation=spaced), "validation") == [" pos", " neg"]
+    plain = write_csv(tmp_path / "p.csv", [("good film", "pos"), ("bad film", "neg")])
+    assert names_of(load(label_names=[" neg", " pos"], validation=plain), "validation") == [" pos", " neg"]

@@ -267,6 +267,12 @@ def test_cli_refuses_pairs_for_a_single_text_model_and_reads_no_unknown_labels(c
         main(["evaluate", str(out), "--validation_file", pairs, "--text_column_names", "review,other",
               "--label_column_name", "sentiment"])
     assert "trained on single texts but the data give a sentence pair" in capsys.readouterr().err
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(out))
+    with pytest.raises(ValueError, match="not sentence pairs"):
+        clf({"text": "a good film", "text_pair": "it is"}, budget=0.5)
+    assert clf(["a good film", "dull"], budget=0.5, batch_size=2)[0]["label"] in ("bad", "good")
     # predictions need no labels: a label the model does not know is left out with a note, not an error
     new = write_csv(tmp_path / "new.csv", ["review", "sentiment"], [(t, "neutral") for t, _ in synth(6, 6)])
     main(["predict", str(out), "--test_file", new, "--text_column_names", "review", "--label_column_name",
@@ -460,6 +466,10 @@ def test_sentence_pairs_jsonl_end_to_end_and_pipeline_pairs(tiny_backbone, tmp_p
                 for g, r in zip(got, rows)]
         print(b, sum(same), len(same))
         assert np.mean(same) >= 0.9
+    # a pair model refuses single texts (one at a time and as a list), not classifying the premise alone
+    for bad in ("a premise alone", ["a premise alone", "another"]):
+        with pytest.raises(ValueError, match="trained on sentence pairs"):
+            clf(bad, budget=0.5)
 
 
 # --------------------------------------------------------------------------------------------------- loader

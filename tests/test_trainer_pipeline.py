@@ -140,12 +140,15 @@ def test_training_a_model_with_a_bank_removes_the_stale_bank(trained, tok, tmp_p
     model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(trained["dir"])
     assert model.config.scheduler_budgets == [0.4, 0.6, 0.8]
     trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, max_steps=2, per_device_train_batch_size=16,
-                                                            learning_rate=1e-3),
+                                                            learning_rate=1e-3, save_strategy="steps",
+                                                            save_steps=1),
                                     train_dataset=toy_dataset(tok, 32, seed=7), processing_class=tok,
                                     data_collator=DataCollatorWithPadding(tok))
     with pytest.warns(UserWarning, match="removed"):
         trainer.train()
     assert model.config.scheduler_budgets == [] and len(model.eenet_schedulers) == 0
+    ckpt = json.loads((tmp_path / "out" / "checkpoint-1" / "config.json").read_text())
+    assert not ckpt["scheduler_budgets"]  # checkpoints written during training carry no stale bank either
     trainer.save_model(str(tmp_path / "again"))
     again = hf_eenet.EENetBertForSequenceClassification.from_pretrained(tmp_path / "again")
     batch = tok(["a good film"], return_tensors="pt")
