@@ -473,40 +473,35 @@ def _recover_leftovers(target) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _hold(path):
-    """Take an exclusive ``flock`` on the folder ``path`` (released when the returned descriptor is closed, or when
-    the process dies): marks a temporary folder as in use. None where it cannot be taken (no ``fcntl``, ...)."""
+def _try_lock(path):
+    """``(fd, busy)``: an exclusive non-blocking ``flock`` on the folder ``path`` (``fd`` holds it until closed or
+    the process dies), or ``(None, True)`` when a running save holds it, ``(None, False)`` where no lock can be
+    taken (no ``fcntl``, a filesystem without locks, ...)."""
     try:
         import fcntl
 
         fd = os.open(path, os.O_RDONLY)
     except (ImportError, OSError):
-        return None
+        return None, False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as err:
         os.close(fd)
-        return None
-    return fd
+        return None, isinstance(err, BlockingIOError)
+    return fd, False
+
+
+def _hold(path):
+    """Mark the folder ``path`` (a temporary folder of a running save) as in use: the lock's descriptor, or None."""
+    return _try_lock(path)[0]
 
 
 def _in_use(path) -> bool:
-    """True when a running save holds ``path`` (see :func:`_hold`)."""
-    try:
-        import fcntl
-
-        fd = os.open(path, os.O_RDONLY)
-    except (ImportError, OSError):
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # no locks on this filesystem: cannot tell, treat as a leftover
-        return False
-    finally:
+    """True when a running save holds ``path`` (see :func:`_hold`); where locks cannot be told, False."""
+    fd, busy = _try_lock(path)
+    if fd is not None:
         os.close(fd)
-    return False
+    return busy
 
 
 def _save_inside(target, write) -> None:

