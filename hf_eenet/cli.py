@@ -341,8 +341,8 @@ def cmd_rematch(argv) -> dict:
     # serves would miss its budget on long texts
     served = max_input_tokens(model.config, tok)
     if data_args.max_seq_length not in (None, served):
-        raise CLIError(f"--max_seq_length {data_args.max_seq_length}: re-matching reads the traffic as the model "
-                       f"serves it ({served} tokens); drop the flag")
+        raise CLIError(f"--max_seq_length {data_args.max_seq_length} (a flag or the config file): re-matching reads "
+                       f"the traffic as the model serves it ({served} tokens); drop it")
     data_args.max_seq_length = served
     # labels are not needed (costs only): a label column, even with labels the model does not know, is not read
     trainer, _, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
