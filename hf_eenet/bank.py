@@ -292,7 +292,9 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True) -> None:
     killed. Elsewhere (or on a filesystem without the exchange) it is two renames, ``target`` → ``.NAME.old-*`` then
     ``.NAME.saving-*`` → ``target``; a kill between them leaves no ``target``, and the next save of the same folder
     renames the old one back first. Each save also removes the ``.NAME.saving-*`` / ``.NAME.old-*`` folders that an
-    interrupted earlier save left beside ``target`` (unless a running save holds them, via ``flock``).
+    interrupted earlier save left beside ``target`` (unless a running save holds them, via ``flock``; the clean-up
+    and the creation + marking of a save's own temporary folder run under a lock on the parent folder, so a
+    concurrent save of the same folder never removes the other's).
 
     With ``keep_old_entries``, files and sub-folders of the old ``target`` that ``write`` did not produce (tokenizer
     files, checkpoints, README, ...) are carried over as hard links (copies where links fail), except stale weight
@@ -311,12 +313,21 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True) -> None:
     if os.path.isdir(target) and _holds_cwd(target):
         return _save_inside(target, write)
     os.makedirs(parent, exist_ok=True)
-    _recover_leftovers(target)
+    # clean-up, then create + mark the new temporary folder, as one step among saves beside each other (a lock on the
+    # parent folder): another save's clean-up never sees this folder created but not yet marked
+    guard = _lock_folder(parent)
     try:
-        tmp = tempfile.mkdtemp(prefix=_leftover_prefixes(target)[0], dir=parent)
-    except PermissionError:  # the parent is not writable; the folder may be
+        _recover_leftovers(target)
+        try:
+            tmp = tempfile.mkdtemp(prefix=_leftover_prefixes(target)[0], dir=parent)
+        except PermissionError:  # the parent is not writable; the folder may be
+            tmp = None
+        lock = _hold(tmp) if tmp is not None else None  # marks tmp as in use: clean-ups leave it alone
+    finally:
+        if guard is not None:
+            os.close(guard)
+    if tmp is None:
         return _save_inside(target, write)
-    lock = _hold(tmp)  # marks tmp as in use: another save's leftover clean-up leaves it alone
     try:
         write(tmp)
         if keep_old_entries and os.path.isdir(target):
@@ -489,6 +500,23 @@ def _try_lock(path):
         os.close(fd)
         return None, isinstance(err, BlockingIOError)
     return fd, False
+
+
+def _lock_folder(path):
+    """A blocking exclusive ``flock`` on the folder ``path`` (its descriptor, released when closed), or None where
+    no lock can be taken."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _hold(path):

@@ -246,3 +246,40 @@ def test_first_save_into_a_missing_folder(tmp_path):
     atomic_save_dir(tmp_path / "a" / "m", writer(NEW))
     assert read(tmp_path / "a" / "m" / "config.json") == "new config"
     assert os.listdir(tmp_path / "a") == ["m"]
+
+
+def test_concurrent_saves_of_one_folder_never_remove_each_others_temporary_folder(tmp_path, monkeypatch):
+    """Save A has created its temporary folder but not yet marked it in use when save B of the same folder starts
+    (a thread: flock is per open file, so threads exclude each other as processes do). B's clean-up of leftovers
+    must not remove A's folder: creating and marking it is one step under the parent folder's lock, so B waits."""
+    import threading
+
+    real_hold = bank._hold
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    other, errors = [], []
+
+    def save_b():
+        try:
+            atomic_save_dir(target, writer({"config.json": "b", "model.safetensors": "w-b"}))
+        except Exception as err:  # noqa: BLE001 - asserted below
+            errors.append(repr(err))
+
+    def hold_after_b_tried(path):  # A, between mkdtemp and marking its folder: B starts and gets 0.3 s
+        if not other:
+            other.append(threading.Thread(target=save_b))
+            other[0].start()
+            other[0].join(timeout=0.3)
+        return real_hold(path)
+
+    def write_a(tmp):
+        assert os.path.isdir(tmp), "save B removed save A's temporary folder"
+        writer({"config.json": "a", "model.safetensors": "w-a"})(tmp)
+
+    monkeypatch.setattr(bank, "_hold", hold_after_b_tried)
+    atomic_save_dir(target, write_a)
+    other[0].join()
+    assert errors == []
+    cfg = read(target / "config.json")
+    assert cfg in ("a", "b") and read(target / "model.safetensors") == "w-" + cfg  # one save's files, not a mix
+    assert sorted(os.listdir(tmp_path)) == ["m"]
