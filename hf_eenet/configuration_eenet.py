@@ -106,6 +106,16 @@ def max_input_tokens(config, tokenizer=None) -> int:
     return min(limit, tok_limit) if tok_limit and tok_limit < 10**6 else limit
 
 
+def pairing_mismatch(config, is_pair: bool) -> str | None:
+    """What a model of ``config`` was trained on when the input is of the other kind: ``"pairs"`` (it got one text),
+    ``"single texts"`` (it got a pair), else None (same kind, or ``config.sentence_pairs`` not recorded). The one
+    check behind the CLI's and the pipeline's refusals."""
+    trained = getattr(config, "sentence_pairs", None)
+    if trained is None or trained == bool(is_pair):
+        return None
+    return "pairs" if trained else "single texts"
+
+
 def flops_exit_costs(config, exit_layers, seq_len: int = 128, normalise: bool = True) -> list[float]:
     """Analytic cumulative FLOPs per exit (multiply-adds x2), normalised so the last exit costs 1 unless
     ``normalise=False``.
@@ -236,4 +246,5 @@ class EENetRobertaConfig(EENetConfigMixin, RobertaConfig):
         self._validate_eenet()
 
 
-__all__ = ["EENetBertConfig", "EENetRobertaConfig", "validate_exit_layers", "flops_exit_costs", "max_input_tokens"]
+__all__ = ["EENetBertConfig", "EENetRobertaConfig", "validate_exit_layers", "flops_exit_costs", "max_input_tokens",
+           "pairing_mismatch"]

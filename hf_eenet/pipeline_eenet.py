@@ -18,7 +18,7 @@ import threading
 import torch
 from transformers import TextClassificationPipeline
 
-from .configuration_eenet import max_input_tokens
+from .configuration_eenet import max_input_tokens, pairing_mismatch
 from .validation import check_bool
 
 
@@ -164,10 +164,10 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
     def _check_pairing(self, is_pair: bool) -> None:
         """ValueError when a model trained on sentence pairs gets one text, or the other way round
         (``config.sentence_pairs``, recorded by the recipe; unknown for older models: no check)."""
-        trained = getattr(self.model.config, "sentence_pairs", None)
-        if trained is None or trained == bool(is_pair):
+        trained_on = pairing_mismatch(self.model.config, is_pair)
+        if trained_on is None:
             return
-        if trained:
+        if trained_on == "pairs":
             raise ValueError("this model was trained on sentence pairs: pass {'text': ..., 'text_pair': ...}")
         raise ValueError("this model was trained on single texts, not sentence pairs: pass one string per input")
 

@@ -493,10 +493,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
 def check_pairing(config, is_pair: bool) -> None:
     """DataError when the data are sentence pairs and the model was trained on single texts, or the other way round
     (``config.sentence_pairs``; ``None``: not recorded, nothing to check)."""
-    trained = getattr(config, "sentence_pairs", None)
-    if trained is None or trained == bool(is_pair):
+    from .configuration_eenet import pairing_mismatch
+
+    trained_on = pairing_mismatch(config, is_pair)
+    if trained_on is None:
         return
-    if trained:
+    if trained_on == "pairs":
         raise DataError("the model was trained on sentence pairs but the data give one text column: name both "
                         "columns in --text_column_names (e.g. premise,hypothesis)")
     raise DataError("the model was trained on single texts but the data give a sentence pair: name one text column "
