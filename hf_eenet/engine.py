@@ -51,7 +51,8 @@ def _row_tensor(value, name: str) -> torch.Tensor:
 
 
 def rows_from_encodings(encodings) -> list[dict[str, torch.Tensor]]:
-    """Split tokenizer output into per-row dicts of 1-D CPU tensors, each cut after its last token.
+    """Split tokenizer output into per-row dicts of 1-D CPU tensors, each cut to its tokens (padding on either side
+    removed, so a left-padded batch gives each text's own row).
 
     Accepts a ``BatchEncoding`` / dict with ``input_ids`` as a list of lists (unpadded) or a ``[N, S]`` tensor
     (padded; then ``attention_mask`` says where the tokens are), or a sequence of per-text mappings (e.g. the
@@ -91,9 +92,9 @@ def rows_from_encodings(encodings) -> list[dict[str, torch.Tensor]]:
             nz = r["attention_mask"].nonzero()
             if nz.numel() == 0:
                 raise ValueError(f"row {i}: attention_mask has no tokens (all zeros)")
-            end = int(nz.max()) + 1
-            if end < length:
-                r = {key: t[:end] for key, t in r.items()}
+            start, end = int(nz.min()), int(nz.max()) + 1  # left and right padding cut: the text's own tokens
+            if start > 0 or end < length:
+                r = {key: t[start:end] for key, t in r.items()}
         out.append(r)
     return out
 

@@ -75,6 +75,30 @@ def _check_rows_have_tokens(attention_mask: torch.Tensor) -> None:
         raise ValueError("attention_mask has a row with no tokens (all zeros)")
 
 
+def _right_align(mask_host: torch.Tensor, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
+    """Rotate every row left by its number of leading padding columns (``[B, S]`` host mask ``mask_host``), so a
+    left-padded batch becomes the right-padded one.
+
+    A left-padded batch (``padding_side="left"``) gives BERT/RoBERTa shifted absolute positions, a padding token at
+    position 0 (the ``cls`` pooling token) and so other outputs than each text alone; right-aligned, every row gets
+    what it gets alone (columns inside a row keep their order; given ``position_ids`` move with their tokens).
+    Returns the inputs in the same order (``None`` stays ``None``) plus the new host mask."""
+    width = mask_host.shape[1]
+    lead = mask_host.to(torch.int8).argmax(1)  # first token's column (every row has one, checked before)
+    order_host = (torch.arange(width).unsqueeze(0) + lead.unsqueeze(1)) % width
+    order = order_host.to(attention_mask.device)
+
+    def take(t):
+        if t is None:
+            return None
+        if t.dim() == 3:  # inputs_embeds [B, S, h]
+            return t.gather(1, order.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+        return t.gather(1, order)
+
+    return (take(input_ids), take(attention_mask), take(token_type_ids), take(position_ids), take(inputs_embeds),
+            mask_host.gather(1, order_host))
+
+
 def pool_hidden(hidden_states: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
     """``[b, S, h]`` hidden states → ``[b, h]``: the first token (``"cls"``) or the mean over the tokens where the
     ``[b, S]`` ``attention_mask`` is non-zero (``"mean"``)."""
@@ -412,7 +436,8 @@ class EENetModelMixin:
         if exit_policy is not None and not isinstance(exit_policy, ExitPolicy):
             raise TypeError(f"exit_policy must be an hf_eenet ExitPolicy, got {type(exit_policy).__name__}")
 
-    def _check_inputs(self, input_ids, attention_mask, inputs_embeds, check_rows: bool = True):
+    def _check_inputs(self, input_ids, attention_mask, inputs_embeds):
+        """Shapes and types (metadata only); the rows' tokens are checked on the host copy of the mask."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         ref = input_ids if input_ids is not None else inputs_embeds
@@ -430,8 +455,6 @@ class EENetModelMixin:
                     f"attention_mask shape {tuple(attention_mask.shape)} does not match input shape "
                     f"{tuple(ref.shape[:2])}"
                 )
-            if check_rows:  # the early-exit loop checks its host copy instead (no extra device sync)
-                _check_rows_have_tokens(attention_mask)
 
     def _mask(self, hidden: torch.Tensor, mask2d: torch.Tensor):
         return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d)
@@ -489,11 +512,20 @@ class EENetModelMixin:
         The per-request loop (the batch shrinks as rows leave). Host syncs with a policy: one at the start (the
         attention mask read to the host: the rows' token extents and the empty-row check) and one per exit that a
         policy decides at (which rows stop); outputs of the rows that stop are written with one index built on the
-        host (no boolean indexing, no further syncs). ``cuda_graphs`` (experimental, CUDA): with a policy and one
+        host (no boolean indexing, no further syncs). A left-padded batch (a row whose mask starts with 0) is
+        right-aligned first (``_right_align``): every row gets what it gets alone, whatever the tokenizer's
+        ``padding_side``. ``cuda_graphs`` (experimental, CUDA): with a policy and one
         text each layer replays a CUDA graph (``hf_eenet/engine.py``); other calls run eagerly, but the model must
         still be one graphs can serve (on a CUDA device, in eval mode, SDPA/eager attention), else ValueError.
         """
-        self._check_inputs(input_ids, attention_mask, inputs_embeds, check_rows=exit_policy is None)
+        self._check_inputs(input_ids, attention_mask, inputs_embeds)
+        mask_host = None
+        if attention_mask is not None:
+            mask_host = attention_mask.detach().to("cpu", torch.bool)  # host sync 1 (once per call)
+            _check_rows_have_tokens(mask_host)
+            if not bool(mask_host[:, 0].all()):  # a row starts with padding: left padding
+                input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, mask_host = _right_align(
+                    mask_host, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         if cuda_graphs:
             from .engine import check_graphs_usable
 
@@ -529,8 +561,6 @@ class EENetModelMixin:
             mask_host = torch.ones(hidden.shape[:2], dtype=torch.bool)
         else:
             mask2d = attention_mask
-            mask_host = attention_mask.detach().to("cpu", torch.bool)  # host sync 1 (once per call)
-            _check_rows_have_tokens(mask_host)
         graphs = None
         if cuda_graphs and batch == 1:
             from .engine import layer_graphs

@@ -76,6 +76,12 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
             local = self.__dict__.setdefault("_eenet_local", threading.local())
         return local
 
+    def __getstate__(self):
+        """Pickle / deepcopy without the per-thread call settings (a ``threading.local`` cannot be pickled)."""
+        state = self.__dict__.copy()
+        state.pop("_eenet_local", None)
+        return state
+
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
         chunk_size = getattr(self._wave_local(), "chunk_size", None)
         if chunk_size is None:

@@ -1,5 +1,9 @@
 """Depth waves (hf_eenet/engine.py): same decisions, predictions and costs as each text alone, for every policy."""
 
+import copy
+import pickle
+
+import numpy as np
 import pytest
 import torch
 from conftest import random_batch, tiny_kwargs, tiny_model
@@ -474,3 +478,80 @@ def test_readme_engine_tables_are_generated_from_the_committed_json():
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "make_readme_engine.py"), "--check"],
                          capture_output=True, text=True)
     assert out.returncode == 0, "README engine tables are stale: run python benchmarks/make_readme_engine.py"
+
+
+def _left_padded(batch, pad_id):
+    """The same rows padded on the left (``padding_side="left"``)."""
+    mask = batch["attention_mask"]
+    lengths = mask.sum(1)
+    width = mask.shape[1]
+    out = {}
+    for key, t in batch.items():
+        fill = pad_id if key == "input_ids" else 0
+        rows = [torch.cat([torch.full((width - int(n),), fill, dtype=t.dtype), t[i, : int(n)]])
+                for i, n in enumerate(lengths)]
+        out[key] = torch.stack(rows)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("name", ["eenet", "entropy", "patience"])
+def test_left_padded_batches_give_each_text_what_it_gets_alone(name, kind):
+    model = model_of(kind)
+    policy = make_policy(name, model, 0.5, kind)
+    batch = random_batch(n=16, max_len=18, seed=9, pad_id=model.config.pad_token_id, min_len=2)
+    left = _left_padded(batch, model.config.pad_token_id)
+    assert not bool(left["attention_mask"][:, 0].all())  # really left-padded
+    ref_logits, ref_exits = per_row(model, batch, policy)
+    with torch.no_grad():
+        loop = model(**left, exit_policy=policy)  # the per-request loop
+        all_exits_right = model(**batch).exit_logits  # the all-exits forward (training, exit_probabilities)
+        all_exits_left = model(**left).exit_logits
+    assert torch.equal(loop.exit_index, ref_exits)
+    torch.testing.assert_close(loop.logits, ref_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(all_exits_left, all_exits_right, atol=1e-5, rtol=1e-5)
+    waves = model.early_exit_predict(left, exit_policy=policy, batch_size=4)  # depth waves on tokenizer output
+    assert torch.equal(waves.exit_index, ref_exits)
+    torch.testing.assert_close(waves.logits, ref_logits, atol=1e-4, rtol=1e-4)
+    # inputs_embeds and explicit position_ids move with their tokens
+    pos = torch.arange(left["input_ids"].shape[1]).expand_as(left["input_ids"]) - \
+        (left["attention_mask"] == 0).sum(1, keepdim=True)
+    pos = pos.clamp(min=0) + (model.config.pad_token_id + 1 if kind == "roberta" else 0)
+    with torch.no_grad():
+        pos_ref = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]) + \
+            (model.config.pad_token_id + 1 if kind == "roberta" else 0)
+        emb = model(inputs_embeds=model.backbone.embeddings.word_embeddings(left["input_ids"]),
+                    attention_mask=left["attention_mask"], token_type_ids=left.get("token_type_ids"),
+                    position_ids=pos, exit_policy=policy)
+        emb_ref = model(inputs_embeds=model.backbone.embeddings.word_embeddings(batch["input_ids"]),
+                        attention_mask=batch["attention_mask"], token_type_ids=batch.get("token_type_ids"),
+                        position_ids=pos_ref, exit_policy=policy)
+    assert torch.equal(emb.exit_index, emb_ref.exit_index)
+    torch.testing.assert_close(emb.logits, emb_ref.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_pipeline_and_helpers_with_a_left_padding_tokenizer_equal_text_by_text(banked):
+    model, tok, texts = banked
+    left_tok = copy.deepcopy(tok)
+    left_tok.padding_side = "left"
+    ref = model.early_exit_predict(texts, tokenizer=tok, budget=0.4, batch_size=4)
+    clf = pipeline("text-classification", model=model, tokenizer=left_tok)
+    for kw in ({"batch_size": 4, "chunk_size": 0}, {"batch_size": 4}, {}):  # stock per-batch loop, waves, default
+        got = clf(texts, budget=0.4, **kw)
+        assert [r["exit_layer"] for r in got] == ref.exit_layer.tolist(), kw
+    out = model.early_exit_predict(texts, tokenizer=left_tok, budget=0.4, batch_size=4, padding=True)
+    assert torch.equal(out.exit_layer, ref.exit_layer)
+    out = model.early_exit_predict(left_tok(texts, padding=True, return_tensors="pt"), budget=0.4, batch_size=4)
+    assert torch.equal(out.exit_layer, ref.exit_layer)
+    probs_left = hf_eenet.exit_probabilities(model, left_tok, texts, batch_size=8, progress=False)
+    probs_right = hf_eenet.exit_probabilities(model, tok, texts, batch_size=8, progress=False)
+    np.testing.assert_allclose(probs_left, probs_right, atol=1e-5)
+
+
+def test_pipeline_pickles_and_deep_copies_after_a_call(banked):
+    model, tok, texts = banked
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    first = clf(texts[:6], budget=0.7)
+    for clone in (pickle.loads(pickle.dumps(clf)), copy.deepcopy(clf)):
+        assert [(r["label"], r["exit_layer"]) for r in clone(texts[:6], budget=0.7)] == \
+            [(r["label"], r["exit_layer"]) for r in first]
