@@ -283,7 +283,7 @@ def check_loading_info(info: dict, prefix: str = "eenet_schedulers.", bank_expec
 WEIGHT_PREFIXES = ("model.safetensors", "model-", "pytorch_model", "tf_model", "flax_model")
 
 
-def atomic_save_dir(target, write, keep_old_entries: bool = True) -> None:
+def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[str, ...] = ()) -> None:
     """Write a folder atomically: ``write(tmp)`` fills a temporary folder beside ``target``, then the folder is swapped
     in. If ``write`` raises, ``target`` is untouched (it loads exactly as before) and the error propagates.
 
@@ -298,7 +298,8 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True) -> None:
 
     With ``keep_old_entries``, files and sub-folders of the old ``target`` that ``write`` did not produce (tokenizer
     files, checkpoints, README, ...) are carried over as hard links (copies where links fail), except stale weight
-    files (``model*.safetensors``, ``pytorch_model*``: the new save's weights replace them).
+    files (``model*.safetensors``, ``pytorch_model*``: the new save's weights replace them) and the entries named in
+    ``drop`` that ``write`` did not produce (removed on every path, e.g. the trainer's stale ``training_args.bin``).
 
     A symlinked ``target`` is saved into the folder it points at (the link stays). Where the folder itself must not
     or cannot be swapped — it is the current working directory or contains it (swapping would delete the process's
@@ -311,7 +312,7 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True) -> None:
     target = os.path.realpath(os.path.abspath(os.fspath(target)))
     parent = os.path.dirname(target)
     if os.path.isdir(target) and _holds_cwd(target):
-        return _save_inside(target, write)
+        return _save_inside(target, write, drop)
     os.makedirs(parent, exist_ok=True)
     # clean-up, then create + mark the new temporary folder, as one step among saves beside each other (a lock on the
     # parent folder): another save's clean-up never sees this folder created but not yet marked
@@ -327,13 +328,14 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True) -> None:
         if guard is not None:
             os.close(guard)
     if tmp is None:
-        return _save_inside(target, write)
+        return _save_inside(target, write, drop)
     try:
         write(tmp)
         if keep_old_entries and os.path.isdir(target):
             produced = set(os.listdir(tmp))
             for entry in os.listdir(target):
-                if entry in produced or entry.startswith(WEIGHT_PREFIXES) or entry.startswith(".saving-"):
+                if (entry in produced or entry.startswith(WEIGHT_PREFIXES) or entry.startswith(".saving-")
+                        or entry in drop):
                     continue
                 src, dst = os.path.join(target, entry), os.path.join(tmp, entry)
                 if os.path.isdir(src) and not os.path.islink(src):
@@ -532,7 +534,7 @@ def _in_use(path) -> bool:
     return busy
 
 
-def _save_inside(target, write) -> None:
+def _save_inside(target, write, drop: tuple[str, ...] = ()) -> None:
     """:func:`atomic_save_dir` when the folder cannot (or must not) be swapped: write into a hidden folder inside
     it, then replace the files one by one. Leftover ``.saving-*`` folders of an interrupted earlier save go first."""
     os.makedirs(target, exist_ok=True)
@@ -542,14 +544,14 @@ def _save_inside(target, write) -> None:
     lock = _hold(tmp)
     try:
         write(tmp)
-        _replace_files(tmp, target)
+        _replace_files(tmp, target, drop)
     finally:
         if lock is not None:
             os.close(lock)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _replace_files(src_dir, target) -> None:
+def _replace_files(src_dir, target, drop: tuple[str, ...] = ()) -> None:
     """Move every entry of ``src_dir`` into ``target`` (weights first, ``config.json`` last), then drop weight files
     of ``target`` the new save did not produce. A sub-folder holding the process's cwd is merged into, not
     replaced (replacing it would delete the cwd)."""
@@ -564,7 +566,7 @@ def _replace_files(src_dir, target) -> None:
             shutil.rmtree(dst)
         os.replace(src, dst)
     for entry in os.listdir(target):
-        if entry.startswith(WEIGHT_PREFIXES) and entry not in produced:
+        if (entry.startswith(WEIGHT_PREFIXES) or entry in drop) and entry not in produced:
             os.remove(os.path.join(target, entry))
 
 

@@ -139,29 +139,6 @@ def _serving_length(model, tok, data_args, command: str) -> int:
     return data_args.max_seq_length
 
 
-def _mark_card_stale(model_dir: str, model, what: str) -> None:
-    """After the bank changed (fit-scheduler, rematch): the folder's card no longer describes the model it ships. Its
-    model-index results (shown by the Hub) are removed and a note heads the text; other files are left as they are."""
-    from huggingface_hub import ModelCard
-
-    path = Path(model_dir) / "README.md"
-    if not path.is_file():
-        return
-    card = ModelCard.load(str(path))
-    if "hf_eenet" not in (card.data.tags or []):
-        return  # not a card we wrote
-    card.data.eval_results = None
-    card.data.model_name = None
-    note = (f"> **Note:** the scheduler bank was {what} after this card was written (`hf-eenet`); it now serves "
-            f"budgets {list(model.config.scheduler_budgets)}. The results below describe the earlier bank: re-evaluate "
-            "(`hf-eenet evaluate`) before relying on them.\n\n")
-    text = card.text.lstrip("\n")
-    if text.startswith("> **Note:** the scheduler bank was"):  # a note of an earlier change: replaced
-        text = text.split("\n\n", 1)[1] if "\n\n" in text else ""
-    card.text = note + text
-    card.save(str(path))
-
-
 def _load_model(model_dir: str):
     from .recipe import load_eenet
 
@@ -224,7 +201,9 @@ def cmd_fit_scheduler(argv) -> None:
     old = list(model.config.scheduler_budgets or [])
     info = trainer.fit_scheduler(budgets=budgets, seed=args.seed, extend=args.extend, **scheduler_kwargs(args))
     model.save_pretrained(ns.model_dir)  # atomic; keeps the tokenizer and training_args.json (how it was trained)
-    _mark_card_stale(ns.model_dir, model, "extended" if args.extend else "refitted")
+    from .model_card import mark_card_stale
+
+    mark_card_stale(ns.model_dir, model, "extended" if args.extend else "refitted")
     for b, r in info.items():
         print(f"budget {b:.2f}: validation accuracy {100 * r['validation']['accuracy']:.2f}, "
               f"cost {r['validation']['mean_cost']:.3f}, fit {r['fit_seconds']:.1f}s")
@@ -314,7 +293,7 @@ def cmd_predict(argv) -> None:
                                                args.batch_size, need=("test",), use_labels=False)
     budgets = parse_budgets(args.budgets) if args.budgets else [args.budget] if args.budget is not None else None
     probs, labels = trainer.collect_exit_predictions(enc["test"], require_labels=False)
-    out = args.output_file or "/dev/stdout"
+    out = args.output_file or sys.stdout  # the stream itself: opening /dev/stdout with "w" truncates a >> target
     n = write_predictions(out, model, probs, budgets, labels=labels, texts=data.texts("test"))
     if args.output_file:
         print(f"wrote {n} predictions to {args.output_file}")
@@ -349,7 +328,9 @@ def cmd_rematch(argv) -> dict:
                                         args.per_device_eval_batch_size, need=("test",), use_labels=False)
     info = trainer.rematch_budgets(enc["test"])
     model.save_pretrained(ns.model_dir)  # atomic; keeps the tokenizer and training_args.json (how it was trained)
-    _mark_card_stale(ns.model_dir, model, f"re-matched on {len(enc['test'])} traffic rows")
+    from .model_card import mark_card_stale
+
+    mark_card_stale(ns.model_dir, model, f"re-matched on {len(enc['test'])} traffic rows")
     for b, r in info.items():
         print(f"budget {b:.2f}: cost on these {r['rows']} rows {r['cost_before'] / b:.3f} x budget with the "
               f"validation thresholds -> {r['cost_after'] / b:.3f} x re-matched (sampling error of these rows: "

@@ -92,15 +92,15 @@ def validate_exit_layers(exit_layers, num_hidden_layers: int) -> list[int]:
     return layers
 
 
-def max_input_tokens(config, tokenizer=None) -> int:
+def max_input_tokens(config, tokenizer=None, recorded: bool = True) -> int:
     """Longest input a model of ``config`` takes: its position table (RoBERTa positions start after the padding
-    index), capped by ``config.max_seq_length`` (the length it was trained and its bank fitted at) and by
-    ``tokenizer.model_max_length`` when they are set. What the pipeline and ``early_exit_predict`` truncate to by
-    default."""
+    index), capped by ``config.max_seq_length`` (the length it was trained and its bank fitted at; ``recorded=False``
+    leaves it out) and by ``tokenizer.model_max_length`` when they are set. What the pipeline and
+    ``early_exit_predict`` truncate to by default."""
     limit = getattr(config, "max_position_embeddings", None) or 512
     if "roberta" in getattr(config, "model_type", ""):
         limit -= (getattr(config, "pad_token_id", None) or 0) + 1
-    if getattr(config, "max_seq_length", None):  # what the model was trained and its bank fitted at
+    if recorded and getattr(config, "max_seq_length", None):  # what the model was trained and its bank fitted at
         limit = min(limit, int(config.max_seq_length))
     tok_limit = getattr(tokenizer, "model_max_length", None)
     return min(limit, tok_limit) if tok_limit and tok_limit < 10**6 else limit

@@ -170,13 +170,21 @@ def _label_values(values, split: str, col: str, feat) -> list:
     from datasets import ClassLabel
 
     out = []
-    for v in values:
+    for i, v in enumerate(values):
         if isinstance(feat, ClassLabel):
             v = feat.names[v] if v is not None and v >= 0 else None
         elif isinstance(v, str):
             v = v.strip()
+        elif isinstance(v, (list, tuple, dict)):
+            raise DataError(f"the {split} split's label column {col!r} holds a {type(v).__name__} in row {i} "
+                            f"({v!r}): multi-label data is not supported; hf_eenet trains single-label classifiers "
+                            "(one label per row)")
         elif isinstance(v, float) and v.is_integer():
             v = int(v)
+        elif isinstance(v, float) and math.isfinite(v):
+            raise DataError(f"the {split} split's label column {col!r} holds non-integral numbers (row {i}: {v!r}): "
+                            "that is a regression target, and hf_eenet trains classifiers (one class per row); "
+                            "map the values to classes first")
         out.append(v)
     missing = [i for i, v in enumerate(out) if _no_label(v)]
     if missing:

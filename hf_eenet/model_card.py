@@ -70,8 +70,9 @@ def build_model_card(results: dict, *, dataset: str, base_model: str, setup: dic
 
 
 def _looks_like_hub_id(name: str | None) -> bool:
-    """``owner/name`` that is not a path of this machine (absolute, relative or an existing local folder)."""
-    if not name or name.count("/") != 1 or name.startswith((".", "/", "~")):
+    """``owner/name`` that is not a path of this machine (absolute, relative, an existing local folder, or the
+    ``<path>/name`` a machine path is recorded as)."""
+    if not name or name.count("/") != 1 or name.startswith((".", "/", "~", "<")):  # "<path>/x": a local path
         return False
     return not Path(name).exists()
 
@@ -169,4 +170,29 @@ def write_results_card(results: dict, folder) -> ModelCard:
     return card
 
 
-__all__ = ["build_model_card", "card_from_results", "write_results_card"]
+__all__ = ["build_model_card", "card_from_results", "mark_card_stale", "write_results_card"]
+
+
+def mark_card_stale(model_dir: str, model, what: str) -> None:
+    """After the model or its bank changed without a new evaluation (``hf-eenet fit-scheduler`` / ``rematch``, the
+    recipe retraining into the folder without ``--do_eval``): the folder's card no longer describes the model it
+    ships. Its model-index results (shown by the Hub) are removed and a note heads the text; other files are left as
+    they are."""
+    from huggingface_hub import ModelCard
+
+    path = Path(model_dir) / "README.md"
+    if not path.is_file():
+        return
+    card = ModelCard.load(str(path))
+    if "hf_eenet" not in (card.data.tags or []):
+        return  # not a card we wrote
+    card.data.eval_results = None
+    card.data.model_name = None
+    note = (f"> **Note:** the scheduler bank was {what} after this card was written; it now serves "
+            f"budgets {list(model.config.scheduler_budgets or [])}. The results below (and results.json) describe the "
+            "earlier model: re-evaluate (`hf-eenet evaluate`) before relying on them.\n\n")
+    text = card.text.lstrip("\n")
+    if text.startswith("> **Note:** the scheduler bank was"):  # a note of an earlier change: replaced
+        text = text.split("\n\n", 1)[1] if "\n\n" in text else ""
+    card.text = note + text
+    card.save(str(path))

@@ -11,6 +11,7 @@ saves and reports). No dataset names here: presets live in ``recipes/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import numpy as np
 
 from .data import DataArguments, DataError, load_text_classification
 from .scheduler_config import SchedulerFitArguments
+from .validation import check_budget_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -184,15 +186,48 @@ def model_label_names(model) -> list[str]:
 
 
 def parse_budgets(s) -> list[float]:
+    """``--budgets`` as a list of fractions in (0, 1], each once (checked before anything is trained)."""
     if isinstance(s, (list, tuple)):
-        return [float(b) for b in s]
-    try:
-        out = [float(x) for x in str(s).split(",") if x.strip()]
-    except ValueError as err:
-        raise ValueError(f"budgets must be comma-separated numbers, got {s!r}") from err
+        out = [float(b) for b in s]
+    else:
+        try:
+            out = [float(x) for x in str(s).split(",") if x.strip()]
+        except ValueError as err:
+            raise DataError(f"--budgets must be comma-separated numbers, got {s!r}") from err
     if not out:
-        raise ValueError("no budgets given")
+        raise DataError("no budgets given")
+    for b in out:
+        try:
+            check_budget_fraction(b, name="--budgets entry")
+        except ValueError as err:
+            raise DataError(str(err)) from err
+    if len(set(out)) != len(out):
+        raise DataError(f"--budgets lists a budget twice: {s!r}")
     return out
+
+
+def parse_exit_layers(s) -> list[int]:
+    """``--exit_layers "2,4,6"`` as ints (the config checks the layers themselves)."""
+    try:
+        return [int(x) for x in str(s).split(",") if x.strip()]
+    except ValueError as err:
+        raise DataError(f"--exit_layers must be comma-separated layer numbers (1-based), got {s!r}") from err
+
+
+def _recipe_length(model, tokenizer, requested) -> int:
+    """Tokens to truncate to: ``--max_seq_length`` when given, else the length an hf_eenet model was trained at
+    (``config.max_seq_length``), else 128; capped at what the model's position table and tokenizer take (with a
+    warning, as ``run_classification.py`` does)."""
+    from .configuration_eenet import max_input_tokens
+
+    if requested is None:
+        requested = getattr(model.config, "max_seq_length", None) or 128
+    limit = max_input_tokens(model.config, tokenizer, recorded=False)
+    if int(requested) > limit:
+        logger.warning("--max_seq_length %d is larger than the model takes (%d positions); using %d",
+                       int(requested), limit, limit)
+        return limit
+    return int(requested)
 
 
 def budget_predictions(model, probs: np.ndarray, budgets=None) -> dict:
@@ -220,11 +255,12 @@ def budget_predictions(model, probs: np.ndarray, budgets=None) -> dict:
 
 def write_predictions(path, model, probs: np.ndarray, budgets=None, labels=None, texts=None) -> int:
     """One JSON line per input: ``{"index", ["text"], ["true_label"], "predictions": [{"budget", "label", "score",
-    "exit_layer", "cost"}, ...]}``. Returns the number of rows."""
+    "exit_layer", "cost"}, ...]}`` to the file ``path`` (replaced) or an open text stream (e.g. ``sys.stdout``,
+    written to as it is: a ``>>`` redirect appends). Returns the number of rows."""
     preds = budget_predictions(model, probs, budgets)
     id2label = model.config.id2label
     layers = list(model.config.exit_layers)
-    with open(path, "w") as f:
+    with (open(path, "w") if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path)) as f:
         for i in range(len(probs)):
             row = {"index": i}
             if texts is not None:
@@ -307,7 +343,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     pretrained_eenet = is_eenet_checkpoint(path)
     if pretrained_eenet:
         model, tok = load_eenet(path, model_args.tokenizer_name)
-        if model_args.exit_layers and [int(x) for x in model_args.exit_layers.split(",")] != list(
+        if model_args.exit_layers and parse_exit_layers(model_args.exit_layers) != list(
                 model.config.exit_layers):
             raise DataError(f"--exit_layers {model_args.exit_layers} differs from the exits of the hf_eenet model at "
                             f"{path} ({model.config.exit_layers}); its exit heads are trained for those layers. "
@@ -316,7 +352,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                                         need=need)
     else:
         data = load_text_classification(data_args, seed=training_args.seed, need=need)
-        exit_layers = [int(x) for x in model_args.exit_layers.split(",")] if model_args.exit_layers else None
+        exit_layers = parse_exit_layers(model_args.exit_layers) if model_args.exit_layers else None
         model, tok = load_backbone(path, len(data.label_names), exit_layers,
                                    data.label_names, exit_pooling=model_args.exit_pooling,
                                    tokenizer_name=model_args.tokenizer_name, cache_dir=model_args.cache_dir,
@@ -328,6 +364,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                             f"({data.label_names[classes.pop()]!r}); the scheduler is fitted on right and wrong "
                             "exits of several classes: give a --validation_file with several classes, or more "
                             "validation rows (--validation_split_rows)")
+    data_args.max_seq_length = _recipe_length(model, tok, data_args.max_seq_length)
     enc = data.tokenize(tok, data_args.max_seq_length)
     check_pairing(model.config, data.is_pair)
     if do_train or args.do_fit_scheduler:  # served (pipeline, early_exit_predict, CLI) at the length trained / fitted
@@ -478,6 +515,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                 (out_dir / name).write_bytes((res_dir / name).read_bytes())
         if show:
             print(results_table(results))
+    if is_main and not do_eval and (do_train or args.do_fit_scheduler):  # no new card: the old one is stale
+        from .model_card import mark_card_stale
+
+        mark_card_stale(str(out_dir), model, "retrained" if do_train else "refitted")
     if is_main and do_predict:
         pred_budgets = list(bank) if bank else None
         n = write_predictions(out_dir / "predict_results.jsonl", model, test_probs, pred_budgets,
@@ -531,10 +572,14 @@ def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False
 def build_parser(prog: str = "run_eenet.py"):
     from transformers import HfArgumentParser, TrainingArguments
 
-    return HfArgumentParser((ModelArguments, DataArguments, EENetArguments, TrainingArguments), prog=prog,
-                            description="Fine-tune a multi-exit BERT/RoBERTa, fit the EENet scheduler bank, evaluate "
-                                        "and predict under compute budgets. The first argument may be a JSON config "
-                                        "file (e.g. recipes/presets/sst2.json); flags after it override it.")
+    parser = HfArgumentParser((ModelArguments, DataArguments, EENetArguments, TrainingArguments), prog=prog,
+                              description="Fine-tune a multi-exit BERT/RoBERTa, fit the EENet scheduler bank, "
+                                          "evaluate and predict under compute budgets. The first argument may be a "
+                                          "JSON config file (e.g. recipes/presets/sst2.json); flags after it override "
+                                          "it.")
+    # no --max_seq_length: an hf_eenet model's own length (config.max_seq_length), else 128 (_recipe_length)
+    parser.set_defaults(max_seq_length=None)
+    return parser
 
 
 def main(argv=None, prog: str = "python recipes/run_eenet.py", resolve_model=None) -> dict:

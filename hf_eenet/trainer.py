@@ -16,8 +16,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.nn import functional as F
-from transformers import Trainer
+from transformers import EvalPrediction, Trainer
 
 from .bank import atomic_save_dir, data_fingerprint
 from .evaluation import evaluate_exits
@@ -59,10 +60,19 @@ def _label_array(label_ids) -> np.ndarray:
 def compute_exit_metrics(eval_pred) -> dict[str, float]:
     """``compute_metrics`` for ``Trainer``: accuracy of every exit (``accuracy_exit_<k>``, k the 1-based exit index, not the encoder layer) and of the last one.
 
-    Needs no Hub access (plain numpy; ``evaluate.load("accuracy")`` would download the metric script).
+    Needs no Hub access (plain numpy; ``evaluate.load("accuracy")`` would download the metric script). Regression
+    (one output): ``mse_exit_<k>``; multi-label (multi-hot labels): exact-match accuracy per exit.
     """
     exit_logits = _exit_logits_from_predictions(eval_pred.predictions)
     labels = _label_array(eval_pred.label_ids)
+    if labels.ndim == 2:  # multi-label (multi-hot labels [N, C]): per-exit exact-match accuracy, logit > 0 = on
+        if labels.shape[1] != exit_logits.shape[-1]:
+            raise ValueError(f"multi-label labels have {labels.shape[1]} columns but the exits have "
+                             f"{exit_logits.shape[-1]} classes")
+        acc = ((exit_logits > 0) == (labels[:, None, :] > 0.5)).all(-1).mean(0)
+        out = {f"accuracy_exit_{k + 1}": float(a) for k, a in enumerate(acc)}
+        out["accuracy"] = float(acc[-1])
+        return out
     if exit_logits.shape[-1] == 1:  # regression: report per-exit MSE
         return {f"mse_exit_{k + 1}": float(np.mean((exit_logits[:, k, 0] - labels) ** 2))
                 for k in range(exit_logits.shape[1])}
@@ -70,6 +80,46 @@ def compute_exit_metrics(eval_pred) -> dict[str, float]:
     out = {f"accuracy_exit_{k + 1}": float(a) for k, a in enumerate(acc)}
     out["accuracy"] = float(acc[-1])
     return out
+
+
+class BatchedExitMetrics:
+    """:func:`compute_exit_metrics` for ``batch_eval_metrics=True``: ``Trainer`` calls it once per evaluation batch
+    (``compute_result`` True on the last one); it keeps the batches' exit logits and labels and returns the same
+    metrics as :func:`compute_exit_metrics` at the end."""
+
+    def __init__(self):
+        self._logits, self._labels = [], []
+
+    def __call__(self, eval_pred, compute_result: bool = True) -> dict[str, float]:
+        preds = eval_pred.predictions
+        preds = tuple(preds) if isinstance(preds, (tuple, list)) else (preds,)
+        self._logits.append(_exit_logits_from_predictions(tuple(_to_numpy(p) for p in preds)))
+        self._labels.append(_to_numpy(eval_pred.label_ids))
+        if not compute_result:
+            return {}
+        logits, labels = np.concatenate(self._logits), np.concatenate(self._labels)
+        self._logits, self._labels = [], []
+        return compute_exit_metrics(EvalPrediction(predictions=logits, label_ids=labels))
+
+
+def _to_numpy(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_single_label(model) -> None:
+    """The EENet scheduler and every exit policy read each exit's softmax over the classes: single-label
+    classification only."""
+    kind = getattr(model.config, "problem_type", None)
+    if kind in ("multi_label_classification", "regression") or model.config.num_labels < 2:
+        raise ValueError(f"early exit under a budget needs a single-label classifier (softmax over >= 2 classes); "
+                         f"this model is {kind or 'a one-output model'} (num_labels={model.config.num_labels}): "
+                         "the scheduler bank cannot be fitted for it")
+
+
+#: the outputs of the all-exits forward besides ``logits`` (what the stock classifier returns)
+EXIT_OUTPUT_KEYS = ("exit_logits", "exit_index", "exit_layer", "exit_cost")
 
 
 class EENetTrainer(Trainer):
@@ -82,7 +132,13 @@ class EENetTrainer(Trainer):
         distill_weight (`float`): α (paper: 0.01).
 
     Per-exit validation accuracy is logged by ``evaluate`` (``eval_accuracy_exit_<k>``) unless another
-    ``compute_metrics`` is given.
+    ``compute_metrics`` is given (with ``batch_eval_metrics=True``: :class:`BatchedExitMetrics`).
+
+    Predictions: with the default metrics, ``evaluate`` / ``predict`` keep every output of the all-exits forward
+    (``predictions = (logits, exit_logits [N, K, C], exit_index, exit_layer, exit_cost)``). With your own
+    ``compute_metrics`` (or ``compute_metrics=None``) they are stock-shaped: ``predictions`` is the last exit's
+    ``logits [N, C]`` (the full model's), as with ``BertForSequenceClassification``, unless you pass
+    ``ignore_keys``. ``fit_scheduler`` / ``rematch_budgets`` read the exits themselves, whatever the metric hooks.
     """
 
     # compute_loss returns a per-batch mean; the Trainer divides it by the accumulation steps (GA-correct).
@@ -90,7 +146,10 @@ class EENetTrainer(Trainer):
 
     def __init__(self, *args, self_distillation: bool = False, distill_start: float = 0.75,
                  distill_temperature: float = 3.0, distill_weight: float = 0.01, **kwargs):
-        kwargs.setdefault("compute_metrics", compute_exit_metrics)
+        args_ = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if "compute_metrics" not in kwargs:
+            kwargs["compute_metrics"] = BatchedExitMetrics() if getattr(args_, "batch_eval_metrics", False) \
+                else compute_exit_metrics
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError("EENetTrainer computes the weighted loss over all exits itself, so compute_loss_func is "
                              "not used: override EENetTrainer.compute_loss (or the model's multi_exit_loss) instead")
@@ -145,6 +204,17 @@ class EENetTrainer(Trainer):
         outputs.loss = loss
         return (loss, outputs) if return_outputs else loss
 
+    def _default_metrics(self) -> bool:
+        return self.compute_metrics is compute_exit_metrics or isinstance(self.compute_metrics, BatchedExitMetrics)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """``Trainer.prediction_step``; with metric hooks other than the default per-exit ones, the exits' extra
+        outputs are left out (``predictions`` = ``logits [N, C]``, stock-shaped) unless ``ignore_keys`` is given."""
+        if ignore_keys is None and not self._default_metrics():
+            ignore_keys = list(getattr(getattr(model, "config", None), "keys_to_ignore_at_inference", None) or []) \
+                + list(EXIT_OUTPUT_KEYS)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
     # ------------------------------------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """``Trainer._save`` minus pickles, atomic, plus what the Hub needs for the budgeted pipeline.
@@ -168,7 +238,20 @@ class EENetTrainer(Trainer):
             if not Path(tmp, "pipeline_eenet.py").exists():  # a model that is not ours: still ship the pipeline code
                 shutil.copy(Path(__file__).with_name("pipeline_eenet.py"), Path(tmp, "pipeline_eenet.py"))
 
-        atomic_save_dir(output_dir, write)
+        atomic_save_dir(output_dir, write, drop=("training_args.bin",))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """``Trainer._push_from_checkpoint`` (``push_to_hub=True`` during training) copies only config, weights and
+        tokenizer into ``output_dir`` before uploading it: without the model's remote code and pipeline code the
+        pushed repo would not load without hf_eenet. Those files (and ``training_args.json``) are copied too. (The
+        stock push also uploads its pickled ``training_args.bin`` at each of these intermediate pushes;
+        ``hub_strategy="end"`` pushes only the final folder, which has none.)"""
+        if self.is_world_process_zero() and os.path.isdir(checkpoint_folder):
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            for entry in os.listdir(checkpoint_folder):
+                if entry.endswith(".py") or entry == "training_args.json":
+                    shutil.copy(os.path.join(checkpoint_folder, entry), os.path.join(self.args.output_dir, entry))
+        super()._push_from_checkpoint(checkpoint_folder)
 
     # ------------------------------------------------------------------------------------------------ scheduler
     def collect_exit_predictions(self, dataset=None,
@@ -182,6 +265,9 @@ class EENetTrainer(Trainer):
         dataset = dataset if dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("no dataset: pass eval_dataset to the trainer or to fit_scheduler(eval_dataset=...)")
+        if isinstance(dataset, dict):
+            raise ValueError(f"eval_dataset is a dict of several datasets ({sorted(dataset)}): pass the one to read, "
+                             "e.g. fit_scheduler(eval_dataset=trainer.eval_dataset['validation'])")
         columns = getattr(dataset, "column_names", None)
         if require_labels and columns is not None and not {"labels", "label", "label_ids", *self.label_names} & set(
                 columns):
@@ -219,20 +305,28 @@ class EENetTrainer(Trainer):
             if original is not None and "forward" in m.__dict__:
                 patched.append((m, m.__dict__["forward"]))
                 m.forward = original
-        flags = {k: getattr(self.args, k, False) for k in ("bf16_full_eval", "fp16_full_eval", "prediction_loss_only")}
+        flags = {k: getattr(self.args, k, False) for k in ("bf16_full_eval", "fp16_full_eval", "prediction_loss_only",
+                                                           "batch_eval_metrics")}
+        # the user's metric hooks are not run on these predictions (they need not understand the exits' outputs)
+        hooks = {"compute_metrics": self.compute_metrics,
+                 "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics}
         try:
             for k in flags:  # fp32 eval, and the predictions kept (the bank needs the exit logits)
                 setattr(self.args, k, False)
+            for k in hooks:
+                setattr(self, k, None)
             yield
         finally:
             for m, forward in patched:
                 m.forward = forward
             for k, v in flags.items():
                 setattr(self.args, k, v)
+            for k, v in hooks.items():
+                setattr(self, k, v)
 
     def _predict_exits(self, dataset, require_labels: bool):
         with self._serving_precision():
-            pred = self.predict(dataset, metric_key_prefix="exits")
+            pred = self.predict(dataset, ignore_keys=[], metric_key_prefix="exits")  # every output kept
         probs = softmax_np(_exit_logits_from_predictions(pred.predictions).astype(np.float64))
         if pred.label_ids is None:
             if require_labels:
@@ -245,6 +339,7 @@ class EENetTrainer(Trainer):
         (tokenized like the eval set; labels not needed, ignored if present): see
         :meth:`~hf_eenet.modeling_eenet.EENetModelMixin.rematch_budgets`. Returns its per-budget dict."""
         model = self.accelerator.unwrap_model(self.model)
+        _check_single_label(model)
         if not model.config.scheduler_budgets:
             raise ValueError("the model has no scheduler bank to re-match: call fit_scheduler first")
         probs, _ = self._predict_exits(dataset, require_labels=False)
@@ -290,6 +385,7 @@ class EENetTrainer(Trainer):
             logged), and ``self.scheduler_bank_budgets`` the bank's budgets afterwards.
         """
         model = self.accelerator.unwrap_model(self.model)
+        _check_single_label(model)
         check_bool(extend, "extend")
         if cost_profile is not None:
             from .costs import ExitCostProfile

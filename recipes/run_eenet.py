@@ -28,5 +28,6 @@ from recipes.presets import resolve_backbone  # noqa: E402
 if __name__ == "__main__":
     try:
         main(prog="python recipes/run_eenet.py", resolve_model=resolve_backbone)
-    except DataError as err:  # a problem with the user's data: one line, no traceback
+    except (DataError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        # a problem with the user's data or flags: one line, no traceback (as `hf-eenet train`)
         sys.exit(f"run_eenet.py: error: {err}")

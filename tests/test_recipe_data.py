@@ -709,3 +709,94 @@ def test_a_phase_failing_after_training_keeps_the_trained_model(tiny_backbone, c
     model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(out)  # trained weights, no bank
     assert model.config.scheduler_budgets == [] and model.config.id2label == {0: "bad", 1: "good"}
     assert model.config.max_seq_length == 48
+
+
+def test_regression_and_multi_label_targets_are_refused_in_one_line(tmp_path):
+    """Float labels (STS-B style) are a regression target, not one class per distinct value; list labels are
+    multi-label: both refused naming the column and a row, before anything is trained."""
+    floats = write_csv(tmp_path / "reg.csv", ["sentence", "label"], [("good", 1.86), ("bad", 0.85), ("ok", 2.0)] * 3)
+    with pytest.raises(DataError, match=r"non-integral numbers \(row 0: 1.86\).*regression target"):
+        load(tmp_path, {"train": floats})
+    write_jsonl(tmp_path / "ml.jsonl", [{"sentence": "good", "label": ["a", "b"]}, {"sentence": "bad", "label": ["a"]}])
+    with pytest.raises(DataError, match=r"holds a list in row 0 .*multi-label data is not supported"):
+        load(tmp_path, {"train": str(tmp_path / "ml.jsonl")})
+
+
+def test_recipe_checks_budgets_and_exit_layers_before_training(tmp_path, capsys):
+    from hf_eenet.recipe import main, parse_budgets, parse_exit_layers
+
+    for bad, match in (("1.5", r"in \(0, 1\]"), ("0", r"in \(0, 1\]"), ("nan", r"in \(0, 1\]"),
+                       ("0.5,0.5", "twice"), ("abc", "comma-separated numbers")):
+        with pytest.raises(DataError, match=match):
+            parse_budgets(bad)
+    assert parse_budgets("0.3, 0.5,1") == [0.3, 0.5, 1.0]
+    with pytest.raises(DataError, match="comma-separated layer numbers"):
+        parse_exit_layers("2,a")
+    # the recipe refuses before it loads a model or reads data (no such model, no such file: never reached)
+    with pytest.raises(DataError, match=r"in \(0, 1\]"):
+        main(["--model_name_or_path", str(tmp_path / "no-model"), "--train_file", str(tmp_path / "no.csv"),
+              "--output_dir", str(tmp_path / "out"), "--do_train", "--budgets", "1.5"])
+    assert not (tmp_path / "out").exists()
+    # the script prints one line, no traceback
+    r = subprocess.run([sys.executable, str(ROOT / "recipes" / "run_eenet.py"), "--model_name_or_path", "x",
+                        "--train_file", "y.csv", "--output_dir", str(tmp_path / "o"), "--do_train",
+                        "--budgets", "0.5,0.5"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("run_eenet.py: error: --budgets lists a budget twice")
+
+
+def test_recipe_length_defaults_to_the_model_and_is_capped_at_its_positions(csv_run, caplog):
+    from transformers import AutoTokenizer
+
+    from hf_eenet.recipe import _recipe_length
+
+    out = csv_run["out"]
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert _recipe_length(model, tok, None) == 48  # the length it was trained and fitted at
+    assert _recipe_length(model, tok, 32) == 32  # an explicit flag wins
+    with caplog.at_level("WARNING"):
+        assert _recipe_length(model, tok, 1000) == 64  # the position table (max_position_embeddings 64)
+    assert "larger than the model takes (64 positions)" in caplog.text
+    model.config.max_seq_length = None  # a model that records no length: 128, capped at its 64 positions
+    assert _recipe_length(model, tok, None) == 64
+
+
+def test_recipe_retraining_without_eval_marks_the_old_card_stale(csv_run, tiny_backbone, csv_data, tmp_path):
+    import shutil
+
+    from hf_eenet.recipe import main
+
+    d = tmp_path / "model"
+    shutil.copytree(csv_run["out"], d)
+    assert "model-index" in (d / "README.md").read_text()
+    flags = common_flags(tiny_backbone, d)
+    flags[flags.index("--budgets") + 1] = "0.6"
+    main(["--train_file", csv_data["train"], "--validation_file", csv_data["validation"], "--text_column_names",
+          "review", "--label_column_name", "sentiment", "--do_train", "--do_eval", "false", *flags])
+    card = (d / "README.md").read_text()
+    assert "model-index" not in card
+    assert "> **Note:** the scheduler bank was retrained after this card was written; it now serves budgets [0.6]" \
+        in card
+
+
+def test_predictions_go_to_an_open_stream_without_truncating_it(csv_run, csv_data, tmp_path):
+    """`hf-eenet predict ... >> file` appends: the CLI writes to sys.stdout itself (opening /dev/stdout with "w"
+    truncated the redirect target)."""
+    out = tmp_path / "app.txt"
+    out.write_text("EXISTING LINE\n")
+    r = subprocess.run([sys.executable, "-m", "hf_eenet", "predict", str(csv_run["out"]), "--test_file",
+                        csv_data["unlabelled"], "--text_column_names", "review", "--budget", "0.5"],
+                       stdout=open(out, "a"), stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == "EXISTING LINE" and len(lines) == 1 + 7
+    assert json.loads(lines[1])["predictions"][0]["budget"] == 0.5
+
+
+def test_card_base_model_is_never_a_recorded_machine_path():
+    from hf_eenet.model_card import _looks_like_hub_id
+
+    assert not _looks_like_hub_id("<path>/tinybert")
+    assert _looks_like_hub_id("sentence-transformers/all-MiniLM-L6-v2")

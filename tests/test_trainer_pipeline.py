@@ -253,6 +253,113 @@ def test_per_batch_predictions_work_for_metrics_and_the_bank(tok, tmp_path):
     assert np.array_equal(outs[0][2], outs[1][2])
 
 
+def test_user_metric_hooks_get_stock_shaped_predictions_and_do_not_reach_the_bank(tok, tmp_path):
+    """A tutorial compute_metrics (``preds, labels = p; np.argmax(preds, axis=1)``) and a memory-saving
+    preprocess_logits_for_metrics work as with the stock model; fit_scheduler reads the exits whatever the hooks."""
+    model = toy_model(seed=5)
+    val = toy_dataset(tok, 48, seed=7)
+
+    def tutorial(p):
+        preds, labels = p
+        return {"acc": float((np.argmax(preds, axis=1) == labels).mean())}
+
+    ref = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), eval_dataset=val,
+                                data_collator=DataCollatorWithPadding(tok))
+    ref_metrics = ref.evaluate()
+    assert isinstance(ref.predict(val).predictions, tuple)  # default metrics: every output kept
+    ref_probs, _ = ref.collect_exit_predictions(val)
+    for kwargs in ({"compute_metrics": tutorial},
+                   {"compute_metrics": tutorial, "preprocess_logits_for_metrics": lambda logits, y: logits},
+                   {"compute_metrics": None}):
+        trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), eval_dataset=val,
+                                        data_collator=DataCollatorWithPadding(tok), **kwargs)
+        pred = trainer.predict(val)
+        assert isinstance(pred.predictions, np.ndarray) and pred.predictions.shape == (48, 2)
+        if kwargs["compute_metrics"] is not None:
+            assert trainer.evaluate()["eval_acc"] == pytest.approx(ref_metrics["eval_accuracy"])
+        else:  # asked for: every output
+            assert isinstance(trainer.predict(val, ignore_keys=[]).predictions, tuple)
+        info = trainer.fit_scheduler(val, budgets=[0.6])
+        assert 0.6 in info
+        probs, _ = trainer.collect_exit_predictions(val)
+        np.testing.assert_allclose(probs, ref_probs, atol=1e-6)
+        assert trainer.compute_metrics is kwargs["compute_metrics"]  # hooks restored
+
+
+def test_batch_eval_metrics_and_multi_label_metrics(tok, tmp_path):
+    model = toy_model(seed=5)
+    val = toy_dataset(tok, 80, seed=7)
+    full = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), eval_dataset=val,
+                                 data_collator=DataCollatorWithPadding(tok)).evaluate()
+    batched = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, batch_eval_metrics=True,
+                                                             per_device_eval_batch_size=16),
+                                    eval_dataset=val, data_collator=DataCollatorWithPadding(tok))
+    assert isinstance(batched.compute_metrics, hf_eenet.trainer.BatchedExitMetrics)
+    got = batched.evaluate()
+    for k in range(1, 5):
+        assert got[f"eval_accuracy_exit_{k}"] == pytest.approx(full[f"eval_accuracy_exit_{k}"])
+    assert batched.fit_scheduler(val, budgets=[0.6])  # the bank's predictions are kept under batch_eval_metrics
+    # multi-label: exact-match accuracy per exit; the bank is refused with one clear message
+    logits = np.array([[[2.0, -1.0, 3.0], [-2.0, -1.0, 3.0]], [[-1.0, 1.0, -1.0], [-1.0, 1.0, -1.0]]])
+    labels = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    m = hf_eenet.trainer.compute_exit_metrics(hf_eenet.trainer.EvalPrediction(predictions=(logits[:, -1], logits),
+                                                                              label_ids=labels))
+    assert m == {"accuracy_exit_1": 1.0, "accuracy_exit_2": 0.5, "accuracy": 0.5}
+    ml = toy_model(seed=5, problem_type="multi_label_classification")
+    trainer = hf_eenet.EENetTrainer(model=ml, args=targs(tmp_path), eval_dataset=val,
+                                    data_collator=DataCollatorWithPadding(tok))
+    with pytest.raises(ValueError, match="single-label classifier"):
+        trainer.fit_scheduler(val, budgets=[0.6])
+
+
+def test_fit_scheduler_names_the_problem_with_a_dict_of_eval_datasets(tok, tmp_path):
+    val = toy_dataset(tok, 32, seed=7)
+    trainer = hf_eenet.EENetTrainer(model=toy_model(seed=5), args=targs(tmp_path),
+                                    eval_dataset={"val": val, "test": val}, data_collator=DataCollatorWithPadding(tok))
+    with pytest.raises(ValueError, match=r"dict of several datasets \(\['test', 'val'\]\)"):
+        trainer.fit_scheduler(budgets=[0.6])
+    assert trainer.fit_scheduler(trainer.eval_dataset["val"], budgets=[0.6])
+
+
+def test_save_drops_a_stale_pickle_and_checkpoint_pushes_carry_the_code(tok, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "training_args.bin").write_bytes(b"stale pickle from an earlier run")
+    (out / "notes.txt").write_text("kept")
+    trainer = hf_eenet.EENetTrainer(model=toy_model(seed=5), args=targs(tmp_path), processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
+    trainer.save_model(str(out))
+    assert not (out / "training_args.bin").exists() and (out / "training_args.json").exists()
+    assert (out / "notes.txt").read_text() == "kept"
+    # a push during training (hub_strategy every_save) uploads output_dir after copying files from the checkpoint:
+    # the remote code and pipeline code go with them, so the pushed repo loads without hf_eenet
+    ckpt = tmp_path / "checkpoint-2"
+    trainer.save_model(str(ckpt))
+    push_dir = tmp_path / "push"
+    trainer.args.output_dir = str(push_dir)
+    uploaded = {}
+    import transformers.trainer as stock_trainer
+
+    monkeypatch.setattr(trainer, "is_world_process_zero", lambda: True)
+    assert trainer.args.hub_strategy == "every_save"  # the default: a push at every save
+    trainer.hub_model_id = "user/toy"
+    trainer.state.epoch = 1.0
+    trainer.push_in_progress = None
+
+    class FakeApi:
+        def upload_folder(self, folder_path, **kw):
+            uploaded["files"] = sorted(os.listdir(folder_path))
+            return None
+
+    monkeypatch.setattr(stock_trainer, "hf_api", lambda: FakeApi())
+    push_dir.mkdir()
+    trainer._push_from_checkpoint(str(ckpt))
+    files = uploaded["files"]
+    for needed in ("config.json", "model.safetensors", "modeling_eenet.py", "configuration_eenet.py",
+                   "pipeline_eenet.py", "training_args.json"):
+        assert needed in files, (needed, files)
+
+
 def test_saved_model_reloads_with_identical_decisions(trained, tok):
     from transformers import AutoModelForSequenceClassification
 
