@@ -383,8 +383,8 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
             for key, values in res.items():
                 for i, t in enumerate(values):
                     if not t:
-                        raise DataError(f"the {split} split has an empty text in column(s) {cols} (a row near "
-                                        f"index {i} of its batch); remove empty rows")
+                        raise DataError(f"the {split} split has an empty text in column(s) {cols} (row {rows[i]}); "
+                                        "remove empty rows")
             if ids is not None:
                 res["label"] = [ids[i] for i in rows]
             return res

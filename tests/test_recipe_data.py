@@ -800,3 +800,11 @@ def test_card_base_model_is_never_a_recorded_machine_path():
 
     assert not _looks_like_hub_id("<path>/tinybert")
     assert _looks_like_hub_id("sentence-transformers/all-MiniLM-L6-v2")
+
+
+def test_an_empty_text_is_named_by_its_row_in_the_split(tmp_path):
+    rows = [(f"text {i}", "a" if i % 2 else "b") for i in range(1200)]
+    rows[1100] = ("   ", "a")
+    train = write_csv(tmp_path / "t.csv", ["sentence", "label"], rows)
+    with pytest.raises(DataError, match=r"empty text in column\(s\) \['sentence'\] \(row 1100\)"):
+        load(tmp_path, {"train": train})
