@@ -67,7 +67,9 @@ class DataArguments:
         "help": "percent of train held out (seeded, stratified) when there is no validation split"})
     validation_split_rows: int | None = field(default=None, metadata={
         "help": "hold out this many train rows instead of a percentage"})
-    max_seq_length: int = field(default=128, metadata={"help": "truncate inputs to this many tokens"})
+    max_seq_length: int = field(default=128, metadata={
+        "help": "truncate inputs to this many tokens (recipe and CLI without the flag: an hf_eenet model's recorded "
+                "length, else 128)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N validation rows"})
     max_predict_samples: int | None = field(default=None, metadata={"help": "use only the first N test rows"})
@@ -181,10 +183,6 @@ def _label_values(values, split: str, col: str, feat) -> list:
                             "(one label per row)")
         elif isinstance(v, float) and v.is_integer():
             v = int(v)
-        elif isinstance(v, float) and math.isfinite(v):
-            raise DataError(f"the {split} split's label column {col!r} holds non-integral numbers (row {i}: {v!r}): "
-                            "that is a regression target, and hf_eenet trains classifiers (one class per row); "
-                            "map the values to classes first")
         out.append(v)
     missing = [i for i, v in enumerate(out) if _no_label(v)]
     if missing:
@@ -347,6 +345,12 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
         else:  # the split's values are all strings or all numbers: sortable
             values = ([] if _is_unlabelled(train, label_col)
                       else _label_values(train[label_col], "train", label_col, feat))
+            fractional = next((i for i, v in enumerate(values) if isinstance(v, float) and math.isfinite(v)), None)
+            if fractional is not None:  # 1.86, 0.85, ...: not one class per distinct value
+                raise DataError(f"the train split's label column {label_col!r} holds non-integral numbers (row "
+                                f"{fractional}: {values[fractional]!r}): that looks like a regression target, and "
+                                "hf_eenet trains classifiers (one class per row). Map the values to classes first, "
+                                "or, if these numbers are class names, list them with --class_names")
             label_names = [str(v) for v in sorted(set(values))]
         if len(label_names) < 2:
             raise DataError(f"found {len(label_names)} class(es) ({label_names}) in the train split's "

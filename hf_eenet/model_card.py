@@ -173,7 +173,7 @@ def write_results_card(results: dict, folder) -> ModelCard:
 __all__ = ["build_model_card", "card_from_results", "mark_card_stale", "write_results_card"]
 
 
-def mark_card_stale(model_dir: str, model, what: str) -> None:
+def mark_card_stale(model_dir: str, model, what: str, subject: str = "scheduler bank") -> None:
     """After the model or its bank changed without a new evaluation (``hf-eenet fit-scheduler`` / ``rematch``, the
     recipe retraining into the folder without ``--do_eval``): the folder's card no longer describes the model it
     ships. Its model-index results (shown by the Hub) are removed and a note heads the text; other files are left as
@@ -188,11 +188,11 @@ def mark_card_stale(model_dir: str, model, what: str) -> None:
         return  # not a card we wrote
     card.data.eval_results = None
     card.data.model_name = None
-    note = (f"> **Note:** the scheduler bank was {what} after this card was written; it now serves "
+    note = (f"> **Note:** the {subject} was {what} after this card was written; it now serves "
             f"budgets {list(model.config.scheduler_budgets or [])}. The results below (and results.json) describe the "
             "earlier model: re-evaluate (`hf-eenet evaluate`) before relying on them.\n\n")
     text = card.text.lstrip("\n")
-    if text.startswith("> **Note:** the scheduler bank was"):  # a note of an earlier change: replaced
+    if text.startswith(("> **Note:** the scheduler bank was", "> **Note:** the model was")):  # an earlier note
         text = text.split("\n\n", 1)[1] if "\n\n" in text else ""
     card.text = note + text
     card.save(str(path))

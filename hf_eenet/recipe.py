@@ -518,7 +518,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     if is_main and not do_eval and (do_train or args.do_fit_scheduler):  # no new card: the old one is stale
         from .model_card import mark_card_stale
 
-        mark_card_stale(str(out_dir), model, "retrained" if do_train else "refitted")
+        if do_train:
+            mark_card_stale(str(out_dir), model, "retrained", subject="model")
+        else:
+            mark_card_stale(str(out_dir), model, "refitted")
     if is_main and do_predict:
         pred_budgets = list(bank) if bank else None
         n = write_predictions(out_dir / "predict_results.jsonl", model, test_probs, pred_budgets,

@@ -47,7 +47,9 @@ def _exit_logits_from_predictions(predictions) -> np.ndarray:
     if predictions is None:
         raise ValueError("the Trainer kept no predictions (prediction_loss_only=True?): the per-exit metrics and the "
                          "scheduler need the exit logits")
-    raise ValueError("predictions hold no [N, K, C] exit logits: was the model run with all exits (no policy)?")
+    raise ValueError("predictions hold no [N, K, C] exit logits: was the model run with all exits (no policy)? "
+                     "With your own compute_metrics, EENetTrainer passes stock-shaped predictions (the last exit's "
+                     "logits): give EENetTrainer(..., exit_outputs=True) to get the exits' outputs")
 
 
 def _label_array(label_ids) -> np.ndarray:
@@ -88,6 +90,11 @@ class BatchedExitMetrics:
     metrics as :func:`compute_exit_metrics` at the end."""
 
     def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the batches kept so far (``EENetTrainer`` calls it as every evaluation starts, so an evaluation
+        interrupted midway leaves nothing behind)."""
         self._logits, self._labels = [], []
 
     def __call__(self, eval_pred, compute_result: bool = True) -> dict[str, float]:
@@ -138,14 +145,15 @@ class EENetTrainer(Trainer):
     (``predictions = (logits, exit_logits [N, K, C], exit_index, exit_layer, exit_cost)``). With your own
     ``compute_metrics`` (or ``compute_metrics=None``) they are stock-shaped: ``predictions`` is the last exit's
     ``logits [N, C]`` (the full model's), as with ``BertForSequenceClassification``, unless you pass
-    ``ignore_keys``. ``fit_scheduler`` / ``rematch_budgets`` read the exits themselves, whatever the metric hooks.
+    ``ignore_keys`` or ``exit_outputs=True`` (e.g. a metric that calls :func:`compute_exit_metrics`). ``fit_scheduler`` / ``rematch_budgets`` read the exits themselves, whatever the metric hooks.
     """
 
     # compute_loss returns a per-batch mean; the Trainer divides it by the accumulation steps (GA-correct).
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, self_distillation: bool = False, distill_start: float = 0.75,
-                 distill_temperature: float = 3.0, distill_weight: float = 0.01, **kwargs):
+                 distill_temperature: float = 3.0, distill_weight: float = 0.01, exit_outputs: bool | None = None,
+                 **kwargs):
         args_ = kwargs.get("args", args[1] if len(args) > 1 else None)
         if "compute_metrics" not in kwargs:
             kwargs["compute_metrics"] = BatchedExitMetrics() if getattr(args_, "batch_eval_metrics", False) \
@@ -160,6 +168,7 @@ class EENetTrainer(Trainer):
         self.distill_start = distill_start
         self.distill_temperature = distill_temperature
         self.distill_weight = distill_weight
+        self.exit_outputs = None if exit_outputs is None else check_bool(exit_outputs, "exit_outputs")
         self.scheduler_fit_info: dict = {}
         self.scheduler_fit_mode: str | None = None  # "replaced" / "extended" after fit_scheduler
 
@@ -204,16 +213,24 @@ class EENetTrainer(Trainer):
         outputs.loss = loss
         return (loss, outputs) if return_outputs else loss
 
-    def _default_metrics(self) -> bool:
+    def _keeps_exit_outputs(self) -> bool:
+        if self.exit_outputs is not None:
+            return self.exit_outputs
         return self.compute_metrics is compute_exit_metrics or isinstance(self.compute_metrics, BatchedExitMetrics)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """``Trainer.prediction_step``; with metric hooks other than the default per-exit ones, the exits' extra
-        outputs are left out (``predictions`` = ``logits [N, C]``, stock-shaped) unless ``ignore_keys`` is given."""
-        if ignore_keys is None and not self._default_metrics():
+        """``Trainer.prediction_step``; unless the exits' outputs are kept (the default per-exit metrics, or
+        ``exit_outputs=True``), they are left out (``predictions`` = ``logits [N, C]``, stock-shaped) when no
+        ``ignore_keys`` is given."""
+        if ignore_keys is None and not self._keeps_exit_outputs():
             ignore_keys = list(getattr(getattr(model, "config", None), "keys_to_ignore_at_inference", None) or []) \
                 + list(EXIT_OUTPUT_KEYS)
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    def evaluation_loop(self, *args, **kwargs):
+        if isinstance(self.compute_metrics, BatchedExitMetrics):
+            self.compute_metrics.reset()  # nothing left over from an evaluation that was interrupted
+        return super().evaluation_loop(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

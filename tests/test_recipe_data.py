@@ -717,6 +717,11 @@ def test_regression_and_multi_label_targets_are_refused_in_one_line(tmp_path):
     floats = write_csv(tmp_path / "reg.csv", ["sentence", "label"], [("good", 1.86), ("bad", 0.85), ("ok", 2.0)] * 3)
     with pytest.raises(DataError, match=r"non-integral numbers \(row 0: 1.86\).*regression target"):
         load(tmp_path, {"train": floats})
+    # numbers that are class names (half stars) read as before when the names are given
+    halves = write_csv(tmp_path / "half.csv", ["sentence", "label"], [("good", 0.5), ("bad", 1.5), ("ok", 2.5)] * 3)
+    d = load(tmp_path, {"train": halves}, class_names="0.5,1.5,2.5")
+    assert d.label_names == ["0.5", "1.5", "2.5"]
+    assert dict(zip(d.splits["train"]["text"], d.splits["train"]["label"])) == {"good": 0, "bad": 1, "ok": 2}
     write_jsonl(tmp_path / "ml.jsonl", [{"sentence": "good", "label": ["a", "b"]}, {"sentence": "bad", "label": ["a"]}])
     with pytest.raises(DataError, match=r"holds a list in row 0 .*multi-label data is not supported"):
         load(tmp_path, {"train": str(tmp_path / "ml.jsonl")})
@@ -776,8 +781,7 @@ def test_recipe_retraining_without_eval_marks_the_old_card_stale(csv_run, tiny_b
           "review", "--label_column_name", "sentiment", "--do_train", "--do_eval", "false", *flags])
     card = (d / "README.md").read_text()
     assert "model-index" not in card
-    assert "> **Note:** the scheduler bank was retrained after this card was written; it now serves budgets [0.6]" \
-        in card
+    assert "> **Note:** the model was retrained after this card was written; it now serves budgets [0.6]" in card
 
 
 def test_predictions_go_to_an_open_stream_without_truncating_it(csv_run, csv_data, tmp_path):

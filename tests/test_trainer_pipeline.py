@@ -284,6 +284,17 @@ def test_user_metric_hooks_get_stock_shaped_predictions_and_do_not_reach_the_ban
         probs, _ = trainer.collect_exit_predictions(val)
         np.testing.assert_allclose(probs, ref_probs, atol=1e-6)
         assert trainer.compute_metrics is kwargs["compute_metrics"]  # hooks restored
+    # a metric built on compute_exit_metrics asks for the exits' outputs (exit_outputs=True); without it, the error
+    # says so
+    wrapped = lambda p: {**hf_eenet.trainer.compute_exit_metrics(p), "n": 1.0}  # noqa: E731
+    plain = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), eval_dataset=val, compute_metrics=wrapped,
+                                  data_collator=DataCollatorWithPadding(tok))
+    with pytest.raises(ValueError, match=r"exit_outputs=True"):
+        plain.evaluate()
+    asked = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), eval_dataset=val, compute_metrics=wrapped,
+                                  data_collator=DataCollatorWithPadding(tok), exit_outputs=True)
+    got = asked.evaluate()
+    assert got["eval_accuracy_exit_2"] == ref_metrics["eval_accuracy_exit_2"] and got["eval_n"] == 1.0
 
 
 def test_batch_eval_metrics_and_multi_label_metrics(tok, tmp_path):
@@ -295,6 +306,8 @@ def test_batch_eval_metrics_and_multi_label_metrics(tok, tmp_path):
                                                              per_device_eval_batch_size=16),
                                     eval_dataset=val, data_collator=DataCollatorWithPadding(tok))
     assert isinstance(batched.compute_metrics, hf_eenet.trainer.BatchedExitMetrics)
+    batched.compute_metrics._logits.append(np.zeros((3, 4, 2)))  # left by an evaluation that was interrupted
+    batched.compute_metrics._labels.append(np.zeros(3, dtype=np.int64))
     got = batched.evaluate()
     for k in range(1, 5):
         assert got[f"eval_accuracy_exit_{k}"] == pytest.approx(full[f"eval_accuracy_exit_{k}"])
