@@ -129,9 +129,9 @@ def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, bud
 
     Batch dependence: ``quantize_dynamic`` picks each activation's int8 scale from the whole tensor it multiplies,
     i.e. from every row (and padding column) of the batch, so an int8 model's logits — and, for rows near a
-    threshold, their exits — depend on the other texts in the batch (on the SST-2 model: 7 of 40 texts took another
-    exit at batch 8 than alone; fp32 / bf16 / fp16 models give every text what it gets alone). For results that do
-    not depend on the batch, serve one text per call (``pipe(text, budget=...)``, the per-request loop).
+    threshold, their exits — depend on the other texts in the batch (fp32 / bf16 / fp16 models give every text what
+    it gets alone). For results that do not depend on the batch, serve one text per call (``pipe(text,
+    budget=...)``, the per-request loop).
     """
     if not (hasattr(model, "exit_forward") and hasattr(model, "eenet_schedulers")):
         raise TypeError(f"expected an hf_eenet early-exit model, got {type(model).__name__}")
