@@ -5,8 +5,9 @@ For a trained model folder (from ``recipes/run_eenet.py``) and its dataset's tes
     ``BertForSequenceClassification``/``RobertaForSequenceClassification`` for first-token exits, the single-exit
     EENet model for mean-pooled exits (see ``full_model``);
   * early exit at each budget through ``pipeline("text-classification")(texts, budget=B)``;
-  * compounding: early exit at each budget with bf16 autocast, and with dynamic int8 quantisation of the Linear
-    layers (``torch.ao.quantization.quantize_dynamic``); plus the full model in bf16 / int8 for reference.
+  * compounding: early exit at each budget with bf16 autocast, and with int8 quantisation of the Linear layers
+    (``hf_eenet.quantization``: int8 weights, activations quantised per token); plus the full model in bf16 / int8
+    (the same int8 linears) for reference.
     Quantisation shifts the exits' probabilities, so thresholds fitted on the fp32 model no longer meet the budget
     (they send almost every row to exit 1): for bf16 / int8 early exit the scheduler bank is refitted at the same
     budgets on the *reduced-precision* model's own validation outputs (``--no_refit`` to skip; fit time reported).
@@ -113,7 +114,9 @@ def build(model_dir: str, variant: str, refit=None):
                                       inplace=True, seed=42)
         refit_info = model.eenet_quantization["refit"]
     elif prec == "int8":  # the full model for reference: every Linear of the stock / single-exit classifier
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        from hf_eenet.quantization import quantize_linears_int8
+
+        quantize_linears_int8(model)
     pipe = pipe_cls(model=model, tokenizer=tok)
     if kind == "ee" and prec == "bf16" and refit is not None:
         refit_info = refit_bank(model, tok, prec, *refit)

@@ -323,6 +323,16 @@ class EENetModelMixin:
         self.config.scheduler_bank = None
         self.config.default_budget = None
 
+    #: per-process caches kept in the model's ``__dict__`` (captured CUDA graphs with their lock and static buffers;
+    #: bank entries already checked): ``copy.deepcopy`` / pickle leave them out, the copy rebuilds them on first use
+    _EENET_CACHES = ("_eenet_layer_graphs", "_eenet_checked_entries")
+
+    def __getstate__(self):
+        state = super().__getstate__()  # nn.Module's: a copy of __dict__
+        for key in self._EENET_CACHES:
+            state.pop(key, None)
+        return state
+
     def release_cuda_graphs(self) -> int:
         """Drop the CUDA graphs captured by ``cuda_graphs=True`` (their static buffers hold device memory per
         captured layer and width); returns how many graphs were dropped. The next call with graphs recaptures."""
@@ -380,7 +390,7 @@ class EENetModelMixin:
         ``pipeline("text-classification", model=folder, trust_remote_code=True)`` serves ``budget=`` without
         hf_eenet installed."""
         if getattr(self, "eenet_quantization", None):
-            raise ValueError("this model is dynamically quantised (hf_eenet.quantization): save the fp32 model and "
+            raise ValueError("this model is int8-quantised (hf_eenet.quantization): save the fp32 model and "
                              "quantise after loading")
         if self.config.scheduler_budgets or self.config.scheduler_bank:
             self.config.scheduler_bank = verify_bank(self, where="on save") or None

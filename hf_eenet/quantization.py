@@ -1,5 +1,5 @@
-"""Supported reduced-precision serving: dynamic int8 quantisation of an EENet model, with its scheduler bank refitted
-on the quantised model's own validation outputs.
+"""Supported reduced-precision serving: int8 quantisation of an EENet model, with its scheduler bank refitted on the
+quantised model's own validation outputs.
 
 Why a refit: quantisation shifts every exit's probabilities, so thresholds fitted on the fp32 model no longer meet
 their budgets (on SST-2 the fp32 bank sends almost every row to exit 1 of the int8 model). A bank is only valid for
@@ -8,10 +8,18 @@ labelled validation split) or refuses (or, with ``refit=False``, drops it, so th
 serving a budget the bank was not fitted for).
 
 What is quantised: the backbone (``bert`` / ``roberta``), the exit heads and the final classifier — every
-``nn.Linear`` there, with ``torch.ao.quantization.quantize_dynamic`` (int8 weights, activations quantised per batch).
-The EENet schedulers stay as they are (float32 networks, float64 thresholds): they are tiny, and their decisions
-must be exact. Quantising the whole model instead would turn the schedulers' Linear layers into packed modules and
-break the budget path.
+``nn.Linear`` there becomes an :class:`Int8Linear`: int8 weights with one scale per output feature, and activations
+quantised to int8 *per token* (one scale per row of the input) as they arrive, the products summed exactly in int32
+(``torch._int_mm``)::
+
+    s_x = max_j |x_j| / 127,   s_w[o] = max_j |W[o, j]| / 127
+    y[o] = s_x * s_w[o] * sum_j round(x_j / s_x) * round(W[o, j] / s_w[o]) + b[o]
+
+Every row's output depends on that row alone, so a batched call gives each text exactly what it gets alone (the
+early-exit parity every other precision has). ``torch.ao``'s dynamic quantisation, which this replaced, takes one
+activation scale from the whole batch (its padding included): a text's logits, and near a threshold its exit,
+changed with the texts batched beside it. The EENet schedulers stay as they are (float32 networks, float64
+thresholds): they are tiny, and their decisions must be exact.
 
     from hf_eenet.quantization import quantize_dynamic_int8
     q = quantize_dynamic_int8(model, tokenizer=tok, texts=val_texts, labels=val_labels)   # CPU inference
@@ -33,6 +41,66 @@ from .bank import data_fingerprint
 from .validation import check_budget_fraction
 
 QUANTIZED_PARTS = ("bert", "roberta", "exit_heads", "classifier")
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` with int8 weights (per output feature) and int8 activations quantised per token (CPU).
+
+    ``y = s_x * s_w * (round(x / s_x) @ round(W / s_w)^T) + b`` with ``s_x`` one scale per row of ``x`` (its largest
+    magnitude / 127) and ``s_w`` one per output feature; the int8 products are summed exactly in int32. Each row's
+    output depends on that row alone (no batch-wide scale). Input ``[..., in_features]`` (any float dtype, computed
+    in float32), output ``[..., out_features]`` float32.
+
+    Built from an ``nn.Linear`` with :meth:`from_linear`; weights live in buffers (``weight_int8 [in, out]`` int8,
+    ``weight_scale [out]``, ``bias [out]`` float32), so the module has no trainable parameters.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_int8", torch.zeros(in_features, out_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        w = linear.weight.detach().float().cpu()
+        scale = w.abs().amax(1).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
+        q.weight_int8.copy_(torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8).t())
+        q.weight_scale.copy_(scale)
+        if linear.bias is not None:
+            q.bias.copy_(linear.bias.detach().float())
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            raise RuntimeError("Int8Linear (hf_eenet int8 quantisation) runs on CPU; keep the quantised model there")
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.in_features).float()
+        amax = x.abs().amax(-1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
+        xq = (x * (127.0 / amax)).round_().to(torch.int8)  # |x / s_x| <= 127: no clamp needed
+        acc = torch._int_mm(xq, self.weight_int8).to(torch.float32)  # exact int32 sums
+        scale = (amax * (1.0 / 127.0)) * self.weight_scale  # [rows, out]: s_x * s_w
+        y = acc.mul_(scale) if self.bias is None else torch.addcmul(self.bias, acc, scale)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def quantize_linears_int8(module: nn.Module) -> int:
+    """Replace every ``nn.Linear`` below ``module`` (in place) by an :class:`Int8Linear`; returns how many.
+    ``module`` itself is not replaced (for a bare ``nn.Linear`` use :meth:`Int8Linear.from_linear`)."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(module, name, Int8Linear.from_linear(child))
+            count += 1
+        else:
+            count += quantize_linears_int8(child)
+    return count
 
 
 @torch.inference_mode()
@@ -112,7 +180,8 @@ def refit_scheduler_bank(model, tokenizer, texts, labels, *, budgets=None, text_
 def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, budgets=None, text_pairs=None,
                           traffic_texts=None, traffic_text_pairs=None, refit: bool = True, inplace: bool = False,
                           seed: int = 0, batch_size: int = 64, max_length: int | None = None, progress: bool = True):
-    """Dynamic int8 quantisation of an EENet model's backbone, exit heads and classifier (CPU inference).
+    """int8 quantisation of an EENet model's backbone, exit heads and classifier (CPU inference): every
+    ``nn.Linear`` there becomes an :class:`Int8Linear` (int8 weights, activations quantised per token).
 
     Args:
         model: an hf_eenet early-exit model (fp32).
@@ -127,11 +196,7 @@ def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, bud
     Returns:
         The quantised model; ``model.eenet_quantization`` holds ``{"scheme", "modules", "refit", "rematch"}``.
 
-    Batch dependence: ``quantize_dynamic`` picks each activation's int8 scale from the whole tensor it multiplies,
-    i.e. from every row (and padding column) of the batch, so an int8 model's logits — and, for rows near a
-    threshold, their exits — depend on the other texts in the batch (fp32 / bf16 / fp16 models give every text what
-    it gets alone). For results that do not depend on the batch, serve one text per call (``pipe(text,
-    budget=...)``, the per-request loop).
+    Activations are quantised per token, so batched calls give every text what it gets alone, as in fp32.
     """
     if not (hasattr(model, "exit_forward") and hasattr(model, "eenet_schedulers")):
         raise TypeError(f"expected an hf_eenet early-exit model, got {type(model).__name__}")
@@ -142,7 +207,7 @@ def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, bud
             "quantisation: pass tokenizer=, texts= and labels= of a labelled validation split to refit it, or "
             "refit=False to drop the bank")
     if next(model.parameters()).device.type != "cpu":
-        raise ValueError("dynamic int8 quantisation runs on CPU: move the model to the CPU first")
+        raise ValueError("int8 quantisation (Int8Linear) runs on CPU: move the model to the CPU first")
     if traffic_texts is not None and not (has_bank and refit):
         raise ValueError("traffic_texts re-matches a refitted bank: it needs a bank (or budgets=) and refit=True")
     rematched = [r for r in (model.config.scheduler_bank or []) if r.get("rematched_on")]
@@ -156,10 +221,14 @@ def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, bud
     done = []
     for name in QUANTIZED_PARTS:
         sub = getattr(q, name, None)
-        if isinstance(sub, nn.Module):
-            setattr(q, name, torch.ao.quantization.quantize_dynamic(sub, {nn.Linear}, dtype=torch.qint8))
+        if isinstance(sub, nn.Linear):  # BERT's final classifier is a bare Linear
+            setattr(q, name, Int8Linear.from_linear(sub))
             done.append(name)
-    info = {"scheme": "torch.ao dynamic int8 (nn.Linear)", "modules": done, "refit": None, "rematch": None}
+        elif isinstance(sub, nn.Module):
+            quantize_linears_int8(sub)
+            done.append(name)
+    info = {"scheme": "int8 per-token activations, per-channel weights (hf_eenet Int8Linear)", "modules": done,
+            "refit": None, "rematch": None}
     if has_bank:
         if refit:
             info["refit"] = refit_scheduler_bank(q, tokenizer, texts, labels, budgets=budgets, text_pairs=text_pairs,
@@ -175,4 +244,5 @@ def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, bud
     return q
 
 
-__all__ = ["quantize_dynamic_int8", "refit_scheduler_bank", "exit_probabilities", "QUANTIZED_PARTS"]
+__all__ = ["Int8Linear", "quantize_dynamic_int8", "quantize_linears_int8", "refit_scheduler_bank", "exit_probabilities",
+           "QUANTIZED_PARTS"]

@@ -269,6 +269,22 @@ def test_graph_cache_keeps_one_entry_per_inference_mode_and_a_lock():
     a.lock.release(), a.lock.release()
 
 
+def test_a_model_with_captured_graphs_still_deep_copies_and_pickles():
+    """The graph cache holds a lock and static buffers: copies leave the per-process caches out and rebuild them."""
+    model = tiny_model("bert", layers=2)
+    with torch.no_grad():
+        graphs = _LayerGraphs.of(model, 4)
+    model.__dict__["_eenet_checked_entries"] = {0: ("stale",)}
+    copied = copy.deepcopy(model)
+    restored = pickle.loads(pickle.dumps(model))
+    for m in (copied, restored):
+        assert "_eenet_layer_graphs" not in m.__dict__ and "_eenet_checked_entries" not in m.__dict__
+        batch = random_batch(n=3, max_len=8, seed=3, pad_id=m.config.pad_token_id)
+        with torch.no_grad():
+            torch.testing.assert_close(m(**batch).exit_logits, model(**batch).exit_logits)
+    assert model.__dict__["_eenet_layer_graphs"][(4, False)] is graphs, "the original keeps its caches"
+
+
 @pytest.mark.parametrize(
     "call, err, match",
     [
