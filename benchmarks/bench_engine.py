@@ -360,17 +360,17 @@ def memory_sweep(args, bench, shape, dname, shares, dev, results, out_path):
 
 def pipeline_mode(args, dev, results, out_path):
     """The real fitted model and its bank through the pipeline vs the full model through the stock pipeline."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TextClassificationPipeline
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_pipeline import full_model  # the same full-model baseline as the pipeline benchmark
+    from bench_pipeline import full_model, stock_pipeline  # the same full-model baseline as the pipeline benchmark
 
     tok = AutoTokenizer.from_pretrained(args.model_dir)
     texts, labels = load_texts(args.texts, args.n_texts, with_labels=True)
     # fp32 compute whatever the stored dtype (the GPU run ships the weights as fp16 to fit the transfer limit)
     ee = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval().float().to(dev)
     full = full_model(args.model_dir).float().to(dev)
-    pipes = {"full": TextClassificationPipeline(model=full, tokenizer=tok, device=dev),
+    pipes = {"full": stock_pipeline(full, tok, device=dev),
              "ee": hf_eenet.EENetTextClassificationPipeline(model=ee, tokenizer=tok, device=dev)}
     budgets = [float(b) for b in args.budgets.split(",")]
     last = hf_eenet.StaticPolicy(ee.config.num_exits - 1, ee.config.num_exits)  # every row to the last exit

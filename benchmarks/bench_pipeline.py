@@ -5,6 +5,10 @@ For a trained model folder (from ``recipes/run_eenet.py``) and its dataset's tes
     ``BertForSequenceClassification``/``RobertaForSequenceClassification`` for first-token exits, the single-exit
     EENet model for mean-pooled exits (see ``full_model``);
   * early exit at each budget through ``pipeline("text-classification")(texts, budget=B)``;
+  * the early-exit engine with every text sent to the last exit (fp32, ``exit_policy=StaticPolicy(last)``): over a
+    list the budgeted pipeline runs depth waves (texts sorted by length into micro-batches, layer by layer), which
+    is faster than the stock pipeline even without any early exit; the ratio of a budget's row to this one is
+    what early exit itself adds;
   * compounding: early exit at each budget with bf16 autocast, and with int8 quantisation of the Linear layers
     (``hf_eenet.quantization``: int8 weights, activations quantised per token); plus the full model in bf16 / int8
     (the same int8 linears) for reference.
@@ -93,15 +97,25 @@ def full_model(model_dir: str):
     return AutoModelForSequenceClassification.from_pretrained(model_dir, config=type(config)(**single)).eval()
 
 
+def stock_pipeline(model, tokenizer, **kwargs):
+    """The stock ``TextClassificationPipeline`` itself, also for the single-exit EENet full model (hf_eenet routes a
+    direct construction of the stock class with one of its models to the budgeted pipeline)."""
+    from transformers import TextClassificationPipeline
+
+    pipe = TextClassificationPipeline.__new__(TextClassificationPipeline)  # no model given: the stock instance
+    pipe.__init__(model=model, tokenizer=tokenizer, **kwargs)
+    return pipe
+
+
 def build(model_dir: str, variant: str, refit=None):
     """(pipeline, is_early_exit) for variant in {full, ee} x {fp32, bf16, int8}: 'full-fp32', 'ee-int8', ..."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TextClassificationPipeline
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     kind, prec = variant.split("-")
     tok = AutoTokenizer.from_pretrained(model_dir)
     if kind == "full":
         model = full_model(model_dir)
-        pipe_cls = TextClassificationPipeline
+        pipe_cls = stock_pipeline
     else:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
         pipe_cls = hf_eenet.EENetTextClassificationPipeline
@@ -127,6 +141,9 @@ def build(model_dir: str, variant: str, refit=None):
 
 def run_variant(pipe, is_ee, prec, texts, budget, batch_size):
     kw = {"budget": budget} if is_ee else {}
+    if budget == "last":  # the early-exit engine, every text to the last exit
+        k = pipe.model.config.num_exits
+        kw = {"exit_policy": hf_eenet.StaticPolicy(k - 1, k)}
     with precision_ctx(prec), torch.inference_mode():
         return pipe(texts, batch_size=batch_size, truncation=True, max_length=128, **kw)
 
@@ -206,6 +223,8 @@ def main():
               f"(forward {info['forward_seconds']:.1f} s, fits {sum(info['fit_seconds'].values()):.1f} s)")
     id2label = pipes["full-fp32"][0].model.config.id2label
     configs = [("full", p, None) for p in precs] + [("ee", p, b) for p in precs for b in budgets]
+    if "fp32" in precs:
+        configs.insert(len(precs), ("engine", "fp32", "last"))
     rows = []
     for bs in [int(x) for x in args.batch_sizes.split(",")]:
         sub = texts[: args.bs1_texts] if bs == 1 else texts
@@ -213,11 +232,11 @@ def main():
         times = {c: [] for c in configs}
         outputs = {}
         for c in configs:  # warm-up, and the predictions used for accuracy / cost
-            pipe, is_ee = pipes[f"{c[0]}-{c[1]}"]
+            pipe, is_ee = pipes[f"{'ee' if c[0] == 'engine' else c[0]}-{c[1]}"]
             outputs[c] = run_variant(pipe, is_ee, c[1], sub, c[2], bs)
         for _ in range(args.rounds):
             for c in configs:
-                pipe, is_ee = pipes[f"{c[0]}-{c[1]}"]
+                pipe, is_ee = pipes[f"{'ee' if c[0] == 'engine' else c[0]}-{c[1]}"]
                 t0 = time.perf_counter()
                 run_variant(pipe, is_ee, c[1], sub, c[2], bs)
                 times[c].append(time.perf_counter() - t0)
@@ -229,10 +248,12 @@ def main():
             t = statistics.median(times[c])
             acc = accuracy(outputs[c], sub_labels, id2label)
             cost = statistics.mean(o.get("cost", 1.0) for o in outputs[c])
-            name = f"{'early exit' if c[0] == 'ee' else 'full model'} {c[1]}" + (f" B={c[2]}" if c[2] else "")
+            name = (f"engine {c[1]}, no exit" if c[0] == "engine" else
+                    f"{'early exit' if c[0] == 'ee' else 'full model'} {c[1]}" + (f" B={c[2]}" if c[2] else ""))
             print(f"{name:28s} {len(sub) / t:9.1f} {full_t / t:8.2f}x {100 * acc:9.2f} {100 * (acc - full_acc):+8.2f} "
                   f"{cost:10.3f}")
-            rows.append({"batch_size": bs, "mode": c[0], "precision": c[1], "budget": c[2], "texts": len(sub),
+            rows.append({"batch_size": bs, "mode": c[0], "precision": c[1],
+                         "budget": None if c[0] == "engine" else c[2], "texts": len(sub),
                          "seconds": t, "texts_per_s": len(sub) / t, "speedup_vs_full_fp32": full_t / t,
                          "accuracy": acc, "accuracy_delta_pt": 100 * (acc - full_acc), "mean_cost": cost})
     memory = []
@@ -252,7 +273,31 @@ def main():
         Path(args.json).write_text(json.dumps({
             "command": "python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:]), "rows": rows,
             "memory": memory, "refit": refit_info, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.machine()}, indent=2))
+            "machine": platform.machine(), "cpu": cpu_info()}, indent=2))
+
+
+def cpu_info() -> dict:
+    """CPU model and the bf16 / int8 instruction sets that decide how fast bf16 autocast and int8 run (Linux)."""
+    model, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model is None:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8"}
+    return {"model": model or platform.processor() or platform.machine(), "flags": sorted(flags & wanted)}
+    for line in text.splitlines():
+        if line.startswith("model name") and info["model"] in ("", platform.machine(), platform.processor()):
+            info["model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            info["flags"] = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16",
+                                            "amx_int8"})
+            break
+    return info
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ $PY recipes/run_eenet.py recipes/presets/sst2.json
 #    (recipes/presets/ag_news.json).
 $PY recipes/run_eenet.py recipes/presets/ag_news.json
 
-# 3. Wall-clock through the pipeline (fp32 and dynamic int8; bf16 autocast separately on fewer texts because this
-#    CPU has no bf16 units), peak memory. int8/bf16 early exit refits the scheduler bank on that precision's outputs.
+# 3. Wall-clock through the pipeline (fp32 and int8; bf16 autocast separately on fewer texts, as it is slow on CPUs
+#    without bf16 instructions), peak memory. int8/bf16 early exit refits the scheduler bank on that precision's outputs.
 $PY benchmarks/bench_pipeline.py --model_dir outputs/sst2 --dataset sst2 --data_dir "$DATA" --precisions fp32,int8 \
   --budgets 0.3,0.4,0.5,0.7 --rounds 3 --bs1_texts 300 --memory --json benchmarks/results/pipeline_sst2.json
 $PY benchmarks/bench_pipeline.py --model_dir outputs/ag_news --dataset ag_news --data_dir "$DATA" --precisions fp32,int8 \

@@ -262,15 +262,35 @@ class TextClassificationDispatch(TextClassificationPipeline):
         return impl(*args, **kwargs)
 
 
+def _route_stock_construction(force: bool = False) -> None:
+    """``TextClassificationPipeline(model=<hf_eenet model>, ...)`` built directly, not through ``pipeline()``, would
+    hand ``budget=`` to the tokenizer as an unknown keyword and serve the full model: construction of the stock class
+    itself with an early-exit model returns the budgeted pipeline (a subclass, so ``isinstance`` checks still hold).
+    Every other model, and every subclass of the stock class, is constructed exactly as before (``object.__new__``).
+    """
+    if not force and getattr(TextClassificationPipeline.__new__, "_eenet_route", False):
+        return
+
+    def __new__(cls, *args, **kwargs):
+        if cls is TextClassificationPipeline and is_early_exit_model(kwargs.get("model", args[0] if args else None)):
+            cls = EENetTextClassificationPipeline
+        return object.__new__(cls)
+
+    __new__._eenet_route = True
+    TextClassificationPipeline.__new__ = staticmethod(__new__)
+
+
 def register_text_classification(force: bool = False) -> None:
     """Make ``pipeline("text-classification", ...)`` build :class:`TextClassificationDispatch`: the budgeted
     pipeline for hf_eenet models, the stock ``TextClassificationPipeline`` for every other model. ``import
     hf_eenet`` calls it; so does the model code when it runs as Hub remote code without hf_eenet installed (a
-    pipeline built from a model *object* does not read ``custom_pipelines``). Remote code keeps a dispatcher that is
-    already registered (the installed package's, or another folder's); the installed package (``force``) replaces
-    it."""
+    pipeline built from a model *object* does not read ``custom_pipelines``). It also routes a directly constructed
+    ``TextClassificationPipeline(model=<hf_eenet model>)`` to the budgeted pipeline (:func:`_route_stock_construction`).
+    Remote code keeps a dispatcher that is already registered (the installed package's, or another folder's); the
+    installed package (``force``) replaces it."""
     from transformers.pipelines import PIPELINE_REGISTRY
 
+    _route_stock_construction(force)
     stock = PIPELINE_REGISTRY.supported_tasks["text-classification"]
     if not force and getattr(stock.get("impl"), "__name__", "") == TextClassificationDispatch.__name__:
         return

@@ -571,3 +571,24 @@ def test_pipeline_pickles_and_deep_copies_after_a_call(banked):
     for clone in (pickle.loads(pickle.dumps(clf)), copy.deepcopy(clf)):
         assert [(r["label"], r["exit_layer"]) for r in clone(texts[:6], budget=0.7)] == \
             [(r["label"], r["exit_layer"]) for r in first]
+
+
+def test_the_stock_class_built_directly_with_an_eenet_model_honours_budget(banked):
+    """``TextClassificationPipeline(model=eenet)`` (not through ``pipeline()``) used to pass ``budget=`` to the
+    tokenizer and serve the full model; it now builds the budgeted pipeline. Other models keep the stock class."""
+    from transformers import BertConfig, BertForSequenceClassification, TextClassificationPipeline
+
+    model, tok, texts = banked
+    direct = TextClassificationPipeline(model=model, tokenizer=tok)
+    assert isinstance(direct, hf_eenet.EENetTextClassificationPipeline)
+    ref = pipeline("text-classification", model=model, tokenizer=tok)
+    for b in (0.4, 0.7):
+        assert direct(texts, budget=b) == ref(texts, budget=b)
+    assert {r["exit_layer"] for r in direct(texts, budget=0.4)} != {4}, "budget= must reach the exit loop"
+    with pytest.raises(ValueError, match="budget"):
+        direct(texts[0], budget=0.05)  # not a fitted budget: refused, not ignored
+    plain = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=1, intermediate_size=8)).eval()
+    stock = TextClassificationPipeline(model=plain, tokenizer=tok)
+    assert type(stock) is TextClassificationPipeline
+    assert type(pickle.loads(pickle.dumps(stock))) is TextClassificationPipeline
