@@ -289,15 +289,6 @@ def cpu_info() -> dict:
         pass
     wanted = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8"}
     return {"model": model or platform.processor() or platform.machine(), "flags": sorted(flags & wanted)}
-    for line in text.splitlines():
-        if line.startswith("model name") and info["model"] in ("", platform.machine(), platform.processor()):
-            info["model"] = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            info["flags"] = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16",
-                                            "amx_int8"})
-            break
-    return info
 
 
 if __name__ == "__main__":

@@ -266,7 +266,8 @@ def _route_stock_construction(force: bool = False) -> None:
     """``TextClassificationPipeline(model=<hf_eenet model>, ...)`` built directly, not through ``pipeline()``, would
     hand ``budget=`` to the tokenizer as an unknown keyword and serve the full model: construction of the stock class
     itself with an early-exit model returns the budgeted pipeline (a subclass, so ``isinstance`` checks still hold).
-    Every other model, and every subclass of the stock class, is constructed exactly as before (``object.__new__``).
+    Every other model, and every subclass of the stock class, is constructed as before (the next ``__new__`` in the
+    MRO).
     """
     if not force and getattr(TextClassificationPipeline.__new__, "_eenet_route", False):
         return
@@ -274,7 +275,9 @@ def _route_stock_construction(force: bool = False) -> None:
     def __new__(cls, *args, **kwargs):
         if cls is TextClassificationPipeline and is_early_exit_model(kwargs.get("model", args[0] if args else None)):
             cls = EENetTextClassificationPipeline
-        return object.__new__(cls)
+        # whatever comes next in the MRO (a user subclass's mixin may define its own __new__), as without the patch
+        after = super(TextClassificationPipeline, cls).__new__
+        return after(cls) if after is object.__new__ else after(cls, *args, **kwargs)
 
     __new__._eenet_route = True
     TextClassificationPipeline.__new__ = staticmethod(__new__)

@@ -15,10 +15,13 @@ quantised to int8 *per token* (one scale per row of the input) as they arrive, t
     s_x = max_j |x_j| / 127,   s_w[o] = max_j |W[o, j]| / 127
     y[o] = s_x * s_w[o] * sum_j round(x_j / s_x) * round(W[o, j] / s_w[o]) + b[o]
 
-Every row's output depends on that row alone, so a batched call gives each text exactly what it gets alone (the
-early-exit parity every other precision has). ``torch.ao``'s dynamic quantisation, which this replaced, takes one
-activation scale from the whole batch (its padding included): a text's logits, and near a threshold its exit,
-changed with the texts batched beside it. The EENet schedulers stay as they are (float32 networks, float64
+Every row's output depends on that row alone: no scale is shared across the batch. (``torch.ao``'s dynamic
+quantisation, which this replaced, took one activation scale from the whole batch, its padding included, so a text's
+logits moved with the texts batched beside it.) What is left: fp32 attention over a padded batch differs from the
+text alone in the last bits, and int8 rounding can amplify that into a small change of the scores, so a text that
+close to a class tie or an exit threshold can get another label or exit in a padded batch than alone. Unpadded
+layer calls are exact: one text per call, and the pipeline over a list at ``batch_size=1`` (its default: single-row
+depth waves) give every text its alone result bit for bit. The EENet schedulers stay as they are (float32 networks, float64
 thresholds): they are tiny, and their decisions must be exact.
 
     from hf_eenet.quantization import quantize_dynamic_int8
@@ -196,7 +199,8 @@ def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, bud
     Returns:
         The quantised model; ``model.eenet_quantization`` holds ``{"scheme", "modules", "refit", "rematch"}``.
 
-    Activations are quantised per token, so batched calls give every text what it gets alone, as in fp32.
+    Activations are quantised per token: no scale is shared across a batch (padding can still move a batched text's
+    scores slightly; one text per call and a list at ``batch_size=1`` are exact; see the module docstring).
     """
     if not (hasattr(model, "exit_forward") and hasattr(model, "eenet_schedulers")):
         raise TypeError(f"expected an hf_eenet early-exit model, got {type(model).__name__}")

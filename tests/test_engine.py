@@ -592,3 +592,16 @@ def test_the_stock_class_built_directly_with_an_eenet_model_honours_budget(banke
     stock = TextClassificationPipeline(model=plain, tokenizer=tok)
     assert type(stock) is TextClassificationPipeline
     assert type(pickle.loads(pickle.dumps(stock))) is TextClassificationPipeline
+
+
+    class Made:  # a user's mixin with its own __new__, after the stock class in the MRO: still runs
+        def __new__(cls, *args, **kwargs):
+            obj = object.__new__(cls)
+            obj.made_by_mixin = True
+            return obj
+
+    class Mine(TextClassificationPipeline, Made):
+        pass
+
+    mine = Mine(model=plain, tokenizer=tok)
+    assert type(mine) is Mine and mine.made_by_mixin

@@ -47,7 +47,8 @@ def test_quantize_linears_int8_replaces_every_linear_below_a_module():
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 @pytest.mark.parametrize("name", ["eenet", "entropy", "maxprob", "patience"])
 def test_int8_model_gives_each_text_what_it_gets_alone(name, kind):
-    """Batched early exit of an int8 model (per-request loop and depth waves) == each text alone, as in fp32."""
+    """Batched early exit of an int8 model (per-request loop and depth waves) == each text alone: same exits and
+    labels, scores within int8 rounding of padding's last-bit changes (a batch-wide scale fails this)."""
     q = quantize_dynamic_int8(model_of(kind), refit=False, progress=False)  # a copy; no bank to refit
     probs, labels = _calibration(q, seed=11)
     costs = q.config.exit_costs
@@ -71,6 +72,23 @@ def test_int8_model_gives_each_text_what_it_gets_alone(name, kind):
         assert torch.equal(logits.argmax(-1), ref_logits.argmax(-1))
         torch.testing.assert_close(logits, ref_logits, atol=2e-2, rtol=1e-3)
 
+
+
+def test_int8_pipeline_over_a_list_at_batch_size_1_equals_text_by_text_bit_for_bit(minilm_dir):
+    """Single-row layer calls have no padding: the int8 pipeline over a list (its default batch size) gives every
+    text exactly the scores, labels and exits it gets alone."""
+    from transformers import AutoTokenizer, pipeline
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    model = tiny_model(layers=4, vocab_size=tok.vocab_size, seed=4)
+    q = quantize_dynamic_int8(model, refit=False, progress=False)
+    probs, labels = _calibration(q, seed=3)
+    policy = hf_eenet.EntropyPolicy.calibrate(probs, labels, q.config.exit_costs, 0.5)
+    clf = pipeline("text-classification", model=q, tokenizer=tok)
+    texts = ["a good film", "the plot is thin but the cast is lovely and warm", "dull", "it is what it is , i guess",
+             "a story told with care , wit and a great deal of patience over two long hours"] * 3
+    alone = [clf(t, exit_policy=policy)[0] for t in texts]
+    assert clf(texts, exit_policy=policy) == alone
 
 def test_quantize_dynamic_int8_keeps_budget_path_and_refits_bank(minilm_dir, tmp_path):
     from transformers import AutoTokenizer
