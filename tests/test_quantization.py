@@ -90,13 +90,12 @@ def test_int8_pipeline_over_a_list_at_batch_size_1_equals_text_by_text_bit_for_b
     alone = [clf(t, exit_policy=policy)[0] for t in texts]
     assert clf(texts, exit_policy=policy) == alone
 
+
 def test_quantize_dynamic_int8_keeps_budget_path_and_refits_bank(minilm_dir, tmp_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(minilm_dir)
     torch.manual_seed(0)
-    from conftest import tiny_kwargs
-
     cfg = hf_eenet.EENetBertConfig(**tiny_kwargs(num_labels=2, layers=4, vocab_size=tok.vocab_size))
     model = hf_eenet.EENetBertForSequenceClassification(cfg).eval()
     texts = [f"sample {i} {'good' if i % 2 else 'bad'} " * (1 + i % 3) for i in range(64)]
