@@ -1,7 +1,8 @@
 """Regenerate the README's results section from the committed JSON (never hand-typed numbers).
 
 Reads ``model_cards/<dataset>/results.json`` (recipe output) and, when present, ``benchmarks/results/pipeline_<dataset>*.json``
-(wall-clock benchmarks; the targets use ``pipeline_<dataset>.json``) and rewrites the block between ``<!-- results:start -->`` and ``<!-- results:end -->``.
+(wall-clock benchmarks; the targets use ``pipeline_<dataset>.json``) and ``int8_batch_parity_<dataset>.json`` (batched
+vs alone, fp32 and int8), and rewrites the block between ``<!-- results:start -->`` and ``<!-- results:end -->``.
 
     python benchmarks/make_readme_results.py [--check]
 """
@@ -180,6 +181,22 @@ def engine_and_synthetic_sections() -> list[str]:
     return lines
 
 
+def int8_parity_lines(path: str, p: dict) -> list[str]:
+    """Batched vs alone for fp32 and int8 (``benchmarks/int8_batch_parity.py``): per precision and path, the worst
+    budget's counts of texts with another exit / label and the largest score difference."""
+    lines = [f"Batched vs each text alone (`{path}`, {p['texts']} test texts, budgets "
+             f"{', '.join(next(iter(p['results'].values())))}; worst budget shown):", "",
+             "| precision | path | texts with another exit | with another label | max score difference |",
+             "|---|---|---:|---:|---:|"]
+    for prec, per_budget in p["results"].items():
+        for path_name in next(iter(per_budget.values())):
+            rs = [per_budget[b][path_name] for b in per_budget]
+            lines.append(f"| {prec} | {path_name} | {max(r['exit_differs'] for r in rs)} | "
+                         f"{max(r['label_differs'] for r in rs)} | "
+                         f"{max(r['max_abs_score_diff'] for r in rs):.1e} |")
+    return lines + [""]
+
+
 def build() -> str:
     out = [START, ""]
     for name in ("sst2", "ag_news"):
@@ -191,6 +208,9 @@ def build() -> str:
                  for f in sorted((ROOT / "benchmarks" / "results").glob(f"pipeline_{name}*.json"))]
         main_pipe = next((p for path, p in pipes if path.endswith(f"pipeline_{name}.json")), None)
         out += dataset_section(name, res, pipes) + [""] + targets_section(name, res, main_pipe)
+        parity = ROOT / "benchmarks" / "results" / f"int8_batch_parity_{name}.json"
+        if parity.exists():
+            out += int8_parity_lines(str(parity.relative_to(ROOT)), json.loads(parity.read_text()))
     if len(out) == 2:
         out += ["No committed SST-2 / AG News runs yet: run `benchmarks/run_reproduction.sh`.", ""]
     out += engine_and_synthetic_sections()
