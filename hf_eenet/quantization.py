@@ -19,10 +19,12 @@ Every row's output depends on that row alone: no scale is shared across the batc
 quantisation, which this replaced, took one activation scale from the whole batch, its padding included, so a text's
 logits moved with the texts batched beside it.) What is left: fp32 attention over a padded batch differs from the
 text alone in the last bits, and int8 rounding can amplify that into a small change of the scores, so a text that
-close to a class tie or an exit threshold can get another label or exit in a padded batch than alone. Unpadded
-layer calls are exact: one text per call, and the pipeline over a list at ``batch_size=1`` (its default: single-row
-depth waves) give every text its alone result bit for bit. The EENet schedulers stay as they are (float32 networks, float64
-thresholds): they are tiny, and their decisions must be exact.
+close to a class tie or an exit threshold can get another label or exit in a padded batch than alone (measured by
+``benchmarks/int8_batch_parity.py``). Unpadded layer calls are exact: one text per call, and the pipeline over a list
+at ``batch_size=1`` (its default: single-row depth waves) give every text its alone result bit for bit.
+
+The EENet schedulers stay as they are (float32 networks, float64 thresholds): they are tiny, their decisions must be
+exact, and they read their Linear layers' weights directly, so quantising the whole model would break the budget path.
 
     from hf_eenet.quantization import quantize_dynamic_int8
     q = quantize_dynamic_int8(model, tokenizer=tok, texts=val_texts, labels=val_labels)   # CPU inference

@@ -37,8 +37,8 @@ def test_int8_linear_rows_do_not_depend_on_the_batch_and_keep_their_own_scale():
 
 
 def test_quantize_linears_int8_replaces_every_linear_below_a_module():
-    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(),
-                              torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.LayerNorm(16)), torch.nn.Linear(16, 3))
+    nn = torch.nn
+    net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Sequential(nn.Linear(16, 16), nn.LayerNorm(16)), nn.Linear(16, 3))
     assert quantize_linears_int8(net) == 3
     assert [type(m).__name__ for m in net] == ["Int8Linear", "GELU", "Sequential", "Int8Linear"]
     assert isinstance(net[2][0], Int8Linear) and isinstance(net[2][1], torch.nn.LayerNorm)
