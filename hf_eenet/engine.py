@@ -414,7 +414,7 @@ def _run_chunk(model, rows, policy, micro_batch_size, stats, graphs=None):
     rows_dev = chunk.rows
     logits_out = None
     exit_index = torch.full((n,), num_exits - 1, dtype=torch.long, device=device)
-    for i, layer in enumerate(backbone.encoder.layer):
+    for i, layer in enumerate(backbone.encoder.layer if graphs is not None else model._layer_calls(hidden)):
         sl = chunk.slices()
         if len(sl) == 1 and sl[0][2] == hidden.shape[1] and graphs is None:
             hidden = layer(hidden, masks[0])

@@ -339,6 +339,44 @@ class EENetModelMixin:
         caches = self.__dict__.pop("_eenet_layer_graphs", {})
         return sum(len(graphs.graphs) for graphs in caches.values())
 
+    # ------------------------------------------------------------------ CPU kernels
+    def use_fused_cpu_layers(self, enabled: bool = True):
+        """Run the encoder layers with fused oneDNN kernels on the CPU (``hf_eenet/cpu_kernels.py``); returns ``self``.
+
+        Applies to inference only (eval mode, no autograd, CPU, float32 / bfloat16 weights, no autocast): every
+        forward of this model then runs each stock layer as packed GEMMs with the residual adds and GELU fused in,
+        the same function to float32 rounding; anything the fused layer cannot reproduce exactly runs the stock
+        layer. Costs a second copy of the encoder's Linear weights while enabled; ``enabled=False`` frees it.
+        Not saved with the model (a per-process choice, like ``torch.set_num_threads``).
+        """
+        check_bool(enabled, "enabled")
+        if not enabled:
+            self.__dict__.pop("_eenet_fused_cpu", None)
+            return self
+        from .cpu_kernels import FusedCPULayers, fused_kernels_available
+
+        if not fused_kernels_available():
+            raise RuntimeError(
+                "use_fused_cpu_layers needs a PyTorch build with oneDNN (torch.backends.mkldnn.is_available() is "
+                "False or its linear kernels are missing); the stock layers are used"
+            )
+        if "_eenet_fused_cpu" not in self.__dict__:
+            self._eenet_fused_cpu = FusedCPULayers()
+        return self
+
+    @property
+    def fused_cpu_layers(self) -> bool:
+        """Whether :meth:`use_fused_cpu_layers` is on for this model."""
+        return "_eenet_fused_cpu" in self.__dict__
+
+    def _layer_calls(self, hidden: torch.Tensor):
+        """What runs encoder layer ``i`` in this forward, ``calls[i](hidden, mask)``: the fused CPU layers where
+        enabled and exact for these inputs, else the stock ``ModuleList``."""
+        fused = self.__dict__.get("_eenet_fused_cpu")
+        if fused is None:
+            return self.backbone.encoder.layer
+        return fused.layer_calls(self, hidden)
+
     def _install_bank(self, entries: dict, scheduler_config: dict) -> None:
         device = next(self.parameters()).device
         budgets = sorted(entries)
@@ -553,7 +591,7 @@ class EENetModelMixin:
             mask2d = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
             mask = self._mask(hidden, mask2d)
             all_logits = []
-            for i, layer in enumerate(backbone.encoder.layer):
+            for i, layer in enumerate(self._layer_calls(hidden)):
                 hidden = layer(hidden, mask)
                 if i + 1 in exit_at:
                     all_logits.append(self._exit_logits(exit_at[i + 1], hidden, mask2d))
@@ -595,7 +633,7 @@ class EENetModelMixin:
         rows = torch.arange(batch, device=device)  # original row of each running row
         logits_out = None
         exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=device)
-        for i, layer in enumerate(backbone.encoder.layer):
+        for i, layer in enumerate(backbone.encoder.layer if graphs is not None else self._layer_calls(hidden)):
             hidden = graphs.run(i, hidden, mask2d) if graphs is not None else layer(hidden, mask)
             k = exit_at.get(i + 1)
             if k is None:

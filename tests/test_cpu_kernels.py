@@ -1,0 +1,210 @@
+"""Fused CPU layers (hf_eenet/cpu_kernels.py): the stock layer's function, every engine path, exact fallbacks."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from conftest import random_batch, tiny_model
+from test_engine import BUDGETS, POLICIES, banked, make_policy, model_of, per_row  # noqa: F401 (fixture)
+from torch import nn
+
+import hf_eenet
+from hf_eenet.cpu_kernels import _FusedLayer
+from hf_eenet.engine import depth_wave_forward, rows_from_encodings
+
+
+def fused_copy(model):
+    return copy.deepcopy(model).use_fused_cpu_layers()
+
+
+def layer_inputs(model, batch):
+    """Embeddings of ``batch`` and the layer mask the engine builds for it."""
+    with torch.inference_mode():
+        hidden = model.backbone.embeddings(input_ids=batch["input_ids"])
+        mask = model._layer_mask(hidden, batch["attention_mask"], not bool(batch["attention_mask"].bool().all()))
+    return hidden, mask
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_fused_layer_computes_the_stock_layer(kind, attn, padded):
+    model = tiny_model(kind, attn=attn, seed=3, layers=3)
+    with torch.no_grad():  # peaked attention (a random tiny model's is almost uniform), so the scale and mask matter
+        for layer in model.backbone.encoder.layer:
+            layer.attention.self.query.weight.mul_(8.0)
+            layer.attention.self.key.weight.mul_(8.0)
+    batch = random_batch(n=6, max_len=11, seed=4, pad_id=model.config.pad_token_id, min_len=3 if padded else 11)
+    fused = fused_copy(model)
+    hidden, mask = layer_inputs(model, batch)
+    assert (mask is not None) == padded
+    with torch.inference_mode():
+        calls = fused._layer_calls(hidden)
+        assert all(isinstance(c, _FusedLayer) for c in calls)
+        ref, got = hidden, hidden
+        for layer, call in zip(model.backbone.encoder.layer, calls):
+            ref, got = layer(ref, mask), call(got, mask)
+    keep = batch["attention_mask"].bool()  # padding positions are masked everywhere downstream
+    torch.testing.assert_close(got[keep], ref[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_fused_layer_in_bfloat16_matches_the_stock_bfloat16_layer():
+    model = tiny_model("bert", seed=3, layers=2).to(torch.bfloat16)
+    batch = random_batch(n=4, max_len=9, seed=4)
+    hidden, mask = layer_inputs(model, batch)
+    fused = fused_copy(model)
+    with torch.inference_mode():
+        calls = fused._layer_calls(hidden)
+        assert all(isinstance(c, _FusedLayer) for c in calls)
+        ref, got = hidden, hidden
+        for layer, call in zip(model.backbone.encoder.layer, calls):
+            ref, got = layer(ref, mask), call(got, mask)
+    keep = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[keep].float(), ref[keep].float(), atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("name", POLICIES)
+def test_fused_waves_equal_each_text_alone_and_the_stock_layers(name, budget, kind):
+    model = model_of(kind)
+    policy = make_policy(name, model, budget, kind)
+    fused = fused_copy(model)
+    batch = random_batch(n=30, max_len=22, seed=5, pad_id=model.config.pad_token_id, min_len=2)
+    ref_logits, ref_exits = per_row(model, batch, policy)  # stock layers, each text alone
+    alone_logits, alone_exits = per_row(fused, batch, policy)  # fused layers, each text alone
+    with torch.no_grad():
+        loop = fused(**batch, exit_policy=policy)  # fused, the padded per-request loop
+    waves_logits, waves_exits = depth_wave_forward(fused, rows_from_encodings(batch), policy, micro_batch_size=4,
+                                                   chunk_size=13)
+    for exits, logits in ((alone_exits, alone_logits), (loop.exit_index, loop.logits), (waves_exits, waves_logits)):
+        assert torch.equal(exits, ref_exits)
+        torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    assert fused._eenet_fused_cpu.layers, "the fused path must have run"
+
+
+def test_all_exits_forward_and_pipeline_use_the_fused_layers(banked):
+    model, tok, texts = banked
+    fused = fused_copy(model)
+    texts = texts[:12]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        ref, got = model(**enc), fused(**enc)
+    torch.testing.assert_close(got.exit_logits, ref.exit_logits, atol=1e-4, rtol=1e-4)
+    budget = model.config.scheduler_budgets[0]
+    stock_pipe = hf_eenet.EENetTextClassificationPipeline(model=model, tokenizer=tok)
+    fused_pipe = hf_eenet.EENetTextClassificationPipeline(model=fused, tokenizer=tok)
+    for call in (lambda p: p(texts, budget=budget), lambda p: [p(t, budget=budget)[0] for t in texts]):
+        a, b = call(stock_pipe), call(fused_pipe)
+        assert [(r["label"], r["exit_layer"]) for r in a] == [(r["label"], r["exit_layer"]) for r in b]
+
+
+class _Wrapped(nn.Linear):  # stands in for LoRA / any replaced Linear
+    def forward(self, x):
+        return super().forward(x) * 1.0
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["train", "grad", "autocast", "hook", "replaced_linear", "int8", "global_hook", "inference_weights"],
+)
+def test_what_the_fused_layer_cannot_reproduce_runs_the_stock_layer(change):
+    model = tiny_model("bert", seed=3, layers=3)
+    fused = fused_copy(model)
+    batch = random_batch(n=4, max_len=9, seed=4)
+    hidden, _ = layer_inputs(model, batch)
+    stock_layers = list(fused.backbone.encoder.layer)
+    handle, ctx = None, torch.inference_mode()
+    if change == "train":
+        fused.train()
+    elif change == "grad":
+        ctx = torch.enable_grad()
+    elif change == "autocast":
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+    elif change == "hook":
+        handle = stock_layers[1].attention.output.dense.register_forward_hook(lambda m, i, o: o)
+    elif change == "global_hook":
+        handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: o)
+    elif change == "replaced_linear":
+        old = stock_layers[1].attention.self.query
+        new = _Wrapped(old.in_features, old.out_features)
+        new.load_state_dict(old.state_dict())
+        stock_layers[1].attention.self.query = new
+    elif change == "inference_weights":  # no version counter: an in-place edit could not be seen
+        with torch.inference_mode():
+            fused = fused_copy(model)
+    elif change == "int8":
+        from hf_eenet.quantization import quantize_linears_int8
+
+        quantize_linears_int8(fused)
+    try:
+        with ctx:
+            calls = fused._layer_calls(hidden)
+    finally:
+        if handle is not None:
+            handle.remove()
+    if change in ("hook", "replaced_linear"):  # only the changed layer falls back
+        assert calls[1] is stock_layers[1]
+        assert isinstance(calls[0], _FusedLayer) and isinstance(calls[2], _FusedLayer)
+    else:
+        assert calls is fused.backbone.encoder.layer
+
+
+def test_packed_weights_follow_weight_and_module_changes():
+    model = tiny_model("bert", seed=3, layers=2)
+    fused = fused_copy(model)
+    batch = random_batch(n=5, max_len=10, seed=6)
+
+    def same_outputs():
+        with torch.inference_mode():
+            torch.testing.assert_close(fused(**batch).exit_logits, model(**batch).exit_logits, atol=1e-5, rtol=1e-5)
+
+    same_outputs()  # packs
+    for m in (model, fused):  # in-place weight change (version counter)
+        with torch.no_grad():
+            m.backbone.encoder.layer[0].intermediate.dense.weight.mul_(1.7)
+    same_outputs()
+    state = {k: v * 0.9 for k, v in model.state_dict().items() if "encoder.layer.1.attention.self.value" in k}
+    for m in (model, fused):  # load_state_dict copies into the parameters
+        m.load_state_dict(state, strict=False)
+    same_outputs()
+    for m in (model, fused):  # a new bias Parameter, a new LayerNorm module
+        layer = m.backbone.encoder.layer[1]
+        layer.output.dense.bias = nn.Parameter(layer.output.dense.bias.detach() + 0.3)
+        torch.manual_seed(0)
+        ln = nn.LayerNorm(model.config.hidden_size, eps=1e-12)
+        nn.init.normal_(ln.weight)
+        layer.attention.output.LayerNorm = ln
+    fused.backbone.encoder.layer[1].attention.output.LayerNorm.load_state_dict(
+        model.backbone.encoder.layer[1].attention.output.LayerNorm.state_dict())
+    same_outputs()
+
+
+def test_fused_setting_survives_copies_and_is_not_saved(tmp_path):
+    model = tiny_model("bert", seed=3, layers=2)
+    fused = fused_copy(model)
+    batch = random_batch(n=3, max_len=8, seed=7)
+    with torch.inference_mode():
+        ref = fused(**batch).exit_logits
+    assert fused._eenet_fused_cpu.layers
+    for other in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
+        assert other.fused_cpu_layers and not other._eenet_fused_cpu.layers
+        with torch.inference_mode():
+            torch.testing.assert_close(other(**batch).exit_logits, ref)
+    assert set(fused.state_dict()) == set(model.state_dict())
+    fused.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    assert not loaded.fused_cpu_layers
+    assert fused.use_fused_cpu_layers(False) is fused and not fused.fused_cpu_layers
+    assert fused._layer_calls(ref) is fused.backbone.encoder.layer
+
+
+def test_use_fused_cpu_layers_rejects_bad_input_and_missing_kernels(monkeypatch):
+    model = tiny_model("bert", seed=3, layers=2)
+    with pytest.raises((TypeError, ValueError), match="enabled"):
+        model.use_fused_cpu_layers("yes")
+    monkeypatch.setattr(hf_eenet.cpu_kernels, "fused_kernels_available", lambda: False)
+    with pytest.raises(RuntimeError, match="oneDNN"):
+        model.use_fused_cpu_layers()
+    assert not model.fused_cpu_layers
