@@ -20,7 +20,9 @@ Pipeline mode (``--pipeline --model_dir DIR``): the real fitted model and its ba
 ``pipeline("text-classification")`` on the real test texts vs the full model (same weights, last head only, the
 stock pipeline), over the list of texts at each ``--mbs`` batch size through the default path (depth waves; single-row
 micro-batches at batch 1) and the per-request loop (``chunk_size=0``), plus the default path with every row sent to the
-last exit (what the path gives without early exit) and, at batch 1, one text per call; budgets from the bank.
+last exit (what the path gives without early exit) and, at batch 1, one text per call; budgets from the bank. On a
+CPU also the same model with ``use_fused_cpu_layers()`` (``hf_eenet/cpu_kernels.py``) and, for reference, the stock
+model with the same fused kernels (early exit's own gain = a budget's fused row / that reference row).
 
     DEV=cuda python benchmarks/bench_engine.py --texts .gpu/sst2_test.tsv --tokenizer .gpu/tok --json out.json
     python benchmarks/bench_engine.py --pipeline --model_dir outputs/sst2 --texts ../shared/data/sst2/test.tsv \
@@ -358,6 +360,18 @@ def memory_sweep(args, bench, shape, dname, shares, dev, results, out_path):
     write(results, out_path)
 
 
+def fuse_stock_layers(model):
+    """Reference only: the stock model's encoder layers run by the same fused CPU kernels as
+    ``use_fused_cpu_layers`` (``hf_eenet/cpu_kernels.py``), so that early exit's own gain can be read against a
+    stock model that is just as fast per layer."""
+    from hf_eenet.cpu_kernels import _FusedLayer, _plain_parts
+
+    for layer in model.base_model.encoder.layer:
+        fused = _FusedLayer(layer, _plain_parts(layer))
+        layer.forward = lambda hidden_states, attention_mask=None, *a, _f=fused, **k: _f(hidden_states, attention_mask)
+    return model
+
+
 def pipeline_mode(args, dev, results, out_path):
     """The real fitted model and its bank through the pipeline vs the full model through the stock pipeline."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -372,32 +386,41 @@ def pipeline_mode(args, dev, results, out_path):
     full = full_model(args.model_dir).float().to(dev)
     pipes = {"full": stock_pipeline(full, tok, device=dev),
              "ee": hf_eenet.EENetTextClassificationPipeline(model=ee, tokenizer=tok, device=dev)}
+    fused = args.fused_cpu and dev.type == "cpu"
+    if fused:  # the same weights again with use_fused_cpu_layers(), and the stock model on the same kernels
+        ee_f = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval().use_fused_cpu_layers()
+        pipes["ee_fused"] = hf_eenet.EENetTextClassificationPipeline(model=ee_f, tokenizer=tok, device=dev)
+        pipes["full_fused"] = stock_pipeline(fuse_stock_layers(full_model(args.model_dir).float()), tok, device=dev)
     budgets = [float(b) for b in args.budgets.split(",")]
     last = hf_eenet.StaticPolicy(ee.config.num_exits - 1, ee.config.num_exits)  # every row to the last exit
     for bs in [int(x) for x in args.mbs.split(",")]:
         n = min(args.n_texts_bs1 if bs == 1 else args.n_texts, len(texts))
         sub = texts[:n]
         graphs = args.graphs and dev.type == "cuda"
-        # (kind, budget, chunk_size, cuda_graphs); chunk_size None = the pipeline's default for a list (depth waves:
-        # micro-batches of batch_size rows; at batch_size=1 single-row micro-batches in chunks of 64), 0 = the
+        # (kind, budget, chunk_size, cuda_graphs, fused); chunk_size None = the pipeline's default for a list (depth
+        # waves: micro-batches of batch_size rows; at batch_size=1 single-row micro-batches in chunks of 64), 0 = the
         # per-request loop. "last" = the default path with every row sent to the last exit (no early exit): how much
-        # of the speed-up the path itself gives.
-        configs = [("full", None, None, False)]
+        # of the speed-up the path itself gives. fused = the model with use_fused_cpu_layers() (CPU); "full" fused =
+        # the stock model on the same kernels (reference).
+        configs = [("full", None, None, False, False)]
         for b in budgets:
-            configs += [("ee", b, None, False), ("ee", b, 0, False)]
+            configs += [("ee", b, None, False, False), ("ee", b, 0, False, False)]
             if graphs:
-                configs += [("ee", b, None, True)] + ([("ee", b, 0, True)] if bs == 1 else [])
-        configs.append(("last", None, None, False))
+                configs += [("ee", b, None, True, False)] + ([("ee", b, 0, True, False)] if bs == 1 else [])
+        configs.append(("last", None, None, False, False))
+        if fused:
+            configs += [("ee", b, None, False, True) for b in budgets] + [("last", None, None, False, True),
+                                                                         ("full", None, None, False, True)]
 
         def call(c):
-            kind, b, cs, g = c
+            kind, b, cs, g, f = c
             kw = {} if kind == "full" else {"exit_policy": last} if kind == "last" else {"budget": b}
             if g:
                 kw["cuda_graphs"] = True
             if cs is not None:
                 kw["chunk_size"] = cs
-            return pipes["full" if kind == "full" else "ee"](sub, batch_size=bs, truncation=True, max_length=128,
-                                                            **kw)
+            name = ("full" if kind == "full" else "ee") + ("_fused" if f else "")
+            return pipes[name](sub, batch_size=bs, truncation=True, max_length=128, **kw)
 
         outs = {c: call(c) for c in configs}  # warm-up; also the predictions
         times = {c: [] for c in configs}
@@ -409,7 +432,7 @@ def pipeline_mode(args, dev, results, out_path):
         entry = {"batch_size": bs, "n_texts": n, "full_texts_per_s": n / full_t, "rows": [],
                  "full_accuracy": accuracy(outs[configs[0]], labels, full.config)}
         for c in configs[1:]:
-            kind, b, cs, g = c
+            kind, b, cs, g, f = c
             res = outs[c]
             path = ("per-request loop" if cs == 0 else
                     "depth waves of single rows (list default, chunk 64)" if bs == 1 else
@@ -418,15 +441,26 @@ def pipeline_mode(args, dev, results, out_path):
                 path += " + cuda_graphs"
             if kind == "last":
                 path += ", every row to the last exit (no early exit)"
+            if f:
+                path += " + fused CPU layers"
+            if kind == "full":
+                path = "stock model + the same fused CPU layers (reference, no early exit)"
             entry["rows"].append({"budget": b if kind == "ee" else 1.0, "chunk_size": cs, "cuda_graphs": g,
+                                  "fused_cpu_layers": f, "reference": kind == "full",
                                   "path": path, "texts_per_s": n / med[c],
                                   "speedup_vs_full": full_t / med[c],
-                                  "mean_cost": statistics.fmean(r["cost"] for r in res), "times_s": times[c],
+                                  "mean_cost": statistics.fmean(r.get("cost", 1.0) for r in res), "times_s": times[c],
                                   "accuracy": accuracy(res, labels, full.config)})
-        for b in budgets:  # the two paths give the same results
-            a = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, 0, False)]]
-            w = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, None, False)]]
+        for b in budgets:  # the two paths give the same results; fused layers the same exits and labels
+            a = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, 0, False, False)]]
+            w = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, None, False, False)]]
             entry.setdefault("checks", {})[f"B={b}/waves_equal_loop"] = a == w
+            if fused:
+                ff = [(r["label"], r["exit_layer"]) for r in outs[("ee", b, None, False, True)]]
+                entry["checks"][f"B={b}/fused_same_exit_and_label"] = sum(x == y for x, y in zip(ff, w))
+                entry["checks"][f"B={b}/fused_max_score_diff"] = max(
+                    abs(x["score"] - y["score"]) for x, y in zip(outs[("ee", b, None, False, True)],
+                                                                  outs[("ee", b, None, False, False)]))
         if bs == 1 and args.single_calls:
             entry["one_text_per_call"] = single_calls(pipes, sub, budgets, args.repeats, dev, labels, full.config)
         if bs == 1:
@@ -441,7 +475,9 @@ def pipeline_mode(args, dev, results, out_path):
         cells = []
         for r in entry["rows"]:
             tag = ("" if r["chunk_size"] is None else f"/cs={r['chunk_size']}") + ("/graphs" if r["cuda_graphs"] else "")
-            cells.append(f"B={r['budget']}{tag}={r['speedup_vs_full']:.2f}x")
+            tag += "/fused" if r["fused_cpu_layers"] else ""
+            tag = "stock/fused" if r["reference"] else f"B={r['budget']}{tag}"
+            cells.append(f"{tag}={r['speedup_vs_full']:.2f}x")
         print(f"pipeline bs={bs} n={n} full={n / full_t:,.1f}/s | " + " ".join(cells), flush=True)
         write(results, out_path)
 
@@ -482,12 +518,15 @@ def layer_order(model, tok, texts, repeats, dev):
 
 def single_calls(pipes, texts, budgets, repeats, dev, labels, config):
     """One text per pipeline call (``clf(text, budget=b)``, a server answering one request at a time; the
-    per-request loop) vs the stock pipeline called the same way on the full model."""
+    per-request loop) vs the stock pipeline called the same way on the full model; with fused CPU layers too
+    (and the stock model on the same kernels, for reference) when the pipes include them."""
     def run(kind, b):
-        kw = {} if kind == "full" else {"budget": b}
+        kw = {} if kind.startswith("full") else {"budget": b}
         return [pipes[kind](t, truncation=True, max_length=128, **kw)[0] for t in texts]
 
     configs = [("full", None)] + [("ee", b) for b in budgets]
+    if "ee_fused" in pipes:
+        configs += [("ee_fused", b) for b in budgets] + [("full_fused", None)]
     outs = {c: run(*c) for c in configs}
     times = {c: [] for c in configs}
     for _ in range(repeats):
@@ -496,12 +535,16 @@ def single_calls(pipes, texts, budgets, repeats, dev, labels, config):
     med = {c: statistics.median(v) for c, v in times.items()}
     out = {"n_texts": len(texts), "full_texts_per_s": len(texts) / med[configs[0]], "rows": []}
     for c in configs[1:]:
-        out["rows"].append({"budget": c[1], "path": "per-request loop, one text per call",
+        fused, ref = c[0].endswith("_fused"), c[0] == "full_fused"
+        path = ("stock model + the same fused CPU layers, one text per call (reference, no early exit)" if ref else
+                "per-request loop, one text per call" + (" + fused CPU layers" if fused else ""))
+        out["rows"].append({"budget": 1.0 if ref else c[1], "path": path, "fused_cpu_layers": fused, "reference": ref,
                             "texts_per_s": len(texts) / med[c], "speedup_vs_full": med[configs[0]] / med[c],
-                            "mean_cost": statistics.fmean(r["cost"] for r in outs[c]), "times_s": times[c],
+                            "mean_cost": statistics.fmean(r.get("cost", 1.0) for r in outs[c]), "times_s": times[c],
                             "accuracy": accuracy(outs[c], labels, config)})
-    print("  one text per call: " + " ".join(f"B={r['budget']}={r['speedup_vs_full']:.2f}x" for r in out["rows"]),
-          flush=True)
+    print("  one text per call: " + " ".join(f"{'stock/fused' if r['reference'] else 'B=%s' % r['budget']}"
+                                             f"{'/fused' if r['fused_cpu_layers'] and not r['reference'] else ''}"
+                                             f"={r['speedup_vs_full']:.2f}x" for r in out["rows"]), flush=True)
     return out
 
 
@@ -565,6 +608,8 @@ def main():
     p.add_argument("--graphs", action="store_true", help="pipeline mode: also time cuda_graphs=True (CUDA only)")
     p.add_argument("--no_single_calls", dest="single_calls", action="store_false",
                    help="pipeline mode: skip timing one text per call at batch 1")
+    p.add_argument("--no_fused_cpu", dest="fused_cpu", action="store_false",
+                   help="pipeline mode on CPU: skip the rows with use_fused_cpu_layers() and the fused stock reference")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", default=None)
     p.add_argument("--note", default="", help="appended to the JSON's notes (e.g. how the weights travelled)")

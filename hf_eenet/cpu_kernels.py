@@ -10,16 +10,16 @@ work fused in cost less again. With the layer's own parameters, the fused layer 
     a = LayerNorm_1(c W_o^T + b_o + x)               (the residual add fused into the GEMM)
     y = LayerNorm_2(act(a W_i^T + b_i) W_out^T + b_out + a)   (exact GELU fused into the first GEMM)
 
-which is the stock ``BertLayer`` / ``RobertaLayer`` forward in eval mode; results agree with it to float32
-rounding (tests: ``tests/test_cpu_kernels.py``). The fused path is taken only where it computes exactly that: the
-model is in eval mode, autograd is off, the hidden states are on the CPU in the weights' dtype (float32 or
-bfloat16), no autocast, SDPA or eager attention, and the layer is a stock layer whose Linears and LayerNorms are
-the stock modules without forward hooks. Anything else -- training, gradients, another device, a Linear replaced
-by LoRA or int8 (``hf_eenet.quantization``), a hook, another attention implementation, weights created under ``torch.inference_mode`` (they have no
-version counter, so an in-place edit could not be seen) -- runs the stock layer, layer by layer.
+which is the stock ``BertLayer`` / ``RobertaLayer`` forward in eval mode; results agree with it to float32 rounding
+(tests: ``tests/test_cpu_kernels.py``). The fused path is taken only where it computes exactly that: the model is in
+eval mode, autograd is off, the hidden states are on the CPU in the weights' dtype (float32 or bfloat16), no
+autocast, SDPA or eager attention, and the layer is a stock layer whose Linears and LayerNorms are the stock modules
+without forward hooks. Anything else -- training, gradients, another device, a Linear replaced by LoRA or int8
+(``hf_eenet.quantization``), a hook, another attention implementation, weights created under ``torch.inference_mode``
+(they have no version counter, so an in-place edit could not be seen) -- runs the stock layer, layer by layer.
 
-Memory: the packed copies hold the encoder's Linear weights a second time while enabled (MiniLM-L6 ≈ +85 MB,
-BERT-base ≈ +340 MB); ``use_fused_cpu_layers(False)`` frees them. Packed weights are rebuilt when a weight
+Memory: the packed copies hold the encoder's Linear weights a second time while enabled (float32: 40 MiB for
+MiniLM-L6, 324 MiB for BERT-base); ``use_fused_cpu_layers(False)`` drops them. Packed weights are rebuilt when a weight
 changes (its storage or version counter: ``load_state_dict``, in-place edits, ``.to(...)``), are per process,
 and are never saved or copied (``copy.deepcopy`` / pickle give a model with the setting on and an empty cache).
 """
@@ -41,16 +41,23 @@ def fused_kernels_available() -> bool:
     )
 
 
-def _stock_layer_types() -> tuple:
-    from transformers.models.bert.modeling_bert import BertLayer
-    from transformers.models.roberta.modeling_roberta import RobertaLayer
+_STOCK_LAYERS: tuple = ()
 
-    return BertLayer, RobertaLayer
+
+def _stock_layer_types() -> tuple:
+    global _STOCK_LAYERS
+    if not _STOCK_LAYERS:
+        from transformers.models.bert.modeling_bert import BertLayer
+        from transformers.models.roberta.modeling_roberta import RobertaLayer
+
+        _STOCK_LAYERS = (BertLayer, RobertaLayer)
+    return _STOCK_LAYERS
 
 
 def _plain_parts(layer: nn.Module):
     """The modules of a stock layer the fused forward reads, or ``None`` when the layer is not one it can replace
-    exactly (another class, a replaced Linear / LayerNorm, a forward hook, cross-attention)."""
+    exactly (another class, a replaced Linear / LayerNorm, a Linear without bias, a forward hook,
+    cross-attention, weights without a version counter)."""
     if type(layer) not in _stock_layer_types() or getattr(layer, "add_cross_attention", False):
         return None
     try:
@@ -60,30 +67,55 @@ def _plain_parts(layer: nn.Module):
         return None
     linears = (sa.query, sa.key, sa.value, so.dense, inter.dense, out.dense)
     norms = (so.LayerNorm, out.LayerNorm)
-    if any(type(m) is not nn.Linear or m.bias is None for m in linears) or any(type(m) is not nn.LayerNorm for m in norms):
+    if any(type(m) is not nn.Linear or m.bias is None for m in linears):
+        return None
+    if any(type(m) is not nn.LayerNorm for m in norms):
         return None
     if any(m.weight.is_inference() or m.bias.is_inference() for m in linears):  # no version counter to watch
         return None
-    mods = (layer, layer.attention, sa, so, inter, out, inter.intermediate_act_fn, *linears, *norms)
-    if any(getattr(m, "_forward_hooks", None) or getattr(m, "_forward_pre_hooks", None) for m in mods):
+    if any(_hooked(m) for m in _path_modules(layer, sa, so, inter, out)):
         return None
     return sa, so, inter, out
 
 
-def _weight_key(tensors) -> tuple:
-    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _path_modules(layer, sa, so, inter, out) -> tuple:
+    return (layer, layer.attention, sa, so, inter, out, inter.intermediate_act_fn, sa.query, sa.key, sa.value,
+            so.dense, inter.dense, out.dense, so.LayerNorm, out.LayerNorm)
+
+
+def _exact_gelu(act) -> bool:
+    """``act`` is transformers' ``GELUActivation`` computing ``torch.nn.functional.gelu`` (erf), untouched."""
+    from transformers.activations import GELUActivation
+
+    return type(act) is GELUActivation and act.__dict__.get("act") is F.gelu and "forward" not in act.__dict__
 
 
 class _FusedLayer:
     """One layer's packed weights and its fused forward ``(hidden [b, S, h], mask) -> [b, S, h]``; ``mask`` is what
     ``EENetModelMixin._layer_mask`` gives (``None``, a bool ``[b, 1, 1, S]`` keep-mask or an additive float one)."""
 
-    def __init__(self, parts, hidden_act):
+    def __init__(self, layer, parts):
         sa, so, inter, out = parts
-        # every tensor the entry holds or copies: a change to any of them rebuilds the entry
-        self.source = tuple(t for m in (sa.query, sa.key, sa.value, so.dense, inter.dense, out.dense)
-                            for t in (m.weight, m.bias))
-        self.key = _weight_key(self.source)
+        linears = (sa.query, sa.key, sa.value, so.dense, inter.dense, out.dense)
+        # what ``fresh`` watches, read through the modules' own dicts (cheap enough for every forward): each link
+        # parent -> child of the path to the parameters, and every parameter the entry copies or holds (identity,
+        # storage, version counter), so a replaced module, a new Parameter, ``.to(...)`` or an in-place edit rebuilds
+        self.layer = layer
+        links = [(layer, "attention", layer.attention), (layer, "intermediate", inter), (layer, "output", out),
+                 (layer.attention, "self", sa), (layer.attention, "output", so),
+                 (inter, "intermediate_act_fn", inter.intermediate_act_fn),
+                 (so, "LayerNorm", so.LayerNorm), (out, "LayerNorm", out.LayerNorm)]
+        links += [(parent, "dense", parent.dense) for parent in (so, inter, out)]
+        links += [(sa, name, getattr(sa, name)) for name in ("query", "key", "value")]
+        self.links = tuple(links)
+        self.modules = _path_modules(layer, sa, so, inter, out)
+        self.params = tuple((m, name, getattr(m, name)) for m in linears for name in ("weight", "bias"))
+        self.stamps = tuple((t.data_ptr(), t._version) for _, _, t in self.params)
+        self.dtype = sa.query.weight.dtype
         pack = torch.ops.mkldnn._reorder_linear_weight
         with torch.no_grad():
             self.w_qkv = pack(torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]).contiguous())
@@ -94,13 +126,22 @@ class _FusedLayer:
         self.heads, self.head_dim = sa.num_attention_heads, sa.attention_head_size
         self.scaling = float(sa.scaling)
         # exact (erf) GELU is fused into the intermediate GEMM; any other activation runs as the stock module
-        self.act = None if hidden_act == "gelu" else inter.intermediate_act_fn
+        self.act = None if _exact_gelu(inter.intermediate_act_fn) else inter.intermediate_act_fn
 
-    def fresh(self, parts) -> bool:
-        """Still the layer's weights (same storage and version) and LayerNorm / activation modules."""
-        _, so, inter, out = parts
-        return (_weight_key(self.source) == self.key and self.ln1 is so.LayerNorm and self.ln2 is out.LayerNorm
-                and (self.act is None or self.act is inter.intermediate_act_fn))
+    def fresh(self, layer) -> bool:
+        """Still this layer with the same modules, no forward hooks, and the same parameters unchanged."""
+        if layer is not self.layer:
+            return False
+        for parent, name, child in self.links:
+            if parent._modules.get(name) is not child:
+                return False
+        for m in self.modules:
+            if m._forward_hooks or m._forward_pre_hooks:
+                return False
+        for (m, name, t), (ptr, version) in zip(self.params, self.stamps):
+            if m._parameters.get(name) is not t or t.data_ptr() != ptr or t._version != version:
+                return False
+        return True
 
     def __call__(self, x: torch.Tensor, mask) -> torch.Tensor:
         linear = torch.ops.mkldnn._linear_pointwise
@@ -129,9 +170,9 @@ class FusedCPULayers:
         return {"layers": {}}
 
     def layer_calls(self, model, hidden: torch.Tensor):
-        """The callables that run the encoder layers for one forward: a fused layer where the fused path computes
-        exactly the stock layer for these inputs, else the stock layer; the stock ``ModuleList`` when no layer
-        can be fused."""
+        """What runs the encoder layers in one forward: the stock ``ModuleList`` when nothing can be fused for these
+        inputs, else an iterator giving, layer by layer as the loop reaches it (a loop that stops early checks no
+        further), a fused layer where it computes exactly the stock layer, or the stock layer."""
         layers = model.backbone.encoder.layer
         if (
             model.training
@@ -144,18 +185,19 @@ class FusedCPULayers:
             or nn.modules.module._global_forward_pre_hooks
         ):
             return layers
-        calls, fused_any = [], False
+        return self._calls(layers, hidden.dtype)
+
+    def _calls(self, layers, dtype):
         for i, layer in enumerate(layers):
-            parts = _plain_parts(layer)
-            if parts is None or parts[0].query.weight.dtype != hidden.dtype:
-                calls.append(layer)
-                continue
             entry = self.layers.get(i)
-            if entry is None or not entry.fresh(parts):
-                entry = self.layers[i] = _FusedLayer(parts, model.config.hidden_act)
-            calls.append(entry)
-            fused_any = True
-        return calls if fused_any else layers
+            if entry is None or not entry.fresh(layer):
+                parts = _plain_parts(layer)
+                entry = None if parts is None else _FusedLayer(layer, parts)
+                if entry is None:
+                    self.layers.pop(i, None)
+                else:
+                    self.layers[i] = entry
+            yield layer if entry is None or entry.dtype != dtype else entry
 
 
 __all__ = ["FusedCPULayers", "fused_kernels_available"]

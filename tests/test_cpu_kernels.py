@@ -40,7 +40,7 @@ def test_fused_layer_computes_the_stock_layer(kind, attn, padded):
     hidden, mask = layer_inputs(model, batch)
     assert (mask is not None) == padded
     with torch.inference_mode():
-        calls = fused._layer_calls(hidden)
+        calls = list(fused._layer_calls(hidden))
         assert all(isinstance(c, _FusedLayer) for c in calls)
         ref, got = hidden, hidden
         for layer, call in zip(model.backbone.encoder.layer, calls):
@@ -55,7 +55,7 @@ def test_fused_layer_in_bfloat16_matches_the_stock_bfloat16_layer():
     hidden, mask = layer_inputs(model, batch)
     fused = fused_copy(model)
     with torch.inference_mode():
-        calls = fused._layer_calls(hidden)
+        calls = list(fused._layer_calls(hidden))
         assert all(isinstance(c, _FusedLayer) for c in calls)
         ref, got = hidden, hidden
         for layer, call in zip(model.backbone.encoder.layer, calls):
@@ -134,6 +134,7 @@ def test_what_the_fused_layer_cannot_reproduce_runs_the_stock_layer(change):
     elif change == "inference_weights":  # no version counter: an in-place edit could not be seen
         with torch.inference_mode():
             fused = fused_copy(model)
+        stock_layers = list(fused.backbone.encoder.layer)
     elif change == "int8":
         from hf_eenet.quantization import quantize_linears_int8
 
@@ -141,13 +142,15 @@ def test_what_the_fused_layer_cannot_reproduce_runs_the_stock_layer(change):
     try:
         with ctx:
             calls = fused._layer_calls(hidden)
+            layer_list = list(calls)
     finally:
         if handle is not None:
             handle.remove()
-    if change in ("hook", "replaced_linear"):  # only the changed layer falls back
-        assert calls[1] is stock_layers[1]
-        assert isinstance(calls[0], _FusedLayer) and isinstance(calls[2], _FusedLayer)
-    else:
+    if change in ("hook", "replaced_linear", "int8", "inference_weights"):  # checked layer by layer
+        fallback = [1] if change in ("hook", "replaced_linear") else [0, 1, 2]
+        for i, call in enumerate(layer_list):
+            assert call is stock_layers[i] if i in fallback else isinstance(call, _FusedLayer)
+    else:  # nothing can be fused for these inputs
         assert calls is fused.backbone.encoder.layer
 
 
@@ -198,6 +201,25 @@ def test_fused_setting_survives_copies_and_is_not_saved(tmp_path):
     assert not loaded.fused_cpu_layers
     assert fused.use_fused_cpu_layers(False) is fused and not fused.fused_cpu_layers
     assert fused._layer_calls(ref) is fused.backbone.encoder.layer
+
+
+def test_a_layer_fuses_again_once_its_hook_is_gone_and_an_activation_swap_is_seen():
+    model = tiny_model("bert", seed=3, layers=2)
+    fused = fused_copy(model)
+    batch = random_batch(n=4, max_len=9, seed=4)
+    hidden, _ = layer_inputs(model, batch)
+    with torch.inference_mode():
+        assert all(isinstance(c, _FusedLayer) for c in fused._layer_calls(hidden))
+        layer = fused.backbone.encoder.layer[0]
+        handle = layer.intermediate.register_forward_pre_hook(lambda m, a: None)
+        assert list(fused._layer_calls(hidden))[0] is layer  # a hook added after packing is seen
+        handle.remove()
+        assert isinstance(list(fused._layer_calls(hidden))[0], _FusedLayer)
+        for m in (model, fused):  # another activation module: not fused into the GEMM, run as the module
+            m.backbone.encoder.layer[0].intermediate.intermediate_act_fn = nn.Tanh()
+        call = list(fused._layer_calls(hidden))[0]
+        assert isinstance(call, _FusedLayer) and isinstance(call.act, nn.Tanh)
+        torch.testing.assert_close(fused(**batch).exit_logits, model(**batch).exit_logits, atol=1e-5, rtol=1e-5)
 
 
 def test_use_fused_cpu_layers_rejects_bad_input_and_missing_kernels(monkeypatch):

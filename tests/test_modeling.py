@@ -364,6 +364,10 @@ def test_trust_remote_code_without_hf_eenet(kind, tmp_path):
         b = load_file({str(tmp_path / "batch.safetensors")!r})
         with torch.no_grad():
             out = m(**b).exit_logits
+        m.use_fused_cpu_layers()  # the saved code carries the fused CPU layers too
+        with torch.inference_mode():
+            fused = m(**b).exit_logits
+        assert m._eenet_fused_cpu.layers and float((fused - out).abs().max()) < 1e-4
         from safetensors.torch import save_file
         save_file({{"out": out.contiguous()}}, {str(tmp_path / "out.safetensors")!r})
         print(type(m).__name__)
