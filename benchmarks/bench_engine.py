@@ -362,8 +362,8 @@ def memory_sweep(args, bench, shape, dname, shares, dev, results, out_path):
 
 def fuse_stock_layers(model):
     """Reference only: the stock model's encoder layers run by the same fused CPU kernels as
-    ``use_fused_cpu_layers`` (``hf_eenet/cpu_kernels.py``), so that early exit's own gain can be read against a
-    stock model that is just as fast per layer."""
+    ``use_fused_cpu_layers`` (``hf_eenet/cpu_kernels.py``): what the kernels alone give the stock model. Benchmark
+    glue for an eval-mode model under inference mode; unlike ``use_fused_cpu_layers`` it never falls back."""
     from hf_eenet.cpu_kernels import _FusedLayer, _plain_parts
 
     for layer in model.base_model.encoder.layer:
@@ -446,7 +446,7 @@ def pipeline_mode(args, dev, results, out_path):
             if kind == "full":
                 path = "stock model + the same fused CPU layers (reference, no early exit)"
             entry["rows"].append({"budget": b if kind == "ee" else 1.0, "chunk_size": cs, "cuda_graphs": g,
-                                  "fused_cpu_layers": f, "reference": kind == "full",
+                                  "fused_cpu_layers": f, "reference": kind == "full", "no_exit": kind == "last",
                                   "path": path, "texts_per_s": n / med[c],
                                   "speedup_vs_full": full_t / med[c],
                                   "mean_cost": statistics.fmean(r.get("cost", 1.0) for r in res), "times_s": times[c],
@@ -462,7 +462,8 @@ def pipeline_mode(args, dev, results, out_path):
                     abs(x["score"] - y["score"]) for x, y in zip(outs[("ee", b, None, False, True)],
                                                                   outs[("ee", b, None, False, False)]))
         if bs == 1 and args.single_calls:
-            entry["one_text_per_call"] = single_calls(pipes, sub, budgets, args.repeats, dev, labels, full.config)
+            entry["one_text_per_call"] = single_calls(pipes, sub, budgets, args.repeats, dev, labels, full.config,
+                                                       last)
         if bs == 1:
             entry["layer_order"] = layer_order(full, tok, sub[:64], args.repeats, dev)
         if bs > 1 and graphs:  # experimental CUDA graphs: same exits and labels, time side by side
@@ -516,17 +517,18 @@ def layer_order(model, tok, texts, repeats, dev):
     return out
 
 
-def single_calls(pipes, texts, budgets, repeats, dev, labels, config):
+def single_calls(pipes, texts, budgets, repeats, dev, labels, config, last):
     """One text per pipeline call (``clf(text, budget=b)``, a server answering one request at a time; the
-    per-request loop) vs the stock pipeline called the same way on the full model; with fused CPU layers too
-    (and the stock model on the same kernels, for reference) when the pipes include them."""
+    per-request loop) vs the stock pipeline called the same way on the full model; plus every text to the last exit
+    through the same loop (``exit_policy=last``: the loop's own cost, no early exit); with fused CPU layers too (and
+    the stock model on the same kernels, for reference) when the pipes include them."""
     def run(kind, b):
-        kw = {} if kind.startswith("full") else {"budget": b}
+        kw = {} if kind.startswith("full") else {"exit_policy": last} if b == "last" else {"budget": b}
         return [pipes[kind](t, truncation=True, max_length=128, **kw)[0] for t in texts]
 
-    configs = [("full", None)] + [("ee", b) for b in budgets]
+    configs = [("full", None)] + [("ee", b) for b in budgets] + [("ee", "last")]
     if "ee_fused" in pipes:
-        configs += [("ee_fused", b) for b in budgets] + [("full_fused", None)]
+        configs += [("ee_fused", b) for b in budgets] + [("ee_fused", "last"), ("full_fused", None)]
     outs = {c: run(*c) for c in configs}
     times = {c: [] for c in configs}
     for _ in range(repeats):
@@ -535,16 +537,19 @@ def single_calls(pipes, texts, budgets, repeats, dev, labels, config):
     med = {c: statistics.median(v) for c, v in times.items()}
     out = {"n_texts": len(texts), "full_texts_per_s": len(texts) / med[configs[0]], "rows": []}
     for c in configs[1:]:
-        fused, ref = c[0].endswith("_fused"), c[0] == "full_fused"
+        fused, ref, to_last = c[0].endswith("_fused"), c[0] == "full_fused", c[1] == "last"
         path = ("stock model + the same fused CPU layers, one text per call (reference, no early exit)" if ref else
-                "per-request loop, one text per call" + (" + fused CPU layers" if fused else ""))
-        out["rows"].append({"budget": 1.0 if ref else c[1], "path": path, "fused_cpu_layers": fused, "reference": ref,
+                "per-request loop, one text per call" + (", every text to the last exit (no early exit)" if to_last
+                                                         else "") + (" + fused CPU layers" if fused else ""))
+        out["rows"].append({"budget": 1.0 if ref or to_last else c[1], "path": path, "fused_cpu_layers": fused,
+                            "reference": ref, "no_exit": to_last,
                             "texts_per_s": len(texts) / med[c], "speedup_vs_full": med[configs[0]] / med[c],
                             "mean_cost": statistics.fmean(r.get("cost", 1.0) for r in outs[c]), "times_s": times[c],
                             "accuracy": accuracy(outs[c], labels, config)})
-    print("  one text per call: " + " ".join(f"{'stock/fused' if r['reference'] else 'B=%s' % r['budget']}"
-                                             f"{'/fused' if r['fused_cpu_layers'] and not r['reference'] else ''}"
-                                             f"={r['speedup_vs_full']:.2f}x" for r in out["rows"]), flush=True)
+    print("  one text per call: " + " ".join(
+        f"{'stock/fused' if r['reference'] else 'last' if r['no_exit'] else 'B=%s' % r['budget']}"
+        f"{'/fused' if r['fused_cpu_layers'] and not r['reference'] else ''}={r['speedup_vs_full']:.2f}x"
+        for r in out["rows"]), flush=True)
     return out
 
 

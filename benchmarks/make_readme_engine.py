@@ -97,33 +97,45 @@ def targets_table(gpu, gpu_pipe, cpu_pipe) -> list[str]:
             lines.append(f"| GPU, real SST-2 model through the pipeline, batch {e['batch_size']}, B=0.5 (measured, "
                          f"no target) | pipeline | {figs} | – |")
     if cpu_pipe:
-        def fig(r):
-            return f"{r['path']} {r['speedup_vs_full']:.2f}x"
-
         for bs, bound in ((1, 1.8), (32, 1.85)):
             for e in cpu_pipe["pipeline"]:
                 if e["batch_size"] != bs:
                     continue
-                groups = [("a list of texts", [r for r in e["rows"] if r["budget"] == 0.5])]
-                groups.append(("one text per call", [r for r in e.get("one_text_per_call", {}).get("rows", [])
-                                                     if r["budget"] == 0.5]))
+                single = e.get("one_text_per_call", {}).get("rows", [])
+                groups = (("a list of texts", e["rows"]), ("one text per call", single))
                 for what, rows in groups:
-                    if rows:
-                        best = max(r["speedup_vs_full"] for r in rows)
-                        row(f"CPU, real SST-2 model through the pipeline, batch {bs} ({what}), B=0.5: >= {bound}x",
-                            "pipeline", ", ".join(fig(r) for r in rows), best >= bound)
-                # early exit's own gain: a fused budget row over the stock model on the same fused kernels
-                for what, rows in (("a list of texts", e["rows"]),
-                                   ("one text per call", e.get("one_text_per_call", {}).get("rows", []))):
+                    at = [r for r in rows if r["budget"] == 0.5]
+                    if not at:
+                        continue
+                    figs = ", ".join(f"{r['path']} {r['speedup_vs_full']:.2f}x" + ("" if r["speedup_vs_full"] >= bound
+                                                                                    else " (below)") for r in at)
+                    plain = [r for r in at if not r.get("fused_cpu_layers")]
+                    fused = [r for r in at if r.get("fused_cpu_layers")]
+                    if plain and max(r["speedup_vs_full"] for r in plain) >= bound:
+                        status = "met"
+                    elif fused and max(r["speedup_vs_full"] for r in fused) >= bound:
+                        status = "met only with the opt-in fused CPU layers"
+                    else:
+                        status = "not met"
+                    lines.append(f"| CPU, real SST-2 model through the pipeline, batch {bs} ({what}), B=0.5: >= "
+                                 f"{bound}x | pipeline | {figs} | {status} |")
+                    # early exit's own gain: a budget row over the same path with every row to the last exit (no
+                    # early exit), and the stock model on the same fused kernels for context
+                    for f in (False, True):
+                        mine = next((r for r in at if bool(r.get("fused_cpu_layers")) == f), None)
+                        last = next((r for r in rows if r.get("no_exit") and bool(r.get("fused_cpu_layers")) == f),
+                                    None)
+                        if mine and last:
+                            lines.append(
+                                f"| CPU, batch {bs} ({what}), B=0.5{' + fused CPU layers' if f else ''}: early exit's "
+                                f"own "
+                                f"gain, over the same path with every row to the last exit (measured, no target) | "
+                                f"pipeline | {mine['speedup_vs_full']:.2f}x / {last['speedup_vs_full']:.2f}x = "
+                                f"{mine['speedup_vs_full'] / last['speedup_vs_full']:.2f}x | – |")
                     ref = next((r for r in rows if r.get("reference")), None)
-                    mine = next((r for r in rows if r.get("fused_cpu_layers") and not r.get("reference")
-                                 and r["budget"] == 0.5), None)
-                    if ref and mine:
-                        lines.append(
-                            f"| CPU, batch {bs} ({what}), B=0.5: early exit's own gain, both models on the fused CPU "
-                            f"layers (measured, no target) | pipeline | {mine['speedup_vs_full']:.2f}x / "
-                            f"{ref['speedup_vs_full']:.2f}x (stock + fused) = "
-                            f"{mine['speedup_vs_full'] / ref['speedup_vs_full']:.2f}x | – |")
+                    if ref:
+                        lines.append(f"| CPU, batch {bs} ({what}): the stock model on the same fused CPU layers "
+                                     f"(reference, no early exit) | stock | {ref['speedup_vs_full']:.2f}x | – |")
     return lines
 
 
@@ -227,7 +239,8 @@ def build() -> str:
                 "with the stock pipeline called the same way. Rows `+ fused CPU layers` are the same model after "
                 "`model.use_fused_cpu_layers()` (packed oneDNN GEMMs, fused QKV / residual adds / GELU, "
                 "`hf_eenet/cpu_kernels.py`); the `stock model + the same fused CPU layers` rows run the stock model on "
-                "those kernels, so a fused budget row divided by that reference is early exit's own gain.", ""]
+                "those kernels (what the kernels alone give the stock model). Early exit's own gain is a budget row "
+                "divided by the row of the same path with every row to the last exit (targets table).", ""]
     if len(out) == 2:
         out += ["No committed engine benchmark yet: run `benchmarks/bench_engine.py`.", ""]
     out += ["Generated by `python benchmarks/make_readme_engine.py` from the committed JSON (commands inside).", END]

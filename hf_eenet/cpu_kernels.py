@@ -10,18 +10,22 @@ work fused in cost less again. With the layer's own parameters, the fused layer 
     a = LayerNorm_1(c W_o^T + b_o + x)               (the residual add fused into the GEMM)
     y = LayerNorm_2(act(a W_i^T + b_i) W_out^T + b_out + a)   (exact GELU fused into the first GEMM)
 
-which is the stock ``BertLayer`` / ``RobertaLayer`` forward in eval mode; results agree with it to float32 rounding
-(tests: ``tests/test_cpu_kernels.py``). The fused path is taken only where it computes exactly that: the model is in
-eval mode, autograd is off, the hidden states are on the CPU in the weights' dtype (float32 or bfloat16), no
-autocast, SDPA or eager attention, and the layer is a stock layer whose Linears and LayerNorms are the stock modules
-without forward hooks. Anything else -- training, gradients, another device, a Linear replaced by LoRA or int8
-(``hf_eenet.quantization``), a hook, another attention implementation, weights created under ``torch.inference_mode``
-(they have no version counter, so an in-place edit could not be seen) -- runs the stock layer, layer by layer.
+which is the stock ``BertLayer`` / ``RobertaLayer`` forward in eval mode; results agree with it to the dtype's
+rounding (float32: ~1e-6; tests: ``tests/test_cpu_kernels.py``). The fused path is taken only where it computes
+exactly that: the model is in eval mode, autograd is off, the hidden states are on the CPU in the weights' dtype
+(float32 or bfloat16), no autocast, transformers' own SDPA or eager attention, no global forward hooks, and the
+layer is a stock encoder layer whose modules are the stock ones, in eval mode, without hooks or patched
+``forward``. Anything else runs the stock layer, layer by layer (``_plain_parts`` lists every case: LoRA / int8
+Linears, MC dropout, accelerate offload, decoder layers, chunked feed-forward, ...).
 
 Memory: the packed copies hold the encoder's Linear weights a second time while enabled (float32: 40 MiB for
-MiniLM-L6, 324 MiB for BERT-base); ``use_fused_cpu_layers(False)`` drops them. Packed weights are rebuilt when a weight
-changes (its storage or version counter: ``load_state_dict``, in-place edits, ``.to(...)``), are per process,
-and are never saved or copied (``copy.deepcopy`` / pickle give a model with the setting on and an empty cache).
+MiniLM-L6, 324 MiB for BERT-base); ``use_fused_cpu_layers(False)`` drops them. Staleness: an entry is rebuilt when
+a module on the layer's path or a parameter changes identity, storage or version counter (``load_state_dict``,
+in-place edits under ``no_grad``, ``.to(...)``, a new Parameter). Updates that bypass the version counter (edits
+through ``.data``, fused optimizers) are covered by when they happen: ``model.train()`` and every forward that
+could train (training mode or autograd on) drop all entries; after a ``.data`` edit in eval mode, call
+``use_fused_cpu_layers()`` again. Entries are per process and never saved or copied (``copy.deepcopy`` / pickle
+give a model with the setting on and an empty cache).
 """
 
 from __future__ import annotations
@@ -56,14 +60,20 @@ def _stock_layer_types() -> tuple:
 
 def _plain_parts(layer: nn.Module):
     """The modules of a stock layer the fused forward reads, or ``None`` when the layer is not one it can replace
-    exactly (another class, a replaced Linear / LayerNorm, a Linear without bias, a forward hook,
-    cross-attention, weights without a version counter)."""
+    exactly: another class, a replaced Linear / LayerNorm, a Linear without bias, a module in training mode, a
+    forward hook or a ``forward`` set on a module instance (accelerate's offload hooks, patches), a decoder /
+    causal or cross-attention layer, chunked feed-forward, weights off the CPU (meta, offloaded) or without a
+    version counter (created under ``torch.inference_mode``)."""
     if type(layer) not in _stock_layer_types() or getattr(layer, "add_cross_attention", False):
+        return None
+    if getattr(layer, "is_decoder", False) or getattr(layer, "chunk_size_feed_forward", 0):
         return None
     try:
         sa, so = layer.attention.self, layer.attention.output
         inter, out = layer.intermediate, layer.output
     except AttributeError:
+        return None
+    if getattr(sa, "is_causal", False) or getattr(sa, "is_decoder", False):
         return None
     linears = (sa.query, sa.key, sa.value, so.dense, inter.dense, out.dense)
     norms = (so.LayerNorm, out.LayerNorm)
@@ -71,20 +81,37 @@ def _plain_parts(layer: nn.Module):
         return None
     if any(type(m) is not nn.LayerNorm for m in norms):
         return None
-    if any(m.weight.is_inference() or m.bias.is_inference() for m in linears):  # no version counter to watch
-        return None
-    if any(_hooked(m) for m in _path_modules(layer, sa, so, inter, out)):
+    for m in linears:
+        for t in (m.weight, m.bias):
+            if t.device.type != "cpu" or t.is_inference():  # meta / offloaded; no version counter to watch
+                return None
+    if any(_intercepted(m) for m in _path_modules(layer, sa, so, inter, out)):
         return None
     return sa, so, inter, out
 
 
-def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+def _intercepted(module: nn.Module) -> bool:
+    """The stock layer would not run this module's own ``forward`` as the fused layer assumes (a hook, a patched
+    ``forward``), or would run it in training mode (dropout)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__ or module.training)
 
 
 def _path_modules(layer, sa, so, inter, out) -> tuple:
-    return (layer, layer.attention, sa, so, inter, out, inter.intermediate_act_fn, sa.query, sa.key, sa.value,
+    """Every module the stock layer's forward goes through (dropouts included)."""
+    mods = (layer, layer.attention, sa, so, inter, out, inter.intermediate_act_fn, sa.query, sa.key, sa.value,
             so.dense, inter.dense, out.dense, so.LayerNorm, out.LayerNorm)
+    return mods + tuple(d for d in (getattr(sa, "dropout", None), getattr(so, "dropout", None),
+                                    getattr(out, "dropout", None)) if isinstance(d, nn.Module))
+
+
+def _stock_attention(impl: str) -> bool:
+    """``impl`` resolves to transformers' own SDPA / eager attention (not a function registered under its name)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if impl == "sdpa":
+        return ALL_ATTENTION_FUNCTIONS.get("sdpa") is sdpa_attention_forward
+    return impl == "eager" and "eager" not in ALL_ATTENTION_FUNCTIONS
 
 
 def _exact_gelu(act) -> bool:
@@ -111,6 +138,7 @@ class _FusedLayer:
                  (so, "LayerNorm", so.LayerNorm), (out, "LayerNorm", out.LayerNorm)]
         links += [(parent, "dense", parent.dense) for parent in (so, inter, out)]
         links += [(sa, name, getattr(sa, name)) for name in ("query", "key", "value")]
+        links += [(parent, "dropout", parent.dropout) for parent in (sa, so, out) if "dropout" in parent._modules]
         self.links = tuple(links)
         self.modules = _path_modules(layer, sa, so, inter, out)
         self.params = tuple((m, name, getattr(m, name)) for m in linears for name in ("weight", "bias"))
@@ -126,18 +154,23 @@ class _FusedLayer:
         self.heads, self.head_dim = sa.num_attention_heads, sa.attention_head_size
         self.scaling = float(sa.scaling)
         # exact (erf) GELU is fused into the intermediate GEMM; any other activation runs as the stock module
-        self.act = None if _exact_gelu(inter.intermediate_act_fn) else inter.intermediate_act_fn
+        self.act_module = inter.intermediate_act_fn
+        self.act = None if _exact_gelu(self.act_module) else self.act_module
 
     def fresh(self, layer) -> bool:
-        """Still this layer with the same modules, no forward hooks, and the same parameters unchanged."""
+        """Still this layer with the same modules, none intercepted, and the same parameters unchanged (identity,
+        storage, version counter: edits through ``.data`` or fused optimizers bypass the counter, see
+        :meth:`FusedCPULayers.layer_calls`)."""
         if layer is not self.layer:
             return False
         for parent, name, child in self.links:
             if parent._modules.get(name) is not child:
                 return False
         for m in self.modules:
-            if m._forward_hooks or m._forward_pre_hooks:
+            if _intercepted(m):
                 return False
+        if (self.act is None) != _exact_gelu(self.act_module):  # the activation module was changed in place
+            return False
         for (m, name, t), (ptr, version) in zip(self.params, self.stamps):
             if m._parameters.get(name) is not t or t.data_ptr() != ptr or t._version != version:
                 return False
@@ -169,18 +202,29 @@ class FusedCPULayers:
     def __getstate__(self):  # oneDNN's packed tensors cannot be copied or pickled: a copy starts empty
         return {"layers": {}}
 
+    def clear(self) -> None:
+        self.layers = {}
+
     def layer_calls(self, model, hidden: torch.Tensor):
         """What runs the encoder layers in one forward: the stock ``ModuleList`` when nothing can be fused for these
         inputs, else an iterator giving, layer by layer as the loop reaches it (a loop that stops early checks no
-        further), a fused layer where it computes exactly the stock layer, or the stock layer."""
+        further), a fused layer where it computes exactly the stock layer, or the stock layer.
+
+        Weight changes the version counter does not see (``param.data.mul_(...)``, fused optimizers such as
+        ``adamw_torch_fused``, the Trainer's default) are covered by when they happen: a forward that could train
+        (training mode or autograd on) and every ``model.train()`` / ``model.eval()`` drop the packed weights, so
+        the next inference repacks. An edit through ``.data`` outside training needs
+        ``model.use_fused_cpu_layers()`` again (it repacks).
+        """
         layers = model.backbone.encoder.layer
+        if model.training or torch.is_grad_enabled():
+            self.clear()  # weights may change under this forward's optimizer step, beyond the version counter
+            return layers
         if (
-            model.training
-            or torch.is_grad_enabled()
-            or hidden.device.type != "cpu"
+            hidden.device.type != "cpu"
             or hidden.dtype not in (torch.float32, torch.bfloat16)
             or torch.is_autocast_enabled("cpu")
-            or model.config._attn_implementation not in ("sdpa", "eager")
+            or not _stock_attention(model.config._attn_implementation)
             or nn.modules.module._global_forward_hooks
             or nn.modules.module._global_forward_pre_hooks
         ):

@@ -184,6 +184,14 @@ class EENetModelMixin:
         The entry is checked against the config before it is returned (``check_entry``): a scheduler fitted
         for another budget, other costs or other exits, or with NaN state, raises ``BankIntegrityError``.
         """
+        idx = self._bank_index(budget)
+        check_entry(self, idx)
+        return self.eenet_schedulers[idx]
+
+    def _bank_index(self, budget) -> int:
+        """The bank entry that serves ``budget`` by :meth:`get_exit_policy`'s rule, after the same checks of the
+        budget and the bank's size, without the entry check (the pipeline validates a call's ``budget`` with it and
+        leaves the entry check to the forward that serves it)."""
         budget = check_budget_fraction(budget)
         budgets = list(self.config.scheduler_budgets or [])
         if not budgets:
@@ -200,9 +208,7 @@ class EENetModelMixin:
             )
         if len(budgets) != len(self.eenet_schedulers):
             verify_bank(self, where="before serving")  # raises, naming the mismatch
-        idx = max(i for i, b in enumerate(budgets) if b <= budget + eps)
-        check_entry(self, idx)
-        return self.eenet_schedulers[idx]
+        return max(i for i, b in enumerate(budgets) if b <= budget + eps)
 
     def _build_scheduler_bank(self) -> None:
         """Empty schedulers, one per ``config.scheduler_budgets`` entry; ``from_pretrained`` fills their weights
@@ -345,9 +351,12 @@ class EENetModelMixin:
 
         Applies to inference only (eval mode, no autograd, CPU, float32 / bfloat16 weights, no autocast): every
         forward of this model then runs each stock layer as packed GEMMs with the residual adds and GELU fused in,
-        the same function to float32 rounding; anything the fused layer cannot reproduce exactly runs the stock
+        the same function to the dtype's rounding; anything the fused layer cannot reproduce exactly runs the stock
         layer. Costs a second copy of the encoder's Linear weights while enabled; ``enabled=False`` frees it.
-        Not saved with the model (a per-process choice, like ``torch.set_num_threads``).
+        Calling it again repacks: needed after editing weights through ``.data`` outside training (such edits
+        bypass the version counter the packed weights are checked against). A training step, ``model.train()``
+        and any forward with autograd on drop the packed weights by themselves. Not saved with the model (a
+        per-process choice, like ``torch.set_num_threads``).
         """
         check_bool(enabled, "enabled")
         if not enabled:
@@ -360,9 +369,16 @@ class EENetModelMixin:
                 "use_fused_cpu_layers needs a PyTorch build with oneDNN (torch.backends.mkldnn.is_available() is "
                 "False or its linear kernels are missing); the stock layers are used"
             )
-        if "_eenet_fused_cpu" not in self.__dict__:
-            self._eenet_fused_cpu = FusedCPULayers()
+        self._eenet_fused_cpu = FusedCPULayers()  # a fresh cache: packs on the next forward
         return self
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``; entering training mode drops packed CPU weights (fused optimizers update weights
+        without bumping their version counter), the next inference repacks."""
+        fused = self.__dict__.get("_eenet_fused_cpu")
+        if mode and fused is not None:
+            fused.clear()
+        return super().train(mode)
 
     @property
     def fused_cpu_layers(self) -> bool:

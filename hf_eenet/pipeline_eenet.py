@@ -138,7 +138,9 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         # a call's budget / exit_policy replaces whichever of the two the pipeline was built with (the stock
         # pipeline merges construction and call settings key by key, so the other key is reset explicitly)
         if budget is not None:
-            self.model.get_exit_policy(budget)  # validates now: type, NaN, (0, 1], fitted range, a bank exists
+            # validates now: type, NaN, (0, 1], fitted range, a bank exists; the entry itself is checked by the
+            # forward that serves it (model code saved before _bank_index existed: the whole get_exit_policy)
+            getattr(self.model, "_bank_index", self.model.get_exit_policy)(budget)
             forward["budget"], forward["exit_policy"] = float(budget), None
         if exit_policy is not None:
             _check_exit_policy(self.model, exit_policy)

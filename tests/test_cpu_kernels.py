@@ -107,7 +107,8 @@ class _Wrapped(nn.Linear):  # stands in for LoRA / any replaced Linear
 
 @pytest.mark.parametrize(
     "change",
-    ["train", "grad", "autocast", "hook", "replaced_linear", "int8", "global_hook", "inference_weights"],
+    ["train", "grad", "autocast", "hook", "replaced_linear", "int8", "global_hook", "inference_weights",
+     "submodule_train", "forward_override", "dropout_hook", "decoder", "chunked_ff", "meta_weight", "attention_fn"],
 )
 def test_what_the_fused_layer_cannot_reproduce_runs_the_stock_layer(change):
     model = tiny_model("bert", seed=3, layers=3)
@@ -131,6 +132,26 @@ def test_what_the_fused_layer_cannot_reproduce_runs_the_stock_layer(change):
         new = _Wrapped(old.in_features, old.out_features)
         new.load_state_dict(old.state_dict())
         stock_layers[1].attention.self.query = new
+    elif change == "submodule_train":  # e.g. MC dropout: the layer's own dropout is on
+        stock_layers[1].train()
+    elif change == "forward_override":  # accelerate's offload hooks and patches replace an instance's forward
+        lin = stock_layers[1].output.dense
+        lin.forward = lambda x, _f=lin.forward: _f(x) * 1.0
+    elif change == "dropout_hook":
+        handle = stock_layers[1].output.dropout.register_forward_hook(lambda m, i, o: o)
+    elif change == "decoder":  # causal self-attention
+        stock_layers[1].is_decoder = True
+    elif change == "chunked_ff":
+        stock_layers[1].chunk_size_feed_forward = 2
+    elif change == "meta_weight":  # weights not materialised on the CPU (offloaded / meta)
+        lin = stock_layers[1].attention.self.value
+        lin.weight = nn.Parameter(torch.empty_like(lin.weight, device="meta"))
+    elif change == "attention_fn":  # a function registered under "sdpa" replaces the stock attention
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        saved = ALL_ATTENTION_FUNCTIONS._global_mapping["sdpa"]
+        ALL_ATTENTION_FUNCTIONS.register("sdpa", lambda *a, **k: saved(*a, **k))
+        handle = type("Restore", (), {"remove": lambda self: ALL_ATTENTION_FUNCTIONS.register("sdpa", saved)})()
     elif change == "inference_weights":  # no version counter: an in-place edit could not be seen
         with torch.inference_mode():
             fused = fused_copy(model)
@@ -146,8 +167,10 @@ def test_what_the_fused_layer_cannot_reproduce_runs_the_stock_layer(change):
     finally:
         if handle is not None:
             handle.remove()
-    if change in ("hook", "replaced_linear", "int8", "inference_weights"):  # checked layer by layer
-        fallback = [1] if change in ("hook", "replaced_linear") else [0, 1, 2]
+    per_layer = ("hook", "replaced_linear", "submodule_train", "forward_override", "dropout_hook", "decoder",
+                 "chunked_ff", "meta_weight")
+    if change in per_layer + ("int8", "inference_weights"):  # checked layer by layer
+        fallback = [1] if change in per_layer else [0, 1, 2]
         for i, call in enumerate(layer_list):
             assert call is stock_layers[i] if i in fallback else isinstance(call, _FusedLayer)
     else:  # nothing can be fused for these inputs
@@ -216,7 +239,7 @@ def test_a_layer_fuses_again_once_its_hook_is_gone_and_an_activation_swap_is_see
         handle.remove()
         assert isinstance(list(fused._layer_calls(hidden))[0], _FusedLayer)
         for m in (model, fused):  # another activation module: not fused into the GEMM, run as the module
-            m.backbone.encoder.layer[0].intermediate.intermediate_act_fn = nn.Tanh()
+            m.backbone.encoder.layer[0].intermediate.intermediate_act_fn = nn.Tanh().eval()
         call = list(fused._layer_calls(hidden))[0]
         assert isinstance(call, _FusedLayer) and isinstance(call.act, nn.Tanh)
         torch.testing.assert_close(fused(**batch).exit_logits, model(**batch).exit_logits, atol=1e-5, rtol=1e-5)
@@ -230,3 +253,39 @@ def test_use_fused_cpu_layers_rejects_bad_input_and_missing_kernels(monkeypatch)
     with pytest.raises(RuntimeError, match="oneDNN"):
         model.use_fused_cpu_layers()
     assert not model.fused_cpu_layers
+
+
+@pytest.mark.parametrize("enter_train_mode", [True, False])
+def test_a_fused_optimizer_step_is_not_served_stale(enter_train_mode):
+    """Fused optimizers (the Trainer's default adamw_torch_fused) update weights without bumping their version
+    counter: a training forward drops the packed weights, so inference after the step sees the new weights."""
+    model = tiny_model("bert", seed=3, layers=2)
+    fused = fused_copy(model)
+    batch = random_batch(n=6, max_len=10, seed=8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.inference_mode():
+        fused(**batch)  # packs
+    for m in (model, fused):
+        torch.manual_seed(0)
+        if enter_train_mode:
+            m.train()
+            assert not m.fused_cpu_layers or not m._eenet_fused_cpu.layers  # train() drops the packed weights
+        opt = torch.optim.AdamW(m.parameters(), lr=0.05, fused=True)
+        m(**batch, labels=labels).loss.backward()
+        opt.step()
+        m.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(**batch).exit_logits, model(**batch).exit_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_an_edit_through_data_is_served_after_use_fused_cpu_layers_again():
+    model = tiny_model("bert", seed=3, layers=2)
+    fused = fused_copy(model)
+    batch = random_batch(n=4, max_len=9, seed=9)
+    with torch.inference_mode():
+        fused(**batch)  # packs
+    for m in (model, fused):  # .data bypasses the version counter
+        m.backbone.encoder.layer[1].output.dense.weight.data.mul_(3.0)
+    fused.use_fused_cpu_layers()  # repacks, as documented
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(**batch).exit_logits, model(**batch).exit_logits, atol=1e-5, rtol=1e-5)
