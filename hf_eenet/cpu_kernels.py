@@ -22,8 +22,9 @@ Memory: the packed copies hold the encoder's Linear weights a second time while 
 MiniLM-L6, 324 MiB for BERT-base); ``use_fused_cpu_layers(False)`` drops them. Staleness: an entry is rebuilt when
 a module on the layer's path or a parameter changes identity, storage or version counter (``load_state_dict``,
 in-place edits under ``no_grad``, ``.to(...)``, a new Parameter). Updates that bypass the version counter (edits
-through ``.data``, fused optimizers) are covered by when they happen: ``model.train()`` and every forward that
-could train (training mode or autograd on) drop all entries; after a ``.data`` edit in eval mode, call
+through ``.data``, fused optimizers) are covered by when they happen: ``model.train()`` / ``model.eval()`` and
+every forward that could train (training mode or autograd on) drop all entries; an update after the last of
+those (a ``.data`` edit in eval mode, a fused optimizer step after an inference call) needs
 ``use_fused_cpu_layers()`` again. Entries are per process and never saved or copied (``copy.deepcopy`` / pickle
 give a model with the setting on and an empty cache).
 """
@@ -212,9 +213,10 @@ class FusedCPULayers:
 
         Weight changes the version counter does not see (``param.data.mul_(...)``, fused optimizers such as
         ``adamw_torch_fused``, the Trainer's default) are covered by when they happen: a forward that could train
-        (training mode or autograd on) and every ``model.train()`` / ``model.eval()`` drop the packed weights, so
-        the next inference repacks. An edit through ``.data`` outside training needs
-        ``model.use_fused_cpu_layers()`` again (it repacks).
+        (training mode or autograd on) and every ``model.train()`` / ``model.eval()`` of the model drop the packed
+        weights, so the next inference repacks. An update after the last of those (an edit through ``.data`` in
+        eval mode, a fused optimizer step taken after an inference call) needs ``model.use_fused_cpu_layers()``
+        again (it repacks).
         """
         layers = model.backbone.encoder.layer
         if model.training or torch.is_grad_enabled():

@@ -353,9 +353,10 @@ class EENetModelMixin:
         forward of this model then runs each stock layer as packed GEMMs with the residual adds and GELU fused in,
         the same function to the dtype's rounding; anything the fused layer cannot reproduce exactly runs the stock
         layer. Costs a second copy of the encoder's Linear weights while enabled; ``enabled=False`` frees it.
-        Calling it again repacks: needed after editing weights through ``.data`` outside training (such edits
-        bypass the version counter the packed weights are checked against). A training step, ``model.train()``
-        and any forward with autograd on drop the packed weights by themselves. Not saved with the model (a
+        ``model.train()`` / ``model.eval()`` and every forward with autograd on drop the packed weights by
+        themselves; a weight update that bypasses the version counter the packed weights are checked against and
+        comes after the last of those (a ``.data`` edit, a fused optimizer step after an inference call) needs
+        this called again: it repacks. Not saved with the model (a
         per-process choice, like ``torch.set_num_threads``).
         """
         check_bool(enabled, "enabled")
@@ -373,10 +374,10 @@ class EENetModelMixin:
         return self
 
     def train(self, mode: bool = True):
-        """``nn.Module.train``; entering training mode drops packed CPU weights (fused optimizers update weights
-        without bumping their version counter), the next inference repacks."""
+        """``nn.Module.train``; also drops packed CPU weights, in both directions (``model.eval()`` after training
+        the backbone alone, whose fused optimizer steps bypass the version counter), the next inference repacks."""
         fused = self.__dict__.get("_eenet_fused_cpu")
-        if mode and fused is not None:
+        if fused is not None:
             fused.clear()
         return super().train(mode)
 
@@ -386,8 +387,9 @@ class EENetModelMixin:
         return "_eenet_fused_cpu" in self.__dict__
 
     def _layer_calls(self, hidden: torch.Tensor):
-        """What runs encoder layer ``i`` in this forward, ``calls[i](hidden, mask)``: the fused CPU layers where
-        enabled and exact for these inputs, else the stock ``ModuleList``."""
+        """What runs the encoder layers in this forward, iterated in layer order, each called as
+        ``call(hidden, mask)``: the fused CPU layers where enabled and exact for these inputs, else the stock
+        ``ModuleList``."""
         fused = self.__dict__.get("_eenet_fused_cpu")
         if fused is None:
             return self.backbone.encoder.layer

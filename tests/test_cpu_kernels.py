@@ -26,6 +26,20 @@ def layer_inputs(model, batch):
     return hidden, mask
 
 
+def stock_and_fused_stacks(model, batch):
+    """The token states of ``batch``'s real tokens after the whole layer stack: stock layers, fused layers."""
+    hidden, mask = layer_inputs(model, batch)
+    fused = fused_copy(model)
+    with torch.inference_mode():
+        calls = list(fused._layer_calls(hidden))
+        assert all(isinstance(c, _FusedLayer) for c in calls)
+        ref, got = hidden, hidden
+        for layer, call in zip(model.backbone.encoder.layer, calls):
+            ref, got = layer(ref, mask), call(got, mask)
+    keep = batch["attention_mask"].bool()  # padding positions are masked everywhere downstream
+    return ref[keep], got[keep], mask
+
+
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("padded", [False, True])
@@ -36,32 +50,15 @@ def test_fused_layer_computes_the_stock_layer(kind, attn, padded):
             layer.attention.self.query.weight.mul_(8.0)
             layer.attention.self.key.weight.mul_(8.0)
     batch = random_batch(n=6, max_len=11, seed=4, pad_id=model.config.pad_token_id, min_len=3 if padded else 11)
-    fused = fused_copy(model)
-    hidden, mask = layer_inputs(model, batch)
+    ref, got, mask = stock_and_fused_stacks(model, batch)
     assert (mask is not None) == padded
-    with torch.inference_mode():
-        calls = list(fused._layer_calls(hidden))
-        assert all(isinstance(c, _FusedLayer) for c in calls)
-        ref, got = hidden, hidden
-        for layer, call in zip(model.backbone.encoder.layer, calls):
-            ref, got = layer(ref, mask), call(got, mask)
-    keep = batch["attention_mask"].bool()  # padding positions are masked everywhere downstream
-    torch.testing.assert_close(got[keep], ref[keep], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_fused_layer_in_bfloat16_matches_the_stock_bfloat16_layer():
     model = tiny_model("bert", seed=3, layers=2).to(torch.bfloat16)
-    batch = random_batch(n=4, max_len=9, seed=4)
-    hidden, mask = layer_inputs(model, batch)
-    fused = fused_copy(model)
-    with torch.inference_mode():
-        calls = list(fused._layer_calls(hidden))
-        assert all(isinstance(c, _FusedLayer) for c in calls)
-        ref, got = hidden, hidden
-        for layer, call in zip(model.backbone.encoder.layer, calls):
-            ref, got = layer(ref, mask), call(got, mask)
-    keep = batch["attention_mask"].bool()
-    torch.testing.assert_close(got[keep].float(), ref[keep].float(), atol=0.1, rtol=0.05)
+    ref, got, _ = stock_and_fused_stacks(model, random_batch(n=4, max_len=9, seed=4))
+    torch.testing.assert_close(got.float(), ref.float(), atol=0.1, rtol=0.05)
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
@@ -274,6 +271,23 @@ def test_a_fused_optimizer_step_is_not_served_stale(enter_train_mode):
         m(**batch, labels=labels).loss.backward()
         opt.step()
         m.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(**batch).exit_logits, model(**batch).exit_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_training_the_backbone_alone_then_model_eval_is_not_served_stale():
+    model = tiny_model("bert", seed=3, layers=2)
+    fused = fused_copy(model)
+    batch = random_batch(n=6, max_len=10, seed=8)
+    with torch.inference_mode():
+        fused(**batch)  # packs
+    for m in (model, fused):  # the backbone's own forward never reaches the fused layers' checks
+        m.backbone.train()
+        opt = torch.optim.AdamW(m.backbone.parameters(), lr=0.05, fused=True)
+        hidden = m.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden.sum().backward()
+        opt.step()
+        m.eval()  # drops the packed weights
     with torch.inference_mode():
         torch.testing.assert_close(fused(**batch).exit_logits, model(**batch).exit_logits, atol=1e-5, rtol=1e-5)
 
