@@ -34,6 +34,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers.activations import GELUActivation
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert.modeling_bert import BertLayer
+from transformers.models.roberta.modeling_roberta import RobertaLayer
+
+_STOCK_LAYERS = (BertLayer, RobertaLayer)
 
 
 def fused_kernels_available() -> bool:
@@ -46,26 +53,13 @@ def fused_kernels_available() -> bool:
     )
 
 
-_STOCK_LAYERS: tuple = ()
-
-
-def _stock_layer_types() -> tuple:
-    global _STOCK_LAYERS
-    if not _STOCK_LAYERS:
-        from transformers.models.bert.modeling_bert import BertLayer
-        from transformers.models.roberta.modeling_roberta import RobertaLayer
-
-        _STOCK_LAYERS = (BertLayer, RobertaLayer)
-    return _STOCK_LAYERS
-
-
 def _plain_parts(layer: nn.Module):
     """The modules of a stock layer the fused forward reads, or ``None`` when the layer is not one it can replace
     exactly: another class, a replaced Linear / LayerNorm, a Linear without bias, a module in training mode, a
     forward hook or a ``forward`` set on a module instance (accelerate's offload hooks, patches), a decoder /
     causal or cross-attention layer, chunked feed-forward, weights off the CPU (meta, offloaded) or without a
     version counter (created under ``torch.inference_mode``)."""
-    if type(layer) not in _stock_layer_types() or getattr(layer, "add_cross_attention", False):
+    if type(layer) not in _STOCK_LAYERS or getattr(layer, "add_cross_attention", False):
         return None
     if getattr(layer, "is_decoder", False) or getattr(layer, "chunk_size_feed_forward", 0):
         return None
@@ -107,9 +101,6 @@ def _path_modules(layer, sa, so, inter, out) -> tuple:
 
 def _stock_attention(impl: str) -> bool:
     """``impl`` resolves to transformers' own SDPA / eager attention (not a function registered under its name)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     if impl == "sdpa":
         return ALL_ATTENTION_FUNCTIONS.get("sdpa") is sdpa_attention_forward
     return impl == "eager" and "eager" not in ALL_ATTENTION_FUNCTIONS
@@ -117,8 +108,6 @@ def _stock_attention(impl: str) -> bool:
 
 def _exact_gelu(act) -> bool:
     """``act`` is transformers' ``GELUActivation`` computing ``torch.nn.functional.gelu`` (erf), untouched."""
-    from transformers.activations import GELUActivation
-
     return type(act) is GELUActivation and act.__dict__.get("act") is F.gelu and "forward" not in act.__dict__
 
 

@@ -175,15 +175,12 @@ def test_what_the_fused_layer_cannot_reproduce_runs_the_stock_layer(change):
 
 
 def test_packed_weights_follow_weight_and_module_changes():
-    model = tiny_model("bert", seed=3, layers=2)
-    fused = fused_copy(model)
-    batch = random_batch(n=5, max_len=10, seed=6)
+    model, fused, batch = packed_pair(n=5, max_len=10, seed=6)
 
     def same_outputs():
-        with torch.inference_mode():
-            torch.testing.assert_close(fused(**batch).exit_logits, model(**batch).exit_logits, atol=1e-5, rtol=1e-5)
+        assert_fused_serves(model, fused, batch)
 
-    same_outputs()  # packs
+    same_outputs()
     for m in (model, fused):  # in-place weight change (version counter)
         with torch.no_grad():
             m.backbone.encoder.layer[0].intermediate.dense.weight.mul_(1.7)
@@ -252,16 +249,28 @@ def test_use_fused_cpu_layers_rejects_bad_input_and_missing_kernels(monkeypatch)
     assert not model.fused_cpu_layers
 
 
+def packed_pair(n, max_len, seed):
+    """A tiny model, its copy with fused layers already packed (one inference call), and the batch used."""
+    model = tiny_model("bert", seed=3, layers=2)
+    fused = fused_copy(model)
+    batch = random_batch(n=n, max_len=max_len, seed=seed)
+    with torch.inference_mode():
+        fused(**batch)  # packs
+    return model, fused, batch
+
+
+def assert_fused_serves(model, fused, batch):
+    """The fused copy serves what the stock layers of ``model`` (given the same changes) compute."""
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(**batch).exit_logits, model(**batch).exit_logits, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("enter_train_mode", [True, False])
 def test_a_fused_optimizer_step_is_not_served_stale(enter_train_mode):
     """Fused optimizers (the Trainer's default adamw_torch_fused) update weights without bumping their version
     counter: a training forward drops the packed weights, so inference after the step sees the new weights."""
-    model = tiny_model("bert", seed=3, layers=2)
-    fused = fused_copy(model)
-    batch = random_batch(n=6, max_len=10, seed=8)
+    model, fused, batch = packed_pair(n=6, max_len=10, seed=8)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    with torch.inference_mode():
-        fused(**batch)  # packs
     for m in (model, fused):
         torch.manual_seed(0)
         if enter_train_mode:
@@ -271,16 +280,11 @@ def test_a_fused_optimizer_step_is_not_served_stale(enter_train_mode):
         m(**batch, labels=labels).loss.backward()
         opt.step()
         m.eval()
-    with torch.inference_mode():
-        torch.testing.assert_close(fused(**batch).exit_logits, model(**batch).exit_logits, atol=1e-5, rtol=1e-5)
+    assert_fused_serves(model, fused, batch)
 
 
 def test_training_the_backbone_alone_then_model_eval_is_not_served_stale():
-    model = tiny_model("bert", seed=3, layers=2)
-    fused = fused_copy(model)
-    batch = random_batch(n=6, max_len=10, seed=8)
-    with torch.inference_mode():
-        fused(**batch)  # packs
+    model, fused, batch = packed_pair(n=6, max_len=10, seed=8)
     for m in (model, fused):  # the backbone's own forward never reaches the fused layers' checks
         m.backbone.train()
         opt = torch.optim.AdamW(m.backbone.parameters(), lr=0.05, fused=True)
@@ -288,18 +292,12 @@ def test_training_the_backbone_alone_then_model_eval_is_not_served_stale():
         hidden.sum().backward()
         opt.step()
         m.eval()  # drops the packed weights
-    with torch.inference_mode():
-        torch.testing.assert_close(fused(**batch).exit_logits, model(**batch).exit_logits, atol=1e-5, rtol=1e-5)
+    assert_fused_serves(model, fused, batch)
 
 
 def test_an_edit_through_data_is_served_after_use_fused_cpu_layers_again():
-    model = tiny_model("bert", seed=3, layers=2)
-    fused = fused_copy(model)
-    batch = random_batch(n=4, max_len=9, seed=9)
-    with torch.inference_mode():
-        fused(**batch)  # packs
+    model, fused, batch = packed_pair(n=4, max_len=9, seed=9)
     for m in (model, fused):  # .data bypasses the version counter
         m.backbone.encoder.layer[1].output.dense.weight.data.mul_(3.0)
     fused.use_fused_cpu_layers()  # repacks, as documented
-    with torch.inference_mode():
-        torch.testing.assert_close(fused(**batch).exit_logits, model(**batch).exit_logits, atol=1e-5, rtol=1e-5)
+    assert_fused_serves(model, fused, batch)
