@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -258,17 +259,70 @@ class EENetTrainer(Trainer):
         atomic_save_dir(output_dir, write, drop=("training_args.bin",))
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """``Trainer._push_from_checkpoint`` (``push_to_hub=True`` during training) copies only config, weights and
-        tokenizer into ``output_dir`` before uploading it: without the model's remote code and pipeline code the
-        pushed repo would not load without hf_eenet. Those files (and ``training_args.json``) are copied too. (The
-        stock push also uploads its pickled ``training_args.bin`` at each of these intermediate pushes;
-        ``hub_strategy="end"`` pushes only the final folder, which has none.)"""
-        if self.is_world_process_zero() and os.path.isdir(checkpoint_folder):
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            for entry in os.listdir(checkpoint_folder):
-                if entry.endswith(".py") or entry == "training_args.json":
-                    shutil.copy(os.path.join(checkpoint_folder, entry), os.path.join(self.args.output_dir, entry))
-        super()._push_from_checkpoint(checkpoint_folder)
+        """A push during training (``push_to_hub=True``, ``hub_strategy`` other than ``"end"``): the stock
+        ``Trainer._push_from_checkpoint`` without its pickle, plus what the pushed repo needs to load without hf_eenet.
+
+        The stock method copies config, weights and tokenizer from the checkpoint into ``output_dir``, writes the
+        pickled ``training_args.bin`` there and uploads the folder. Here the model's remote code, pipeline code and
+        ``training_args.json`` (which ``_save`` wrote into the checkpoint instead of the pickle) are copied as well,
+        no pickle is written, and ``training_args.bin`` is never uploaded (not even a stale one left in
+        ``output_dir`` by a stock run). The checkpoint upload of ``hub_strategy="checkpoint"`` /
+        ``"all_checkpoints"`` carries the Trainer's resume state as the stock one does (``optimizer.pt``,
+        ``scheduler.pt``, ``rng_state.pth``, read back by the Trainer with ``weights_only=True``). Everything else
+        (which pushes are skipped while one is in progress, commit messages, callbacks) is the stock logic of
+        transformers 5.x, repeated here because the stock method writes the pickle in the middle of it.
+        """
+        from transformers import trainer as stock  # module attributes, so hf_api / PushInProgress stay patchable
+        from transformers.trainer_utils import HubStrategy, SaveStrategy
+
+        args = self.args
+        if not self.is_world_process_zero() or args.hub_strategy == HubStrategy.END:
+            return
+        if not args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return
+        self.callback_handler.on_push_begin(args, self.state, self.control)
+        output_dir = args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        for entry in self._checkpoint_files_to_push(checkpoint_folder):
+            shutil.copy(os.path.join(checkpoint_folder, entry), os.path.join(output_dir, entry))
+        if self.processing_class is not None:  # as the stock push: re-saved, it may have spawned any files
+            self.processing_class.save_pretrained(output_dir)
+        if args.save_strategy == SaveStrategy.STEPS:
+            commit_message = f"Training in progress, step {self.state.global_step}"
+        else:
+            commit_message = f"Training in progress, epoch {int(self.state.epoch)}"
+        jobs = [stock.hf_api().upload_folder(
+            repo_id=self.hub_model_id, folder_path=output_dir, commit_message=commit_message, token=args.hub_token,
+            run_as_future=True, revision=args.hub_revision,
+            ignore_patterns=["_*", f"{stock.PREFIX_CHECKPOINT_DIR}-*", stock.TRAINING_ARGS_NAME])]
+        if args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            path_in_repo = ("last-checkpoint" if args.hub_strategy == HubStrategy.CHECKPOINT
+                            else Path(checkpoint_folder).name)
+            jobs.append(stock.hf_api().upload_folder(
+                repo_id=self.hub_model_id, folder_path=checkpoint_folder, path_in_repo=path_in_repo,
+                commit_message=commit_message + ", checkpoint", token=args.hub_token, run_as_future=True,
+                revision=args.hub_revision, ignore_patterns=[stock.TRAINING_ARGS_NAME]))
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = stock.PushInProgress(jobs)
+        else:
+            self.push_in_progress.jobs.extend(jobs)
+
+    @staticmethod
+    def _checkpoint_files_to_push(checkpoint_folder: str) -> list[str]:
+        """The files of a checkpoint that make up the model repo: what the stock push copies (config, generation
+        config, weights, sharded weights with their index, PEFT adapter files) plus the remote / pipeline code
+        (``*.py``) and ``training_args.json``; never the optimizer, scheduler, RNG or trainer state."""
+        from transformers import trainer as stock
+
+        names = [stock.CONFIG_NAME, stock.GENERATION_CONFIG_NAME, stock.SAFE_WEIGHTS_NAME, "training_args.json",
+                 stock.ADAPTER_CONFIG_NAME, stock.ADAPTER_SAFE_WEIGHTS_NAME]
+        index = os.path.join(checkpoint_folder, stock.SAFE_WEIGHTS_INDEX_NAME)
+        if os.path.isfile(index):
+            names.append(stock.SAFE_WEIGHTS_INDEX_NAME)
+            with open(index, encoding="utf-8") as f:
+                names.extend(sorted(set(json.load(f)["weight_map"].values())))
+        names.extend(sorted(e for e in os.listdir(checkpoint_folder) if e.endswith(".py")))
+        return [n for n in dict.fromkeys(names) if os.path.isfile(os.path.join(checkpoint_folder, n))]
 
     # ------------------------------------------------------------------------------------------------ scheduler
     def collect_exit_predictions(self, dataset=None,

@@ -1,5 +1,7 @@
 """EENetTrainer (GA parity, per-exit metrics, scheduler bank, resume), the budgeted pipeline, Hub export, DDP."""
 
+import concurrent.futures
+import fnmatch
 import json
 import math
 import os
@@ -345,12 +347,15 @@ def test_save_drops_a_stale_pickle_and_checkpoint_pushes_carry_the_code(tok, tmp
     assert not (out / "training_args.bin").exists() and (out / "training_args.json").exists()
     assert (out / "notes.txt").read_text() == "kept"
     # a push during training (hub_strategy every_save) uploads output_dir after copying files from the checkpoint:
-    # the remote code and pipeline code go with them, so the pushed repo loads without hf_eenet
+    # the remote code and pipeline code go with them, so the pushed repo loads without hf_eenet; no pickle is
+    # written or uploaded (not even a stale training_args.bin left in output_dir by a stock run)
     ckpt = tmp_path / "checkpoint-2"
     trainer.save_model(str(ckpt))
+    for resume_state in ("optimizer.pt", "rng_state.pth"):  # what a Trainer checkpoint holds besides the model
+        (ckpt / resume_state).write_bytes(b"resume state")
     push_dir = tmp_path / "push"
     trainer.args.output_dir = str(push_dir)
-    uploaded = {}
+    uploads = []
     import transformers.trainer as stock_trainer
 
     monkeypatch.setattr(trainer, "is_world_process_zero", lambda: True)
@@ -360,17 +365,38 @@ def test_save_drops_a_stale_pickle_and_checkpoint_pushes_carry_the_code(tok, tmp
     trainer.push_in_progress = None
 
     class FakeApi:
-        def upload_folder(self, folder_path, **kw):
-            uploaded["files"] = sorted(os.listdir(folder_path))
-            return None
+        def upload_folder(self, folder_path, ignore_patterns=(), path_in_repo=None, **kw):
+            names = sorted(n for n in os.listdir(folder_path)
+                           if not any(fnmatch.fnmatch(n, pat) for pat in ignore_patterns or ()))
+            uploads.append((path_in_repo, names, kw["commit_message"]))
+            done = concurrent.futures.Future()
+            done.set_result(None)
+            return done
 
     monkeypatch.setattr(stock_trainer, "hf_api", lambda: FakeApi())
     push_dir.mkdir()
+    (push_dir / "training_args.bin").write_bytes(b"stale pickle from a stock run")
     trainer._push_from_checkpoint(str(ckpt))
-    files = uploaded["files"]
+    [(where, files, message)] = uploads
+    assert where is None and message == "Training in progress, epoch 1"
     for needed in ("config.json", "model.safetensors", "modeling_eenet.py", "configuration_eenet.py",
-                   "pipeline_eenet.py", "training_args.json"):
+                   "pipeline_eenet.py", "training_args.json", "tokenizer.json"):
         assert needed in files, (needed, files)
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))], files
+    assert (push_dir / "training_args.bin").read_bytes() == b"stale pickle from a stock run"  # not rewritten
+    # hub_strategy="checkpoint" also uploads the checkpoint (with its resume state, as the stock push) minus the
+    # pickle; "end" pushes nothing during training
+    uploads.clear()
+    (ckpt / "training_args.bin").write_bytes(b"pickle")
+    trainer.args.hub_strategy = "checkpoint"
+    trainer._push_from_checkpoint(str(ckpt))
+    (_, files, _), (where, ckpt_files, message) = uploads
+    assert where == "last-checkpoint" and message.endswith(", checkpoint")
+    assert "optimizer.pt" in ckpt_files and "training_args.bin" not in ckpt_files + files
+    uploads.clear()
+    trainer.args.hub_strategy = "end"
+    trainer._push_from_checkpoint(str(ckpt))
+    assert uploads == []
 
 
 def test_saved_model_reloads_with_identical_decisions(trained, tok):
