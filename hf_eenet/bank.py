@@ -26,6 +26,7 @@ This module is copied next to the model code by ``save_pretrained`` (Hub remote 
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import math
@@ -51,8 +52,8 @@ class BankIntegrityError(ValueError):
 # ------------------------------------------------------------------------------------------------------------ the bank
 class SchedulerBank(nn.ModuleList):
     """``nn.ModuleList`` of the fitted schedulers whose floating state keeps its dtype through ``model.to(dtype)``,
-    ``.half()``, ``.bfloat16()`` (thresholds, costs and budget are float64 by design: casting them moves exits).
-    Device moves still apply."""
+    ``.half()``, ``.bfloat16()`` (thresholds are float32 midpoints, costs and budget float64, by design: casting
+    them would move exits). Device moves still apply."""
 
     def _apply(self, fn, recurse=True):
         def keep_dtype(t):
@@ -150,11 +151,16 @@ def check_scheduler(scheduler, config, budget: float, where: str = "check") -> N
     n_cls = _num_classes(scheduler)
     if n_cls is not None and n_cls != int(config.num_labels):
         _fail(where, f"{name} was fitted for {n_cls} classes but config.num_labels = {config.num_labels}")
-    fitted_budget = float(scheduler.budget)
-    if not math.isfinite(fitted_budget) or not math.isclose(fitted_budget, budget, rel_tol=1e-6, abs_tol=1e-9):
-        _fail(where, f"config says budget {budget:g} but the scheduler stored there was fitted for budget "
-                     f"{fitted_budget:g}")
+    # a bank key is a fraction of the full model's cost; a scheduler's budget is in the unit of the costs it was
+    # fitted with (any unit, e.g. latency in ms): compare the fraction of its own c_K, as costs_match compares costs
     costs = scheduler.costs
+    fitted_budget = float(scheduler.budget)
+    fraction = fitted_budget / float(costs[-1]) if costs else math.nan
+    if not math.isfinite(fraction) or not math.isclose(fraction, budget, rel_tol=1e-6, abs_tol=1e-9):
+        unit = "" if math.isclose(fraction, fitted_budget, rel_tol=1e-9) else \
+            f" ({fitted_budget:g} with exit costs up to {float(costs[-1]):g})"
+        _fail(where, f"config says budget {budget:g} but the scheduler stored there was fitted for budget "
+                     f"{fraction:g} of the full model's cost{unit}")
     if not costs_match(costs, config.exit_costs):
         _fail(where, f"{name} was fitted for exit costs {[round(c, 6) for c in costs]} but config.exit_costs = "
                      f"{[round(c, 6) for c in config.exit_costs]}: refit the bank for these costs "
@@ -166,7 +172,7 @@ def check_scheduler(scheduler, config, budget: float, where: str = "check") -> N
         if t.is_floating_point() and torch.isnan(t).any():
             _fail(where, f"{name}: tensor {key!r} contains NaN")
     for key, p in scheduler.named_parameters():
-        if not torch.isfinite(p).all():
+        if not torch.isfinite(p.detach()).all():  # detach: a Parameter made under inference_mode cannot be read
             _fail(where, f"{name}: weight {key!r} is not finite")
 
 
@@ -191,6 +197,16 @@ def _module_tensors(module: nn.Module) -> list[torch.Tensor]:
         out.extend(t for t in m._buffers.values() if t is not None)
         stack.extend(c for c in m._modules.values() if c is not None)
     return out
+
+
+def without_inference_tensors(scheduler: nn.Module) -> nn.Module:
+    """``scheduler``, or a copy of it made outside inference mode when it holds inference tensors (one loaded or
+    fitted under ``torch.inference_mode()``): those have no version counter, which the per-request entry check
+    (:func:`check_entry`) reads."""
+    if not any(t.is_inference() for t in _module_tensors(scheduler)):
+        return scheduler
+    with torch.inference_mode(False):
+        return copy.deepcopy(scheduler)
 
 
 def check_entry(model, index: int) -> None:

@@ -36,7 +36,7 @@ from itertools import chain
 
 import torch
 
-from .validation import check_bool
+from .validation import check_bool, check_int
 
 ROW_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -97,6 +97,24 @@ def rows_from_encodings(encodings) -> list[dict[str, torch.Tensor]]:
                 r = {key: t[start:end] for key, t in r.items()}
         out.append(r)
     return out
+
+
+def check_text_list(texts) -> None:
+    """Every element of a list of texts is a ``str``; else TypeError naming the first one that is not (a pair given
+    as a tuple / list gets a pointer to ``text_pair=``)."""
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            hint = (" (sentence pairs: pass the first segments as the texts and text_pair=[...] with the second ones)"
+                    if isinstance(t, (tuple, list)) else "")
+            raise TypeError(f"texts[{i}] must be a string, got {type(t).__name__} {t!r:.60}{hint}")
+
+
+def check_rows_per_text(n_texts: int, rows: list, tokenizer_kwargs) -> None:
+    """Tokenizing ``n_texts`` texts must give one row each (outputs are returned per text, in input order)."""
+    if len(rows) != n_texts:
+        raise ValueError(f"tokenizing {n_texts} texts gave {len(rows)} rows: the tokenizer options "
+                         f"{sorted(tokenizer_kwargs)} split texts into several rows (e.g. return_overflowing_tokens), "
+                         "which a classifier cannot map back to the texts")
 
 
 def _rows_from_lists(encodings) -> list[dict[str, torch.Tensor]] | None:
@@ -194,7 +212,8 @@ class _LayerGraphs:
     is replayed and the first ``w`` columns of its output are copied out at once. Partial micro-batches run
     eagerly. Graphs are captured on first use of a (layer, width) and kept on the model (one cache per micro-batch
     size and inference mode); after the layers' parameters move (``.to()``, a new state dict assigned as new
-    tensors) or the dtype changes, the next call recaptures them (in-place weight updates are seen by the replay).
+    tensors), the dtype or the attention implementation changes, the next call recaptures them (in-place weight
+    updates are seen by the replay).
     Capture and replay run on the model's GPU, whichever device is current; a lock makes one thread at a time use
     the shared static buffers. Forward hooks on the encoder would not run on a replay, so they are
     refused. Memory: one static output per graph (``micro_batch_size x width x hidden``), the graphs share one pool;
@@ -215,9 +234,10 @@ class _LayerGraphs:
     @staticmethod
     def fingerprint(model):
         params = list(model.backbone.encoder.parameters())
-        # static buffers made under inference_mode are inference tensors: keep one cache per mode
+        # static buffers made under inference_mode are inference tensors: keep one cache per mode; graphs captured
+        # with one attention implementation replay its kernels, so set_attn_implementation(...) recaptures
         return (params[0].dtype, params[0].device, torch.is_inference_mode_enabled(),
-                tuple(p.data_ptr() for p in params))
+                getattr(model.config, "_attn_implementation", None), tuple(p.data_ptr() for p in params))
 
     @classmethod
     def of(cls, model, micro_batch_size: int) -> "_LayerGraphs":
@@ -348,10 +368,8 @@ def depth_wave_forward(
     Returns:
         ``(logits [N, C], exit_index [N])`` on the model's device, in input order.
     """
-    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int) or micro_batch_size < 1:
-        raise ValueError(f"micro_batch_size must be a positive int, got {micro_batch_size!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    micro_batch_size = check_int(micro_batch_size, "micro_batch_size", 1)
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
     if not rows:
         raise ValueError("no texts to classify (empty input)")
     model._check_exit_policy(exit_policy)
@@ -361,6 +379,7 @@ def depth_wave_forward(
         if model.config.num_labels < 2:
             raise ValueError("early-exit policies need a classification head (num_labels >= 2)")
         exit_policy.check_num_exits(num_exits)
+        model._warn_if_training()
     if stats is not None:
         stats.update(host_syncs=0, layer_rows=0, layer_calls=0)
     logits_parts, exit_parts = [], []

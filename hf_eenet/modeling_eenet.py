@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +40,17 @@ from .bank import (
     data_fingerprint as _data_fingerprint,
     make_record,
     verify_bank,
+    without_inference_tensors,
 )
-from .configuration_eenet import _INSTALLED, EENetBertConfig, EENetRobertaConfig, max_input_tokens
+from .configuration_eenet import (
+    _INSTALLED,
+    EENetBertConfig,
+    EENetRobertaConfig,
+    max_input_tokens,
+    pairing_mismatch,
+)
 from .policies import ExitPolicy
-from .validation import as_probs_tensor, check_bool, check_budget_fraction
+from .validation import as_probs_tensor, check_bool, check_budget_fraction, check_int
 
 
 @dataclass
@@ -231,6 +239,7 @@ class EENetModelMixin:
             raise ValueError("the scheduler is not fitted: call scheduler.fit(...) first")
         scheduler.check_num_exits(self.config.num_exits)
         check_scheduler(scheduler, self.config, budget, where="add_scheduler")
+        return without_inference_tensors(scheduler)
 
     def add_scheduler(self, scheduler, budget: float, *, data_fingerprint: str | None = None) -> None:
         """Put a fitted :class:`EENetScheduler` into the bank under ``budget`` (fraction of the full cost); replaces
@@ -241,7 +250,7 @@ class EENetModelMixin:
         labels)`` of its validation data) must equal the other entries' when both are known. Else
         ``BankIntegrityError`` names what differs."""
         budget = check_budget_fraction(budget)
-        self._check_bank_candidate(scheduler, budget)
+        scheduler = self._check_bank_candidate(scheduler, budget)
         records = verify_bank(self, where="add_scheduler") if self.config.scheduler_budgets else []
         cfg = scheduler_config_json(scheduler)
         entries = {r["budget"]: (s, r) for r, s in zip(records, self.eenet_schedulers)}
@@ -271,7 +280,7 @@ class EENetModelMixin:
         entries, cfgs = {}, []
         for b, sched in schedulers.items():
             b = check_budget_fraction(b)
-            self._check_bank_candidate(sched, b)
+            sched = self._check_bank_candidate(sched, b)
             cfgs.append(scheduler_config_json(sched))
             entries[b] = (sched, make_record(sched, b, data_fingerprint))
         if any(c != cfgs[0] for c in cfgs):
@@ -411,8 +420,9 @@ class EENetModelMixin:
 
     # ------------------------------------------------------------------ persistence
     def _apply(self, fn, *args, **kwargs):
-        # ``model.to(dtype)`` / ``.half()`` cast every floating tensor; the scheduler bank keeps float64 (its
-        # ``SchedulerBank._apply`` restores dtypes). A bank assigned as a plain ModuleList is converted first.
+        # ``model.to(dtype)`` / ``.half()`` cast every floating tensor; the scheduler bank keeps its dtypes (float32
+        # thresholds, float64 costs and budget: ``SchedulerBank._apply`` restores them). A bank assigned as a plain
+        # ModuleList is converted first.
         bank_modules = self._modules.get("eenet_schedulers")
         if bank_modules is not None and not isinstance(bank_modules, SchedulerBank):
             self._modules["eenet_schedulers"] = SchedulerBank(list(bank_modules))
@@ -497,6 +507,16 @@ class EENetModelMixin:
                                     create_pr=create_pr)
 
     # ------------------------------------------------------------------ the exit loop
+    def _warn_if_training(self) -> None:
+        """Early exit served in training mode: dropout is on, so exits and predictions are random and differ from the
+        eval-mode outputs the bank was fitted on (its realised cost drifts from the budget). A warning, not an error:
+        the stock model runs in training mode too when asked, and MC-dropout experiments do it on purpose."""
+        if self.training:
+            warnings.warn(
+                f"{type(self).__name__} is in training mode (dropout on) while serving early exit: exits and "
+                "predictions are random and differ from the eval-mode outputs the scheduler bank was fitted on; "
+                "call model.eval() first", UserWarning, stacklevel=2)
+
     def _check_exit_policy(self, exit_policy) -> None:
         """``exit_policy`` is ``None`` or an hf_eenet :class:`ExitPolicy` (one check for every entry point)."""
         if exit_policy is not None and not isinstance(exit_policy, ExitPolicy):
@@ -620,6 +640,7 @@ class EENetModelMixin:
         if self.config.num_labels < 2:
             raise ValueError("early-exit policies need a classification head (num_labels >= 2)")
         exit_policy.check_num_exits(num_exits)
+        self._warn_if_training()
         device = hidden.device
         width = hidden.shape[1]
         if attention_mask is None:
@@ -744,8 +765,10 @@ class EENetModelMixin:
             [`EENetSequenceClassifierOutput`] with ``logits [N, C]``, ``exit_index``, ``exit_layer``, ``exit_cost``
             ``[N]``, in input order, on the model's device (``exit_logits`` and ``loss`` are ``None``).
         """
-        from .engine import depth_wave_forward, rows_from_encodings
+        from .engine import check_rows_per_text, check_text_list, depth_wave_forward, rows_from_encodings
 
+        batch_size = check_int(batch_size, "batch_size", 1)
+        chunk_size = check_int(chunk_size, "chunk_size", 1)
         if exit_policy is not None and budget is not None:
             raise ValueError("give either exit_policy or budget, not both")
         if budget is None and exit_policy is None and self.config.scheduler_budgets:
@@ -756,16 +779,26 @@ class EENetModelMixin:
         self._check_exit_policy(exit_policy)
         if isinstance(inputs, str):
             inputs = [inputs]
-        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
+        n_texts = None
+        if isinstance(inputs, (list, tuple)) and inputs and any(isinstance(t, (str, list, tuple)) for t in inputs):
+            check_text_list(inputs)
             if tokenizer is None:
                 raise ValueError("early_exit_predict got texts: pass tokenizer= (or give tokenizer output)")
+            trained_on = pairing_mismatch(self.config, tokenizer_kwargs.get("text_pair") is not None)
+            if trained_on == "pairs":  # the pipeline's refusal, for the same inputs
+                raise ValueError("this model was trained on sentence pairs: pass the second segments as "
+                                 "text_pair=[...] (one per text)")
+            if trained_on:
+                raise ValueError("this model was trained on single texts, not sentence pairs: drop text_pair=")
             tokenizer_kwargs.setdefault("truncation", True)
             if tokenizer_kwargs["truncation"] and "max_length" not in tokenizer_kwargs:
                 tokenizer_kwargs["max_length"] = max_input_tokens(self.config, tokenizer)  # as the pipeline
-            inputs = tokenizer(list(inputs), **tokenizer_kwargs)
+            n_texts, inputs = len(inputs), tokenizer(list(inputs), **tokenizer_kwargs)
         elif tokenizer_kwargs:
             raise TypeError(f"unexpected keyword arguments {sorted(tokenizer_kwargs)} (tokenizer kwargs need texts)")
         rows = rows_from_encodings(inputs)
+        if n_texts is not None:
+            check_rows_per_text(n_texts, rows, tokenizer_kwargs)
         logits, exit_index = depth_wave_forward(
             self, rows, exit_policy, micro_batch_size=batch_size, chunk_size=chunk_size, cuda_graphs=cuda_graphs
         )

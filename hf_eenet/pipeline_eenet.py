@@ -19,7 +19,7 @@ import torch
 from transformers import TextClassificationPipeline
 
 from .configuration_eenet import max_input_tokens, pairing_mismatch
-from .validation import check_bool
+from .validation import check_bool, check_int
 
 
 class EENetTextClassificationPipeline(TextClassificationPipeline):
@@ -29,6 +29,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         budget (`float`): fraction of the full cost in (0, 1]; uses the model's fitted scheduler bank (default:
             ``config.default_budget`` when the model has a bank, else the full model).
         exit_policy (`ExitPolicy`): an explicit policy instead of a budget.
+        chunk_size (`int`): texts per depth-wave chunk for many texts (see ``__call__``); ``0`` = the stock per-batch
+            loop. Also accepted when the pipeline is built (``pipeline(..., chunk_size=256)``); a call's value wins.
         top_k, function_to_apply, batch_size, truncation, max_length: as in the stock pipeline. Over-long texts are
             truncated to the model's maximum length by default.
     """
@@ -60,8 +62,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         ``cuda_graphs=True`` (a call argument like ``budget``; CUDA only, opt-in) replays each layer as a CUDA graph
         for full micro-batches and for single-text requests (``hf_eenet/engine.py``).
         """
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0):
-            raise ValueError(f"chunk_size must be a non-negative int (0 = no depth waves), got {chunk_size!r}")
+        if chunk_size is not None:
+            chunk_size = _check_chunk_size(chunk_size)
         local = self._wave_local()
         previous, local.chunk_size = getattr(local, "chunk_size", None), chunk_size
         try:
@@ -83,7 +85,9 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         return state
 
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
-        chunk_size = getattr(self._wave_local(), "chunk_size", None)
+        chunk_size = getattr(self._wave_local(), "chunk_size", None)  # the call's, else the pipeline's
+        if chunk_size is None:
+            chunk_size = forward_params.get("chunk_size")
         if chunk_size is None:
             if batch_size > 1:
                 chunk_size = self.default_chunk_size
@@ -92,7 +96,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         waves = (
             chunk_size > 0
             and self._is_early_exit_model()
-            and not (set(forward_params) - {"budget", "exit_policy", "cuda_graphs"})  # unknown kwargs: stock path
+            and not (set(forward_params) - {"budget", "exit_policy", "cuda_graphs", "chunk_size"})  # else stock path
         )
         if not waves:
             return super().get_iterator(
@@ -105,6 +109,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
 
         model = self.model
         config = model.config
+        batch_size = check_int(batch_size, "batch_size", 1)
         budget, exit_policy = forward_params.get("budget"), forward_params.get("exit_policy")
         if budget is None and exit_policy is None and config.scheduler_budgets:
             budget = config.default_budget if config.default_budget is not None else config.scheduler_budgets[-1]
@@ -126,8 +131,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
                        "exit_cost": costs[exit_index[i : i + 1]]}
                 yield self.postprocess(out, **postprocess_params)
 
-    def _sanitize_parameters(self, budget=None, exit_policy=None, cuda_graphs=None, function_to_apply=None, top_k="",
-                             **tokenizer_kwargs):
+    def _sanitize_parameters(self, budget=None, exit_policy=None, cuda_graphs=None, chunk_size=None,
+                             function_to_apply=None, top_k="", **tokenizer_kwargs):
         preprocess, forward, postprocess = super()._sanitize_parameters(
             function_to_apply=function_to_apply, top_k=top_k, **tokenizer_kwargs
         )
@@ -145,6 +150,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         if exit_policy is not None:
             _check_exit_policy(self.model, exit_policy)
             forward["exit_policy"], forward["budget"] = exit_policy, None
+        if chunk_size is not None:  # given when the pipeline is built (a call's own goes through __call__)
+            forward["chunk_size"] = _check_chunk_size(chunk_size)
         if cuda_graphs is not None:
             if not self._is_early_exit_model():
                 raise ValueError(f"cuda_graphs needs an hf_eenet early-exit model, got {type(self.model).__name__}")
@@ -197,7 +204,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
     def _chunk_rows(self, texts: list, preprocess_params: dict):
         """Token rows of a depth-wave chunk: one tokenizer call for a chunk of plain texts (the ids each text gets
         alone, without the per-text call's overhead), text by text for pairs / dict inputs."""
-        from .engine import rows_from_encodings
+        from .engine import check_rows_per_text, rows_from_encodings
 
         if all(isinstance(t, str) for t in texts) and set(preprocess_params) <= self._ONE_CALL_KWARGS:
             for t in texts:
@@ -207,10 +214,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         else:  # pairs, dicts, or tokenizer options whose batched output may differ from each text's (text_pair=,
             # padding=, overflowing tokens, ...): text by text, exactly as the per-text path tokenizes
             rows = rows_from_encodings([self.preprocess(t, **preprocess_params) for t in texts])
-        if len(rows) != len(texts):
-            raise ValueError(f"tokenizing {len(texts)} texts gave {len(rows)} rows: the tokenizer options "
-                             f"{sorted(preprocess_params)} split texts into several rows, which a classifier "
-                             "pipeline cannot map back to the texts")
+        check_rows_per_text(len(texts), rows, preprocess_params)
         return rows
 
     #: tokenizer options for which one call over a chunk gives each text the ids it gets alone
@@ -220,7 +224,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         """Longest input the model takes (``configuration_eenet.max_input_tokens``: position table, tokenizer cap)."""
         return max_input_tokens(self.model.config, self.tokenizer)
 
-    def _forward(self, model_inputs, budget=None, exit_policy=None, cuda_graphs=False):
+    def _forward(self, model_inputs, budget=None, exit_policy=None, cuda_graphs=False, chunk_size=None):
         if not self._is_early_exit_model():
             return super()._forward(model_inputs)
         config = self.model.config
@@ -239,6 +243,10 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         if isinstance(result, dict):
             return {**result, **extra}
         return [{**r, **extra} for r in result]
+
+
+def _check_chunk_size(chunk_size) -> int:
+    return check_int(chunk_size, "chunk_size", 0, "(0 = no depth waves)")
 
 
 def _check_exit_policy(model, exit_policy) -> None:

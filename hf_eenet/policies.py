@@ -36,6 +36,7 @@ from .validation import (  # noqa: F401 - re-exported
     check_budget,
     check_costs,
     check_exit_index,
+    check_int,
     check_labels,
     check_thresholds as _check_thresholds,
     is_number as _is_number,
@@ -87,7 +88,7 @@ class ExitPolicy:
             if rows.numel() == 0:
                 break
             sub = {key: v[rows] for key, v in state.items()}
-            stop = self.decide(k, probs[rows, k], sub).to(torch.bool)
+            stop = self.decide(k, probs[rows, k], sub).to(device="cpu", dtype=torch.bool)  # rows are CPU indices
             for key, v in sub.items():  # write updated per-row state back
                 if key in state:
                     state[key] = state[key].clone()
@@ -349,15 +350,6 @@ class EntropyPolicy(ScoreThresholdPolicy):
         return entropy_confidence(probs)
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 class PatiencePolicy(ExitPolicy):
     """PABEE rule: exit once the prediction (argmax) has stayed the same for ``patience`` consecutive exits.
 
@@ -375,8 +367,8 @@ class PatiencePolicy(ExitPolicy):
     """
 
     def __init__(self, patience: int, num_exits: int):
-        self.patience = _check_int(patience, "patience", 0)
-        self.num_exits = _check_int(num_exits, "num_exits", 1)
+        self.patience = check_int(patience, "patience", 0)
+        self.num_exits = check_int(num_exits, "num_exits", 1)
 
     def init_state(self, batch_size, device="cpu"):
         return {
@@ -477,8 +469,8 @@ class StaticPolicy(ExitPolicy):
     """
 
     def __init__(self, exit_idx: int, num_exits: int, mix_next: float = 0.0):
-        self.num_exits = _check_int(num_exits, "num_exits", 1)
-        self.exit_idx = _check_int(exit_idx, "exit_idx", 0)
+        self.num_exits = check_int(num_exits, "num_exits", 1)
+        self.exit_idx = check_int(exit_idx, "exit_idx", 0)
         if self.exit_idx >= self.num_exits:
             raise ValueError(f"exit_idx must be in [0, {self.num_exits}), got {self.exit_idx}")
         if not _is_number(mix_next) or not math.isfinite(float(mix_next)) or not 0.0 <= float(mix_next) <= 1.0:
@@ -527,6 +519,14 @@ class StaticPolicy(ExitPolicy):
         policy.budget, policy.costs = budget, costs
         policy.expected_cost = costs[k] + (mix * (costs[k + 1] - costs[k]) if mix > 0 else 0.0)
         policy.planned_cost = _mean_cost(policy.exit_index(probs), costs)
+        if mix > 0:  # the hash splits distinct rows; rows with identical exit-0 outputs all go the same way
+            step = costs[k + 1] - costs[k]
+            noise = 3 * math.sqrt(mix * (1 - mix) / n) * step + step / n  # 3 binomial SEs of the share, plus a row
+            if abs(policy.planned_cost - policy.expected_cost) > noise:
+                policy.note = (
+                    f"realised cost {policy.planned_cost:.4g} on the calibration rows misses the budget {budget:.4g} "
+                    "by more than sampling noise: rows with identical exit-0 outputs (duplicated or constant rows) "
+                    "get the same pseudo-random draw, so the mixed share goes all one way on them")
         return policy
 
     def __repr__(self) -> str:  # pragma: no cover

@@ -119,19 +119,29 @@ class EENetScheduler(_FitMixin, _InferenceMixin, ExitPolicy, nn.Module):
         return out
 
     def save_pretrained(self, save_directory) -> None:
-        """Write ``eenet_scheduler.safetensors`` (state_dict; fit_info as metadata) and ``eenet_scheduler.json``."""
+        """Write ``eenet_scheduler.safetensors`` (state_dict; fit_info as metadata) and ``eenet_scheduler.json``.
+
+        Atomic (``hf_eenet.bank.atomic_save_dir``): both files are written into a temporary folder that replaces
+        ``save_directory`` (other files in it are kept), so a failed or interrupted save leaves the scheduler saved
+        there before loadable, never new weights beside an old config."""
         from safetensors.torch import save_file
+
+        from .bank import atomic_save_dir
 
         if self.num_exits is None:
             raise RuntimeError(
                 "EENetScheduler has no networks yet: build it with num_exits/num_classes or call .fit(...)"
             )
-        os.makedirs(save_directory, exist_ok=True)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, os.path.join(save_directory, WEIGHTS_NAME),
-                  metadata={"format": "pt", "fit_info": json.dumps(self.fit_info)})
-        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as fh:
-            json.dump(self.get_config(), fh, indent=2, sort_keys=True)
+        metadata = {"format": "pt", "fit_info": json.dumps(self.fit_info)}
+        config = self.get_config()
+
+        def write(tmp):
+            save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata=metadata)
+            with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as fh:
+                json.dump(config, fh, indent=2, sort_keys=True)
+
+        atomic_save_dir(save_directory, write)
 
     @classmethod
     def from_pretrained(cls, directory) -> "EENetScheduler":

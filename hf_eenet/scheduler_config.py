@@ -50,7 +50,8 @@ class EENetSchedulerConfig:
         restarts: randomly initialised training runs; one more run starts at the max-prob ranking (§5.3).
         budget_tolerance: relative cost gap under which an epoch / run counts as meeting the budget (paper 0.1).
         match_budget: tilt the learned exit shares so the planned cost equals the budget (deviation D9).
-        features: ``"agreement"`` (default: [p, max p, conf, agreement share, agreement with the previous exit]) or
+        features: ``"agreement"`` (default: [p, max p, entropy in nats, vote count, agreement with the previous
+            exit], docs/method.md eq. 3.1-3.3) or
             ``"base"`` (the feature set without the agreement/voting terms, §3); ``"legacy"`` only loads schedulers
             saved before issue 12 ([p, max p, conf]).
         shares: exit-share plan, ``"learned"`` (pi_bar of the assignment nets), ``"geometric"`` (pi_k ~ q^k bisected
@@ -66,8 +67,10 @@ class EENetSchedulerConfig:
         selection_margin: the one-standard-error rule of §5.3: the simplest candidate (max-prob < static < voting
             < trained) whose paired per-row held-out gap to the most accurate one is within this many standard
             errors is kept (selection among many candidates favours lucky ones). ``0`` = the most accurate.
-        fallback: keep the calibrated max-prob / static rules as candidates, so the kept scheduler is never worse
-            than them on the selection split (§5.3).
+        fallback: keep the calibrated max-prob / static (and voting) rules as candidates (§5.3): a trained run is
+            kept only when no simpler rule is within ``selection_margin`` standard errors of the most accurate
+            candidate, so the kept scheduler is at most that margin below the best of them on the selection split
+            (never below it with ``selection_margin=0``).
     """
 
     num_exits: int | None = None

@@ -66,7 +66,8 @@ _AUTO_FOLDS, _AUTO_FOLDS_BELOW_ROWS = 5, 4000  # selection_folds=None: 5-fold be
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int):
-    """Seeded class-stratified split -> (fit_rows, selection_rows) as sorted long tensors (``None`` = no split)."""
+    """Seeded class-stratified split -> (fit_rows, selection_rows) as sorted long tensors; ``None`` (no split:
+    selection reads the fitting rows) when either side would hold fewer than the minimum selection rows."""
     n = labels.shape[0]
     n_sel = int(round(fraction * n))
     if fraction <= 0 or n_sel < _MIN_SELECTION_ROWS or n - n_sel < _MIN_SELECTION_ROWS:
@@ -78,6 +79,8 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int):
         rows = rows[torch.randperm(rows.numel(), generator=gen)]
         sel.append(rows[: int(round(fraction * rows.numel()))])
     sel = torch.sort(torch.cat(sel)).values
+    if sel.numel() < _MIN_SELECTION_ROWS or n - sel.numel() < _MIN_SELECTION_ROWS:
+        return None  # each class rounds its share: many tiny classes can leave too few rows on one side
     mask = torch.ones(n, dtype=torch.bool)
     mask[sel] = False
     return mask.nonzero(as_tuple=True)[0], sel
@@ -660,7 +663,7 @@ class _FitMixin:
             "candidates": [{k: v for k, v in cd.items() if k not in ("key", "run")} for cd in candidates],
             "within_tolerance": final["within_tolerance"],
             "budget": budget,
-            "raw_planned_cost": final["raw_planned_cost"] if not fallback else realized,
+            "raw_planned_cost": final["raw_planned_cost"],  # the trained plan's cost (None: a fixed rule was kept)
             "planned_cost": planned,
             "realized_cost_fit": realized,
             "exit_shares": (torch.bincount(exits, minlength=k_total).double() / n).tolist(),

@@ -35,6 +35,17 @@ def check_bool(value, name: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------- numbers
+def check_int(value, name: str, minimum: int = 0, what: str = "") -> int:
+    """An integer setting (Python or NumPy int, not a bool) ``>= minimum``; returns it as an int. ``what`` is added to
+    the message (e.g. ``"(0 = no depth waves)"``)."""
+    tail = f" {what}" if what else ""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValidationTypeError(f"{name} must be an int >= {minimum}{tail}, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}{tail}, got {int(value)}")
+    return int(value)
+
+
 def is_number(x) -> bool:
     """True for real int/float scalars: Python, NumPy scalars, 0-d arrays/tensors; False for bools and the rest."""
     if isinstance(x, (bool, np.bool_)):
@@ -133,7 +144,11 @@ def costs_match(a, b, rel_tol: float = 1e-6) -> bool:
 
 # ------------------------------------------------------------------------------------------------------ probabilities
 def as_probs_tensor(exit_probs, name: str = "exit_probs") -> torch.Tensor:
-    """Validate ``exit_probs`` of shape [N, K, C] (softmax outputs) and return a float tensor."""
+    """Validate ``exit_probs`` of shape [N, K, C] (softmax outputs) and return a float tensor.
+
+    Rounding noise is tolerated (entries down to -1e-6, rows summing to 1 within 1e-3); the tolerated negative
+    entries are returned as 0, as a softmax gives them (features such as the entropy -sum p log p are undefined below
+    0)."""
     if not isinstance(exit_probs, torch.Tensor):
         try:
             exit_probs = torch.as_tensor(exit_probs)
@@ -159,7 +174,7 @@ def as_probs_tensor(exit_probs, name: str = "exit_probs") -> torch.Tensor:
             f"{name} rows must sum to 1 over the class dimension (softmax outputs); a row sums to {worst:.4g}. "
             "Pass probabilities, not logits."
         )
-    return exit_probs.detach().float()
+    return exit_probs.detach().float().clamp_min(0.0)
 
 
 # ------------------------------------------------------------------------------------------------ labels and indices
@@ -229,6 +244,7 @@ def check_num_exits(expected: int, got: int, what: str = "policy") -> None:
 
 __all__ = [
     "ValidationTypeError",
+    "check_int",
     "is_number",
     "as_number",
     "check_budget_fraction",

@@ -251,6 +251,31 @@ def test_add_scheduler_fitted_on_other_costs_raises():
     assert model.config.scheduler_budgets == [0.5, 0.6, 0.8]
 
 
+def test_a_scheduler_loaded_under_inference_mode_joins_a_bank(tmp_path):
+    model, batch, probs, labels = fitted_model(budgets=(0.5,))
+    model.eenet_schedulers[0].save_pretrained(tmp_path / "s")
+    with torch.inference_mode():
+        loaded = EENetScheduler.from_pretrained(tmp_path / "s")
+    other, _, _, _ = fitted_model(budgets=(0.8,))
+    other.add_scheduler(loaded, 0.5)  # was: RuntimeError from autograd in the finite-weights check
+    assert torch.equal(other.get_exit_policy(0.5).exit_index(probs), model.get_exit_policy(0.5).exit_index(probs))
+
+
+def test_add_scheduler_reads_a_budget_in_the_unit_of_the_costs_it_was_fitted_with():
+    """``fit`` takes costs in any unit (e.g. latency in ms); a bank key is a fraction of the full model's cost. A
+    scheduler fitted on the same exits in ms is filed by the fraction it was fitted for, not its raw budget."""
+    model, _, probs, labels = fitted_model()
+    ms = [c * 1.2 for c in model.config.exit_costs]  # the same exits, c_K = 1.2 ms
+    half = EENetScheduler(**FAST).fit(probs, labels, ms, 0.6)  # 0.6 ms = half the full cost
+    with pytest.raises(BankIntegrityError, match=r"fitted for budget 0.5 of the full model's cost \(0.6 with exit"):
+        model.add_scheduler(half, 0.6)
+    sixty = EENetScheduler(**FAST).fit(probs, labels, ms, 0.72)  # 60 % of the full cost
+    model.add_scheduler(sixty, 0.6)
+    costs = torch.tensor(model.config.exit_costs, dtype=torch.float64)
+    realised = float(costs[model.get_exit_policy(0.6).exit_index(probs)].mean())
+    assert abs(realised - 0.6) <= 1.0 / len(probs), realised
+
+
 def test_set_exit_costs_after_fitting_raises_and_changes_nothing():
     model, _, _, _ = fitted_model()
     before = list(model.config.exit_costs)

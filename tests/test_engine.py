@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -267,6 +268,13 @@ def test_graph_cache_keeps_one_entry_per_inference_mode_and_a_lock():
     assert a is not b and len(model.__dict__["_eenet_layer_graphs"]) == 2
     assert a.lock.acquire(blocking=False) and a.lock.acquire(blocking=False)  # re-entrant: run() inside the loop
     a.lock.release(), a.lock.release()
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager" if before != "eager" else "sdpa")
+    try:  # graphs replay the kernels they captured: another attention implementation recaptures
+        with torch.no_grad():
+            assert _LayerGraphs.of(model, 4) is not a
+    finally:
+        model.set_attn_implementation(before)
 
 
 def test_a_model_with_captured_graphs_still_deep_copies_and_pickles():
@@ -483,6 +491,84 @@ def test_pipeline_waves_reject_bad_chunk_size(banked):
     clf = pipeline("text-classification", model=model, tokenizer=tok)
     with pytest.raises(ValueError, match="chunk_size"):
         clf(texts, batch_size=4, chunk_size=-1)
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 0"):
+        pipeline("text-classification", model=model, tokenizer=tok, chunk_size=-1)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):  # not micro_batch_size
+        clf(texts, batch_size=0)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        model.early_exit_predict(texts, tokenizer=tok, batch_size=0)
+
+
+def test_chunk_size_given_when_the_pipeline_is_built_is_its_default(banked):
+    """``pipeline(..., chunk_size=N)`` sets the depth-wave chunk (it was taken for a tokenizer option and ignored);
+    ``0`` keeps the stock per-batch loop; a call's own ``chunk_size`` wins. Results equal each text alone."""
+    import hf_eenet.engine as engine
+
+    model, tok, texts = banked
+    want = [(r["label"], r["exit_layer"]) for r in
+            (pipeline("text-classification", model=model, tokenizer=tok)(t, budget=0.4)[0] for t in texts)]
+    seen, original = [], engine.depth_wave_forward
+    try:
+        engine.depth_wave_forward = lambda m, rows, *a, **k: seen.append(len(rows)) or original(m, rows, *a, **k)
+        for built, call, chunks in ((7, {}, [7] * 5 + [5]), (7, {"chunk_size": 20}, [20, 20]), (0, {}, [])):
+            seen.clear()
+            clf = pipeline("text-classification", model=model, tokenizer=tok, chunk_size=built)
+            assert "chunk_size" not in clf._preprocess_params  # not a tokenizer option
+            got = clf(texts, budget=0.4, batch_size=4, **call)
+            assert seen == chunks, (built, call, seen)
+            assert [(r["label"], r["exit_layer"]) for r in got] == want
+    finally:
+        engine.depth_wave_forward = original
+
+
+def test_early_exit_predict_names_a_bad_text_and_refuses_rows_it_cannot_map_back(banked):
+    model, tok, texts = banked
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a string, got NoneType"):
+        model.early_exit_predict([texts[0], None], tokenizer=tok, budget=0.4)
+    with pytest.raises(TypeError, match=r"texts\[0\] must be a string, got tuple .*text_pair="):
+        model.early_exit_predict([(texts[0], texts[1])], tokenizer=tok, budget=0.4)
+    with pytest.raises(ValueError, match="tokenizing 5 texts gave 1[0-9] rows"):  # overflow rows: one text, many rows
+        model.early_exit_predict(texts[:5], tokenizer=tok, budget=0.4, max_length=6, stride=0,
+                                 return_overflowing_tokens=True)
+    # what the model was trained on (config.sentence_pairs, recorded by the recipe) is checked as in the pipeline
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    before = getattr(model.config, "sentence_pairs", None)
+    try:
+        model.config.sentence_pairs = True
+        for call in (lambda: model.early_exit_predict(texts[:3], tokenizer=tok, budget=0.4),
+                     lambda: clf(texts[:3], budget=0.4)):
+            with pytest.raises(ValueError, match="trained on sentence pairs"):
+                call()
+        out = model.early_exit_predict(texts[:3], tokenizer=tok, budget=0.4, text_pair=texts[3:6])
+        want = [clf({"text": a, "text_pair": b}, budget=0.4)["exit_layer"] for a, b in zip(texts[:3], texts[3:6])]
+        assert out.exit_layer.tolist() == want
+        model.config.sentence_pairs = False
+        with pytest.raises(ValueError, match="trained on single texts"):
+            model.early_exit_predict(texts[:3], tokenizer=tok, budget=0.4, text_pair=texts[3:6])
+    finally:
+        model.config.sentence_pairs = before
+
+
+def test_serving_early_exit_in_training_mode_warns(banked):
+    """Dropout on: exits and predictions are random and differ from what the bank was fitted on; every serving path
+    says so (the all-exits forward used for training does not)."""
+    model, tok, texts = banked
+    enc = tok(texts[:4], padding=True, return_tensors="pt")
+    model.train()
+    try:
+        for serve in (lambda: model.early_exit_predict(texts[:4], tokenizer=tok, budget=0.4),
+                      lambda: model(**enc, budget=0.4),
+                      lambda: pipeline("text-classification", model=model, tokenizer=tok)(texts[:4], budget=0.4)):
+            with pytest.warns(UserWarning, match="training mode .* call model.eval"):
+                serve()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model(**enc)  # all exits (training): no warning
+    finally:
+        model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(**enc, budget=0.4)
 
 
 def test_readme_engine_tables_are_generated_from_the_committed_json():

@@ -184,10 +184,20 @@ def test_static_calibration(frac, cal, held):
     assert pol.expected_cost == pytest.approx(budget, rel=1e-12)  # exact in expectation
     assert pol.planned_cost == pytest.approx(mean_cost(pol.exit_index(probs)))
     assert abs(pol.planned_cost - budget) <= 0.03 * budget
+    assert pol.note is None  # distinct rows: the realised share is within sampling noise
     hprobs, _ = held
     exits = pol.exit_index(hprobs)
     assert set(exits.unique().tolist()) <= {k, k + 1}
     assert abs(mean_cost(exits) - budget) <= 0.03 * budget
+
+
+def test_static_calibration_says_when_tied_rows_miss_the_budget():
+    """Rows with identical exit-0 outputs get one pseudo-random draw: the mixed share goes all one way on them and the
+    realised cost misses the budget by more than sampling noise, which the note says (as max-prob's does)."""
+    uniform = torch.full((200, 2, 3), 1 / 3)
+    pol = StaticPolicy.calibrate(uniform, torch.arange(200) % 3, [0.5, 1.0], 0.75)
+    assert pol.planned_cost in (0.5, 1.0) and pol.expected_cost == pytest.approx(0.75)
+    assert pol.note and "identical exit-0 outputs" in pol.note
 
 
 def test_static_exact_cost_and_last_exit(cal):

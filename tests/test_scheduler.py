@@ -351,6 +351,31 @@ def test_save_load_roundtrip_gives_identical_decisions(small, tmp_path):
     assert torch.equal(lazy.exit_index(test_probs), sched.exit_index(test_probs))
 
 
+def test_a_failed_save_leaves_the_scheduler_saved_before(small, tmp_path, monkeypatch):
+    """The weights are written first: a save failing at the config (disk full, a kill) must not leave new weights
+    beside the old config; the folder keeps loading the scheduler saved before, and its other files."""
+    import hf_eenet.scheduler as scheduler_module
+
+    sched, probs, labels = small
+    sched.save_pretrained(tmp_path)
+    (tmp_path / "notes.txt").write_text("kept")
+    other = EENetScheduler(restarts=0, max_epochs=3).fit(probs, labels, COSTS, 0.3)
+    assert other.thresholds != sched.thresholds
+
+    def disk_full(*a, **k):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(scheduler_module.json, "dump", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        other.save_pretrained(tmp_path)
+    monkeypatch.undo()
+    loaded = EENetScheduler.from_pretrained(tmp_path)
+    assert loaded.thresholds == sched.thresholds and loaded.budget == sched.budget
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+    other.save_pretrained(tmp_path)
+    assert EENetScheduler.from_pretrained(tmp_path).thresholds == other.thresholds
+
+
 def test_corrupt_or_missing_files_raise_clear_errors(small, tmp_path):
     sched, _, _ = small
     with pytest.raises(FileNotFoundError, match=CONFIG_NAME):

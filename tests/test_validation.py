@@ -105,3 +105,21 @@ def test_costs_match_normalises():
     assert validation.costs_match([1, 2, 4], [0.25, 0.5, 1.0])
     assert not validation.costs_match([1, 2, 4], [0.25, 0.6, 1.0])
     assert not validation.costs_match([1, 2], [0.25, 0.5, 1.0])
+
+
+def test_rounding_noise_below_zero_is_read_as_zero_everywhere():
+    """Entries down to -1e-6 pass as rounding noise; they are read as the 0 a softmax gives, so the entropy feature
+    (-sum p log p, -inf below 0) stays finite and the scheduler fits and decides as on the clean rows."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(200, 3, 4, generator=g) * 3, -1)
+    labels = torch.randint(0, 4, (200,), generator=g)
+    noisy = probs.clone()
+    noisy[0, :, 0] += noisy[0, :, 1] + 1e-7  # row 0: class 1 moved to class 0, then -1e-7 left in class 1
+    noisy[0, :, 1] = -1e-7
+    clean = noisy.clamp_min(0.0)
+    assert torch.equal(validation.as_probs_tensor(noisy), clean)
+    sched = EENetScheduler(restarts=0, max_epochs=3).fit(noisy, labels, [1 / 3, 2 / 3, 1.0], 0.6)
+    assert torch.isfinite(sched.utility_scores(noisy, raw=True)).all()
+    assert torch.equal(sched.exit_index(noisy), sched.exit_index(clean))
+    again = EENetScheduler(restarts=0, max_epochs=3).fit(clean, labels, [1 / 3, 2 / 3, 1.0], 0.6)
+    assert sched.thresholds == again.thresholds
