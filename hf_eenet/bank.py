@@ -151,16 +151,17 @@ def check_scheduler(scheduler, config, budget: float, where: str = "check") -> N
     n_cls = _num_classes(scheduler)
     if n_cls is not None and n_cls != int(config.num_labels):
         _fail(where, f"{name} was fitted for {n_cls} classes but config.num_labels = {config.num_labels}")
-    # a bank key is a fraction of the full model's cost; a scheduler's budget is in the unit of the costs it was
-    # fitted with (any unit, e.g. latency in ms): compare the fraction of its own c_K, as costs_match compares costs
+    # a bank key is a fraction of the full model's cost, and what a served policy reports (budget, planned cost,
+    # rematch) is read in that unit: a scheduler fitted on costs in another unit (e.g. latency in ms) is refused
     costs = scheduler.costs
+    if not costs or not math.isclose(float(costs[-1]), 1.0, rel_tol=1e-6):
+        _fail(where, f"{name} was fitted with exit costs in another unit (last exit {float(costs[-1]) if costs else None}"
+                     "): a bank holds schedulers fitted on fractions of the full cost, model.config.exit_costs, with a "
+                     "budget fraction in (0, 1]")
     fitted_budget = float(scheduler.budget)
-    fraction = fitted_budget / float(costs[-1]) if costs else math.nan
-    if not math.isfinite(fraction) or not math.isclose(fraction, budget, rel_tol=1e-6, abs_tol=1e-9):
-        unit = "" if math.isclose(fraction, fitted_budget, rel_tol=1e-9) else \
-            f" ({fitted_budget:g} with exit costs up to {float(costs[-1]):g})"
+    if not math.isfinite(fitted_budget) or not math.isclose(fitted_budget, budget, rel_tol=1e-6, abs_tol=1e-9):
         _fail(where, f"config says budget {budget:g} but the scheduler stored there was fitted for budget "
-                     f"{fraction:g} of the full model's cost{unit}")
+                     f"{fitted_budget:g}")
     if not costs_match(costs, config.exit_costs):
         _fail(where, f"{name} was fitted for exit costs {[round(c, 6) for c in costs]} but config.exit_costs = "
                      f"{[round(c, 6) for c in config.exit_costs]}: refit the bank for these costs "
@@ -299,7 +300,8 @@ def check_loading_info(info: dict, prefix: str = "eenet_schedulers.", bank_expec
 WEIGHT_PREFIXES = ("model.safetensors", "model-", "pytorch_model", "tf_model", "flax_model")
 
 
-def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[str, ...] = ()) -> None:
+def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[str, ...] = (),
+                    replaces_weights: bool = True) -> None:
     """Write a folder atomically: ``write(tmp)`` fills a temporary folder beside ``target``, then the folder is swapped
     in. If ``write`` raises, ``target`` is untouched (it loads exactly as before) and the error propagates.
 
@@ -316,6 +318,8 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     files, checkpoints, README, ...) are carried over as hard links (copies where links fail), except stale weight
     files (``model*.safetensors``, ``pytorch_model*``: the new save's weights replace them) and the entries named in
     ``drop`` that ``write`` did not produce (removed on every path, e.g. the trainer's stale ``training_args.bin``).
+    ``replaces_weights=False`` (a save of something else into a model folder, e.g. a scheduler) keeps the old weight
+    files as well.
 
     A symlinked ``target`` is saved into the folder it points at (the link stays). Where the folder itself must not
     or cannot be swapped — it is the current working directory or contains it (swapping would delete the process's
@@ -328,7 +332,7 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     target = os.path.realpath(os.path.abspath(os.fspath(target)))
     parent = os.path.dirname(target)
     if os.path.isdir(target) and _holds_cwd(target):
-        return _save_inside(target, write, drop)
+        return _save_inside(target, write, drop, replaces_weights)
     os.makedirs(parent, exist_ok=True)
     # clean-up, then create + mark the new temporary folder, as one step among saves beside each other (a lock on the
     # parent folder): another save's clean-up never sees this folder created but not yet marked
@@ -344,14 +348,14 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
         if guard is not None:
             os.close(guard)
     if tmp is None:
-        return _save_inside(target, write, drop)
+        return _save_inside(target, write, drop, replaces_weights)
     try:
         write(tmp)
         if keep_old_entries and os.path.isdir(target):
             produced = set(os.listdir(tmp))
             for entry in os.listdir(target):
-                if (entry in produced or entry.startswith(WEIGHT_PREFIXES) or entry.startswith(".saving-")
-                        or entry in drop):
+                if (entry in produced or (replaces_weights and entry.startswith(WEIGHT_PREFIXES))
+                        or entry.startswith(".saving-") or entry in drop):
                     continue
                 src, dst = os.path.join(target, entry), os.path.join(tmp, entry)
                 if os.path.isdir(src) and not os.path.islink(src):
@@ -368,7 +372,7 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
             if swapped is False:
                 swapped = _swap_by_renames(tmp, target, parent) or None
             if swapped is None:
-                _replace_files(tmp, target)  # a mount point (or a folder that cannot move): file by file
+                _replace_files(tmp, target, (), replaces_weights)  # a mount point (or a folder that cannot move): file by file
         else:
             os.rename(tmp, target)
     finally:
@@ -550,7 +554,7 @@ def _in_use(path) -> bool:
     return busy
 
 
-def _save_inside(target, write, drop: tuple[str, ...] = ()) -> None:
+def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bool = True) -> None:
     """:func:`atomic_save_dir` when the folder cannot (or must not) be swapped: write into a hidden folder inside
     it, then replace the files one by one. Leftover ``.saving-*`` folders of an interrupted earlier save go first."""
     os.makedirs(target, exist_ok=True)
@@ -560,14 +564,14 @@ def _save_inside(target, write, drop: tuple[str, ...] = ()) -> None:
     lock = _hold(tmp)
     try:
         write(tmp)
-        _replace_files(tmp, target, drop)
+        _replace_files(tmp, target, drop, replaces_weights)
     finally:
         if lock is not None:
             os.close(lock)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _replace_files(src_dir, target, drop: tuple[str, ...] = ()) -> None:
+def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights: bool = True) -> None:
     """Move every entry of ``src_dir`` into ``target`` (weights first, ``config.json`` last), then drop weight files
     of ``target`` the new save did not produce. A sub-folder holding the process's cwd is merged into, not
     replaced (replacing it would delete the cwd)."""
@@ -577,12 +581,12 @@ def _replace_files(src_dir, target, drop: tuple[str, ...] = ()) -> None:
         src, dst = os.path.join(src_dir, entry), os.path.join(target, entry)
         if os.path.isdir(dst) and not os.path.islink(dst):
             if os.path.isdir(src) and not os.path.islink(src) and _holds_cwd(dst):
-                _replace_files(src, dst)
+                _replace_files(src, dst, (), replaces_weights)
                 continue
             shutil.rmtree(dst)
         os.replace(src, dst)
     for entry in os.listdir(target):
-        if (entry.startswith(WEIGHT_PREFIXES) or entry in drop) and entry not in produced:
+        if ((replaces_weights and entry.startswith(WEIGHT_PREFIXES)) or entry in drop) and entry not in produced:
             os.remove(os.path.join(target, entry))
 
 

@@ -133,6 +133,11 @@ def _serving_length(model, tok, data_args, command: str) -> int:
     served = max_input_tokens(model.config, tok)
     if data_args.max_seq_length is None:
         data_args.max_seq_length = served
+    limit = max_input_tokens(model.config, tok, recorded=False)  # the position table / tokenizer cap
+    if data_args.max_seq_length > limit:
+        print(f"note: --max_seq_length {data_args.max_seq_length} is larger than the model takes ({limit} "
+              f"positions); using {limit}", file=sys.stderr)
+        data_args.max_seq_length = limit
     elif data_args.max_seq_length != served and command in ("evaluate", "predict"):
         print(f"note: inputs truncated to --max_seq_length {data_args.max_seq_length}; the model serves "
               f"{served} tokens (pipeline / early_exit_predict)", file=sys.stderr)
@@ -227,11 +232,7 @@ def cmd_evaluate(argv) -> dict:
     budgets = parse_budgets(args.budgets) if args.budgets else list(bank)
     # EENet rows are what the model serves at each budget (get_exit_policy: the largest fitted budget <= B; outside
     # the fitted range it refuses), never a scheduler fitted here on the fly
-    served = {b: model.get_exit_policy(b) for b in budgets}
-    served_by = {b: next(fb for fb, s in bank.items() if s is served[b]) for b in budgets}
-    for b, fb in served_by.items():
-        if fb != b:
-            print(f"budget {b:g} is served by the bank's {fb:g} scheduler", file=sys.stderr)
+    served, served_by = _served(model, budgets)
     _serving_length(model, tok, data_args, "evaluate")
     trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
                                            args.per_device_eval_batch_size, need=("validation",))
@@ -247,6 +248,18 @@ def cmd_evaluate(argv) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=float))
     return res
+
+
+def _served(model, budgets) -> tuple[dict, dict]:
+    """The policy serving each budget (``get_exit_policy``: the largest fitted budget <= B, refused outside the
+    fitted range) and the bank budget it was fitted for; a budget served by another entry is said on stderr."""
+    bank = dict(zip(model.config.scheduler_budgets or [], model.eenet_schedulers))
+    served = {b: model.get_exit_policy(b) for b in budgets}
+    served_by = {b: next(fb for fb, s in bank.items() if s is served[b]) for b in budgets}
+    for b, fb in served_by.items():
+        if fb != b:
+            print(f"budget {b:g} is served by the bank's {fb:g} scheduler", file=sys.stderr)
+    return served, served_by
 
 
 def cmd_predict(argv) -> None:
@@ -274,6 +287,8 @@ def cmd_predict(argv) -> None:
                            "--text_column_names (texts on the command line are single texts)")
         clf = pipeline("text-classification", model=model, tokenizer=tok)
         budgets = parse_budgets(args.budgets) if args.budgets else [args.budget]
+        if model.config.scheduler_budgets:
+            _served(model, [b for b in budgets if b is not None])
         for b in budgets:  # None: the config's default budget
             kw = {"budget": b} if b is not None else {}
             out = clf(ns.texts, batch_size=args.batch_size, truncation=True, max_length=max_length, **kw)
@@ -288,10 +303,12 @@ def cmd_predict(argv) -> None:
     except DataError as err:  # predictions need no labels: labels the model cannot read are left out, not fatal
         if "label" not in str(err):
             raise
-        print(f"note: labels not read ({err}); writing predictions without true labels", file=sys.stderr)
         trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
                                                args.batch_size, need=("test",), use_labels=False)
+        print(f"note: labels not read ({err}); writing predictions without true labels", file=sys.stderr)
     budgets = parse_budgets(args.budgets) if args.budgets else [args.budget] if args.budget is not None else None
+    if budgets and model.config.scheduler_budgets:
+        _served(model, budgets)
     probs, labels = trainer.collect_exit_predictions(enc["test"], require_labels=False)
     out = args.output_file or sys.stdout  # the stream itself: opening /dev/stdout with "w" truncates a >> target
     n = write_predictions(out, model, probs, budgets, labels=labels, texts=data.texts("test"))
@@ -339,10 +356,25 @@ def cmd_rematch(argv) -> dict:
     return info
 
 
+def _preset_backbones():
+    """``recipes.presets.resolve_backbone`` of the repository checkout (offline copies of the presets' Hub
+    backbones), or ``None`` outside a checkout (an installed package): names then go to ``from_pretrained`` as given."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "recipes" / "presets.py").is_file():
+        return None
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from recipes.presets import resolve_backbone
+    except ImportError:
+        return None
+    return resolve_backbone
+
+
 def cmd_train(argv) -> dict:
     from .recipe import main as recipe_main
 
-    return recipe_main(argv, prog="hf-eenet train")
+    return recipe_main(argv, prog="hf-eenet train", resolve_model=_preset_backbones())
 
 
 def cmd_demo(argv) -> None:
@@ -361,8 +393,8 @@ def cmd_demo(argv) -> None:
     preset = root / "recipes" / "presets" / "sst2.json"
     if not preset.is_file():
         raise CLIError(f"the demo uses the SST-2 preset of the repository checkout ({preset} not found)")
-    sys.path.insert(0, str(root))
-    from recipes.presets import data_arguments, resolve_backbone
+    resolve_backbone = _preset_backbones()
+    from recipes.presets import data_arguments
 
     data = data_arguments("sst2")
     t0 = time.perf_counter()
@@ -413,7 +445,7 @@ def main(argv=None):
         return None
     try:
         return HANDLERS[argv[0]](argv[1:])
-    except (CLIError, DataError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+    except (CLIError, DataError, ValueError, OSError) as err:  # OSError: files, permissions, a model not found
         if os.environ.get("HF_EENET_TRACEBACK"):
             raise
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

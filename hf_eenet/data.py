@@ -77,6 +77,24 @@ class DataArguments:
         "help": "shuffle the training rows (seeded) before --max_train_samples"})
     data_cache_dir: str | None = field(default=None, metadata={"help": "cache folder of the datasets library"})
 
+    def __post_init__(self):
+        for name in ("text_column_names", "class_names"):  # a JSON config may give a list instead of "a,b"
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                if not all(isinstance(v, str) and "," not in v for v in value):
+                    raise DataError(f"{name} must be a comma-separated string or a list of names without commas, "
+                                    f"got {value!r}")
+                setattr(self, name, ",".join(value))
+        if self.class_names is not None:
+            names = self.class_name_list()
+            if not all(names) or len(set(names)) != len(names):
+                raise DataError(f"--class_names {self.class_names!r}: every class needs a distinct, non-empty name "
+                                "(comma-separated, in id order)")
+
+    def class_name_list(self) -> list[str] | None:
+        """``--class_names`` as a list (``None`` when not given)."""
+        return None if self.class_names is None else [x.strip() for x in self.class_names.split(",")]
+
     def has_data(self) -> bool:
         return bool(self.dataset_name or self.train_file or self.validation_file or self.test_file)
 
@@ -153,11 +171,13 @@ def _no_label(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
 
 
-def _is_unlabelled(ds, label_col: str) -> bool:
-    """No label column, or no value in it (None, NaN, empty strings, or -1 as in GLUE's hidden test labels)."""
+def _is_unlabelled(ds, label_col: str, label_names=None) -> bool:
+    """No label column, or no value in it (None, NaN, empty strings, or -1 as in GLUE's hidden test labels, unless
+    -1 is one of the classes, ``label_names``: polarity data labelled -1 / 1)."""
     if label_col not in ds.column_names:
         return True
-    return all(_no_label(v) or v == -1 for v in ds[label_col])
+    minus_one_missing = not label_names or "-1" not in {str(n).strip() for n in label_names}
+    return all(_no_label(v) or (minus_one_missing and v == -1) for v in ds[label_col])
 
 
 def _few(values, k: int = 3) -> str:
@@ -341,7 +361,7 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
         if isinstance(feat, ClassLabel):
             label_names = list(feat.names)
         elif args.class_names:
-            label_names = [x.strip() for x in args.class_names.split(",")]
+            label_names = args.class_name_list()
         else:  # the split's values are all strings or all numbers: sortable
             values = ([] if _is_unlabelled(train, label_col)
                       else _label_values(train[label_col], "train", label_col, feat))
@@ -364,7 +384,7 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
         text_cols = text_cols or cols
         if cols != text_cols:
             raise DataError(f"text columns differ between splits: {text_cols} vs {cols}")
-        has_labels = use_labels and not _is_unlabelled(ds, label_col)
+        has_labels = use_labels and not _is_unlabelled(ds, label_col, label_names)
         ids = None
         if has_labels:
             values = _label_values(ds[label_col], split, label_col, ds.features.get(label_col))

@@ -379,7 +379,7 @@ def depth_wave_forward(
         if model.config.num_labels < 2:
             raise ValueError("early-exit policies need a classification head (num_labels >= 2)")
         exit_policy.check_num_exits(num_exits)
-        model._warn_if_training()
+        getattr(model, "_warn_if_training", lambda: None)()  # a model class from older remote code has none
     if stats is not None:
         stats.update(host_syncs=0, layer_rows=0, layer_calls=0)
     logits_parts, exit_parts = [], []

@@ -110,12 +110,7 @@ def card_from_results(results: dict, plot_file: str | None = PLOT_FILE) -> Model
         "backbone": meta.get("backbone") or backbone,
         "exit layers": results.get("exit_layers"),
         "exit pooling": pooling,
-        "training": (f"{train.get('train_rows', 'n/a')} rows, {train.get('global_steps', '?')} steps "
-                     f"({_minutes(train.get('train_seconds'))}), lr {targs.get('learning_rate')}, "
-                     f"{_length(targs)}, batch {targs.get('per_device_train_batch_size')}, "
-                     f"max length {args.get('max_seq_length', args.get('max_length'))}, AdamW, weight decay "
-                     f"{targs.get('weight_decay')}, self-distillation {args.get('self_distillation')}, "
-                     f"seed {targs.get('seed')}"),
+        "training": _training_line(train, targs, args),
         "scheduler": (f"EENet bank fitted on validation ({splits.get('validation', '?')} rows) for budgets "
                       f"{bank_budgets(results)}" if bank_budgets(results) else
                       f"no bank saved; EENet fitted on validation ({splits.get('validation', '?')} rows) for this "
@@ -149,6 +144,22 @@ def _minutes(seconds) -> str:
     if not seconds:
         return "time not recorded"
     return f"{seconds / 60:.1f} min" if seconds < 600 else f"{seconds / 60:.0f} min"
+
+
+def _training_line(train: dict, targs: dict, args: dict) -> str:
+    """How the model was trained: this run's training, or (a run that only fitted / evaluated a trained model) the
+    settings saved with that model, or that they are not recorded."""
+    settings = (f"lr {targs.get('learning_rate')}, {_length(targs)}, batch {targs.get('per_device_train_batch_size')}, "
+                f"weight decay {targs.get('weight_decay')}, seed {targs.get('seed')}")
+    if train.get("trained_in_this_run") is False:
+        return ("not trained in this run (the trained model was loaded); " +
+                (f"its saved training settings: {settings}" if targs else "its training settings are not recorded"))
+    return (f"{train.get('train_rows', 'n/a')} rows, {train.get('global_steps', '?')} steps "
+            f"({_minutes(train.get('train_seconds'))}), lr {targs.get('learning_rate')}, "
+            f"{_length(targs)}, batch {targs.get('per_device_train_batch_size')}, "
+            f"max length {args.get('max_seq_length', args.get('max_length'))}, AdamW, weight decay "
+            f"{targs.get('weight_decay')}, self-distillation {args.get('self_distillation')}, "
+            f"seed {targs.get('seed')}")
 
 
 def _length(targs: dict) -> str:

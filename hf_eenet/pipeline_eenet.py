@@ -13,6 +13,7 @@ then loads this class from the folder and honours ``budget=``.
 
 from __future__ import annotations
 
+import importlib
 import threading
 
 import torch
@@ -105,9 +106,10 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         return self._wave_iterator(inputs, batch_size, chunk_size, preprocess_params, forward_params, postprocess_params)
 
     def _wave_iterator(self, inputs, batch_size, chunk_size, preprocess_params, forward_params, postprocess_params):
-        from .engine import depth_wave_forward, iter_chunks
+        from .engine import iter_chunks
 
         model = self.model
+        depth_wave_forward = _engine_of(model).depth_wave_forward
         config = model.config
         batch_size = check_int(batch_size, "batch_size", 1)
         budget, exit_policy = forward_params.get("budget"), forward_params.get("exit_policy")
@@ -123,7 +125,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
             with self.device_placement(), self.get_inference_context()():
                 logits, exit_index = depth_wave_forward(
                     model, rows, exit_policy, micro_batch_size=batch_size, chunk_size=chunk_size,
-                    cuda_graphs=forward_params.get("cuda_graphs", False),
+                    **_opt_in(cuda_graphs=forward_params.get("cuda_graphs", False)),
                 )
             logits, exit_index = logits.cpu(), exit_index.cpu()
             for i in range(len(rows)):
@@ -230,7 +232,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         config = self.model.config
         if budget is None and exit_policy is None and config.scheduler_budgets:
             budget = config.default_budget if config.default_budget is not None else config.scheduler_budgets[-1]
-        out = self.model(**model_inputs, budget=budget, exit_policy=exit_policy, cuda_graphs=cuda_graphs)
+        out = self.model(**model_inputs, budget=budget, exit_policy=exit_policy, **_opt_in(cuda_graphs=cuda_graphs))
         # batch-first tensors only: the pipeline unbatches every field along dim 0
         return {"logits": out.logits, "exit_layer": out.exit_layer, "exit_cost": out.exit_cost}
 
@@ -243,6 +245,26 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         if isinstance(result, dict):
             return {**result, **extra}
         return [{**r, **extra} for r in result]
+
+
+def _opt_in(**flags) -> dict:
+    """Only the opt-in flags that are on: a model whose code predates a flag (Hub remote code saved by an earlier
+    hf_eenet) is called exactly as before when the flag is off."""
+    return {name: True for name, on in flags.items() if on}
+
+
+def _engine_of(model):
+    """The depth-wave engine shipped with the model's own code: a model loaded with its Hub remote code (saved by
+    another hf_eenet version) runs the engine written for its internals, the installed one runs ours."""
+    from . import engine
+
+    package = type(model).__module__.rpartition(".")[0]
+    if not package or package == __name__.rpartition(".")[0]:
+        return engine
+    try:
+        return importlib.import_module(package + ".engine")
+    except ImportError:  # saved before the engine existed
+        return engine
 
 
 def _check_chunk_size(chunk_size) -> int:

@@ -94,7 +94,7 @@ class ExitPolicy:
                     state[key] = state[key].clone()
                     state[key][rows] = v.to(state[key].dtype)
                 else:
-                    full = torch.zeros((n, *v.shape[1:]), dtype=v.dtype)
+                    full = torch.zeros((n, *v.shape[1:]), dtype=v.dtype, device=v.device)
                     full[rows] = v
                     state[key] = full
             exit_idx[rows[stop]] = k

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import platform
 import site
@@ -110,6 +111,34 @@ def portable_command(command: str) -> str:
         flag, eq, value = token.partition("=") if token.startswith("--") else ("", "", token)
         out.append(f"{flag}{eq}{_no_machine_path(value)}")
     return " ".join(out)
+
+
+_CARD_TRAINING_KEYS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "weight_decay",
+                       "warmup_steps", "seed", "max_steps", "bf16", "gradient_accumulation_steps", "lr_scheduler_type")
+
+
+def _card_training_args(values: dict) -> dict:
+    return {k: v for k, v in values.items() if k in _CARD_TRAINING_KEYS}
+
+
+def _saved_training_args(model_dir) -> dict:
+    """The training settings saved with a model this run did not train (its ``training_args.json``), else ``{}``:
+    the card must not show this run's unused TrainingArguments as how the model was trained."""
+    path = Path(model_dir) / "training_args.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _dataset_label(data_args) -> str:
+    """A short name for the data of a run: the Hub dataset id, a local dataset folder's name (not the machine's
+    path), else the folder (or stem) of the first data file."""
+    if data_args.dataset_name:
+        name = data_args.dataset_name
+        return Path(name).resolve().name if Path(name).exists() else name
+    first = Path(data_args.train_file or data_args.validation_file or data_args.test_file)
+    return first.resolve().parent.name or first.stem
 
 
 def _no_machine_path(value):
@@ -357,6 +386,20 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                                    data.label_names, exit_pooling=model_args.exit_pooling,
                                    tokenizer_name=model_args.tokenizer_name, cache_dir=model_args.cache_dir,
                                    ignore_mismatched_sizes=model_args.ignore_mismatched_sizes)
+    # how a model this run does not train was trained (read now: the output folder may be the model's own)
+    saved_targs = None if do_train else _saved_training_args(path)
+    bank_budgets = list(model.config.scheduler_budgets or []) if pretrained_eenet else []
+    if bank_budgets and not args.do_fit_scheduler and (do_eval or do_predict):  # the bank is served as fitted
+        if args.budgets == EENetArguments.budgets:  # not given: the bank's budgets
+            budgets = [float(b) for b in bank_budgets]
+            if show:
+                print(f"--do_fit_scheduler false: evaluating the model's scheduler bank at its budgets {budgets}")
+        missing = [b for b in budgets if not any(math.isclose(b, f, rel_tol=1e-9) for f in bank_budgets)]
+        if missing:
+            raise DataError(f"--budgets {missing} are not in the model's scheduler bank {bank_budgets}: with "
+                            "--do_fit_scheduler false the bank is evaluated as fitted; pass budgets from the bank, or "
+                            "fit these (--do_fit_scheduler true)")
+        budgets = [next(f for f in bank_budgets if math.isclose(b, f, rel_tol=1e-9)) for b in budgets]
     if args.do_fit_scheduler:  # found before training, not after it
         classes = set(data.splits["validation"]["label"])
         if len(classes) < 2:
@@ -444,6 +487,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                                  "scheduler bank", training_args.output_dir)
                 raise
         trainer.save_model(training_args.output_dir)  # rank 0 writes: weights, config, bank, tokenizer, code
+        if saved_targs and trainer.is_world_process_zero():  # not this run's unused settings: how it was trained
+            Path(training_args.output_dir, "training_args.json").write_text(json.dumps(saved_targs, indent=2))
         # ---- predictions on all ranks (Trainer.predict gathers them); reporting on rank 0 only
         val_probs = val_labels = test_probs = test_labels = None
         test_labelled = data.labelled.get("test", False)
@@ -483,8 +528,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         save_file(tensors, str(out_dir / "exit_predictions.safetensors"))
         recipe_args = {k: _no_machine_path(v) for k, v in
                        {**asdict(model_args), **asdict(data_args), **asdict(args)}.items()}
-        first_file = Path(data_args.train_file or data_args.validation_file or data_args.test_file)
-        label = args.dataset_label or data_args.dataset_name or first_file.resolve().parent.name or first_file.stem
+        label = args.dataset_label or _dataset_label(data_args)
         results.update(
             dataset=label, evaluated_on=eval_on, world_size=training_args.world_size,
             splits={s: len(d) for s, d in data.splits.items()},
@@ -493,11 +537,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
             notes=" ".join(args.card_notes), cost_profile=args.cost_profile,
             exit_cost_profile=profile.to_dict() if profile else None, exit_layers=list(model.config.exit_layers),
             exit_pooling=model.config.exit_pooling, results_with_layer_costs=results_layers,
-            scheduler_fit={str(k): v for k, v in fit_info.items()}, training=train_info,
-            training_args={k: v for k, v in training_args.to_dict().items()
-                           if k in ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
-                                    "weight_decay", "warmup_steps", "seed", "max_steps", "bf16",
-                                    "gradient_accumulation_steps", "lr_scheduler_type")},
+            scheduler_fit={str(k): v for k, v in fit_info.items()},
+            training=train_info if do_train else {"trained_in_this_run": False},
+            training_args=_card_training_args(training_args.to_dict() if do_train else saved_targs),
             recipe_args=recipe_args, model_card={
                 "dataset_id": args.card_dataset_id, "dataset_config": args.card_dataset_config,
                 "dataset_name": args.card_dataset_name, "backbone": args.card_backbone,
@@ -522,6 +564,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
             mark_card_stale(str(out_dir), model, "retrained", subject="model")
         else:
             mark_card_stale(str(out_dir), model, "refitted")
+    stale_predictions = out_dir / "predict_results.jsonl"
+    if is_main and not do_predict and (do_train or args.do_fit_scheduler) and stale_predictions.is_file():
+        stale_predictions.unlink()  # the predictions of the model or bank this run replaced
+        logger.warning("removed %s: it held the predictions of the model before this run (--do_predict writes "
+                       "new ones)", stale_predictions)
     if is_main and do_predict:
         pred_budgets = list(bank) if bank else None
         n = write_predictions(out_dir / "predict_results.jsonl", model, test_probs, pred_budgets,
@@ -569,7 +616,41 @@ def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False
         for action in parser._actions:
             if action.dest in cfg:
                 action.required = False
+        parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+        _forget_preset_dataset(cfg, argv, parsed, path)
+        return parsed
     return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+
+
+#: where a preset's data come from, and what it says about them (card, results folder)
+_DATA_SOURCE_KEYS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
+_DATASET_TEXT_KEYS = ("dataset_label", "card_dataset_id", "card_dataset_config", "card_dataset_name", "card_notes",
+                      "results_dir")
+
+
+def _forget_preset_dataset(cfg: dict, argv: list[str], parsed, path) -> None:
+    """A preset run on other data (a data-source flag after the config file names other files or another dataset):
+    the preset's dataset name, card notes and results folder describe *its* data, so the ones the flags do not set
+    again are reset to their defaults (the card then names the data actually used; results go to output_dir, not the
+    preset's committed card folder)."""
+    given = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+    def same(a, b):
+        if a is None or b is None:
+            return a == b
+        return os.path.realpath(os.path.expanduser(str(a))) == os.path.realpath(os.path.expanduser(str(b)))
+
+    values = {k: getattr(obj, k) for obj in parsed for k in _DATA_SOURCE_KEYS + _DATASET_TEXT_KEYS if hasattr(obj, k)}
+    changed = [k for k in _DATA_SOURCE_KEYS if k in given and not same(cfg.get(k), values.get(k))]
+    reset = [k for k in _DATASET_TEXT_KEYS if cfg.get(k) and k not in given]
+    if not changed or not reset:
+        return
+    for obj in parsed:
+        for k in reset:
+            if hasattr(obj, k):
+                setattr(obj, k, [] if isinstance(getattr(obj, k), list) else None)
+    logger.warning("%s: --%s replace the preset's data, so its %s are not used (set them with the same flags)",
+                   path, " / --".join(changed), ", ".join(reset))
 
 
 def build_parser(prog: str = "run_eenet.py"):

@@ -122,8 +122,8 @@ class EENetScheduler(_FitMixin, _InferenceMixin, ExitPolicy, nn.Module):
         """Write ``eenet_scheduler.safetensors`` (state_dict; fit_info as metadata) and ``eenet_scheduler.json``.
 
         Atomic (``hf_eenet.bank.atomic_save_dir``): both files are written into a temporary folder that replaces
-        ``save_directory`` (other files in it are kept), so a failed or interrupted save leaves the scheduler saved
-        there before loadable, never new weights beside an old config."""
+        ``save_directory`` (every other file in it is kept, a model's weights included), so a failed or interrupted
+        save leaves the scheduler saved there before loadable, never new weights beside an old config."""
         from safetensors.torch import save_file
 
         from .bank import atomic_save_dir
@@ -141,7 +141,7 @@ class EENetScheduler(_FitMixin, _InferenceMixin, ExitPolicy, nn.Module):
             with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as fh:
                 json.dump(config, fh, indent=2, sort_keys=True)
 
-        atomic_save_dir(save_directory, write)
+        atomic_save_dir(save_directory, write, replaces_weights=False)  # a model folder keeps its weights
 
     @classmethod
     def from_pretrained(cls, directory) -> "EENetScheduler":

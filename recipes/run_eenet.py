@@ -28,6 +28,6 @@ from recipes.presets import resolve_backbone  # noqa: E402
 if __name__ == "__main__":
     try:
         main(prog="python recipes/run_eenet.py", resolve_model=resolve_backbone)
-    except (DataError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+    except (DataError, ValueError, OSError) as err:  # OSError: files, permissions, a model not found offline
         # a problem with the user's data or flags: one line, no traceback (as `hf-eenet train`)
         sys.exit(f"run_eenet.py: error: {err}")

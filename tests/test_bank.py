@@ -261,19 +261,19 @@ def test_a_scheduler_loaded_under_inference_mode_joins_a_bank(tmp_path):
     assert torch.equal(other.get_exit_policy(0.5).exit_index(probs), model.get_exit_policy(0.5).exit_index(probs))
 
 
-def test_add_scheduler_reads_a_budget_in_the_unit_of_the_costs_it_was_fitted_with():
-    """``fit`` takes costs in any unit (e.g. latency in ms); a bank key is a fraction of the full model's cost. A
-    scheduler fitted on the same exits in ms is filed by the fraction it was fitted for, not its raw budget."""
+def test_add_scheduler_refuses_costs_in_another_unit():
+    """``fit`` takes costs in any unit (e.g. latency in ms), but a bank key is a fraction of the full model's cost and
+    served policies report budget / planned cost / rematch in that unit: a scheduler fitted in ms is refused, whether
+    its raw budget happens to equal the key (0.6 ms = half the cost) or its fraction does (0.72 ms = 60 %)."""
     model, _, probs, labels = fitted_model()
     ms = [c * 1.2 for c in model.config.exit_costs]  # the same exits, c_K = 1.2 ms
-    half = EENetScheduler(**FAST).fit(probs, labels, ms, 0.6)  # 0.6 ms = half the full cost
-    with pytest.raises(BankIntegrityError, match=r"fitted for budget 0.5 of the full model's cost \(0.6 with exit"):
-        model.add_scheduler(half, 0.6)
-    sixty = EENetScheduler(**FAST).fit(probs, labels, ms, 0.72)  # 60 % of the full cost
-    model.add_scheduler(sixty, 0.6)
-    costs = torch.tensor(model.config.exit_costs, dtype=torch.float64)
-    realised = float(costs[model.get_exit_policy(0.6).exit_index(probs)].mean())
-    assert abs(realised - 0.6) <= 1.0 / len(probs), realised
+    for budget_ms in (0.6, 0.72):
+        sched = EENetScheduler(**FAST).fit(probs, labels, ms, budget_ms)
+        with pytest.raises(BankIntegrityError, match=r"exit costs in another unit \(last exit 1.2\)"):
+            model.add_scheduler(sched, 0.6)
+        with pytest.raises(BankIntegrityError, match="another unit"):
+            model.set_scheduler_bank({0.6: sched})
+    assert model.config.scheduler_budgets == [0.5, 0.8]  # unchanged
 
 
 def test_set_exit_costs_after_fitting_raises_and_changes_nothing():
@@ -460,6 +460,49 @@ def test_installed_pipeline_needs_no_trust_remote_code(hub_model, trust):
     assert all("exit_layer" in r for r in out)
     with pytest.raises(ValueError, match="outside the fitted range"):
         clf("good", budget=0.3)
+
+
+def test_installed_pipeline_serves_a_model_object_from_older_remote_code(hub_model, monkeypatch):
+    """hf_eenet installed, the model built from its own Hub code saved by an earlier hf_eenet (here: code without the
+    cuda_graphs argument): a list runs the depth-wave engine shipped with the model (its internals match), and no
+    opt-in argument the old code lacks is passed. Results equal the installed model's."""
+    import importlib
+    import inspect
+
+    from transformers import pipeline
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    from hf_eenet.pipeline_eenet import _engine_of
+
+    # the class of the model's own code (what a process gets that loaded the model before importing hf_eenet)
+    cls = get_class_from_dynamic_module("modeling_eenet.EENetBertForSequenceClassification", str(hub_model.dir))
+    remote = cls.from_pretrained(str(hub_model.dir)).eval()
+    package = type(remote).__module__.rpartition(".")[0]
+    assert package != "hf_eenet" and _engine_of(remote).__name__ == package + ".engine"
+    old_engine = importlib.import_module(package + ".engine")
+    calls, new_wave, new_forward = [], old_engine.depth_wave_forward, type(remote).forward
+
+    def wave_without_graphs(model, rows, exit_policy=None, *, micro_batch_size=32, chunk_size=1024):
+        calls.append(len(rows))
+        return new_wave(model, rows, exit_policy, micro_batch_size=micro_batch_size, chunk_size=chunk_size)
+
+    def forward_without_graphs(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                               inputs_embeds=None, labels=None, exit_policy=None, budget=None, return_dict=None):
+        return new_forward(self, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                           position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels,
+                           exit_policy=exit_policy, budget=budget, return_dict=return_dict)
+
+    assert "cuda_graphs" in inspect.signature(new_forward).parameters
+    monkeypatch.setattr(old_engine, "depth_wave_forward", wave_without_graphs)
+    monkeypatch.setattr(type(remote), "forward", forward_without_graphs)
+    clf = pipeline("text-classification", model=remote, tokenizer=hub_model.tok)
+    assert isinstance(clf, hf_eenet.EENetTextClassificationPipeline)
+    mine = pipeline("text-classification", model=hub_model.model, tokenizer=hub_model.tok)
+    texts = hub_model.texts
+    want = [(r["label"], r["exit_layer"]) for r in mine(texts, budget=0.5, batch_size=4)]
+    assert [(r["label"], r["exit_layer"]) for r in clf(texts, budget=0.5, batch_size=4)] == want
+    assert calls == [len(texts)], "the list must run the model's own engine"
+    assert [(r["label"], r["exit_layer"]) for r in (clf(t, budget=0.5)[0] for t in texts)] == want
 
 
 def test_clean_process_pipeline_honours_budget_or_raises(hub_model, tmp_path):

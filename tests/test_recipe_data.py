@@ -812,3 +812,111 @@ def test_an_empty_text_is_named_by_its_row_in_the_split(tmp_path):
     train = write_csv(tmp_path / "t.csv", ["sentence", "label"], rows)
     with pytest.raises(DataError, match=r"empty text in column\(s\) \['sentence'\] \(row 1100\)"):
         load(tmp_path, {"train": train})
+
+
+# ------------------------------------------------------------------------------------------ own-data review mends
+def test_minus_one_is_a_class_when_train_has_it_and_class_names_are_checked(tmp_path):
+    """Polarity data labelled -1 / 1: a split whose rows are all -1 is labelled (GLUE's hidden-label -1 means "no
+    label" only when -1 is not a class); --class_names needs distinct, non-empty names; a JSON list is accepted."""
+    train = write_csv(tmp_path / "t.csv", ["text", "label"], [(f"t {i}", [-1, 1][i % 2]) for i in range(20)])
+    neg = write_csv(tmp_path / "n.csv", ["text", "label"], [("x", -1), ("y", -1)])
+    d = load(tmp_path, {"train": train, "validation": neg, "test": neg})
+    assert d.label_names == ["-1", "1"] and d.labelled == {"train": True, "validation": True, "test": True}
+    assert list(d.splits["test"]["label"]) == [0, 0]
+    glue = write_csv(tmp_path / "g.csv", ["text", "label"], [(f"t {i}", i % 2) for i in range(20)])
+    hidden = write_csv(tmp_path / "h.csv", ["text", "label"], [("x", -1), ("y", -1)])
+    assert load(tmp_path, {"train": glue, "validation": glue, "test": hidden}).labelled["test"] is False
+    for bad in ("neg,pos,", "neg,,pos", "neg,neg"):
+        with pytest.raises(DataError, match="distinct, non-empty name"):
+            DataArguments(train_file=train, class_names=bad)
+    assert DataArguments(text_column_names=["premise", "hypothesis"]).text_column_names == "premise,hypothesis"
+
+
+def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_path):
+    from hf_eenet.recipe import build_parser, parse_args_with_config
+
+    preset = str(ROOT / "recipes" / "presets" / "sst2.json")
+    mine = write_csv(tmp_path / "mine.csv", ["review", "sentiment"], synth(8, 0))
+    _, data, args, _ = parse_args_with_config(build_parser(), [preset, "--train_file", mine])
+    assert data.train_file == mine
+    assert (args.dataset_label, args.card_dataset_id, args.card_dataset_name, args.results_dir, args.card_notes) == \
+        (None, None, None, None, [])
+    # its own data (the same files), or the dataset flags given again: kept
+    cfg = json.loads(Path(preset).read_text())
+    _, _, args, _ = parse_args_with_config(build_parser(), [preset, "--train_file", cfg["train_file"]])
+    assert args.dataset_label == "sst2" and args.results_dir == "model_cards/sst2"
+    _, _, args, _ = parse_args_with_config(build_parser(), [preset, "--train_file", mine, "--dataset_label", "mine"])
+    assert args.dataset_label == "mine" and args.card_dataset_id is None
+
+
+def test_recipe_on_a_local_dataset_folder_evaluates_and_writes_the_card(tiny_backbone, csv_data, tmp_path):
+    """--dataset_name (a dataset folder or Hub id, through datasets.load_dataset) with --do_eval: results, card and
+    plot are written (the dataset's label was built from a file path that does not exist there)."""
+    import shutil
+
+    from hf_eenet.cli import main
+
+    folder = tmp_path / "my_reviews"
+    folder.mkdir()
+    shutil.copy(csv_data["train"], folder / "train.csv")
+    shutil.copy(csv_data["validation"], folder / "validation.csv")
+    out = tmp_path / "model"
+    main(["train", "--dataset_name", str(folder), "--text_column_names", "review", "--label_column_name",
+          "sentiment", "--do_train", "--do_eval", *common_flags(tiny_backbone, out)])
+    res = json.loads((out / "results.json").read_text())
+    assert res["dataset"] == "my_reviews" and (out / "README.md").is_file()
+
+
+def test_reevaluating_a_bank_serves_its_budgets_and_states_how_the_model_was_trained(csv_run, csv_data, tmp_path,
+                                                                                       capsys):
+    """--do_fit_scheduler false evaluates the bank as fitted: --budgets it does not hold are refused (they were
+    dropped, leaving an empty table); no --budgets = the bank's. The card and training_args.json say how the loaded
+    model was trained, not this run's unused TrainingArguments."""
+    from hf_eenet.cli import main
+
+    src = csv_run["out"]
+    data = ["--validation_file", csv_data["validation"], "--test_file", csv_data["test"], "--text_column_names",
+            "review", "--label_column_name", "sentiment"]
+    flags = ["--model_name_or_path", str(src), "--do_eval", "--do_fit_scheduler", "false", "--report_to", "none",
+             "--use_cpu", "--quiet"]
+    with pytest.raises(SystemExit):
+        main(["train", *data, *flags, "--output_dir", str(tmp_path / "a"), "--budgets", "0.6"])
+    assert "--budgets [0.6] are not in the model's scheduler bank [0.5, 0.8]" in capsys.readouterr().err
+    out = tmp_path / "b"
+    main(["train", *data, *flags, "--output_dir", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    assert res["budgets"] == [0.5, 0.8] and len(res["methods"]["EENet"]) == 2
+    trained = json.loads((src / "training_args.json").read_text())
+    assert json.loads((out / "training_args.json").read_text()) == trained
+    card = (out / "README.md").read_text()
+    assert "not trained in this run" in card and f"lr {trained['learning_rate']}" in card
+
+
+def test_cli_caps_max_seq_length_and_says_which_entry_serves_a_budget(csv_run, csv_data, tmp_path, capsys):
+    from hf_eenet.cli import main
+
+    out = csv_run["out"]
+    long = write_csv(tmp_path / "long.csv", ["review"], [(" ".join(["good"] * 200),), ("bad",)])
+    main(["predict", str(out), "--test_file", long, "--text_column_names", "review", "--max_seq_length", "100000",
+          "--budget", "0.6", "--output_file", str(tmp_path / "p.jsonl")])
+    err = capsys.readouterr().err
+    assert "--max_seq_length 100000 is larger than the model takes (64 positions); using 64" in err
+    assert "budget 0.6 is served by the bank's 0.5 scheduler" in err
+    rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["predictions"][0]["budget"] == 0.6
+
+
+def test_refitting_in_place_without_do_predict_removes_the_old_predictions(csv_run, csv_data, tmp_path):
+    import shutil
+
+    from hf_eenet.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(csv_run["out"], model)
+    assert (model / "predict_results.jsonl").is_file()
+    main(["train", "--model_name_or_path", str(model), "--output_dir", str(model), "--validation_file",
+          csv_data["validation"], "--text_column_names", "review", "--label_column_name", "sentiment",
+          "--budgets", "0.6", "--report_to", "none", "--use_cpu", "--quiet", "--scheduler_max_epochs", "3",
+          "--scheduler_restarts", "1", "--scheduler_selection_folds", "0"])
+    assert json.loads((model / "config.json").read_text())["scheduler_budgets"] == [0.6]
+    assert not (model / "predict_results.jsonl").exists(), "predictions of the replaced bank were left"

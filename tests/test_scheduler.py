@@ -358,7 +358,9 @@ def test_a_failed_save_leaves_the_scheduler_saved_before(small, tmp_path, monkey
 
     sched, probs, labels = small
     sched.save_pretrained(tmp_path)
-    (tmp_path / "notes.txt").write_text("kept")
+    kept = {"notes.txt": "kept", "model.safetensors": "a model's weights", "model-00001-of-00002.safetensors": "shard"}
+    for name, text in kept.items():  # a scheduler saved into a model folder leaves the model alone
+        (tmp_path / name).write_text(text)
     other = EENetScheduler(restarts=0, max_epochs=3).fit(probs, labels, COSTS, 0.3)
     assert other.thresholds != sched.thresholds
 
@@ -371,9 +373,12 @@ def test_a_failed_save_leaves_the_scheduler_saved_before(small, tmp_path, monkey
     monkeypatch.undo()
     loaded = EENetScheduler.from_pretrained(tmp_path)
     assert loaded.thresholds == sched.thresholds and loaded.budget == sched.budget
-    assert (tmp_path / "notes.txt").read_text() == "kept"
     other.save_pretrained(tmp_path)
     assert EENetScheduler.from_pretrained(tmp_path).thresholds == other.thresholds
+    monkeypatch.chdir(tmp_path)  # saving into the working directory replaces files in place: same rule
+    sched.save_pretrained(".")
+    assert EENetScheduler.from_pretrained(tmp_path).thresholds == sched.thresholds
+    assert {name: (tmp_path / name).read_text() for name in kept} == kept
 
 
 def test_corrupt_or_missing_files_raise_clear_errors(small, tmp_path):
