@@ -377,7 +377,8 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
                             f"{label_col!r} column; classification needs at least 2")
         if len(set(label_names)) != len(label_names):
             raise DataError(f"label names must be distinct, got {label_names}")
-    where = "the model's labels" if names_from_model else "the labels learnt from train"
+    where = ("the model's labels" if names_from_model else "--class_names" if args.class_names is not None
+             else "the labels learnt from train")
     out, labelled, text_cols = {}, {}, None
     for split, ds in raw.items():
         cols = _text_columns(args, ds.column_names, split)

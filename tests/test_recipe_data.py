@@ -830,6 +830,9 @@ def test_minus_one_is_a_class_when_train_has_it_and_class_names_are_checked(tmp_
         with pytest.raises(DataError, match="distinct, non-empty name"):
             DataArguments(train_file=train, class_names=bad)
     assert DataArguments(text_column_names=["premise", "hypothesis"]).text_column_names == "premise,hypothesis"
+    words = write_csv(tmp_path / "w.csv", ["text", "label"], [("x", "neutral")])
+    with pytest.raises(DataError, match=r"'neutral', which is not among --class_names \(neg, pos\)"):
+        load(tmp_path, {"train": glue, "validation": words}, class_names="neg,pos")
 
 
 def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_path):
