@@ -323,7 +323,8 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
 
     A symlinked ``target`` is saved into the folder it points at (the link stays). Where the folder itself must not
     or cannot be swapped — it is the current working directory or contains it (swapping would delete the process's
-    cwd), its parent is not writable, or it is a mount point (EBUSY) — the temporary folder goes inside ``target``
+    cwd), its parent is not writable, or it is a mount point (``os.path.ismount``, or an exchange refused with
+    EBUSY / EXDEV: e.g. a container volume given as output_dir) — the temporary folder goes inside ``target``
     and its files replace the old ones one by one, weights first and ``config.json`` last; other entries of the old
     folder are always kept there. An interruption during ``write`` still leaves the old folder untouched, one during
     the replacement can leave new weights beside the old config (a changed bank is then refused on load by its
@@ -331,7 +332,7 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     """
     target = os.path.realpath(os.path.abspath(os.fspath(target)))
     parent = os.path.dirname(target)
-    if os.path.isdir(target) and _holds_cwd(target):
+    if os.path.isdir(target) and (_holds_cwd(target) or os.path.ismount(target)):
         return _save_inside(target, write, drop, replaces_weights)
     os.makedirs(parent, exist_ok=True)
     # clean-up, then create + mark the new temporary folder, as one step among saves beside each other (a lock on the
@@ -371,8 +372,9 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
                 swapped = None  # a mount point (or a folder that cannot move)
             if swapped is False:
                 swapped = _swap_by_renames(tmp, target, parent) or None
-            if swapped is None:
-                _replace_files(tmp, target, (), replaces_weights)  # a mount point (or a folder that cannot move): file by file
+            if swapped is None:  # a folder that cannot move (a mount point: renames into it from the parent fail
+                shutil.rmtree(tmp, ignore_errors=True)  # with EXDEV, bind mounts of one filesystem too): write again
+                return _save_inside(target, write, drop, replaces_weights)  # from inside, file by file
         else:
             os.rename(tmp, target)
     finally:

@@ -138,7 +138,7 @@ def _serving_length(model, tok, data_args, command: str) -> int:
         print(f"note: --max_seq_length {data_args.max_seq_length} is larger than the model takes ({limit} "
               f"positions); using {limit}", file=sys.stderr)
         data_args.max_seq_length = limit
-    elif data_args.max_seq_length != served and command in ("evaluate", "predict"):
+    if data_args.max_seq_length != served and command in ("evaluate", "predict"):
         print(f"note: inputs truncated to --max_seq_length {data_args.max_seq_length}; the model serves "
               f"{served} tokens (pipeline / early_exit_predict)", file=sys.stderr)
     return data_args.max_seq_length

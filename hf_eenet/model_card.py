@@ -152,7 +152,9 @@ def _training_line(train: dict, targs: dict, args: dict) -> str:
     settings = (f"lr {targs.get('learning_rate')}, {_length(targs)}, batch {targs.get('per_device_train_batch_size')}, "
                 f"weight decay {targs.get('weight_decay')}, seed {targs.get('seed')}")
     if train.get("trained_in_this_run") is False:
-        return ("not trained in this run (the trained model was loaded); " +
+        if train.get("loaded_eenet_model") is False:
+            return "not trained: a backbone was loaded and its exit heads are freshly initialised (untrained)"
+        return ("not trained in this run (a trained hf_eenet model was loaded); " +
                 (f"its saved training settings: {settings}" if targs else "its training settings are not recorded"))
     return (f"{train.get('train_rows', 'n/a')} rows, {train.get('global_steps', '?')} steps "
             f"({_minutes(train.get('train_seconds'))}), lr {targs.get('learning_rate')}, "

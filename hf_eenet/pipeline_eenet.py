@@ -254,17 +254,23 @@ def _opt_in(**flags) -> dict:
 
 
 def _engine_of(model):
-    """The depth-wave engine shipped with the model's own code: a model loaded with its Hub remote code (saved by
-    another hf_eenet version) runs the engine written for its internals, the installed one runs ours."""
+    """The depth-wave engine shipped with the model's own code: a model whose class comes from Hub remote code (saved
+    by another hf_eenet version; a user subclass of it too) runs the engine written for its internals, one of ours
+    runs ours. The model code is found along the class's MRO (the class defined in a ``modeling_eenet`` module)."""
     from . import engine
 
-    package = type(model).__module__.rpartition(".")[0]
-    if not package or package == __name__.rpartition(".")[0]:
-        return engine
-    try:
-        return importlib.import_module(package + ".engine")
-    except ImportError:  # saved before the engine existed
-        return engine
+    for cls in type(model).__mro__:
+        package, _, module = cls.__module__.rpartition(".")
+        if module != "modeling_eenet":
+            continue
+        if package == __name__.rpartition(".")[0]:
+            return engine
+        try:
+            shipped = importlib.import_module(package + ".engine")
+        except ImportError:  # saved before the engine existed
+            return engine
+        return shipped if callable(getattr(shipped, "depth_wave_forward", None)) else engine
+    return engine
 
 
 def _check_chunk_size(chunk_size) -> int:

@@ -32,6 +32,9 @@ from .validation import check_budget_fraction
 logger = logging.getLogger(__name__)
 
 
+DEFAULT_BUDGETS = "0.25,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+
+
 @dataclass
 class ModelArguments:
     """Which checkpoint to start from."""
@@ -53,8 +56,9 @@ class ModelArguments:
 class EENetArguments(SchedulerFitArguments):
     """EENet-specific options (the rest: ``DataArguments``, ``ModelArguments``, ``transformers.TrainingArguments``)."""
 
-    budgets: str = field(default="0.25,0.3,0.4,0.5,0.6,0.7,0.8,0.9", metadata={
-        "help": "comma-separated budgets, fractions of the full cost"})
+    budgets: str | None = field(default=None, metadata={
+        "help": f"comma-separated budgets, fractions of the full cost (default {DEFAULT_BUDGETS}; an hf_eenet model "
+                "evaluated with --do_fit_scheduler false: its bank's budgets)"})
     cost_profile: str = field(default="latency", metadata={
         "help": "exit costs: latency (measured here), flops or layers"})
     profile_batch_size: int = field(default=1, metadata={"help": "batch size of the latency profile"})
@@ -360,7 +364,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     set_seed(training_args.seed)
     if not model_args.model_name_or_path:
         raise ValueError("give --model_name_or_path (a BERT/RoBERTa checkpoint or an hf_eenet model folder)")
-    budgets = parse_budgets(args.budgets)
+    budgets = parse_budgets(args.budgets or DEFAULT_BUDGETS)
     do_train, do_eval, do_predict = training_args.do_train, training_args.do_eval, training_args.do_predict
     if not (do_train or do_eval or do_predict or args.do_fit_scheduler):
         raise ValueError("nothing to do: give --do_train, --do_eval and/or --do_predict")
@@ -389,8 +393,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     # how a model this run does not train was trained (read now: the output folder may be the model's own)
     saved_targs = None if do_train else _saved_training_args(path)
     bank_budgets = list(model.config.scheduler_budgets or []) if pretrained_eenet else []
-    if bank_budgets and not args.do_fit_scheduler and (do_eval or do_predict):  # the bank is served as fitted
-        if args.budgets == EENetArguments.budgets:  # not given: the bank's budgets
+    if bank_budgets and not (do_train or args.do_fit_scheduler) and (do_eval or do_predict):  # served as fitted
+        if args.budgets is None:  # not given: the bank's budgets
             budgets = [float(b) for b in bank_budgets]
             if show:
                 print(f"--do_fit_scheduler false: evaluating the model's scheduler bank at its budgets {budgets}")
@@ -487,8 +491,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                                  "scheduler bank", training_args.output_dir)
                 raise
         trainer.save_model(training_args.output_dir)  # rank 0 writes: weights, config, bank, tokenizer, code
-        if saved_targs and trainer.is_world_process_zero():  # not this run's unused settings: how it was trained
-            Path(training_args.output_dir, "training_args.json").write_text(json.dumps(saved_targs, indent=2))
+        if saved_targs is not None and trainer.is_world_process_zero():  # a model this run did not train: not
+            written = Path(training_args.output_dir, "training_args.json")  # this run's unused settings
+            if saved_targs:
+                written.write_text(json.dumps(saved_targs, indent=2))  # how it was trained
+            elif written.is_file():
+                written.unlink()  # not recorded (a model saved without them): none, rather than wrong ones
         # ---- predictions on all ranks (Trainer.predict gathers them); reporting on rank 0 only
         val_probs = val_labels = test_probs = test_labels = None
         test_labelled = data.labelled.get("test", False)
@@ -538,7 +546,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
             exit_cost_profile=profile.to_dict() if profile else None, exit_layers=list(model.config.exit_layers),
             exit_pooling=model.config.exit_pooling, results_with_layer_costs=results_layers,
             scheduler_fit={str(k): v for k, v in fit_info.items()},
-            training=train_info if do_train else {"trained_in_this_run": False},
+            training=train_info if do_train else {"trained_in_this_run": False, "loaded_eenet_model": pretrained_eenet},
             training_args=_card_training_args(training_args.to_dict() if do_train else saved_targs),
             recipe_args=recipe_args, model_card={
                 "dataset_id": args.card_dataset_id, "dataset_config": args.card_dataset_config,
@@ -564,11 +572,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
             mark_card_stale(str(out_dir), model, "retrained", subject="model")
         else:
             mark_card_stale(str(out_dir), model, "refitted")
-    stale_predictions = out_dir / "predict_results.jsonl"
-    if is_main and not do_predict and (do_train or args.do_fit_scheduler) and stale_predictions.is_file():
-        stale_predictions.unlink()  # the predictions of the model or bank this run replaced
-        logger.warning("removed %s: it held the predictions of the model before this run (--do_predict writes "
-                       "new ones)", stale_predictions)
+    if is_main and (do_train or args.do_fit_scheduler):  # outputs of the model or bank this run replaced
+        stale = ([] if do_predict else ["predict_results.jsonl"]) + ([] if do_eval else [
+            "results.json", "eval_results.json", "exit_predictions.safetensors", "accuracy_vs_cost.png"])
+        stale = [out_dir / name for name in stale if (out_dir / name).is_file()]
+        for old in stale:
+            old.unlink()
+        if stale:
+            logger.warning("removed %s: they described the model before this run (--do_eval / --do_predict write "
+                           "new ones)", ", ".join(p.name for p in stale))
     if is_main and do_predict:
         pred_budgets = list(bank) if bank else None
         n = write_predictions(out_dir / "predict_results.jsonl", model, test_probs, pred_budgets,
@@ -617,7 +629,7 @@ def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False
             if action.dest in cfg:
                 action.required = False
         parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-        _forget_preset_dataset(cfg, argv, parsed, path)
+        _forget_preset_dataset(cfg, parsed, path)
         return parsed
     return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
 
@@ -628,21 +640,24 @@ _DATASET_TEXT_KEYS = ("dataset_label", "card_dataset_id", "card_dataset_config",
                       "results_dir")
 
 
-def _forget_preset_dataset(cfg: dict, argv: list[str], parsed, path) -> None:
+def _forget_preset_dataset(cfg: dict, parsed, path) -> None:
     """A preset run on other data (a data-source flag after the config file names other files or another dataset):
     the preset's dataset name, card notes and results folder describe *its* data, so the ones the flags do not set
-    again are reset to their defaults (the card then names the data actually used; results go to output_dir, not the
-    preset's committed card folder)."""
-    given = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
-
+    to another value are reset to their defaults (the card then names the data actually used; results go to
+    output_dir, not the preset's committed card folder). Values are compared after parsing (abbreviated flags
+    count); a file is the preset's when it is the same file or the same ``<dataset folder>/<file name>`` (another
+    copy of the data folder, e.g. ``$EENET_DATA_DIR`` or a run from another working directory)."""
     def same(a, b):
         if a is None or b is None:
             return a == b
-        return os.path.realpath(os.path.expanduser(str(a))) == os.path.realpath(os.path.expanduser(str(b)))
+        if a == b:
+            return True
+        pa, pb = (Path(os.path.expanduser(str(x))) for x in (a, b))
+        return pa.resolve() == pb.resolve() or (pa.name == pb.name and pa.parent.name == pb.parent.name)
 
     values = {k: getattr(obj, k) for obj in parsed for k in _DATA_SOURCE_KEYS + _DATASET_TEXT_KEYS if hasattr(obj, k)}
-    changed = [k for k in _DATA_SOURCE_KEYS if k in given and not same(cfg.get(k), values.get(k))]
-    reset = [k for k in _DATASET_TEXT_KEYS if cfg.get(k) and k not in given]
+    changed = [k for k in _DATA_SOURCE_KEYS if k in values and not same(cfg.get(k), values[k])]
+    reset = [k for k in _DATASET_TEXT_KEYS if cfg.get(k) and values.get(k) == cfg[k]]
     if not changed or not reset:
         return
     for obj in parsed:

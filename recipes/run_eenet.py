@@ -16,6 +16,7 @@ Your own data (csv, tsv, json, jsonl or parquet; one text column or a sentence p
 Runs under `torchrun --nproc_per_node 2` (DDP, gloo on CPU) as well. All flags: python recipes/run_eenet.py --help
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -29,5 +30,8 @@ if __name__ == "__main__":
     try:
         main(prog="python recipes/run_eenet.py", resolve_model=resolve_backbone)
     except (DataError, ValueError, OSError) as err:  # OSError: files, permissions, a model not found offline
-        # a problem with the user's data or flags: one line, no traceback (as `hf-eenet train`)
+        # a problem with the user's data or flags: one line, no traceback (as `hf-eenet train`;
+        # HF_EENET_TRACEBACK=1 shows it)
+        if os.environ.get("HF_EENET_TRACEBACK"):
+            raise
         sys.exit(f"run_eenet.py: error: {err}")

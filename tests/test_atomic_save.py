@@ -179,6 +179,34 @@ def test_exchange_refused_busy_replaces_files_in_place(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["m"] and not [e for e in os.listdir(target) if e.startswith(".")]
 
 
+@pytest.mark.parametrize("how", ["ismount", "exdev"])
+def test_a_mount_point_on_another_filesystem_is_saved_inside_and_keeps_its_folders(tmp_path, monkeypatch, how):
+    """A mount point (a container's volume as output_dir) lies on another filesystem than its parent: a temporary
+    folder beside it cannot be renamed in (EXDEV; a sub-folder such as checkpoint-5 was deleted, then the save
+    failed). It is detected up front (``os.path.ismount``) or when the exchange fails with EXDEV, and the save is
+    written inside the folder instead; a scheduler save there keeps the model's weights."""
+    target = tmp_path / "m"
+    make_folder(target, {**OLD, "checkpoint-5/optimizer.pt": "resume", "model-00002-of-00002.safetensors": "stale"})
+    real_ismount = os.path.ismount
+    if how == "ismount":
+        monkeypatch.setattr(os.path, "ismount", lambda p: os.path.realpath(p) == str(target) or real_ismount(p))
+    else:
+        def cross_device(a, b):
+            raise OSError(errno.EXDEV, "cross-device (simulated)", a)
+
+        monkeypatch.setattr(bank, "_exchange", cross_device)
+    inside, real_inside = [], bank._save_inside
+    monkeypatch.setattr(bank, "_save_inside", lambda *a: inside.append(a[0]) or real_inside(*a))
+    atomic_save_dir(target, writer(NEW))
+    assert inside == [str(target)], "a folder on another filesystem is written from inside"
+    check_new_state(target)
+    assert read(target / "checkpoint-5" / "optimizer.pt") == "resume"
+    assert not (target / "model-00002-of-00002.safetensors").exists()  # a model save replaces the weights
+    atomic_save_dir(target, writer({"eenet_scheduler.json": "s"}), replaces_weights=False)
+    assert read(target / "model.safetensors") == "new weights" and read(target / "eenet_scheduler.json") == "s"
+    assert sorted(os.listdir(tmp_path)) == ["m"] and not [e for e in os.listdir(target) if e.startswith(".")]
+
+
 # ------------------------------------------------------------------------- leftovers of an interrupted earlier save
 def test_killed_between_the_two_renames_restores_the_old_folder_then_saves(tmp_path):
     """The fallback was killed after ``target -> .m.old-*`` and before ``.m.saving-* -> target``."""

@@ -479,6 +479,12 @@ def test_installed_pipeline_serves_a_model_object_from_older_remote_code(hub_mod
     remote = cls.from_pretrained(str(hub_model.dir)).eval()
     package = type(remote).__module__.rpartition(".")[0]
     assert package != "hf_eenet" and _engine_of(remote).__name__ == package + ".engine"
+    # a user's subclass (defined elsewhere, e.g. in __main__ or a package with an unrelated engine module) runs the
+    # engine of the model code it derives from
+    sub_remote = type("MyRemote", (cls,), {"__module__": "myapp.models"})
+    sub_ours = type("MyEENet", (hf_eenet.EENetBertForSequenceClassification,), {"__module__": "myapp.models"})
+    assert _engine_of(sub_remote.__new__(sub_remote)).__name__ == package + ".engine"
+    assert _engine_of(sub_ours.__new__(sub_ours)) is hf_eenet.engine
     old_engine = importlib.import_module(package + ".engine")
     calls, new_wave, new_forward = [], old_engine.depth_wave_forward, type(remote).forward
 

@@ -569,6 +569,14 @@ def test_serving_early_exit_in_training_mode_warns(banked):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model(**enc, budget=0.4)
+    # the engine serves model code saved before the warning existed (the installed pipeline with older Hub code)
+    from hf_eenet.modeling_eenet import EENetModelMixin
+
+    want = model.early_exit_predict(texts[:4], tokenizer=tok, budget=0.4).exit_index
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delattr(EENetModelMixin, "_warn_if_training")
+        rows = rows_from_encodings(tok(texts[:4]))
+        assert torch.equal(depth_wave_forward(model, rows, model.get_exit_policy(0.4), micro_batch_size=2)[1], want)
 
 
 def test_readme_engine_tables_are_generated_from_the_committed_json():

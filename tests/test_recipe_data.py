@@ -850,6 +850,13 @@ def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_
     assert args.dataset_label == "sst2" and args.results_dir == "model_cards/sst2"
     _, _, args, _ = parse_args_with_config(build_parser(), [preset, "--train_file", mine, "--dataset_label", "mine"])
     assert args.dataset_label == "mine" and args.card_dataset_id is None
+    _, _, args, _ = parse_args_with_config(build_parser(), [preset, "--train_fi", mine])  # argparse's abbreviation
+    assert args.results_dir is None
+    copy = tmp_path / "copy" / "sst2"  # another copy of the data folder ($EENET_DATA_DIR): still the preset's data
+    copy.mkdir(parents=True)
+    (copy / "train.tsv").write_text("sentence\tlabel\n")
+    _, _, args, _ = parse_args_with_config(build_parser(), [preset, "--train_file", str(copy / "train.tsv")])
+    assert args.dataset_label == "sst2"
 
 
 def test_recipe_on_a_local_dataset_folder_evaluates_and_writes_the_card(tiny_backbone, csv_data, tmp_path):
@@ -882,9 +889,12 @@ def test_reevaluating_a_bank_serves_its_budgets_and_states_how_the_model_was_tra
             "review", "--label_column_name", "sentiment"]
     flags = ["--model_name_or_path", str(src), "--do_eval", "--do_fit_scheduler", "false", "--report_to", "none",
              "--use_cpu", "--quiet"]
-    with pytest.raises(SystemExit):
-        main(["train", *data, *flags, "--output_dir", str(tmp_path / "a"), "--budgets", "0.6"])
-    assert "--budgets [0.6] are not in the model's scheduler bank [0.5, 0.8]" in capsys.readouterr().err
+    from hf_eenet.recipe import DEFAULT_BUDGETS
+
+    for asked, missing in (("0.6", "[0.6]"), (DEFAULT_BUDGETS, "[0.25, 0.3, 0.4, 0.6, 0.7, 0.9]")):
+        with pytest.raises(SystemExit):  # given explicitly, even as the default list: refused, not replaced
+            main(["train", *data, *flags, "--output_dir", str(tmp_path / "a"), "--budgets", asked])
+        assert f"--budgets {missing} are not in the model's scheduler bank [0.5, 0.8]" in capsys.readouterr().err
     out = tmp_path / "b"
     main(["train", *data, *flags, "--output_dir", str(out)])
     res = json.loads((out / "results.json").read_text())
@@ -904,12 +914,13 @@ def test_cli_caps_max_seq_length_and_says_which_entry_serves_a_budget(csv_run, c
           "--budget", "0.6", "--output_file", str(tmp_path / "p.jsonl")])
     err = capsys.readouterr().err
     assert "--max_seq_length 100000 is larger than the model takes (64 positions); using 64" in err
+    assert "inputs truncated to --max_seq_length 64; the model serves 48 tokens" in err  # both notes
     assert "budget 0.6 is served by the bank's 0.5 scheduler" in err
     rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and rows[0]["predictions"][0]["budget"] == 0.6
 
 
-def test_refitting_in_place_without_do_predict_removes_the_old_predictions(csv_run, csv_data, tmp_path):
+def test_refitting_in_place_without_do_eval_or_predict_removes_the_old_outputs(csv_run, csv_data, tmp_path):
     import shutil
 
     from hf_eenet.cli import main
@@ -922,4 +933,5 @@ def test_refitting_in_place_without_do_predict_removes_the_old_predictions(csv_r
           "--budgets", "0.6", "--report_to", "none", "--use_cpu", "--quiet", "--scheduler_max_epochs", "3",
           "--scheduler_restarts", "1", "--scheduler_selection_folds", "0"])
     assert json.loads((model / "config.json").read_text())["scheduler_budgets"] == [0.6]
-    assert not (model / "predict_results.jsonl").exists(), "predictions of the replaced bank were left"
+    for name in ("predict_results.jsonl", "results.json", "eval_results.json", "exit_predictions.safetensors"):
+        assert not (model / name).exists(), f"{name} of the replaced bank was left"
