@@ -323,12 +323,14 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
 
     A symlinked ``target`` is saved into the folder it points at (the link stays). Where the folder itself must not
     or cannot be swapped — it is the current working directory or contains it (swapping would delete the process's
-    cwd), its parent is not writable, or it is a mount point (``os.path.ismount``, or an exchange refused with
-    EBUSY / EXDEV: e.g. a container volume given as output_dir) — the temporary folder goes inside ``target``
-    and its files replace the old ones one by one, weights first and ``config.json`` last; other entries of the old
-    folder are always kept there. An interruption during ``write`` still leaves the old folder untouched, one during
-    the replacement can leave new weights beside the old config (a changed bank is then refused on load by its
-    digest check).
+    cwd), its parent is not writable, or it is a mount point (``os.path.ismount``: e.g. a container volume given
+    as output_dir) — the temporary folder goes inside ``target``; where the swap is refused after ``write`` (a bind
+    mount ``ismount`` does not see: EBUSY / EXDEV) the finished files are moved in from beside it, copied where a
+    rename cannot cross. ``write`` runs once either way. The files replace the old ones one by one, weights first
+    and ``config.json`` last (a replaced sub-folder is set aside until its successor is in place); other entries of
+    the old folder are always kept there. An interruption during ``write`` still leaves the old folder untouched,
+    one during the replacement can leave new weights beside the old config (a changed bank is then refused on load
+    by its digest check).
     """
     target = os.path.realpath(os.path.abspath(os.fspath(target)))
     parent = os.path.dirname(target)
@@ -372,9 +374,8 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
                 swapped = None  # a mount point (or a folder that cannot move)
             if swapped is False:
                 swapped = _swap_by_renames(tmp, target, parent) or None
-            if swapped is None:  # a folder that cannot move (a mount point: renames into it from the parent fail
-                shutil.rmtree(tmp, ignore_errors=True)  # with EXDEV, bind mounts of one filesystem too): write again
-                return _save_inside(target, write, drop, replaces_weights)  # from inside, file by file
+            if swapped is None:  # a folder that cannot move (a bind mount ismount misses, ...): file by file, copied
+                _replace_files(tmp, target, drop, replaces_weights)  # in where a rename cannot cross (EXDEV)
         else:
             os.rename(tmp, target)
     finally:
@@ -560,10 +561,15 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
     """:func:`atomic_save_dir` when the folder cannot (or must not) be swapped: write into a hidden folder inside
     it, then replace the files one by one. Leftover ``.saving-*`` folders of an interrupted earlier save go first."""
     os.makedirs(target, exist_ok=True)
-    for path in _leftovers(target, ".saving-"):
-        shutil.rmtree(path, ignore_errors=True)
-    tmp = tempfile.mkdtemp(prefix=".saving-", dir=target)
-    lock = _hold(tmp)
+    guard = _lock_folder(target)  # clean-up, then create + mark the temporary folder, as one step among saves
+    try:
+        for path in _leftovers(target, ".saving-"):
+            shutil.rmtree(path, ignore_errors=True)
+        tmp = tempfile.mkdtemp(prefix=".saving-", dir=target)
+        lock = _hold(tmp)
+    finally:
+        if guard is not None:
+            os.close(guard)
     try:
         write(tmp)
         _replace_files(tmp, target, drop, replaces_weights)
@@ -585,11 +591,45 @@ def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights
             if os.path.isdir(src) and not os.path.islink(src) and _holds_cwd(dst):
                 _replace_files(src, dst, (), replaces_weights)
                 continue
-            shutil.rmtree(dst)
-        os.replace(src, dst)
+            aside = tempfile.mkdtemp(prefix=f".{entry}.old-", dir=target)  # the old folder stays until the new
+            os.rmdir(aside)  # one is in place (a failed move puts it back)
+            os.rename(dst, aside)
+            try:
+                _move_into(src, dst)
+            except BaseException:
+                os.rename(aside, dst)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+            continue
+        _move_into(src, dst)
     for entry in os.listdir(target):
         if ((replaces_weights and entry.startswith(WEIGHT_PREFIXES)) or entry in drop) and entry not in produced:
             os.remove(os.path.join(target, entry))
+
+
+def _move_into(src, dst) -> None:
+    """``os.replace(src, dst)``; where ``src`` lies on another filesystem or mount (EXDEV: a mount point's folder and
+    a temporary folder beside it), a copy staged beside ``dst`` is renamed over it instead."""
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+    staged = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.moving-", dir=os.path.dirname(dst))
+    os.rmdir(staged)
+    try:
+        if os.path.isdir(src) and not os.path.islink(src):
+            shutil.copytree(src, staged, symlinks=True)
+        else:
+            shutil.copy2(src, staged, follow_symlinks=False)
+        os.replace(staged, dst)
+    except BaseException:  # the copy did not finish: remove it, dst is as it was
+        if os.path.isdir(staged) and not os.path.islink(staged):
+            shutil.rmtree(staged, ignore_errors=True)
+        elif os.path.lexists(staged):
+            os.remove(staged)
+        raise
 
 
 def _link_or_copy(src, dst):

@@ -261,15 +261,16 @@ def _engine_of(model):
 
     for cls in type(model).__mro__:
         package, _, module = cls.__module__.rpartition(".")
-        if module != "modeling_eenet":
+        if module != "modeling_eenet" or not package:  # a user's top-level modeling_eenet.py: look further up
             continue
         if package == __name__.rpartition(".")[0]:
             return engine
         try:
             shipped = importlib.import_module(package + ".engine")
-        except ImportError:  # saved before the engine existed
-            return engine
-        return shipped if callable(getattr(shipped, "depth_wave_forward", None)) else engine
+        except ImportError:  # not a model-code package (or saved before the engine existed): look further up
+            continue
+        if callable(getattr(shipped, "depth_wave_forward", None)):
+            return shipped
     return engine
 
 

@@ -11,6 +11,7 @@ saves and reports). No dataset names here: presets live in ``recipes/``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -133,6 +134,30 @@ def _saved_training_args(model_dir) -> dict:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         return {}
+
+
+def _drop_stale_outputs(out_dir: Path, evaluated: bool, predicted: bool) -> None:
+    """After the model or its bank changed in ``out_dir``: remove the outputs that describe the one before and that
+    this run did not write again (predictions, exit predictions, evaluation metrics, also inside all_results.json).
+    ``results.json`` and the plot stay: the card, marked stale, names them as the earlier model's."""
+    stale = ([] if predicted else ["predict_results.jsonl"]) + (
+        [] if evaluated else ["eval_results.json", "exit_predictions.safetensors"])
+    removed = [name for name in stale if (out_dir / name).is_file()]
+    for name in removed:
+        (out_dir / name).unlink()
+    merged = out_dir / "all_results.json"
+    if not evaluated and merged.is_file():
+        try:
+            metrics = json.loads(merged.read_text())
+        except ValueError:
+            metrics = None
+        if isinstance(metrics, dict) and any(k.startswith("eval_") for k in metrics):
+            merged.write_text(json.dumps({k: v for k, v in metrics.items() if not k.startswith("eval_")}, indent=4,
+                                         sort_keys=True))
+            removed.append("the eval_* metrics of all_results.json")
+    if removed:
+        logger.warning("removed %s: they described the model before this run (--do_eval / --do_predict write new "
+                       "ones)", ", ".join(removed))
 
 
 def _dataset_label(data_args) -> str:
@@ -394,7 +419,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     saved_targs = None if do_train else _saved_training_args(path)
     bank_budgets = list(model.config.scheduler_budgets or []) if pretrained_eenet else []
     if bank_budgets and not (do_train or args.do_fit_scheduler) and (do_eval or do_predict):  # served as fitted
-        if args.budgets is None:  # not given: the bank's budgets
+        if args.budgets is None or getattr(args, "_budgets_from_config", False):  # not given: the bank's
             budgets = [float(b) for b in bank_budgets]
             if show:
                 print(f"--do_fit_scheduler false: evaluating the model's scheduler bank at its budgets {budgets}")
@@ -536,6 +561,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         save_file(tensors, str(out_dir / "exit_predictions.safetensors"))
         recipe_args = {k: _no_machine_path(v) for k, v in
                        {**asdict(model_args), **asdict(data_args), **asdict(args)}.items()}
+        recipe_args["budgets"] = ",".join(f"{b:g}" for b in budgets)  # the budgets used (flag, config or bank)
         label = args.dataset_label or _dataset_label(data_args)
         results.update(
             dataset=label, evaluated_on=eval_on, world_size=training_args.world_size,
@@ -573,14 +599,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         else:
             mark_card_stale(str(out_dir), model, "refitted")
     if is_main and (do_train or args.do_fit_scheduler):  # outputs of the model or bank this run replaced
-        stale = ([] if do_predict else ["predict_results.jsonl"]) + ([] if do_eval else [
-            "results.json", "eval_results.json", "exit_predictions.safetensors", "accuracy_vs_cost.png"])
-        stale = [out_dir / name for name in stale if (out_dir / name).is_file()]
-        for old in stale:
-            old.unlink()
-        if stale:
-            logger.warning("removed %s: they described the model before this run (--do_eval / --do_predict write "
-                           "new ones)", ", ".join(p.name for p in stale))
+        _drop_stale_outputs(out_dir, evaluated=do_eval, predicted=do_predict)
     if is_main and do_predict:
         pred_budgets = list(bank) if bank else None
         n = write_predictions(out_dir / "predict_results.jsonl", model, test_probs, pred_budgets,
@@ -629,7 +648,11 @@ def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False
             if action.dest in cfg:
                 action.required = False
         parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-        _forget_preset_dataset(cfg, parsed, path)
+        given = _given_dests(parser, argv)
+        _forget_preset_dataset(cfg, parsed, path, given)
+        for obj in parsed:  # budgets from the config file: a bank evaluated as fitted serves its own (run())
+            if hasattr(obj, "budgets") and "budgets" in cfg and "budgets" not in given:
+                obj._budgets_from_config = True
         return parsed
     return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
 
@@ -640,24 +663,49 @@ _DATASET_TEXT_KEYS = ("dataset_label", "card_dataset_id", "card_dataset_config",
                       "results_dir")
 
 
-def _forget_preset_dataset(cfg: dict, parsed, path) -> None:
-    """A preset run on other data (a data-source flag after the config file names other files or another dataset):
-    the preset's dataset name, card notes and results folder describe *its* data, so the ones the flags do not set
-    to another value are reset to their defaults (the card then names the data actually used; results go to
-    output_dir, not the preset's committed card folder). Values are compared after parsing (abbreviated flags
-    count); a file is the preset's when it is the same file or the same ``<dataset folder>/<file name>`` (another
-    copy of the data folder, e.g. ``$EENET_DATA_DIR`` or a run from another working directory)."""
-    def same(a, b):
-        if a is None or b is None:
-            return a == b
-        if a == b:
-            return True
-        pa, pb = (Path(os.path.expanduser(str(x))) for x in (a, b))
-        return pa.resolve() == pb.resolve() or (pa.name == pb.name and pa.parent.name == pb.parent.name)
+def _given_dests(parser, argv: list[str]) -> set[str]:
+    """The options the command line itself sets (argparse's abbreviations resolved), not the config file or the
+    defaults: ``argv`` parsed again with every default suppressed."""
+    saved = [(a, a.default, a.required) for a in parser._actions]
+    defaults, parser._defaults = parser._defaults, {}
+    try:
+        for a, _, _ in saved:
+            a.default, a.required = argparse.SUPPRESS, False
+        ns, _ = parser.parse_known_args(argv)
+    finally:
+        parser._defaults = defaults
+        for a, default, required in saved:
+            a.default, a.required = default, required
+    return set(vars(ns))
 
-    values = {k: getattr(obj, k) for obj in parsed for k in _DATA_SOURCE_KEYS + _DATASET_TEXT_KEYS if hasattr(obj, k)}
-    changed = [k for k in _DATA_SOURCE_KEYS if k in values and not same(cfg.get(k), values[k])]
-    reset = [k for k in _DATASET_TEXT_KEYS if cfg.get(k) and values.get(k) == cfg[k]]
+
+def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
+    """A preset run on other data (a data-source flag after the config file names another file or dataset): the
+    preset's dataset name, card notes and results folder describe *its* data, so the ones the command line does not
+    set are reset to their defaults (the card then names the data actually used; results go to output_dir, not the
+    preset's committed card folder). A file given on the command line is the preset's when it is the very file the
+    preset names, read from the working directory, from the repository the preset lives in, or from
+    ``$EENET_DATA_DIR`` for the presets' ``../shared/data/`` paths."""
+    config_root = Path(path).resolve().parent.parent.parent  # recipes/presets/x.json -> the repository
+
+    def preset_files(value):
+        out = {os.path.realpath(value), os.path.realpath(config_root / value)}
+        prefix = "../shared/data/"
+        if os.environ.get("EENET_DATA_DIR") and str(value).startswith(prefix):
+            out.add(os.path.realpath(Path(os.environ["EENET_DATA_DIR"]) / str(value)[len(prefix):]))
+        return out
+
+    def same(key, value):
+        preset = cfg.get(key)
+        if preset is None or value is None:
+            return preset == value
+        if key in ("dataset_name", "dataset_config_name"):
+            return str(preset) == str(value)
+        return os.path.realpath(os.path.expanduser(str(value))) in preset_files(os.path.expanduser(str(preset)))
+
+    values = {k: getattr(obj, k) for obj in parsed for k in _DATA_SOURCE_KEYS if hasattr(obj, k)}
+    changed = [k for k in _DATA_SOURCE_KEYS if k in given and not same(k, values.get(k))]
+    reset = [k for k in _DATASET_TEXT_KEYS if cfg.get(k) and k not in given]
     if not changed or not reset:
         return
     for obj in parsed:

@@ -179,32 +179,68 @@ def test_exchange_refused_busy_replaces_files_in_place(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["m"] and not [e for e in os.listdir(target) if e.startswith(".")]
 
 
-@pytest.mark.parametrize("how", ["ismount", "exdev"])
-def test_a_mount_point_on_another_filesystem_is_saved_inside_and_keeps_its_folders(tmp_path, monkeypatch, how):
-    """A mount point (a container's volume as output_dir) lies on another filesystem than its parent: a temporary
-    folder beside it cannot be renamed in (EXDEV; a sub-folder such as checkpoint-5 was deleted, then the save
-    failed). It is detected up front (``os.path.ismount``) or when the exchange fails with EXDEV, and the save is
-    written inside the folder instead; a scheduler save there keeps the model's weights."""
+@pytest.mark.parametrize("how", ["ismount", "bind_mount"])
+def test_a_mount_point_keeps_its_folders_and_is_written_once(tmp_path, monkeypatch, how):
+    """A mount point (a container's volume as output_dir): a temporary folder beside it cannot be renamed in (EXDEV;
+    a sub-folder such as checkpoint-5 was deleted, then the save failed). One ``os.path.ismount`` sees is written
+    from inside; a bind mount of the same filesystem (ismount says no, the exchange is refused, renames across it
+    fail with EXDEV) gets the finished files copied in. Either way ``write`` runs once (a caller's state_dict is
+    consumed by the first write), sub-folders survive, and a scheduler save keeps the model's weights."""
     target = tmp_path / "m"
     make_folder(target, {**OLD, "checkpoint-5/optimizer.pt": "resume", "model-00002-of-00002.safetensors": "stale"})
-    real_ismount = os.path.ismount
+    real_ismount, real_replace = os.path.ismount, os.replace
     if how == "ismount":
         monkeypatch.setattr(os.path, "ismount", lambda p: os.path.realpath(p) == str(target) or real_ismount(p))
     else:
-        def cross_device(a, b):
-            raise OSError(errno.EXDEV, "cross-device (simulated)", a)
+        def refused(a, b):
+            raise OSError(errno.EBUSY, "busy (simulated)", a)
 
-        monkeypatch.setattr(bank, "_exchange", cross_device)
-    inside, real_inside = [], bank._save_inside
-    monkeypatch.setattr(bank, "_save_inside", lambda *a: inside.append(a[0]) or real_inside(*a))
-    atomic_save_dir(target, writer(NEW))
-    assert inside == [str(target)], "a folder on another filesystem is written from inside"
+        def no_rename_across(src, dst):  # the kernel refuses renames across a mount's boundary
+            inside = [str(p).startswith(str(target) + os.sep) for p in (src, dst)]
+            if inside[0] != inside[1]:
+                raise OSError(errno.EXDEV, "cross-device link (simulated)", src)
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(bank, "_exchange", refused)
+        monkeypatch.setattr(os, "replace", no_rename_across)
+    calls = []
+
+    def once(files):
+        write = writer(files)
+        return lambda tmp: (calls.append(tmp), write(tmp)) if not calls else pytest.fail("write ran twice")
+
+    atomic_save_dir(target, once(NEW))
     check_new_state(target)
     assert read(target / "checkpoint-5" / "optimizer.pt") == "resume"
     assert not (target / "model-00002-of-00002.safetensors").exists()  # a model save replaces the weights
-    atomic_save_dir(target, writer({"eenet_scheduler.json": "s"}), replaces_weights=False)
+    calls.clear()
+    atomic_save_dir(target, once({"eenet_scheduler.json": "s", "checkpoint-5/optimizer.pt": "new"}),
+                    replaces_weights=False)
     assert read(target / "model.safetensors") == "new weights" and read(target / "eenet_scheduler.json") == "s"
+    assert read(target / "checkpoint-5" / "optimizer.pt") == "new"  # a replaced sub-folder
     assert sorted(os.listdir(tmp_path)) == ["m"] and not [e for e in os.listdir(target) if e.startswith(".")]
+
+
+def test_saving_inside_a_folder_creates_its_temporary_folder_under_the_folder_lock(tmp_path):
+    """Inside a folder (cwd, mount point) the clean-up of leftovers and the creation + marking of the save's own
+    temporary folder happen under a lock on the folder, as beside it: a concurrent save's clean-up cannot remove a
+    temporary folder created but not yet marked."""
+    import threading
+
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    guard = bank._lock_folder(str(target))  # another save of this folder is between its clean-up and its mark
+    assert guard is not None
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (bank._save_inside(str(target), writer(NEW)), done.set()))
+    worker.start()
+    try:
+        assert not done.wait(0.5) and not [e for e in os.listdir(target) if e.startswith(".saving-")]
+    finally:
+        os.close(guard)
+    worker.join(30)
+    assert done.is_set()
+    check_new_state(target)
 
 
 # ------------------------------------------------------------------------- leftovers of an interrupted earlier save

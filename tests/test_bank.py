@@ -485,6 +485,9 @@ def test_installed_pipeline_serves_a_model_object_from_older_remote_code(hub_mod
     sub_ours = type("MyEENet", (hf_eenet.EENetBertForSequenceClassification,), {"__module__": "myapp.models"})
     assert _engine_of(sub_remote.__new__(sub_remote)).__name__ == package + ".engine"
     assert _engine_of(sub_ours.__new__(sub_ours)) is hf_eenet.engine
+    for module in ("modeling_eenet", "myapp.modeling_eenet"):  # a user's own modeling_eenet.py, top-level or not
+        wrapped = type("Wrapped", (cls,), {"__module__": module})
+        assert _engine_of(wrapped.__new__(wrapped)).__name__ == package + ".engine", module
     old_engine = importlib.import_module(package + ".engine")
     calls, new_wave, new_forward = [], old_engine.depth_wave_forward, type(remote).forward
 

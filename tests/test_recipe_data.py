@@ -835,27 +835,36 @@ def test_minus_one_is_a_class_when_train_has_it_and_class_names_are_checked(tmp_
         load(tmp_path, {"train": glue, "validation": words}, class_names="neg,pos")
 
 
-def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_path):
+def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_path, monkeypatch):
     from hf_eenet.recipe import build_parser, parse_args_with_config
+
+    def parse(*argv):
+        return parse_args_with_config(build_parser(), [preset, *argv])
 
     preset = str(ROOT / "recipes" / "presets" / "sst2.json")
     mine = write_csv(tmp_path / "mine.csv", ["review", "sentiment"], synth(8, 0))
-    _, data, args, _ = parse_args_with_config(build_parser(), [preset, "--train_file", mine])
+    _, data, args, _ = parse("--train_file", mine)
     assert data.train_file == mine
     assert (args.dataset_label, args.card_dataset_id, args.card_dataset_name, args.results_dir, args.card_notes) == \
         (None, None, None, None, [])
-    # its own data (the same files), or the dataset flags given again: kept
-    cfg = json.loads(Path(preset).read_text())
-    _, _, args, _ = parse_args_with_config(build_parser(), [preset, "--train_file", cfg["train_file"]])
-    assert args.dataset_label == "sst2" and args.results_dir == "model_cards/sst2"
-    _, _, args, _ = parse_args_with_config(build_parser(), [preset, "--train_file", mine, "--dataset_label", "mine"])
-    assert args.dataset_label == "mine" and args.card_dataset_id is None
-    _, _, args, _ = parse_args_with_config(build_parser(), [preset, "--train_fi", mine])  # argparse's abbreviation
+    _, _, args, _ = parse("--train_fi", mine)  # argparse's abbreviation
     assert args.results_dir is None
-    copy = tmp_path / "copy" / "sst2"  # another copy of the data folder ($EENET_DATA_DIR): still the preset's data
+    _, _, args, _ = parse("--train_file", mine, "--dataset_label", "sst2")  # given again on the command line: kept
+    assert args.dataset_label == "sst2" and args.card_dataset_id is None
+    # the preset's own files: as written, resolved from the repository (a run from another directory, the demo) or
+    # from $EENET_DATA_DIR; a user's file in a folder of the same name is not the preset's
+    cfg = json.loads(Path(preset).read_text())
+    monkeypatch.chdir(tmp_path)
+    for same in (cfg["train_file"], str((ROOT / cfg["train_file"]).resolve())):
+        _, _, args, _ = parse("--train_file", same)
+        assert args.dataset_label == "sst2" and args.results_dir == "model_cards/sst2", same
+    copy = tmp_path / "elsewhere" / "sst2"
     copy.mkdir(parents=True)
     (copy / "train.tsv").write_text("sentence\tlabel\n")
-    _, _, args, _ = parse_args_with_config(build_parser(), [preset, "--train_file", str(copy / "train.tsv")])
+    _, _, args, _ = parse("--train_file", str(copy / "train.tsv"))
+    assert args.dataset_label is None and args.results_dir is None
+    monkeypatch.setenv("EENET_DATA_DIR", str(copy.parent))
+    _, _, args, _ = parse("--train_file", str(copy / "train.tsv"))
     assert args.dataset_label == "sst2"
 
 
@@ -901,6 +910,12 @@ def test_reevaluating_a_bank_serves_its_budgets_and_states_how_the_model_was_tra
     assert res["budgets"] == [0.5, 0.8] and len(res["methods"]["EENet"]) == 2
     trained = json.loads((src / "training_args.json").read_text())
     assert json.loads((out / "training_args.json").read_text()) == trained
+    # budgets a config file (a preset) lists are not "given": the bank's are evaluated
+    config = tmp_path / "preset.json"
+    config.write_text(json.dumps({"budgets": "0.25,0.3,0.9", "report_to": "none", "use_cpu": True}))
+    res = main(["train", str(config), *data, "--model_name_or_path", str(src), "--do_eval", "--do_fit_scheduler",
+                "false", "--quiet", "--output_dir", str(tmp_path / "c")])
+    assert res["budgets"] == [0.5, 0.8] and res["recipe_args"]["budgets"] == "0.5,0.8"
     card = (out / "README.md").read_text()
     assert "not trained in this run" in card and f"lr {trained['learning_rate']}" in card
 
@@ -933,5 +948,21 @@ def test_refitting_in_place_without_do_eval_or_predict_removes_the_old_outputs(c
           "--budgets", "0.6", "--report_to", "none", "--use_cpu", "--quiet", "--scheduler_max_epochs", "3",
           "--scheduler_restarts", "1", "--scheduler_selection_folds", "0"])
     assert json.loads((model / "config.json").read_text())["scheduler_budgets"] == [0.6]
-    for name in ("predict_results.jsonl", "results.json", "eval_results.json", "exit_predictions.safetensors"):
+    for name in ("predict_results.jsonl", "eval_results.json", "exit_predictions.safetensors"):
         assert not (model / name).exists(), f"{name} of the replaced bank was left"
+    assert not [k for k in json.loads((model / "all_results.json").read_text()) if k.startswith("eval_")]
+    # the card is marked stale and names results.json (and its plot) as the earlier model's: they stay
+    assert (model / "results.json").is_file() and (model / "accuracy_vs_cost.png").is_file()
+    assert "describe the earlier model" in (model / "README.md").read_text()
+
+
+def test_evaluating_an_untrained_backbone_says_its_exit_heads_are_untrained(tiny_backbone, csv_data, tmp_path):
+    from hf_eenet.cli import main
+
+    out = tmp_path / "model"
+    main(["train", "--train_file", csv_data["train"], "--validation_file", csv_data["validation"],
+          "--text_column_names", "review", "--label_column_name", "sentiment", "--do_eval",
+          *common_flags(tiny_backbone, out)])
+    card = (out / "README.md").read_text()
+    assert "exit heads are freshly initialised (untrained)" in card
+    assert not (out / "training_args.json").exists()  # this run's unused settings are not recorded as training
