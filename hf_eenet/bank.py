@@ -31,6 +31,7 @@ import errno
 import hashlib
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -323,18 +324,20 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
 
     A symlinked ``target`` is saved into the folder it points at (the link stays). Where the folder itself must not
     or cannot be swapped — it is the current working directory or contains it (swapping would delete the process's
-    cwd), its parent is not writable, or it is a mount point (``os.path.ismount``: e.g. a container volume given
-    as output_dir) — the temporary folder goes inside ``target``; where the swap is refused after ``write`` (a bind
-    mount ``ismount`` does not see: EBUSY / EXDEV) the finished files are moved in from beside it, copied where a
-    rename cannot cross. ``write`` runs once either way. The files replace the old ones one by one, weights first
-    and ``config.json`` last (a replaced sub-folder is set aside until its successor is in place); other entries of
-    the old folder are always kept there. An interruption during ``write`` still leaves the old folder untouched,
+    cwd), its parent is not writable, or it is or holds a mount point (e.g. a container volume given as output_dir,
+    or mounted inside it: ``os.path.ismount`` and ``/proc/self/mountinfo``, which also lists bind mounts) — the
+    temporary folder goes inside ``target``; where the swap is still refused after ``write`` (EBUSY / EXDEV), the
+    entries ``write`` produced are moved in from beside it, copied where a rename cannot cross. ``write`` runs once
+    either way, and entries it did not produce are not touched there. The files replace the old ones one by one,
+    weights first and ``config.json`` last (a replaced sub-folder, or a file a folder replaces, is set aside until
+    its successor is in place); other entries of the old folder are always kept there. Clean-ups never descend
+    into a mount point. An interruption during ``write`` still leaves the old folder untouched,
     one during the replacement can leave new weights beside the old config (a changed bank is then refused on load
     by its digest check).
     """
     target = os.path.realpath(os.path.abspath(os.fspath(target)))
     parent = os.path.dirname(target)
-    if os.path.isdir(target) and (_holds_cwd(target) or os.path.ismount(target)):
+    if os.path.isdir(target) and (_holds_cwd(target) or _mounts_at_or_below(target)):
         return _save_inside(target, write, drop, replaces_weights)
     os.makedirs(parent, exist_ok=True)
     # clean-up, then create + mark the new temporary folder, as one step among saves beside each other (a lock on the
@@ -354,8 +357,8 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
         return _save_inside(target, write, drop, replaces_weights)
     try:
         write(tmp)
+        produced = set(os.listdir(tmp))
         if keep_old_entries and os.path.isdir(target):
-            produced = set(os.listdir(tmp))
             for entry in os.listdir(target):
                 if (entry in produced or (replaces_weights and entry.startswith(WEIGHT_PREFIXES))
                         or entry.startswith(".saving-") or entry in drop):
@@ -374,14 +377,15 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
                 swapped = None  # a mount point (or a folder that cannot move)
             if swapped is False:
                 swapped = _swap_by_renames(tmp, target, parent) or None
-            if swapped is None:  # a folder that cannot move (a bind mount ismount misses, ...): file by file, copied
-                _replace_files(tmp, target, drop, replaces_weights)  # in where a rename cannot cross (EXDEV)
+            if swapped is None:  # a folder that cannot move (a bind mount ismount misses, ...): what write produced
+                _replace_files(tmp, target, drop, replaces_weights, only=produced)  # goes in, file by file (copied
+                # where a rename cannot cross: EXDEV); the old folder's other entries stay where they are
         else:
             os.rename(tmp, target)
     finally:
         if lock is not None:
             os.close(lock)
-        shutil.rmtree(tmp, ignore_errors=True)  # the unfinished new folder, or the old one after the swap
+        _remove_tree(tmp)  # the unfinished new folder, or the old one after the swap
 
 
 def _swap_by_renames(tmp, target, parent) -> bool:
@@ -405,7 +409,7 @@ def _swap_by_renames(tmp, target, parent) -> bool:
     finally:
         if lock is not None:
             os.close(lock)
-    shutil.rmtree(backup, ignore_errors=True)
+    _remove_tree(backup)
     return True
 
 
@@ -506,7 +510,7 @@ def _recover_leftovers(target) -> None:
             os.rename(backups[0], target)
     if os.path.isdir(target) or not os.path.lexists(target):
         for path in _leftovers(parent, saving) + _leftovers(parent, old):
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_tree(path)
 
 
 def _try_lock(path):
@@ -579,32 +583,97 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights: bool = True) -> None:
-    """Move every entry of ``src_dir`` into ``target`` (weights first, ``config.json`` last), then drop weight files
-    of ``target`` the new save did not produce. A sub-folder holding the process's cwd is merged into, not
-    replaced (replacing it would delete the cwd)."""
-    produced = os.listdir(src_dir)
+def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights: bool = True,
+                   only=None) -> None:
+    """Move every entry of ``src_dir`` (``only``: those of them) into ``target`` (weights first, ``config.json``
+    last), then drop weight files of ``target`` the new save did not produce. An entry replacing a folder, or a
+    folder replacing a file, sets the old one aside until the new one is in place (put back if the move fails). A
+    sub-folder holding the process's cwd is merged into, not replaced (replacing it would delete the cwd)."""
+    produced = [e for e in os.listdir(src_dir) if only is None or e in only]
     order = sorted(produced, key=lambda e: (not e.startswith(WEIGHT_PREFIXES), e == "config.json", e))
     for entry in order:
         src, dst = os.path.join(src_dir, entry), os.path.join(target, entry)
-        if os.path.isdir(dst) and not os.path.islink(dst):
-            if os.path.isdir(src) and not os.path.islink(src) and _holds_cwd(dst):
-                _replace_files(src, dst, (), replaces_weights)
-                continue
-            aside = tempfile.mkdtemp(prefix=f".{entry}.old-", dir=target)  # the old folder stays until the new
-            os.rmdir(aside)  # one is in place (a failed move puts it back)
+        src_dir_entry = os.path.isdir(src) and not os.path.islink(src)
+        dst_dir_entry = os.path.isdir(dst) and not os.path.islink(dst)
+        if dst_dir_entry and src_dir_entry and _holds_cwd(dst):
+            _replace_files(src, dst, (), replaces_weights)
+            continue
+        if os.path.lexists(dst) and (dst_dir_entry or src_dir_entry):
+            aside = tempfile.mkdtemp(prefix=f".{entry}.old-", dir=target)
+            os.rmdir(aside)
             os.rename(dst, aside)
             try:
                 _move_into(src, dst)
             except BaseException:
                 os.rename(aside, dst)
                 raise
-            shutil.rmtree(aside, ignore_errors=True)
+            _remove_tree(aside)
             continue
         _move_into(src, dst)
     for entry in os.listdir(target):
         if ((replaces_weights and entry.startswith(WEIGHT_PREFIXES)) or entry in drop) and entry not in produced:
             os.remove(os.path.join(target, entry))
+
+
+def _mount_points() -> set[str]:
+    """Every mount point of this process (Linux ``/proc/self/mountinfo``; bind mounts of one filesystem included,
+    which ``os.path.ismount`` misses), or an empty set elsewhere."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            fields = [line.split() for line in f]
+    except OSError:
+        return set()
+    return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), f[4]) for f in fields if len(f) > 4}
+
+
+def _mounts_at_or_below(path) -> bool:
+    """``path`` is a mount point or holds one (a volume mounted inside it): such a folder is never swapped (the
+    mounts would move with the old folder) but saved into from inside."""
+    path = os.path.realpath(path)
+    if os.path.ismount(path):
+        return True
+    return any(m == path or m.startswith(path + os.sep) for m in _mount_points())
+
+
+def _remove_tree(path) -> None:
+    """``shutil.rmtree`` that never descends into a mount point (a volume mounted inside a removed folder keeps its
+    files; its mount point directory stays). Errors are ignored, as the clean-ups that call it do."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        if os.path.lexists(path):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        return
+    top = os.path.realpath(path)
+    mounts = {m for m in _mount_points() if m.startswith(top + os.sep)}
+    mounts |= {os.path.join(root, d) for root, dirs, _ in os.walk(top) for d in dirs
+               if os.path.ismount(os.path.join(root, d))}
+    if not mounts:
+        shutil.rmtree(top, ignore_errors=True)
+        return
+    for root, dirs, files in os.walk(top, topdown=True):
+        dirs[:] = [d for d in dirs if os.path.join(root, d) not in mounts]  # never into a mount
+        for name in files:
+            try:
+                os.remove(os.path.join(root, name))
+            except OSError:
+                pass
+    for root, dirs, _ in os.walk(top, topdown=False):
+        if any(root == m or root.startswith(m + os.sep) for m in mounts):
+            continue
+        for name in dirs:
+            full = os.path.join(root, name)
+            if full in mounts:
+                continue
+            try:
+                os.remove(full) if os.path.islink(full) else os.rmdir(full)
+            except OSError:
+                pass
+    try:
+        os.rmdir(top)
+    except OSError:
+        pass
 
 
 def _move_into(src, dst) -> None:

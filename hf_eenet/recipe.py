@@ -561,7 +561,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         save_file(tensors, str(out_dir / "exit_predictions.safetensors"))
         recipe_args = {k: _no_machine_path(v) for k, v in
                        {**asdict(model_args), **asdict(data_args), **asdict(args)}.items()}
-        recipe_args["budgets"] = ",".join(f"{b:g}" for b in budgets)  # the budgets used (flag, config or bank)
+        recipe_args["budgets"] = ",".join(repr(float(b)) for b in budgets)  # used (flag, config or bank), exact
         label = args.dataset_label or _dataset_label(data_args)
         results.update(
             dataset=label, evaluated_on=eval_on, world_size=training_args.world_size,

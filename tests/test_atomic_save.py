@@ -187,7 +187,8 @@ def test_a_mount_point_keeps_its_folders_and_is_written_once(tmp_path, monkeypat
     fail with EXDEV) gets the finished files copied in. Either way ``write`` runs once (a caller's state_dict is
     consumed by the first write), sub-folders survive, and a scheduler save keeps the model's weights."""
     target = tmp_path / "m"
-    make_folder(target, {**OLD, "checkpoint-5/optimizer.pt": "resume", "model-00002-of-00002.safetensors": "stale"})
+    make_folder(target, {**OLD, "checkpoint-5/optimizer.pt": "resume", "model-00002-of-00002.safetensors": "stale",
+                         "extra": "a file"})
     real_ismount, real_replace = os.path.ismount, os.replace
     if how == "ismount":
         monkeypatch.setattr(os.path, "ismount", lambda p: os.path.realpath(p) == str(target) or real_ismount(p))
@@ -209,16 +210,37 @@ def test_a_mount_point_keeps_its_folders_and_is_written_once(tmp_path, monkeypat
         write = writer(files)
         return lambda tmp: (calls.append(tmp), write(tmp)) if not calls else pytest.fail("write ran twice")
 
+    untouched = os.stat(target / "tokenizer.json").st_ino  # an entry the save does not produce (a log still open)
     atomic_save_dir(target, once(NEW))
     check_new_state(target)
+    assert os.stat(target / "tokenizer.json").st_ino == untouched, "entries write did not produce stay in place"
     assert read(target / "checkpoint-5" / "optimizer.pt") == "resume"
     assert not (target / "model-00002-of-00002.safetensors").exists()  # a model save replaces the weights
     calls.clear()
-    atomic_save_dir(target, once({"eenet_scheduler.json": "s", "checkpoint-5/optimizer.pt": "new"}),
-                    replaces_weights=False)
+    atomic_save_dir(target, once({"eenet_scheduler.json": "s", "checkpoint-5/optimizer.pt": "new",
+                                  "extra/inner": "a folder now"}), replaces_weights=False)
     assert read(target / "model.safetensors") == "new weights" and read(target / "eenet_scheduler.json") == "s"
     assert read(target / "checkpoint-5" / "optimizer.pt") == "new"  # a replaced sub-folder
+    assert read(target / "extra" / "inner") == "a folder now"  # a file replaced by a folder
     assert sorted(os.listdir(tmp_path)) == ["m"] and not [e for e in os.listdir(target) if e.startswith(".")]
+
+
+def test_a_folder_holding_a_mount_is_saved_inside_and_cleanups_never_enter_a_mount(tmp_path, monkeypatch):
+    """A volume mounted inside the folder (``/proc/self/mountinfo`` lists it; ``os.path.ismount`` misses bind
+    mounts): a swap would move it away with the old folder and the clean-up would empty it. The folder is saved into
+    from inside (the volume untouched), and removing a folder that holds a mount leaves the mount's files."""
+    target = tmp_path / "m"
+    make_folder(target, {**OLD, "data/precious.txt": "volume"})
+    volume = str(target / "data")
+    monkeypatch.setattr(bank, "_mount_points", lambda: {"/", volume})
+    inside, real_inside = [], bank._save_inside
+    monkeypatch.setattr(bank, "_save_inside", lambda *a: inside.append(a[0]) or real_inside(*a))
+    atomic_save_dir(target, writer(NEW))
+    assert inside == [str(target)] and read(target / "data" / "precious.txt") == "volume"
+    check_new_state(target)
+    bank._remove_tree(str(target))
+    assert read(target / "data" / "precious.txt") == "volume"  # the mount and its files stay
+    assert sorted(os.listdir(target)) == ["data"]  # everything else went
 
 
 def test_saving_inside_a_folder_creates_its_temporary_folder_under_the_folder_lock(tmp_path):
