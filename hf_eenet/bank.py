@@ -588,15 +588,26 @@ def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights
     """Move every entry of ``src_dir`` (``only``: those of them) into ``target`` (weights first, ``config.json``
     last), then drop weight files of ``target`` the new save did not produce. An entry replacing a folder, or a
     folder replacing a file, sets the old one aside until the new one is in place (put back if the move fails). A
-    sub-folder holding the process's cwd is merged into, not replaced (replacing it would delete the cwd)."""
+    sub-folder holding the process's cwd, or one that is or holds a mount point, is merged into, not replaced
+    (replacing it would delete the cwd, or fail on the mount halfway); a file mount is rewritten in place."""
     produced = [e for e in os.listdir(src_dir) if only is None or e in only]
     order = sorted(produced, key=lambda e: (not e.startswith(WEIGHT_PREFIXES), e == "config.json", e))
+    # entries that are or hold a mount point cannot be renamed: found (and checked) before anything moves
+    mounted = {e for e in order if os.path.lexists(os.path.join(target, e))
+               and _mounts_at_or_below(os.path.join(target, e))}
+    for entry in mounted:
+        if os.path.isdir(os.path.join(src_dir, entry)) != os.path.isdir(os.path.join(target, entry)):
+            raise OSError(errno.EBUSY, "a mount point cannot change from a file to a folder or back",
+                          os.path.join(target, entry))
     for entry in order:
         src, dst = os.path.join(src_dir, entry), os.path.join(target, entry)
         src_dir_entry = os.path.isdir(src) and not os.path.islink(src)
         dst_dir_entry = os.path.isdir(dst) and not os.path.islink(dst)
-        if dst_dir_entry and src_dir_entry and _holds_cwd(dst):
+        if dst_dir_entry and src_dir_entry and (_holds_cwd(dst) or entry in mounted):  # merged into, not replaced
             _replace_files(src, dst, (), replaces_weights)
+            continue
+        if entry in mounted:  # a file mount: rewritten in place
+            shutil.copyfile(src, dst)
             continue
         if os.path.lexists(dst) and (dst_dir_entry or src_dir_entry):
             aside = tempfile.mkdtemp(prefix=f".{entry}.old-", dir=target)
@@ -620,9 +631,14 @@ def _mount_points() -> set[str]:
     which ``os.path.ismount`` misses), or an empty set elsewhere."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            fields = [line.split() for line in f]
+            return _parse_mountinfo(f.read())
     except OSError:
         return set()
+
+
+def _parse_mountinfo(text: str) -> set[str]:
+    """The mount points (5th field, octal escapes such as ``\\040`` for a space decoded) of mountinfo ``text``."""
+    fields = [line.split() for line in text.splitlines()]
     return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), f[4]) for f in fields if len(f) > 4}
 
 
@@ -632,7 +648,7 @@ def _mounts_at_or_below(path) -> bool:
     path = os.path.realpath(path)
     if os.path.ismount(path):
         return True
-    return any(m == path or m.startswith(path + os.sep) for m in _mount_points())
+    return any((m == path or m.startswith(path + os.sep)) and os.path.lexists(m) for m in _mount_points())
 
 
 def _remove_tree(path) -> None:

@@ -243,6 +243,51 @@ def test_a_folder_holding_a_mount_is_saved_inside_and_cleanups_never_enter_a_mou
     assert sorted(os.listdir(target)) == ["data"]  # everything else went
 
 
+def test_mounts_at_entries_the_save_writes_are_merged_into_or_rewritten_in_place(tmp_path, monkeypatch):
+    """A volume mounted at a sub-folder the save writes (checkpoint-5) and a file bind-mounted at a file it writes
+    (tokenizer.json) cannot be renamed (EBUSY): found before anything moves, the folder is merged into and the file
+    rewritten in place (renaming them failed halfway, leaving new weights beside the old config)."""
+    target = tmp_path / "m"
+    make_folder(target, {**OLD, "checkpoint-5/optimizer.pt": "old", "checkpoint-5/keep.txt": "volume"})
+    mounted = {str(target / "checkpoint-5"), str(target / "tokenizer.json")}
+    monkeypatch.setattr(bank, "_mount_points", lambda: {"/", *mounted})
+    real_rename, real_replace = os.rename, os.replace
+
+    def busy_on_mounts(real):
+        def call(src, dst):
+            if {os.path.realpath(src), os.path.realpath(dst)} & mounted:
+                raise OSError(errno.EBUSY, "mount point (simulated)", src)
+            return real(src, dst)
+        return call
+
+    monkeypatch.setattr(os, "rename", busy_on_mounts(real_rename))
+    monkeypatch.setattr(os, "replace", busy_on_mounts(real_replace))
+    atomic_save_dir(target, writer({**NEW, "checkpoint-5/optimizer.pt": "new", "tokenizer.json": "new tok"}))
+    assert read(target / "config.json") == "new config" and read(target / "model.safetensors") == "new weights"
+    assert read(target / "checkpoint-5" / "optimizer.pt") == "new" and read(target / "tokenizer.json") == "new tok"
+    assert read(target / "checkpoint-5" / "keep.txt") == "volume"
+    with pytest.raises(OSError, match="cannot change from a file to a folder"):  # refused before anything moves
+        atomic_save_dir(target, writer({"config.json": "newer", "tokenizer.json/x": "a folder"}))
+    assert read(target / "config.json") == "new config"
+
+
+def test_leftovers_holding_a_mount_are_cleaned_up_without_entering_it(tmp_path, monkeypatch):
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    leftover = tmp_path / ".m.old-abcd1234"  # a backup an interrupted earlier save left beside the folder
+    make_folder(leftover, {"config.json": "older", "data/precious.txt": "volume"})
+    monkeypatch.setattr(bank, "_mount_points", lambda: {"/", str(leftover / "data")})
+    atomic_save_dir(target, writer(NEW))
+    check_new_state(target)
+    assert read(leftover / "data" / "precious.txt") == "volume" and not (leftover / "config.json").exists()
+
+
+def test_mountinfo_is_parsed_with_its_escapes():
+    line = r"36 35 98:0 /mnt1 /mnt/my\040data\011x rw,noatime master:1 - ext3 /dev/root rw"
+    assert bank._parse_mountinfo(line + "\n") == {"/mnt/my data\tx"}
+    assert ("/" in bank._mount_points()) == os.path.exists("/proc/self/mountinfo")  # Linux: the root is listed
+
+
 def test_saving_inside_a_folder_creates_its_temporary_folder_under_the_folder_lock(tmp_path):
     """Inside a folder (cwd, mount point) the clean-up of leftovers and the creation + marking of the save's own
     temporary folder happen under a lock on the folder, as beside it: a concurrent save's clean-up cannot remove a
