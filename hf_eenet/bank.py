@@ -593,8 +593,8 @@ def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights
     produced = [e for e in os.listdir(src_dir) if only is None or e in only]
     order = sorted(produced, key=lambda e: (not e.startswith(WEIGHT_PREFIXES), e == "config.json", e))
     # entries that are or hold a mount point cannot be renamed: found (and checked) before anything moves
-    mounted = {e for e in order if os.path.lexists(os.path.join(target, e))
-               and _mounts_at_or_below(os.path.join(target, e))}
+    mounted = {e for e in order if os.path.lexists(os.path.join(target, e))  # (a symlink is replaced as a link)
+               and not os.path.islink(os.path.join(target, e)) and _mounts_at_or_below(os.path.join(target, e))}
     for entry in mounted:
         if os.path.isdir(os.path.join(src_dir, entry)) != os.path.isdir(os.path.join(target, entry)):
             raise OSError(errno.EBUSY, "a mount point cannot change from a file to a folder or back",

@@ -254,8 +254,9 @@ def test_mounts_at_entries_the_save_writes_are_merged_into_or_rewritten_in_place
     real_rename, real_replace = os.rename, os.replace
 
     def busy_on_mounts(real):
-        def call(src, dst):
-            if {os.path.realpath(src), os.path.realpath(dst)} & mounted:
+        def call(src, dst):  # a rename of the mount point itself (not of a link to it) is refused
+            named = {os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p)) for p in (src, dst)}
+            if named & mounted:
                 raise OSError(errno.EBUSY, "mount point (simulated)", src)
             return real(src, dst)
         return call
@@ -269,6 +270,10 @@ def test_mounts_at_entries_the_save_writes_are_merged_into_or_rewritten_in_place
     with pytest.raises(OSError, match="cannot change from a file to a folder"):  # refused before anything moves
         atomic_save_dir(target, writer({"config.json": "newer", "tokenizer.json/x": "a folder"}))
     assert read(target / "config.json") == "new config"
+    os.symlink(target / "checkpoint-5", target / "link")  # a link to a mount is replaced as a link, not followed
+    atomic_save_dir(target, writer({"link/inner": "a folder"}))
+    assert not os.path.islink(target / "link") and read(target / "link" / "inner") == "a folder"
+    assert read(target / "checkpoint-5" / "keep.txt") == "volume"
 
 
 def test_leftovers_holding_a_mount_are_cleaned_up_without_entering_it(tmp_path, monkeypatch):
