@@ -476,18 +476,22 @@ def _leftover_prefixes(target) -> tuple[str, str]:
 _MKDTEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
-def _leftovers(folder, prefix) -> list[str]:
-    """Folders in ``folder`` named ``prefix`` + a ``tempfile.mkdtemp`` suffix (not symlinks, not held by a running
-    save), newest first."""
+def _is_mkdtemp_suffix(suffix: str) -> bool:
+    """Exactly what ``tempfile.mkdtemp`` appends (8 characters of its alphabet): a hand-named ".model.old-v1" is not
+    ours."""
+    return len(suffix) == 8 and set(suffix) <= _MKDTEMP_CHARS
+
+
+def _leftovers(folder, prefix, suffix_ok=_is_mkdtemp_suffix) -> list[str]:
+    """Folders in ``folder`` named ``prefix`` + a suffix ``suffix_ok`` accepts (default: a ``tempfile.mkdtemp``
+    suffix), not symlinks, not held by a running save; newest first."""
     try:
         entries = os.listdir(folder)
     except OSError:
         return []
     found = []
     for entry in entries:
-        suffix = entry[len(prefix):]
-        # exactly what tempfile.mkdtemp appends (8 characters of its alphabet): a hand-named ".model.old-v1" is not ours
-        if not entry.startswith(prefix) or len(suffix) != 8 or not set(suffix) <= _MKDTEMP_CHARS:
+        if not entry.startswith(prefix) or not suffix_ok(entry[len(prefix):]):
             continue
         path = os.path.join(folder, entry)
         try:  # a concurrent save may remove its own folder at any moment
@@ -511,6 +515,23 @@ def _recover_leftovers(target) -> None:
     if os.path.isdir(target) or not os.path.lexists(target):
         for path in _leftovers(parent, saving) + _leftovers(parent, old):
             _remove_tree(path)
+    for path in _nested_leftovers(parent, saving):
+        _remove_tree(path)
+
+
+def _nested_leftovers(folder, saving_prefix) -> list[str]:
+    """Leftovers of a save nested in a save (``EENetTrainer._save`` → ``model.save_pretrained`` into the trainer's
+    temporary folder ``.NAME.saving-XXXXXXXX`` saves beside it, as ``..NAME.saving-XXXXXXXX.saving-YYYYYYYY`` /
+    ``.old-YYYYYYYY``) whose outer temporary folder is gone: the outer save was interrupted (its own leftover
+    is removed first) and nothing can still be writing them."""
+
+    def nested(suffix):
+        outer, _, inner = suffix.partition(".")
+        kind, _, own = inner.partition("-")
+        return (_is_mkdtemp_suffix(outer) and kind in ("saving", "old") and _is_mkdtemp_suffix(own)
+                and not os.path.lexists(os.path.join(folder, saving_prefix + outer)))  # else it may be running
+
+    return _leftovers(folder, "." + saving_prefix, nested)
 
 
 def _try_lock(path):
@@ -568,6 +589,8 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
     guard = _lock_folder(target)  # clean-up, then create + mark the temporary folder, as one step among saves
     try:
         for path in _leftovers(target, ".saving-"):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in _nested_leftovers(target, ".saving-"):
             shutil.rmtree(path, ignore_errors=True)
         tmp = tempfile.mkdtemp(prefix=".saving-", dir=target)
         lock = _hold(tmp)

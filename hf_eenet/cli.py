@@ -1,4 +1,4 @@
-"""``hf-eenet`` (or ``python -m hf_eenet``): train, fit-scheduler, evaluate, predict and demo.
+"""``hf-eenet`` (or ``python -m hf_eenet``): train, fit-scheduler, evaluate, predict, rematch and demo.
 
 Every data-reading command takes the recipe's data flags (``--train_file/--validation_file/--test_file``,
 ``--dataset_name``, ``--text_column_names``, ``--label_column_name``, ...) or a JSON config (e.g. a preset) right
@@ -62,7 +62,7 @@ class FitArguments(SchedulerFitArguments):
 class EvaluateArguments:
     budgets: str | None = field(default=None, metadata={"help": "comma-separated budgets (default: the bank's)"})
     json: str | None = field(default=None, metadata={"help": "also write the results here (checked before work)"})
-    seed: int | None = field(default=None, metadata={"help": "seed of baseline calibration (and of a validation hold-out); default: the seed the model was trained "
+    seed: int | None = field(default=None, metadata={"help": "seed of a validation hold-out (the baselines' calibration is deterministic); default: the seed the model was trained "
                                                            "with (its training_args.json), so a hold-out is the "
                                                            "recipe's, else 0"})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "batch size of the prediction pass"})
@@ -104,7 +104,9 @@ def _parser(command: str, extra):
 
     p = HfArgumentParser((extra, DataArguments), prog=f"hf-eenet {command}",
                          description=COMMANDS[command] + ". A JSON config (e.g. recipes/presets/sst2.json) may follow "
-                         "MODEL_DIR; its data options apply, flags override it, its other keys are ignored.")
+                         "MODEL_DIR: its keys that are this command's options apply (the data options, and e.g. "
+                         "--budgets / --seed where the command has them), flags override it, its other keys are "
+                         "ignored; texts to predict replace its data files and text columns.")
     p.add_argument("model_dir", help="a folder written by the recipe / EENetTrainer.save_model")
     return p
 
@@ -142,6 +144,14 @@ def _serving_length(model, tok, data_args, command: str) -> int:
         print(f"note: inputs truncated to --max_seq_length {data_args.max_seq_length}; the model serves "
               f"{served} tokens (pipeline / early_exit_predict)", file=sys.stderr)
     return data_args.max_seq_length
+
+
+def _drop_stale_bank_outputs(model_dir: str) -> None:
+    """The recipe's predictions and evaluation metrics in the folder describe the bank this command replaced."""
+    from .recipe import _drop_stale_outputs
+
+    _drop_stale_outputs(Path(model_dir), evaluated=False, predicted=False, weights_changed=False,
+                        hint="hf-eenet evaluate / predict write new ones")
 
 
 def _load_model(model_dir: str):
@@ -209,6 +219,7 @@ def cmd_fit_scheduler(argv) -> None:
     from .model_card import mark_card_stale
 
     mark_card_stale(ns.model_dir, model, "extended" if args.extend else "refitted")
+    _drop_stale_bank_outputs(ns.model_dir)
     for b, r in info.items():
         print(f"budget {b:.2f}: validation accuracy {100 * r['validation']['accuracy']:.2f}, "
               f"cost {r['validation']['mean_cost']:.3f}, fit {r['fit_seconds']:.1f}s")
@@ -262,15 +273,30 @@ def _served(model, budgets) -> tuple[dict, dict]:
     return served, served_by
 
 
+#: the data options that texts given to ``predict`` replace (data sources and their text columns)
+_TEXTS_REPLACE = {"dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file",
+                  "text_column_names", "text_column_delimiter"}
+
+
 def cmd_predict(argv) -> None:
+    from .data import DataArguments
     from .recipe import parse_budgets, write_predictions
 
     args, data_args, ns = _parse("predict", PredictArguments, argv)
+    if ns.texts:  # texts to classify: a config file's data files and text columns (a preset's) are not needed
+        from_config = sorted(set(getattr(data_args, "_from_config", ())) & _TEXTS_REPLACE)
+        for name in from_config:
+            setattr(data_args, name, DataArguments.__dataclass_fields__[name].default)
+        if from_config:
+            print(f"note: texts given: the config file's data options ({', '.join(from_config)}) are not used",
+                  file=sys.stderr)
     if ns.texts and data_args.has_data():
         raise CLIError("give texts or data flags (--test_file / --dataset_name), not both")
     if not ns.texts and not data_args.has_data():
         raise CLIError("give texts to classify, or a test split (--test_file or --dataset_name)")
     _check_writable(args.output_file, "--output_file")
+    if args.budget is not None and args.budgets and "budgets" in getattr(args, "_from_config", ()):
+        args.budgets = None  # --budget on the command line wins over a config file's budgets
     if args.budget is not None and args.budgets:
         raise CLIError("give --budget (one budget) or --budgets (several), not both")
     model, tok = _load_model(ns.model_dir)
@@ -289,11 +315,14 @@ def cmd_predict(argv) -> None:
         budgets = parse_budgets(args.budgets) if args.budgets else [args.budget]
         if model.config.scheduler_budgets:
             _served(model, [b for b in budgets if b is not None])
-        for b in budgets:  # None: the config's default budget
+        cfg = model.config  # no budget: the pipeline's default, the config's default budget else the largest fitted
+        default = cfg.default_budget if cfg.default_budget is not None else (
+            cfg.scheduler_budgets[-1] if cfg.scheduler_budgets else None)
+        for b in budgets:  # None: the default budget (the full model without a bank)
             kw = {"budget": b} if b is not None else {}
             out = clf(ns.texts, batch_size=args.batch_size, truncation=True, max_length=max_length, **kw)
             for text, res in zip(ns.texts, out):
-                print(json.dumps({"text": text, "budget": b if b is not None else model.config.default_budget, **res}))
+                print(json.dumps({"text": text, "budget": b if b is not None else default, **res}))
         return
     from .data import DataError
 
@@ -348,6 +377,7 @@ def cmd_rematch(argv) -> dict:
     from .model_card import mark_card_stale
 
     mark_card_stale(ns.model_dir, model, f"re-matched on {len(enc['test'])} traffic rows")
+    _drop_stale_bank_outputs(ns.model_dir)
     for b, r in info.items():
         print(f"budget {b:.2f}: cost on these {r['rows']} rows {r['cost_before'] / b:.3f} x budget with the "
               f"validation thresholds -> {r['cost_after'] / b:.3f} x re-matched (sampling error of these rows: "

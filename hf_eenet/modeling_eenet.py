@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -83,6 +84,27 @@ def _check_rows_have_tokens(attention_mask: torch.Tensor) -> None:
         raise ValueError("attention_mask has a row with no tokens (all zeros)")
 
 
+#: sampling error of a re-matched realised cost, relative to the budget, above which ``rematch_budgets`` warns
+REMATCH_ERROR_TOLERANCE = 0.03
+#: fewer traffic rows than this give no usable error estimate: ``rematch_budgets`` warns
+REMATCH_MIN_ROWS = 50
+
+
+def _warn_if_rematch_is_noisy(info: dict, rows: int) -> None:
+    """Warn when the traffic sample was too small for the thresholds it re-matched: fewer than
+    ``REMATCH_MIN_ROWS`` rows, or a sampling error of the mean cost over ``REMATCH_ERROR_TOLERANCE`` of a budget."""
+    worst = max(info, key=lambda b: info[b]["cost_standard_error"] / b)
+    rel = info[worst]["cost_standard_error"] / worst
+    if rows >= REMATCH_MIN_ROWS and rel <= REMATCH_ERROR_TOLERANCE:
+        return
+    need = max(REMATCH_MIN_ROWS, math.ceil(rows * (rel / REMATCH_ERROR_TOLERANCE) ** 2))
+    warnings.warn(f"the bank was re-matched on {rows} traffic rows: the realised cost's sampling error on them is "
+                  f"± {100 * rel:.1f} % of the budget {worst:g}"
+                  + (" (too few rows to estimate it)" if rows < REMATCH_MIN_ROWS else "")
+                  + f"; use more rows (about {need} for ± {100 * REMATCH_ERROR_TOLERANCE:.0f} %): the served cost can "
+                  "miss the budget by more than that", stacklevel=3)
+
+
 def _right_align(mask_host: torch.Tensor, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
     """Rotate every row left by its number of leading padding columns (``[B, S]`` host mask ``mask_host``), so a
     left-padded batch becomes the right-padded one.
@@ -101,7 +123,9 @@ def _right_align(mask_host: torch.Tensor, input_ids, attention_mask, token_type_
             return None
         if t.dim() == 3:  # inputs_embeds [B, S, h]
             return t.gather(1, order.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
-        return t.gather(1, order)
+        if t.dim() == 1:  # position_ids [S] broadcast over the batch, as BERT takes them
+            t = t.unsqueeze(0)
+        return t.expand(order.shape[0], -1).gather(1, order)  # [1, S] broadcast ids: each row's own
 
     return (take(input_ids), take(attention_mask), take(token_type_ids), take(position_ids), take(inputs_embeds),
             mask_host.gather(1, order_host))
@@ -329,6 +353,7 @@ class EENetModelMixin:
             entries[b] = (new, record)
             out[b] = dict(new.fit_info["rematch"])
         self._install_bank(entries, self.config.scheduler_config)
+        _warn_if_rematch_is_noisy(out, int(probs.shape[0]))
         return out
 
     def clear_scheduler_bank(self) -> None:
@@ -411,8 +436,12 @@ class EENetModelMixin:
         self.config.scheduler_config = scheduler_config
         self.config.scheduler_budgets = budgets
         self.config.scheduler_bank = [entries[b][1] for b in budgets]
-        if self.config.default_budget is not None and not budgets[0] <= self.config.default_budget <= budgets[-1] + 1e-6:
-            self.config.default_budget = None
+        old = self.config.default_budget
+        if old is not None and not budgets[0] <= old <= budgets[-1] + 1e-6:  # not servable by the new bank
+            self.config.default_budget = min(budgets, key=lambda b: (abs(b - old), b))
+            warnings.warn(f"config.default_budget {old:g} is outside the new scheduler bank's budgets {budgets}; the "
+                          f"pipeline's default budget is now {self.config.default_budget:g}, the nearest fitted one "
+                          "(set config.default_budget to choose another)", stacklevel=3)
 
     def verify_scheduler_bank(self) -> list[dict]:
         """Check the bank against the config (see ``hf_eenet.verify_bank``); returns the records."""

@@ -4,8 +4,9 @@ Each result carries the stock fields plus ``exit_layer`` (1-based encoder layer 
 (fraction of the full model's cost). Inside a batch (``batch_size=``) every row really stops at its own exit.
 
 With ``import hf_eenet``, the stock ``"text-classification"`` task builds this class for hf_eenet early-exit models
-only (:class:`TextClassificationDispatch`); every other model gets the stock ``TextClassificationPipeline`` itself, so
-its outputs and errors are unchanged. ``save_pretrained`` / ``push_to_hub`` of an EENet model write this file next to
+only (:class:`TextClassificationDispatch`); every other model gets the implementation registered before (the stock
+``TextClassificationPipeline`` itself), so its outputs and errors are unchanged -- except that ``budget=`` /
+``exit_policy=`` / ``chunk_size=`` / ``cuda_graphs=``, which the stock class would silently drop, are refused by name. ``save_pretrained`` / ``push_to_hub`` of an EENet model write this file next to
 the model code and ``custom_pipelines = {"text-classification": ...}`` into ``config.json``: without hf_eenet,
 ``pipeline("text-classification", model=d, trust_remote_code=True)`` (or ``pipeline(model=d, trust_remote_code=True)``)
 then loads this class from the folder and honours ``budget=``.
@@ -13,6 +14,7 @@ then loads this class from the folder and honours ``budget=``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import threading
 
@@ -20,6 +22,7 @@ import torch
 from transformers import TextClassificationPipeline
 
 from .configuration_eenet import max_input_tokens, pairing_mismatch
+from .engine import ROW_KEYS
 from .validation import check_bool, check_int
 
 
@@ -103,7 +106,9 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
             return super().get_iterator(
                 inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
             )
-        return self._wave_iterator(inputs, batch_size, chunk_size, preprocess_params, forward_params, postprocess_params)
+        results = self._wave_iterator(inputs, batch_size, chunk_size, preprocess_params, forward_params,
+                                      postprocess_params)
+        return _WaveResults(results, len(inputs) if hasattr(inputs, "__len__") else None)
 
     def _wave_iterator(self, inputs, batch_size, chunk_size, preprocess_params, forward_params, postprocess_params):
         from .engine import iter_chunks
@@ -232,6 +237,9 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         config = self.model.config
         if budget is None and exit_policy is None and config.scheduler_budgets:
             budget = config.default_budget if config.default_budget is not None else config.scheduler_budgets[-1]
+        # the token rows only: extra tokenizer outputs (special_tokens_mask, length, ...) are not model inputs, as
+        # on the depth-wave path (engine.ROW_KEYS)
+        model_inputs = {k: v for k, v in model_inputs.items() if k in ROW_KEYS}
         out = self.model(**model_inputs, budget=budget, exit_policy=exit_policy, **_opt_in(cuda_graphs=cuda_graphs))
         # batch-first tensors only: the pipeline unbatches every field along dim 0
         return {"logits": out.logits, "exit_layer": out.exit_layer, "exit_cost": out.exit_cost}
@@ -245,6 +253,25 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         if isinstance(result, dict):
             return {**result, **extra}
         return [{**r, **extra} for r in result]
+
+
+class _WaveResults:
+    """The results of depth waves over a dataset or generator, one per input, with ``len()`` where the input has one
+    (as the stock pipeline's ``PipelineIterator`` over a sized dataset; a generator has none there either)."""
+
+    def __init__(self, results, length):
+        self._results, self._length = results, length
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._results)
+
+    def __len__(self):
+        if self._length is None:
+            raise TypeError("these results come from a generator of texts, which has no len()")
+        return self._length
 
 
 def _opt_in(**flags) -> dict:
@@ -292,13 +319,60 @@ def is_early_exit_model(model) -> bool:
 
 class TextClassificationDispatch(TextClassificationPipeline):
     """What ``import hf_eenet`` registers as the ``"text-classification"`` implementation: constructing it returns an
-    :class:`EENetTextClassificationPipeline` for early-exit models and a plain stock ``TextClassificationPipeline``
-    for every other model (so ``import hf_eenet`` changes nothing for them)."""
+    :class:`EENetTextClassificationPipeline` for early-exit models and, for every other model, the implementation
+    registered before (the stock ``TextClassificationPipeline``, or one a user registered), so ``import hf_eenet``
+    changes nothing for them."""
+
+    #: the implementation registered for ``"text-classification"`` before this dispatcher
+    fallback = TextClassificationPipeline
 
     def __new__(cls, *args, **kwargs):
         model = kwargs.get("model", args[0] if args else None)
-        impl = EENetTextClassificationPipeline if is_early_exit_model(model) else TextClassificationPipeline
+        impl = EENetTextClassificationPipeline if is_early_exit_model(model) else _resolve(cls.fallback)
         return impl(*args, **kwargs)
+
+
+def _resolve(impl):
+    """A registry ``impl``: a class, or its dotted path (transformers 5 registers the stock ones as strings)."""
+    if isinstance(impl, str):
+        module, _, name = impl.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+    return impl
+
+
+#: keywords only the budgeted pipeline serves; the stock class would hand them to the tokenizer, which drops them
+_EARLY_EXIT_KEYWORDS = ("budget", "exit_policy", "chunk_size", "cuda_graphs")
+
+
+def _refuse_early_exit_keywords(force: bool = False) -> None:
+    """``budget=`` (and ``exit_policy`` / ``chunk_size`` / ``cuda_graphs``) given to a stock
+    ``TextClassificationPipeline`` -- a model that is not an early-exit model, or an early-exit model in a user's own
+    subclass of the stock class -- would reach the tokenizer as unknown keywords and be dropped: the full model would
+    answer as if the budget had been served. The stock ``_sanitize_parameters`` refuses them by name instead; calls
+    without them run exactly as before. :class:`EENetTextClassificationPipeline` has its own."""
+    current = TextClassificationPipeline._sanitize_parameters
+    if getattr(current, "_eenet_refuse", False):
+        if not force:
+            return
+        current = current.__wrapped__
+    stock_sanitize = current
+
+    @functools.wraps(stock_sanitize)
+    def _sanitize_parameters(self, *args, **kwargs):
+        given = [k for k in _EARLY_EXIT_KEYWORDS if kwargs.get(k) is not None]
+        if given:
+            what = "=, ".join(given) + "="
+            if is_early_exit_model(getattr(self, "model", None)):
+                raise ValueError(
+                    f"{what} would be ignored by {type(self).__name__}, a TextClassificationPipeline subclass that is "
+                    "not hf_eenet's budgeted pipeline: build it with pipeline('text-classification', model=...) or "
+                    "subclass hf_eenet.EENetTextClassificationPipeline")
+            raise ValueError(f"{what} needs an hf_eenet early-exit model, got {type(self.model).__name__} (the "
+                             "stock pipeline would ignore it and run the full model)")
+        return stock_sanitize(self, *args, **kwargs)
+
+    _sanitize_parameters._eenet_refuse = True
+    TextClassificationPipeline._sanitize_parameters = _sanitize_parameters
 
 
 def _route_stock_construction(force: bool = False) -> None:
@@ -333,9 +407,15 @@ def register_text_classification(force: bool = False) -> None:
     from transformers.pipelines import PIPELINE_REGISTRY
 
     _route_stock_construction(force)
+    _refuse_early_exit_keywords(force)
     stock = PIPELINE_REGISTRY.supported_tasks["text-classification"]
-    if not force and getattr(stock.get("impl"), "__name__", "") == TextClassificationDispatch.__name__:
-        return
+    registered = stock.get("impl")
+    if getattr(registered, "__name__", "") == TextClassificationDispatch.__name__:
+        if not force:
+            return
+        registered = getattr(registered, "fallback", TextClassificationPipeline)  # another copy's: what it wraps
+    if registered is not None:
+        TextClassificationDispatch.fallback = registered
     PIPELINE_REGISTRY.supported_tasks["text-classification"] = {**stock, "impl": TextClassificationDispatch}
 
 

@@ -366,6 +366,9 @@ class PatiencePolicy(ExitPolicy):
     budget: it picks the patience whose calibration cost is closest to the budget from below.
     """
 
+    #: relative shortfall below the budget from which :meth:`calibrate` leaves a ``.note``
+    under_budget_tolerance = 0.03
+
     def __init__(self, patience: int, num_exits: int):
         self.patience = check_int(patience, "patience", 0)
         self.num_exits = check_int(num_exits, "num_exits", 1)
@@ -392,7 +395,8 @@ class PatiencePolicy(ExitPolicy):
         """Patience whose realised cost on the calibration data is closest to ``budget`` from below.
 
         If no patience is at or below the budget (only possible with invalid inputs, since patience 0 costs
-        ``c_1``), the cheapest one is returned and ``.note`` says so. ``.operating_points`` lists
+        ``c_1``), the cheapest one is returned and ``.note`` says so. ``.note`` also says when the chosen patience
+        spends more than ``under_budget_tolerance`` (3 %) less than the budget because the next patience overspends. ``.operating_points`` lists
         ``(patience, cost)`` for every patience 0..K-1; ``.planned_cost`` is the chosen one's cost.
         """
         probs = _as_probs_tensor(exit_probs)
@@ -407,6 +411,14 @@ class PatiencePolicy(ExitPolicy):
         note = None
         if feasible:
             patience, cost = max(feasible, key=lambda pc: (pc[1], -pc[0]))
+            over = [pc for pc in points if pc[1] > budget + slack]
+            if over and cost < (1 - cls.under_budget_tolerance) * budget:
+                nxt, nxt_cost = min(over, key=lambda pc: (pc[1], pc[0]))
+                note = (
+                    f"patience={patience} spends {cost:.6g}, {100 * (1 - cost / budget):.1f} % under the budget "
+                    f"{budget:.6g}: the next operating point, patience={nxt}, costs {nxt_cost:.6g} (integer "
+                    f"patience has only {k_total} operating points, see .operating_points)"
+                )
         else:
             patience, cost = min(points, key=lambda pc: (pc[1], pc[0]))
             note = (

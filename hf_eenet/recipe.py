@@ -21,7 +21,7 @@ import platform
 import site
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -136,12 +136,14 @@ def _saved_training_args(model_dir) -> dict:
         return {}
 
 
-def _drop_stale_outputs(out_dir: Path, evaluated: bool, predicted: bool) -> None:
+def _drop_stale_outputs(out_dir: Path, evaluated: bool, predicted: bool, weights_changed: bool = True,
+                        hint: str = "--do_eval / --do_predict write new ones") -> None:
     """After the model or its bank changed in ``out_dir``: remove the outputs that describe the one before and that
     this run did not write again (predictions, exit predictions, evaluation metrics, also inside all_results.json).
-    ``results.json`` and the plot stay: the card, marked stale, names them as the earlier model's."""
+    ``results.json`` and the plot stay: the card, marked stale, names them as the earlier model's. A bank changed
+    alone (``weights_changed=False``: ``hf-eenet fit-scheduler`` / ``rematch``) keeps the exits' predictions."""
     stale = ([] if predicted else ["predict_results.jsonl"]) + (
-        [] if evaluated else ["eval_results.json", "exit_predictions.safetensors"])
+        [] if evaluated else ["eval_results.json"] + (["exit_predictions.safetensors"] if weights_changed else []))
     removed = [name for name in stale if (out_dir / name).is_file()]
     for name in removed:
         (out_dir / name).unlink()
@@ -156,8 +158,7 @@ def _drop_stale_outputs(out_dir: Path, evaluated: bool, predicted: bool) -> None
                                          sort_keys=True))
             removed.append("the eval_* metrics of all_results.json")
     if removed:
-        logger.warning("removed %s: they described the model before this run (--do_eval / --do_predict write new "
-                       "ones)", ", ".join(removed))
+        logger.warning("removed %s: they described the model before this run (%s)", ", ".join(removed), hint)
 
 
 def _dataset_label(data_args) -> str:
@@ -515,13 +516,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                     logger.error("fitting the scheduler bank failed; the trained model was saved to %s without a "
                                  "scheduler bank", training_args.output_dir)
                 raise
+        # a model this run did not train: every save (also the push's) writes how it was trained, not this run's
+        # unused settings; none when they were not recorded (a model saved without them), rather than wrong ones
+        trainer.training_args_record = saved_targs
         trainer.save_model(training_args.output_dir)  # rank 0 writes: weights, config, bank, tokenizer, code
-        if saved_targs is not None and trainer.is_world_process_zero():  # a model this run did not train: not
-            written = Path(training_args.output_dir, "training_args.json")  # this run's unused settings
-            if saved_targs:
-                written.write_text(json.dumps(saved_targs, indent=2))  # how it was trained
-            elif written.is_file():
-                written.unlink()  # not recorded (a model saved without them): none, rather than wrong ones
         # ---- predictions on all ranks (Trainer.predict gathers them); reporting on rank 0 only
         val_probs = val_labels = test_probs = test_labels = None
         test_labelled = data.labelled.get("test", False)
@@ -653,6 +651,8 @@ def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False
         for obj in parsed:  # budgets from the config file: a bank evaluated as fitted serves its own (run())
             if hasattr(obj, "budgets") and "budgets" in cfg and "budgets" not in given:
                 obj._budgets_from_config = True
+            if is_dataclass(obj):  # what the config file set and the command line did not (CLI predict TEXTS)
+                obj._from_config = {f.name for f in fields(obj) if f.name in cfg and f.name not in given}
         return parsed
     return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
 
@@ -681,9 +681,10 @@ def _given_dests(parser, argv: list[str]) -> set[str]:
 
 def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
     """A preset run on other data (a data-source flag after the config file names another file or dataset): the
-    preset's dataset name, card notes and results folder describe *its* data, so the ones the command line does not
-    set are reset to their defaults (the card then names the data actually used; results go to output_dir, not the
-    preset's committed card folder). A file given on the command line is the preset's when it is the very file the
+    preset's other data sources (its validation / test files), class names, dataset name, card notes and results
+    folder describe *its* data, so the ones the command line does not set are reset to their defaults (without a
+    validation file the recipe holds rows of your train file out; the card then names the data actually used;
+    results go to output_dir, not the preset's committed card folder). A file given on the command line is the preset's when it is the very file the
     preset names, read from the working directory, from the repository the preset lives in, or from
     ``$EENET_DATA_DIR`` for the presets' ``../shared/data/`` paths."""
     config_root = Path(path).resolve().parent.parent.parent  # recipes/presets/x.json -> the repository
@@ -705,7 +706,9 @@ def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
 
     values = {k: getattr(obj, k) for obj in parsed for k in _DATA_SOURCE_KEYS if hasattr(obj, k)}
     changed = [k for k in _DATA_SOURCE_KEYS if k in given and not same(k, values.get(k))]
-    reset = [k for k in _DATASET_TEXT_KEYS if cfg.get(k) and k not in given]
+    # the preset's other splits and its class names are its data too: mixing them with yours (SST-2 dev and test
+    # under your dataset's name) would fit the bank and report on data the card does not name
+    reset = [k for k in _DATA_SOURCE_KEYS + ("class_names",) + _DATASET_TEXT_KEYS if cfg.get(k) and k not in given]
     if not changed or not reset:
         return
     for obj in parsed:

@@ -172,6 +172,10 @@ class EENetTrainer(Trainer):
         self.exit_outputs = None if exit_outputs is None else check_bool(exit_outputs, "exit_outputs")
         self.scheduler_fit_info: dict = {}
         self.scheduler_fit_mode: str | None = None  # "replaced" / "extended" after fit_scheduler
+        #: what every save writes as ``training_args.json``: ``None`` (default) this trainer's ``args``; a dict, the
+        #: settings a model this trainer did not train was trained with; ``{}``, none (not recorded, rather than this
+        #: run's unused ones). Also holds for the save ``push_to_hub`` makes.
+        self.training_args_record: dict | None = None
 
     # ------------------------------------------------------------------------------------------------ training
     def train(self, *args, **kwargs):
@@ -252,11 +256,16 @@ class EENetTrainer(Trainer):
             pickled = os.path.join(tmp, "training_args.bin")
             if os.path.exists(pickled):
                 os.remove(pickled)
-            Path(tmp, "training_args.json").write_text(self.args.to_json_string())
+            record = self.training_args_record
+            if record is None:
+                Path(tmp, "training_args.json").write_text(self.args.to_json_string())
+            elif record:
+                Path(tmp, "training_args.json").write_text(json.dumps(record, indent=2))
             if not Path(tmp, "pipeline_eenet.py").exists():  # a model that is not ours: still ship the pipeline code
                 shutil.copy(Path(__file__).with_name("pipeline_eenet.py"), Path(tmp, "pipeline_eenet.py"))
 
-        atomic_save_dir(output_dir, write, drop=("training_args.bin",))
+        drop = ("training_args.bin",) if self.training_args_record != {} else ("training_args.bin", "training_args.json")
+        atomic_save_dir(output_dir, write, drop=drop)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """A push during training (``push_to_hub=True``, ``hub_strategy`` other than ``"end"``): the stock
@@ -395,7 +404,8 @@ class EENetTrainer(Trainer):
             for k, v in hooks.items():
                 setattr(self, k, v)
 
-    def _predict_exits(self, dataset, require_labels: bool):
+    def _predict_exits(self, dataset, require_labels: bool, use_labels: bool = True):
+        dataset = self._usable_labels(dataset, require_labels, use_labels)
         with self._serving_precision():
             pred = self.predict(dataset, ignore_keys=[], metric_key_prefix="exits")  # every output kept
         probs = softmax_np(_exit_logits_from_predictions(pred.predictions).astype(np.float64))
@@ -405,6 +415,30 @@ class EENetTrainer(Trainer):
             return probs.astype(np.float32), None
         return probs.astype(np.float32), _label_array(pred.label_ids)
 
+    def _usable_labels(self, dataset, require_labels: bool, use_labels: bool):
+        """``dataset`` with its label column checked, or without it where labels are not used (``use_labels=False``)
+        or not given (``require_labels=False`` and every label ``-1``, GLUE's hidden test labels): ``Trainer.predict``
+        computes the loss with any label column, which fails on labels outside ``0..C-1``. Labels outside that range
+        otherwise are a ValueError that names the column."""
+        columns = getattr(dataset, "column_names", None)
+        names = [c for c in (columns or []) if c in {"labels", "label", "label_ids", *(self.label_names or [])}]
+        if not names or not hasattr(dataset, "remove_columns"):
+            return dataset
+        if not use_labels:
+            return dataset.remove_columns(names)
+        num_labels = getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "num_labels", None)
+        values = np.asarray(dataset[names[0]])
+        if values.dtype.kind not in "iub" or values.ndim != 1 or num_labels is None:
+            return dataset  # not class ids (the model's own checks apply)
+        if not require_labels and values.size and (values == -1).all():
+            return dataset.remove_columns(names)
+        bad = values[(values < 0) | (values >= num_labels)]
+        if bad.size:
+            raise ValueError(f"label column {names[0]!r} has values outside 0..{num_labels - 1} (e.g. {int(bad[0])}, "
+                             f"{bad.size} rows): the model has {num_labels} classes"
+                             + ("" if require_labels else "; an unlabelled split has every label -1 or no label column"))
+        return dataset
+
     def rematch_budgets(self, dataset) -> dict:
         """Re-match the model's scheduler bank to its budgets on ``dataset``, a sample of the traffic it will serve
         (tokenized like the eval set; labels not needed, ignored if present): see
@@ -413,7 +447,7 @@ class EENetTrainer(Trainer):
         _check_single_label(model)
         if not model.config.scheduler_budgets:
             raise ValueError("the model has no scheduler bank to re-match: call fit_scheduler first")
-        probs, _ = self._predict_exits(dataset, require_labels=False)
+        probs, _ = self._predict_exits(dataset, require_labels=False, use_labels=False)  # labels: ignored
         info = model.rematch_budgets(probs)
         logger.info("EENet scheduler bank re-matched on %d rows: %s", len(probs),
                     {b: (round(i["cost_before"], 4), round(i["cost_after"], 4)) for b, i in info.items()})
@@ -520,19 +554,29 @@ class EENetTrainer(Trainer):
                 "planned_cost": float(sched.planned_cost),
                 "validation": evaluate_exits(probs, labels, sched.exit_index(probs), new_costs, budget=b),
             }
-        # install only now: a failed or interrupted fit leaves the old bank as it was
-        if extend:
-            for b, sched in fitted.items():
-                model.add_scheduler(sched, b, data_fingerprint=fingerprint)
-            mode = "extended"
-        else:
-            if cost_profile is not None:
-                from .costs import set_exit_costs
+        # install only now: a failed or interrupted fit leaves the old bank as it was. The default budget is set
+        # below (the one given, else the old one if the new bank serves it, else the fitted budget nearest 0.5)
+        old_default, old_budgets = model.config.default_budget, model.config.scheduler_budgets
+        if default_budget is not None or (old_default is not None
+                                          and not future[0] - 1e-6 <= old_default <= future[-1] + 1e-6):
+            model.config.default_budget = None
+        try:
+            if extend:
+                for b, sched in fitted.items():
+                    model.add_scheduler(sched, b, data_fingerprint=fingerprint)
+                mode = "extended"
+            else:
+                if cost_profile is not None:
+                    from .costs import set_exit_costs
 
-                model.clear_scheduler_bank()
-                set_exit_costs(model, profile, kind)
-            model.set_scheduler_bank(fitted, data_fingerprint=fingerprint)
-            mode = "replaced"
+                    model.clear_scheduler_bank()
+                    set_exit_costs(model, profile, kind)
+                model.set_scheduler_bank(fitted, data_fingerprint=fingerprint)
+                mode = "replaced"
+        except BaseException:
+            if model.config.default_budget is None and model.config.scheduler_budgets == old_budgets:
+                model.config.default_budget = old_default  # the old bank stayed: so does its default
+            raise
         if default_budget is None and model.config.default_budget is None:
             default_budget = min(model.config.scheduler_budgets, key=lambda x: abs(x - 0.5))
         if default_budget is not None:

@@ -350,6 +350,40 @@ def test_leftover_temporary_folders_are_removed_and_nothing_else(tmp_path):
     assert all(read(tmp_path / n / "f") == "keep" for n in others[:-1])
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_save_killed_inside_a_nested_save_leaves_nothing_after_the_next_save(tmp_path, monkeypatch, inside):
+    """EENetTrainer._save runs model.save_pretrained (an atomic save) on its own temporary folder: a kill while the
+    inner save writes leaves both temporary folders (the inner one named after the outer one); the next save of the
+    folder removes both, beside it and (``inside``: a folder saved from inside, e.g. a mount point) in it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    script = textwrap.dedent(f"""
+        import os
+        from hf_eenet import bank
+        from hf_eenet.bank import atomic_save_dir
+        if {inside!r}:
+            bank._mounts_at_or_below = lambda path: os.path.basename(path) == "m"
+        def inner(tmp):
+            open(os.path.join(tmp, "model.safetensors"), "w").write("half")
+            os._exit(9)  # killed while the weights are written
+        atomic_save_dir({str(target)!r}, lambda tmp: atomic_save_dir(tmp, inner))
+    """)
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 9
+    where = target if inside else tmp_path
+    left = [e for e in os.listdir(where) if e.startswith(("..", ".m.", ".saving-"))]
+    assert any(e.startswith("..") for e in left) and len(left) == 2  # the outer and the inner temporary folder
+    if inside:
+        monkeypatch.setattr(bank, "_mounts_at_or_below", lambda path: os.path.basename(path) == "m")
+    atomic_save_dir(target, writer(NEW))
+    check_new_state(target)
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+    assert sorted(os.listdir(target)) == sorted(set(OLD) | set(NEW))
+
+
 def test_a_leftover_old_folder_beside_an_existing_target_is_not_restored(tmp_path):
     target = tmp_path / "m"
     make_folder(target, OLD)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -591,6 +592,13 @@ def test_import_hf_eenet_changes_nothing_for_a_stock_bert(minilm_dir, tmp_path):
                            env=clean_env(tmp_path))
         assert r.returncode == 0, r.stderr[-3000:]
         runs[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    # budget= only: the stock class hands it to the tokenizer, which drops it, and the full model answers as if a
+    # budget had been served; with hf_eenet imported it is refused by name. Everything else is the same.
+    budget_case = 1 + 8 + 1
+    assert "error" not in runs["without"][budget_case]
+    assert runs["with"][budget_case][:2] == ["error", "ValueError"]
+    assert "budget= needs an hf_eenet early-exit model" in runs["with"][budget_case][2]
+    del runs["with"][budget_case], runs["without"][budget_case]
     assert runs["with"] == runs["without"]
     assert runs["with"][0] == "transformers.pipelines.text_classification.TextClassificationPipeline"
     assert runs["with"][6][0] == "error"  # stock raises on an over-long text (no silent truncation)
@@ -685,6 +693,18 @@ def test_rematch_budgets_updates_records_serves_the_budget_and_round_trips(tmp_p
     assert loaded.config.scheduler_bank[0]["rematched_on"] == recs[0]["rematched_on"]
 
 
+def test_rematch_on_too_few_traffic_rows_warns_with_the_rows_it_needs():
+    model, _, probs, _ = fitted_model(budgets=(0.5, 0.8), n=96)
+    with pytest.warns(UserWarning, match=r"re-matched on 20 traffic rows: .* \(too few rows to estimate it\); use "
+                                         r"more rows \(about \d+ for ± 3 %\)"):
+        model.rematch_budgets(probs[:20])
+    many = probs.repeat(40, 1, 1)  # 3,840 rows: the sampling error shrinks as 1 / sqrt(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        info = model.rematch_budgets(many)
+    assert all(i["cost_standard_error"] / b <= 0.03 for b, i in info.items())
+
+
 def test_rematch_budgets_refusals_leave_the_bank_as_it_was(tmp_path):
     model, batch, probs, labels = fitted_model(budgets=(0.5, 0.8))
     digests = [r["state_sha256"] for r in model.config.scheduler_bank]
@@ -716,6 +736,16 @@ def test_trainer_rematch_budgets_on_an_unlabelled_dataset(trainer_setup):
     traffic = trainer_setup.other.remove_columns(["labels"])
     info = tr.rematch_budgets(traffic)
     assert sorted(info) == [0.5, 0.7] and all(i["rows"] == len(traffic) for i in info.values())
+    # labels are ignored, also ones the loss could not take (GLUE's hidden -1, another task's 7): the same matching
+    for fake in (-1, 7):
+        labelled = traffic.add_column("labels", [fake] * len(traffic))
+        again = tr.rematch_budgets(labelled)
+        assert [again[b]["cost_after"] for b in (0.5, 0.7)] == [info[b]["cost_after"] for b in (0.5, 0.7)]
+    probs, labels = tr.collect_exit_predictions(traffic.add_column("labels", [-1] * len(traffic)),
+                                                require_labels=False)
+    assert labels is None and probs.shape[0] == len(traffic)  # all -1: an unlabelled split
+    with pytest.raises(ValueError, match=r"label column 'labels' has values outside 0..1 \(e.g. 7"):
+        tr.collect_exit_predictions(traffic.add_column("labels", [7] + [0] * (len(traffic) - 1)))
     assert all(r["rematched_on"]["rows"] == len(traffic) for r in model.config.scheduler_bank)
     with pytest.raises(ValueError, match="re-matched"):
         tr.fit_scheduler(budgets=[0.6], extend=True, **FAST)
@@ -778,3 +808,20 @@ def test_exit_probabilities_truncate_as_the_pipeline_serves(minilm_dir):
     with torch.no_grad():
         full = torch.softmax(model(**enc).exit_logits.float(), -1).numpy()
     assert np.allclose(probs, full, atol=1e-5)
+
+
+def test_a_new_bank_that_does_not_serve_the_default_budget_says_which_it_serves_instead():
+    """The pipeline's default budget (config.default_budget) outside a new bank used to become None silently, and
+    the largest budget (0.8, not 0.5) was served by default: now the nearest fitted budget, with a warning."""
+    model, batch, probs, labels = fitted_model(budgets=(0.4, 0.5))
+    model.config.default_budget = 0.5
+    new = {b: EENetScheduler(**FAST).fit(probs, labels, model.config.exit_costs, b) for b in (0.6, 0.8)}
+    with pytest.warns(UserWarning, match=r"default_budget 0.5 is outside the new scheduler bank's budgets \[0.6, 0.8\]"
+                                         r"; the pipeline's default budget is now 0.6"):
+        model.set_scheduler_bank(new)
+    assert model.config.default_budget == 0.6
+    model.config.default_budget = 0.8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a default the new bank serves: kept, no warning
+        model.set_scheduler_bank({0.6: new[0.6], 0.8: new[0.8]})
+    assert model.config.default_budget == 0.8

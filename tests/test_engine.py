@@ -474,7 +474,14 @@ def test_waves_read_a_sized_dataset_by_index_like_the_stock_pipeline(banked):
     want = [clf(t, budget=0.4)[0]["exit_layer"] for t in texts]
     for kw in ({"batch_size": 1}, {"batch_size": 4}, {"batch_size": 4, "chunk_size": 0}, {"batch_size": 1,
                                                                                             "chunk_size": 4}):
-        assert [r["exit_layer"] for r in clf(DictDataset(texts), budget=0.4, **kw)] == want
+        results = clf(DictDataset(texts), budget=0.4, **kw)
+        if kw.get("chunk_size") != 0:  # waves: one result per text (the stock iterator counts its batches)
+            assert len(results) == len(texts)
+        assert [r["exit_layer"] for r in results] == want
+    stream = clf((t for t in texts), budget=0.4, batch_size=4)
+    with pytest.raises(TypeError):  # a generator has no length, on the stock path either
+        len(stream)
+    assert [r["exit_layer"] for r in stream] == want
 
 
 def test_early_exit_predict_truncates_to_what_the_model_takes(banked):
@@ -638,6 +645,14 @@ def test_left_padded_batches_give_each_text_what_it_gets_alone(name, kind):
                         position_ids=pos_ref, exit_policy=policy)
     assert torch.equal(emb.exit_index, emb_ref.exit_index)
     torch.testing.assert_close(emb.logits, emb_ref.logits, atol=1e-4, rtol=1e-4)
+    # position_ids broadcast over the batch ([1, S] or [S], as BERT takes them) are each row's own
+    ids = torch.arange(left["input_ids"].shape[1]) + (model.config.pad_token_id + 1 if kind == "roberta" else 0)
+    with torch.no_grad():
+        full = model(**left, position_ids=ids.expand_as(left["input_ids"]), exit_policy=policy)
+        for broadcast in (ids[None], ids):
+            got = model(**left, position_ids=broadcast, exit_policy=policy)
+            assert torch.equal(got.exit_index, full.exit_index)
+            torch.testing.assert_close(got.logits, full.logits)
 
 
 def test_pipeline_and_helpers_with_a_left_padding_tokenizer_equal_text_by_text(banked):
@@ -699,3 +714,73 @@ def test_the_stock_class_built_directly_with_an_eenet_model_honours_budget(banke
 
     mine = Mine(model=plain, tokenizer=tok)
     assert type(mine) is Mine and mine.made_by_mixin
+
+
+def test_budget_keywords_given_to_a_pipeline_that_would_drop_them_are_refused(banked):
+    """The stock class hands unknown keywords to the tokenizer, which drops them: ``budget=`` to a model that is not
+    ours, or to our model in a user's own subclass of the stock class, ran the full model as if the budget had been
+    served. Both are refused by name; calls without them are unchanged."""
+    from transformers import BertConfig, BertForSequenceClassification, TextClassificationPipeline
+
+    model, tok, texts = banked
+    plain = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=1, intermediate_size=8)).eval()
+    stock = pipeline("text-classification", model=plain, tokenizer=tok)
+    assert type(stock) is TextClassificationPipeline
+    want = stock(texts[:3])
+    for kw in ({"budget": 0.5}, {"exit_policy": hf_eenet.StaticPolicy(0, 4)}, {"chunk_size": 8}):
+        with pytest.raises(ValueError, match=f"{next(iter(kw))}= needs an hf_eenet early-exit model"):
+            stock(texts[:3], **kw)
+    with pytest.raises(ValueError, match="budget= needs"):
+        pipeline("text-classification", model=plain, tokenizer=tok, budget=0.5)
+    assert stock(texts[:3]) == want and stock(texts[0]) == want[:1]
+
+    class Mine(TextClassificationPipeline):
+        pass
+
+    for mine in (Mine(model=model, tokenizer=tok), pipeline("text-classification", model=model, tokenizer=tok,
+                                                               pipeline_class=Mine)):
+        assert type(mine) is Mine
+        with pytest.raises(ValueError, match="would be ignored by Mine"):
+            mine(texts[0], budget=0.4)
+        assert "label" in mine(texts[0])[0]  # without a budget it still runs (the full model)
+
+
+def test_import_keeps_a_text_classification_pipeline_the_user_registered_for_other_models(banked):
+    from transformers import BertConfig, BertForSequenceClassification, TextClassificationPipeline
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from hf_eenet.pipeline_eenet import TextClassificationDispatch, register_text_classification
+
+    model, tok, texts = banked
+    plain = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=1, intermediate_size=8)).eval()
+
+    class MyPipe(TextClassificationPipeline):
+        pass
+
+    saved = dict(PIPELINE_REGISTRY.supported_tasks["text-classification"])
+    saved_fallback = TextClassificationDispatch.fallback
+    try:
+        PIPELINE_REGISTRY.supported_tasks["text-classification"] = {**saved, "impl": MyPipe}
+        register_text_classification(force=True)  # what `import hf_eenet` does
+        assert type(pipeline("text-classification", model=plain, tokenizer=tok)) is MyPipe
+        assert isinstance(pipeline("text-classification", model=model, tokenizer=tok),
+                          hf_eenet.EENetTextClassificationPipeline)
+        register_text_classification(force=True)  # again (a second import path): still the user's, not ours twice
+        assert type(pipeline("text-classification", model=plain, tokenizer=tok)) is MyPipe
+    finally:
+        PIPELINE_REGISTRY.supported_tasks["text-classification"] = saved
+        TextClassificationDispatch.fallback = saved_fallback
+    assert type(pipeline("text-classification", model=plain, tokenizer=tok)) is TextClassificationPipeline
+
+
+@pytest.mark.parametrize("extra", ["return_special_tokens_mask", "return_length", "return_offsets_mapping"])
+def test_extra_tokenizer_outputs_are_not_model_inputs_on_any_path(banked, extra):
+    model, tok, texts = banked
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    want = [clf(t, budget=0.4)[0] for t in texts[:4]]
+    kw = {extra: True, "budget": 0.4}
+    assert [clf(t, **kw)[0] for t in texts[:4]] == want  # one text: the per-request loop
+    assert clf(texts[:4], **kw) == want  # a list: depth waves
+    assert clf(texts[:4], chunk_size=0, batch_size=2, **kw) == want  # the per-batch loop

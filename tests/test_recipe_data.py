@@ -184,8 +184,14 @@ def test_fit_scheduler_replaces_unless_extend_and_says_which(csv_run, csv_data, 
     data = ["--validation_file", csv_data["validation"], "--text_column_names", "review", "--label_column_name",
             "sentiment", "--max_seq_length", "48"]
     data += ["--scheduler_max_epochs", "5", "--scheduler_restarts", "1", "--scheduler_selection_folds", "0"]
+    kept = {n: (d / n).read_bytes() for n in ("exit_predictions.safetensors", "results.json") if (d / n).is_file()}
+    assert (d / "predict_results.jsonl").is_file() and (d / "eval_results.json").is_file()
     main(["fit-scheduler", str(d), *data, "--budgets", "0.6"])
     assert "replaced the scheduler bank [0.5, 0.8] with [0.6]" in capsys.readouterr().out
+    # the recipe's predictions and metrics of the replaced bank are gone; what the bank does not change stays
+    assert not (d / "predict_results.jsonl").exists() and not (d / "eval_results.json").exists()
+    assert not [k for k in json.loads((d / "all_results.json").read_text()) if k.startswith("eval_")]
+    assert {n: (d / n).read_bytes() for n in kept} == kept
     assert json.loads((d / "config.json").read_text())["scheduler_budgets"] == [0.6]
     main(["fit-scheduler", str(d), *data, "--budgets", "0.7", "--extend"])
     assert "extended the scheduler bank [0.6] -> [0.6, 0.7]" in capsys.readouterr().out
@@ -339,6 +345,28 @@ def test_predict_honours_budget_and_budgets_in_both_modes(csv_run, csv_data, tmp
     with pytest.raises(SystemExit):  # data flags do not apply to texts on the command line: not silently dropped
         main(["predict", str(out), "dull", "--text_column_names", "review"])
     assert "--text_column_names is for a test split" in capsys.readouterr().err
+    # no --budget and no default budget in the config: the largest fitted budget is served, and said
+    import shutil
+
+    nodefault = tmp_path / "nodefault"
+    shutil.copytree(out, nodefault)
+    cfg_json = json.loads((nodefault / "config.json").read_text())
+    (nodefault / "config.json").write_text(json.dumps({**cfg_json, "default_budget": None}))
+    main(["predict", str(nodefault), "a good film", "dull"])
+    plain = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    main(["predict", str(nodefault), "a good film", "dull", "--budget", "0.8"])
+    at_08 = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert plain == at_08 and {x["budget"] for x in plain} == {0.8}
+    # a config file (a preset) after the model: texts given replace its data files and text columns
+    cfg = tmp_path / "preset.json"
+    cfg.write_text(json.dumps({"test_file": csv_data["test"], "text_column_names": "review", "budgets": "0.5"}))
+    main(["predict", str(out), str(cfg), "dull", "--budget", "0.8"])
+    captured = capsys.readouterr()
+    assert [(x["text"], x["budget"]) for x in map(json.loads, captured.out.strip().splitlines())] == [("dull", 0.8)]
+    assert "config file's data options (test_file, text_column_names) are not used" in captured.err
+    with pytest.raises(SystemExit):  # flags on the command line still count
+        main(["predict", str(out), str(cfg), "dull", "--test_file", csv_data["test"]])
+    assert "not both" in capsys.readouterr().err
 
 
 def test_rematch_the_bank_on_an_unlabelled_file_through_the_cli(csv_run, csv_data, tmp_path, capsys):
@@ -847,6 +875,10 @@ def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_
     assert data.train_file == mine
     assert (args.dataset_label, args.card_dataset_id, args.card_dataset_name, args.results_dir, args.card_notes) == \
         (None, None, None, None, [])
+    # its SST-2 dev / test files and class names are its data too: not mixed with yours under your data's name
+    assert (data.validation_file, data.test_file, data.class_names) == (None, None, None)
+    _, data, _, _ = parse("--train_file", mine, "--test_file", mine)  # given on the command line: used
+    assert data.test_file == mine and data.validation_file is None
     _, _, args, _ = parse("--train_fi", mine)  # argparse's abbreviation
     assert args.results_dir is None
     _, _, args, _ = parse("--train_file", mine, "--dataset_label", "sst2")  # given again on the command line: kept
@@ -856,8 +888,9 @@ def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_
     cfg = json.loads(Path(preset).read_text())
     monkeypatch.chdir(tmp_path)
     for same in (cfg["train_file"], str((ROOT / cfg["train_file"]).resolve())):
-        _, _, args, _ = parse("--train_file", same)
+        _, data, args, _ = parse("--train_file", same)
         assert args.dataset_label == "sst2" and args.results_dir == "model_cards/sst2", same
+        assert data.validation_file == cfg["validation_file"] and data.class_names == cfg["class_names"]
     copy = tmp_path / "elsewhere" / "sst2"
     copy.mkdir(parents=True)
     (copy / "train.tsv").write_text("sentence\tlabel\n")
@@ -910,6 +943,20 @@ def test_reevaluating_a_bank_serves_its_budgets_and_states_how_the_model_was_tra
     assert res["budgets"] == [0.5, 0.8] and len(res["methods"]["EENet"]) == 2
     trained = json.loads((src / "training_args.json").read_text())
     assert json.loads((out / "training_args.json").read_text()) == trained
+    # pushed: the push saves again, still with how the model was trained (not this run's unused lr / seed), which
+    # the CLI reads back as the seed of a validation hold-out
+    import transformers.trainer
+
+    from hf_eenet.cli import _seed
+
+    hub, pushed = FakeHub(), tmp_path / "pushed"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(transformers.trainer, "hf_api", hub)
+        main(["train", *data, *flags, "--output_dir", str(pushed), "--learning_rate", "0.5", "--seed", "7",
+              "--push_to_hub", "--hub_model_id", "someone/re-evaluated"])
+    assert json.loads((pushed / "training_args.json").read_text()) == trained
+    assert json.loads(hub.uploads[-1]["files"]["training_args.json"]) == trained
+    assert _seed(type("A", (), {"seed": None})(), str(pushed)) == trained["seed"] != 7
     # budgets a config file (a preset) lists are not "given": the bank's are evaluated
     config = tmp_path / "preset.json"
     config.write_text(json.dumps({"budgets": "0.25,0.3,0.9", "report_to": "none", "use_cpu": True}))
