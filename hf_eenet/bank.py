@@ -349,12 +349,14 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
             tmp = tempfile.mkdtemp(prefix=_leftover_prefixes(target)[0], dir=parent)
         except PermissionError:  # the parent is not writable; the folder may be
             tmp = None
-        lock = _hold(tmp) if tmp is not None else None  # marks tmp as in use: clean-ups leave it alone
+        if tmp is not None:
+            _HELD[tmp] = _hold(tmp)  # marks tmp as in use: clean-ups leave it alone
     finally:
         if guard is not None:
             os.close(guard)
     if tmp is None:
         return _save_inside(target, write, drop, replaces_weights)
+    swapped = None
     try:
         write(tmp)
         produced = set(os.listdir(tmp))
@@ -382,10 +384,28 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
                 # where a rename cannot cross: EXDEV); the old folder's other entries stay where they are
         else:
             os.rename(tmp, target)
+            swapped = True
     finally:
-        if lock is not None:
-            os.close(lock)
+        _release(tmp, target, moved_in=swapped is True)
         _remove_tree(tmp)  # the unfinished new folder, or the old one after the swap
+
+
+#: the temporary folders of this process's running saves → the descriptor of the lock that marks each in use
+_HELD: dict = {}
+
+
+def _release(tmp, target, moved_in: bool) -> None:
+    """Unmark ``tmp`` at the end of a save. Where the save's folder moved in at ``target`` and ``target`` is itself
+    the temporary folder of a running save of this process (a save nested in a save: ``EENetTrainer._save`` →
+    ``model.save_pretrained`` into the trainer's temporary folder), the lock moves with the folder and now marks
+    ``target`` for that outer save, which goes on writing there; its old lock (on the folder swapped out) is closed."""
+    lock = _HELD.pop(tmp, None)
+    if moved_in and lock is not None and target in _HELD:
+        outer, _HELD[target] = _HELD[target], lock
+        if outer is not None:
+            os.close(outer)
+    elif lock is not None:
+        os.close(lock)
 
 
 def _swap_by_renames(tmp, target, parent) -> bool:
@@ -593,7 +613,7 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
         for path in _nested_leftovers(target, ".saving-"):
             shutil.rmtree(path, ignore_errors=True)
         tmp = tempfile.mkdtemp(prefix=".saving-", dir=target)
-        lock = _hold(tmp)
+        _HELD[tmp] = _hold(tmp)
     finally:
         if guard is not None:
             os.close(guard)
@@ -601,8 +621,7 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
         write(tmp)
         _replace_files(tmp, target, drop, replaces_weights)
     finally:
-        if lock is not None:
-            os.close(lock)
+        _release(tmp, target, moved_in=False)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

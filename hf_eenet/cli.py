@@ -104,9 +104,10 @@ def _parser(command: str, extra):
 
     p = HfArgumentParser((extra, DataArguments), prog=f"hf-eenet {command}",
                          description=COMMANDS[command] + ". A JSON config (e.g. recipes/presets/sst2.json) may follow "
-                         "MODEL_DIR: its keys that are this command's options apply (the data options, and e.g. "
-                         "--budgets / --seed where the command has them), flags override it, its other keys are "
-                         "ignored; texts to predict replace its data files and text columns.")
+                         "MODEL_DIR: its keys that are this command's options apply (the data options, --seed, and "
+                         "fit-scheduler's --budgets; evaluate / predict use the bank's budgets unless --budgets is "
+                         "given), flags override it, its other keys are ignored; texts to predict replace its data "
+                         "files and text columns.")
     p.add_argument("model_dir", help="a folder written by the recipe / EENetTrainer.save_model")
     return p
 
@@ -124,6 +125,11 @@ def _parse(command: str, extra, argv: list[str]):
     if len(argv) >= 2 and argv[1].endswith(".json") and not argv[0].startswith("-"):
         argv = [argv[1], argv[0], *argv[2:]]
     cmd_args, data_args, ns = parse_args_with_config(parser, argv, ignore_unknown=True)
+    if command in ("evaluate", "predict") and getattr(cmd_args, "_budgets_from_config", False) and cmd_args.budgets:
+        # a preset's budgets are what it fits; a fitted bank is evaluated / served at its own (--budgets to choose)
+        print(f"note: the config file's budgets ({cmd_args.budgets}) are not used: the model's scheduler bank "
+              "serves its own (give --budgets to choose)", file=sys.stderr)
+        cmd_args.budgets = None
     return cmd_args, data_args, ns
 
 
@@ -295,8 +301,6 @@ def cmd_predict(argv) -> None:
     if not ns.texts and not data_args.has_data():
         raise CLIError("give texts to classify, or a test split (--test_file or --dataset_name)")
     _check_writable(args.output_file, "--output_file")
-    if args.budget is not None and args.budgets and "budgets" in getattr(args, "_from_config", ()):
-        args.budgets = None  # --budget on the command line wins over a config file's budgets
     if args.budget is not None and args.budgets:
         raise CLIError("give --budget (one budget) or --budgets (several), not both")
     model, tok = _load_model(ns.model_dir)

@@ -706,17 +706,27 @@ def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
 
     values = {k: getattr(obj, k) for obj in parsed for k in _DATA_SOURCE_KEYS if hasattr(obj, k)}
     changed = [k for k in _DATA_SOURCE_KEYS if k in given and not same(k, values.get(k))]
-    # the preset's other splits and its class names are its data too: mixing them with yours (SST-2 dev and test
-    # under your dataset's name) would fit the bank and report on data the card does not name
-    reset = [k for k in _DATA_SOURCE_KEYS + ("class_names",) + _DATASET_TEXT_KEYS if cfg.get(k) and k not in given]
+    # your own training data: the preset's other splits and its class names are its data too, and mixing them with
+    # yours (SST-2 dev and test under your dataset's name) would fit the bank and report on data the card does not
+    # name. Another validation / test file alone (train on the preset's data, evaluate on yours) keeps its splits.
+    own_training_data = bool({"train_file", "dataset_name"} & set(changed))
+    keys = (_DATA_SOURCE_KEYS + ("class_names",) if own_training_data else ()) + _DATASET_TEXT_KEYS
+    reset = [k for k in keys if cfg.get(k) and k not in given]
     if not changed or not reset:
         return
     for obj in parsed:
         for k in reset:
             if hasattr(obj, k):
                 setattr(obj, k, [] if isinstance(getattr(obj, k), list) else None)
+    # the preset's --do_predict read its test file: without one nothing is predicted (not an error asking for it)
+    stopped = []
+    if "test_file" in reset and cfg.get("do_predict") and "do_predict" not in given:
+        for obj in parsed:
+            if getattr(obj, "do_predict", False):
+                obj.do_predict = False
+                stopped = ["--do_predict (no test file)"]
     logger.warning("%s: --%s replace the preset's data, so its %s are not used (set them with the same flags)",
-                   path, " / --".join(changed), ", ".join(reset))
+                   path, " / --".join(changed), ", ".join(reset + stopped))
 
 
 def build_parser(prog: str = "run_eenet.py"):

@@ -384,6 +384,29 @@ def test_a_save_killed_inside_a_nested_save_leaves_nothing_after_the_next_save(t
     assert sorted(os.listdir(target)) == sorted(set(OLD) | set(NEW))
 
 
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_nested_save_hands_its_lock_to_the_outer_save_that_goes_on_writing(tmp_path, monkeypatch, exchange):
+    """The inner save swaps a new folder in under the outer save's temporary folder: that path stays marked in use
+    (a concurrent save's clean-up must not take it for a leftover) until the outer save ends; no descriptor leaks."""
+    if not exchange:  # the two-rename fallback
+        monkeypatch.setattr(bank, "_exchange", lambda a, b: False)
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    seen = []
+
+    def outer(tmp):
+        atomic_save_dir(tmp, writer({"model.safetensors": "new weights"}))
+        seen.append((bank._in_use(tmp), bank._leftovers(str(tmp_path), ".m.saving-")))
+        writer({"config.json": "new config"})(tmp)
+
+    fds = len(os.listdir("/proc/self/fd"))
+    atomic_save_dir(target, outer)
+    assert seen == [(True, [])]
+    check_new_state(target)
+    assert sorted(os.listdir(tmp_path)) == ["m"] and not bank._HELD
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 def test_a_leftover_old_folder_beside_an_existing_target_is_not_restored(tmp_path):
     target = tmp_path / "m"
     make_folder(target, OLD)

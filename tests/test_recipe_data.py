@@ -359,11 +359,16 @@ def test_predict_honours_budget_and_budgets_in_both_modes(csv_run, csv_data, tmp
     assert plain == at_08 and {x["budget"] for x in plain} == {0.8}
     # a config file (a preset) after the model: texts given replace its data files and text columns
     cfg = tmp_path / "preset.json"
-    cfg.write_text(json.dumps({"test_file": csv_data["test"], "text_column_names": "review", "budgets": "0.5"}))
+    cfg.write_text(json.dumps({"test_file": csv_data["test"], "text_column_names": "review", "budgets": "0.25,0.5"}))
     main(["predict", str(out), str(cfg), "dull", "--budget", "0.8"])
     captured = capsys.readouterr()
     assert [(x["text"], x["budget"]) for x in map(json.loads, captured.out.strip().splitlines())] == [("dull", 0.8)]
     assert "config file's data options (test_file, text_column_names) are not used" in captured.err
+    # the preset's budgets (what it fits; 0.25 is outside this bank) are not served: the bank's default is
+    main(["predict", str(out), str(cfg), "dull"])
+    captured = capsys.readouterr()
+    assert [x["budget"] for x in map(json.loads, captured.out.strip().splitlines())] == [0.5]
+    assert "the config file's budgets (0.25,0.5) are not used" in captured.err
     with pytest.raises(SystemExit):  # flags on the command line still count
         main(["predict", str(out), str(cfg), "dull", "--test_file", csv_data["test"]])
     assert "not both" in capsys.readouterr().err
@@ -875,17 +880,24 @@ def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_
     assert data.train_file == mine
     assert (args.dataset_label, args.card_dataset_id, args.card_dataset_name, args.results_dir, args.card_notes) == \
         (None, None, None, None, [])
-    # its SST-2 dev / test files and class names are its data too: not mixed with yours under your data's name
-    assert (data.validation_file, data.test_file, data.class_names) == (None, None, None)
-    _, data, _, _ = parse("--train_file", mine, "--test_file", mine)  # given on the command line: used
-    assert data.test_file == mine and data.validation_file is None
+    # its SST-2 dev / test files and class names are its data too: not mixed with yours under your data's name; the
+    # preset's --do_predict had only its test file to read
+    _, data, _, targs = parse("--train_file", mine)
+    assert (data.validation_file, data.test_file, data.class_names, targs.do_predict) == (None, None, None, False)
+    _, data, _, targs = parse("--train_file", mine, "--test_file", mine)  # given on the command line: used
+    assert data.test_file == mine and data.validation_file is None and targs.do_predict
+    # another test (or validation) file alone: trained on the preset's data, evaluated on yours
+    cfg = json.loads(Path(preset).read_text())
+    _, data, args, targs = parse("--test_file", mine)
+    assert (data.train_file, data.validation_file, data.class_names) == \
+        (cfg["train_file"], cfg["validation_file"], cfg["class_names"])
+    assert data.test_file == mine and targs.do_predict and args.results_dir is None
     _, _, args, _ = parse("--train_fi", mine)  # argparse's abbreviation
     assert args.results_dir is None
     _, _, args, _ = parse("--train_file", mine, "--dataset_label", "sst2")  # given again on the command line: kept
     assert args.dataset_label == "sst2" and args.card_dataset_id is None
     # the preset's own files: as written, resolved from the repository (a run from another directory, the demo) or
     # from $EENET_DATA_DIR; a user's file in a folder of the same name is not the preset's
-    cfg = json.loads(Path(preset).read_text())
     monkeypatch.chdir(tmp_path)
     for same in (cfg["train_file"], str((ROOT / cfg["train_file"]).resolve())):
         _, data, args, _ = parse("--train_file", same)
