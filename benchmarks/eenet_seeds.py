@@ -31,7 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
 
-from hf_eenet.costs import _eenet_timing_probe, measure_decision_ms  # noqa: E402
+from hf_eenet.costs import _eenet_timing_probe, measure_decision_ms, monotone_latencies  # noqa: E402
 from hf_eenet.evaluation import evaluate_exits  # noqa: E402
 from hf_eenet.reporting import BASELINES, ORACLE, compare_policies  # noqa: E402
 from hf_eenet.scheduler import EENetScheduler  # noqa: E402
@@ -82,8 +82,9 @@ def load_model_outputs(model_dir, results_path):
 
 
 def decision_inclusive_costs(lat_ms, decision_ms):
+    """As ``profile_exit_costs``: decision times added, then made increasing (``monotone_latencies``)."""
     k_total = len(lat_ms)
-    raw = [t + sum(decision_ms[: min(k + 1, k_total - 1)]) for k, t in enumerate(lat_ms)]
+    raw, _ = monotone_latencies([t + sum(decision_ms[: min(k + 1, k_total - 1)]) for k, t in enumerate(lat_ms)])
     return raw, [r / raw[-1] for r in raw]
 
 

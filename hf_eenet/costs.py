@@ -13,6 +13,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -166,13 +167,36 @@ def profile_exit_costs(
         profile.info["decision_ms"] = dec
         profile.info["decision_policy"] = type(policy).__name__
         lat = [t + sum(dec[: min(k + 1, k_total - 1)]) for k, t in enumerate(lat)]
-    # cumulative costs must increase; timer noise can invert two nearly equal exits, so enforce monotonicity
-    for k in range(1, k_total):
-        lat[k] = max(lat[k], lat[k - 1] * (1 + 1e-6))
+    lat, inversion = monotone_latencies(lat)
+    profile.info["largest_inversion"] = inversion
+    if inversion > LATENCY_INVERSION_TOLERANCE:
+        warnings.warn(f"the latency profile is dominated by noise: an exit measured {100 * inversion:.0f} % of the "
+                      "full model's latency cheaper than the exit before it (a busy machine?), so exit costs were "
+                      "clamped: profile again on a quiet machine or with more repeats, or use the 'flops' / "
+                      "'layers' costs", RuntimeWarning, stacklevel=2)
     profile.latency_ms = lat
     profile.info["unit"] = "ms per batch"
     model.train(was_training)
     return profile
+
+
+#: an inversion of measured cumulative latencies larger than this share of the largest is not timer noise
+LATENCY_INVERSION_TOLERANCE = 0.05
+
+
+def monotone_latencies(lat) -> tuple[list[float], float]:
+    """Cumulative per-exit latencies made strictly increasing (each at least the previous one times ``1 + 1e-6``):
+    timer noise can invert two exits. Returns the latencies and the largest inversion as a share of the largest
+    latency (``0.0`` when none), which :func:`profile_exit_costs` warns about above
+    ``LATENCY_INVERSION_TOLERANCE``."""
+    out = [float(t) for t in lat]
+    top = max(out) if out else 1.0
+    worst = 0.0
+    for k in range(1, len(out)):
+        if out[k] < out[k - 1]:
+            worst = max(worst, (out[k - 1] - out[k]) / top)
+        out[k] = max(out[k], out[k - 1] * (1 + 1e-6))
+    return out, worst
 
 
 def _eenet_timing_probe(cfg):

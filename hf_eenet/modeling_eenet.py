@@ -484,7 +484,8 @@ class EENetModelMixin:
         the model/config code), the pipeline code and ``custom_pipelines``, so
         ``pipeline("text-classification", model=folder, trust_remote_code=True)`` serves ``budget=`` without
         hf_eenet installed."""
-        if getattr(self, "eenet_quantization", None):
+        if getattr(self, "eenet_quantization", None) or any(
+                type(m).__name__ == "Int8Linear" for m in self.modules()):  # also quantize_linears_int8 alone
             raise ValueError("this model is int8-quantised (hf_eenet.quantization): save the fp32 model and "
                              "quantise after loading")
         if self.config.scheduler_budgets or self.config.scheduler_bank:

@@ -108,6 +108,22 @@ def quantize_linears_int8(module: nn.Module) -> int:
     return count
 
 
+def _check_texts(model, texts, text_pairs, what: str = "texts") -> None:
+    """Texts (and pairs) for an all-exits pass: a non-empty list, pairs of the same length, and sentence pairs
+    exactly when the model was trained on them (``pairing_mismatch``, the check behind the pipeline's refusals)."""
+    from .configuration_eenet import pairing_mismatch
+
+    if texts is None or isinstance(texts, str) or not len(texts):
+        raise ValueError(f"{what} must be a non-empty list of strings")
+    if text_pairs is not None and len(text_pairs) != len(texts):
+        raise ValueError(f"{what}: text_pairs has {len(text_pairs)} entries for {len(texts)} texts")
+    trained_on = pairing_mismatch(model.config, text_pairs is not None)
+    if trained_on == "pairs":
+        raise ValueError(f"this model was trained on sentence pairs: pass the second texts of {what} as text_pairs=")
+    if trained_on is not None:
+        raise ValueError(f"this model was trained on single texts: {what} take no text_pairs")
+
+
 @torch.inference_mode()
 def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: int = 64, max_length: int | None = None,
                        autocast_dtype: torch.dtype | None = None, progress: bool = True) -> np.ndarray:
@@ -119,10 +135,7 @@ def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: 
     Runs the model in eval mode (dropout off; its previous mode is restored), as it serves."""
     from tqdm.auto import tqdm
 
-    if isinstance(texts, str) or not len(texts):
-        raise ValueError("texts must be a non-empty list of strings")
-    if text_pairs is not None and len(text_pairs) != len(texts):
-        raise ValueError(f"text_pairs has {len(text_pairs)} entries for {len(texts)} texts")
+    _check_texts(model, texts, text_pairs)
     if max_length is None:
         from .configuration_eenet import max_input_tokens
 
@@ -170,7 +183,9 @@ def refit_scheduler_bank(model, tokenizer, texts, labels, *, budgets=None, text_
     probs = exit_probabilities(model, tokenizer, texts, text_pairs=text_pairs, batch_size=batch_size,
                                max_length=max_length, autocast_dtype=autocast_dtype, progress=progress)
     info = {"validation_rows": len(texts), "forward_seconds": time.perf_counter() - t0, "fit_seconds": {}}
-    sched_cfg = dict(model.config.scheduler_config or {})
+    # the bank's scheduler config; a model without a bank gets today's default scheduler (its config without a
+    # "features" key would read as the legacy feature set, kept only to load old banks)
+    sched_cfg = dict(model.config.scheduler_config or {"features": EENetScheduler().features})
     fitted = {}
     for b in tqdm(budgets, desc="EENet scheduler bank", unit="budget", disable=not progress):
         t1 = time.perf_counter()
@@ -222,32 +237,72 @@ def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, bud
                       "the quantised model's bank is refitted and matched on the validation split, so that re-match "
                       "is not carried over: pass traffic_texts= (a sample of the traffic) to re-match it",
                       UserWarning, stacklevel=2)
+    if has_bank and refit:  # every input checked before the model is touched
+        _check_texts(model, texts, text_pairs)
+        if np.asarray(labels).shape != (len(texts),):
+            raise ValueError(f"labels must have one entry per text ({len(texts)}), got shape {np.asarray(labels).shape}")
+        for b in budgets or []:
+            check_budget_fraction(b, "budgets entry")
+        if traffic_texts is not None:
+            _check_texts(model, traffic_texts, traffic_text_pairs, what="traffic_texts")
     q = model if inplace else copy.deepcopy(model)
+    was_training = q.training
     q.eval()
-    done = []
-    for name in QUANTIZED_PARTS:
-        sub = getattr(q, name, None)
-        if isinstance(sub, nn.Linear):  # BERT's final classifier is a bare Linear
-            setattr(q, name, Int8Linear.from_linear(sub))
-            done.append(name)
-        elif isinstance(sub, nn.Module):
-            quantize_linears_int8(sub)
-            done.append(name)
-    info = {"scheme": "int8 per-token activations, per-channel weights (hf_eenet Int8Linear)", "modules": done,
-            "refit": None, "rematch": None}
-    if has_bank:
-        if refit:
-            info["refit"] = refit_scheduler_bank(q, tokenizer, texts, labels, budgets=budgets, text_pairs=text_pairs,
-                                                 seed=seed, batch_size=batch_size, max_length=max_length,
-                                                 progress=progress)
-            if traffic_texts is not None:
-                traffic = exit_probabilities(q, tokenizer, traffic_texts, text_pairs=traffic_text_pairs,
-                                             batch_size=batch_size, max_length=max_length, progress=progress)
-                info["rematch"] = q.rematch_budgets(traffic)
-        else:
-            q.clear_scheduler_bank()
+    swapped = []  # (parent, name, original Linear): put back if anything below fails (inplace)
+    bank = _bank_snapshot(q)
+    try:
+        done = []
+        for name in QUANTIZED_PARTS:
+            sub = getattr(q, name, None)
+            if isinstance(sub, nn.Module):
+                _swap_linears(q, name, sub, swapped)
+                done.append(name)
+        info = {"scheme": "int8 per-token activations, per-channel weights (hf_eenet Int8Linear)", "modules": done,
+                "refit": None, "rematch": None}
+        if has_bank:
+            if refit:
+                info["refit"] = refit_scheduler_bank(q, tokenizer, texts, labels, budgets=budgets,
+                                                     text_pairs=text_pairs, seed=seed, batch_size=batch_size,
+                                                     max_length=max_length, progress=progress)
+                if traffic_texts is not None:
+                    traffic = exit_probabilities(q, tokenizer, traffic_texts, text_pairs=traffic_text_pairs,
+                                                 batch_size=batch_size, max_length=max_length, progress=progress)
+                    info["rematch"] = q.rematch_budgets(traffic)
+            else:
+                q.clear_scheduler_bank()
+    except BaseException:
+        if inplace:  # the model as it was: fp32 Linears, its own bank (not half-quantised, serving an fp32 bank)
+            for parent, name, original in reversed(swapped):
+                setattr(parent, name, original)
+            _restore_bank(q, bank)
+            q.train(was_training)
+        raise
     q.eenet_quantization = info
     return q
+
+
+def _swap_linears(parent: nn.Module, name: str, module: nn.Module, swapped: list) -> None:
+    """Replace ``module`` (``parent.name``) or every ``nn.Linear`` inside it by an :class:`Int8Linear`, recording
+    ``(parent, name, original)`` for each replacement."""
+    if isinstance(module, nn.Linear):  # BERT's final classifier is a bare Linear
+        setattr(parent, name, Int8Linear.from_linear(module))
+        swapped.append((parent, name, module))
+        return
+    for child_name, child in list(module.named_children()):
+        _swap_linears(module, child_name, child, swapped)
+
+
+def _bank_snapshot(model) -> dict:
+    """What a refit replaces: the bank module and the config fields that describe it."""
+    keys = ("scheduler_config", "scheduler_budgets", "scheduler_bank", "default_budget")
+    return {"schedulers": model.eenet_schedulers, **{k: copy.deepcopy(getattr(model.config, k, None)) for k in keys}}
+
+
+def _restore_bank(model, snapshot: dict) -> None:
+    model.eenet_schedulers = snapshot["schedulers"]
+    for key, value in snapshot.items():
+        if key != "schedulers":
+            setattr(model.config, key, value)
 
 
 __all__ = ["Int8Linear", "quantize_dynamic_int8", "quantize_linears_int8", "refit_scheduler_bank", "exit_probabilities",

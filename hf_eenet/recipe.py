@@ -537,7 +537,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         e_probs, e_labels = (test_probs, test_labels) if eval_on == "test" else (val_probs, val_labels)
         eval_budgets = [b for b in budgets if b in bank] if bank else budgets
         results = compare_policies(val_probs, val_labels, e_probs, e_labels, costs, eval_budgets,
-                                   seed=training_args.seed, schedulers=bank or None, progress=show)
+                                   seed=training_args.seed, schedulers=bank or None, progress=show,
+                                   scheduler_kwargs=scheduler_kwargs(args))  # budgets the bank lacks: fitted so
         results_layers = {}
         if profile is not None and args.cost_profile != "layers":  # the same with layer-count costs (refitted)
             layer_costs = profile.normalised("layers")

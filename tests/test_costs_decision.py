@@ -61,3 +61,19 @@ def test_profile_uses_median_length_texts_both_pair_segments_and_truncates(minil
     with mock.patch.object(type(model), "forward", side_effect=AssertionError("forward ran")):
         with pytest.raises(ValueError, match="decision_policy"):
             profile_exit_costs(model, tok, texts=["a b"], decision_policy="entropy")
+
+
+def test_costs_are_made_increasing_and_an_inversion_beyond_noise_is_said(monkeypatch):
+    from hf_eenet import costs
+
+    lat, worst = costs.monotone_latencies([38.3, 97.6, 123.0, 183.9, 218.0, 187.8])  # a profile taken on a busy CPU
+    assert all(b > a for a, b in zip(lat, lat[1:])) and lat[:5] == [38.3, 97.6, 123.0, 183.9, 218.0]
+    assert worst == pytest.approx((218.0 - 187.8) / 218.0)
+    assert costs.monotone_latencies([1.0, 2.0, 3.0]) == ([1.0, 2.0, 3.0], 0.0)
+    model = tiny_model(num_labels=3, layers=4)
+    measured = iter([10.0, 20.0, 30.0, 25.0])  # the last exit 17 % of the full latency cheaper than the one before
+    monkeypatch.setattr(costs.statistics, "median", lambda samples: next(measured))
+    with pytest.warns(RuntimeWarning, match="dominated by noise: an exit measured 17 %"):
+        prof = profile_exit_costs(model, repeats=1, warmup=0, decision_policy=None)
+    assert prof.info["largest_inversion"] == pytest.approx(5 / 30)
+    assert prof.latency_ms[:3] == [10.0, 20.0, 30.0] and prof.latency_ms[3] > 30.0

@@ -153,3 +153,63 @@ def test_exit_probabilities_run_in_eval_mode_and_restore_the_mode(minilm_dir):
     assert model.training, "the caller's mode is restored"
     model.eval()
     assert np.array_equal(a, b) and np.array_equal(a, exit_probabilities(model, tok, texts, progress=False))
+
+
+def test_a_failed_inplace_quantisation_leaves_the_model_as_it_was_and_int8_models_never_save(minilm_dir, tmp_path,
+                                                                                              monkeypatch):
+    """Inputs are checked before the model is touched; a failure during the refit (or Ctrl-C) puts the fp32
+    Linears and the bank back: a half-quantised model served the fp32 bank and saved, reloading with re-initialised
+    weights. A model with Int8Linear modules (also from quantize_linears_int8 alone) is refused on save."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    torch.manual_seed(0)
+    model = hf_eenet.EENetBertForSequenceClassification(
+        hf_eenet.EENetBertConfig(**tiny_kwargs(num_labels=2, layers=4, vocab_size=tok.vocab_size))).eval()
+    texts = [f"sample {i} {'good' if i % 2 else 'bad'} " * (1 + i % 3) for i in range(64)]
+    labels = [i % 2 for i in range(64)]
+    hf_eenet.refit_scheduler_bank(model, tok, texts, labels, budgets=[0.5, 0.8], max_length=32, progress=False)
+    # a model without a bank refitted at budgets= gets today's scheduler features, not the legacy set
+    assert model.config.scheduler_config["features"] == hf_eenet.EENetScheduler().features
+    bank, state = model.eenet_schedulers, {k: v.clone() for k, v in model.state_dict().items()}
+    records = [dict(r) for r in model.config.scheduler_bank]
+
+    def unchanged():
+        assert not any(isinstance(m, Int8Linear) for m in model.modules())
+        assert model.eenet_schedulers is bank and model.config.scheduler_bank == records
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+    with pytest.raises(ValueError, match="one entry per text"):
+        quantize_dynamic_int8(model, tok, texts, labels[:-1], inplace=True, max_length=32, progress=False)
+    unchanged()
+    model.config.sentence_pairs = False  # as the recipe records it
+    with pytest.raises(ValueError, match="trained on single texts"):
+        quantize_dynamic_int8(model, tok, texts, labels, text_pairs=texts, inplace=True, progress=False)
+    unchanged()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hf_eenet.EENetScheduler, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_dynamic_int8(model, tok, texts, labels, inplace=True, max_length=32, progress=False)
+    unchanged()
+    model.save_pretrained(tmp_path / "fp32")  # still the fp32 model: saves
+    quantize_linears_int8(model.bert)
+    with pytest.raises(ValueError, match="int8-quantised"):
+        model.save_pretrained(tmp_path / "int8")
+    assert not (tmp_path / "int8").exists()
+
+
+def test_all_exit_passes_check_sentence_pairs_against_the_model(minilm_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    model = tiny_model(layers=2, vocab_size=30522)
+    model.config.sentence_pairs = True
+    with pytest.raises(ValueError, match="trained on sentence pairs: pass the second texts"):
+        exit_probabilities(model, tok, ["a question"], progress=False)
+    assert exit_probabilities(model, tok, ["a question"], text_pairs=["its passage"], progress=False).shape[0] == 1
+    model.config.sentence_pairs = False
+    with pytest.raises(ValueError, match="trained on single texts"):
+        exit_probabilities(model, tok, ["a"], text_pairs=["b"], progress=False)

@@ -1025,3 +1025,22 @@ def test_evaluating_an_untrained_backbone_says_its_exit_heads_are_untrained(tiny
     card = (out / "README.md").read_text()
     assert "exit heads are freshly initialised (untrained)" in card
     assert not (out / "training_args.json").exists()  # this run's unused settings are not recorded as training
+
+
+def test_every_scheduler_the_recipe_fits_takes_the_scheduler_flags(tiny_backbone, csv_data, tmp_path, monkeypatch):
+    """Without a bank (--do_fit_scheduler false), --do_eval fits EENet per budget for the comparison: with the
+    --scheduler_* flags, as the bank and the layer-cost table are (they were the defaults there)."""
+    from hf_eenet.cli import main
+    from hf_eenet.scheduler import EENetScheduler
+
+    seen, fit = [], EENetScheduler.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen.append((self.max_epochs, self.restarts, self.selection_folds))
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(EENetScheduler, "fit", recording_fit)
+    main(["train", "--train_file", csv_data["train"], "--validation_file", csv_data["validation"], "--test_file",
+          csv_data["test"], "--text_column_names", "review", "--label_column_name", "sentiment", "--do_train",
+          "--do_eval", "--do_fit_scheduler", "false", *common_flags(tiny_backbone, tmp_path / "m")])
+    assert len(seen) == 2 and set(seen) == {(5, 1, 0)}
