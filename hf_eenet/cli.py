@@ -126,10 +126,22 @@ def _parse(command: str, extra, argv: list[str]):
         argv = [argv[1], argv[0], *argv[2:]]
     cmd_args, data_args, ns = parse_args_with_config(parser, argv, ignore_unknown=True)
     if command in ("evaluate", "predict") and getattr(cmd_args, "_budgets_from_config", False) and cmd_args.budgets:
-        # a preset's budgets are what it fits; a fitted bank is evaluated / served at its own (--budgets to choose)
-        print(f"note: the config file's budgets ({cmd_args.budgets}) are not used: the model's scheduler bank "
-              "serves its own (give --budgets to choose)", file=sys.stderr)
+        # a preset's budgets are what it fits; a fitted bank is evaluated / served at the budgets it was fitted for
+        print(f"note: the config file's budgets ({cmd_args.budgets}) are not used (they are the budgets it fits; "
+              "give --budgets on the command line to choose)", file=sys.stderr)
         cmd_args.budgets = None
+    from .recipe import _DATA_SOURCE_KEYS
+
+    from_config = set(getattr(data_args, "_from_config", ()))
+    sources = [k for k in _DATA_SOURCE_KEYS if getattr(data_args, k)]
+    if any(k not in from_config for k in sources) and any(k in from_config for k in sources):
+        # data sources on the command line: a config file's other ones (a preset's SST-2 files) are not read; this
+        # command's splits come from the command line (the model has its label names; no train split is needed)
+        dropped = [k for k in sources if k in from_config]
+        for k in dropped:
+            setattr(data_args, k, None)
+        print(f"note: data given on the command line: the config file's {', '.join(dropped)} are not read",
+              file=sys.stderr)
     return cmd_args, data_args, ns
 
 

@@ -171,7 +171,7 @@ def profile_exit_costs(
     profile.info["largest_inversion"] = inversion
     if inversion > LATENCY_INVERSION_TOLERANCE:
         warnings.warn(f"the latency profile is dominated by noise: an exit measured {100 * inversion:.0f} % of the "
-                      "full model's latency cheaper than the exit before it (a busy machine?), so exit costs were "
+                      "largest exit latency cheaper than the exit before it (a busy machine?), so exit costs were "
                       "clamped: profile again on a quiet machine or with more repeats, or use the 'flops' / "
                       "'layers' costs", RuntimeWarning, stacklevel=2)
     profile.latency_ms = lat

@@ -682,10 +682,13 @@ def _given_dests(parser, argv: list[str]) -> set[str]:
 
 def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
     """A preset run on other data (a data-source flag after the config file names another file or dataset): the
-    preset's other data sources (its validation / test files), class names, dataset name, card notes and results
-    folder describe *its* data, so the ones the command line does not set are reset to their defaults (without a
-    validation file the recipe holds rows of your train file out; the card then names the data actually used;
-    results go to output_dir, not the preset's committed card folder). A file given on the command line is the preset's when it is the very file the
+    preset's dataset name, card notes and results folder describe *its* data, so the ones the command line does not
+    set are reset to their defaults (the card then names the data actually used; results go to output_dir, not the
+    preset's committed card folder). Other *training* data (``--train_file``, ``--dataset_name``,
+    ``--dataset_config_name``) also resets the preset's other data sources (its validation / test files) and class
+    names: without a validation file the recipe holds rows of your train file out, and the preset's ``do_predict``
+    stops when no test split is left. Another validation or test file alone keeps them (trained on the preset's
+    data, evaluated on yours); the CLI commands, which need only some splits, drop them (``cli._parse``). A file given on the command line is the preset's when it is the very file the
     preset names, read from the working directory, from the repository the preset lives in, or from
     ``$EENET_DATA_DIR`` for the presets' ``../shared/data/`` paths."""
     config_root = Path(path).resolve().parent.parent.parent  # recipes/presets/x.json -> the repository
@@ -710,18 +713,21 @@ def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
     # your own training data: the preset's other splits and its class names are its data too, and mixing them with
     # yours (SST-2 dev and test under your dataset's name) would fit the bank and report on data the card does not
     # name. Another validation / test file alone (train on the preset's data, evaluate on yours) keeps its splits.
-    own_training_data = bool({"train_file", "dataset_name"} & set(changed))
+    own_training_data = bool({"train_file", "dataset_name", "dataset_config_name"} & set(changed))
     keys = (_DATA_SOURCE_KEYS + ("class_names",) if own_training_data else ()) + _DATASET_TEXT_KEYS
-    reset = [k for k in keys if cfg.get(k) and k not in given]
+    reset = [k for k in keys if cfg.get(k) and k not in given
+             and not (k == "dataset_name" and not {"dataset_name", "train_file"} & set(changed))]  # another config
     if not changed or not reset:
         return
     for obj in parsed:
         for k in reset:
             if hasattr(obj, k):
                 setattr(obj, k, [] if isinstance(getattr(obj, k), list) else None)
-    # the preset's --do_predict read its test file: without one nothing is predicted (not an error asking for it)
+    # the preset's --do_predict read its test file: without one nothing is predicted (not an error asking for it);
+    # a dataset (--dataset_name) brings its own test split
     stopped = []
-    if "test_file" in reset and cfg.get("do_predict") and "do_predict" not in given:
+    if ("test_file" in reset and cfg.get("do_predict") and "do_predict" not in given
+            and not values.get("dataset_name")):
         for obj in parsed:
             if getattr(obj, "do_predict", False):
                 obj.do_predict = False

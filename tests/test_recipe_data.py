@@ -372,6 +372,13 @@ def test_predict_honours_budget_and_budgets_in_both_modes(csv_run, csv_data, tmp
     with pytest.raises(SystemExit):  # flags on the command line still count
         main(["predict", str(out), str(cfg), "dull", "--test_file", csv_data["test"]])
     assert "not both" in capsys.readouterr().err
+    # your own file on the command line: the config file's other data files are not read (this one does not exist)
+    cfg.write_text(json.dumps({"train_file": str(tmp_path / "absent.csv"), "test_file": csv_data["test"],
+                               "text_column_names": "review"}))
+    main(["predict", str(out), str(cfg), "--test_file", csv_data["unlabelled"], "--output_file",
+          str(tmp_path / "mine.jsonl")])
+    assert "the config file's train_file are not read" in capsys.readouterr().err
+    assert len((tmp_path / "mine.jsonl").read_text().splitlines()) == 7
 
 
 def test_rematch_the_bank_on_an_unlabelled_file_through_the_cli(csv_run, csv_data, tmp_path, capsys):
@@ -892,6 +899,13 @@ def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_
     assert (data.train_file, data.validation_file, data.class_names) == \
         (cfg["train_file"], cfg["validation_file"], cfg["class_names"])
     assert data.test_file == mine and targs.do_predict and args.results_dir is None
+    # a dataset brings its own test split: --do_predict stays; another configuration is other training data too
+    _, data, _, targs = parse("--dataset_name", str(tmp_path))
+    assert data.test_file is None and targs.do_predict
+    hub = tmp_path / "hub.json"
+    hub.write_text(json.dumps({"dataset_name": "glue", "dataset_config_name": "sst2", "class_names": "neg,pos"}))
+    _, data, _, _ = parse_args_with_config(build_parser(), [str(hub), "--dataset_config_name", "cola"])
+    assert data.dataset_name == "glue" and data.class_names is None
     _, _, args, _ = parse("--train_fi", mine)  # argparse's abbreviation
     assert args.results_dir is None
     _, _, args, _ = parse("--train_file", mine, "--dataset_label", "sst2")  # given again on the command line: kept
