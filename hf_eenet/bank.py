@@ -69,7 +69,10 @@ class SchedulerBank(nn.ModuleList):
 # ----------------------------------------------------------------------------------------------------- fingerprints
 def data_fingerprint(exit_probs, labels, decimals: int = 4) -> str:
     """``"sha256:<hex>"`` of the validation data a bank is fitted on: labels ``[N]`` (int64) and the exit
-    probabilities ``[N, K, C]`` rounded to ``decimals`` (so the same data collected twice gives the same print)."""
+    probabilities ``[N, K, C]`` rounded to ``decimals``, so the same predictions collected twice the same way give the
+    same print. Collected on another device or in another precision, values near a rounding boundary can move across
+    it (differences of ~1e-7 over thousands of values): the print then differs and an extended bank is refused, to be
+    refitted as a whole."""
     p = exit_probs.detach().cpu().double().numpy() if isinstance(exit_probs, torch.Tensor) else np.asarray(exit_probs, np.float64)
     y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     h = hashlib.sha256()

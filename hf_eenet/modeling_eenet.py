@@ -292,7 +292,8 @@ class EENetModelMixin:
             prints = {r.get("data_fingerprint") for _, r in others.values() if r.get("data_fingerprint")}
             if data_fingerprint and prints and prints != {data_fingerprint}:
                 raise BankIntegrityError(
-                    "the new scheduler was fitted on other validation data than the bank's other schedulers "
+                    "the new scheduler was fitted on other validation data (or the same data collected on another "
+                    "device or in another precision) than the bank's other schedulers "
                     f"({data_fingerprint} vs {sorted(prints)}): refit the whole bank (fit_scheduler replaces it)")
         entries[budget] = (scheduler, make_record(scheduler, budget, data_fingerprint))
         self._install_bank({b: e for b, e in entries.items()}, cfg)

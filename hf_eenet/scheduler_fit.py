@@ -583,7 +583,8 @@ class _FitMixin:
             cd["cost"] = float(spent[cd["key"]].mean())
 
         # one-standard-error rule (§5.3): the simplest candidate whose paired per-row held-out gap to the most
-        # accurate one is within selection_margin standard errors; simplicity: max-prob < static < voting < trained
+        # accurate one is within selection_margin standard errors, and no less accurate than a simpler candidate
+        # that was not; simplicity: max-prob < static < voting < trained
         trained = [cd for cd in candidates if cd["run"] is not None and cd["eligible"]] or \
             [cd for cd in candidates if cd["run"] is not None]
         best_trained = max(trained, key=lambda cd: (cd["accuracy"], -candidates.index(cd)))
@@ -595,8 +596,15 @@ class _FitMixin:
             cd["gap_points"] = 100 * float(diff.mean())
             cd["gap_se_points"] = 100 * (float(diff.std() / math.sqrt(n_held)) if n_held > 1 else 0.0)
         chosen = best_trained
-        if fallbacks:
-            chosen = next(cd for cd in pool if cd["gap_points"] <= self.selection_margin * cd["gap_se_points"])
+        if fallbacks:  # each gap has its own paired SE, so "within" is no accuracy cut-off: a candidate is kept only
+            # if it is at least as accurate as every simpler one rejected (a static split with a large SE must not
+            # pass where a more accurate max-prob with a tiny SE did not); the most accurate always qualifies
+            rejected = -math.inf
+            for cd in pool:
+                if cd["gap_points"] <= self.selection_margin * cd["gap_se_points"] and cd["accuracy"] >= rejected:
+                    chosen = cd
+                    break
+                rejected = max(rejected, cd["accuracy"])
         advantage = {"best": f"{best['name']} / {best['plan']} shares", "best_accuracy": best["accuracy"],
                      "kept": f"{chosen['name']} / {chosen['plan']} shares", "gap_points": chosen["gap_points"],
                      "gap_se_points": chosen["gap_se_points"], "margin_se": self.selection_margin}
@@ -637,7 +645,8 @@ class _FitMixin:
                       f"{100 * best['accuracy']:.2f}% and the best trained one ({best_trained['name']}, "
                       f"{best_trained['plan']} shares) {100 * best_trained['accuracy']:.2f}%; the {chosen['name']} "
                       f"({100 * chosen['accuracy']:.2f}%) is the simplest rule within {self.selection_margin:g} SE of "
-                      f"the best (gap {chosen['gap_points']:.2f} pt, SE {chosen['gap_se_points']:.2f} pt) and is kept")
+                      f"the best (gap {chosen['gap_points']:.2f} pt, SE {chosen['gap_se_points']:.2f} pt) and no less "
+                      "accurate than a simpler rule outside it, and is kept")
         k_total = c.shape[0]
         for run in runs:
             run["within_tolerance"] = all(run["fold_within_tolerance"])

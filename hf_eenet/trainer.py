@@ -533,7 +533,8 @@ class EENetTrainer(Trainer):
         if extend and model.config.scheduler_bank:
             prints = {r.get("data_fingerprint") for r in model.config.scheduler_bank if r.get("data_fingerprint")}
             if prints and prints != {fingerprint}:
-                raise ValueError("extend=True: the existing bank was fitted on other validation data (fingerprint "
+                raise ValueError("extend=True: the existing bank was fitted on other validation data, or on the same "
+                                 "data collected on another device or in another precision (fingerprint "
                                  f"{sorted(prints)} vs {fingerprint}); refit the whole bank (extend=False)")
         info, fitted = {}, {}
         try:

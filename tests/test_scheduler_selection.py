@@ -161,3 +161,34 @@ def test_single_hold_out_reports_held_out_means_not_means_over_all_rows():
         assert b["cost"] == pytest.approx(0.5, abs=0.06), (name, b)
         assert b["accuracy"] > 0.5, (name, b)
     assert all(cd["cost"] == pytest.approx(0.5, abs=0.08) for cd in info["candidates"])
+
+
+def _weakly_informative(n, seed, k_total=6, num_classes=4):
+    """Exits whose correctness is barely related to their max prob; accuracy rises slowly with depth."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    torch.rand(n, generator=g)  # (a draw the scenario below was found with)
+    acc = torch.linspace(0.55, 0.7, k_total)
+    probs = torch.empty(n, k_total, num_classes)
+    for k in range(k_total):
+        right = torch.rand(n, generator=g) < acc[k]
+        pred = torch.where(right, y, (y + torch.randint(1, num_classes, (n,), generator=g)) % num_classes)
+        m = (0.4 + 0.5 * torch.rand(n, generator=g) + 0.08 * right).clamp(max=0.97)
+        noise = torch.softmax(0.3 * torch.randn(n, num_classes, generator=g), -1).scatter(1, pred[:, None], 0.0)
+        probs[:, k] = (noise / noise.sum(-1, keepdim=True) * (1 - m)[:, None]).scatter(1, pred[:, None], m[:, None])
+    return probs, y
+
+
+def test_the_one_se_rule_never_keeps_a_rule_less_accurate_than_a_simpler_one_it_rejected():
+    """Each candidate's gap has its own paired SE: here the static split (62.6 %, SE 1.7 pt) was within it while
+    max-prob (63.0 %, SE 0.6 pt), simpler and more accurate, was not, and static was kept."""
+    costs = [k / 6 for k in range(1, 7)]
+    probs, y = _weakly_informative(1000, 31)
+    s = EENetScheduler(restarts=0, max_epochs=20, features="base").fit(probs, y, costs, 0.3, seed=31)
+    cands = s.fit_info["candidates"]
+    kept = next(c for c in cands if f"{c['name']} / {c['plan']} shares" == s.fit_info["chosen"])
+    rejected = [c for c in cands if c["gap_points"] > c["gap_se_points"]]
+    assert rejected and all(kept["accuracy"] >= c["accuracy"] for c in rejected)
+    static = next(c for c in cands if c["name"] == "static split")
+    assert static["gap_points"] <= static["gap_se_points"] and static["accuracy"] < max(c["accuracy"] for c in rejected)
+    assert s.fit_info["chosen"] != "static split / static shares"

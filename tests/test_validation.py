@@ -123,3 +123,40 @@ def test_rounding_noise_below_zero_is_read_as_zero_everywhere():
     assert torch.equal(sched.exit_index(noisy), sched.exit_index(clean))
     again = EENetScheduler(restarts=0, max_epochs=3).fit(clean, labels, [1 / 3, 2 / 3, 1.0], 0.6)
     assert sched.thresholds == again.thresholds
+
+
+def test_a_float32_budget_read_off_float32_costs_is_in_range():
+    """as_number turns a float32 budget into its shortest decimal (0.3), while the costs keep their exact float32
+    values (0.30000001...): a budget of exactly c_1 was refused as outside [c_1, c_K]."""
+    from hf_eenet.policies import MaxProbPolicy
+    from hf_eenet.validation import check_budget
+
+    costs = np.array([0.3, 0.6, 1.0], np.float32)
+    for b in (costs[0], torch.tensor(costs[0]), costs[-1]):
+        assert check_budget(b, costs) in (float(costs[0]), float(costs[-1]))
+    probs = torch.softmax(torch.randn(40, 3, 2, generator=torch.Generator().manual_seed(0)), -1)
+    assert MaxProbPolicy.calibrate(probs, None, costs, costs[0]).planned_cost == pytest.approx(float(costs[0]))
+    with pytest.raises(ValueError, match="outside the reachable range"):
+        check_budget(0.2999, costs)
+
+
+def test_softmax_outputs_stored_as_bfloat16_are_probabilities():
+    """Row sums of bfloat16 softmax outputs drift by up to ~3e-3 (8-bit mantissa): they were refused as "not
+    probabilities ... pass probabilities, not logits". Logits still are."""
+    from hf_eenet.policies import MaxProbPolicy
+    from hf_eenet.validation import as_probs_tensor
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(200, 3, 3, generator=g) * 2, -1)
+    y = torch.randint(0, 3, (200,), generator=g)
+    pb = p.to(torch.bfloat16)
+    assert (pb.double().sum(-1) - 1).abs().max() > 1e-3
+    back = as_probs_tensor(pb)
+    assert back.dtype == torch.float32 and torch.allclose(back.sum(-1), torch.ones(200, 3))
+    assert torch.allclose(back, p, atol=1e-2)
+    pol = MaxProbPolicy.calibrate(pb, y, [0.3, 0.6, 1.0], 0.5)
+    assert torch.equal(pol.exit_index(pb), pol.exit_index(back))
+    EENetScheduler(restarts=0, max_epochs=2).fit(pb, y, [0.3, 0.6, 1.0], 0.5)
+    with pytest.raises(ValueError, match="not logits"):
+        as_probs_tensor((torch.rand(4, 3, 3) * 3).to(torch.bfloat16))  # positive scores, not summing to 1
+    assert torch.equal(as_probs_tensor(p), p)  # float32 softmax outputs: as they are
