@@ -130,18 +130,6 @@ def _parse(command: str, extra, argv: list[str]):
         print(f"note: the config file's budgets ({cmd_args.budgets}) are not used (they are the budgets it fits; "
               "give --budgets on the command line to choose)", file=sys.stderr)
         cmd_args.budgets = None
-    from .recipe import _DATA_SOURCE_KEYS
-
-    from_config = set(getattr(data_args, "_from_config", ()))
-    sources = [k for k in _DATA_SOURCE_KEYS if getattr(data_args, k)]
-    if any(k not in from_config for k in sources) and any(k in from_config for k in sources):
-        # data sources on the command line: a config file's other ones (a preset's SST-2 files) are not read; this
-        # command's splits come from the command line (the model has its label names; no train split is needed)
-        dropped = [k for k in sources if k in from_config]
-        for k in dropped:
-            setattr(data_args, k, None)
-        print(f"note: data given on the command line: the config file's {', '.join(dropped)} are not read",
-              file=sys.stderr)
     return cmd_args, data_args, ns
 
 
@@ -193,13 +181,15 @@ def _seed(args, model_dir: str) -> int:
     return args.seed
 
 
-def _trainer_and_data(model, tok, data_args, model_dir: str, seed: int, batch_size: int, need, use_labels=True):
+def _trainer_and_data(model, tok, data_args, model_dir: str, seed: int, batch_size: int, need, use_labels=True,
+                      uses=None):
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     from .data import load_text_classification
     from .recipe import check_pairing, model_label_names
     from .trainer import EENetTrainer
 
+    _read_needed_files_only(data_args, uses or need)  # uses: the splits read when present (need: must be)
     data = load_text_classification(data_args, seed=seed, label_names=model_label_names(model), need=need,
                                     use_labels=use_labels)
     check_pairing(model.config, data.is_pair)
@@ -213,6 +203,21 @@ def _trainer_and_data(model, tok, data_args, model_dir: str, seed: int, batch_si
     trainer = EENetTrainer(model=model, args=targs, eval_dataset=enc.get("validation"), processing_class=tok,
                            data_collator=DataCollatorWithPadding(tok))
     return trainer, data, enc
+
+
+def _read_needed_files_only(data_args, need) -> None:
+    """A config file's data files of splits this command does not use (a preset's SST-2 train file for ``predict
+    --test_file mine.csv``) are not read: the model has its label names, so train is read only for a validation
+    hold-out. Files given on the command line are read as given."""
+    from_config = set(getattr(data_args, "_from_config", ()))
+    needed = set(need) | ({"train"} if "validation" in need and not data_args.validation_file else set())
+    skipped = [f"{split}_file" for split in ("train", "validation", "test")
+               if split not in needed and f"{split}_file" in from_config and getattr(data_args, f"{split}_file")]
+    for key in skipped:
+        setattr(data_args, key, None)
+    if skipped:
+        print(f"note: not reading the config file's {', '.join(skipped)} (this command uses the "
+              f"{' / '.join(s for s in ('train', 'validation', 'test') if s in needed)} split)", file=sys.stderr)
 
 
 def _has_cuda() -> bool:
@@ -264,7 +269,8 @@ def cmd_evaluate(argv) -> dict:
     served, served_by = _served(model, budgets)
     _serving_length(model, tok, data_args, "evaluate")
     trainer, data, enc = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
-                                           args.per_device_eval_batch_size, need=("validation",))
+                                           args.per_device_eval_batch_size, need=("validation",),
+                                           uses=("validation", "test"))
     val_probs, val_labels = trainer.collect_exit_predictions(enc["validation"])
     on = "test" if data.labelled.get("test") else "validation"
     probs, labels = trainer.collect_exit_predictions(enc[on]) if on == "test" else (val_probs, val_labels)

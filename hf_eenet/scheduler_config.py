@@ -66,11 +66,12 @@ class EENetSchedulerConfig:
             the fitting rows themselves (the paper's literal reading, optimistic).
         selection_margin: the one-standard-error rule of §5.3: the simplest candidate (max-prob < static < voting
             < trained) whose paired per-row held-out gap to the most accurate one is within this many standard
-            errors is kept (selection among many candidates favours lucky ones). ``0`` = the most accurate.
+            errors, and which is no less accurate than a simpler candidate outside that margin, is kept (selection
+            among many candidates favours lucky ones). ``0`` = the most accurate.
         fallback: keep the calibrated max-prob / static (and voting) rules as candidates (§5.3): a trained run is
-            kept only when no simpler rule is within ``selection_margin`` standard errors of the most accurate
-            candidate, so the kept scheduler is at most that margin below the best of them on the selection split
-            (never below it with ``selection_margin=0``).
+            kept only when no simpler rule qualifies under that rule, so the kept scheduler is at most that margin
+            below the best of them on the selection split, and never below a simpler rule it passed over (never
+            below the best with ``selection_margin=0``).
     """
 
     num_exits: int | None = None

@@ -595,19 +595,23 @@ class _FitMixin:
             diff = right[best["key"]] - right[cd["key"]]
             cd["gap_points"] = 100 * float(diff.mean())
             cd["gap_se_points"] = 100 * (float(diff.std() / math.sqrt(n_held)) if n_held > 1 else 0.0)
-        chosen = best_trained
+        chosen, passed_over = best_trained, []
         if fallbacks:  # each gap has its own paired SE, so "within" is no accuracy cut-off: a candidate is kept only
             # if it is at least as accurate as every simpler one rejected (a static split with a large SE must not
             # pass where a more accurate max-prob with a tiny SE did not); the most accurate always qualifies
             rejected = -math.inf
             for cd in pool:
-                if cd["gap_points"] <= self.selection_margin * cd["gap_se_points"] and cd["accuracy"] >= rejected:
+                within = cd["gap_points"] <= self.selection_margin * cd["gap_se_points"]
+                if within and cd["accuracy"] >= rejected:
                     chosen = cd
                     break
+                if within:
+                    passed_over.append(cd["name"])
                 rejected = max(rejected, cd["accuracy"])
         advantage = {"best": f"{best['name']} / {best['plan']} shares", "best_accuracy": best["accuracy"],
                      "kept": f"{chosen['name']} / {chosen['plan']} shares", "gap_points": chosen["gap_points"],
-                     "gap_se_points": chosen["gap_se_points"], "margin_se": self.selection_margin}
+                     "gap_se_points": chosen["gap_se_points"], "margin_se": self.selection_margin,
+                     "passed_over": passed_over}  # within the margin, but below a simpler rule outside it
         fallback = chosen["run"] is None
 
         # refit the kept candidate on all rows (§5.3), then §6 thresholds on all fitting rows for its plan
@@ -645,8 +649,8 @@ class _FitMixin:
                       f"{100 * best['accuracy']:.2f}% and the best trained one ({best_trained['name']}, "
                       f"{best_trained['plan']} shares) {100 * best_trained['accuracy']:.2f}%; the {chosen['name']} "
                       f"({100 * chosen['accuracy']:.2f}%) is the simplest rule within {self.selection_margin:g} SE of "
-                      f"the best (gap {chosen['gap_points']:.2f} pt, SE {chosen['gap_se_points']:.2f} pt) and no less "
-                      "accurate than a simpler rule outside it, and is kept")
+                      f"the best (gap {chosen['gap_points']:.2f} pt, SE {chosen['gap_se_points']:.2f} pt) that is no "
+                      "less accurate than every simpler rule outside it, and is kept")
         k_total = c.shape[0]
         for run in runs:
             run["within_tolerance"] = all(run["fold_within_tolerance"])

@@ -84,7 +84,7 @@ def check_budget(budget, costs) -> float:
     """Validate a target *average* cost ``budget`` against cumulative ``costs`` and return it as a float.
 
     Raises ``ValueError`` if the budget is not a number, NaN/inf, ``<= 0``, or outside ``[c_1, c_K]`` (a slack of
-    two float32 steps of ``c_K`` is tolerated and clipped, so ``1.0 * c_K`` computed in floating point, or a float32
+    two float32 steps of the bound is tolerated and clipped, so ``1.0 * c_K`` computed in floating point, or a float32
     budget read off float32 costs -- which :func:`as_number` turns into its shortest decimal -- is accepted).
     """
     costs = [float(c) for c in costs]
@@ -94,10 +94,9 @@ def check_budget(budget, costs) -> float:
     if b <= 0:
         raise ValueError(f"budget must be > 0, got {b}")
     lo, hi = costs[0], costs[-1]
-    tol = 2.4e-7 * hi  # ~2 float32 ulps
-    if b < lo - tol or b > hi + tol:
+    if b < lo - max(2.4e-7 * lo, 1e-9 * hi) or b > hi * (1 + 2.4e-7):  # ~2 float32 steps of the bound itself
         raise ValueError(
-            f"budget {b:g} is outside the reachable range [c_1, c_K] = [{lo:g}, {hi:g}] "
+            f"budget {b:.10g} is outside the reachable range [c_1, c_K] = [{lo:.10g}, {hi:.10g}] "
             f"(as a fraction of c_K: [{lo / hi:.4g}, 1])"
         )
     return min(max(b, lo), hi)
@@ -148,7 +147,8 @@ def as_probs_tensor(exit_probs, name: str = "exit_probs") -> torch.Tensor:
     """Validate ``exit_probs`` of shape [N, K, C] (softmax outputs) and return a float tensor.
 
     Rounding noise is tolerated (entries down to -1e-6, rows summing to 1 within 1e-3, or 2 rounding steps of a
-    lower-precision dtype: 0.016 for bfloat16, whose rows are then renormalised); the tolerated negative
+    lower-precision dtype: 0.016 for bfloat16; rows off by more than 1e-3 are then renormalised, each by its own
+    sum); the tolerated negative
     entries are returned as 0, as a softmax gives them (features such as the entropy -sum p log p are undefined below
     0)."""
     if not isinstance(exit_probs, torch.Tensor):
@@ -178,8 +178,10 @@ def as_probs_tensor(exit_probs, name: str = "exit_probs") -> torch.Tensor:
             f"{name} rows must sum to 1 over the class dimension (softmax outputs); a row sums to {worst:.4g}. "
             "Pass probabilities, not logits."
         )
-    if dev.max().item() > 1e-3:  # low-precision rounding beyond float32's tolerance: renormalised (float32 checks
-        return (p.clamp_min(0.0) / sums.unsqueeze(-1)).float()  # downstream then hold)
+    off = dev > 1e-3  # low-precision rounding beyond float32's tolerance: those rows (each by its own sum, so a
+    if off.any():     # row's values never depend on the rows passed with it) are renormalised
+        p = torch.where(off.unsqueeze(-1), p.clamp_min(0.0) / sums.unsqueeze(-1), p)
+        return p.float().clamp_min(0.0)
     return exit_probs.detach().float().clamp_min(0.0)
 
 

@@ -377,7 +377,13 @@ def test_predict_honours_budget_and_budgets_in_both_modes(csv_run, csv_data, tmp
                                "text_column_names": "review"}))
     main(["predict", str(out), str(cfg), "--test_file", csv_data["unlabelled"], "--output_file",
           str(tmp_path / "mine.jsonl")])
-    assert "the config file's train_file are not read" in capsys.readouterr().err
+    assert "not reading the config file's train_file (this command uses the test split)" in capsys.readouterr().err
+    # a command-line file of one split keeps the config file's others: evaluate calibrates on the config's
+    # validation file and reports on the test file given (not in-sample on validation)
+    cfg.write_text(json.dumps({"validation_file": csv_data["validation"], "test_file": str(tmp_path / "absent.csv"),
+                               "text_column_names": "review", "label_column_name": "sentiment"}))
+    res = main(["evaluate", str(out), str(cfg), "--test_file", csv_data["test"]])
+    assert res["evaluated_on"] == "test"
     assert len((tmp_path / "mine.jsonl").read_text().splitlines()) == 7
 
 

@@ -192,3 +192,4 @@ def test_the_one_se_rule_never_keeps_a_rule_less_accurate_than_a_simpler_one_it_
     static = next(c for c in cands if c["name"] == "static split")
     assert static["gap_points"] <= static["gap_se_points"] and static["accuracy"] < max(c["accuracy"] for c in rejected)
     assert s.fit_info["chosen"] != "static split / static shares"
+    assert s.fit_info["selection_advantage"]["passed_over"] == ["static split"]  # and said so
