@@ -210,9 +210,18 @@ def _read_needed_files_only(data_args, need) -> None:
     --test_file mine.csv``) are not read: the model has its label names, so train is read only for a validation
     hold-out. Files given on the command line are read as given."""
     from_config = set(getattr(data_args, "_from_config", ()))
+    files = [f"{split}_file" for split in ("train", "validation", "test")]
+    if any(getattr(data_args, k) and k not in from_config for k in files):  # files on the command line: a config's
+        for key in ("dataset_name", "dataset_config_name"):                 # dataset is not read beside them
+            if key in from_config and getattr(data_args, key):
+                setattr(data_args, key, None)
+                print(f"note: not reading the config file's {key} (data files given on the command line)",
+                      file=sys.stderr)
     needed = set(need) | ({"train"} if "validation" in need and not data_args.validation_file else set())
     skipped = [f"{split}_file" for split in ("train", "validation", "test")
                if split not in needed and f"{split}_file" in from_config and getattr(data_args, f"{split}_file")]
+    if not any(getattr(data_args, k) for k in ("dataset_name", *files) if k not in skipped):
+        return  # nothing this command uses is given: the loader says which split it needs
     for key in skipped:
         setattr(data_args, key, None)
     if skipped:

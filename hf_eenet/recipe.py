@@ -688,7 +688,8 @@ def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
     ``--dataset_config_name``) also resets the preset's other data sources (its validation / test files) and class
     names: without a validation file the recipe holds rows of your train file out, and the preset's ``do_predict``
     stops when no test split is left. Another validation or test file alone keeps them (trained on the preset's
-    data, evaluated on yours); the CLI commands, which need only some splits, drop them (``cli._parse``). A file given on the command line is the preset's when it is the very file the
+    data, evaluated on yours); the CLI commands do not read a config file's files of splits they do not use
+    (``cli._read_needed_files_only``). A file given on the command line is the preset's when it is the very file the
     preset names, read from the working directory, from the repository the preset lives in, or from
     ``$EENET_DATA_DIR`` for the presets' ``../shared/data/`` paths."""
     config_root = Path(path).resolve().parent.parent.parent  # recipes/presets/x.json -> the repository

@@ -21,8 +21,10 @@ Fitting data: all-exits softmax outputs P [N, K, C] of a labelled validation spl
       On every held-out fold each candidate's thresholds are set on that fold to meet B there (§6); every row is
       held out once. One-standard-error rule: the kept candidate is the simplest (max-prob < static < voting <
       trained) whose paired per-row gap to the most accurate candidate is within ``selection_margin`` standard
-      errors, so a trained run is kept only when it beats every fallback by more than noise (``fit_info`` says when a
-      fallback won and by how much). A kept trained run is refitted on all rows.
+      errors and which is no less accurate than a simpler candidate outside that margin, so a trained run is kept
+      only when it beats every fallback by more than noise or the fallbacks within noise are passed over
+      (``fit_info`` says when a fallback won, by how much, and what was passed over). A kept trained run is refitted
+      on all rows.
 §6  thresholds on *all* fitting rows for the kept candidate's plan:
       learned:   pi_bar_k = mean_n pi_{n,k}, tilted to meet B (D9), planned counts n_k, and for k = 1..K-1 in order
                  t_k = the n_k-th largest q^_k among the rows not yet assigned (eq. 6.1); t_K = -inf.

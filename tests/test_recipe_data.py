@@ -384,6 +384,17 @@ def test_predict_honours_budget_and_budgets_in_both_modes(csv_run, csv_data, tmp
                                "text_column_names": "review", "label_column_name": "sentiment"}))
     res = main(["evaluate", str(out), str(cfg), "--test_file", csv_data["test"]])
     assert res["evaluated_on"] == "test"
+    # a config naming a dataset (never loaded here: the Hub is offline) beside a file on the command line
+    cfg.write_text(json.dumps({"dataset_name": "someone/reviews", "dataset_config_name": "v2",
+                               "text_column_names": "review"}))
+    main(["predict", str(out), str(cfg), "--test_file", csv_data["unlabelled"], "--output_file",
+          str(tmp_path / "hub.jsonl")])
+    assert "not reading the config file's dataset_name" in capsys.readouterr().err
+    assert len((tmp_path / "hub.jsonl").read_text().splitlines()) == 7
+    cfg.write_text(json.dumps({"train_file": csv_data["train"], "text_column_names": "review"}))
+    with pytest.raises(SystemExit):  # nothing this command uses: the loader names the split it needs
+        main(["predict", str(out), str(cfg)])
+    assert "this step needs the test split(s); give --test_file" in capsys.readouterr().err
     assert len((tmp_path / "mine.jsonl").read_text().splitlines()) == 7
 
 
