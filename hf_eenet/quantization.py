@@ -124,6 +124,13 @@ def _check_texts(model, texts, text_pairs, what: str = "texts") -> None:
         raise ValueError(f"this model was trained on single texts: {what} take no text_pairs")
 
 
+def _check_text_labels(texts, labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != (len(texts),):
+        raise ValueError(f"labels must have one entry per text ({len(texts)}), got shape {labels.shape}")
+    return labels
+
+
 @torch.inference_mode()
 def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: int = 64, max_length: int | None = None,
                        autocast_dtype: torch.dtype | None = None, progress: bool = True) -> np.ndarray:
@@ -176,9 +183,7 @@ def refit_scheduler_bank(model, tokenizer, texts, labels, *, budgets=None, text_
     if not budgets:
         raise ValueError("no budgets: the model has no scheduler bank; pass budgets=[...]")
     budgets = sorted(check_budget_fraction(b, "budgets entry") for b in budgets)
-    labels = np.asarray(labels)
-    if labels.shape != (len(texts),):
-        raise ValueError(f"labels must have one entry per text ({len(texts)}), got shape {labels.shape}")
+    labels = _check_text_labels(texts, labels)
     t0 = time.perf_counter()
     probs = exit_probabilities(model, tokenizer, texts, text_pairs=text_pairs, batch_size=batch_size,
                                max_length=max_length, autocast_dtype=autocast_dtype, progress=progress)
@@ -239,8 +244,7 @@ def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, bud
                       UserWarning, stacklevel=2)
     if has_bank and refit:  # every input checked before the model is touched
         _check_texts(model, texts, text_pairs)
-        if np.asarray(labels).shape != (len(texts),):
-            raise ValueError(f"labels must have one entry per text ({len(texts)}), got shape {np.asarray(labels).shape}")
+        _check_text_labels(texts, labels)
         for b in budgets or []:
             check_budget_fraction(b, "budgets entry")
         if traffic_texts is not None:

@@ -24,7 +24,7 @@ from transformers import EvalPrediction, Trainer
 from .bank import atomic_save_dir, data_fingerprint
 from .evaluation import evaluate_exits
 from .scheduler import EENetScheduler
-from .validation import check_bool, check_budget, check_budget_fraction, check_costs
+from .validation import check_bool, check_budget, check_budget_fraction, check_costs, check_labels
 
 
 logger = logging.getLogger(__name__)
@@ -432,11 +432,12 @@ class EENetTrainer(Trainer):
             return dataset  # not class ids (the model's own checks apply)
         if not require_labels and values.size and (values == -1).all():
             return dataset.remove_columns(names)
-        bad = values[(values < 0) | (values >= num_labels)]
-        if bad.size:
-            raise ValueError(f"label column {names[0]!r} has values outside 0..{num_labels - 1} (e.g. {int(bad[0])}, "
-                             f"{bad.size} rows): the model has {num_labels} classes"
-                             + ("" if require_labels else "; an unlabelled split has every label -1 or no label column"))
+        try:
+            check_labels(values, len(values), num_labels)
+        except ValueError as err:  # the shared check, naming the column
+            raise ValueError(f"label column {names[0]!r}: {err}"
+                             + ("" if require_labels else "; an unlabelled split has every label -1 or no label column")
+                             ) from None
         return dataset
 
     def rematch_budgets(self, dataset) -> dict:

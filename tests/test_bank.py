@@ -744,7 +744,7 @@ def test_trainer_rematch_budgets_on_an_unlabelled_dataset(trainer_setup):
     probs, labels = tr.collect_exit_predictions(traffic.add_column("labels", [-1] * len(traffic)),
                                                 require_labels=False)
     assert labels is None and probs.shape[0] == len(traffic)  # all -1: an unlabelled split
-    with pytest.raises(ValueError, match=r"label column 'labels' has values outside 0..1 \(e.g. 7"):
+    with pytest.raises(ValueError, match=r"label column 'labels': labels must lie in \[0, 2\) .*got min 0, max 7"):
         tr.collect_exit_predictions(traffic.add_column("labels", [7] + [0] * (len(traffic) - 1)))
     assert all(r["rematched_on"]["rows"] == len(traffic) for r in model.config.scheduler_bank)
     with pytest.raises(ValueError, match="re-matched"):
