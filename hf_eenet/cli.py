@@ -173,10 +173,9 @@ def _seed(args, model_dir: str) -> int:
     ``--validation_file`` the validation hold-out then has the rows the recipe held out (not training rows)."""
     if args.seed is not None:
         return args.seed
-    try:
-        seed = json.loads((Path(model_dir) / "training_args.json").read_text()).get("seed")
-    except (OSError, ValueError, AttributeError):
-        seed = None
+    from .recipe import _saved_training_args
+
+    seed = _saved_training_args(model_dir).get("seed")  # its folder or its Hub repository
     args.seed = int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0
     return args.seed
 

@@ -62,11 +62,21 @@ def build_model_card(results: dict, *, dataset: str, base_model: str, setup: dic
         limitations="\n".join(f"- {x}" for x in limitations),
         plot=f"![accuracy vs cost]({plot_file})" if plot_file else "",
         adherence_table=budget_adherence_table(results),
-        layer_cost_table=(results_table(results["results_with_layer_costs"])
-                          if results.get("results_with_layer_costs") else "not measured"),
+        layer_cost_section=_layer_cost_section(results),
         scheduler_fit=_scheduler_fit_line(results),
     )
     return card
+
+
+def _layer_cost_section(results: dict) -> str:
+    """The comparison re-run with layer-count costs, when the run made one (else no section: a card does not
+    describe a table it does not have)."""
+    if not results.get("results_with_layer_costs"):
+        return ""
+    return ("### The same comparison with layer-count costs\n\n"
+            "Exit k costs ℓ_k / L, its encoder layer over the number of layers (no measurement); every policy, EENet "
+            "included, is re-calibrated for these costs.\n\n" + results_table(results["results_with_layer_costs"])
+            + "\n")
 
 
 def _looks_like_hub_id(name: str | None) -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 
 from .data import DataArguments, DataError, load_text_classification
 from .scheduler_config import SchedulerFitArguments
-from .validation import check_budget_fraction
+from .validation import budget_reachable, check_budget_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -126,14 +126,16 @@ def _card_training_args(values: dict) -> dict:
     return {k: v for k, v in values.items() if k in _CARD_TRAINING_KEYS}
 
 
-def _saved_training_args(model_dir) -> dict:
-    """The training settings saved with a model this run did not train (its ``training_args.json``), else ``{}``:
-    the card must not show this run's unused TrainingArguments as how the model was trained."""
-    path = Path(model_dir) / "training_args.json"
+def _saved_training_args(model_dir, cache_dir: str | None = None) -> dict:
+    """The training settings saved with a model this run did not train (its ``training_args.json``, in its folder or
+    its Hub repository), else ``{}``: the card must not show this run's unused TrainingArguments as how the model was
+    trained."""
+    path = model_file(str(model_dir), "training_args.json", cache_dir)
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        out = json.loads(path.read_text()) if path is not None else {}
     except (OSError, ValueError):
         return {}
+    return out if isinstance(out, dict) else {}
 
 
 def _drop_stale_outputs(out_dir: Path, evaluated: bool, predicted: bool, weights_changed: bool = True,
@@ -176,19 +178,31 @@ def _no_machine_path(value):
     return "<path>/" + Path(p).name if isinstance(p, str) and os.path.isabs(p) else p
 
 
-def checkpoint_pooling(path: str) -> str:
-    """``"mean"`` when ``path`` is a sentence-transformers checkpoint pooled by the token mean (its
-    ``1_Pooling/config.json``), else ``"cls"``. Local folders are read directly; Hub ids only from the local cache."""
-    cfg_file = Path(path) / "1_Pooling" / "config.json"
-    if not cfg_file.is_file():
-        try:
-            from huggingface_hub import try_to_load_from_cache
+def model_file(path: str, filename: str, cache_dir: str | None = None) -> Path | None:
+    """``filename`` of the model at ``path``: a local folder's file, or a Hub repository's (from the cache, downloaded
+    when online, as ``from_pretrained`` does; ``HF_HUB_OFFLINE`` keeps it to the cache). ``None`` when it has none or
+    it cannot be reached: ``from_pretrained`` fetches only the config, weights and tokenizer, not the side files."""
+    local = Path(path) / filename
+    if local.is_file():
+        return local
+    if Path(path).is_dir():
+        return None
+    try:
+        from transformers.utils.hub import cached_file
 
-            cached = try_to_load_from_cache(path, "1_Pooling/config.json")
-            cfg_file = Path(cached) if isinstance(cached, str) else None
-        except Exception:  # not a repo id, no cache
-            cfg_file = None
-    if cfg_file is None or not cfg_file.is_file():
+        found = cached_file(path, filename, cache_dir=cache_dir, _raise_exceptions_for_missing_entries=False,
+                            _raise_exceptions_for_connection_errors=False, _raise_exceptions_for_gated_repo=False)
+    except Exception:  # noqa: BLE001 - not a repo id, no cache, no network: the file is unknown, not an error
+        return None
+    return Path(found) if found and Path(found).is_file() else None
+
+
+def checkpoint_pooling(path: str, cache_dir: str | None = None) -> str:
+    """``"mean"`` when ``path`` is a sentence-transformers checkpoint pooled by the token mean (its
+    ``1_Pooling/config.json``), else ``"cls"``. Local folders are read directly, Hub ids through :func:`model_file`
+    (before, only from the cache: a first online run of a mean-pooled Hub checkpoint pooled by CLS)."""
+    cfg_file = model_file(path, "1_Pooling/config.json", cache_dir)
+    if cfg_file is None:
         return "cls"
     cfg = json.loads(cfg_file.read_text())
     return "mean" if cfg.get("pooling_mode_mean_tokens") else "cls"
@@ -215,7 +229,7 @@ def load_backbone(path: str, num_labels: int, exit_layers=None, id2label=None, e
     model_type = AutoConfig.from_pretrained(path, cache_dir=cache_dir).model_type
     cls = EENetRobertaForSequenceClassification if "roberta" in model_type else EENetBertForSequenceClassification
     if exit_pooling == "auto":
-        exit_pooling = checkpoint_pooling(path)
+        exit_pooling = checkpoint_pooling(path, cache_dir)
     kw = {"num_labels": num_labels, "exit_pooling": exit_pooling}
     if exit_layers:
         kw["exit_layers"] = exit_layers
@@ -417,7 +431,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                                    tokenizer_name=model_args.tokenizer_name, cache_dir=model_args.cache_dir,
                                    ignore_mismatched_sizes=model_args.ignore_mismatched_sizes)
     # how a model this run does not train was trained (read now: the output folder may be the model's own)
-    saved_targs = None if do_train else _saved_training_args(path)
+    saved_targs = None if do_train else _saved_training_args(path, model_args.cache_dir)
     bank_budgets = list(model.config.scheduler_budgets or []) if pretrained_eenet else []
     if bank_budgets and not (do_train or args.do_fit_scheduler) and (do_eval or do_predict):  # served as fitted
         if args.budgets is None or getattr(args, "_budgets_from_config", False):  # not given: the bank's
@@ -488,7 +502,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         costs = _dist_broadcast_costs(set_exit_costs(model, profile, args.cost_profile))
         model.config.exit_costs = [float(c) for c in costs]
     costs = list(model.config.exit_costs)
-    unreachable = [b for b in budgets if b < costs[0] / costs[-1] * (1 - 1e-9)]
+    unreachable = [b for b in budgets if not budget_reachable(b, [c / costs[-1] for c in costs])]
     if args.do_fit_scheduler and unreachable:  # found only now that the costs are known: keep what was trained
         trainer.save_model(training_args.output_dir)
         reachable = [b for b in budgets if b not in unreachable]

@@ -583,6 +583,10 @@ class _FitMixin:
         for cd in candidates:
             cd["accuracy"] = float(right[cd["key"]].mean())
             cd["cost"] = float(spent[cd["key"]].mean())
+        # tied scores (duplicate rows, saturated probabilities) cannot be split by thresholds: a candidate then spends
+        # more or less than B held out, and the accuracies below are not compared at equal cost -- say which
+        off_cost = [cd for cd in candidates
+                    if abs(cd["cost"] - budget) > max(0.01 * budget, float(c[-1]) / max(n_held, 1))]
 
         # one-standard-error rule (§5.3): the simplest candidate whose paired per-row held-out gap to the most
         # accurate one is within selection_margin standard errors, and no less accurate than a simpler candidate
@@ -653,6 +657,13 @@ class _FitMixin:
                       f"({100 * chosen['accuracy']:.2f}%) is the simplest rule within {self.selection_margin:g} SE of "
                       f"the best (gap {chosen['gap_points']:.2f} pt, SE {chosen['gap_se_points']:.2f} pt) that is no "
                       "less accurate than every simpler rule outside it, and is kept")
+        cost_note = None
+        if off_cost:
+            cost_note = (
+                "held out, " + ", ".join(f"{cd['name']} / {cd['plan']} shares spent {cd['cost'] / budget:.3f}x"
+                                         for cd in off_cost)
+                + f" the budget {budget:g} (tied scores cannot be split by thresholds), so the candidates were not "
+                "compared at equal cost" + ("; the kept one is among them" if chosen in off_cost else ""))
         k_total = c.shape[0]
         for run in runs:
             run["within_tolerance"] = all(run["fold_within_tolerance"])
@@ -675,6 +686,7 @@ class _FitMixin:
             "fit_rows": n,
             "selection_advantage": advantage,
             "selection_baselines": baselines,
+            "selection_cost_note": cost_note,  # None: every candidate spent the budget held out (within 1 %)
             "candidates": [{k: v for k, v in cd.items() if k not in ("key", "run")} for cd in candidates],
             "within_tolerance": final["within_tolerance"],
             "budget": budget,

@@ -80,6 +80,15 @@ def check_budget_fraction(budget, name: str = "budget") -> float:
     return b
 
 
+def budget_reachable(budget: float, costs) -> bool:
+    """``budget`` lies in ``[c_1, c_K]`` of cumulative ``costs`` up to a slack of about two float32 steps of the bound
+    itself (absolute ``5e-10 * c_K`` where c_1 is tiny). The slack is below the bank's budget match (relative 1e-6,
+    absolute 1e-9 of the full cost), so a budget accepted here and clipped to a bound is still the bank key it was
+    asked for. The one test of reachability: :func:`check_budget` and the recipe's early refusal both use it."""
+    lo, hi = float(costs[0]), float(costs[-1])
+    return lo - max(2.4e-7 * lo, 5e-10 * hi) <= budget <= hi * (1 + 2.4e-7)
+
+
 def check_budget(budget, costs) -> float:
     """Validate a target *average* cost ``budget`` against cumulative ``costs`` and return it as a float.
 
@@ -94,7 +103,7 @@ def check_budget(budget, costs) -> float:
     if b <= 0:
         raise ValueError(f"budget must be > 0, got {b}")
     lo, hi = costs[0], costs[-1]
-    if b < lo - max(2.4e-7 * lo, 1e-9 * hi) or b > hi * (1 + 2.4e-7):  # ~2 float32 steps of the bound itself
+    if not budget_reachable(b, costs):
         raise ValueError(
             f"budget {b:.10g} is outside the reachable range [c_1, c_K] = [{lo:.10g}, {hi:.10g}] "
             f"(as a fraction of c_K: [{lo / hi:.4g}, 1])"
@@ -256,6 +265,7 @@ __all__ = [
     "is_number",
     "as_number",
     "check_budget_fraction",
+    "budget_reachable",
     "check_budget",
     "check_costs",
     "costs_match",

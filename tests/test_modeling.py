@@ -107,6 +107,33 @@ def test_recipe_reads_sentence_transformers_pooling(minilm_dir, tmp_path):
     assert model.config.exit_pooling == "cls"
 
 
+def test_hub_side_files_are_read_from_the_repository_not_only_from_a_local_folder(tmp_path):
+    """A Hub id's 1_Pooling/config.json and training_args.json are not fetched by from_pretrained: the pooling was
+    read only if something else had cached it, and a Hub model the recipe did not train got no training_args.json
+    (how it was trained). Both now go through the Hub's file lookup (a cache laid out as the Hub client does;
+    HF_HUB_OFFLINE keeps the lookup to it)."""
+    import json
+
+    from hf_eenet.recipe import _saved_training_args, checkpoint_pooling, model_file
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--someone--mean-pooled"
+    snap = repo / "snapshots" / commit
+    (snap / "1_Pooling").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (snap / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    (snap / "training_args.json").write_text(json.dumps({"seed": 7, "learning_rate": 3e-5}))
+    cache = str(tmp_path / "cache")
+    assert checkpoint_pooling("someone/mean-pooled", cache) == "mean"
+    assert _saved_training_args("someone/mean-pooled", cache) == {"seed": 7, "learning_rate": 3e-5}
+    assert model_file("someone/mean-pooled", "missing.json", cache) is None
+    assert _saved_training_args("someone/not-cached", cache) == {}  # unknown: none, not this run's settings
+    assert checkpoint_pooling("someone/not-cached", cache) == "cls"
+    (tmp_path / "local").mkdir()  # a local folder is never taken for a repository id
+    assert model_file(str(tmp_path / "local"), "training_args.json", cache) is None
+
+
 # ---------------------------------------------------------------------------------------------------- loading
 
 

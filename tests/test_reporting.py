@@ -64,7 +64,13 @@ def test_card_says_what_was_evaluated_and_whether_a_bank_was_saved(tmp_path):
     text = _card_text(dict(base, bank_budgets=[0.85, 0.95]))
     assert "budget=0.85)" in text and "ask for a budget in [0.85, 0.95]" in text
     # the full model is the last exit, not "all K layers"; layer-count costs are l_k / L
-    assert f"Full model (last of {len(base['costs'])} exits)" in text and "ℓ_k / L" in text
+    assert f"Full model (last of {len(base['costs'])} exits)" in text
+    layered = json.loads((ROOT / "model_cards" / "sst5" / "results.json").read_text())
+    assert layered.get("results_with_layer_costs") and "ℓ_k / L" in _card_text(layered)
+    # a run without the layer-count comparison has no such section (it described the table, then said "not measured")
+    text = _card_text({k: v for k, v in layered.items() if k != "results_with_layer_costs"})
+    assert "layer-count costs" not in text and "ℓ_k / L" not in text and "not measured" not in text
+    assert "Budget adherence" in text and "Scheduler fit time" in text
 
 
 def test_card_metadata_names_only_hub_ids_and_the_training_length_as_set(tmp_path, monkeypatch):

@@ -193,3 +193,23 @@ def test_the_one_se_rule_never_keeps_a_rule_less_accurate_than_a_simpler_one_it_
     assert static["gap_points"] <= static["gap_se_points"] and static["accuracy"] < max(c["accuracy"] for c in rejected)
     assert s.fit_info["chosen"] != "static split / static shares"
     assert s.fit_info["selection_advantage"]["passed_over"] == ["static split"]  # and said so
+
+
+def test_candidates_that_ties_keep_off_the_budget_are_named_in_fit_info():
+    """Tied scores (duplicate rows) cannot be split by thresholds, so a candidate spends more or less than B held
+    out and the §5.3 comparison is not at equal cost: fit_info says which candidates and by how much (before, only a
+    RuntimeWarning about the final thresholds hinted at it). Clean data has no note."""
+    import warnings
+
+    probs, labels = make_data(600, seed=3)
+    clean = EENetScheduler(restarts=0, max_epochs=3).fit(probs, labels, COSTS, 0.5)
+    assert clean.fit_info["selection_cost_note"] is None
+    dup = probs.clone()
+    dup[:360] = probs[0]  # 60 % of the rows are one row: every rule scores them alike at every exit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        info = EENetScheduler(restarts=0, max_epochs=3).fit(dup, labels, COSTS, 0.5).fit_info
+    note = info["selection_cost_note"]
+    assert note is not None and "not compared at equal cost" in note
+    off = [cd for cd in info["candidates"] if abs(cd["cost"] - 0.5) > 0.005]
+    assert off and all(f"{cd['name']} / {cd['plan']} shares spent {cd['cost'] / 0.5:.3f}x" in note for cd in off)

@@ -144,6 +144,28 @@ def test_a_float32_budget_read_off_float32_costs_is_in_range():
         check_budget(0.1 * (1 - 1e-6), [0.1, 0.5, 1.0])
 
 
+def test_a_budget_inside_the_slack_is_the_bank_key_it_was_asked_for():
+    """check_budget clips a budget within its slack to c_1; the bank then compares the scheduler's (clipped) budget
+    with its key within relative 1e-6 / absolute 1e-9. With c_1 under ~0.4 % of c_K the slack was 1e-9 * c_K, as
+    wide as the bank's match: a budget accepted here could be refused when put in the bank. The recipe's early
+    refusal of budgets below c_1 uses the same test."""
+    import math
+
+    from hf_eenet.validation import budget_reachable, check_budget
+
+    for lo in (1e-5, 1e-4, 1e-3, 4e-3, 0.05, 0.3):
+        costs = [lo, 0.5, 1.0]
+        slack = lo - max(2.4e-7 * lo, 5e-10)
+        for b in (np.nextafter(slack, 1.0), lo - 0.999 * (lo - slack), lo * (1 - 1e-12)):
+            clipped = check_budget(b, costs)
+            assert budget_reachable(b, costs) and clipped == lo
+            assert math.isclose(clipped, b, rel_tol=1e-6, abs_tol=1e-9), (lo, b)  # bank.check_scheduler's match
+        below = lo - 1.01 * (lo - slack)
+        assert not budget_reachable(below, costs)
+        with pytest.raises(ValueError, match="outside the reachable range"):
+            check_budget(below, costs)
+
+
 def test_softmax_outputs_stored_as_bfloat16_are_probabilities():
     """Row sums of bfloat16 softmax outputs drift by up to ~3e-3 (8-bit mantissa): they were refused as "not
     probabilities ... pass probabilities, not logits". Logits still are."""
