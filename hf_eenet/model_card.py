@@ -76,7 +76,7 @@ def _layer_cost_section(results: dict) -> str:
     return ("### The same comparison with layer-count costs\n\n"
             "Exit k costs ℓ_k / L, its encoder layer over the number of layers (no measurement); every policy, EENet "
             "included, is re-calibrated for these costs.\n\n" + results_table(results["results_with_layer_costs"])
-            + "\n")
+            + "\n\n")
 
 
 def _looks_like_hub_id(name: str | None) -> bool:

@@ -70,6 +70,7 @@ def test_card_says_what_was_evaluated_and_whether_a_bank_was_saved(tmp_path):
     # a run without the layer-count comparison has no such section (it described the table, then said "not measured")
     text = _card_text({k: v for k, v in layered.items() if k != "results_with_layer_costs"})
     assert "layer-count costs" not in text and "ℓ_k / L" not in text and "not measured" not in text
+    assert "\n\n\n" not in text and "\n\n\n" not in _card_text(layered)  # no stray blank line either way
     assert "Budget adherence" in text and "Scheduler fit time" in text
 
 

@@ -204,6 +204,15 @@ def test_candidates_that_ties_keep_off_the_budget_are_named_in_fit_info():
     probs, labels = make_data(600, seed=3)
     clean = EENetScheduler(restarts=0, max_epochs=3).fit(probs, labels, COSTS, 0.5)
     assert clean.fit_info["selection_cost_note"] is None
+    # learned shares without budget matching do not aim at B (by design, not ties): not named
+    plain = EENetScheduler(restarts=0, max_epochs=3, match_budget=False, selection_folds=0).fit(probs, labels, COSTS,
+                                                                                                0.5).fit_info
+    assert any(cd["plan"] == "learned" and abs(cd["cost"] - 0.5) > 0.05 for cd in plain["candidates"])
+    assert plain["selection_cost_note"] is None
+    # small data, 5 folds: each fold's thresholds round to a row of that fold (40 rows), not of all 200
+    small_p, small_y = make_data(200, seed=1)
+    small = EENetScheduler(restarts=0, max_epochs=3).fit(small_p, small_y, COSTS, 0.37).fit_info
+    assert small["selection_folds"] == 5 and small["selection_cost_note"] is None
     dup = probs.clone()
     dup[:360] = probs[0]  # 60 % of the rows are one row: every rule scores them alike at every exit
     with warnings.catch_warnings():
@@ -211,5 +220,6 @@ def test_candidates_that_ties_keep_off_the_budget_are_named_in_fit_info():
         info = EENetScheduler(restarts=0, max_epochs=3).fit(dup, labels, COSTS, 0.5).fit_info
     note = info["selection_cost_note"]
     assert note is not None and "not compared at equal cost" in note
-    off = [cd for cd in info["candidates"] if abs(cd["cost"] - 0.5) > 0.005]
+    one_row = COSTS[-1] / (info["selection_rows"] // info["selection_folds"])  # a row of the smallest fold
+    off = [cd for cd in info["candidates"] if abs(cd["cost"] - 0.5) > max(0.005, one_row)]
     assert off and all(f"{cd['name']} / {cd['plan']} shares spent {cd['cost'] / 0.5:.3f}x" in note for cd in off)
