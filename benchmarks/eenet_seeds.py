@@ -145,6 +145,10 @@ def main(argv=None):
     ap.add_argument("--bound", action="store_true",
                     help="also report thresholds tuned on the test rows (an upper bound, not a policy) for max-prob, "
                          "voting and a trained EENet's scores")
+    ap.add_argument("--decision_ms_from", metavar="SEEDS_JSON",
+                    help="take the EENet decision times from an earlier eenet_seeds JSON of the same model instead of "
+                         "measuring them again (they are timed in this process, so a busy CPU inflates them): runs "
+                         "meant to share costs (a main run and its ablation) then score the same costs")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -172,10 +176,16 @@ def main(argv=None):
 
         cfg = EENetBertConfig(num_hidden_layers=k_total, exit_layers=list(range(1, k_total + 1)), num_labels=n_classes)
         probe = _eenet_timing_probe(cfg)
-        decision_ms = measure_decision_ms(probe, k_total, n_classes, batch_size=int(prof_info.get("batch_size", 1)),
-                                          repeats=300)
-        costs_raw, costs = decision_inclusive_costs(lat, decision_ms)
         inputs = {"model_dir": _rel(args.model_dir), "results": _rel(args.results)}
+        if args.decision_ms_from:
+            decision_ms = json.loads(Path(args.decision_ms_from).read_text()).get("decision_ms_per_exit")
+            if not decision_ms or len(decision_ms) != k_total - 1:
+                raise SystemExit(f"{args.decision_ms_from} has no decision_ms_per_exit for {k_total} exits")
+            inputs["decision_ms_from"] = _rel(args.decision_ms_from)
+        else:
+            decision_ms = measure_decision_ms(probe, k_total, n_classes,
+                                              batch_size=int(prof_info.get("batch_size", 1)), repeats=300)
+        costs_raw, costs = decision_inclusive_costs(lat, decision_ms)
     print(f"{name}: val {tuple(val_p.shape)}, test {tuple(test_p.shape)}; costs {[round(c, 4) for c in costs]}")
 
     # seed 0 with every baseline and the oracle (reporting.compare_policies), further seeds: EENet only
