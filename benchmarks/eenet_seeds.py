@@ -155,6 +155,8 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = [float(b) for b in args.budgets.split(",")]
     recipe_results, lat, prof_info = None, None, {}
+    if args.synthetic and args.decision_ms_from:
+        ap.error("--decision_ms_from is for a model's run (--model_dir): the synthetic costs have no decision time")
     if args.synthetic:
         from test_scheduler import COSTS, make_agreement_data, make_data
 
@@ -178,9 +180,18 @@ def main(argv=None):
         probe = _eenet_timing_probe(cfg)
         inputs = {"model_dir": _rel(args.model_dir), "results": _rel(args.results)}
         if args.decision_ms_from:
-            decision_ms = json.loads(Path(args.decision_ms_from).read_text()).get("decision_ms_per_exit")
+            ref = json.loads(Path(args.decision_ms_from).read_text())
+            decision_ms = ref.get("decision_ms_per_exit")
             if not decision_ms or len(decision_ms) != k_total - 1:
-                raise SystemExit(f"{args.decision_ms_from} has no decision_ms_per_exit for {k_total} exits")
+                raise SystemExit(f"{args.decision_ms_from}: decision_ms_per_exit must hold {k_total - 1} times (one per "
+                                 f"exit before the last), got {decision_ms!r}")
+            ref_inputs = ref.get("inputs") or {}
+            if (ref_inputs.get("model_dir"), ref_inputs.get("results")) != (inputs["model_dir"], inputs["results"]) \
+                    or (ref.get("profile_info") or {}).get("batch_size") != prof_info.get("batch_size"):
+                raise SystemExit(f"{args.decision_ms_from} was run on {ref_inputs} (profile batch size "
+                                 f"{(ref.get('profile_info') or {}).get('batch_size')}), not on {inputs} (batch size "
+                                 f"{prof_info.get('batch_size')}): decision times are reused only within one model "
+                                 "and profile")
             inputs["decision_ms_from"] = _rel(args.decision_ms_from)
         else:
             decision_ms = measure_decision_ms(probe, k_total, n_classes,

@@ -61,6 +61,7 @@ def test_runs_on_one_model_score_the_same_costs():
         if "decision_ms_from" in inputs:
             ref = json.loads((ROOT / inputs["decision_ms_from"]).read_text())
             assert res["decision_ms_per_exit"] == ref["decision_ms_per_exit"], path.stem
+            assert (ref["inputs"]["model_dir"], ref["inputs"]["results"]) == (inputs["model_dir"], inputs["results"])
         if "model_dir" in inputs:
             by_model.setdefault((inputs["model_dir"], inputs["results"]), []).append((path.stem, res["costs"]))
     for key, runs in by_model.items():
