@@ -139,6 +139,19 @@ def load_texts(path, n, with_labels=False):
     return texts, (None if lab is None else [int(r[lab]) for r in rows])
 
 
+def sweep_texts(args, mb):
+    """Texts timed at micro-batch ``mb > 1``: ``--n_texts``, else 1024 or 32 micro-batches, whichever is more (4096
+    at 128), so that every micro-batch size runs a chunk of at least 32 layer calls per layer. A pass over them is
+    one depth-wave chunk (``chunk_size`` = the pass's texts) and the same texts in length-sorted micro-batches for
+    the stock model."""
+    return args.n_texts or max(1024, 32 * mb)
+
+
+def cycled(texts, n):
+    """``n`` texts: the file's, repeated in order when it has fewer (timing only; random weights, planned exits)."""
+    return [texts[i % len(texts)] for i in range(n)]
+
+
 def sst2_shares(path):
     with open(path, encoding="utf-8") as f:
         res = json.load(f)
@@ -226,13 +239,14 @@ class Bench:
         return out
 
     @torch.inference_mode()
-    def run(self, engine, n, mb, plan=None, chunk_size=1024):
-        """One pass over the first ``n`` texts; returns (logits [n, C], exit_index [n]) in text order (on device)."""
+    def run(self, engine, n, mb, plan=None, chunk_size=None):
+        """One pass over the first ``n`` texts; returns (logits [n, C], exit_index [n]) in text order (on device).
+        Depth waves take ``chunk_size`` texts per chunk (``None``: the pass is one chunk of ``n`` texts)."""
         dev = self.dev
         if engine in ("waves", "waves_graphs"):
             self.policy.feed(plan)
             return depth_wave_forward(self.model, self.rows[:n], self.policy, micro_batch_size=mb,
-                                      chunk_size=chunk_size, cuda_graphs=engine == "waves_graphs")
+                                      chunk_size=chunk_size or n, cuda_graphs=engine == "waves_graphs")
         logits = torch.empty(n, 2, device=dev, dtype=next(self.model.parameters()).dtype)
         exits = torch.full((n,), self.K - 1, device=dev, dtype=torch.long)
         batches = self._batches.get((n, mb))
@@ -272,7 +286,12 @@ def sweep(args, dev, results, out_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    texts = load_texts(args.texts, max(args.n_texts, args.n_texts_bs1))
+    mbs = [int(x) for x in args.mbs.split(",")]
+    wanted = {mb: args.n_texts_bs1 if mb == 1 else sweep_texts(args, mb) for mb in mbs}
+    if args.chunk_sizes and dev.type == "cuda":
+        wanted[0] = max(int(x) for x in args.chunk_sizes.split(","))
+    distinct = load_texts(args.texts, max(wanted.values()))
+    texts = cycled(distinct, max(wanted.values()))
     enc = tok(texts, truncation=True, max_length=128)
     shares = sst2_shares(args.shares)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -280,9 +299,8 @@ def sweep(args, dev, results, out_path):
         for dname in args.dtypes.split(","):
             Bench._batches = {}
             bench = Bench(args, shape, dtypes[dname], dev, enc)
-            for mb in [int(x) for x in args.mbs.split(",")]:
-                n = args.n_texts_bs1 if mb == 1 else args.n_texts
-                n = min(n, len(texts))
+            for mb in mbs:
+                n = wanted[mb]
                 budgets = [float(b) for b in (args.budgets_bs1 if mb == 1 else args.budgets).split(",")]
                 plans = {f"B={b}": make_plan(shares[round(b, 4)], n, seed=0) for b in budgets}
                 plans["all-last"] = torch.full((n,), bench.K - 1, dtype=torch.long)
@@ -323,6 +341,7 @@ def sweep(args, dev, results, out_path):
                 med = {c: statistics.median(v) for c, v in times.items()}
                 stock_t = med[("stock", None)]
                 entry = {"shape": shape, "dtype": dname, "micro_batch": mb, "n_texts": n,
+                         "distinct_texts": min(n, len(distinct)), "chunk_size": n,
                          "stock_texts_per_s": n / stock_t, "rows": [], "checks": check}
                 for (e, p), t in med.items():
                     if e == "stock":
@@ -344,7 +363,7 @@ def sweep(args, dev, results, out_path):
 
 
 def memory_sweep(args, bench, shape, dname, shares, dev, results, out_path):
-    n = min(args.n_texts, len(bench.rows))
+    n = max(int(x) for x in args.chunk_sizes.split(","))  # the largest chunk is one chunk of all the texts
     mb = 128
     plan = make_plan(shares[0.5], n, seed=0)
     for cs in [int(x) for x in args.chunk_sizes.split(",")]:
@@ -380,7 +399,8 @@ def pipeline_mode(args, dev, results, out_path):
     from bench_pipeline import full_model, stock_pipeline  # the same full-model baseline as the pipeline benchmark
 
     tok = AutoTokenizer.from_pretrained(args.model_dir)
-    texts, labels = load_texts(args.texts, args.n_texts, with_labels=True)
+    n_texts = args.n_texts or 1024  # pipeline mode: the file's first 1024 texts unless told
+    texts, labels = load_texts(args.texts, n_texts, with_labels=True)
     # fp32 compute whatever the stored dtype (the GPU run ships the weights as fp16 to fit the transfer limit)
     ee = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval().float().to(dev)
     full = full_model(args.model_dir).float().to(dev)
@@ -394,7 +414,7 @@ def pipeline_mode(args, dev, results, out_path):
     budgets = [float(b) for b in args.budgets.split(",")]
     last = hf_eenet.StaticPolicy(ee.config.num_exits - 1, ee.config.num_exits)  # every row to the last exit
     for bs in [int(x) for x in args.mbs.split(",")]:
-        n = min(args.n_texts_bs1 if bs == 1 else args.n_texts, len(texts))
+        n = min(args.n_texts_bs1 if bs == 1 else n_texts, len(texts))
         sub = texts[:n]
         graphs = args.graphs and dev.type == "cuda"
         # (kind, budget, chunk_size, cuda_graphs, fused); chunk_size None = the pipeline's default for a list (depth
@@ -604,10 +624,14 @@ def main():
     p.add_argument("--budgets_bs1", default="0.5,0.9")
     p.add_argument("--engines", default="legacy,loop,waves")
     p.add_argument("--no_waves_bs1", action="store_true")
-    p.add_argument("--n_texts", type=int, default=1024)
+    p.add_argument("--n_texts", type=int, default=0,
+                   help="texts per pass at micro-batch > 1 (default 0: max(1024, 32 x micro-batch), one depth-wave chunk; "
+                        "sweep mode repeats the file's texts when it has fewer; pipeline mode: 1024)")
     p.add_argument("--n_texts_bs1", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--chunk_sizes", default="128,512,1024")
+    p.add_argument("--chunk_sizes", default="1024,2048,4096",
+                   help="GPU sweep: peak memory and speed of depth waves per chunk size (micro-batch 128, B=0.5, "
+                        "as many texts as the largest chunk)")
     p.add_argument("--pipeline", action="store_true", help="real model through the pipeline (needs --model_dir)")
     p.add_argument("--model_dir", default=None)
     p.add_argument("--graphs", action="store_true", help="pipeline mode: also time cuda_graphs=True (CUDA only)")

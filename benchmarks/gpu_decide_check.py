@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -98,7 +99,8 @@ def main():
             str(b): time_decide(sched, 6, 4, b, dev) for b in (1, 64, 4096)}
     mp = MaxProbPolicy.calibrate(probs, labels, COSTS, 0.5)
     out["maxprob_decide_us"] = {str(b): time_decide(mp, 6, 4, b, dev) for b in (1, 64, 4096)}
-    out["command"] = "python benchmarks/gpu_decide_check.py " + " ".join(sys.argv[1:])
+    out["command"] = "python benchmarks/gpu_decide_check.py " + " ".join(  # no absolute paths of the machine
+        os.path.basename(a) if os.path.isabs(a) else a for a in sys.argv[1:])
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -139,6 +139,23 @@ def targets_table(gpu, gpu_pipe, cpu_pipe) -> list[str]:
     return lines
 
 
+def _texts_per_mb(cur) -> str:
+    """How many texts each micro-batch size timed, e.g. '1,024 SST-2 test sentences (64 at micro-batch 1)'."""
+    per = {}
+    for e in cur["sweep"]:
+        per.setdefault(e["micro_batch"], (e["n_texts"], e.get("distinct_texts", e["n_texts"])))
+    parts = [f"{n:,} at micro-batch {mb}" for mb, (n, _) in sorted(per.items())]
+    distinct = max(d for _, d in per.values())
+    repeated = any(n > d for n, d in per.values())
+    if len(set(n for n, _ in per.values() if n)) == 2 and not repeated and 1 in per:  # the older runs' wording
+        big = max(n for n, _ in per.values())
+        return f"{big:,} SST-2 test sentences ({per[1][0]} at micro-batch 1)"
+    text = "SST-2 test sentences: " + ", ".join(parts)
+    if repeated:
+        text += f" (the {distinct:,} distinct sentences repeated); a pass is one depth-wave chunk"
+    return text
+
+
 def build() -> str:
     out = [START, ""]
     cur = _load("engine_gpu_h200.json")
@@ -152,14 +169,15 @@ def build() -> str:
     if cur:
         out += [f"**Engines on a GPU** (`benchmarks/results/engine_gpu_h200.json`, {cur['device']}, torch "
                 f"{cur['versions']['torch']}, transformers {cur['versions']['transformers']}; random weights, "
-                f"{cur['sweep'][-1]['n_texts']:,} SST-2 test sentences (64 at micro-batch 1), rows exit by a fixed "
+                f"{_texts_per_mb(cur)}, rows exit by a fixed "
                 "plan drawn from the exit shares EENet chose on SST-2 at each budget, so only the engine differs). "
                 "Cells: throughput / stock `BertForSequenceClassification` (eager, same weights, same length-sorted "
                 "micro-batches); `waves` = depth waves (`model.early_exit_predict`, the pipeline over a list), "
                 "`waves_graphs` = the same with `cuda_graphs=True`, `loop` = the per-request loop "
                 "(`model(..., budget=)`), `loop_graphs` = the loop with `cuda_graphs=True` (one text), `all-last` = "
                 "every row to the last exit. With graphs, `all-last` above 1x is the graphs' own gain over the "
-                "eager stock model, not early exit:", ""]
+                "eager stock model, not early exit" + (f". Run: {cur['run_note']}; code: {cur['code']}" if
+                                                       cur.get("run_note") else "") + ":", ""]
         out += sweep_table(cur, [("waves", p) for p in ("B=0.3", "B=0.5", "B=0.7", "B=0.9", "all-last")]
                            + [("waves_graphs", p) for p in ("B=0.5", "B=0.9", "all-last")]
                            + [(e, p) for e in ("loop", "loop_graphs") for p in ("B=0.5", "all-last")])
@@ -172,9 +190,53 @@ def build() -> str:
                 out.append(f"| {SHAPE_NAMES.get(m['shape'], m['shape'])}, {m['dtype']} | {m['chunk_size']} | "
                            f"{m['peak_extra_bytes'] / 2**20:.0f} | {m['texts_per_s']:,.0f} |")
             out.append("")
+    rep = _load("engine_gpu_h200_mb128_repeat.json")
+    if cur and rep:
+        first = {(e["shape"], e["dtype"]): e for e in cur["sweep"] if e["micro_batch"] == 128}
+        spread = ", ".join(f"{SHAPE_NAMES[e['shape']].split(' (')[0]} {e['dtype']} "
+                           f"{first[(e['shape'], e['dtype'])]['stock_texts_per_s']:,.0f} vs {e['stock_texts_per_s']:,.0f}"
+                           for e in rep["sweep"] if (e["shape"], e["dtype"]) in first)
+        moves = []  # (relative change of a ratio between the runs, label)
+        for e in rep["sweep"]:
+            old = first.get((e["shape"], e["dtype"]))
+            for r in e["rows"] if old else []:
+                o = _row(old, r["engine"], r["plan"])
+                if o:
+                    moves.append((abs(r["speedup_vs_stock"] / o["speedup_vs_stock"] - 1),
+                                  f"{_label(e)} {r['engine']} {r['plan']}: {o['speedup_vs_stock']:.2f}x vs "
+                                  f"{r['speedup_vs_stock']:.2f}x"))
+        moves.sort()
+        median_move = moves[len(moves) // 2][0] if moves else 0.0
+        out += [f"**Micro-batch 128 again** (`benchmarks/results/engine_gpu_h200_mb128_repeat.json`, {rep['device']}, "
+                f"{rep['args']['repeats']} interleaved rounds; {rep['run_note']}). The stock model's own throughput "
+                f"moved between the two runs on one machine (texts/s, first run vs this one: {spread}): at these sizes "
+                "both models are mostly bound by the host's Python (table after this one), whose speed varied. The "
+                f"same speed-ups moved by {100 * median_move:.0f} % in the median and up to "
+                f"{100 * moves[-1][0]:.0f} % ({moves[-1][1]}), so one run's ratio at micro-batch 128 is a rough "
+                "figure, and a target within that distance of its bound is not settled by either run:", ""]
+        out += sweep_table(rep, [(e, p) for e in ("waves", "waves_graphs") for p in ("B=0.5", "B=0.9", "all-last")])
+        out.append("")
+    prof = _load("gpu_profile_waves_h200.json")
+    if prof:
+        out += [f"**Where the time goes at micro-batch 128** (`benchmarks/results/gpu_profile_waves_h200.json`, "
+                f"{prof['device']}, torch.profiler, {prof['n_texts']:,} texts in one chunk; a diagnosis, no target): "
+                "wall time of an unprofiled pass, the device's busy time (its kernels and copies, from the profiled "
+                "pass) and the share of the wall time the device sat idle, waiting for the host (single passes, "
+                "so as noisy as the runs above). Where the device idles most (bf16, both shapes) a layer call costs the "
+                "host more than the device, which is what `cuda_graphs=True` removes; BERT-base-L12 fp32 is "
+                "device-bound, and there depth waves at B=0.5 halve the device's work:", "",
+                "| shape, dtype | engine | wall ms | device busy ms | device idle | device events |",
+                "|---|---|---:|---:|---:|---:|"]
+        for r in prof["runs"]:
+            what = "stock" if r["engine"] == "stock" else f"waves {r['plan']}"
+            idle = "–" if r.get("device_idle_share") is None else f"{100 * r['device_idle_share']:.0f} %"
+            out.append(f"| {SHAPE_NAMES.get(r['shape'], r['shape'])}, {r['dtype']} | {what} | {r['wall_ms']:.1f} | "
+                       f"{r['device_busy_ms']:.1f} | {idle} | {r['device_events']:,} |")
+        out.append("")
     if gpu_pipe and gpu_pipe.get("pipeline"):
         out += [f"**Real SST-2 model on the GPU** (`benchmarks/results/engine_gpu_h200_pipeline.json`, "
-                f"{gpu_pipe['device']}; its bank, the 1,821 SST-2 test texts, 200 at batch 1; {gpu_pipe['notes']}): "
+                f"{gpu_pipe['device']}; its bank, the 1,821 SST-2 test texts, 200 at batch 1; {gpu_pipe['notes']}"
+                + (f"; {gpu_pipe['run_note']}" if gpu_pipe.get("run_note") else "") + "): "
                 "speed-up vs the full model through the stock pipeline, and `early_exit_predict` with vs without "
                 "`cuda_graphs` (same exits and labels on every row):", "",
                 "| batch_size | path | budget | speed-up | mean cost | accuracy |", "|---:|---|---:|---:|---:|---:|"]
