@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hf_eenet  # noqa: E402
-from hf_eenet.engine import depth_wave_forward, rows_from_encodings  # noqa: E402
+from hf_eenet.engine import default_chunk_size, depth_wave_forward, rows_from_encodings  # noqa: E402
 from hf_eenet.policies import ExitPolicy  # noqa: E402
 
 SHAPES = {
@@ -140,11 +140,9 @@ def load_texts(path, n, with_labels=False):
 
 
 def sweep_texts(args, mb):
-    """Texts timed at micro-batch ``mb > 1``: ``--n_texts``, else 1024 or 32 micro-batches, whichever is more (4096
-    at 128), so that every micro-batch size runs a chunk of at least 32 layer calls per layer. A pass over them is
-    one depth-wave chunk (``chunk_size`` = the pass's texts) and the same texts in length-sorted micro-batches for
-    the stock model."""
-    return args.n_texts or max(1024, 32 * mb)
+    """Texts timed at micro-batch ``mb > 1``: ``--n_texts``, else one default chunk (``engine.default_chunk_size``:
+    1024, 4096 at 128), so that a pass is one chunk of depth waves as the library runs it by default."""
+    return args.n_texts or default_chunk_size(mb)
 
 
 def cycled(texts, n):
@@ -241,12 +239,12 @@ class Bench:
     @torch.inference_mode()
     def run(self, engine, n, mb, plan=None, chunk_size=None):
         """One pass over the first ``n`` texts; returns (logits [n, C], exit_index [n]) in text order (on device).
-        Depth waves take ``chunk_size`` texts per chunk (``None``: the pass is one chunk of ``n`` texts)."""
+        Depth waves take ``chunk_size`` texts per chunk (``None``: the library default for ``mb``)."""
         dev = self.dev
         if engine in ("waves", "waves_graphs"):
             self.policy.feed(plan)
             return depth_wave_forward(self.model, self.rows[:n], self.policy, micro_batch_size=mb,
-                                      chunk_size=chunk_size or n, cuda_graphs=engine == "waves_graphs")
+                                      chunk_size=chunk_size, cuda_graphs=engine == "waves_graphs")
         logits = torch.empty(n, 2, device=dev, dtype=next(self.model.parameters()).dtype)
         exits = torch.full((n,), self.K - 1, device=dev, dtype=torch.long)
         batches = self._batches.get((n, mb))
@@ -341,7 +339,7 @@ def sweep(args, dev, results, out_path):
                 med = {c: statistics.median(v) for c, v in times.items()}
                 stock_t = med[("stock", None)]
                 entry = {"shape": shape, "dtype": dname, "micro_batch": mb, "n_texts": n,
-                         "distinct_texts": min(n, len(distinct)), "chunk_size": n,
+                         "distinct_texts": min(n, len(distinct)), "chunk_size": default_chunk_size(mb),
                          "stock_texts_per_s": n / stock_t, "rows": [], "checks": check}
                 for (e, p), t in med.items():
                     if e == "stock":
@@ -400,6 +398,7 @@ def pipeline_mode(args, dev, results, out_path):
 
     tok = AutoTokenizer.from_pretrained(args.model_dir)
     n_texts = args.n_texts or 1024  # pipeline mode: the file's first 1024 texts unless told
+    results["args"]["n_texts"] = n_texts
     texts, labels = load_texts(args.texts, n_texts, with_labels=True)
     # fp32 compute whatever the stored dtype (the GPU run ships the weights as fp16 to fit the transfer limit)
     ee = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval().float().to(dev)
@@ -604,6 +603,18 @@ def accuracy(results, labels, config):
     return statistics.fmean(float(label2id[r["label"]] == y) for r, y in zip(results, labels))
 
 
+def command_line(argv) -> str:
+    """The command as a shell line without the machine's absolute paths (``/a/b.json`` and ``--json=/a/b.json``
+    keep the file name), quoted so that it runs as written (empty arguments stay visible)."""
+    import shlex
+
+    def scrub(word):
+        key, eq, value = word.partition("=") if word.startswith("--") else ("", "", word)
+        return key + eq + (os.path.basename(value) if os.path.isabs(value) else value)
+
+    return " ".join(shlex.quote(scrub(w)) for w in argv)
+
+
 def write(results, out_path):
     if out_path:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
@@ -625,7 +636,7 @@ def main():
     p.add_argument("--engines", default="legacy,loop,waves")
     p.add_argument("--no_waves_bs1", action="store_true")
     p.add_argument("--n_texts", type=int, default=0,
-                   help="texts per pass at micro-batch > 1 (default 0: max(1024, 32 x micro-batch), one depth-wave chunk; "
+                   help="texts per pass at micro-batch > 1 (default 0: one default chunk, max(1024, 32 x micro-batch); "
                         "sweep mode repeats the file's texts when it has fewer; pipeline mode: 1024)")
     p.add_argument("--n_texts_bs1", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
@@ -654,9 +665,7 @@ def main():
     for key in ("texts", "tokenizer", "shares", "model_dir", "json"):  # no absolute paths of this machine in results
         if results["args"].get(key):
             results["args"][key] = os.path.basename(os.path.normpath(results["args"][key]))
-    results["command"] = " ".join(  # no absolute paths of the machine; empty arguments stay visible
-        (os.path.basename(w) if os.path.isabs(w) else w) or '""' for w in ["python", *sys.argv]
-    )
+    results["command"] = command_line(["python", *sys.argv])
     if args.pipeline:
         pipeline_mode(args, dev, results, args.json)
     else:

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
 
 from hf_eenet.policies import MaxProbPolicy  # noqa: E402
 from hf_eenet.scheduler import EENetScheduler  # noqa: E402
+from bench_engine import command_line  # noqa: E402
 from test_scheduler import COSTS, make_agreement_data  # noqa: E402
 
 
@@ -99,8 +99,7 @@ def main():
             str(b): time_decide(sched, 6, 4, b, dev) for b in (1, 64, 4096)}
     mp = MaxProbPolicy.calibrate(probs, labels, COSTS, 0.5)
     out["maxprob_decide_us"] = {str(b): time_decide(mp, 6, 4, b, dev) for b in (1, 64, 4096)}
-    out["command"] = "python benchmarks/gpu_decide_check.py " + " ".join(  # no absolute paths of the machine
-        os.path.basename(a) if os.path.isabs(a) else a for a in sys.argv[1:])
+    out["command"] = command_line(["python", "benchmarks/gpu_decide_check.py", *sys.argv[1:]])
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

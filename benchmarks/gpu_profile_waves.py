@@ -1,9 +1,9 @@
 """Where depth waves spend their time at micro-batch 128 on a GPU (diagnosis for issue 11's micro-batch-128 rows; no target).
 
-For each shape and dtype: one pass of the stock model and of depth waves (every row to the last exit, and B=0.5) over
-the same texts under ``torch.profiler``; reports the wall time of the pass, the device's busy time (sum of kernel
-times; idle = wall - busy: the device waiting for the host, e.g. at each exit's host read), the number of kernels,
-and the ops that take the most device time. Random weights and planned exits as in ``bench_engine.py``.
+For each shape and dtype: the stock model and depth waves (every row to the last exit, and B=0.5) over the same
+texts; reports the median wall time of ``--repeats`` unprofiled passes, the device's busy time in one pass under
+``torch.profiler`` (sum of its device events: kernels, copies, fills; idle = wall - busy: the device waiting for the
+host), the number of device events, and the ops that take the most device and host time. Random weights and planned exits as in ``bench_engine.py``.
 
     python benchmarks/gpu_profile_waves.py --device cuda --texts .gpu/sst2_test.tsv --tokenizer .gpu/tok \
         --json gpu_profile_waves.json
@@ -13,6 +13,7 @@ CPU smoke test: ``--device cpu --n_texts 64 --shapes minilm_l6 --dtypes fp32`` (
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -20,8 +21,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import (Bench, cycled, device_name, load_texts, make_plan, sst2_shares, sync, timed,  # noqa: E402
-                          versions, write)
+from bench_engine import (Bench, command_line, cycled, device_name, load_texts, make_plan, sst2_shares,  # noqa: E402
+                          sync, timed, versions, write)
 
 
 def _device_ms(e) -> float:
@@ -35,7 +36,9 @@ def kernel_stats(prof) -> dict:
     """Device busy time (device-side events: kernels, copies, fills), their count, the top device events and the top
     host ops by their own CPU time."""
     cuda = torch.autograd.DeviceType.CUDA
-    device_events = [e for e in prof.events() if getattr(e, "device_type", None) == cuda]
+    # device-side events only; record_function ranges also appear there as user annotations spanning their kernels
+    device_events = [e for e in prof.events()
+                     if getattr(e, "device_type", None) == cuda and not getattr(e, "is_user_annotation", False)]
     averages = prof.key_averages()
     top_dev = sorted((e for e in averages if getattr(e, "device_type", None) == cuda), key=lambda e: -_device_ms(e))
     top_cpu = sorted((e for e in averages if getattr(e, "device_type", None) != cuda),
@@ -56,6 +59,7 @@ def main():
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--mb", type=int, default=128)
     p.add_argument("--n_texts", type=int, default=4096)
+    p.add_argument("--repeats", type=int, default=5, help="unprofiled passes; their median is the wall time")
     p.add_argument("--json", required=True)
     args = p.parse_args()
     from transformers import AutoTokenizer
@@ -66,9 +70,10 @@ def main():
     enc = tok(texts, truncation=True, max_length=128)
     shares = sst2_shares(args.shares)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    out = {"command": " ".join(["python", *[Path(a).name if Path(a).is_absolute() else a for a in sys.argv]]),
+    out = {"command": command_line(["python", *sys.argv]),
            "device": device_name(dev), "versions": versions(), "micro_batch": args.mb, "n_texts": args.n_texts,
-           "notes": "one profiled pass after a warm-up; idle = wall - device busy (device kernels' time summed)",
+           "notes": "wall_ms = median of --repeats unprofiled passes after a warm-up; device busy = device events' time "
+                    "summed over one profiled pass; device_idle_share = 1 - busy / wall",
            "runs": []}
     n, mb = args.n_texts, args.mb
     for shape in args.shapes.split(","):
@@ -83,7 +88,7 @@ def main():
             for engine, plan in configs:
                 run = lambda: bench.run(engine, n, mb, None if plan is None else plans[plan])  # noqa: E731
                 run()  # warm-up
-                wall = timed(run, dev)
+                wall = statistics.median(timed(run, dev) for _ in range(args.repeats))
                 sync(dev)
                 with profile(activities=activities) as prof:
                     profiled = timed(run, dev)

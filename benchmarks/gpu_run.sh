@@ -24,7 +24,7 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if [ -n "${QUICK:-}" ]; then
-  SWEEP="--n_texts 96 --n_texts_bs1 4 --repeats 1 --budgets 0.5,0.9 --mbs 1,32"
+  SWEEP="--n_texts 96 --n_texts_bs1 4 --repeats 1 --budgets 0.5,0.9 --mbs 1,32 --chunk_sizes 32,64"
   PIPE="--n_texts 96 --n_texts_bs1 4 --repeats 1 --mbs 1,32"
 else
   SWEEP="--chunk_sizes 1024,2048,4096"
@@ -56,7 +56,7 @@ if [[ $PARTS == *,decide,* ]]; then
 fi
 if [[ $PARTS == *,profile,* ]]; then
   PROF=""
-  [ -n "${QUICK:-}" ] && PROF="--n_texts 64 --shapes minilm_l6 --dtypes fp32"
+  [ -n "${QUICK:-}" ] && PROF="--n_texts 64 --shapes minilm_l6 --dtypes fp32 --repeats 1"
   $PY benchmarks/gpu_profile_waves.py --device "$DEV" --texts .gpu/sst2_test.tsv --tokenizer .gpu/tok $PROF \
       --json "$OUT/gpu_profile_waves.json" || { echo "FAILED: profile"; status=1; }
 fi

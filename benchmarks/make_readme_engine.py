@@ -9,6 +9,7 @@ so that it never collides with ``make_readme_results.py``'s section).
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +140,40 @@ def targets_table(gpu, gpu_pipe, cpu_pipe) -> list[str]:
     return lines
 
 
+def repeat_spread(cur, rep):
+    """How far the micro-batch-128 speed-ups of a second run lie from the first: the factor max(a/b, b/a) per
+    (shape, dtype, engine, plan) both runs timed, its median and largest, and the stock throughputs side by side."""
+    first = {(e["shape"], e["dtype"]): e for e in cur["sweep"] if e["micro_batch"] == 128}
+    moves, stock = [], []
+    for e in rep["sweep"]:
+        old = first.get((e["shape"], e["dtype"]))
+        if old is None:
+            continue
+        stock.append(f"{_label(e)} {old['stock_texts_per_s']:,.0f} vs {e['stock_texts_per_s']:,.0f}")
+        for r in e["rows"]:
+            o = _row(old, r["engine"], r["plan"])
+            if o:
+                a, b = o["speedup_vs_stock"], r["speedup_vs_stock"]
+                moves.append((max(a / b, b / a), f"{_label(e)} {r['engine']} {r['plan']}: {a:.2f}x vs {b:.2f}x"))
+    if not moves:
+        return None
+    worst = max(moves)
+    return {"stock": ", ".join(stock), "median": statistics.median(m for m, _ in moves), "max": worst[0],
+            "worst": worst[1]}
+
+
+def _sweep_wall_ms(cur, shape, dtype, mb, n, engine, plan):
+    """Median wall time (ms) of one configuration in the main sweep, when it timed the same texts."""
+    for e in (cur or {}).get("sweep", []):
+        if (e["shape"], e["dtype"], e["micro_batch"], e["n_texts"]) != (shape, dtype, mb, n):
+            continue
+        if engine == "stock":
+            return 1e3 * n / e["stock_texts_per_s"]
+        r = _row(e, engine, plan)
+        return None if r is None else 1e3 * statistics.median(r["times_s"])
+    return None
+
+
 def _texts_per_mb(cur) -> str:
     """How many texts each micro-batch size timed, e.g. '1,024 SST-2 test sentences (64 at micro-batch 1)'."""
     per = {}
@@ -166,6 +201,12 @@ def build() -> str:
                 "single-row micro-batches over a list of texts, what `clf(texts)` runs at the default `batch_size=1`, "
                 "and `loop` = one request at a time, `clf(text)`):", ""]
         out += targets_table(cur, gpu_pipe, cpu_pipe) + [""]
+        spread = repeat_spread(cur, _load("engine_gpu_h200_mb128_repeat.json")) if cur else None
+        if spread:
+            out += [f"The GPU rows are one run of {cur['args']['repeats']} interleaved rounds. A second run of the "
+                    f"micro-batch-128 rows on the same machine differed from it by a factor of {spread['median']:.2f} "
+                    f"in the median and up to {spread['max']:.2f} (\"Micro-batch 128 again\" below), so a "
+                    "micro-batch-128 figure that close to its bound is not settled either way.", ""]
     if cur:
         out += [f"**Engines on a GPU** (`benchmarks/results/engine_gpu_h200.json`, {cur['device']}, torch "
                 f"{cur['versions']['torch']}, transformers {cur['versions']['transformers']}; random weights, "
@@ -176,8 +217,9 @@ def build() -> str:
                 "`waves_graphs` = the same with `cuda_graphs=True`, `loop` = the per-request loop "
                 "(`model(..., budget=)`), `loop_graphs` = the loop with `cuda_graphs=True` (one text), `all-last` = "
                 "every row to the last exit. With graphs, `all-last` above 1x is the graphs' own gain over the "
-                "eager stock model, not early exit" + (f". Run: {cur['run_note']}; code: {cur['code']}" if
-                                                       cur.get("run_note") else "") + ":", ""]
+                "eager stock model, not early exit" + "".join(f". {label}: {cur[key]}" for key, label in
+                                                              (("run_note", "Run"), ("code", "Code")) if cur.get(key))
+                + ":", ""]
         out += sweep_table(cur, [("waves", p) for p in ("B=0.3", "B=0.5", "B=0.7", "B=0.9", "all-last")]
                            + [("waves_graphs", p) for p in ("B=0.5", "B=0.9", "all-last")]
                            + [(e, p) for e in ("loop", "loop_graphs") for p in ("B=0.5", "all-last")])
@@ -191,47 +233,37 @@ def build() -> str:
                            f"{m['peak_extra_bytes'] / 2**20:.0f} | {m['texts_per_s']:,.0f} |")
             out.append("")
     rep = _load("engine_gpu_h200_mb128_repeat.json")
-    if cur and rep:
-        first = {(e["shape"], e["dtype"]): e for e in cur["sweep"] if e["micro_batch"] == 128}
-        spread = ", ".join(f"{SHAPE_NAMES[e['shape']].split(' (')[0]} {e['dtype']} "
-                           f"{first[(e['shape'], e['dtype'])]['stock_texts_per_s']:,.0f} vs {e['stock_texts_per_s']:,.0f}"
-                           for e in rep["sweep"] if (e["shape"], e["dtype"]) in first)
-        moves = []  # (relative change of a ratio between the runs, label)
-        for e in rep["sweep"]:
-            old = first.get((e["shape"], e["dtype"]))
-            for r in e["rows"] if old else []:
-                o = _row(old, r["engine"], r["plan"])
-                if o:
-                    moves.append((abs(r["speedup_vs_stock"] / o["speedup_vs_stock"] - 1),
-                                  f"{_label(e)} {r['engine']} {r['plan']}: {o['speedup_vs_stock']:.2f}x vs "
-                                  f"{r['speedup_vs_stock']:.2f}x"))
-        moves.sort()
-        median_move = moves[len(moves) // 2][0] if moves else 0.0
+    spread = repeat_spread(cur, rep) if cur and rep else None
+    if spread:
         out += [f"**Micro-batch 128 again** (`benchmarks/results/engine_gpu_h200_mb128_repeat.json`, {rep['device']}, "
-                f"{rep['args']['repeats']} interleaved rounds; {rep['run_note']}). The stock model's own throughput "
-                f"moved between the two runs on one machine (texts/s, first run vs this one: {spread}): at these sizes "
-                "both models are mostly bound by the host's Python (table after this one), whose speed varied. The "
-                f"same speed-ups moved by {100 * median_move:.0f} % in the median and up to "
-                f"{100 * moves[-1][0]:.0f} % ({moves[-1][1]}), so one run's ratio at micro-batch 128 is a rough "
-                "figure, and a target within that distance of its bound is not settled by either run:", ""]
+                f"{rep['args']['repeats']} interleaved rounds" + (f"; {rep['run_note']}" if rep.get("run_note") else "")
+                + f"). The stock model's own throughput moved between the two runs on one machine (texts/s, first "
+                f"run vs this one: {spread['stock']}), and the same speed-ups differed by a factor of "
+                f"{spread['median']:.2f} in the median and up to {spread['max']:.2f} ({spread['worst']}). The cause "
+                "is not known from these runs (in bf16 both models are bound by the host, see the next table, so its "
+                "speed matters there); one run's ratio at micro-batch 128 is a rough figure, and a target within that "
+                "distance of its bound is not settled by either run:", ""]
         out += sweep_table(rep, [(e, p) for e in ("waves", "waves_graphs") for p in ("B=0.5", "B=0.9", "all-last")])
         out.append("")
     prof = _load("gpu_profile_waves_h200.json")
     if prof:
         out += [f"**Where the time goes at micro-batch 128** (`benchmarks/results/gpu_profile_waves_h200.json`, "
                 f"{prof['device']}, torch.profiler, {prof['n_texts']:,} texts in one chunk; a diagnosis, no target): "
-                "wall time of an unprofiled pass, the device's busy time (its kernels and copies, from the profiled "
-                "pass) and the share of the wall time the device sat idle, waiting for the host (single passes, "
-                "so as noisy as the runs above). Where the device idles most (bf16, both shapes) a layer call costs the "
-                "host more than the device, which is what `cuda_graphs=True` removes; BERT-base-L12 fp32 is "
-                "device-bound, and there depth waves at B=0.5 halve the device's work:", "",
-                "| shape, dtype | engine | wall ms | device busy ms | device idle | device events |",
+                "the device's busy time in one profiled pass (its kernels and copies) against the median wall time of "
+                "the same configuration in the sweep above (`engine_gpu_h200.json`), and the share of that wall time "
+                "the device sat idle, waiting for the host. In bf16 both models leave the device idle most of the "
+                "time: a layer call costs the host more than the device, which is what `cuda_graphs=True` removes; "
+                "BERT-base-L12 fp32 keeps the device busy, and there depth waves at B=0.5 halve the device's work:", "",
+                "| shape, dtype | engine | device busy ms | sweep wall ms (median) | device idle | device events |",
                 "|---|---|---:|---:|---:|---:|"]
         for r in prof["runs"]:
             what = "stock" if r["engine"] == "stock" else f"waves {r['plan']}"
-            idle = "–" if r.get("device_idle_share") is None else f"{100 * r['device_idle_share']:.0f} %"
-            out.append(f"| {SHAPE_NAMES.get(r['shape'], r['shape'])}, {r['dtype']} | {what} | {r['wall_ms']:.1f} | "
-                       f"{r['device_busy_ms']:.1f} | {idle} | {r['device_events']:,} |")
+            wall = _sweep_wall_ms(cur, r["shape"], r["dtype"], prof["micro_batch"], prof["n_texts"], r["engine"],
+                                  r["plan"])
+            idle = "–" if wall is None else f"{100 * max(0.0, 1 - r['device_busy_ms'] / wall):.0f} %"
+            out.append(f"| {SHAPE_NAMES.get(r['shape'], r['shape'])}, {r['dtype']} | {what} | "
+                       f"{r['device_busy_ms']:.1f} | {'–' if wall is None else f'{wall:.1f}'} | {idle} | "
+                       f"{r['device_events']:,} |")
         out.append("")
     if gpu_pipe and gpu_pipe.get("pipeline"):
         out += [f"**Real SST-2 model on the GPU** (`benchmarks/results/engine_gpu_h200_pipeline.json`, "
@@ -278,7 +310,7 @@ def build() -> str:
                 "2 cores, medians of interleaved rounds; ratios are side by side). At micro-batch 1 a linear layer costs "
                 "about the bytes of its weights, and each intermediate exit head's dense layer (h x h) holds 8 % of an "
                 "encoder layer's weights (MiniLM: 0.15 M of 1.77 M), so the loop's all-last overhead at batch 1 is "
-                "mostly the five extra heads' weights, not Python; the waves' all-last gain is layer-major order "
+                "mostly the five extra heads' weights, not Python; the waves' all-last gain comes from their path "
                 "(see the pipeline table):", ""]
         out += sweep_table(cpu, [(e, p) for p in ("B=0.5", "B=0.9", "all-last") for e in ("waves", "loop", "legacy")])
         out.append("")
@@ -291,11 +323,15 @@ def build() -> str:
                 out.append(f"| {e['batch_size']} | {r['path']} | {r['budget']} | {r['speedup_vs_full']:.2f}x | "
                            f"{r['mean_cost']:.3f} |")
         order = next((e["layer_order"] for e in cpu_pipe["pipeline"] if "layer_order" in e), None)
-        probe = (f" (one layer's weights stay in cache across the chunk's rows: the same single-text layer calls "
-                 f"for {order['n_texts']} texts take {order['layer_major_ms_per_text']:.1f} ms per text layer-major vs "
-                 f"{order['text_major_ms_per_text']:.1f} ms text by text)") if order else ""
+        probe = ""
+        if order:
+            lm, tm = order["layer_major_ms_per_text"], order["text_major_ms_per_text"]
+            gain = tm / lm - 1
+            probe = (f"layer-major order over a chunk ({'it pays here' if gain >= 0.05 else 'it does not pay on this CPU'}"
+                     f": the same single-text layer calls for {order['n_texts']} texts take {lm:.2f} ms per text "
+                     f"layer-major vs {tm:.2f} ms text by text), ")
         out += ["", "Budget 1.0 rows send every row to the last exit through the same path: the part of the speed-up "
-                f"that comes from the path rather than from exiting early: layer-major order over a chunk{probe}, "
+                f"that comes from the path rather than from exiting early: {probe}"
                 "length-sorted micro-batches at batch > 1, one tokenizer call and one exit head + decision per chunk, "
                 "no per-text DataLoader step. One text per call compares `clf(text, budget=)` "
                 "with the stock pipeline called the same way. Rows `+ fused CPU layers` are the same model after "

@@ -25,6 +25,12 @@ NAMES = {"sst2": "SST-2 (GLUE train, 1 epoch; scheduler on GLUE dev; labelled te
 SHOW_BUDGETS = (0.3, 0.4, 0.5, 0.7)
 
 
+def _machine(p: dict) -> str:
+    """', CPU <model> (<n> threads)' from a pipeline JSON (wall-clock figures depend on the CPU), '' when unknown."""
+    model = (p.get("cpu") or {}).get("model")
+    return f", CPU {model} ({p['threads']} threads)" if model and p.get("threads") else ""
+
+
 def dataset_section(name: str, res: dict, pipes: list) -> list[str]:
     lines = [f"**{NAMES.get(name, name)}** — backbone all-MiniLM-L6-v2, exits after every layer, "
              f"cost = {res['cost_profile']} (bs 1, this machine). Full model accuracy "
@@ -45,7 +51,7 @@ def dataset_section(name: str, res: dict, pipes: list) -> list[str]:
                  "(the oracle is an upper bound, not a policy). "
                  f"Plot and model card: `model_cards/{name}/`.")
     for path, p in pipes:
-        lines += ["", f"Wall-clock through the pipeline ({name} test texts, `{path}`, command in the file; bf16 / int8 "
+        lines += ["", f"Wall-clock through the pipeline ({name} test texts, `{path}`{_machine(p)}, command in the file; bf16 / int8 "
                   "early exit use a scheduler bank refitted on that precision's validation outputs; all ratios are "
                   "against the fp32 full model timed in the same run):", "",
                   "| batch | texts | configuration | texts/s | speed-up vs full fp32 | accuracy Δ (pt) | mean cost |",
@@ -111,7 +117,7 @@ def targets_section(name: str, res: dict, pipe: dict | None) -> list[str]:
                 base = next((e for e in rows if e["batch_size"] == bs and e["mode"] == "engine"), None)
                 own = (f"; {r['speedup_vs_full_fp32'] / base['speedup_vs_full_fp32']:.2f}x over the engine with no "
                        "exit" if base else "")
-                lines.append(f"- Wall-clock speed-up at budget 0.5, batch size {bs}, ≥ 1.8x: "
+                lines.append(f"- Wall-clock speed-up at budget 0.5, batch size {bs}, ≥ 1.8x{_machine(pipe)}: "
                              f"{_mark(r['speedup_vs_full_fp32'] >= 1.8)} ({r['speedup_vs_full_fp32']:.2f}x, "
                              f"{r['accuracy_delta_pt']:+.2f} pt{own})")
         widest = max(rows, key=lambda r: (r.get("texts", 0), r["batch_size"]))
@@ -129,7 +135,7 @@ def targets_section(name: str, res: dict, pipe: dict | None) -> list[str]:
                          f"same model and bank: batch {bs} was timed and scored on the first {cands[0]['texts']}")
             ok = [r for r in cands if r["accuracy_delta_pt"] >= -1.0]
             best = max(ok or cands, key=lambda r: r["speedup_vs_full_fp32"])
-            lines.append(f"- Early exit + int8 ≥ 4x at ≤ 1 pt loss, batch size {bs}: "
+            lines.append(f"- Early exit + int8 ≥ 4x at ≤ 1 pt loss, batch size {bs}{_machine(pipe)}: "
                          f"{_mark(bool(ok) and best['speedup_vs_full_fp32'] >= 4.0)} (best within 1 pt: "
                          + (f"budget {best['budget']}, {best['speedup_vs_full_fp32']:.2f}x, "
                             f"{best['accuracy_delta_pt']:+.2f} pt" if ok else "none; "

@@ -766,7 +766,7 @@ class EENetModelMixin:
         exit_policy: ExitPolicy | None = None,
         tokenizer=None,
         batch_size: int = 32,
-        chunk_size: int = 1024,
+        chunk_size: int | None = None,
         cuda_graphs: bool = False,
         **tokenizer_kwargs,
     ) -> EENetSequenceClassifierOutput:
@@ -788,8 +788,9 @@ class EENetModelMixin:
                 ``configuration_eenet.max_input_tokens``, as in the pipeline); ``tokenizer_kwargs`` go to it —
                 for sentence pairs pass the second segments as ``text_pair=[...]`` (one per text).
             batch_size (`int`): rows per layer call (micro-batch).
-            chunk_size (`int`): texts whose hidden states are on the device at once (memory bound:
-                ``chunk_size x longest x hidden_size`` activations).
+            chunk_size (`int`, *optional*): texts whose hidden states are on the device at once (memory bound:
+                ``chunk_size x longest x hidden_size`` activations). Default: 1024 texts or 32 micro-batches, whichever
+                is larger (``engine.default_chunk_size``: 4096 at ``batch_size=128``).
             cuda_graphs (`bool`): experimental, CUDA only: full micro-batches replay a CUDA graph per layer (see
                 ``hf_eenet/engine.py``).
         Returns:
@@ -799,7 +800,8 @@ class EENetModelMixin:
         from .engine import check_rows_per_text, check_text_list, depth_wave_forward, rows_from_encodings
 
         batch_size = check_int(batch_size, "batch_size", 1)
-        chunk_size = check_int(chunk_size, "chunk_size", 1)
+        if chunk_size is not None:
+            chunk_size = check_int(chunk_size, "chunk_size", 1)
         if exit_policy is not None and budget is not None:
             raise ValueError("give either exit_policy or budget, not both")
         if budget is None and exit_policy is None and self.config.scheduler_budgets:

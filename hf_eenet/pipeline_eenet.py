@@ -22,7 +22,7 @@ import torch
 from transformers import TextClassificationPipeline
 
 from .configuration_eenet import max_input_tokens, pairing_mismatch
-from .engine import ROW_KEYS
+from .engine import ROW_KEYS, default_chunk_size
 from .validation import check_bool, check_int
 
 
@@ -43,8 +43,9 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         return is_early_exit_model(self.model)
 
     # ------------------------------------------------------------------ throughput path: depth waves
-    #: default number of texts per depth-wave chunk (``pipe(texts, batch_size=32)`` with ``batch_size > 1``)
-    default_chunk_size = 1024
+    #: default texts per depth-wave chunk with ``batch_size > 1``: ``None`` = ``engine.default_chunk_size(batch_size)``
+    #: (1024 texts or 32 micro-batches, whichever is larger); a number here fixes it for every batch size
+    default_chunk_size = None
     #: default chunk for a list of texts at ``batch_size=1`` (single-row micro-batches; memory stays small)
     default_chunk_size_single = 64
 
@@ -53,7 +54,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
 
         When the pipeline gets a list, a ``KeyDataset`` / dataset or a generator of texts and runs an hf_eenet model
         with ``batch_size > 1``, it classifies them with *depth waves* (``hf_eenet/engine.py``): chunks of
-        ``chunk_size`` texts (default 1024) are length-sorted and re-packed into full micro-batches of
+        ``chunk_size`` texts (default: 1024 or 32 micro-batches, whichever is larger) are length-sorted and re-packed into full micro-batches of
         ``batch_size`` rows before every layer, so the work follows the rows that have not exited yet. Results are
         the same as text by text, in input order; a generator / dataset yields them chunk by chunk.
         A list at ``batch_size=1`` (the stock default) runs depth waves of single-row micro-batches in chunks of 64
@@ -95,6 +96,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         if chunk_size is None:
             if batch_size > 1:
                 chunk_size = self.default_chunk_size
+                if chunk_size is None:
+                    chunk_size = default_chunk_size(batch_size)
             else:  # a list is answered as a whole anyway; a stream at batch 1 keeps one result per text
                 chunk_size = self.default_chunk_size_single if isinstance(inputs, list) else 0
         waves = (

@@ -506,6 +506,43 @@ def test_pipeline_waves_reject_bad_chunk_size(banked):
         model.early_exit_predict(texts, tokenizer=tok, batch_size=0)
 
 
+def test_default_chunk_holds_at_least_32_micro_batches_on_every_path(banked, monkeypatch):
+    """Without ``chunk_size`` a chunk is max(1024 texts, 32 micro-batches) (here scaled down to max(8, 4 x batch)),
+    on the pipeline, ``early_exit_predict`` and ``depth_wave_forward`` alike; a pipeline's ``default_chunk_size``
+    fixes it; results equal each text alone whatever the chunk."""
+    import hf_eenet.engine as engine
+
+    model, tok, texts = banked
+    assert engine.default_chunk_size(1) == 1024 and engine.default_chunk_size(32) == 1024
+    assert engine.default_chunk_size(128) == 4096
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        engine.default_chunk_size(0)
+    monkeypatch.setattr(engine, "DEFAULT_CHUNK_TEXTS", 8)
+    monkeypatch.setattr(engine, "DEFAULT_CHUNK_MICRO_BATCHES", 4)
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    want = [(r["label"], r["exit_layer"]) for r in (clf(t, budget=0.4)[0] for t in texts)]
+    seen, run_chunk = [], engine._run_chunk
+    monkeypatch.setattr(engine, "_run_chunk", lambda m, rows, *a, **k: seen.append(len(rows)) or run_chunk(m, rows, *a, **k))
+    n = len(texts)
+    for batch_size, chunk in ((2, 8), (3, 12), (5, 20)):
+        seen.clear()
+        got = clf(texts, budget=0.4, batch_size=batch_size)
+        assert seen == [chunk] * (n // chunk) + ([n % chunk] if n % chunk else []), (batch_size, seen)
+        assert [(r["label"], r["exit_layer"]) for r in got] == want
+    seen.clear()
+    out = model.early_exit_predict(texts, tokenizer=tok, budget=0.4, batch_size=3)
+    assert seen == [12, 12, 12, 4]
+    assert [model.config.id2label[int(i)] for i in out.logits.argmax(-1)] == [w[0] for w in want]
+    assert out.exit_layer.tolist() == [w[1] for w in want]
+    seen.clear()
+    depth_wave_forward(model, rows_from_encodings(tok(texts)), model.get_exit_policy(0.4), micro_batch_size=5)
+    assert seen == [20, 20]
+    seen.clear()
+    clf.default_chunk_size = 6  # a fixed default for every batch size
+    clf(texts, budget=0.4, batch_size=5)
+    assert seen == [6] * (n // 6) + [n % 6]
+
+
 def test_chunk_size_given_when_the_pipeline_is_built_is_its_default(banked):
     """``pipeline(..., chunk_size=N)`` sets the depth-wave chunk (it was taken for a tokenizer option and ignored);
     ``0`` keeps the stock per-batch loop; a call's own ``chunk_size`` wins. Results equal each text alone."""
