@@ -609,8 +609,8 @@ def command_line(argv) -> str:
     import shlex
 
     def scrub(word):
-        key, eq, value = word.partition("=") if word.startswith("--") else ("", "", word)
-        return key + eq + (os.path.basename(value) if os.path.isabs(value) else value)
+        key, eq, value = word.partition("=") if word.startswith("-") else ("", "", word)
+        return key + eq + (os.path.basename(os.path.normpath(value)) if os.path.isabs(value) else value)
 
     return " ".join(shlex.quote(scrub(w)) for w in argv)
 

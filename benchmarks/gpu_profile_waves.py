@@ -40,7 +40,8 @@ def kernel_stats(prof) -> dict:
     device_events = [e for e in prof.events()
                      if getattr(e, "device_type", None) == cuda and not getattr(e, "is_user_annotation", False)]
     averages = prof.key_averages()
-    top_dev = sorted((e for e in averages if getattr(e, "device_type", None) == cuda), key=lambda e: -_device_ms(e))
+    top_dev = sorted((e for e in averages if getattr(e, "device_type", None) == cuda
+                      and not getattr(e, "is_user_annotation", False)), key=lambda e: -_device_ms(e))
     top_cpu = sorted((e for e in averages if getattr(e, "device_type", None) != cuda),
                      key=lambda e: -e.self_cpu_time_total)
     return {"device_busy_ms": sum(_device_ms(e) for e in device_events), "device_events": len(device_events),
@@ -62,6 +63,8 @@ def main():
     p.add_argument("--repeats", type=int, default=5, help="unprofiled passes; their median is the wall time")
     p.add_argument("--json", required=True)
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
     from transformers import AutoTokenizer
 
     dev = torch.device(args.device)

@@ -187,7 +187,9 @@ def _texts_per_mb(cur) -> str:
         return f"{big:,} SST-2 test sentences ({per[1][0]} at micro-batch 1)"
     text = "SST-2 test sentences: " + ", ".join(parts)
     if repeated:
-        text += f" (the {distinct:,} distinct sentences repeated); a pass is one depth-wave chunk"
+        text += f" (the {distinct:,} distinct sentences repeated)"
+    if all(e.get("chunk_size") and e["n_texts"] <= e["chunk_size"] for e in cur["sweep"]):
+        text += "; a pass is one depth-wave chunk"
     return text
 
 
@@ -201,7 +203,8 @@ def build() -> str:
                 "single-row micro-batches over a list of texts, what `clf(texts)` runs at the default `batch_size=1`, "
                 "and `loop` = one request at a time, `clf(text)`):", ""]
         out += targets_table(cur, gpu_pipe, cpu_pipe) + [""]
-        spread = repeat_spread(cur, _load("engine_gpu_h200_mb128_repeat.json")) if cur else None
+        rep = _load("engine_gpu_h200_mb128_repeat.json")
+        spread = repeat_spread(cur, rep) if cur and rep else None
         if spread:
             out += [f"The GPU rows are one run of {cur['args']['repeats']} interleaved rounds. A second run of the "
                     f"micro-batch-128 rows on the same machine differed from it by a factor of {spread['median']:.2f} "
@@ -248,7 +251,8 @@ def build() -> str:
     prof = _load("gpu_profile_waves_h200.json")
     if prof:
         out += [f"**Where the time goes at micro-batch 128** (`benchmarks/results/gpu_profile_waves_h200.json`, "
-                f"{prof['device']}, torch.profiler, {prof['n_texts']:,} texts in one chunk; a diagnosis, no target): "
+                f"{prof['device']}, torch.profiler, {prof['n_texts']:,} texts at micro-batch {prof['micro_batch']}; a "
+                "diagnosis, no target): "
                 "the device's busy time in one profiled pass (its kernels and copies) against the median wall time of "
                 "the same configuration in the sweep above (`engine_gpu_h200.json`), and the share of that wall time "
                 "the device sat idle, waiting for the host. In bf16 both models leave the device idle most of the "

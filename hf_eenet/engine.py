@@ -14,10 +14,12 @@ take a *chunk* of up to ``chunk_size`` texts and run it layer by layer:
 4. outputs come back in input order.
 
 So layer work is proportional to the rows alive, with at most one host sync per exit layer per chunk. Memory: the
-chunk's hidden states ``[chunk_size, longest, h]`` (plus one micro-batch's activations) stay on the device; bound it
-with ``chunk_size``. The default chunk (:func:`default_chunk_size`) is 1024 texts or 32 micro-batches, whichever is
-larger: the host read at each exit drains the device's queue once per chunk, so a chunk of few micro-batches (8 at
-``micro_batch_size=128`` and 1024 texts) pays that stall over little work.
+chunk's hidden states ``[chunk_size, longest, h]`` (plus one micro-batch's activations) stay on the device, and a
+re-pack briefly holds the old and the compacted copy (peak about 1.75x the hidden states on the GPU run in
+``benchmarks/results/engine_gpu_h200.json``); bound it with ``chunk_size``. The default chunk
+(:func:`default_chunk_size`) is 32 micro-batches, at least 1024 and at most 4096 texts: each exit's host read drains
+the device's queue once per chunk, so a chunk should hold many micro-batches (8 at ``micro_batch_size=128`` and 1024
+texts would pay that stall over little work).
 
 On a GPU at serving sizes a layer call costs the host more than the device (its kernels are launched one by one
 from Python); ``cuda_graphs=True`` (opt-in) replays each full micro-batch's layer as one CUDA graph
@@ -42,21 +44,27 @@ from .validation import check_bool, check_int
 
 ROW_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
-#: default chunk: at least this many texts ...
-DEFAULT_CHUNK_TEXTS = 1024
-#: ... and at least this many full micro-batches
+#: default chunk: this many full micro-batches ...
 DEFAULT_CHUNK_MICRO_BATCHES = 32
+#: ... but at least this many texts ...
+DEFAULT_CHUNK_TEXTS = 1024
+#: ... and at most this many (memory grows with the chunk, not with the micro-batch alone)
+DEFAULT_CHUNK_MAX_TEXTS = 4096
 
 
 def default_chunk_size(micro_batch_size: int) -> int:
-    """Texts per depth-wave chunk when none is given: ``max(1024, 32 * micro_batch_size)`` (1024 up to micro-batches
-    of 32 rows, 4096 at 128). Each exit's one host read lets the device run dry once per chunk; 32 micro-batches per
-    layer keep that stall a small share of the chunk's work (on an H200, BERT-base fp32 at micro-batch 128: 13,908
-    texts/s in chunks of 4096 vs 12,056 in chunks of 1024, ``benchmarks/results/engine_gpu_h200.json``). Memory:
-    ``chunk x longest x hidden_size`` activations (BERT-base, 4096 texts of 128 tokens in float32: 1.5 GiB of hidden
-    states; the same run's peak was 1.3 GiB above the weights); pass ``chunk_size`` to bound it."""
+    """Texts per depth-wave chunk when none is given: 32 micro-batches, clipped to [1024, 4096] texts (1024 up to
+    micro-batches of 32 rows, 2048 at 64, 4096 from 128 on).
+
+    Each exit's one host read lets the device run dry once per chunk, so a chunk of many micro-batches spreads that
+    stall over more work. On the H200 run (``benchmarks/results/engine_gpu_h200.json``) single passes in chunks of
+    4096 vs 1024 differed by no more than the run-to-run spread (BERT-base fp32, micro-batch 128: 13,908 vs 12,056
+    texts/s, with one-chunk passes of 4096 texts ranging 12,138-14,145 over two runs), so the default follows the
+    design and stays bounded: memory is about ``1.75 x chunk x longest x hidden_size`` (hidden states plus a
+    re-pack's copy; BERT-base fp32, 4096 SST-2 texts of at most 64 tokens: 1.3 GiB above the weights; 128-token
+    texts double it). Pass ``chunk_size`` to bound it further."""
     micro_batch_size = check_int(micro_batch_size, "micro_batch_size", 1)
-    return max(DEFAULT_CHUNK_TEXTS, DEFAULT_CHUNK_MICRO_BATCHES * micro_batch_size)
+    return min(DEFAULT_CHUNK_MAX_TEXTS, max(DEFAULT_CHUNK_TEXTS, DEFAULT_CHUNK_MICRO_BATCHES * micro_batch_size))
 
 
 def _row_tensor(value, name: str) -> torch.Tensor:

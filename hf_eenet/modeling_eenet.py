@@ -788,9 +788,9 @@ class EENetModelMixin:
                 ``configuration_eenet.max_input_tokens``, as in the pipeline); ``tokenizer_kwargs`` go to it —
                 for sentence pairs pass the second segments as ``text_pair=[...]`` (one per text).
             batch_size (`int`): rows per layer call (micro-batch).
-            chunk_size (`int`, *optional*): texts whose hidden states are on the device at once (memory bound:
-                ``chunk_size x longest x hidden_size`` activations). Default: 1024 texts or 32 micro-batches, whichever
-                is larger (``engine.default_chunk_size``: 4096 at ``batch_size=128``).
+            chunk_size (`int`, *optional*): texts whose hidden states are on the device at once (memory: about
+                ``1.75 x chunk_size x longest x hidden_size`` activations, a re-pack included). Default: 32
+                micro-batches, at least 1024 and at most 4096 texts (``engine.default_chunk_size``).
             cuda_graphs (`bool`): experimental, CUDA only: full micro-batches replay a CUDA graph per layer (see
                 ``hf_eenet/engine.py``).
         Returns:

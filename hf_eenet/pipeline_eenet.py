@@ -44,7 +44,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
 
     # ------------------------------------------------------------------ throughput path: depth waves
     #: default texts per depth-wave chunk with ``batch_size > 1``: ``None`` = ``engine.default_chunk_size(batch_size)``
-    #: (1024 texts or 32 micro-batches, whichever is larger); a number here fixes it for every batch size
+    #: (32 micro-batches, at least 1024 and at most 4096 texts); a number here fixes it for every batch size
     default_chunk_size = None
     #: default chunk for a list of texts at ``batch_size=1`` (single-row micro-batches; memory stays small)
     default_chunk_size_single = 64
@@ -54,7 +54,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
 
         When the pipeline gets a list, a ``KeyDataset`` / dataset or a generator of texts and runs an hf_eenet model
         with ``batch_size > 1``, it classifies them with *depth waves* (``hf_eenet/engine.py``): chunks of
-        ``chunk_size`` texts (default: 1024 or 32 micro-batches, whichever is larger) are length-sorted and re-packed into full micro-batches of
+        ``chunk_size`` texts (default: 32 micro-batches, at least 1024 and at most 4096 texts) are length-sorted and re-packed into full micro-batches of
         ``batch_size`` rows before every layer, so the work follows the rows that have not exited yet. Results are
         the same as text by text, in input order; a generator / dataset yields them chunk by chunk.
         A list at ``batch_size=1`` (the stock default) runs depth waves of single-row micro-batches in chunks of 64
@@ -96,8 +96,9 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         if chunk_size is None:
             if batch_size > 1:
                 chunk_size = self.default_chunk_size
-                if chunk_size is None:
-                    chunk_size = default_chunk_size(batch_size)
+                if chunk_size is None:  # other models take the stock path: their batch_size is the stock class's
+                    chunk_size = (default_chunk_size(check_int(batch_size, "batch_size", 1))
+                                  if self._is_early_exit_model() else 0)
             else:  # a list is answered as a whole anyway; a stream at batch 1 keeps one result per text
                 chunk_size = self.default_chunk_size_single if isinstance(inputs, list) else 0
         waves = (

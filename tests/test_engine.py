@@ -514,17 +514,19 @@ def test_default_chunk_holds_at_least_32_micro_batches_on_every_path(banked, mon
 
     model, tok, texts = banked
     assert engine.default_chunk_size(1) == 1024 and engine.default_chunk_size(32) == 1024
-    assert engine.default_chunk_size(128) == 4096
+    assert engine.default_chunk_size(64) == 2048 and engine.default_chunk_size(128) == 4096
+    assert engine.default_chunk_size(1024) == 4096, "the default chunk's memory must not grow with the batch size"
     with pytest.raises(ValueError, match="micro_batch_size"):
         engine.default_chunk_size(0)
     monkeypatch.setattr(engine, "DEFAULT_CHUNK_TEXTS", 8)
     monkeypatch.setattr(engine, "DEFAULT_CHUNK_MICRO_BATCHES", 4)
+    monkeypatch.setattr(engine, "DEFAULT_CHUNK_MAX_TEXTS", 20)
     clf = pipeline("text-classification", model=model, tokenizer=tok)
     want = [(r["label"], r["exit_layer"]) for r in (clf(t, budget=0.4)[0] for t in texts)]
     seen, run_chunk = [], engine._run_chunk
     monkeypatch.setattr(engine, "_run_chunk", lambda m, rows, *a, **k: seen.append(len(rows)) or run_chunk(m, rows, *a, **k))
     n = len(texts)
-    for batch_size, chunk in ((2, 8), (3, 12), (5, 20)):
+    for batch_size, chunk in ((2, 8), (3, 12), (5, 20), (7, 20)):  # max(8, 4 x batch), at most 20
         seen.clear()
         got = clf(texts, budget=0.4, batch_size=batch_size)
         assert seen == [chunk] * (n // chunk) + ([n % chunk] if n % chunk else []), (batch_size, seen)
@@ -541,6 +543,8 @@ def test_default_chunk_holds_at_least_32_micro_batches_on_every_path(banked, mon
     clf.default_chunk_size = 6  # a fixed default for every batch size
     clf(texts, budget=0.4, batch_size=5)
     assert seen == [6] * (n // 6) + [n % 6]
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        pipeline("text-classification", model=model, tokenizer=tok)(texts, budget=0.4, batch_size=2.5)
 
 
 def test_chunk_size_given_when_the_pipeline_is_built_is_its_default(banked):
@@ -632,6 +636,24 @@ def test_readme_engine_tables_are_generated_from_the_committed_json():
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "make_readme_engine.py"), "--check"],
                          capture_output=True, text=True)
     assert out.returncode == 0, "README engine tables are stale: run python benchmarks/make_readme_engine.py"
+
+
+def test_benchmark_commands_record_no_machine_paths_and_run_as_written():
+    """The commands the engine benchmarks write into their JSON: absolute paths become file names (also
+    ``--x=/path`` and folders with a trailing slash), arguments are shell-quoted (a note with ``;``, an empty value)."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_engine import command_line
+
+    argv = ["python", "benchmarks/bench_engine.py", "--tokenizer", "/m/repo/.gpu/tok/", "--json=/root/out/x.json",
+            "-o=/tmp/y.json", "--note", "real model; fp16", "--chunk_sizes", "", "--texts", "data/t.tsv"]
+    line = command_line(argv)
+    assert line == ("python benchmarks/bench_engine.py --tokenizer tok --json=x.json -o=y.json --note 'real model; "
+                    "fp16' --chunk_sizes '' --texts data/t.tsv")
+    assert shlex.split(line)[7] == "real model; fp16" and "/" not in "".join(shlex.split(line)[3:7])
 
 
 def _left_padded(batch, pad_id):
