@@ -636,7 +636,7 @@ def main():
     p.add_argument("--engines", default="legacy,loop,waves")
     p.add_argument("--no_waves_bs1", action="store_true")
     p.add_argument("--n_texts", type=int, default=0,
-                   help="texts per pass at micro-batch > 1 (default 0: one default chunk, max(1024, 32 x micro-batch); "
+                   help="texts per pass at micro-batch > 1 (default 0: one default chunk, engine.default_chunk_size; "
                         "sweep mode repeats the file's texts when it has fewer; pipeline mode: 1024)")
     p.add_argument("--n_texts_bs1", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)

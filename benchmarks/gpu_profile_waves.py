@@ -36,12 +36,13 @@ def kernel_stats(prof) -> dict:
     """Device busy time (device-side events: kernels, copies, fills), their count, the top device events and the top
     host ops by their own CPU time."""
     cuda = torch.autograd.DeviceType.CUDA
-    # device-side events only; record_function ranges also appear there as user annotations spanning their kernels
-    device_events = [e for e in prof.events()
-                     if getattr(e, "device_type", None) == cuda and not getattr(e, "is_user_annotation", False)]
+
+    def on_device(e):  # device-side events; record_function ranges also appear there as user annotations
+        return getattr(e, "device_type", None) == cuda and not getattr(e, "is_user_annotation", False)
+
+    device_events = [e for e in prof.events() if on_device(e)]
     averages = prof.key_averages()
-    top_dev = sorted((e for e in averages if getattr(e, "device_type", None) == cuda
-                      and not getattr(e, "is_user_annotation", False)), key=lambda e: -_device_ms(e))
+    top_dev = sorted((e for e in averages if on_device(e)), key=lambda e: -_device_ms(e))
     top_cpu = sorted((e for e in averages if getattr(e, "device_type", None) != cuda),
                      key=lambda e: -e.self_cpu_time_total)
     return {"device_busy_ms": sum(_device_ms(e) for e in device_events), "device_events": len(device_events),

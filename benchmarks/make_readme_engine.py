@@ -175,16 +175,13 @@ def _sweep_wall_ms(cur, shape, dtype, mb, n, engine, plan):
 
 
 def _texts_per_mb(cur) -> str:
-    """How many texts each micro-batch size timed, e.g. '1,024 SST-2 test sentences (64 at micro-batch 1)'."""
+    """How many texts each micro-batch size timed, e.g. 'SST-2 test sentences: 64 at micro-batch 1, 1,024 at ...'."""
     per = {}
     for e in cur["sweep"]:
         per.setdefault(e["micro_batch"], (e["n_texts"], e.get("distinct_texts", e["n_texts"])))
     parts = [f"{n:,} at micro-batch {mb}" for mb, (n, _) in sorted(per.items())]
     distinct = max(d for _, d in per.values())
     repeated = any(n > d for n, d in per.values())
-    if len(set(n for n, _ in per.values() if n)) == 2 and not repeated and 1 in per:  # the older runs' wording
-        big = max(n for n, _ in per.values())
-        return f"{big:,} SST-2 test sentences ({per[1][0]} at micro-batch 1)"
     text = "SST-2 test sentences: " + ", ".join(parts)
     if repeated:
         text += f" (the {distinct:,} distinct sentences repeated)"
