@@ -1,5 +1,6 @@
 """Worker for test_ddp_two_processes_identical_weights: a few EENetTrainer steps under torchrun (gloo, CPU)."""
 
+import faulthandler
 import hashlib
 import json
 import os
@@ -19,6 +20,9 @@ from conftest import tiny_kwargs  # noqa: E402
 
 
 def main():
+    watchdog = float(os.environ.get("EENET_DDP_WATCHDOG_S", 0))
+    if watchdog:  # a hung rendezvous or collective: print every thread's stack and exit instead of waiting forever
+        faulthandler.dump_traceback_later(watchdog, exit=True)
     out = Path(os.environ["EENET_DDP_OUT"])
     torch.manual_seed(0)
     model = hf_eenet.EENetBertForSequenceClassification(hf_eenet.EENetBertConfig(**tiny_kwargs(num_labels=2)))
@@ -46,6 +50,7 @@ def main():
     if dist.is_initialized():  # shut the process group down before exit (its threads can abort a bare exit)
         dist.barrier()
         dist.destroy_process_group()
+    faulthandler.cancel_dump_traceback_later()
 
 
 if __name__ == "__main__":

@@ -571,22 +571,37 @@ def test_pipeline_reloads_without_hf_eenet(clf, trained, tmp_path):
 
 def test_ddp_two_processes_identical_weights(tmp_path, minilm_dir):
     script = ROOT / "tests" / "ddp_worker.py"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "EENET_DDP_OUT": str(tmp_path)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "EENET_DDP_OUT": str(tmp_path),
+           "EENET_DDP_WATCHDOG_S": "90"}
+    import signal
     import socket
 
     def run_once():
+        """One torchrun launch in its own process group: on a timeout the whole group (launcher *and* ranks) is
+        killed, so a hung rendezvous leaves no orphan ranks behind; each rank also dumps its stacks and exits after
+        EENET_DDP_WATCHDOG_S (the run takes ~7 s), which is what the failure message then shows."""
         with socket.socket() as sock:  # a free port (a fixed one fails when another run holds it)
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "--master_port", str(port), str(script)], capture_output=True, text=True, env=env,
-                              timeout=240)
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                 "--master_addr", "127.0.0.1", "--master_port", str(port), str(script)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            return None, err
+        return proc.returncode, err
 
-    try:  # the run takes ~10 s; one gloo rendezvous on this 2-core machine once hung: one retry on a fresh port
-        res = run_once()
-    except subprocess.TimeoutExpired:
-        res = run_once()
-    assert res.returncode == 0, res.stderr[-4000:]
+    # one gloo rendezvous on a loaded 2-core machine once hung: one retry on a fresh port, then fail with the stacks
+    code, err = run_once()
+    if code != 0:
+        first = err
+        code, err = run_once()
+        err = f"first try: {'timed out' if code is None else 'failed'}\n{first[-3000:]}\n--- retry ---\n{err}"
+    assert code == 0, err[-6000:]
     sums = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sums[0]["world_size"] == 2 and sums[1]["world_size"] == 2
     assert sums[0]["steps"] == sums[1]["steps"] > 0
