@@ -366,7 +366,7 @@ class EENetModelMixin:
 
     #: per-process caches kept in the model's ``__dict__`` (captured CUDA graphs with their lock and static buffers;
     #: bank entries already checked): ``copy.deepcopy`` / pickle leave them out, the copy rebuilds them on first use
-    _EENET_CACHES = ("_eenet_layer_graphs", "_eenet_checked_entries")
+    _EENET_CACHES = ("_eenet_layer_graphs", "_eenet_checked_entries", "_eenet_exit_tables")
 
     def __getstate__(self):
         state = super().__getstate__()  # nn.Module's: a copy of __dict__
@@ -694,12 +694,14 @@ class EENetModelMixin:
         num_exits = self.config.num_exits
         exit_at = {layer: k for k, layer in enumerate(self.config.exit_layers)}
         batch, device = hidden.shape[0], hidden.device
+        mask = self._layer_mask(hidden, mask2d, not bool(mask_host.all()))
+        state = exit_policy.init_state(batch, device)
+        if batch == 1 and graphs is None:  # one text (a request): nothing leaves a batch, no rows to track
+            return self._one_row_loop(hidden, mask2d, mask, exit_policy, state, exit_at)
         # per row, the column after its last token: trailing columns that are padding for every running row are
         # dropped after a shrink (host arithmetic, no sync)
         cols = torch.arange(1, width + 1)
         extent = (mask_host * cols).amax(1)
-        mask = self._layer_mask(hidden, mask2d, not bool(mask_host.all()))
-        state = exit_policy.init_state(batch, device)
         rows = torch.arange(batch, device=device)  # original row of each running row
         logits_out = None
         exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=device)
@@ -730,6 +732,21 @@ class EENetModelMixin:
                 hidden, mask2d, mask_host = hidden[:, :length], mask2d[:, :length], mask_host[:, :length]
             mask = self._layer_mask(hidden, mask2d, not bool(mask_host.all()))
         return logits_out, exit_index, None
+
+    def _one_row_loop(self, hidden, mask2d, mask, exit_policy, state, exit_at):
+        """:meth:`_policy_loop` for a batch of one row: the same layer calls, exit steps and outputs, without the
+        bookkeeping of rows leaving a batch (the row runs until an exit accepts it; one host read per exit decided,
+        as in the batch loop). Returns ``(logits [1, C], exit_index [1], None)``."""
+        last = self.config.num_exits - 1
+        for i, layer in enumerate(self._layer_calls(hidden)):
+            hidden = layer(hidden, mask)
+            k = exit_at.get(i + 1)
+            if k is None:
+                continue
+            logits, stop = self.exit_step(k, hidden, mask2d, exit_policy, state)
+            if k == last or bool(stop[0]):  # host sync: does the row stop here
+                return logits, torch.full((1,), k, dtype=torch.long, device=hidden.device), None
+        raise RuntimeError("the last exit sits after the last encoder layer; no exit accepted the row")
 
     @staticmethod
     def _record_exits(k: int, stop: torch.Tensor, rows: torch.Tensor, logits: torch.Tensor,
@@ -835,8 +852,7 @@ class EENetModelMixin:
         logits, exit_index = depth_wave_forward(
             self, rows, exit_policy, micro_batch_size=batch_size, chunk_size=chunk_size, cuda_graphs=cuda_graphs
         )
-        layers = torch.tensor(self.config.exit_layers, device=exit_index.device)
-        costs = torch.tensor(self.config.exit_costs, device=exit_index.device)
+        layers, costs = self._exit_tables(exit_index.device)
         return EENetSequenceClassifierOutput(
             logits=logits, exit_index=exit_index, exit_layer=layers[exit_index], exit_cost=costs[exit_index]
         )
@@ -881,8 +897,7 @@ class EENetModelMixin:
         loss = None
         if labels is not None:
             loss = self.multi_exit_loss(exit_logits, labels) if exit_logits is not None else self.single_exit_loss(logits, labels)
-        layers = torch.tensor(self.config.exit_layers, device=exit_index.device)
-        costs = torch.tensor(self.config.exit_costs, device=exit_index.device)
+        layers, costs = self._exit_tables(exit_index.device)
         out = EENetSequenceClassifierOutput(
             loss=loss,
             logits=logits,
@@ -894,6 +909,18 @@ class EENetModelMixin:
         if return_dict is False:
             return out.to_tuple()
         return out
+
+    def _exit_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``config.exit_layers`` and ``config.exit_costs`` as tensors on ``device`` (the forward indexes them by each
+        row's exit), kept between calls while the config's values stay the same."""
+        cfg = self.config
+        key = (tuple(cfg.exit_layers), tuple(cfg.exit_costs), device)
+        cached = self.__dict__.get("_eenet_exit_tables")
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False):  # plain tensors, usable by a later forward outside inference mode
+                cached = (key, torch.tensor(key[0], device=device), torch.tensor(key[1], device=device))
+            self.__dict__["_eenet_exit_tables"] = cached
+        return cached[1], cached[2]
 
     forward.__doc__ = """
         Args:
