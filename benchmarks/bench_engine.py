@@ -485,6 +485,7 @@ def pipeline_mode(args, dev, results, out_path):
                                                        last)
         if bs == 1:
             entry["layer_order"] = layer_order(full, tok, sub[:64], args.repeats, dev)
+            entry["one_text_bound"] = one_text_bound(full, ee, tok, sub, budgets, args.repeats, dev)
         if bs > 1 and graphs:  # experimental CUDA graphs: same exits and labels, time side by side
             try:
                 entry["cuda_graphs"] = graphs_check(ee, tok, sub, bs, budgets, args.repeats, dev)
@@ -533,6 +534,68 @@ def layer_order(model, tok, texts, repeats, dev):
     out = {"n_texts": len(texts), **{f"{k}_ms_per_text": statistics.median(v) / len(texts) * 1e3
                                      for k, v in times.items()}}
     print(f"  layer order (same single-text layer calls): {out}", flush=True)
+    return out
+
+
+def one_text_bound(full, ee, tok, texts, budgets, repeats, dev):
+    """How far the per-request path is from what its exits allow, model calls only (no pipeline), one text per call,
+    ms per text: the stock model; the early-exit forward at each budget; and, for the exits that forward took, the
+    work no per-request engine can avoid: the embeddings, each text's layers up to its exit and the exit heads it
+    passes (no decisions, no loop; the plain layers, not the fused CPU ones). The costs the budget is written in
+    profile every exit at one length; each row also records the texts' mean length, plain and weighted by the layers
+    each ran, to show whether the texts that go deep are the long ones."""
+    encs = [{k: v.to(dev) for k, v in tok(t, truncation=True, max_length=128, return_tensors="pt").items()}
+            for t in texts]
+    exit_layers = ee.config.exit_layers
+    lengths = [int(e["input_ids"].shape[1]) for e in encs]
+    with torch.inference_mode():
+        taken = {b: [int(ee(**e, budget=b).exit_index[0]) for e in encs] for b in budgets}
+
+    def stock():
+        with torch.inference_mode():
+            for e in encs:
+                full(**e)
+
+    def early_exit(b):
+        with torch.inference_mode():
+            for e in encs:
+                ee(**e, budget=b)
+
+    def floor(b):
+        with torch.inference_mode():
+            layers = ee.backbone.encoder.layer
+            for e, k_exit in zip(encs, taken[b]):
+                h = ee.backbone.embeddings(input_ids=e["input_ids"], token_type_ids=e.get("token_type_ids"))
+                k = 0
+                for i in range(exit_layers[k_exit]):
+                    h = layers[i](h, None)
+                    if i + 1 == exit_layers[k]:
+                        ee._exit_logits(k, h, e["attention_mask"])
+                        k += 1
+
+    fns = {"stock": stock, **{f"B={b}": (lambda b=b: early_exit(b)) for b in budgets},
+           **{f"B={b}/floor": (lambda b=b: floor(b)) for b in budgets}}
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            times[k].append(timed(f, dev))
+    ms = {k: statistics.median(v) / len(texts) * 1e3 for k, v in times.items()}
+    out = {"n_texts": len(texts), "stock_ms_per_text": ms["stock"], "rows": []}
+    for b in budgets:
+        out["rows"].append({
+            "budget": b, "early_exit_ms_per_text": ms[f"B={b}"], "floor_ms_per_text": ms[f"B={b}/floor"],
+            "speedup_vs_stock": ms["stock"] / ms[f"B={b}"], "floor_speedup_vs_stock": ms["stock"] / ms[f"B={b}/floor"],
+            "mean_layers": statistics.fmean(exit_layers[k] for k in taken[b]),
+            # tokens per text, plain and weighted by the layers each text ran: above the plain mean when the texts
+            # that go deep are the long ones (the layers' share of the time then exceeds their share of the count)
+            "mean_tokens": statistics.fmean(lengths),
+            "mean_tokens_per_layer_run": (sum(n * exit_layers[k] for n, k in zip(lengths, taken[b]))
+                                          / sum(exit_layers[k] for k in taken[b]))})
+    print("  one text per model call: " + " ".join(
+        f"B={r['budget']}={r['speedup_vs_stock']:.2f}x (floor {r['floor_speedup_vs_stock']:.2f}x)"
+        for r in out["rows"]), flush=True)
     return out
 
 

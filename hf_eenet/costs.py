@@ -174,6 +174,14 @@ def profile_exit_costs(
                       "largest exit latency cheaper than the exit before it (a busy machine?), so exit costs were "
                       "clamped: profile again on a quiet machine or with more repeats, or use the 'flops' / "
                       "'layers' costs", RuntimeWarning, stacklevel=2)
+    step_ratio = latency_step_ratio(lat, profile.flops)
+    profile.info["largest_step_ratio"] = step_ratio
+    if step_ratio > LATENCY_STEP_RATIO_TOLERANCE:
+        warnings.warn(f"the latency profile is dominated by noise: the time one exit adds over the one before is "
+                      f"{step_ratio:.1f}x the typical step for the same work (per FLOP), although the layers between "
+                      "exits are alike (a busy machine?); every budget is a fraction of these costs, so profile "
+                      "again on a quiet machine or with more repeats, or use the 'flops' / 'layers' costs",
+                      RuntimeWarning, stacklevel=2)
     profile.latency_ms = lat
     profile.info["unit"] = "ms per batch"
     model.train(was_training)
@@ -182,6 +190,24 @@ def profile_exit_costs(
 
 #: an inversion of measured cumulative latencies larger than this share of the largest is not timer noise
 LATENCY_INVERSION_TOLERANCE = 0.05
+
+
+#: a latency step (per FLOP) between consecutive exits more than this many times the median step is not timer noise
+LATENCY_STEP_RATIO_TOLERANCE = 3.0
+
+
+def latency_step_ratio(lat, flops) -> float:
+    """Largest over median of the latency steps between consecutive exits per FLOP of the step, exits 2..K (the
+    first exit's latency also holds the embeddings and the per-call overhead). The layers between exits are alike,
+    so on a steady machine every step costs about the same per FLOP (ratios near 1, measured 1.1 on a quiet CPU);
+    a step several times the others is a disturbance during the profile that the interleaved medians did not
+    absorb (a profile taken while another job ran measured the last layer at 8x the others). ``1.0`` with fewer than
+    two steps."""
+    steps = [(lat[k] - lat[k - 1]) / (flops[k] - flops[k - 1]) for k in range(1, len(lat)) if flops[k] > flops[k - 1]]
+    if len(steps) < 2:
+        return 1.0
+    typical = statistics.median(steps)
+    return max(steps) / typical if typical > 0 else float("inf")
 
 
 def monotone_latencies(lat) -> tuple[list[float], float]:

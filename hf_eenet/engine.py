@@ -400,6 +400,7 @@ def depth_wave_forward(
     if not rows:
         raise ValueError("no texts to classify (empty input)")
     model._check_exit_policy(exit_policy)
+    model._check_encoder_depth()
     graphs = layer_graphs(model, micro_batch_size) if check_bool(cuda_graphs, "cuda_graphs") else None
     num_exits = model.config.num_exits
     if exit_policy is not None:

@@ -548,6 +548,16 @@ class EENetModelMixin:
                 "predictions are random and differ from the eval-mode outputs the scheduler bank was fitted on; "
                 "call model.eval() first", UserWarning, stacklevel=2)
 
+    def _check_encoder_depth(self) -> None:
+        """ValueError when the encoder holds fewer layers than ``config.exit_layers`` reaches (layers removed after the
+        model was built): the deepest exit would never run, and no output would exist for the rows that reach it."""
+        depth, deepest = len(self.backbone.encoder.layer), self.config.exit_layers[-1]
+        if depth < deepest:
+            raise ValueError(
+                f"the encoder has {depth} layers but config.exit_layers {list(self.config.exit_layers)} puts an exit "
+                f"after layer {deepest}; restore the layers, or rebuild the model with exits at layers <= {depth}"
+            )
+
     def _check_exit_policy(self, exit_policy) -> None:
         """``exit_policy`` is ``None`` or an hf_eenet :class:`ExitPolicy` (one check for every entry point)."""
         if exit_policy is not None and not isinstance(exit_policy, ExitPolicy):
@@ -636,6 +646,7 @@ class EENetModelMixin:
         still be one graphs can serve (on a CUDA device, in eval mode, SDPA/eager attention), else ValueError.
         """
         self._check_inputs(input_ids, attention_mask, inputs_embeds)
+        self._check_encoder_depth()
         mask_host = None
         if attention_mask is not None:
             mask_host = attention_mask.detach().to("cpu", torch.bool)  # host sync 1 (once per call)
@@ -746,7 +757,7 @@ class EENetModelMixin:
             logits, stop = self.exit_step(k, hidden, mask2d, exit_policy, state)
             if k == last or bool(stop[0]):  # host sync: does the row stop here
                 return logits, torch.full((1,), k, dtype=torch.long, device=hidden.device), None
-        raise RuntimeError("the last exit sits after the last encoder layer; no exit accepted the row")
+        raise RuntimeError("no exit accepted the row")  # unreachable: exit_forward checked the encoder's depth
 
     @staticmethod
     def _record_exits(k: int, stop: torch.Tensor, rows: torch.Tensor, logits: torch.Tensor,
@@ -914,7 +925,7 @@ class EENetModelMixin:
         """``config.exit_layers`` and ``config.exit_costs`` as tensors on ``device`` (the forward indexes them by each
         row's exit), kept between calls while the config's values stay the same."""
         cfg = self.config
-        key = (tuple(cfg.exit_layers), tuple(cfg.exit_costs), device)
+        key = (tuple(cfg.exit_layers), tuple(cfg.exit_costs), device, torch.get_default_dtype())
         cached = self.__dict__.get("_eenet_exit_tables")
         if cached is None or cached[0] != key:
             with torch.inference_mode(False):  # plain tensors, usable by a later forward outside inference mode

@@ -1,13 +1,22 @@
 """Worker for test_ddp_two_processes_identical_weights: a few EENetTrainer steps under torchrun (gloo, CPU)."""
 
 import faulthandler
-import hashlib
-import json
 import os
-import sys
 from pathlib import Path
 
-import torch
+# before the heavy imports: the test kills ranks by these pids on a timeout (torchrun starts each rank in a session
+# of its own, so killing the launcher's process group does not reach them), and a rank that hangs anywhere from here
+# on (imports, rendezvous, collectives, shutdown) prints every thread's stack and exits
+if os.environ.get("EENET_DDP_OUT"):
+    (Path(os.environ["EENET_DDP_OUT"]) / f"pid.{os.getpid()}").write_text("")
+if float(os.environ.get("EENET_DDP_WATCHDOG_S", 0)):
+    faulthandler.dump_traceback_later(float(os.environ["EENET_DDP_WATCHDOG_S"]), exit=True)
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -20,9 +29,6 @@ from conftest import tiny_kwargs  # noqa: E402
 
 
 def main():
-    watchdog = float(os.environ.get("EENET_DDP_WATCHDOG_S", 0))
-    if watchdog:  # a hung rendezvous or collective: print every thread's stack and exit instead of waiting forever
-        faulthandler.dump_traceback_later(watchdog, exit=True)
     out = Path(os.environ["EENET_DDP_OUT"])
     torch.manual_seed(0)
     model = hf_eenet.EENetBertForSequenceClassification(hf_eenet.EENetBertConfig(**tiny_kwargs(num_labels=2)))
@@ -50,7 +56,6 @@ def main():
     if dist.is_initialized():  # shut the process group down before exit (its threads can abort a bare exit)
         dist.barrier()
         dist.destroy_process_group()
-    faulthandler.cancel_dump_traceback_later()
 
 
 if __name__ == "__main__":

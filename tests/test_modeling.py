@@ -439,6 +439,54 @@ def test_every_policy_online_equals_offline_and_bs1(name, kind):
             one = model(**{k: v[i : i + 1, :n] for k, v in batch.items()}, exit_policy=policy)
             assert one.exit_index.item() == offline[i].item()
             torch.testing.assert_close(one.logits[0], online.logits[i], atol=1e-4, rtol=1e-4)
+            # the same row alone but still padded to the batch width (the one-row path with a padding mask)
+            padded = model(**{k: v[i : i + 1] for k, v in batch.items()}, exit_policy=policy)
+            assert padded.exit_index.item() == offline[i].item()
+            torch.testing.assert_close(padded.logits[0], online.logits[i], atol=1e-4, rtol=1e-4)
+
+
+def test_an_encoder_shorter_than_its_exits_is_refused_on_every_path():
+    """Layers removed after the model was built: the deepest exit can never run, so every path raises (before, a
+    batch returned uninitialised logits for the rows that reached it)."""
+    model = tiny_model(layers=4, exit_layers=[1, 2, 3, 4])
+    model.backbone.encoder.layer = model.backbone.encoder.layer[:3]
+    batch = random_batch(n=3, max_len=10, seed=2)
+    never = MaxProbPolicy([1.1, 1.1, 1.1, 0.0])  # no row stops before the last exit
+    with torch.no_grad():
+        for call in (lambda: model(**batch, exit_policy=never),
+                     lambda: model(**{k: v[:1] for k, v in batch.items()}, exit_policy=never),
+                     lambda: model(**batch),
+                     lambda: model.early_exit_predict(batch, exit_policy=never, batch_size=2)):
+            with pytest.raises(ValueError, match=r"encoder has 3 layers but config.exit_layers \[1, 2, 3, 4\]"):
+                call()
+
+
+def test_exit_layer_and_cost_outputs_follow_config_edits():
+    """The forward's exit layer / cost tables are kept between calls: a new ``exit_costs`` list, an in-place edit of
+    it, or another default dtype must never serve the old values."""
+    model = tiny_model(layers=4, exit_layers=[2, 4])
+    batch = random_batch(n=5, max_len=12, seed=1)
+    policy = hf_eenet.StaticPolicy(0, 2)  # every row at exit 1 (layer 2)
+    with torch.no_grad():
+        out = model(**batch, exit_policy=policy)
+        assert out.exit_layer.tolist() == [2] * 5
+        assert out.exit_cost.tolist() == pytest.approx([model.config.exit_costs[0]] * 5)
+        model.config.exit_costs = [0.25, 1.0]
+        assert model(**batch, exit_policy=policy).exit_cost.tolist() == pytest.approx([0.25] * 5)
+        model.config.exit_costs[0] = 0.375  # in place: the same list object
+        assert model(**{k: v[:1] for k, v in batch.items()}, exit_policy=policy).exit_cost.tolist() == [0.375]
+        assert model.early_exit_predict(batch, exit_policy=policy).exit_cost.tolist() == pytest.approx([0.375] * 5)
+        previous = torch.get_default_dtype()  # a new default dtype gives what torch.tensor gives under it
+        torch.set_default_dtype(torch.float64)
+        try:
+            assert model(**batch, exit_policy=policy).exit_cost.dtype == torch.float64
+        finally:
+            torch.set_default_dtype(previous)
+        assert model(**batch, exit_policy=policy).exit_cost.dtype == previous
+    # the tables are plain tensors: a later forward with autograd on (training) reads them as well
+    model.train()
+    out = model(**batch, exit_policy=policy)
+    assert out.exit_cost.tolist() == pytest.approx([0.375] * 5)
 
 
 @pytest.mark.parametrize("repo_id", [None, "someone/eenet-sst2"])
