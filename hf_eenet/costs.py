@@ -197,16 +197,18 @@ LATENCY_STEP_RATIO_TOLERANCE = 3.0
 
 
 def latency_step_ratio(lat, flops) -> float:
-    """Largest over median of the latency steps between consecutive exits per FLOP of the step, exits 2..K (the
-    first exit's latency also holds the embeddings and the per-call overhead). The layers between exits are alike,
-    so on a steady machine every step costs about the same per FLOP (ratios near 1, measured 1.1 on a quiet CPU);
-    a step several times the others is a disturbance during the profile that the interleaved medians did not
-    absorb (a profile taken while another job ran measured the last layer at 8x the others). ``1.0`` with fewer than
-    two steps."""
+    """Largest latency step between consecutive exits per FLOP of the step, exits 2..K (the first exit's latency also
+    holds the embeddings and the per-call overhead), over the typical step: the median step, or the smaller one when
+    there are only two (3 exits; the median of two would hide the larger). The layers between exits are alike, so on
+    a steady machine every step costs about the same per FLOP (ratios 1.0-1.5 measured over exit spacings, batch
+    sizes, RoBERTa and pairs); a step several times the typical one is a disturbance during the profile that the
+    interleaved medians did not absorb (a profile taken while another job ran measured the last layer at 8x the
+    others). Steps disturbed alike raise the median and hide each other, so this catches one outlying step (or a
+    few), not a profile disturbed throughout. ``1.0`` with fewer than two steps (2 exits: nothing to compare)."""
     steps = [(lat[k] - lat[k - 1]) / (flops[k] - flops[k - 1]) for k in range(1, len(lat)) if flops[k] > flops[k - 1]]
     if len(steps) < 2:
         return 1.0
-    typical = statistics.median(steps)
+    typical = min(steps) if len(steps) == 2 else statistics.median(steps)
     return max(steps) / typical if typical > 0 else float("inf")
 
 

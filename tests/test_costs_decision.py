@@ -98,3 +98,7 @@ def test_a_profile_whose_steps_disagree_is_said_to_be_noise(monkeypatch):
     flops = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert costs.latency_step_ratio([6.3, 8.1, 13.5, 15.6, 21.2, 66.8], flops) == pytest.approx(45.6 / 5.4, rel=1e-2)
     assert costs.latency_step_ratio([1.81, 3.31, 4.78, 6.46, 8.06, 9.66], flops) < 1.2  # the same model, quiet CPU
+    # three exits: two steps, the larger against the smaller (a median of two could never reach the tolerance)
+    assert costs.latency_step_ratio([1.15, 1.16, 42.47], [1.0, 2.0, 3.0]) > costs.LATENCY_STEP_RATIO_TOLERANCE
+    assert costs.latency_step_ratio([1.0, 2.1, 3.0], [1.0, 2.0, 3.0]) < 1.3
+    assert costs.latency_step_ratio([1.0, 2.0], [1.0, 2.0]) == 1.0  # two exits: nothing to compare
