@@ -503,6 +503,18 @@ def pipeline_mode(args, dev, results, out_path):
         write(results, out_path)
 
 
+def interleaved_medians(fns: dict, repeats: int, dev) -> dict:
+    """Median seconds of each function over ``repeats`` interleaved rounds (one warm-up call each first), so drift
+    on the machine hits every function alike."""
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            times[k].append(timed(f, dev))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def layer_order(model, tok, texts, repeats, dev):
     """Why single-row depth waves beat text-by-text at batch 1 even without early exit: the same layer calls (one text
     each, every layer) text-major (all layers of a text, then the next text) vs layer-major (one layer for every
@@ -524,15 +536,8 @@ def layer_order(model, tok, texts, repeats, dev):
             for layer in layers:
                 cur = [layer(h, None) for h in cur]
 
-    fns = {"text_major": text_major, "layer_major": layer_major}
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            times[k].append(timed(f, dev))
-    out = {"n_texts": len(texts), **{f"{k}_ms_per_text": statistics.median(v) / len(texts) * 1e3
-                                     for k, v in times.items()}}
+    med = interleaved_medians({"text_major": text_major, "layer_major": layer_major}, repeats, dev)
+    out = {"n_texts": len(texts), **{f"{k}_ms_per_text": t / len(texts) * 1e3 for k, t in med.items()}}
     print(f"  layer order (same single-text layer calls): {out}", flush=True)
     return out
 
@@ -575,13 +580,7 @@ def one_text_bound(full, ee, tok, texts, budgets, repeats, dev):
 
     fns = {"stock": stock, **{f"B={b}": (lambda b=b: early_exit(b)) for b in budgets},
            **{f"B={b}/floor": (lambda b=b: floor(b)) for b in budgets}}
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            times[k].append(timed(f, dev))
-    ms = {k: statistics.median(v) / len(texts) * 1e3 for k, v in times.items()}
+    ms = {k: t / len(texts) * 1e3 for k, t in interleaved_medians(fns, repeats, dev).items()}
     out = {"n_texts": len(texts), "stock_ms_per_text": ms["stock"], "rows": []}
     for b in budgets:
         out["rows"].append({

@@ -365,7 +365,8 @@ class EENetModelMixin:
         self.config.default_budget = None
 
     #: per-process caches kept in the model's ``__dict__`` (captured CUDA graphs with their lock and static buffers;
-    #: bank entries already checked): ``copy.deepcopy`` / pickle leave them out, the copy rebuilds them on first use
+    #: bank entries already checked; the exit layer/cost tensors): ``copy.deepcopy`` / pickle leave them out, the copy
+    #: rebuilds them on first use
     _EENET_CACHES = ("_eenet_layer_graphs", "_eenet_checked_entries", "_eenet_exit_tables")
 
     def __getstate__(self):
