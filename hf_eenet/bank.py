@@ -35,6 +35,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -334,9 +335,11 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     either way, and entries it did not produce are not touched there. The files replace the old ones one by one,
     weights first and ``config.json`` last (a replaced sub-folder, or a file a folder replaces, is set aside until
     its successor is in place); other entries of the old folder are always kept there. Clean-ups never descend
-    into a mount point. An interruption during ``write`` still leaves the old folder untouched,
-    one during the replacement can leave new weights beside the old config (a changed bank is then refused on load
-    by its digest check).
+    into a mount point. There the save is a journal: an interruption during ``write`` leaves the old folder
+    untouched; once ``write`` has finished, a manifest commits the save, and an interruption while the files move
+    in is finished by the next save of the folder or the next ``from_pretrained`` of an hf_eenet model from it
+    (:func:`finish_interrupted_save`), so the folder loads as the complete new save, never as new weights beside
+    the old config.
     """
     target = os.path.realpath(os.path.abspath(os.fspath(target)))
     parent = os.path.dirname(target)
@@ -607,43 +610,159 @@ def _in_use(path) -> bool:
 
 def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bool = True) -> None:
     """:func:`atomic_save_dir` when the folder cannot (or must not) be swapped: write into a hidden folder inside
-    it, then replace the files one by one. Leftover ``.saving-*`` folders of an interrupted earlier save go first."""
+    it, commit, then replace the files one by one (a journal, rolled forward when interrupted).
+
+    The commit point is the manifest ``.saving-*/COMMIT_FILE`` (the entries to move in, written atomically once
+    ``write`` has finished): an interruption before it leaves the old folder as it was (the unfinished folder is
+    removed by the next save); one after it, while the files move, is finished by the next save of the folder or
+    the next ``from_pretrained`` of it (:func:`finish_interrupted_save`), which move the remaining entries in, so the
+    folder becomes the complete new save rather than new weights beside the old config."""
     os.makedirs(target, exist_ok=True)
     guard = _lock_folder(target)  # clean-up, then create + mark the temporary folder, as one step among saves
     try:
-        for path in _leftovers(target, ".saving-"):
-            shutil.rmtree(path, ignore_errors=True)
-        for path in _nested_leftovers(target, ".saving-"):
-            shutil.rmtree(path, ignore_errors=True)
+        _finish_or_remove_inside(target)
         tmp = tempfile.mkdtemp(prefix=".saving-", dir=target)
         _HELD[tmp] = _hold(tmp)
     finally:
         if guard is not None:
             os.close(guard)
+    pending = False  # committed, not all moved in: the folder stays for the next load or save to finish
     try:
         write(tmp)
-        _replace_files(tmp, target, drop, replaces_weights)
+        produced = sorted(os.listdir(tmp))
+        _mounted_entries(tmp, target, produced)  # a save that cannot move in is refused before its commit
+        _commit(tmp, produced, drop, replaces_weights)
+        pending = True
+        _replace_files(tmp, target, drop, replaces_weights, only=produced)
+        pending = False
+    except BaseException as err:
+        if pending and hasattr(err, "add_note"):
+            err.add_note(f"hf_eenet: the save into {target} was committed; the next save of the folder or "
+                         "from_pretrained of it finishes moving its files in (hf_eenet.bank.finish_interrupted_save)")
+        raise
     finally:
         _release(tmp, target, moved_in=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not pending:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights: bool = True,
-                   only=None) -> None:
-    """Move every entry of ``src_dir`` (``only``: those of them) into ``target`` (weights first, ``config.json``
-    last), then drop weight files of ``target`` the new save did not produce. An entry replacing a folder, or a
-    folder replacing a file, sets the old one aside until the new one is in place (put back if the move fails). A
-    sub-folder holding the process's cwd, or one that is or holds a mount point, is merged into, not replaced
-    (replacing it would delete the cwd, or fail on the mount halfway); a file mount is rewritten in place."""
-    produced = [e for e in os.listdir(src_dir) if only is None or e in only]
-    order = sorted(produced, key=lambda e: (not e.startswith(WEIGHT_PREFIXES), e == "config.json", e))
-    # entries that are or hold a mount point cannot be renamed: found (and checked) before anything moves
-    mounted = {e for e in order if os.path.lexists(os.path.join(target, e))  # (a symlink is replaced as a link)
+#: the manifest that commits a save inside a folder (:func:`_save_inside`): its entries are then moved in, by this
+#: save or, when it was interrupted, by the next save or load of the folder
+COMMIT_FILE = ".eenet-commit.json"
+
+
+def _commit(tmp, entries: list[str], drop: tuple[str, ...], replaces_weights: bool) -> None:
+    """Write the commit manifest of ``tmp`` atomically (a complete file or none, flushed to disk first)."""
+    import json
+
+    body = json.dumps({"entries": list(entries), "drop": list(drop), "replaces_weights": bool(replaces_weights)})
+    part = os.path.join(tmp, COMMIT_FILE + ".part")
+    with open(part, "w", encoding="utf-8") as f:
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, os.path.join(tmp, COMMIT_FILE))
+
+
+def _finish_one(path, target) -> bool:
+    """Finish the committed save in the leftover folder ``path`` inside ``target``: move in the manifest's entries
+    still there (weights first, ``config.json`` last, as the save would have), drop stale weights as it would have,
+    remove the old versions of replaced folders it had set aside, then the leftover itself. False (nothing done)
+    when ``path`` holds no readable manifest: the save was still writing."""
+    import json
+
+    try:
+        with open(os.path.join(path, COMMIT_FILE), encoding="utf-8") as f:
+            manifest = json.load(f)
+        entries = [e for e in manifest["entries"] if isinstance(e, str) and e not in ("", ".", "..")
+                   and os.sep not in e and e != COMMIT_FILE]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    remaining = [e for e in entries if os.path.lexists(os.path.join(path, e))]
+    _replace_files(path, target, tuple(manifest.get("drop") or ()), bool(manifest.get("replaces_weights", True)),
+                   only=remaining, keep=entries)
+    for entry in entries:  # old versions of replaced folders, set aside by the interrupted moves
+        for aside in _leftovers(target, f".{entry}.old-"):
+            _remove_tree(aside)
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
+def _oldest_first(paths: list[str]) -> list[str]:
+    def mtime(p):
+        try:
+            return os.path.getmtime(p)
+        except OSError:
+            return 0.0
+
+    return sorted(paths, key=mtime)
+
+
+def _finish_or_remove_inside(target) -> bool:
+    """Leftovers of interrupted saves inside ``target`` (the caller holds the folder lock), oldest first: a committed
+    one is finished, one still writing when it was interrupted is removed; nested leftovers removed. True when a
+    save was finished (the folder's files changed)."""
+    finished = False
+    for path in _oldest_first(_leftovers(target, ".saving-")):
+        try:
+            finished = _finish_one(path, target) or finished
+        except OSError as err:  # it cannot be finished (the files it would move): the save that runs now replaces
+            warnings.warn(f"an interrupted save into {target} could not be finished ({err}); the save now "  # them
+                          "running replaces its files", RuntimeWarning, stacklevel=3)
+        shutil.rmtree(path, ignore_errors=True)
+    for path in _nested_leftovers(target, ".saving-"):
+        shutil.rmtree(path, ignore_errors=True)
+    return finished
+
+
+def finish_interrupted_save(folder) -> bool:
+    """Finish a save into ``folder`` that was interrupted after its commit point (:func:`_save_inside`: a save into
+    the working directory or a mount point moves its files in one by one). Returns True when files were moved in
+    (the folder now holds that save, complete), False when there was nothing to finish. Temporary folders of saves
+    that had not committed are left to the next save (another process may still be writing one: only a save
+    removes them); a running save's folder is never touched (it is locked). ``from_pretrained`` of an hf_eenet
+    model calls this first."""
+    folder = os.path.realpath(os.fspath(folder))
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    if not any(e.startswith(".saving-") and os.path.isfile(os.path.join(folder, e, COMMIT_FILE)) for e in names):
+        return False
+    guard = _lock_folder(folder)
+    try:
+        finished = False
+        for path in _oldest_first(_leftovers(folder, ".saving-")):
+            finished = _finish_one(path, folder) or finished
+        return finished
+    finally:
+        if guard is not None:
+            os.close(guard)
+
+
+def _mounted_entries(src_dir, target, entries) -> set[str]:
+    """The ``entries`` of ``target`` that are or hold a mount point (they cannot be renamed: merged into or
+    rewritten in place); OSError (EBUSY) when one would have to change between a file and a folder."""
+    mounted = {e for e in entries if os.path.lexists(os.path.join(target, e))  # (a symlink is replaced as a link)
                and not os.path.islink(os.path.join(target, e)) and _mounts_at_or_below(os.path.join(target, e))}
     for entry in mounted:
         if os.path.isdir(os.path.join(src_dir, entry)) != os.path.isdir(os.path.join(target, entry)):
             raise OSError(errno.EBUSY, "a mount point cannot change from a file to a folder or back",
                           os.path.join(target, entry))
+    return mounted
+
+
+def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights: bool = True,
+                   only=None, keep=None) -> None:
+    """Move every entry of ``src_dir`` (``only``: those of them) into ``target`` (weights first, ``config.json``
+    last), then drop weight files of ``target`` the new save did not produce (``keep``: the entries it produced,
+    when some were moved in before). An entry replacing a folder, or a
+    folder replacing a file, sets the old one aside until the new one is in place (put back if the move fails). A
+    sub-folder holding the process's cwd, or one that is or holds a mount point, is merged into, not replaced
+    (replacing it would delete the cwd, or fail on the mount halfway); a file mount is rewritten in place."""
+    produced = [e for e in os.listdir(src_dir) if only is None or e in only]
+    order = sorted(produced, key=lambda e: (not e.startswith(WEIGHT_PREFIXES), e == "config.json", e))
+    mounted = _mounted_entries(src_dir, target, order)  # checked before anything moves
     for entry in order:
         src, dst = os.path.join(src_dir, entry), os.path.join(target, entry)
         src_dir_entry = os.path.isdir(src) and not os.path.islink(src)
@@ -666,8 +785,9 @@ def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights
             _remove_tree(aside)
             continue
         _move_into(src, dst)
+    kept = set(produced if keep is None else keep)  # a finished save keeps all it wrote, moved in before or now
     for entry in os.listdir(target):
-        if ((replaces_weights and entry.startswith(WEIGHT_PREFIXES)) or entry in drop) and entry not in produced:
+        if ((replaces_weights and entry.startswith(WEIGHT_PREFIXES)) or entry in drop) and entry not in kept:
             os.remove(os.path.join(target, entry))
 
 
@@ -786,4 +906,5 @@ __all__ = [
     "verify_bank",
     "check_loading_info",
     "atomic_save_dir",
+    "finish_interrupted_save",
 ]

@@ -14,7 +14,7 @@ Rules:
 - Labels: ``ClassLabel`` names when the train split has them; else ``--class_names`` when given (their order is the id
   order; integer labels are then ids into it); else the sorted distinct train values (strings or ints).
   Label strings are stripped and integral floats read as ints (0.0 is "0"). A labelled split is read as a whole:
-  its values are all names, or (names from a model) all ids into them; a row without a label (None, NaN, blank) in
+  its values are all names, or (names from a model, none of them a number) all ids into them; a row without a label (None, NaN, blank) in
   a labelled split and a column mixing numbers and words are errors.
 - No validation split: a seeded, stratified hold-out of the train split (``--validation_split_percentage`` or
   ``--validation_split_rows``).
@@ -115,6 +115,8 @@ def _read_files(args: DataArguments):
         if fmt is None:
             raise DataError(f"--{split}_file {path}: unsupported format {p.suffix!r}; use one of "
                             f"{', '.join(sorted(FILE_FORMATS))}")
+        if fmt != "parquet" and not _has_text(p):  # a parser's own message for this names no cause
+            raise DataError(f"the {split} split is empty ({path} is an empty file)")
         kw = {}
         if fmt == "csv":  # keep "null"/"NA" as text; GLUE-style tsv files are unquoted
             # text columns stay strings even when every cell looks like a number ("007" is not 7.0)
@@ -130,6 +132,15 @@ def _read_files(args: DataArguments):
                             f"{str(err).splitlines()[0] if str(err) else ''})") from err
         out[split] = ds
     return DatasetDict(out)
+
+
+def _has_text(path: Path) -> bool:
+    """Whether a text file holds anything but whitespace (read in blocks: the first non-blank block decides)."""
+    with path.open("rb") as f:
+        while block := f.read(1 << 16):
+            if block.strip():
+                return True
+    return False
 
 
 def _read_hub(args: DataArguments):
@@ -223,8 +234,10 @@ def _label_ids(values: list, split: str, col: str, label_names: list[str], *, id
     """What a split's (cleaned) labels mean, decided for the whole split, never per value.
 
     ``ids_are_ids`` (``--class_names``): ints are ids into the names, strings are names. Else: if every value is a
-    name (as a string), names; else, where ``ids_allowed`` (names from a model), if every value is an int that is a
-    valid id, ids; else a DataError naming a few of the values that do not fit.
+    name (as a string, or a number equal to a name that is one), names; else, where ``ids_allowed`` (names from a model) and no name is a number, if every
+    value is an int that is a valid id, ids; else a DataError naming a few of the values that do not fit. A model
+    whose names are numbers (trained on int labels 1..5: names "1".."5") reads ints as names only: [1, 2, 0] could
+    be two names and an id or three ids (every label shifted), so a value that is not a name is an error.
 
     A value is a name when its cleaned form, or its ``raw`` form as read (e.g. ``"1.0"`` of a float column), is one
     of ``label_names`` or of their stripped forms: models saved before labels were cleaned (names ``"1.0"`` or
@@ -234,10 +247,17 @@ def _label_ids(values: list, split: str, col: str, label_names: list[str], *, id
                   **{name: i for i, name in enumerate(label_names)}}
     raw = values if raw is None else raw
 
+    number_to_id = {}  # numbers as names: a value equal to one is that name (2 is "2.0" of a float-trained model)
+    for i, name in enumerate(label_names):
+        if _is_number(name):
+            number_to_id.setdefault(float(name), i)
+
     def name_id(v, r):  # the id of the name this value spells (raw first: a model trained on floats has "1.0")
         for key in (str(r), str(r).strip(), str(v)):
             if key in name_to_id:
                 return name_to_id[key]
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and number_to_id:
+            return number_to_id.get(float(v))
         return None
 
     named = [name_id(v, r) for v, r in zip(values, raw)]
@@ -254,6 +274,7 @@ def _label_ids(values: list, split: str, col: str, label_names: list[str], *, id
     not_names = [v for v, i in zip(values, named) if i is None]
     if not not_names:
         return named
+    ids_allowed = ids_allowed and not any(map(_is_number, label_names))  # numbers as names: ints are names only
     if ids_allowed and all(map(is_id, values)):
         return list(values)
     neither = [v for v in not_names if not (ids_allowed and is_id(v))]
@@ -265,6 +286,14 @@ def _label_ids(values: list, split: str, col: str, label_names: list[str], *, id
     not_ids = [v for v in values if not is_id(v)]
     raise DataError(f"the {split} split mixes label names and ids in column {col!r}: {_few(not_names)} not among "
                     f"{where} ({', '.join(label_names)}), {_few(not_ids)} not ids (0..{n - 1}); use one or the other")
+
+
+def _is_number(name: str) -> bool:
+    """A label name that spells a number ("3", "-1", "2.0"): the class of an int or float label column."""
+    try:
+        return math.isfinite(float(name))
+    except (TypeError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------------------------------------ result

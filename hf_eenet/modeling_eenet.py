@@ -131,6 +131,36 @@ def _right_align(mask_host: torch.Tensor, input_ids, attention_mask, token_type_
             mask_host.gather(1, order_host))
 
 
+def _finish_interrupted_save_before_load(cls, path, kwargs: dict) -> None:
+    """``finish_interrupted_save`` of a local model folder before it is loaded. A ``config`` object in ``kwargs``
+    (``AutoModel...from_pretrained`` reads config.json first) that was read before the save was finished is
+    replaced by the finished folder's config, with the attributes the caller changed on it (from_pretrained's
+    config kwargs) set again."""
+    import os
+
+    from .bank import COMMIT_FILE, finish_interrupted_save
+
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
+        return
+    if not any(e.startswith(".saving-") and os.path.isfile(os.path.join(path, e, COMMIT_FILE))
+               for e in os.listdir(path)):
+        return  # the common case: nothing interrupted (one listing)
+    config = kwargs.get("config")
+    stale = None
+    if config is not None and not isinstance(config, (str, os.PathLike)):
+        try:
+            stale = type(config).from_pretrained(path).to_dict()
+        except (OSError, ValueError):
+            stale = None
+    if not finish_interrupted_save(path) or stale is None:
+        return
+    fresh = type(config).from_pretrained(path)
+    for key, value in config.to_dict().items():  # what the caller set on the config it passed (or AutoConfig did)
+        if stale.get(key, object()) != value:
+            setattr(fresh, key, value)
+    kwargs["config"] = fresh
+
+
 def pool_hidden(hidden_states: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
     """``[b, S, h]`` hidden states → ``[b, h]``: the first token (``"cls"``) or the mean over the tokens where the
     ``[b, S]`` ``attention_mask`` is non-zero (``"mean"``)."""
@@ -462,8 +492,12 @@ class EENetModelMixin:
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """As ``PreTrainedModel.from_pretrained``, then: no scheduler tensor may be missing from (or left over in)
-        the checkpoint, and the bank must match the config (``verify_bank``); else ``BankIntegrityError``."""
+        the checkpoint, and the bank must match the config (``verify_bank``); else ``BankIntegrityError``. A local
+        folder whose last save was interrupted while its files moved in (a save into the working directory or a
+        mount point) is first finished (``hf_eenet.bank.finish_interrupted_save``)."""
         want_info = kwargs.pop("output_loading_info", False)
+        _finish_interrupted_save_before_load(cls, args[0] if args else kwargs.get("pretrained_model_name_or_path"),
+                                             kwargs)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         model.config._validate_eenet()
         check_loading_info(info, bank_expected=bool(model.config.scheduler_budgets or model.config.scheduler_bank))

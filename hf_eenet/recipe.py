@@ -237,7 +237,14 @@ def load_backbone(path: str, num_labels: int, exit_layers=None, id2label=None, e
         names = id2label if isinstance(id2label, dict) else dict(enumerate(id2label))
         kw["id2label"] = names
         kw["label2id"] = {n: i for i, n in names.items()}
-    model = cls.from_pretrained(path, cache_dir=cache_dir, ignore_mismatched_sizes=ignore_mismatched_sizes, **kw)
+    try:
+        model = cls.from_pretrained(path, cache_dir=cache_dir, ignore_mismatched_sizes=ignore_mismatched_sizes, **kw)
+    except RuntimeError as err:  # a checkpoint's head sized for other classes: a flag problem, said in one line
+        if not ("size mismatch" in str(err) or "ignore_mismatched_sizes" in str(err)) or ignore_mismatched_sizes:
+            raise
+        raise ValueError(f"{path} has weights of other shapes than a model for {num_labels} classes (e.g. a "
+                         f"classification head for another number of labels): pass --ignore_mismatched_sizes to "
+                         f"start those layers afresh (transformers: {' '.join(str(err).split())[:300]})") from err
     return model, AutoTokenizer.from_pretrained(tokenizer_name or path, cache_dir=cache_dir)
 
 
@@ -303,6 +310,31 @@ def _recipe_length(model, tokenizer, requested) -> int:
     return int(requested)
 
 
+def _reachable_budgets(budgets: list[float], costs: list[float], args, saved_to: str | None) -> list[float]:
+    """The budgets a bank can be fitted for with exit ``costs``: a budget below the cheapest exit's cost is an error
+    when the user asked for it (``--budgets``, or a config file's), and dropped with a warning when it is one of the
+    defaults (``DEFAULT_BUDGETS`` start at 0.25; exits at layers 2 and 3 of 3 cost 0.67 and 1). ``saved_to``: the
+    folder a trained model is saved to before the error (``None``: nothing trained; ``""``: checked before
+    training)."""
+    lo = costs[0] / costs[-1]
+    unreachable = [b for b in budgets if not budget_reachable(b, [c / costs[-1] for c in costs])]
+    if not unreachable:
+        return budgets
+    reachable = [b for b in budgets if b not in unreachable]
+    if args.budgets is None and reachable:
+        logger.warning("the default budgets %s are below the cheapest exit's cost (%.3f of the full model with "
+                       "--cost_profile %s) and are not fitted; the bank serves %s", unreachable, lo,
+                       args.cost_profile, reachable)
+        return reachable
+    where = ("" if saved_to is None else " Nothing was trained." if saved_to == "" else
+             f" The trained model was saved to {saved_to} without a scheduler bank: fit one with `python -m hf_eenet "
+             f"fit-scheduler {saved_to} --budgets {','.join(f'{b:g}' for b in reachable) or '0.5'} ...` (the same "
+             "data flags), or rerun with reachable --budgets.")
+    raise DataError(f"--budgets {unreachable} are below the cheapest exit's cost: with --cost_profile "
+                    f"{args.cost_profile} exit 1 costs {lo:.3f} of the full model, so the reachable budgets are "
+                    f"[{lo:.3f}, 1].{where}")
+
+
 def budget_predictions(model, probs: np.ndarray, budgets=None) -> dict:
     """``{budget: (exit index [N], predicted class [N], score [N], cost [N])}`` from all-exit probabilities, using the
     model's fitted scheduler bank (``budgets`` default: every fitted budget; the full model under key ``1.0`` when
@@ -354,10 +386,17 @@ def eval_metrics(results: dict, split: str = "test") -> dict:
     for name, rows in results["methods"].items():
         key = name.split(" ")[0].lower()
         for r in rows:
-            m[f"{key}_accuracy@{r['budget']:.2f}"] = float(r["accuracy"])
-            m[f"{key}_cost@{r['budget']:.2f}"] = float(r["mean_cost"])
+            m[f"{key}_accuracy@{budget_key(r['budget'])}"] = float(r["accuracy"])
+            m[f"{key}_cost@{budget_key(r['budget'])}"] = float(r["mean_cost"])
     m["split"] = split
     return m
+
+
+def budget_key(budget: float) -> str:
+    """A budget in metric names: two decimals ("0.50"), or every digit it has where two would round it (0.604 →
+    "0.604"; budgets 0.6 and 0.604 must not share a key)."""
+    b = float(budget)
+    return f"{b:.2f}" if round(b, 2) == b else f"{b:g}"
 
 
 def scheduler_kwargs(args: SchedulerFitArguments) -> dict:
@@ -445,13 +484,30 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                             "fit these (--do_fit_scheduler true)")
         budgets = [next(f for f in bank_budgets if math.isclose(b, f, rel_tol=1e-9)) for b in budgets]
     if args.do_fit_scheduler:  # found before training, not after it
+        if not pretrained_eenet or not model.config.exit_costs or args.reprofile_costs:
+            layers = list(model.config.exit_layers)  # costs profiled after training: known now for "layers" only
+            known = [x / layers[-1] for x in layers] if args.cost_profile == "layers" else None
+        else:  # a fitted model keeps its own costs
+            known = list(model.config.exit_costs)
+        if known is not None:
+            budgets = _reachable_budgets(budgets, known, args, "")
         classes = set(data.splits["validation"]["label"])
         if len(classes) < 2:
             raise DataError(f"the validation split ({len(data.splits['validation'])} rows) has a single class "
                             f"({data.label_names[classes.pop()]!r}); the scheduler is fitted on right and wrong "
                             "exits of several classes: give a --validation_file with several classes, or more "
                             "validation rows (--validation_split_rows)")
-    data_args.max_seq_length = _recipe_length(model, tok, data_args.max_seq_length)
+    requested = data_args.max_seq_length
+    data_args.max_seq_length = _recipe_length(model, tok, requested)
+    if requested is not None and not (do_train or args.do_fit_scheduler):
+        from .configuration_eenet import max_input_tokens
+
+        served = max_input_tokens(model.config, tok)  # neither trained nor fitted here: results must be what it serves
+        if data_args.max_seq_length != served:
+            raise DataError(f"--max_seq_length {requested}: a model neither trained (--do_train) nor fitted "
+                            f"(--do_fit_scheduler false) in this run is evaluated as it serves ({served} tokens, its "
+                            "config); drop the flag, or fit the bank at that length (--do_fit_scheduler true), which "
+                            "then becomes the length it serves")
     enc = data.tokenize(tok, data_args.max_seq_length)
     check_pairing(model.config, data.is_pair)
     if do_train or args.do_fit_scheduler:  # served (pipeline, early_exit_predict, CLI) at the length trained / fitted
@@ -502,17 +558,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         costs = _dist_broadcast_costs(set_exit_costs(model, profile, args.cost_profile))
         model.config.exit_costs = [float(c) for c in costs]
     costs = list(model.config.exit_costs)
-    unreachable = [b for b in budgets if not budget_reachable(b, [c / costs[-1] for c in costs])]
-    if args.do_fit_scheduler and unreachable:  # found only now that the costs are known: keep what was trained
-        trainer.save_model(training_args.output_dir)
-        reachable = [b for b in budgets if b not in unreachable]
-        raise DataError(
-            f"--budgets {unreachable} are below the cheapest exit's cost: with --cost_profile {args.cost_profile} "
-            f"exit 1 costs {costs[0] / costs[-1]:.3f} of the full model, so the reachable budgets are "
-            f"[{costs[0] / costs[-1]:.3f}, 1]. The trained model was saved to {training_args.output_dir} without a "
-            f"scheduler bank: fit one with `python -m hf_eenet fit-scheduler {training_args.output_dir} "
-            f"--budgets {','.join(f'{b:g}' for b in reachable) or '0.5'} ...` (the same data flags), or rerun with "
-            "reachable --budgets")
+    if args.do_fit_scheduler:  # measured costs are known only now: keep what was trained
+        try:
+            budgets = _reachable_budgets(budgets, costs, args, training_args.output_dir if do_train else None)
+        except DataError:
+            if do_train:
+                trainer.save_model(training_args.output_dir)
+            raise
     # ---- scheduler bank, then predictions; every rank predicts (Trainer.predict gathers the rows of all ranks),
     # the fit is deterministic so the banks agree; each split is run once (the model no longer changes)
     with trainer.reuse_exit_predictions():
@@ -699,8 +751,8 @@ def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
     preset's dataset name, card notes and results folder describe *its* data, so the ones the command line does not
     set are reset to their defaults (the card then names the data actually used; results go to output_dir, not the
     preset's committed card folder). Other *training* data (``--train_file``, ``--dataset_name``,
-    ``--dataset_config_name``) also resets the preset's other data sources (its validation / test files) and class
-    names: without a validation file the recipe holds rows of your train file out, and the preset's ``do_predict``
+    ``--dataset_config_name``) needs ``--output_dir`` (else DataError: the preset's folder holds its own model) and
+    resets the preset's other data sources (its validation / test files) and class names: without a validation file the recipe holds rows of your train file out, and the preset's ``do_predict``
     stops when no test split is left. Another validation or test file alone keeps them (trained on the preset's
     data, evaluated on yours); the CLI commands do not read a config file's files of splits they do not use
     (``cli._read_needed_files_only``). A file given on the command line is the preset's when it is the very file the
@@ -729,6 +781,10 @@ def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
     # yours (SST-2 dev and test under your dataset's name) would fit the bank and report on data the card does not
     # name. Another validation / test file alone (train on the preset's data, evaluate on yours) keeps its splits.
     own_training_data = bool({"train_file", "dataset_name", "dataset_config_name"} & set(changed))
+    if own_training_data and cfg.get("output_dir") and "output_dir" not in given:
+        raise DataError(f"--{' / --'.join(changed)} replace the preset's data, but {path} would still save the "
+                        f"model to its own output_dir {cfg['output_dir']!r} (over a model trained on the preset's "
+                        "data): give --output_dir")
     keys = (_DATA_SOURCE_KEYS + ("class_names",) if own_training_data else ()) + _DATASET_TEXT_KEYS
     reset = [k for k in keys if cfg.get(k) and k not in given
              and not (k == "dataset_name" and not {"dataset_name", "train_file"} & set(changed))]  # another config

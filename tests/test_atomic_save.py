@@ -3,6 +3,7 @@ folder, the two-rename fallback, and recovery from the leftovers of an interrupt
 
 import errno
 import os
+import shutil
 
 import pytest
 
@@ -93,6 +94,67 @@ def test_saving_into_the_cwd_with_a_failing_write_leaves_the_folder_untouched(tm
     finally:
         os.chdir(cwd)
     assert {p.name: read(p) for p in target.iterdir()} == OLD
+
+
+def fail_replacing(monkeypatch, name):
+    """``os.replace`` onto a file called ``name`` raises (a kill or I/O error while a save moves its files in)."""
+    real = os.replace
+
+    def replace(src, dst, *a, **kw):
+        if os.path.basename(dst) == name:
+            raise OSError(errno.EIO, "I/O error (simulated)")
+        return real(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_an_interrupted_move_into_the_cwd_is_finished_by_the_next_load_or_save(tmp_path, monkeypatch):
+    """A save into the cwd moves its files in one by one after its commit point: interrupted there, the folder holds
+    new weights beside the old config; finish_interrupted_save (run by from_pretrained) or the next save moves the
+    rest in, so the folder is the complete new save, not a mix."""
+    for then in ("finish", "save"):
+        target = tmp_path / then
+        make_folder(target, OLD)
+        monkeypatch.chdir(target)
+        with monkeypatch.context() as m:
+            fail_replacing(m, "config.json")
+            with pytest.raises(OSError, match="simulated"):
+                atomic_save_dir(".", writer(NEW))
+        assert read(target / "model.safetensors") == "new weights" and read(target / "config.json") == "old config"
+        leftovers = [e for e in os.listdir(target) if e.startswith(".saving-")]
+        assert len(leftovers) == 1 and os.path.isfile(target / leftovers[0] / bank.COMMIT_FILE)
+        if then == "finish":
+            assert bank.finish_interrupted_save(target) is True
+            check_new_state(target)
+            assert bank.finish_interrupted_save(target) is False  # nothing left to finish
+        else:  # the next save finishes the interrupted one first, then writes its own
+            atomic_save_dir(".", writer({"config.json": "third config", "model.safetensors": "third weights"}))
+            assert read(target / "config.json") == "third config" and read(target / "tokenizer.json") == "tok"
+        assert not [e for e in os.listdir(target) if e.startswith(".")], "no temporary folder left inside"
+        monkeypatch.chdir(tmp_path)
+
+
+def test_an_interruption_before_the_commit_leaves_the_old_folder_and_nothing_to_finish(tmp_path, monkeypatch):
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    monkeypatch.chdir(target)
+
+    def boom(tmp):
+        writer(NEW)(tmp)
+        raise KeyboardInterrupt  # a kill while writing: no commit
+
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # as if the process died here
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save_dir(".", boom)
+    monkeypatch.undo()
+    monkeypatch.chdir(target)
+    assert [e for e in os.listdir(target) if e.startswith(".saving-")], "the unfinished folder is still there"
+    assert bank.finish_interrupted_save(target) is False  # not committed: a load leaves it to the next save
+    assert {p.name: read(p) for p in target.iterdir() if p.is_file()} == OLD
+    atomic_save_dir(".", writer(NEW))  # the next save removes it and saves
+    check_new_state(target)
+    assert not [e for e in os.listdir(target) if e.startswith(".")]
+    monkeypatch.chdir(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------- the swap itself
@@ -476,3 +538,24 @@ def test_concurrent_saves_of_one_folder_never_remove_each_others_temporary_folde
     cfg = read(target / "config.json")
     assert cfg in ("a", "b") and read(target / "model.safetensors") == "w-" + cfg  # one save's files, not a mix
     assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+def test_a_committed_save_that_cannot_be_finished_does_not_block_the_next_save(tmp_path, monkeypatch):
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    monkeypatch.chdir(target)
+    with monkeypatch.context() as m:
+        fail_replacing(m, "config.json")
+        with pytest.raises(OSError, match="simulated") as err:
+            atomic_save_dir(".", writer(NEW))
+    assert any("next save of the folder or from_pretrained of it finishes" in n for n in err.value.__notes__)
+
+    def cannot(path, target):
+        raise OSError(errno.EIO, "still failing (simulated)")
+
+    monkeypatch.setattr(bank, "_finish_one", cannot)
+    with pytest.warns(RuntimeWarning, match=r"could not be finished \(.*still failing"):
+        atomic_save_dir(".", writer({"config.json": "third config", "model.safetensors": "third weights"}))
+    assert read(target / "config.json") == "third config" and read(target / "model.safetensors") == "third weights"
+    assert not [e for e in os.listdir(target) if e.startswith(".")]
+    monkeypatch.chdir(tmp_path)

@@ -825,3 +825,41 @@ def test_a_new_bank_that_does_not_serve_the_default_budget_says_which_it_serves_
         warnings.simplefilter("error")  # a default the new bank serves: kept, no warning
         model.set_scheduler_bank({0.6: new[0.6], 0.8: new[0.8]})
     assert model.config.default_budget == 0.8
+
+
+@pytest.mark.parametrize("how", ["class", "auto"])
+def test_a_save_into_the_cwd_interrupted_while_moving_in_loads_as_the_new_save(tmp_path, monkeypatch, how):
+    """save_pretrained(".") moves its files in one by one (the cwd folder is not swapped away); interrupted after
+    the weights, before config.json, the folder held new weights beside the old config and no longer loaded
+    (BankIntegrityError). from_pretrained now finishes the save first, also through AutoModel (whose config object
+    was read from the old config.json; a config kwarg given to from_pretrained is kept)."""
+    from transformers import AutoModelForSequenceClassification
+
+    old, *_ = fitted_model(budgets=(0.4, 0.6, 0.8), seed=0)
+    new, batch, _, _ = fitted_model(budgets=(0.5, 0.7), seed=1)
+    target = tmp_path / "m"
+    old.save_pretrained(target)
+    monkeypatch.chdir(target)
+    real = os.replace
+
+    def replace(src, dst, *a, **kw):
+        if os.path.basename(dst) == "config.json":
+            raise OSError(5, "I/O error (simulated)")
+        return real(src, dst, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        with pytest.raises(OSError, match="simulated"):
+            new.save_pretrained(".")
+    monkeypatch.chdir(tmp_path)
+    assert json.loads((target / "config.json").read_text())["scheduler_budgets"] == [0.4, 0.6, 0.8]  # the mix
+    if how == "class":
+        loaded = type(new).from_pretrained(target)
+    else:
+        loaded = AutoModelForSequenceClassification.from_pretrained(target, classifier_dropout=0.25)
+        assert loaded.config.classifier_dropout == 0.25  # the caller's config kwarg survives the reload
+    assert loaded.config.scheduler_budgets == [0.5, 0.7]
+    assert not [e for e in os.listdir(target) if e.startswith(".")]
+    loaded.eval()
+    for b in (0.5, 0.7):
+        assert outputs(loaded, batch, b)[0] == outputs(new.eval(), batch, b)[0]

@@ -31,17 +31,31 @@ def names_of(d, split):
 
 # ---------------------------------------------------------------------------------------- 1. names or ids per split
 def test_int_labels_are_all_names_or_all_ids_never_mixed_within_a_split(tmp_path):
+    moods = ["neg", "mid", "pos"]  # a model trained on string labels: ints can only be ids
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", ["neg", "pos", "mid", "neg"])
+    assert names_of(load(moods, validation=mixed), "validation") == ["neg", "pos", "mid", "neg"]
+    as_ids = load(moods, validation=write_jsonl(tmp_path / "i.jsonl", [0, 1, 2, 0]))
+    assert names_of(as_ids, "validation") == ["neg", "mid", "pos", "neg"]  # no value is a name, all valid ids: ids
+    with pytest.raises(DataError, match=r"the test split has label 3, which is not among the model's labels "
+                                        r"\(neg, mid, pos\) nor ids into them"):
+        load(moods, test=write_jsonl(tmp_path / "b.jsonl", [0, 3, 1]))
+
+
+def test_a_model_with_number_names_reads_ints_as_names_only(tmp_path):
     stars = ["1", "2", "3"]  # a model trained on int labels 1..3
-    mixed = write_jsonl(tmp_path / "mixed.jsonl", [0, 1, 2, 3, 0, 3])  # 0 only an id, 3 only a name
-    with pytest.raises(DataError, match=r"validation split mixes label names and ids in column 'label'") as err:
-        load(stars, validation=mixed)
-    assert "\n" not in str(err.value) and "0" in str(err.value) and "3" in str(err.value)
     as_names = load(stars, validation=write_jsonl(tmp_path / "n.jsonl", [1, 2, 3, 3]))
     assert names_of(as_names, "validation") == ["1", "2", "3", "3"]  # every value is a name: names
-    as_ids = load(stars, validation=write_jsonl(tmp_path / "i.jsonl", [0, 1, 2, 0]))
-    assert names_of(as_ids, "validation") == ["1", "2", "3", "1"]  # not all names, all valid ids: ids
+    # [1, 2, 2, 0]: every value is also a valid id, and read as ids every label would shift ("2", "3", "3", "1")
+    for labels in ([1, 2, 2, 0], [0, 1, 2, 0], [0, 1, 2, 3, 0, 3]):
+        with pytest.raises(DataError, match=r"the validation split has label 0, which is not among the model's "
+                                            r"labels \(1, 2, 3\) \(column 'label'\)") as err:
+            load(stars, validation=write_jsonl(tmp_path / "x.jsonl", labels))
+        assert "\n" not in str(err.value) and "ids" not in str(err.value)
     with pytest.raises(DataError, match=r"the test split has labels 7, 9, which are not among the model's labels"):
         load(stars, test=write_jsonl(tmp_path / "b.jsonl", [1, 7, 9, 7]))
+    floats = ["1.0", "2.0"]  # a model saved before labels were cleaned, trained on integral floats: 1 is "1.0"
+    with pytest.raises(DataError, match=r"label 0, which is not among the model's labels \(1.0, 2.0\)"):
+        load(floats, validation=write_jsonl(tmp_path / "g.jsonl", [0, 1]))  # and [0, 1] are no ids (read: "1.0", "2.0")
 
 
 def test_labels_learnt_from_train_are_names_only(tmp_path):
@@ -113,8 +127,10 @@ def test_models_with_float_or_spaced_label_names_read_their_own_data(tmp_path):
     floats = write_jsonl(tmp_path / "f.jsonl", [1.0, 2.0, 1.0, 2.0])  # the top class 3.0 absent
     d = load(label_names=["1.0", "2.0", "3.0"], validation=floats)
     assert names_of(d, "validation") == ["1.0", "2.0", "1.0", "2.0"]
-    ints = write_jsonl(tmp_path / "i.jsonl", [0, 2, 1])  # ints into such a model: ids, as before
-    assert names_of(load(label_names=["1.0", "2.0", "3.0"], validation=ints), "validation") == ["1.0", "3.0", "2.0"]
+    ints = write_jsonl(tmp_path / "i.jsonl", [3, 2, 1])  # ints into such a model: the names they equal
+    assert names_of(load(label_names=["1.0", "2.0", "3.0"], validation=ints), "validation") == ["3.0", "2.0", "1.0"]
+    with pytest.raises(DataError, match=r"label 0, which is not among the model's labels \(1.0, 2.0, 3.0\) \("):
+        load(label_names=["1.0", "2.0", "3.0"], validation=write_jsonl(tmp_path / "z.jsonl", [0, 2, 1]))  # not ids
     spaced = write_csv(tmp_path / "s.csv", [("good film", " pos"), ("bad film", " neg")])
     assert names_of(load(label_names=[" neg", " pos"], validation=spaced), "validation") == [" pos", " neg"]
     plain = write_csv(tmp_path / "p.csv", [("good film", "pos"), ("bad film", "neg")])

@@ -541,6 +541,8 @@ def test_text_columns_that_look_numeric_stay_text(tmp_path):
     ("missing_column", r"has no column 'body' \(columns: sentence, label\)"),
     ("unseen_label", "has label 'maybe', which is not among the labels learnt from train"),
     ("empty_split", "the validation split is empty"),
+    ("empty_csv", r"the validation split is empty \(.*v\.csv is an empty file\)"),
+    ("empty_jsonl", r"the test split is empty \(.*t\.jsonl is an empty file\)"),
     ("unreadable", "cannot be read as parquet"),
     ("one_class", "classification needs at least 2"),
     ("no_file", "no such file"),
@@ -555,6 +557,12 @@ def test_loader_errors_are_clear(tmp_path, case, match):
         files["validation"] = write_csv(tmp_path / "v.csv", ["sentence", "label"], [("fine", "maybe")])
     elif case == "empty_split":
         files["validation"] = write_csv(tmp_path / "v.csv", ["sentence", "label"], [])
+    elif case == "empty_csv":
+        (tmp_path / "v.csv").write_text("")
+        files["validation"] = str(tmp_path / "v.csv")
+    elif case == "empty_jsonl":
+        (tmp_path / "t.jsonl").write_text("\n  \n")
+        files["test"] = str(tmp_path / "t.jsonl")
     elif case == "unreadable":
         (tmp_path / "x.parquet").write_bytes(b"not parquet at all")
         files["validation"] = str(tmp_path / "x.parquet")
@@ -896,10 +904,17 @@ def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_
     from hf_eenet.recipe import build_parser, parse_args_with_config
 
     def parse(*argv):
-        return parse_args_with_config(build_parser(), [preset, *argv])
+        return parse_args_with_config(build_parser(), [preset, *argv, "--output_dir", str(tmp_path / "out")])
 
     preset = str(ROOT / "recipes" / "presets" / "sst2.json")
     mine = write_csv(tmp_path / "mine.csv", ["review", "sentiment"], synth(8, 0))
+    # your own training data would otherwise go to the preset's outputs/sst2, over its SST-2 model
+    for flag, value in (("--train_file", mine), ("--dataset_name", str(tmp_path))):
+        with pytest.raises(DataError, match=rf"--{flag[2:]} replace the preset's data, but .*sst2.json would still "
+                                            r"save the model to its own output_dir 'outputs/sst2' .*give --output_dir"):
+            parse_args_with_config(build_parser(), [preset, flag, value])
+    _, _, targs = parse_args_with_config(build_parser(), [preset, "--test_file", mine])[1:]  # evaluated on yours
+    assert targs.output_dir == "outputs/sst2"  # trained on the preset's data: its model, its folder
     _, data, args, _ = parse("--train_file", mine)
     assert data.train_file == mine
     assert (args.dataset_label, args.card_dataset_id, args.card_dataset_name, args.results_dir, args.card_notes) == \
@@ -980,8 +995,14 @@ def test_reevaluating_a_bank_serves_its_budgets_and_states_how_the_model_was_tra
         with pytest.raises(SystemExit):  # given explicitly, even as the default list: refused, not replaced
             main(["train", *data, *flags, "--output_dir", str(tmp_path / "a"), "--budgets", asked])
         assert f"--budgets {missing} are not in the model's scheduler bank [0.5, 0.8]" in capsys.readouterr().err
+    # evaluated as fitted, so at the length it serves (48): results at another length would not describe it
+    with pytest.raises(SystemExit):
+        main(["train", *data, *flags, "--output_dir", str(tmp_path / "c"), "--max_seq_length", "4"])
+    assert ("--max_seq_length 4: a model neither trained (--do_train) nor fitted (--do_fit_scheduler false) in this "
+            "run is evaluated as it serves (48 tokens" in capsys.readouterr().err)
+    assert not (tmp_path / "c").exists()
     out = tmp_path / "b"
-    main(["train", *data, *flags, "--output_dir", str(out)])
+    main(["train", *data, *flags, "--output_dir", str(out), "--max_seq_length", "48"])  # the length it serves
     res = json.loads((out / "results.json").read_text())
     assert res["budgets"] == [0.5, 0.8] and len(res["methods"]["EENet"]) == 2
     trained = json.loads((src / "training_args.json").read_text())
@@ -1075,3 +1096,49 @@ def test_every_scheduler_the_recipe_fits_takes_the_scheduler_flags(tiny_backbone
           csv_data["test"], "--text_column_names", "review", "--label_column_name", "sentiment", "--do_train",
           "--do_eval", "--do_fit_scheduler", "false", *common_flags(tiny_backbone, tmp_path / "m")])
     assert len(seen) == 2 and set(seen) == {(5, 1, 0)}
+
+
+def test_eval_metrics_keep_budgets_that_round_alike_apart():
+    from hf_eenet.recipe import budget_key, eval_metrics
+
+    rows = [{"budget": b, "accuracy": a, "mean_cost": b} for b, a in ((0.3, 0.7), (0.6, 0.8), (0.604, 0.9))]
+    m = eval_metrics({"per_exit_accuracy": [0.5, 0.9], "full_model": {"accuracy": 0.9},
+                      "methods": {"EENet (ours)": rows, "Static": rows[:1]}})
+    assert m["eenet_accuracy@0.30"] == 0.7 and m["static_accuracy@0.30"] == 0.7  # the grid's keys as before
+    assert m["eenet_accuracy@0.60"] == 0.8 and m["eenet_accuracy@0.604"] == 0.9 and m["eenet_cost@0.604"] == 0.604
+    assert [budget_key(b) for b in (0.25, 0.5, 1.0, 0.125)] == ["0.25", "0.50", "1.00", "0.125"]
+
+
+def test_a_head_for_another_number_of_classes_is_a_one_line_error_naming_the_flag(tiny_backbone):
+    from hf_eenet.recipe import load_backbone
+
+    with pytest.raises(ValueError, match=r"other shapes than a model for 3 classes .*pass --ignore_mismatched_sizes "
+                                         r"to start those layers afresh \(transformers: ") as err:
+        load_backbone(tiny_backbone, num_labels=3)  # its head has 2 outputs
+    assert "\n" not in str(err.value)
+    model, _ = load_backbone(tiny_backbone, num_labels=3, ignore_mismatched_sizes=True)
+    assert model.config.num_labels == 3 and model.classifier.out_features == 3
+
+
+def test_default_budgets_below_the_first_exit_are_dropped_before_training(tiny_backbone, csv_data, tmp_path,
+                                                                           caplog, capsys):
+    """No --budgets: the defaults (0.25 ... 0.9) the exits cannot reach are left out with a warning (exits at layers
+    3 and 4 of 4 cost 0.75 and 1); given ones are refused before anything is trained."""
+    from hf_eenet.cli import main
+
+    data = ["--train_file", csv_data["train"], "--validation_file", csv_data["validation"], "--text_column_names",
+            "review", "--label_column_name", "sentiment", "--do_train", "--exit_layers", "3,4"]
+    flags = common_flags(tiny_backbone, tmp_path / "given")
+    with pytest.raises(SystemExit):
+        main(["train", *data, *flags])
+    assert ("--budgets [0.5] are below the cheapest exit's cost: with --cost_profile layers exit 1 costs 0.750 of "
+            "the full model, so the reachable budgets are [0.750, 1]. Nothing was trained." in capsys.readouterr().err)
+    assert not (tmp_path / "given").exists()
+    i = flags.index("--budgets")
+    del flags[i:i + 2]
+    flags[flags.index("--output_dir") + 1] = str(tmp_path / "default")
+    with caplog.at_level("WARNING", logger="hf_eenet.recipe"):
+        main(["train", *data, *flags])
+    assert "the default budgets [0.25, 0.3, 0.4, 0.5, 0.6, 0.7] are below the cheapest exit's cost" in caplog.text
+    cfg = json.loads((tmp_path / "default" / "config.json").read_text())
+    assert cfg["scheduler_budgets"] == [0.8, 0.9]

@@ -632,23 +632,33 @@ def test_ddp_two_processes_identical_weights(tmp_path, minilm_dir):
 
 @pytest.mark.skipif(not (DATA_DIR / "sst2" / "validation.tsv").exists(), reason="needs ../shared/data/sst2 (or EENET_DATA_DIR)")
 def test_recipe_keeps_the_trained_model_when_a_budget_is_below_the_first_exit(tmp_path):
-    """Costs are known only after training: an unreachable budget ends the run with a clear error, and the trained
-    weights are on disk (loadable, no bank) for ``hf-eenet fit-scheduler``."""
+    """Measured (FLOPs, latency) costs are known only after training: an unreachable budget ends the run with a
+    clear error, and the trained weights are on disk (loadable, no bank) for ``hf-eenet fit-scheduler``. Layer
+    costs are known before: refused before anything is trained."""
     from hf_eenet.data import DataError
     from hf_eenet.recipe import main
     from recipes.presets import data_arguments, resolve_backbone
 
-    out = tmp_path / "run"
     files = data_arguments("sst2", str(DATA_DIR))
-    with pytest.raises(DataError, match=r"below the cheapest exit.*reachable budgets are \[0\.167, 1\]"):
+
+    def run(out, profile):
         main([str(ROOT / "recipes" / "presets" / "sst2.json"), "--train_file", files.train_file,
               "--validation_file", files.validation_file, "--output_dir", str(out), "--results_dir", str(out),
               "--do_predict", "false", "--max_steps", "1", "--per_device_train_batch_size", "8",
               "--max_train_samples", "16", "--max_eval_samples", "64", "--budgets", "0.1,0.5",
-              "--cost_profile", "layers", "--max_seq_length", "32", "--quiet", "--save_strategy", "no"],
+              "--cost_profile", profile, "--max_seq_length", "32", "--quiet", "--save_strategy", "no"],
              resolve_model=resolve_backbone)
+
+    with pytest.raises(DataError, match=r"below the cheapest exit.*reachable budgets are \[0\.167, 1\]\. Nothing "
+                                        r"was trained\."):
+        run(tmp_path / "layers", "layers")
+    assert not (tmp_path / "layers").exists()
+    out = tmp_path / "flops"
+    with pytest.raises(DataError, match=r"below the cheapest exit.*The trained model was saved to .*flops without a "
+                                        r"scheduler bank"):
+        run(out, "flops")
     model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(str(out))
-    assert not model.config.scheduler_budgets and model.config.exit_costs[0] == pytest.approx(1 / 6)
+    assert not model.config.scheduler_budgets and model.config.exit_costs[0] == pytest.approx(1 / 6, abs=0.02)
 
 
 @pytest.mark.skipif(not (DATA_DIR / "sst2" / "validation.tsv").exists(), reason="needs ../shared/data/sst2 (or EENET_DATA_DIR)")
