@@ -369,7 +369,7 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
         if keep_old_entries and os.path.isdir(target):
             for entry in os.listdir(target):
                 if (entry in produced or (replaces_weights and entry.startswith(WEIGHT_PREFIXES))
-                        or entry.startswith(".saving-") or entry in drop):
+                        or entry.startswith(".saving-") or entry == FINISHED_FILE or entry in drop):
                     continue
                 src, dst = os.path.join(target, entry), os.path.join(tmp, entry)
                 if os.path.isdir(src) and not os.path.islink(src):
@@ -612,15 +612,16 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
     """:func:`atomic_save_dir` when the folder cannot (or must not) be swapped: write into a hidden folder inside
     it, commit, then replace the files one by one (a journal, rolled forward when interrupted).
 
-    The commit point is the manifest ``.saving-*/COMMIT_FILE`` (the entries to move in, written atomically once
-    ``write`` has finished): an interruption before it leaves the old folder as it was (the unfinished folder is
-    removed by the next save); one after it, while the files move, is finished by the next save of the folder or
-    the next ``from_pretrained`` of it (:func:`finish_interrupted_save`), which move the remaining entries in, so the
-    folder becomes the complete new save rather than new weights beside the old config."""
+    The commit point is the manifest ``.saving-*/COMMIT_FILE`` (the entries to move in, and which of them are
+    merged into rather than replaced; written atomically once ``write`` has finished): an interruption before it
+    leaves the old folder as it was (the unfinished folder is removed by the next save); one after it, while the
+    files move, is finished by the next save of the folder or the next ``from_pretrained`` of it
+    (:func:`finish_interrupted_save`), which move the remaining entries in, so the folder becomes the complete new
+    save rather than new weights beside the old config."""
     os.makedirs(target, exist_ok=True)
     guard = _lock_folder(target)  # clean-up, then create + mark the temporary folder, as one step among saves
     try:
-        _finish_or_remove_inside(target)
+        superseded = _finish_or_remove_inside(target)
         tmp = tempfile.mkdtemp(prefix=".saving-", dir=target)
         _HELD[tmp] = _hold(tmp)
     finally:
@@ -630,11 +631,16 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
     try:
         write(tmp)
         produced = sorted(os.listdir(tmp))
-        _mounted_entries(tmp, target, produced)  # a save that cannot move in is refused before its commit
-        _commit(tmp, produced, drop, replaces_weights)
+        mounted = _mounted_entries(tmp, target, produced)  # a save that cannot move in is refused before its commit
+        merged = [e for e in produced if _merges(os.path.join(tmp, e), os.path.join(target, e), e in mounted)]
+        _commit(tmp, produced, drop, replaces_weights, merged)
         pending = True
+        for path in superseded:  # committed saves that could not be finished: this one replaces their files
+            shutil.rmtree(path, ignore_errors=True)
+        _remove_finished_record(target)
         _replace_files(tmp, target, drop, replaces_weights, only=produced)
         pending = False
+        os.remove(os.path.join(tmp, COMMIT_FILE))  # before the lock goes: a load never takes it for interrupted
     except BaseException as err:
         if pending and hasattr(err, "add_note"):
             err.add_note(f"hf_eenet: the save into {target} was committed; the next save of the folder or "
@@ -649,26 +655,50 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
 #: the manifest that commits a save inside a folder (:func:`_save_inside`): its entries are then moved in, by this
 #: save or, when it was interrupted, by the next save or load of the folder
 COMMIT_FILE = ".eenet-commit.json"
+#: written by a finish (:func:`finish_interrupted_save`): the config.json the folder held before it, so a loader
+#: that read the config before another process finished can tell its stale values from its own changes
+FINISHED_FILE = ".eenet-finished.json"
 
 
-def _commit(tmp, entries: list[str], drop: tuple[str, ...], replaces_weights: bool) -> None:
+def _merges(src, dst, mounted: bool) -> bool:
+    """Whether the folder entry ``src`` is merged into ``dst`` rather than replacing it: both folders, and ``dst``
+    holds the process's cwd or is or holds a mount point (replacing it would delete the cwd or fail halfway)."""
+    return (os.path.isdir(src) and not os.path.islink(src) and os.path.isdir(dst) and not os.path.islink(dst)
+            and (mounted or _holds_cwd(dst)))
+
+
+def _commit(tmp, entries: list[str], drop: tuple[str, ...], replaces_weights: bool, merged=()) -> None:
     """Write the commit manifest of ``tmp`` atomically (a complete file or none, flushed to disk first)."""
     import json
 
-    body = json.dumps({"entries": list(entries), "drop": list(drop), "replaces_weights": bool(replaces_weights)})
-    part = os.path.join(tmp, COMMIT_FILE + ".part")
+    body = json.dumps({"entries": list(entries), "drop": list(drop), "replaces_weights": bool(replaces_weights),
+                       "merged": list(merged)})
+    _write_atomically(os.path.join(tmp, COMMIT_FILE), body)
+
+
+def _write_atomically(path, text: str) -> None:
+    part = path + ".part"
     with open(part, "w", encoding="utf-8") as f:
-        f.write(body)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(part, os.path.join(tmp, COMMIT_FILE))
+    os.replace(part, path)
+
+
+def _remove_finished_record(target) -> None:
+    try:
+        os.remove(os.path.join(target, FINISHED_FILE))
+    except OSError:
+        pass
 
 
 def _finish_one(path, target) -> bool:
     """Finish the committed save in the leftover folder ``path`` inside ``target``: move in the manifest's entries
-    still there (weights first, ``config.json`` last, as the save would have), drop stale weights as it would have,
-    remove the old versions of replaced folders it had set aside, then the leftover itself. False (nothing done)
-    when ``path`` holds no readable manifest: the save was still writing."""
+    still there (weights first, ``config.json`` last, as the save would have; an entry it merges into is merged
+    again, so what an interrupted merge had moved in stays), drop stale weights as it would have, remove the old
+    versions of replaced folders it had set aside, record the config.json it replaces (``FINISHED_FILE``), then
+    remove the leftover. False (nothing done) when ``path`` holds no readable manifest: the save was still writing
+    (or has just ended)."""
     import json
 
     try:
@@ -676,14 +706,24 @@ def _finish_one(path, target) -> bool:
             manifest = json.load(f)
         entries = [e for e in manifest["entries"] if isinstance(e, str) and e not in ("", ".", "..")
                    and os.sep not in e and e != COMMIT_FILE]
+        merged = {e for e in manifest.get("merged") or () if e in entries}
     except (OSError, ValueError, KeyError, TypeError):
         return False
     remaining = [e for e in entries if os.path.lexists(os.path.join(path, e))]
+    old_config = None
+    if "config.json" in remaining:
+        try:
+            with open(os.path.join(target, "config.json"), encoding="utf-8") as f:
+                old_config = f.read()
+        except OSError:
+            pass
     _replace_files(path, target, tuple(manifest.get("drop") or ()), bool(manifest.get("replaces_weights", True)),
-                   only=remaining, keep=entries)
+                   only=remaining, keep=entries, merge=merged)
     for entry in entries:  # old versions of replaced folders, set aside by the interrupted moves
         for aside in _leftovers(target, f".{entry}.old-"):
             _remove_tree(aside)
+    if old_config is not None:
+        _write_atomically(os.path.join(target, FINISHED_FILE), json.dumps({"old_config": old_config}))
     shutil.rmtree(path, ignore_errors=True)
     return True
 
@@ -698,21 +738,23 @@ def _oldest_first(paths: list[str]) -> list[str]:
     return sorted(paths, key=mtime)
 
 
-def _finish_or_remove_inside(target) -> bool:
-    """Leftovers of interrupted saves inside ``target`` (the caller holds the folder lock), oldest first: a committed
-    one is finished, one still writing when it was interrupted is removed; nested leftovers removed. True when a
-    save was finished (the folder's files changed)."""
-    finished = False
+def _finish_or_remove_inside(target) -> list[str]:
+    """Leftovers of interrupted saves inside ``target`` (the caller, a save, holds the folder lock), oldest first: a
+    committed one is finished, one still writing when it was interrupted is removed; nested leftovers removed.
+    Returns the committed ones that could not be finished (a warning says so): kept until the running save has
+    committed, so its failure before that still leaves them to finish."""
+    superseded = []
     for path in _oldest_first(_leftovers(target, ".saving-")):
         try:
-            finished = _finish_one(path, target) or finished
-        except OSError as err:  # it cannot be finished (the files it would move): the save that runs now replaces
-            warnings.warn(f"an interrupted save into {target} could not be finished ({err}); the save now "  # them
-                          "running replaces its files", RuntimeWarning, stacklevel=3)
-        shutil.rmtree(path, ignore_errors=True)
+            if not _finish_one(path, target):
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError as err:
+            warnings.warn(f"an interrupted save into {target} could not be finished ({err}); the save now running "
+                          "replaces its files", RuntimeWarning, stacklevel=3)
+            superseded.append(path)
     for path in _nested_leftovers(target, ".saving-"):
         shutil.rmtree(path, ignore_errors=True)
-    return finished
+    return superseded
 
 
 def finish_interrupted_save(folder) -> bool:
@@ -720,8 +762,9 @@ def finish_interrupted_save(folder) -> bool:
     the working directory or a mount point moves its files in one by one). Returns True when files were moved in
     (the folder now holds that save, complete), False when there was nothing to finish. Temporary folders of saves
     that had not committed are left to the next save (another process may still be writing one: only a save
-    removes them); a running save's folder is never touched (it is locked). ``from_pretrained`` of an hf_eenet
-    model calls this first."""
+    removes them); a running save's folder is never touched (it is locked). Where no file lock can be taken
+    (no ``fcntl``, a filesystem without ``flock``) a running save cannot be told from an interrupted one, so
+    nothing is done here and the next save finishes it. ``from_pretrained`` of an hf_eenet model calls this first."""
     folder = os.path.realpath(os.fspath(folder))
     try:
         names = os.listdir(folder)
@@ -730,14 +773,26 @@ def finish_interrupted_save(folder) -> bool:
     if not any(e.startswith(".saving-") and os.path.isfile(os.path.join(folder, e, COMMIT_FILE)) for e in names):
         return False
     guard = _lock_folder(folder)
+    if guard is None:  # no locks here (see above)
+        return False
     try:
         finished = False
         for path in _oldest_first(_leftovers(folder, ".saving-")):
             finished = _finish_one(path, folder) or finished
         return finished
     finally:
-        if guard is not None:
-            os.close(guard)
+        os.close(guard)
+
+
+def read_finished_record(folder) -> str | None:
+    """The config.json text a finish replaced in ``folder`` (see ``FINISHED_FILE``), or None."""
+    import json
+
+    try:
+        with open(os.path.join(os.fspath(folder), FINISHED_FILE), encoding="utf-8") as f:
+            return json.load(f)["old_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _mounted_entries(src_dir, target, entries) -> set[str]:
@@ -753,10 +808,11 @@ def _mounted_entries(src_dir, target, entries) -> set[str]:
 
 
 def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights: bool = True,
-                   only=None, keep=None) -> None:
+                   only=None, keep=None, merge=frozenset(), resume: bool = False) -> None:
     """Move every entry of ``src_dir`` (``only``: those of them) into ``target`` (weights first, ``config.json``
     last), then drop weight files of ``target`` the new save did not produce (``keep``: the entries it produced,
-    when some were moved in before). An entry replacing a folder, or a
+    when some were moved in before; ``resume`` inside a merged folder: unknown, nothing dropped). ``merge``: entries
+    merged into whatever else holds (a finish resuming a merge). An entry replacing a folder, or a
     folder replacing a file, sets the old one aside until the new one is in place (put back if the move fails). A
     sub-folder holding the process's cwd, or one that is or holds a mount point, is merged into, not replaced
     (replacing it would delete the cwd, or fail on the mount halfway); a file mount is rewritten in place."""
@@ -767,8 +823,8 @@ def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights
         src, dst = os.path.join(src_dir, entry), os.path.join(target, entry)
         src_dir_entry = os.path.isdir(src) and not os.path.islink(src)
         dst_dir_entry = os.path.isdir(dst) and not os.path.islink(dst)
-        if dst_dir_entry and src_dir_entry and (_holds_cwd(dst) or entry in mounted):  # merged into, not replaced
-            _replace_files(src, dst, (), replaces_weights)
+        if dst_dir_entry and src_dir_entry and (_holds_cwd(dst) or entry in mounted or entry in merge):
+            _replace_files(src, dst, (), replaces_weights, resume=resume or entry in merge)  # merged, not replaced
             continue
         if entry in mounted:  # a file mount: rewritten in place
             shutil.copyfile(src, dst)
@@ -785,6 +841,8 @@ def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights
             _remove_tree(aside)
             continue
         _move_into(src, dst)
+    if resume and keep is None:  # inside a merge being resumed: what moved in before is not known here
+        return
     kept = set(produced if keep is None else keep)  # a finished save keeps all it wrote, moved in before or now
     for entry in os.listdir(target):
         if ((replaces_weights and entry.startswith(WEIGHT_PREFIXES)) or entry in drop) and entry not in kept:
@@ -907,4 +965,5 @@ __all__ = [
     "check_loading_info",
     "atomic_save_dir",
     "finish_interrupted_save",
+    "read_finished_record",
 ]

@@ -274,18 +274,19 @@ def _label_ids(values: list, split: str, col: str, label_names: list[str], *, id
     not_names = [v for v, i in zip(values, named) if i is None]
     if not not_names:
         return named
+    as_ids = ids_allowed and all(map(is_id, values))
     ids_allowed = ids_allowed and not any(map(_is_number, label_names))  # numbers as names: ints are names only
-    if ids_allowed and all(map(is_id, values)):
+    if ids_allowed and as_ids:
         return list(values)
+    # the values that are neither names nor ids (a split mixing names and ids never gets here: a column mixing
+    # numbers and words is refused before, an int is a name only with number names, which allow no ids)
     neither = [v for v in not_names if not (ids_allowed and is_id(v))]
-    if neither:
-        many = len(set(neither)) > 1
-        raise DataError(f"the {split} split has label{'s' if many else ''} {_few(neither)}, which "
-                        f"{'are' if many else 'is'} not among {where} ({', '.join(label_names)})"
-                        f"{' nor ids into them' if ids_allowed else ''} (column {col!r})")
-    not_ids = [v for v in values if not is_id(v)]
-    raise DataError(f"the {split} split mixes label names and ids in column {col!r}: {_few(not_names)} not among "
-                    f"{where} ({', '.join(label_names)}), {_few(not_ids)} not ids (0..{n - 1}); use one or the other")
+    many = len(set(neither)) > 1
+    hint = ("; if they are ids into the names (a model trained with --class_names), pass --class_names "
+            f"{','.join(label_names)} again" if as_ids and not ids_allowed else "")
+    raise DataError(f"the {split} split has label{'s' if many else ''} {_few(neither)}, which "
+                    f"{'are' if many else 'is'} not among {where} ({', '.join(label_names)})"
+                    f"{' nor ids into them' if ids_allowed else ''} (column {col!r}){hint}")
 
 
 def _is_number(name: str) -> bool:

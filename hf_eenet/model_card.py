@@ -6,7 +6,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .reporting import EENET, budget_adherence_table, plot_results, results_table
+from .reporting import EENET, budget_adherence_table, budget_key, plot_results, results_table
 
 PLOT_FILE = "accuracy_vs_cost.png"
 
@@ -29,7 +29,7 @@ def build_model_card(results: dict, *, dataset: str, base_model: str, setup: dic
             eval_results.append(EvalResult(
                 task_type="text-classification", dataset_type=ds_type, dataset_name=ds_name,
                 dataset_config=ds_config, dataset_split=split, metric_type=metric,
-                metric_name=f"{metric} @ budget {b:.2f}", metric_value=round(float(value), 4),
+                metric_name=f"{metric} @ budget {budget_key(b)}", metric_value=round(float(value), 4),
                 metric_args={"budget": b},
             ))
     data = ModelCardData(

@@ -132,33 +132,34 @@ def _right_align(mask_host: torch.Tensor, input_ids, attention_mask, token_type_
 
 
 def _finish_interrupted_save_before_load(cls, path, kwargs: dict) -> None:
-    """``finish_interrupted_save`` of a local model folder before it is loaded. A ``config`` object in ``kwargs``
-    (``AutoModel...from_pretrained`` reads config.json first) that was read before the save was finished is
-    replaced by the finished folder's config, with the attributes the caller changed on it (from_pretrained's
-    config kwargs) set again."""
+    """``finish_interrupted_save`` of a local model folder before it is loaded. ``AutoModel...from_pretrained``
+    reads config.json first and passes the config object on: where a finish (this one, or another process's just
+    before) replaced config.json, the values the object still holds from the replaced file are updated to the
+    folder's (read from the record the finish left, ``bank.FINISHED_FILE``); values the caller changed (config
+    kwargs) and private settings (the attention implementation) stay as they are."""
+    import json
     import os
 
-    from .bank import COMMIT_FILE, finish_interrupted_save
+    from .bank import finish_interrupted_save, read_finished_record
 
     if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
         return
-    if not any(e.startswith(".saving-") and os.path.isfile(os.path.join(path, e, COMMIT_FILE))
-               for e in os.listdir(path)):
-        return  # the common case: nothing interrupted (one listing)
+    finish_interrupted_save(path)  # one folder listing when there is nothing to finish
     config = kwargs.get("config")
-    stale = None
-    if config is not None and not isinstance(config, (str, os.PathLike)):
-        try:
-            stale = type(config).from_pretrained(path).to_dict()
-        except (OSError, ValueError):
-            stale = None
-    if not finish_interrupted_save(path) or stale is None:
+    if config is None or isinstance(config, (str, os.PathLike)) or not hasattr(config, "to_dict"):
+        return
+    replaced = read_finished_record(path)
+    if replaced is None:
+        return
+    try:
+        old = type(config).from_dict(json.loads(replaced)).to_dict()
+    except (ValueError, TypeError):
         return
     fresh = type(config).from_pretrained(path)
-    for key, value in config.to_dict().items():  # what the caller set on the config it passed (or AutoConfig did)
-        if stale.get(key, object()) != value:
-            setattr(fresh, key, value)
-    kwargs["config"] = fresh
+    mine, missing = config.to_dict(), object()
+    for key, value in fresh.to_dict().items():
+        if mine.get(key, missing) != value and old.get(key, missing) == mine.get(key, missing):  # still the old file's
+            setattr(config, key, getattr(fresh, key))
 
 
 def pool_hidden(hidden_states: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:

@@ -381,6 +381,8 @@ def write_predictions(path, model, probs: np.ndarray, budgets=None, labels=None,
 
 def eval_metrics(results: dict, split: str = "test") -> dict:
     """Flat ``eval_*`` metrics (per exit and per budget) from :func:`~hf_eenet.reporting.compare_policies` output."""
+    from .reporting import budget_key
+
     m = {f"accuracy_exit_{k + 1}": float(a) for k, a in enumerate(results["per_exit_accuracy"])}
     m["accuracy_full_model"] = float(results["full_model"]["accuracy"])
     for name, rows in results["methods"].items():
@@ -390,13 +392,6 @@ def eval_metrics(results: dict, split: str = "test") -> dict:
             m[f"{key}_cost@{budget_key(r['budget'])}"] = float(r["mean_cost"])
     m["split"] = split
     return m
-
-
-def budget_key(budget: float) -> str:
-    """A budget in metric names: two decimals ("0.50"), or every digit it has where two would round it (0.604 →
-    "0.604"; budgets 0.6 and 0.604 must not share a key)."""
-    b = float(budget)
-    return f"{b:.2f}" if round(b, 2) == b else f"{b:g}"
 
 
 def scheduler_kwargs(args: SchedulerFitArguments) -> dict:
@@ -499,11 +494,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                             "validation rows (--validation_split_rows)")
     requested = data_args.max_seq_length
     data_args.max_seq_length = _recipe_length(model, tok, requested)
-    if requested is not None and not (do_train or args.do_fit_scheduler):
+    if not (do_train or args.do_fit_scheduler):  # neither trained nor fitted here: the results are what it serves
         from .configuration_eenet import max_input_tokens
 
-        served = max_input_tokens(model.config, tok)  # neither trained nor fitted here: results must be what it serves
-        if data_args.max_seq_length != served:
+        served = max_input_tokens(model.config, tok)  # what the pipeline truncates to (also with no recorded length)
+        if requested is None:
+            data_args.max_seq_length = served
+        elif data_args.max_seq_length != served:
             raise DataError(f"--max_seq_length {requested}: a model neither trained (--do_train) nor fitted "
                             f"(--do_fit_scheduler false) in this run is evaluated as it serves ({served} tokens, its "
                             "config); drop the flag, or fit the bank at that length (--do_fit_scheduler true), which "

@@ -13,6 +13,13 @@ from .evaluation import evaluate_exits
 from .policies import EntropyPolicy, MaxProbPolicy, OraclePolicy, PatiencePolicy, StaticPolicy
 from .scheduler import EENetScheduler
 
+
+def budget_key(budget: float) -> str:
+    """A budget in table rows and metric names: two decimals ("0.50"), or every digit it has where two would round
+    it (0.604 → "0.604"; budgets 0.6 and 0.604 must not share a row or a key)."""
+    b = float(budget)
+    return f"{b:.2f}" if round(b, 2) == b else f"{b:g}"
+
 BASELINES = {
     "BranchyNet (entropy)": EntropyPolicy,
     "MSDNet (max-prob)": MaxProbPolicy,
@@ -81,7 +88,7 @@ def results_table(results: dict, fmt: str = "md") -> str:
         for n in names:
             r = results["methods"][n][i]
             cells.append(f"{100 * r['accuracy']:.2f} ({r['mean_cost']:.3f})")
-        rows.append(f"| {b:.2f} | " + " | ".join(cells) + " |")
+        rows.append(f"| {budget_key(b)} | " + " | ".join(cells) + " |")
     full = results["full_model"]
     split = results.get("evaluated_on", "test")
     rows.append(f"\nFull model (last of {len(results['costs'])} exits): accuracy {100 * full['accuracy']:.2f}, cost 1.000. "
@@ -101,7 +108,7 @@ def budget_adherence_table(results: dict, tolerance: float = 0.03) -> str:
             ratio = results["methods"][n][i]["mean_cost"] / b
             flag = "!" if n == EENET and abs(ratio - 1) > tolerance else ""
             cells.append(f"{ratio:.3f}{flag}")
-        rows.append(f"| {b:.2f} | " + " | ".join(cells) + " |")
+        rows.append(f"| {budget_key(b)} | " + " | ".join(cells) + " |")
     rows.append(f"\nCells: realised mean {results.get('evaluated_on', 'test')} cost / budget. `!` marks EENet outside "
                 f"±{100 * tolerance:.0f}%. "
                 "Policies that cannot reach a budget (patience, static on a coarse grid) stay below it.")

@@ -127,10 +127,13 @@ def test_an_interrupted_move_into_the_cwd_is_finished_by_the_next_load_or_save(t
             assert bank.finish_interrupted_save(target) is True
             check_new_state(target)
             assert bank.finish_interrupted_save(target) is False  # nothing left to finish
+            # the config.json it replaced, for a loader that read it before (until the next save)
+            assert bank.read_finished_record(target) == "old config"
+            assert [e for e in os.listdir(target) if e.startswith(".")] == [bank.FINISHED_FILE]
         else:  # the next save finishes the interrupted one first, then writes its own
             atomic_save_dir(".", writer({"config.json": "third config", "model.safetensors": "third weights"}))
             assert read(target / "config.json") == "third config" and read(target / "tokenizer.json") == "tok"
-        assert not [e for e in os.listdir(target) if e.startswith(".")], "no temporary folder left inside"
+            assert not [e for e in os.listdir(target) if e.startswith(".")], "no temporary folder left inside"
         monkeypatch.chdir(tmp_path)
 
 
@@ -554,8 +557,72 @@ def test_a_committed_save_that_cannot_be_finished_does_not_block_the_next_save(t
         raise OSError(errno.EIO, "still failing (simulated)")
 
     monkeypatch.setattr(bank, "_finish_one", cannot)
+
+    def write_fails(tmp):
+        raise OSError(errno.ENOSPC, "disk full (simulated)")
+
+    with pytest.warns(RuntimeWarning, match=r"could not be finished"), pytest.raises(OSError, match="disk full"):
+        atomic_save_dir(".", write_fails)  # fails before its commit: the committed one is kept, to finish later
+    assert [e for e in os.listdir(target) if e.startswith(".saving-")]
     with pytest.warns(RuntimeWarning, match=r"could not be finished \(.*still failing"):
         atomic_save_dir(".", writer({"config.json": "third config", "model.safetensors": "third weights"}))
     assert read(target / "config.json") == "third config" and read(target / "model.safetensors") == "third weights"
     assert not [e for e in os.listdir(target) if e.startswith(".")]
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize("finisher_cwd", ["sub", "elsewhere"])
+def test_finishing_a_merge_keeps_what_it_had_moved_in(tmp_path, monkeypatch, finisher_cwd):
+    """A sub-folder holding the cwd is merged into, not replaced; a save interrupted halfway through that merge is
+    finished by merging again (the weights already moved in stay), wherever the finisher runs."""
+    target = tmp_path / "m"
+    make_folder(target, {**OLD, "sub/config.json": "old sub config", "sub/model.safetensors": "old sub w"})
+    monkeypatch.chdir(target / "sub")
+    with monkeypatch.context() as m:
+        fail_replacing(m, "config.json")  # sub/model.safetensors moves in, sub/config.json fails
+        with pytest.raises(OSError, match="simulated"):
+            atomic_save_dir("..", writer({**NEW, "sub/config.json": "new sub config", "sub/model.safetensors": "new sub w"}))
+    assert read(target / "sub" / "model.safetensors") == "new sub w" and read(target / "sub" / "config.json") == \
+        "old sub config"
+    monkeypatch.chdir(target / "sub" if finisher_cwd == "sub" else tmp_path)
+    assert bank.finish_interrupted_save(target) is True
+    assert read(target / "sub" / "model.safetensors") == "new sub w" and read(target / "sub" / "config.json") == \
+        "new sub config"
+    check_new_state(target)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_a_load_never_finishes_where_no_lock_tells_a_running_save_from_an_interrupted_one(tmp_path, monkeypatch):
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    monkeypatch.chdir(target)
+    with monkeypatch.context() as m:
+        fail_replacing(m, "config.json")
+        with pytest.raises(OSError, match="simulated"):
+            atomic_save_dir(".", writer(NEW))
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(bank, "_lock_folder", lambda path: None)  # no fcntl / a filesystem without flock
+        assert bank.finish_interrupted_save(target) is False
+    assert read(target / "config.json") == "old config"
+    assert bank.finish_interrupted_save(target) is True  # with locks, the load finishes it
+    check_new_state(target)
+
+
+def test_a_finished_save_drops_its_commit_before_unlocking(tmp_path, monkeypatch):
+    """Between the unlock and the removal of a save's temporary folder a loader may look in: the manifest is gone
+    by then, so the loader never takes a save that ended for one that was interrupted."""
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    monkeypatch.chdir(target)
+    seen, real = [], bank._release
+
+    def release(tmp, *a, **kw):
+        seen.append(os.path.exists(os.path.join(tmp, bank.COMMIT_FILE)))
+        return real(tmp, *a, **kw)
+
+    monkeypatch.setattr(bank, "_release", release)
+    atomic_save_dir(".", writer(NEW))
+    assert seen == [False]
+    check_new_state(target)
     monkeypatch.chdir(tmp_path)

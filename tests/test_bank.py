@@ -859,7 +859,40 @@ def test_a_save_into_the_cwd_interrupted_while_moving_in_loads_as_the_new_save(t
         loaded = AutoModelForSequenceClassification.from_pretrained(target, classifier_dropout=0.25)
         assert loaded.config.classifier_dropout == 0.25  # the caller's config kwarg survives the reload
     assert loaded.config.scheduler_budgets == [0.5, 0.7]
-    assert not [e for e in os.listdir(target) if e.startswith(".")]
+    assert [e for e in os.listdir(target) if e.startswith(".")] == [".eenet-finished.json"]  # until the next save
     loaded.eval()
     for b in (0.5, 0.7):
         assert outputs(loaded, batch, b)[0] == outputs(new.eval(), batch, b)[0]
+
+
+def test_a_config_read_before_another_process_finished_the_save_is_brought_up_to_date(tmp_path, monkeypatch):
+    """DDP ranks load one folder at once: each reads config.json (AutoConfig) before one of them finishes the
+    interrupted save. The others' config objects still hold the old file's values: updated from the record the
+    finish left, while what the caller set (a config kwarg, the attention implementation) stays."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    old, *_ = fitted_model(budgets=(0.4, 0.6, 0.8), seed=0)
+    new, batch, _, _ = fitted_model(budgets=(0.5, 0.7), seed=1)
+    target = tmp_path / "m"
+    old.save_pretrained(target)
+    monkeypatch.chdir(target)
+    real = os.replace
+
+    def replace(src, dst, *a, **kw):
+        if os.path.basename(dst) == "config.json":
+            raise OSError(5, "I/O error (simulated)")
+        return real(src, dst, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        with pytest.raises(OSError, match="simulated"):
+            new.save_pretrained(".")
+    monkeypatch.chdir(tmp_path)
+    read_before = AutoConfig.from_pretrained(target, default_budget=0.6, attn_implementation="eager")  # a rank
+    assert read_before.scheduler_budgets == [0.4, 0.6, 0.8]
+    assert hf_eenet.bank.finish_interrupted_save(target) is True  # another rank
+    loaded = AutoModelForSequenceClassification.from_pretrained(target, config=read_before)
+    assert loaded.config.scheduler_budgets == [0.5, 0.7] and loaded.config.default_budget == 0.6
+    assert loaded.config._attn_implementation == "eager"
+    loaded.eval()
+    assert outputs(loaded, batch, 0.7)[0] == outputs(new.eval(), batch, 0.7)[0]

@@ -4,6 +4,7 @@ point, CLI errors, DDP end to end, and the presets."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -1001,6 +1002,25 @@ def test_reevaluating_a_bank_serves_its_budgets_and_states_how_the_model_was_tra
     assert ("--max_seq_length 4: a model neither trained (--do_train) nor fitted (--do_fit_scheduler false) in this "
             "run is evaluated as it serves (48 tokens" in capsys.readouterr().err)
     assert not (tmp_path / "c").exists()
+    # a model with no recorded length is evaluated at what the pipeline serves it (here its 64 positions), with or
+    # without the flag (before: 128 without it, capped to the position table; refused with --max_seq_length 128)
+    bare = tmp_path / "bare"
+    shutil.copytree(src, bare)
+    cfg = json.loads((bare / "config.json").read_text())
+    del cfg["max_seq_length"]
+    (bare / "config.json").write_text(json.dumps(cfg))
+    bare_flags = [bare if f == str(src) else f for f in flags]
+    import hf_eenet.configuration_eenet as ce
+
+    real = ce.max_input_tokens
+    with pytest.MonkeyPatch.context() as mp:  # it serves 40 (as a 512-position model serves 512, not the 128 the
+        mp.setattr(ce, "max_input_tokens",  # recipe's default takes); the position table stays 64
+                   lambda config, tok=None, recorded=True: min(40, real(config, tok)) if recorded else real(config, tok,
+                                                                                                     recorded))
+        main(["train", *data, *map(str, bare_flags), "--output_dir", str(tmp_path / "d")])
+        main(["train", *data, *map(str, bare_flags), "--output_dir", str(tmp_path / "e"), "--max_seq_length", "40"])
+    used = [json.loads((tmp_path / d / "results.json").read_text())["recipe_args"]["max_seq_length"] for d in "de"]
+    assert used == [40, 40]
     out = tmp_path / "b"
     main(["train", *data, *flags, "--output_dir", str(out), "--max_seq_length", "48"])  # the length it serves
     res = json.loads((out / "results.json").read_text())
@@ -1099,7 +1119,8 @@ def test_every_scheduler_the_recipe_fits_takes_the_scheduler_flags(tiny_backbone
 
 
 def test_eval_metrics_keep_budgets_that_round_alike_apart():
-    from hf_eenet.recipe import budget_key, eval_metrics
+    from hf_eenet.recipe import eval_metrics
+    from hf_eenet.reporting import budget_key, results_table
 
     rows = [{"budget": b, "accuracy": a, "mean_cost": b} for b, a in ((0.3, 0.7), (0.6, 0.8), (0.604, 0.9))]
     m = eval_metrics({"per_exit_accuracy": [0.5, 0.9], "full_model": {"accuracy": 0.9},
@@ -1107,6 +1128,9 @@ def test_eval_metrics_keep_budgets_that_round_alike_apart():
     assert m["eenet_accuracy@0.30"] == 0.7 and m["static_accuracy@0.30"] == 0.7  # the grid's keys as before
     assert m["eenet_accuracy@0.60"] == 0.8 and m["eenet_accuracy@0.604"] == 0.9 and m["eenet_cost@0.604"] == 0.604
     assert [budget_key(b) for b in (0.25, 0.5, 1.0, 0.125)] == ["0.25", "0.50", "1.00", "0.125"]
+    table = results_table({"budgets": [0.6, 0.604], "methods": {"EENet": rows[1:]}, "full_model": {"accuracy": 0.9},
+                           "costs": [0.5, 1.0]})
+    assert "| 0.60 |" in table and "| 0.604 |" in table
 
 
 def test_a_head_for_another_number_of_classes_is_a_one_line_error_naming_the_flag(tiny_backbone):
