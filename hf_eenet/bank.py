@@ -337,14 +337,17 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     its successor is in place); other entries of the old folder are always kept there. Clean-ups never descend
     into a mount point. There the save is a journal: an interruption during ``write`` leaves the old folder
     untouched; once ``write`` has finished, a manifest commits the save, and an interruption while the files move
-    in is finished by the next save of the folder or the next ``from_pretrained`` of an hf_eenet model from it
-    (:func:`finish_interrupted_save`), so the folder loads as the complete new save, never as new weights beside
-    the old config.
+    in is finished by the next save of the folder (from inside or from elsewhere) or the next ``from_pretrained`` of
+    an hf_eenet model from it (:func:`finish_interrupted_save`; the newest commit wins), so the folder loads as the
+    complete new save, never as new weights beside the old config. A finish leaves ``FINISHED_FILE`` (the config it
+    replaced, for config objects read before it; removed by the next save).
     """
     target = os.path.realpath(os.path.abspath(os.fspath(target)))
     parent = os.path.dirname(target)
     if os.path.isdir(target) and (_holds_cwd(target) or _mounts_at_or_below(target)):
         return _save_inside(target, write, drop, replaces_weights)
+    if os.path.isdir(target):  # an interrupted save from inside (another cwd): finished first, not carried over
+        finish_interrupted_save(target)  # half done (a save of other files would keep the mix)
     os.makedirs(parent, exist_ok=True)
     # clean-up, then create + mark the new temporary folder, as one step among saves beside each other (a lock on the
     # parent folder): another save's clean-up never sees this folder created but not yet marked
@@ -386,6 +389,7 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
             if swapped is False:
                 swapped = _swap_by_renames(tmp, target, parent) or None
             if swapped is None:  # a folder that cannot move (a bind mount ismount misses, ...): what write produced
+                _remove_finished_record(target)
                 _replace_files(tmp, target, drop, replaces_weights, only=produced)  # goes in, file by file (copied
                 # where a rename cannot cross: EXDEV); the old folder's other entries stay where they are
         else:
@@ -632,8 +636,7 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
         write(tmp)
         produced = sorted(os.listdir(tmp))
         mounted = _mounted_entries(tmp, target, produced)  # a save that cannot move in is refused before its commit
-        merged = [e for e in produced if _merges(os.path.join(tmp, e), os.path.join(target, e), e in mounted)]
-        _commit(tmp, produced, drop, replaces_weights, merged)
+        _commit(tmp, produced, drop, replaces_weights, _merge_plan(tmp, target, produced, mounted))
         pending = True
         for path in superseded:  # committed saves that could not be finished: this one replaces their files
             shutil.rmtree(path, ignore_errors=True)
@@ -667,12 +670,27 @@ def _merges(src, dst, mounted: bool) -> bool:
             and (mounted or _holds_cwd(dst)))
 
 
-def _commit(tmp, entries: list[str], drop: tuple[str, ...], replaces_weights: bool, merged=()) -> None:
+def _merge_plan(src_dir, target, entries, mounted) -> dict[str, list[str]]:
+    """The folders :func:`_replace_files` will merge into (at any depth, as ``a/b`` paths) → the entries the save
+    put in each: what a finish needs to resume a merge (merge again, never replace; drop stale weights as the save
+    would have)."""
+    plan = {}
+    for entry in entries:
+        src, dst = os.path.join(src_dir, entry), os.path.join(target, entry)
+        if _merges(src, dst, entry in mounted):
+            names = sorted(os.listdir(src))
+            plan[entry] = names
+            inner = _merge_plan(src, dst, names, _mounted_entries(src, dst, names))
+            plan.update({f"{entry}/{k}": v for k, v in inner.items()})
+    return plan
+
+
+def _commit(tmp, entries: list[str], drop: tuple[str, ...], replaces_weights: bool, merged=None) -> None:
     """Write the commit manifest of ``tmp`` atomically (a complete file or none, flushed to disk first)."""
     import json
 
     body = json.dumps({"entries": list(entries), "drop": list(drop), "replaces_weights": bool(replaces_weights),
-                       "merged": list(merged)})
+                       "merged": dict(merged or {})})
     _write_atomically(os.path.join(tmp, COMMIT_FILE), body)
 
 
@@ -692,13 +710,8 @@ def _remove_finished_record(target) -> None:
         pass
 
 
-def _finish_one(path, target) -> bool:
-    """Finish the committed save in the leftover folder ``path`` inside ``target``: move in the manifest's entries
-    still there (weights first, ``config.json`` last, as the save would have; an entry it merges into is merged
-    again, so what an interrupted merge had moved in stays), drop stale weights as it would have, remove the old
-    versions of replaced folders it had set aside, record the config.json it replaces (``FINISHED_FILE``), then
-    remove the leftover. False (nothing done) when ``path`` holds no readable manifest: the save was still writing
-    (or has just ended)."""
+def _read_manifest(path):
+    """``(entries, manifest)`` of the leftover ``path``, or None without a readable manifest (still writing)."""
     import json
 
     try:
@@ -706,9 +719,23 @@ def _finish_one(path, target) -> bool:
             manifest = json.load(f)
         entries = [e for e in manifest["entries"] if isinstance(e, str) and e not in ("", ".", "..")
                    and os.sep not in e and e != COMMIT_FILE]
-        merged = {e for e in manifest.get("merged") or () if e in entries}
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+        merged = manifest.get("merged") or {}
+        if not isinstance(merged, dict):  # an older manifest listed top-level names only
+            merged = {e: None for e in merged}
+        manifest["merged"] = {k: v for k, v in merged.items() if isinstance(k, str)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return entries, manifest
+
+
+def _finish_one(path, target, entries, manifest) -> None:
+    """Finish the committed save in the leftover folder ``path`` inside ``target``: move in the manifest's entries
+    still there (weights first, ``config.json`` last, as the save would have; a folder it merged into is merged
+    again, so what the interrupted merge had moved in stays), drop stale weights as it would have, remove the old
+    versions of replaced folders it had set aside, record the config.json it replaced (``FINISHED_FILE``), then
+    remove the leftover."""
+    import json
+
     remaining = [e for e in entries if os.path.lexists(os.path.join(path, e))]
     old_config = None
     if "config.json" in remaining:
@@ -718,14 +745,28 @@ def _finish_one(path, target) -> bool:
         except OSError:
             pass
     _replace_files(path, target, tuple(manifest.get("drop") or ()), bool(manifest.get("replaces_weights", True)),
-                   only=remaining, keep=entries, merge=merged)
+                   only=remaining, keep=entries, merge=manifest["merged"], resume=True)
     for entry in entries:  # old versions of replaced folders, set aside by the interrupted moves
         for aside in _leftovers(target, f".{entry}.old-"):
             _remove_tree(aside)
     if old_config is not None:
-        _write_atomically(os.path.join(target, FINISHED_FILE), json.dumps({"old_config": old_config}))
+        try:
+            with open(os.path.join(target, "config.json"), encoding="utf-8") as f:
+                installed = f.read()
+            _write_atomically(os.path.join(target, FINISHED_FILE),
+                              json.dumps({"old_config": old_config, "config": installed}))
+        except OSError:
+            pass
     shutil.rmtree(path, ignore_errors=True)
-    return True
+
+
+def _committed_newest_first(target) -> list[tuple[str, list[str], dict]]:
+    found = []
+    for path in reversed(_oldest_first(_leftovers(target, ".saving-"))):
+        read = _read_manifest(path)
+        if read is not None:
+            found.append((path, *read))
+    return found
 
 
 def _oldest_first(paths: list[str]) -> list[str]:
@@ -739,32 +780,38 @@ def _oldest_first(paths: list[str]) -> list[str]:
 
 
 def _finish_or_remove_inside(target) -> list[str]:
-    """Leftovers of interrupted saves inside ``target`` (the caller, a save, holds the folder lock), oldest first: a
-    committed one is finished, one still writing when it was interrupted is removed; nested leftovers removed.
-    Returns the committed ones that could not be finished (a warning says so): kept until the running save has
-    committed, so its failure before that still leaves them to finish."""
-    superseded = []
-    for path in _oldest_first(_leftovers(target, ".saving-")):
+    """Leftovers of interrupted saves inside ``target`` (the caller, a save, holds the folder lock): the newest
+    committed one is finished (it supersedes older commits, which are removed with the uncommitted ones); nested
+    leftovers removed. Returns the committed one when it could not be finished (a warning says so): kept until the
+    running save has committed, so its failure before that still leaves it to finish."""
+    committed = _committed_newest_first(target)
+    keep = []
+    if committed:
+        path, entries, manifest = committed[0]
         try:
-            if not _finish_one(path, target):
-                shutil.rmtree(path, ignore_errors=True)
+            _finish_one(path, target, entries, manifest)
         except OSError as err:
             warnings.warn(f"an interrupted save into {target} could not be finished ({err}); the save now running "
                           "replaces its files", RuntimeWarning, stacklevel=3)
-            superseded.append(path)
+            keep = [path]
+    for path in _leftovers(target, ".saving-"):
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
     for path in _nested_leftovers(target, ".saving-"):
         shutil.rmtree(path, ignore_errors=True)
-    return superseded
+    return keep
 
 
-def finish_interrupted_save(folder) -> bool:
+def finish_interrupted_save(folder, force: bool = False) -> bool:
     """Finish a save into ``folder`` that was interrupted after its commit point (:func:`_save_inside`: a save into
-    the working directory or a mount point moves its files in one by one). Returns True when files were moved in
-    (the folder now holds that save, complete), False when there was nothing to finish. Temporary folders of saves
-    that had not committed are left to the next save (another process may still be writing one: only a save
-    removes them); a running save's folder is never touched (it is locked). Where no file lock can be taken
-    (no ``fcntl``, a filesystem without ``flock``) a running save cannot be told from an interrupted one, so
-    nothing is done here and the next save finishes it. ``from_pretrained`` of an hf_eenet model calls this first."""
+    the working directory or a mount point moves its files in one by one): the newest committed save is finished
+    (older commits are obsolete and removed). Returns True when files were moved in (the folder now holds that
+    save, complete), False when there was nothing to finish. Temporary folders of saves that had not committed are
+    left to the next save (another process may still be writing one: only a save removes them); a running save's
+    folder is never touched (it is locked). Where no file lock can be taken (no ``fcntl``, a filesystem without
+    ``flock``) a running save cannot be told from an interrupted one: nothing is done (a warning says so) unless
+    ``force=True`` (you know no save of the folder is running); the next save finishes it either way.
+    ``from_pretrained`` of an hf_eenet model calls this first."""
     folder = os.path.realpath(os.fspath(folder))
     try:
         names = os.listdir(folder)
@@ -773,26 +820,40 @@ def finish_interrupted_save(folder) -> bool:
     if not any(e.startswith(".saving-") and os.path.isfile(os.path.join(folder, e, COMMIT_FILE)) for e in names):
         return False
     guard = _lock_folder(folder)
-    if guard is None:  # no locks here (see above)
+    if guard is None and not force:
+        warnings.warn(f"{folder} holds a committed save that was interrupted while its files moved in, but no file "
+                      "lock can be taken here to tell it from a save still running, so it is not finished: save the "
+                      "folder again, or call hf_eenet.bank.finish_interrupted_save(folder, force=True) when no save "
+                      "of it is running", RuntimeWarning, stacklevel=2)
         return False
     try:
-        finished = False
-        for path in _oldest_first(_leftovers(folder, ".saving-")):
-            finished = _finish_one(path, folder) or finished
-        return finished
+        committed = _committed_newest_first(folder)
+        if not committed:
+            return False
+        (newest, entries, manifest), older = committed[0], committed[1:]
+        _finish_one(newest, folder, entries, manifest)
+        for path, _, _ in older:  # superseded by the newest commit
+            shutil.rmtree(path, ignore_errors=True)
+        return True
     finally:
-        os.close(guard)
+        if guard is not None:
+            os.close(guard)
 
 
-def read_finished_record(folder) -> str | None:
-    """The config.json text a finish replaced in ``folder`` (see ``FINISHED_FILE``), or None."""
+def read_finished_record(folder) -> tuple[str, str] | None:
+    """``(replaced config.json text, installed config.json text)`` of the last finish in ``folder`` (see
+    ``FINISHED_FILE``) while the folder's config.json is still the one it installed; else None."""
     import json
 
     try:
         with open(os.path.join(os.fspath(folder), FINISHED_FILE), encoding="utf-8") as f:
-            return json.load(f)["old_config"]
+            record = json.load(f)
+        with open(os.path.join(os.fspath(folder), "config.json"), encoding="utf-8") as f:
+            current = f.read()
+        old, installed = record["old_config"], record["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return (old, installed) if isinstance(old, str) and installed == current else None
 
 
 def _mounted_entries(src_dir, target, entries) -> set[str]:
@@ -808,23 +869,26 @@ def _mounted_entries(src_dir, target, entries) -> set[str]:
 
 
 def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights: bool = True,
-                   only=None, keep=None, merge=frozenset(), resume: bool = False) -> None:
+                   only=None, keep=None, merge=None, resume: bool = False) -> None:
     """Move every entry of ``src_dir`` (``only``: those of them) into ``target`` (weights first, ``config.json``
     last), then drop weight files of ``target`` the new save did not produce (``keep``: the entries it produced,
-    when some were moved in before; ``resume`` inside a merged folder: unknown, nothing dropped). ``merge``: entries
-    merged into whatever else holds (a finish resuming a merge). An entry replacing a folder, or a
+    when some were moved in before). ``merge`` (a finish resuming a save, ``resume``): the folders the save merged
+    into, as ``a/b`` paths → the entries it put in each (``_merge_plan``): merged again, never replaced. An entry replacing a folder, or a
     folder replacing a file, sets the old one aside until the new one is in place (put back if the move fails). A
     sub-folder holding the process's cwd, or one that is or holds a mount point, is merged into, not replaced
     (replacing it would delete the cwd, or fail on the mount halfway); a file mount is rewritten in place."""
     produced = [e for e in os.listdir(src_dir) if only is None or e in only]
     order = sorted(produced, key=lambda e: (not e.startswith(WEIGHT_PREFIXES), e == "config.json", e))
     mounted = _mounted_entries(src_dir, target, order)  # checked before anything moves
+    merge = merge or {}
     for entry in order:
         src, dst = os.path.join(src_dir, entry), os.path.join(target, entry)
         src_dir_entry = os.path.isdir(src) and not os.path.islink(src)
         dst_dir_entry = os.path.isdir(dst) and not os.path.islink(dst)
         if dst_dir_entry and src_dir_entry and (_holds_cwd(dst) or entry in mounted or entry in merge):
-            _replace_files(src, dst, (), replaces_weights, resume=resume or entry in merge)  # merged, not replaced
+            inner = {k[len(entry) + 1:]: v for k, v in merge.items() if k.startswith(entry + "/")}
+            _replace_files(src, dst, (), replaces_weights, keep=merge.get(entry), merge=inner,
+                           resume=resume)  # merged into, not replaced
             continue
         if entry in mounted:  # a file mount: rewritten in place
             shutil.copyfile(src, dst)
@@ -841,7 +905,7 @@ def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights
             _remove_tree(aside)
             continue
         _move_into(src, dst)
-    if resume and keep is None:  # inside a merge being resumed: what moved in before is not known here
+    if resume and keep is None:  # a merge recorded by an older manifest: what moved in before is not known
         return
     kept = set(produced if keep is None else keep)  # a finished save keeps all it wrote, moved in before or now
     for entry in os.listdir(target):

@@ -251,8 +251,9 @@ def cmd_fit_scheduler(argv) -> None:
 
     mark_card_stale(ns.model_dir, model, "extended" if args.extend else "refitted")
     _drop_stale_bank_outputs(ns.model_dir)
+    from .reporting import budget_key
     for b, r in info.items():
-        print(f"budget {b:.2f}: validation accuracy {100 * r['validation']['accuracy']:.2f}, "
+        print(f"budget {budget_key(b)}: validation accuracy {100 * r['validation']['accuracy']:.2f}, "
               f"cost {r['validation']['mean_cost']:.3f}, fit {r['fit_seconds']:.1f}s")
     new = list(model.config.scheduler_budgets)
     if args.extend:
@@ -408,8 +409,9 @@ def cmd_rematch(argv) -> dict:
 
     mark_card_stale(ns.model_dir, model, f"re-matched on {len(enc['test'])} traffic rows")
     _drop_stale_bank_outputs(ns.model_dir)
+    from .reporting import budget_key
     for b, r in info.items():
-        print(f"budget {b:.2f}: cost on these {r['rows']} rows {r['cost_before'] / b:.3f} x budget with the "
+        print(f"budget {budget_key(b)}: cost on these {r['rows']} rows {r['cost_before'] / b:.3f} x budget with the "
               f"validation thresholds -> {r['cost_after'] / b:.3f} x re-matched (sampling error of these rows: "
               f"± {100 * r['cost_standard_error'] / b:.1f} % of the budget)")
     print(f"re-matched the scheduler bank on {len(enc['test'])} rows (saved in {ns.model_dir})")

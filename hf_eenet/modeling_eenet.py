@@ -131,12 +131,20 @@ def _right_align(mask_host: torch.Tensor, input_ids, attention_mask, token_type_
             mask_host.gather(1, order_host))
 
 
+#: config keys a save changes and a caller does not pass to from_pretrained: they tell a config object read from
+#: the config.json a finish replaced (below) from one read after it
+_STRUCTURAL_CONFIG_KEYS = ("scheduler_bank", "scheduler_budgets", "exit_costs", "exit_layers", "num_labels",
+                           "id2label", "architectures", "transformers_version", "max_seq_length")
+
+
 def _finish_interrupted_save_before_load(cls, path, kwargs: dict) -> None:
     """``finish_interrupted_save`` of a local model folder before it is loaded. ``AutoModel...from_pretrained``
     reads config.json first and passes the config object on: where a finish (this one, or another process's just
-    before) replaced config.json, the values the object still holds from the replaced file are updated to the
-    folder's (read from the record the finish left, ``bank.FINISHED_FILE``); values the caller changed (config
-    kwargs) and private settings (the attention implementation) stay as they are."""
+    before: DDP ranks loading one folder) replaced config.json, an object read from the replaced file is brought up
+    to date from the record the finish left (``bank.FINISHED_FILE``, used only while config.json is the one it
+    installed). Such an object is told by the keys a save changes and callers do not set (the bank, costs, exits,
+    labels); its values that differ from the replaced file (config kwargs) and private settings (the attention
+    implementation) stay."""
     import json
     import os
 
@@ -148,17 +156,21 @@ def _finish_interrupted_save_before_load(cls, path, kwargs: dict) -> None:
     config = kwargs.get("config")
     if config is None or isinstance(config, (str, os.PathLike)) or not hasattr(config, "to_dict"):
         return
-    replaced = read_finished_record(path)
-    if replaced is None:
+    record = read_finished_record(path)
+    if record is None:
         return
     try:
-        old = type(config).from_dict(json.loads(replaced)).to_dict()
+        old = type(config).from_dict(json.loads(record[0])).to_dict()
     except (ValueError, TypeError):
         return
     fresh = type(config).from_pretrained(path)
-    mine, missing = config.to_dict(), object()
-    for key, value in fresh.to_dict().items():
-        if mine.get(key, missing) != value and old.get(key, missing) == mine.get(key, missing):  # still the old file's
+    new, mine, missing = fresh.to_dict(), config.to_dict(), object()
+    changed = [k for k in set(old) | set(new) if old.get(k, missing) != new.get(k, missing)]
+    telling = [k for k in changed if k in _STRUCTURAL_CONFIG_KEYS] or changed
+    if not telling or any(mine.get(k, missing) != old.get(k, missing) for k in telling):
+        return  # read after the finish (or the caller set all of it): nothing stale
+    for key in changed:
+        if mine.get(key, missing) == old.get(key, missing) and key in new:  # still the replaced file's value
             setattr(config, key, getattr(fresh, key))
 
 

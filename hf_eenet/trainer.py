@@ -303,7 +303,8 @@ class EENetTrainer(Trainer):
         jobs = [stock.hf_api().upload_folder(
             repo_id=self.hub_model_id, folder_path=output_dir, commit_message=commit_message, token=args.hub_token,
             run_as_future=True, revision=args.hub_revision,
-            ignore_patterns=["_*", f"{stock.PREFIX_CHECKPOINT_DIR}-*", stock.TRAINING_ARGS_NAME])]
+            ignore_patterns=["_*", f"{stock.PREFIX_CHECKPOINT_DIR}-*", stock.TRAINING_ARGS_NAME,
+                             ".saving-*", ".eenet-*"])]  # a save's journal (hf_eenet.bank) is not the model's
         if args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
             path_in_repo = ("last-checkpoint" if args.hub_strategy == HubStrategy.CHECKPOINT
                             else Path(checkpoint_folder).name)

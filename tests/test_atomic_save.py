@@ -128,7 +128,7 @@ def test_an_interrupted_move_into_the_cwd_is_finished_by_the_next_load_or_save(t
             check_new_state(target)
             assert bank.finish_interrupted_save(target) is False  # nothing left to finish
             # the config.json it replaced, for a loader that read it before (until the next save)
-            assert bank.read_finished_record(target) == "old config"
+            assert bank.read_finished_record(target) == ("old config", "new config")
             assert [e for e in os.listdir(target) if e.startswith(".")] == [bank.FINISHED_FILE]
         else:  # the next save finishes the interrupted one first, then writes its own
             atomic_save_dir(".", writer({"config.json": "third config", "model.safetensors": "third weights"}))
@@ -553,7 +553,7 @@ def test_a_committed_save_that_cannot_be_finished_does_not_block_the_next_save(t
             atomic_save_dir(".", writer(NEW))
     assert any("next save of the folder or from_pretrained of it finishes" in n for n in err.value.__notes__)
 
-    def cannot(path, target):
+    def cannot(path, target, *args):
         raise OSError(errno.EIO, "still failing (simulated)")
 
     monkeypatch.setattr(bank, "_finish_one", cannot)
@@ -603,9 +603,10 @@ def test_a_load_never_finishes_where_no_lock_tells_a_running_save_from_an_interr
     monkeypatch.chdir(tmp_path)
     with monkeypatch.context() as m:
         m.setattr(bank, "_lock_folder", lambda path: None)  # no fcntl / a filesystem without flock
-        assert bank.finish_interrupted_save(target) is False
-    assert read(target / "config.json") == "old config"
-    assert bank.finish_interrupted_save(target) is True  # with locks, the load finishes it
+        with pytest.warns(RuntimeWarning, match=r"no file lock can be taken .*force=True"):
+            assert bank.finish_interrupted_save(target) is False
+        assert read(target / "config.json") == "old config"
+        assert bank.finish_interrupted_save(target, force=True) is True  # the user knows no save is running
     check_new_state(target)
 
 
@@ -626,3 +627,67 @@ def test_a_finished_save_drops_its_commit_before_unlocking(tmp_path, monkeypatch
     assert seen == [False]
     check_new_state(target)
     monkeypatch.chdir(tmp_path)
+
+
+def interrupted_save(target, files, monkeypatch):
+    """Save ``files`` into ``target`` from inside it (the cwd), interrupted after the commit (before config.json)."""
+    monkeypatch.chdir(target)
+    with monkeypatch.context() as m:
+        fail_replacing(m, "config.json")
+        with pytest.raises(OSError, match="simulated"):
+            atomic_save_dir(".", writer(files))
+
+
+def test_the_newest_commit_is_finished_and_older_ones_dropped(tmp_path, monkeypatch):
+    """Two committed leftovers (a save killed between its commit and removing an older one it could not finish): the
+    newest is the folder's state, the older is never applied over it; the record keeps the config before both."""
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    interrupted_save(target, {"config.json": "v1", "model.safetensors": "w1"}, monkeypatch)
+    first = [e for e in os.listdir(target) if e.startswith(".saving-")]
+    real = bank._finish_or_remove_inside
+    monkeypatch.setattr(bank, "_finish_or_remove_inside", lambda target: [])  # the kill: nothing finished/removed
+    interrupted_save(target, {"config.json": "v2", "model.safetensors": "w2"}, monkeypatch)
+    monkeypatch.setattr(bank, "_finish_or_remove_inside", real)
+    os.utime(target / first[0], (1, 1))  # the older one is older
+    monkeypatch.chdir(tmp_path)
+    assert len([e for e in os.listdir(target) if e.startswith(".saving-")]) == 2
+    assert bank.finish_interrupted_save(target) is True
+    assert read(target / "config.json") == "v2" and read(target / "model.safetensors") == "w2"
+    assert bank.read_finished_record(target) == ("old config", "v2")
+    assert bank.finish_interrupted_save(target) is False
+    assert [e for e in os.listdir(target) if e.startswith(".")] == [bank.FINISHED_FILE]
+
+
+def test_a_save_from_elsewhere_finishes_an_interrupted_one_first_and_drops_the_record(tmp_path, monkeypatch):
+    """A save of other files (a scheduler into the model folder: weights kept) swapped in from another cwd would
+    carry the mix (new weights, old config) over and drop the journal: it finishes it first; the record of a
+    finish is not carried into the new folder."""
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    interrupted_save(target, NEW, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    atomic_save_dir(target, writer({"scheduler.json": "s"}), replaces_weights=False)
+    check_new_state(target)
+    assert read(target / "scheduler.json") == "s"
+    assert not [e for e in os.listdir(target) if e.startswith(".")], "journal finished, record not carried over"
+
+
+def test_resuming_a_merge_two_levels_deep_with_sharded_weights(tmp_path, monkeypatch):
+    """cwd two folders deep (a/b) is merged at both levels; the finish merges again at both, and drops the stale
+    single weights file the new sharded ones replace, as the uninterrupted save does."""
+    target = tmp_path / "m"
+    make_folder(target, {**OLD, "a/b/model.safetensors": "old b w", "a/b/config.json": "old b config"})
+    new = {**NEW, "a/b/model-00001-of-00002.safetensors": "s1", "a/b/model-00002-of-00002.safetensors": "s2",
+           "a/b/config.json": "new b config"}
+    monkeypatch.chdir(target / "a" / "b")
+    with monkeypatch.context() as m:
+        fail_replacing(m, "config.json")
+        with pytest.raises(OSError, match="simulated"):
+            atomic_save_dir("../..", writer(new))
+    monkeypatch.chdir(tmp_path)
+    assert bank.finish_interrupted_save(target) is True
+    assert sorted(os.listdir(target / "a" / "b")) == ["config.json", "model-00001-of-00002.safetensors",
+                                                       "model-00002-of-00002.safetensors"]
+    assert read(target / "a" / "b" / "config.json") == "new b config"
+    check_new_state(target)

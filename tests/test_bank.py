@@ -873,6 +873,7 @@ def test_a_config_read_before_another_process_finished_the_save_is_brought_up_to
 
     old, *_ = fitted_model(budgets=(0.4, 0.6, 0.8), seed=0)
     new, batch, _, _ = fitted_model(budgets=(0.5, 0.7), seed=1)
+    old.config.default_budget, new.config.default_budget = 0.6, 0.7
     target = tmp_path / "m"
     old.save_pretrained(target)
     monkeypatch.chdir(target)
@@ -888,11 +889,18 @@ def test_a_config_read_before_another_process_finished_the_save_is_brought_up_to
         with pytest.raises(OSError, match="simulated"):
             new.save_pretrained(".")
     monkeypatch.chdir(tmp_path)
-    read_before = AutoConfig.from_pretrained(target, default_budget=0.6, attn_implementation="eager")  # a rank
+    read_before = AutoConfig.from_pretrained(target, default_budget=0.5, attn_implementation="eager")  # a rank
     assert read_before.scheduler_budgets == [0.4, 0.6, 0.8]
     assert hf_eenet.bank.finish_interrupted_save(target) is True  # another rank
     loaded = AutoModelForSequenceClassification.from_pretrained(target, config=read_before)
-    assert loaded.config.scheduler_budgets == [0.5, 0.7] and loaded.config.default_budget == 0.6
+    assert loaded.config.scheduler_budgets == [0.5, 0.7] and loaded.config.default_budget == 0.5
     assert loaded.config._attn_implementation == "eager"
     loaded.eval()
     assert outputs(loaded, batch, 0.7)[0] == outputs(new.eval(), batch, 0.7)[0]
+    # a later load (config read after the finish) that sets a value equal to the replaced file's keeps it
+    later = AutoModelForSequenceClassification.from_pretrained(target, default_budget=0.6)
+    assert later.config.default_budget == 0.6 and later.config.scheduler_budgets == [0.5, 0.7]
+    # another writer of config.json: the record no longer applies
+    cfg = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**cfg, "default_budget": 0.5}, indent=2))
+    assert hf_eenet.bank.read_finished_record(target) is None

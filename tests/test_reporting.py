@@ -86,3 +86,19 @@ def test_card_metadata_names_only_hub_ids_and_the_training_length_as_set(tmp_pat
     res = dict(base, training_args=dict(base["training_args"], max_steps=3), training={"train_seconds": 12.0})
     text = _card_text(res)
     assert "max_steps 3" in text and "0.2 min" in text and "epoch(s)" not in text.split("**training**")[1].split("\n")[0]
+
+
+def test_budgets_that_round_alike_keep_their_own_rows_and_metric_names():
+    """0.6 and 0.604 (a bank extended close to an entry): two rows, two model-index metrics, not two "0.60"."""
+    from hf_eenet.reporting import budget_adherence_table
+
+    base = json.loads((ROOT / "model_cards" / CARDS[0] / "results.json").read_text())
+    i = base["budgets"].index(0.6)
+    results = json.loads(json.dumps(base))
+    results["budgets"] = [0.6, 0.604]
+    for name, rows in results["methods"].items():
+        results["methods"][name] = [rows[i], dict(rows[i], budget=0.604)]
+    table = budget_adherence_table(results)
+    assert "\n| 0.60 |" in table and "\n| 0.604 |" in table
+    text = _card_text(results)
+    assert "accuracy @ budget 0.60" in text and "accuracy @ budget 0.604" in text
