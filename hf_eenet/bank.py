@@ -347,7 +347,8 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     if os.path.isdir(target) and (_holds_cwd(target) or _mounts_at_or_below(target)):
         return _save_inside(target, write, drop, replaces_weights)
     if os.path.isdir(target):  # an interrupted save from inside (another cwd): finished first, not carried over
-        finish_interrupted_save(target)  # half done (a save of other files would keep the mix)
+        finish_interrupted_save(target, force=True)  # half done (a save of other files would keep the mix); forced
+        # where no lock tells a running one: the swap would drop its folder anyway, as _save_inside finishes it
     os.makedirs(parent, exist_ok=True)
     # clean-up, then create + mark the new temporary folder, as one step among saves beside each other (a lock on the
     # parent folder): another save's clean-up never sees this folder created but not yet marked
@@ -639,7 +640,7 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
         _commit(tmp, produced, drop, replaces_weights, _merge_plan(tmp, target, produced, mounted))
         pending = True
         for path in superseded:  # committed saves that could not be finished: this one replaces their files
-            shutil.rmtree(path, ignore_errors=True)
+            _drop_leftover(path)
         _remove_finished_record(target)
         _replace_files(tmp, target, drop, replaces_weights, only=produced)
         pending = False
@@ -658,8 +659,9 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
 #: the manifest that commits a save inside a folder (:func:`_save_inside`): its entries are then moved in, by this
 #: save or, when it was interrupted, by the next save or load of the folder
 COMMIT_FILE = ".eenet-commit.json"
-#: written by a finish (:func:`finish_interrupted_save`): the config.json the folder held before it, so a loader
-#: that read the config before another process finished can tell its stale values from its own changes
+#: written by a finish (:func:`finish_interrupted_save`): the config.json the folder held before it and the one it
+#: installed, so a loader that read the config before another process finished can tell its stale values from its
+#: own changes (while config.json is still the installed one; removed by the next save)
 FINISHED_FILE = ".eenet-finished.json"
 
 
@@ -689,8 +691,10 @@ def _commit(tmp, entries: list[str], drop: tuple[str, ...], replaces_weights: bo
     """Write the commit manifest of ``tmp`` atomically (a complete file or none, flushed to disk first)."""
     import json
 
+    import time
+
     body = json.dumps({"entries": list(entries), "drop": list(drop), "replaces_weights": bool(replaces_weights),
-                       "merged": dict(merged or {})})
+                       "merged": dict(merged or {}), "committed_ns": time.time_ns()})  # orders commits (not mtimes)
     _write_atomically(os.path.join(tmp, COMMIT_FILE), body)
 
 
@@ -746,37 +750,49 @@ def _finish_one(path, target, entries, manifest) -> None:
             pass
     _replace_files(path, target, tuple(manifest.get("drop") or ()), bool(manifest.get("replaces_weights", True)),
                    only=remaining, keep=entries, merge=manifest["merged"], resume=True)
-    for entry in entries:  # old versions of replaced folders, set aside by the interrupted moves
-        for aside in _leftovers(target, f".{entry}.old-"):
-            _remove_tree(aside)
+    folders = {"": entries, **{k: v for k, v in manifest["merged"].items() if isinstance(v, list)}}
+    for folder, names in folders.items():  # old versions of replaced folders, set aside by the interrupted moves
+        for entry in names:
+            for aside in _leftovers(os.path.join(target, folder) if folder else target, f".{entry}.old-"):
+                _remove_tree(aside)
     if old_config is not None:
+        import time
+
         try:
             with open(os.path.join(target, "config.json"), encoding="utf-8") as f:
                 installed = f.read()
             _write_atomically(os.path.join(target, FINISHED_FILE),
-                              json.dumps({"old_config": old_config, "config": installed}))
+                              json.dumps({"old_config": old_config, "config": installed,
+                                          "finished_at": time.time()}))
         except OSError:
             pass
-    shutil.rmtree(path, ignore_errors=True)
+    _drop_leftover(path)
 
 
 def _committed_newest_first(target) -> list[tuple[str, list[str], dict]]:
+    """The committed leftovers inside ``target`` as ``(path, entries, manifest)``, newest commit first (by the
+    commit's own time; folder mtimes change as files move and tie on coarse filesystems)."""
     found = []
-    for path in reversed(_oldest_first(_leftovers(target, ".saving-"))):
+    for path in _leftovers(target, ".saving-"):
         read = _read_manifest(path)
         if read is not None:
             found.append((path, *read))
-    return found
+
+    def when(item):
+        ns = item[2].get("committed_ns")
+        return (ns, item[0]) if isinstance(ns, int) else (0, item[0])
+
+    return sorted(found, key=when, reverse=True)
 
 
-def _oldest_first(paths: list[str]) -> list[str]:
-    def mtime(p):
-        try:
-            return os.path.getmtime(p)
-        except OSError:
-            return 0.0
-
-    return sorted(paths, key=mtime)
+def _drop_leftover(path) -> None:
+    """Remove a leftover temporary folder, its commit first: a removal cut short never leaves a half-deleted save
+    that a later finish would take for one to complete."""
+    try:
+        os.remove(os.path.join(path, COMMIT_FILE))
+    except OSError:
+        pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _finish_or_remove_inside(target) -> list[str]:
@@ -796,7 +812,7 @@ def _finish_or_remove_inside(target) -> list[str]:
             keep = [path]
     for path in _leftovers(target, ".saving-"):
         if path not in keep:
-            shutil.rmtree(path, ignore_errors=True)
+            _drop_leftover(path)
     for path in _nested_leftovers(target, ".saving-"):
         shutil.rmtree(path, ignore_errors=True)
     return keep
@@ -833,16 +849,16 @@ def finish_interrupted_save(folder, force: bool = False) -> bool:
         (newest, entries, manifest), older = committed[0], committed[1:]
         _finish_one(newest, folder, entries, manifest)
         for path, _, _ in older:  # superseded by the newest commit
-            shutil.rmtree(path, ignore_errors=True)
+            _drop_leftover(path)
         return True
     finally:
         if guard is not None:
             os.close(guard)
 
 
-def read_finished_record(folder) -> tuple[str, str] | None:
-    """``(replaced config.json text, installed config.json text)`` of the last finish in ``folder`` (see
-    ``FINISHED_FILE``) while the folder's config.json is still the one it installed; else None."""
+def read_finished_record(folder) -> tuple[str, str, float] | None:
+    """``(replaced config.json text, installed config.json text, time.time() of the finish)`` of the last finish in
+    ``folder`` (see ``FINISHED_FILE``) while the folder's config.json is still the one it installed; else None."""
     import json
 
     try:
@@ -850,10 +866,10 @@ def read_finished_record(folder) -> tuple[str, str] | None:
             record = json.load(f)
         with open(os.path.join(os.fspath(folder), "config.json"), encoding="utf-8") as f:
             current = f.read()
-        old, installed = record["old_config"], record["config"]
+        old, installed, when = record["old_config"], record["config"], float(record.get("finished_at", 0.0))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return (old, installed) if isinstance(old, str) and installed == current else None
+    return (old, installed, when) if isinstance(old, str) and installed == current else None
 
 
 def _mounted_entries(src_dir, target, entries) -> set[str]:

@@ -14,8 +14,8 @@ Rules:
 - Labels: ``ClassLabel`` names when the train split has them; else ``--class_names`` when given (their order is the id
   order; integer labels are then ids into it); else the sorted distinct train values (strings or ints).
   Label strings are stripped and integral floats read as ints (0.0 is "0"). A labelled split is read as a whole:
-  its values are all names, or (names from a model, none of them a number) all ids into them; a row without a label (None, NaN, blank) in
-  a labelled split and a column mixing numbers and words are errors.
+  its values are all names, or (names from a model, none of them a number) all ids into them; a row without a
+  label (None, NaN, blank) in a labelled split and a column mixing numbers and words are errors.
 - No validation split: a seeded, stratified hold-out of the train split (``--validation_split_percentage`` or
   ``--validation_split_rows``).
 - The test split may be unlabelled (no label column, or every value empty): predictions only.
@@ -234,8 +234,9 @@ def _label_ids(values: list, split: str, col: str, label_names: list[str], *, id
     """What a split's (cleaned) labels mean, decided for the whole split, never per value.
 
     ``ids_are_ids`` (``--class_names``): ints are ids into the names, strings are names. Else: if every value is a
-    name (as a string, or a number equal to a name that is one), names; else, where ``ids_allowed`` (names from a model) and no name is a number, if every
-    value is an int that is a valid id, ids; else a DataError naming a few of the values that do not fit. A model
+    name (as a string, or a number equal to a name that is one), names; else, where ``ids_allowed`` (names from a
+    model) and no name is a number, if every value is an int that is a valid id, ids; else a DataError naming a few
+    of the values that do not fit. A model
     whose names are numbers (trained on int labels 1..5: names "1".."5") reads ints as names only: [1, 2, 0] could
     be two names and an id or three ids (every label shifted), so a value that is not a name is an error.
 

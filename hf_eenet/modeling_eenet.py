@@ -135,29 +135,37 @@ def _right_align(mask_host: torch.Tensor, input_ids, attention_mask, token_type_
 #: the config.json a finish replaced (below) from one read after it
 _STRUCTURAL_CONFIG_KEYS = ("scheduler_bank", "scheduler_budgets", "exit_costs", "exit_layers", "num_labels",
                            "id2label", "architectures", "transformers_version", "max_seq_length")
+#: a finish this recent may have replaced config.json after a caller read it (DDP ranks load one folder together)
+_RACING_FINISH_S = 60.0
 
 
 def _finish_interrupted_save_before_load(cls, path, kwargs: dict) -> None:
     """``finish_interrupted_save`` of a local model folder before it is loaded. ``AutoModel...from_pretrained``
-    reads config.json first and passes the config object on: where a finish (this one, or another process's just
-    before: DDP ranks loading one folder) replaced config.json, an object read from the replaced file is brought up
-    to date from the record the finish left (``bank.FINISHED_FILE``, used only while config.json is the one it
-    installed). Such an object is told by the keys a save changes and callers do not set (the bank, costs, exits,
-    labels); its values that differ from the replaced file (config kwargs) and private settings (the attention
-    implementation) stay."""
+    reads config.json first and passes the config object on: where a finish replaced config.json after that read,
+    the object is brought up to date from the record the finish left (``bank.FINISHED_FILE``, used only while
+    config.json is the one it installed): every value it still holds from the replaced file is set to the folder's,
+    the caller's own changes (config kwargs) and private settings (the attention implementation) stay. It was read
+    before the finish when this call found the save still to finish; or, a finish by another process within the
+    last minute (DDP ranks loading one folder), when it matches the replaced file on the keys a save changes and
+    callers do not set (the bank, costs, exits, labels), or on every changed key if none of those changed. A config
+    read later is never changed."""
     import json
     import os
+    import time
 
-    from .bank import finish_interrupted_save, read_finished_record
+    from .bank import COMMIT_FILE, finish_interrupted_save, read_finished_record
 
     if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
         return
-    finish_interrupted_save(path)  # one folder listing when there is nothing to finish
+    pending = any(e.startswith(".saving-") and os.path.isfile(os.path.join(path, e, COMMIT_FILE))
+                  for e in os.listdir(path))  # one listing when nothing was interrupted
+    if pending:
+        finish_interrupted_save(path)
     config = kwargs.get("config")
     if config is None or isinstance(config, (str, os.PathLike)) or not hasattr(config, "to_dict"):
         return
     record = read_finished_record(path)
-    if record is None:
+    if record is None or not (pending or time.time() - record[2] < _RACING_FINISH_S):
         return
     try:
         old = type(config).from_dict(json.loads(record[0])).to_dict()
@@ -167,8 +175,8 @@ def _finish_interrupted_save_before_load(cls, path, kwargs: dict) -> None:
     new, mine, missing = fresh.to_dict(), config.to_dict(), object()
     changed = [k for k in set(old) | set(new) if old.get(k, missing) != new.get(k, missing)]
     telling = [k for k in changed if k in _STRUCTURAL_CONFIG_KEYS] or changed
-    if not telling or any(mine.get(k, missing) != old.get(k, missing) for k in telling):
-        return  # read after the finish (or the caller set all of it): nothing stale
+    if not pending and (not telling or any(mine.get(k, missing) != old.get(k, missing) for k in telling)):
+        return  # read after the other process's finish
     for key in changed:
         if mine.get(key, missing) == old.get(key, missing) and key in new:  # still the replaced file's value
             setattr(config, key, getattr(fresh, key))

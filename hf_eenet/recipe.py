@@ -749,8 +749,9 @@ def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
     set are reset to their defaults (the card then names the data actually used; results go to output_dir, not the
     preset's committed card folder). Other *training* data (``--train_file``, ``--dataset_name``,
     ``--dataset_config_name``) needs ``--output_dir`` (else DataError: the preset's folder holds its own model) and
-    resets the preset's other data sources (its validation / test files) and class names: without a validation file the recipe holds rows of your train file out, and the preset's ``do_predict``
-    stops when no test split is left. Another validation or test file alone keeps them (trained on the preset's
+    resets the preset's other data sources (its validation / test files) and class names: without a validation
+    file the recipe holds rows of your train file out, and the preset's ``do_predict`` stops when no test split is
+    left. Another validation or test file alone keeps them (trained on the preset's
     data, evaluated on yours); the CLI commands do not read a config file's files of splits they do not use
     (``cli._read_needed_files_only``). A file given on the command line is the preset's when it is the very file the
     preset names, read from the working directory, from the repository the preset lives in, or from

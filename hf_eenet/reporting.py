@@ -20,6 +20,7 @@ def budget_key(budget: float) -> str:
     b = float(budget)
     return f"{b:.2f}" if round(b, 2) == b else f"{b:g}"
 
+
 BASELINES = {
     "BranchyNet (entropy)": EntropyPolicy,
     "MSDNet (max-prob)": MaxProbPolicy,

@@ -108,6 +108,15 @@ def fail_replacing(monkeypatch, name):
     monkeypatch.setattr(os, "replace", replace)
 
 
+def interrupted_save(target, files, monkeypatch):
+    """Save ``files`` into ``target`` from inside it (the cwd), interrupted after the commit (before config.json)."""
+    monkeypatch.chdir(target)
+    with monkeypatch.context() as m:
+        fail_replacing(m, "config.json")
+        with pytest.raises(OSError, match="simulated"):
+            atomic_save_dir(".", writer(files))
+
+
 def test_an_interrupted_move_into_the_cwd_is_finished_by_the_next_load_or_save(tmp_path, monkeypatch):
     """A save into the cwd moves its files in one by one after its commit point: interrupted there, the folder holds
     new weights beside the old config; finish_interrupted_save (run by from_pretrained) or the next save moves the
@@ -115,11 +124,7 @@ def test_an_interrupted_move_into_the_cwd_is_finished_by_the_next_load_or_save(t
     for then in ("finish", "save"):
         target = tmp_path / then
         make_folder(target, OLD)
-        monkeypatch.chdir(target)
-        with monkeypatch.context() as m:
-            fail_replacing(m, "config.json")
-            with pytest.raises(OSError, match="simulated"):
-                atomic_save_dir(".", writer(NEW))
+        interrupted_save(target, NEW, monkeypatch)
         assert read(target / "model.safetensors") == "new weights" and read(target / "config.json") == "old config"
         leftovers = [e for e in os.listdir(target) if e.startswith(".saving-")]
         assert len(leftovers) == 1 and os.path.isfile(target / leftovers[0] / bank.COMMIT_FILE)
@@ -128,7 +133,7 @@ def test_an_interrupted_move_into_the_cwd_is_finished_by_the_next_load_or_save(t
             check_new_state(target)
             assert bank.finish_interrupted_save(target) is False  # nothing left to finish
             # the config.json it replaced, for a loader that read it before (until the next save)
-            assert bank.read_finished_record(target) == ("old config", "new config")
+            assert bank.read_finished_record(target)[:2] == ("old config", "new config")
             assert [e for e in os.listdir(target) if e.startswith(".")] == [bank.FINISHED_FILE]
         else:  # the next save finishes the interrupted one first, then writes its own
             atomic_save_dir(".", writer({"config.json": "third config", "model.safetensors": "third weights"}))
@@ -595,11 +600,7 @@ def test_finishing_a_merge_keeps_what_it_had_moved_in(tmp_path, monkeypatch, fin
 def test_a_load_never_finishes_where_no_lock_tells_a_running_save_from_an_interrupted_one(tmp_path, monkeypatch):
     target = tmp_path / "m"
     make_folder(target, OLD)
-    monkeypatch.chdir(target)
-    with monkeypatch.context() as m:
-        fail_replacing(m, "config.json")
-        with pytest.raises(OSError, match="simulated"):
-            atomic_save_dir(".", writer(NEW))
+    interrupted_save(target, NEW, monkeypatch)
     monkeypatch.chdir(tmp_path)
     with monkeypatch.context() as m:
         m.setattr(bank, "_lock_folder", lambda path: None)  # no fcntl / a filesystem without flock
@@ -629,15 +630,6 @@ def test_a_finished_save_drops_its_commit_before_unlocking(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
 
 
-def interrupted_save(target, files, monkeypatch):
-    """Save ``files`` into ``target`` from inside it (the cwd), interrupted after the commit (before config.json)."""
-    monkeypatch.chdir(target)
-    with monkeypatch.context() as m:
-        fail_replacing(m, "config.json")
-        with pytest.raises(OSError, match="simulated"):
-            atomic_save_dir(".", writer(files))
-
-
 def test_the_newest_commit_is_finished_and_older_ones_dropped(tmp_path, monkeypatch):
     """Two committed leftovers (a save killed between its commit and removing an older one it could not finish): the
     newest is the folder's state, the older is never applied over it; the record keeps the config before both."""
@@ -649,14 +641,33 @@ def test_the_newest_commit_is_finished_and_older_ones_dropped(tmp_path, monkeypa
     monkeypatch.setattr(bank, "_finish_or_remove_inside", lambda target: [])  # the kill: nothing finished/removed
     interrupted_save(target, {"config.json": "v2", "model.safetensors": "w2"}, monkeypatch)
     monkeypatch.setattr(bank, "_finish_or_remove_inside", real)
-    os.utime(target / first[0], (1, 1))  # the older one is older
+    os.utime(target / first[0], (4e9, 4e9))  # folder times mislead (moves, coarse clocks): the commit's own time counts
     monkeypatch.chdir(tmp_path)
     assert len([e for e in os.listdir(target) if e.startswith(".saving-")]) == 2
     assert bank.finish_interrupted_save(target) is True
     assert read(target / "config.json") == "v2" and read(target / "model.safetensors") == "w2"
-    assert bank.read_finished_record(target) == ("old config", "v2")
+    assert bank.read_finished_record(target)[:2] == ("old config", "v2")
     assert bank.finish_interrupted_save(target) is False
     assert [e for e in os.listdir(target) if e.startswith(".")] == [bank.FINISHED_FILE]
+
+
+def test_a_removal_cut_short_never_leaves_a_save_to_finish_again(tmp_path, monkeypatch):
+    """An obsolete commit is uncommitted before its folder is removed: a kill during the removal leaves no manifest
+    over a half-deleted save, which a later finish would install over the newest one."""
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    interrupted_save(target, {"config.json": "v1", "model.safetensors": "w1"}, monkeypatch)
+    real = bank._finish_or_remove_inside
+    monkeypatch.setattr(bank, "_finish_or_remove_inside", lambda target: [])
+    interrupted_save(target, {"config.json": "v2", "model.safetensors": "w2"}, monkeypatch)
+    monkeypatch.setattr(bank, "_finish_or_remove_inside", real)
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(bank.shutil, "rmtree", lambda *a, **k: None)  # the removals are cut short (a kill)
+        assert bank.finish_interrupted_save(target) is True
+    assert len([e for e in os.listdir(target) if e.startswith(".saving-")]) == 2  # both still there, uncommitted
+    assert bank.finish_interrupted_save(target) is False
+    assert read(target / "config.json") == "v2" and read(target / "model.safetensors") == "w2"
 
 
 def test_a_save_from_elsewhere_finishes_an_interrupted_one_first_and_drops_the_record(tmp_path, monkeypatch):

@@ -827,50 +827,10 @@ def test_a_new_bank_that_does_not_serve_the_default_budget_says_which_it_serves_
     assert model.config.default_budget == 0.8
 
 
-@pytest.mark.parametrize("how", ["class", "auto"])
-def test_a_save_into_the_cwd_interrupted_while_moving_in_loads_as_the_new_save(tmp_path, monkeypatch, how):
-    """save_pretrained(".") moves its files in one by one (the cwd folder is not swapped away); interrupted after
-    the weights, before config.json, the folder held new weights beside the old config and no longer loaded
-    (BankIntegrityError). from_pretrained now finishes the save first, also through AutoModel (whose config object
-    was read from the old config.json; a config kwarg given to from_pretrained is kept)."""
-    from transformers import AutoModelForSequenceClassification
-
-    old, *_ = fitted_model(budgets=(0.4, 0.6, 0.8), seed=0)
-    new, batch, _, _ = fitted_model(budgets=(0.5, 0.7), seed=1)
-    target = tmp_path / "m"
-    old.save_pretrained(target)
-    monkeypatch.chdir(target)
-    real = os.replace
-
-    def replace(src, dst, *a, **kw):
-        if os.path.basename(dst) == "config.json":
-            raise OSError(5, "I/O error (simulated)")
-        return real(src, dst, *a, **kw)
-
-    with monkeypatch.context() as m:
-        m.setattr(os, "replace", replace)
-        with pytest.raises(OSError, match="simulated"):
-            new.save_pretrained(".")
-    monkeypatch.chdir(tmp_path)
-    assert json.loads((target / "config.json").read_text())["scheduler_budgets"] == [0.4, 0.6, 0.8]  # the mix
-    if how == "class":
-        loaded = type(new).from_pretrained(target)
-    else:
-        loaded = AutoModelForSequenceClassification.from_pretrained(target, classifier_dropout=0.25)
-        assert loaded.config.classifier_dropout == 0.25  # the caller's config kwarg survives the reload
-    assert loaded.config.scheduler_budgets == [0.5, 0.7]
-    assert [e for e in os.listdir(target) if e.startswith(".")] == [".eenet-finished.json"]  # until the next save
-    loaded.eval()
-    for b in (0.5, 0.7):
-        assert outputs(loaded, batch, b)[0] == outputs(new.eval(), batch, b)[0]
-
-
-def test_a_config_read_before_another_process_finished_the_save_is_brought_up_to_date(tmp_path, monkeypatch):
-    """DDP ranks load one folder at once: each reads config.json (AutoConfig) before one of them finishes the
-    interrupted save. The others' config objects still hold the old file's values: updated from the record the
-    finish left, while what the caller set (a config kwarg, the attention implementation) stays."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
+def interrupted_cwd_save(tmp_path, monkeypatch):
+    """A model with bank [0.4, 0.6, 0.8] saved to tmp_path/m, then one with bank [0.5, 0.7] saved over it from inside
+    (``save_pretrained(".")``), interrupted after the weights moved in, before config.json. Returns
+    ``(target, new model, its batch)``; the cwd is back at tmp_path."""
     old, *_ = fitted_model(budgets=(0.4, 0.6, 0.8), seed=0)
     new, batch, _, _ = fitted_model(budgets=(0.5, 0.7), seed=1)
     old.config.default_budget, new.config.default_budget = 0.6, 0.7
@@ -889,6 +849,40 @@ def test_a_config_read_before_another_process_finished_the_save_is_brought_up_to
         with pytest.raises(OSError, match="simulated"):
             new.save_pretrained(".")
     monkeypatch.chdir(tmp_path)
+    return target, new, batch
+
+
+@pytest.mark.parametrize("how", ["class", "auto"])
+def test_a_save_into_the_cwd_interrupted_while_moving_in_loads_as_the_new_save(tmp_path, monkeypatch, how):
+    """save_pretrained(".") moves its files in one by one (the cwd folder is not swapped away); interrupted after
+    the weights, before config.json, the folder held new weights beside the old config and no longer loaded
+    (BankIntegrityError). from_pretrained now finishes the save first, also through AutoModel (whose config object
+    was read from the old config.json; a config kwarg given to from_pretrained is kept)."""
+    from transformers import AutoModelForSequenceClassification
+
+    target, new, batch = interrupted_cwd_save(tmp_path, monkeypatch)
+    assert json.loads((target / "config.json").read_text())["scheduler_budgets"] == [0.4, 0.6, 0.8]  # the mix
+    if how == "class":
+        loaded = type(new).from_pretrained(target)
+    else:
+        loaded = AutoModelForSequenceClassification.from_pretrained(target, classifier_dropout=0.25,
+                                                                    default_budget=0.65)
+        # the caller's config kwargs survive (default_budget is one the save changed too: 0.6 -> 0.7)
+        assert loaded.config.classifier_dropout == 0.25 and loaded.config.default_budget == 0.65
+    assert loaded.config.scheduler_budgets == [0.5, 0.7]
+    assert [e for e in os.listdir(target) if e.startswith(".")] == [".eenet-finished.json"]  # until the next save
+    loaded.eval()
+    for b in (0.5, 0.7):
+        assert outputs(loaded, batch, b)[0] == outputs(new.eval(), batch, b)[0]
+
+
+def test_a_config_read_before_another_process_finished_the_save_is_brought_up_to_date(tmp_path, monkeypatch):
+    """DDP ranks load one folder at once: each reads config.json (AutoConfig) before one of them finishes the
+    interrupted save. The others' config objects still hold the old file's values: updated from the record the
+    finish left, while what the caller set (a config kwarg, the attention implementation) stays."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    target, new, batch = interrupted_cwd_save(tmp_path, monkeypatch)
     read_before = AutoConfig.from_pretrained(target, default_budget=0.5, attn_implementation="eager")  # a rank
     assert read_before.scheduler_budgets == [0.4, 0.6, 0.8]
     assert hf_eenet.bank.finish_interrupted_save(target) is True  # another rank
@@ -900,6 +894,16 @@ def test_a_config_read_before_another_process_finished_the_save_is_brought_up_to
     # a later load (config read after the finish) that sets a value equal to the replaced file's keeps it
     later = AutoModelForSequenceClassification.from_pretrained(target, default_budget=0.6)
     assert later.config.default_budget == 0.6 and later.config.scheduler_budgets == [0.5, 0.7]
+    # and once the finish is past the racing window, a load whose kwargs equal replaced values is left alone even
+    # where no key a caller does not set changed (here only default_budget differs between the two files)
+    record = json.loads((target / ".eenet-finished.json").read_text())
+    old_cfg = json.loads(record["old_config"])
+    old_cfg.update({k: v for k, v in json.loads(record["config"]).items() if k != "default_budget"})
+    (target / ".eenet-finished.json").write_text(json.dumps({**record, "old_config": json.dumps(old_cfg)}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hf_eenet.modeling_eenet, "_RACING_FINISH_S", 0.0)
+        assert AutoModelForSequenceClassification.from_pretrained(target, default_budget=0.6).config.default_budget \
+            == 0.6
     # another writer of config.json: the record no longer applies
     cfg = json.loads((target / "config.json").read_text())
     (target / "config.json").write_text(json.dumps({**cfg, "default_budget": 0.5}, indent=2))
