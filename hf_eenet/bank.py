@@ -761,9 +761,11 @@ def _finish_one(path, target, entries, manifest) -> None:
         try:
             with open(os.path.join(target, "config.json"), encoding="utf-8") as f:
                 installed = f.read()
+            import socket
+
             _write_atomically(os.path.join(target, FINISHED_FILE),
-                              json.dumps({"old_config": old_config, "config": installed,
-                                          "finished_at": time.time()}))
+                              json.dumps({"old_config": old_config, "config": installed, "finished_at": time.time(),
+                                          "by": [socket.gethostname(), os.getpid()]}))
         except OSError:
             pass
     _drop_leftover(path)
@@ -856,9 +858,10 @@ def finish_interrupted_save(folder, force: bool = False) -> bool:
             os.close(guard)
 
 
-def read_finished_record(folder) -> tuple[str, str, float] | None:
-    """``(replaced config.json text, installed config.json text, time.time() of the finish)`` of the last finish in
-    ``folder`` (see ``FINISHED_FILE``) while the folder's config.json is still the one it installed; else None."""
+def read_finished_record(folder) -> tuple[str, str, float, bool] | None:
+    """``(replaced config.json text, installed config.json text, time.time() of the finish, whether this process
+    made it)`` of the last finish in ``folder`` (see ``FINISHED_FILE``) while the folder's config.json is still the
+    one it installed; else None."""
     import json
 
     try:
@@ -867,9 +870,12 @@ def read_finished_record(folder) -> tuple[str, str, float] | None:
         with open(os.path.join(os.fspath(folder), "config.json"), encoding="utf-8") as f:
             current = f.read()
         old, installed, when = record["old_config"], record["config"], float(record.get("finished_at", 0.0))
+        import socket
+
+        mine = list(record.get("by") or []) == [socket.gethostname(), os.getpid()]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return (old, installed, when) if isinstance(old, str) and installed == current else None
+    return (old, installed, when, mine) if isinstance(old, str) and installed == current else None
 
 
 def _mounted_entries(src_dir, target, entries) -> set[str]:

@@ -135,8 +135,9 @@ def _right_align(mask_host: torch.Tensor, input_ids, attention_mask, token_type_
 #: the config.json a finish replaced (below) from one read after it
 _STRUCTURAL_CONFIG_KEYS = ("scheduler_bank", "scheduler_budgets", "exit_costs", "exit_layers", "num_labels",
                            "id2label", "architectures", "transformers_version", "max_seq_length")
-#: a finish this recent may have replaced config.json after a caller read it (DDP ranks load one folder together)
-_RACING_FINISH_S = 60.0
+#: a finish by another process this recent may have replaced config.json after a caller read it (DDP ranks load
+#: one folder together, within seconds of each other)
+_RACING_FINISH_S = 15.0
 
 
 def _finish_interrupted_save_before_load(cls, path, kwargs: dict) -> None:
@@ -146,7 +147,7 @@ def _finish_interrupted_save_before_load(cls, path, kwargs: dict) -> None:
     config.json is the one it installed): every value it still holds from the replaced file is set to the folder's,
     the caller's own changes (config kwargs) and private settings (the attention implementation) stay. It was read
     before the finish when this call found the save still to finish; or, a finish by another process within the
-    last minute (DDP ranks loading one folder), when it matches the replaced file on the keys a save changes and
+    last seconds (DDP ranks loading one folder), when it matches the replaced file on the keys a save changes and
     callers do not set (the bank, costs, exits, labels), or on every changed key if none of those changed. A config
     read later is never changed."""
     import json
@@ -165,8 +166,8 @@ def _finish_interrupted_save_before_load(cls, path, kwargs: dict) -> None:
     if config is None or isinstance(config, (str, os.PathLike)) or not hasattr(config, "to_dict"):
         return
     record = read_finished_record(path)
-    if record is None or not (pending or time.time() - record[2] < _RACING_FINISH_S):
-        return
+    if record is None or not (pending or (not record[3] and time.time() - record[2] < _RACING_FINISH_S)):
+        return  # nothing finished, or this process's own earlier finish (its later loads read the new file)
     try:
         old = type(config).from_dict(json.loads(record[0])).to_dict()
     except (ValueError, TypeError):

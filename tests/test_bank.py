@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -885,7 +886,11 @@ def test_a_config_read_before_another_process_finished_the_save_is_brought_up_to
     target, new, batch = interrupted_cwd_save(tmp_path, monkeypatch)
     read_before = AutoConfig.from_pretrained(target, default_budget=0.5, attn_implementation="eager")  # a rank
     assert read_before.scheduler_budgets == [0.4, 0.6, 0.8]
-    assert hf_eenet.bank.finish_interrupted_save(target) is True  # another rank
+    assert hf_eenet.bank.finish_interrupted_save(target) is True  # another rank (a process of its own):
+    record_file = target / ".eenet-finished.json"
+    record = json.loads(record_file.read_text())
+    assert record["by"] == [socket.gethostname(), os.getpid()]
+    record_file.write_text(json.dumps({**record, "by": [socket.gethostname(), os.getpid() + 1]}))
     loaded = AutoModelForSequenceClassification.from_pretrained(target, config=read_before)
     assert loaded.config.scheduler_budgets == [0.5, 0.7] and loaded.config.default_budget == 0.5
     assert loaded.config._attn_implementation == "eager"
@@ -894,16 +899,18 @@ def test_a_config_read_before_another_process_finished_the_save_is_brought_up_to
     # a later load (config read after the finish) that sets a value equal to the replaced file's keeps it
     later = AutoModelForSequenceClassification.from_pretrained(target, default_budget=0.6)
     assert later.config.default_budget == 0.6 and later.config.scheduler_budgets == [0.5, 0.7]
-    # and once the finish is past the racing window, a load whose kwargs equal replaced values is left alone even
-    # where no key a caller does not set changed (here only default_budget differs between the two files)
-    record = json.loads((target / ".eenet-finished.json").read_text())
+    # where no key a caller does not set changed (here only default_budget differs between the two files), a load
+    # whose kwargs equal replaced values is left alone after this process's own finish, and after another
+    # process's once past the racing window
+    record = json.loads(record_file.read_text())
     old_cfg = json.loads(record["old_config"])
     old_cfg.update({k: v for k, v in json.loads(record["config"]).items() if k != "default_budget"})
-    (target / ".eenet-finished.json").write_text(json.dumps({**record, "old_config": json.dumps(old_cfg)}))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hf_eenet.modeling_eenet, "_RACING_FINISH_S", 0.0)
-        assert AutoModelForSequenceClassification.from_pretrained(target, default_budget=0.6).config.default_budget \
-            == 0.6
+    for by, window in (([socket.gethostname(), os.getpid()], 3600.0), ([socket.gethostname(), -1], 0.0)):
+        record_file.write_text(json.dumps({**record, "old_config": json.dumps(old_cfg), "by": by}))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(hf_eenet.modeling_eenet, "_RACING_FINISH_S", window)
+            assert AutoModelForSequenceClassification.from_pretrained(target, default_budget=0.6).config \
+                .default_budget == 0.6
     # another writer of config.json: the record no longer applies
     cfg = json.loads((target / "config.json").read_text())
     (target / "config.json").write_text(json.dumps({**cfg, "default_budget": 0.5}, indent=2))
