@@ -29,12 +29,15 @@ from __future__ import annotations
 import copy
 import errno
 import hashlib
+import json
 import math
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -114,8 +117,6 @@ def _num_classes(scheduler):
 
 
 def scheduler_config_json(scheduler) -> dict:
-    import json
-
     return json.loads(json.dumps(scheduler.get_config()))  # what config.json will hold (tuples → lists, ...)
 
 
@@ -689,10 +690,6 @@ def _merge_plan(src_dir, target, entries, mounted) -> dict[str, list[str]]:
 
 def _commit(tmp, entries: list[str], drop: tuple[str, ...], replaces_weights: bool, merged=None) -> None:
     """Write the commit manifest of ``tmp`` atomically (a complete file or none, flushed to disk first)."""
-    import json
-
-    import time
-
     body = json.dumps({"entries": list(entries), "drop": list(drop), "replaces_weights": bool(replaces_weights),
                        "merged": dict(merged or {}), "committed_ns": time.time_ns()})  # orders commits (not mtimes)
     _write_atomically(os.path.join(tmp, COMMIT_FILE), body)
@@ -716,8 +713,6 @@ def _remove_finished_record(target) -> None:
 
 def _read_manifest(path):
     """``(entries, manifest)`` of the leftover ``path``, or None without a readable manifest (still writing)."""
-    import json
-
     try:
         with open(os.path.join(path, COMMIT_FILE), encoding="utf-8") as f:
             manifest = json.load(f)
@@ -738,8 +733,6 @@ def _finish_one(path, target, entries, manifest) -> None:
     again, so what the interrupted merge had moved in stays), drop stale weights as it would have, remove the old
     versions of replaced folders it had set aside, record the config.json it replaced (``FINISHED_FILE``), then
     remove the leftover."""
-    import json
-
     remaining = [e for e in entries if os.path.lexists(os.path.join(path, e))]
     old_config = None
     if "config.json" in remaining:
@@ -756,13 +749,9 @@ def _finish_one(path, target, entries, manifest) -> None:
             for aside in _leftovers(os.path.join(target, folder) if folder else target, f".{entry}.old-"):
                 _remove_tree(aside)
     if old_config is not None:
-        import time
-
         try:
             with open(os.path.join(target, "config.json"), encoding="utf-8") as f:
                 installed = f.read()
-            import socket
-
             _write_atomically(os.path.join(target, FINISHED_FILE),
                               json.dumps({"old_config": old_config, "config": installed, "finished_at": time.time(),
                                           "by": [socket.gethostname(), os.getpid()]}))
@@ -862,16 +851,12 @@ def read_finished_record(folder) -> tuple[str, str, float, bool] | None:
     """``(replaced config.json text, installed config.json text, time.time() of the finish, whether this process
     made it)`` of the last finish in ``folder`` (see ``FINISHED_FILE``) while the folder's config.json is still the
     one it installed; else None."""
-    import json
-
     try:
         with open(os.path.join(os.fspath(folder), FINISHED_FILE), encoding="utf-8") as f:
             record = json.load(f)
         with open(os.path.join(os.fspath(folder), "config.json"), encoding="utf-8") as f:
             current = f.read()
         old, installed, when = record["old_config"], record["config"], float(record.get("finished_at", 0.0))
-        import socket
-
         mine = list(record.get("by") or []) == [socket.gethostname(), os.getpid()]
     except (OSError, ValueError, KeyError, TypeError):
         return None
