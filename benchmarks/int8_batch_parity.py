@@ -1,4 +1,4 @@
-"""How far batched results of an int8 model are from each text alone, next to the same model in fp32.
+"""How far batched results of an int8 (or bf16) model are from each text alone, next to the same model in fp32.
 
 ``quantize_dynamic_int8`` quantises activations per token (``hf_eenet.quantization.Int8Linear``), so no scale is
 shared across a batch; what is left is padding: fp32 attention over a padded batch differs from the text alone in the
@@ -9,6 +9,10 @@ and its int8 copy (bank refitted on the int8 validation outputs, as ``bench_pipe
 * the pipeline over the list at ``batch_size=1`` (single-row depth waves: no padding in the layer calls),
 * the pipeline over the list at ``batch_size=32`` (depth waves: length-sorted, padded micro-batches),
 * the pipeline's per-batch loop (``batch_size=32, chunk_size=0``: batches in input order, padded).
+
+``--precisions fp32,int8,bf16`` adds the fp32 model cast to bfloat16 with its fp32 bank (what
+``from_pretrained(..., dtype=torch.bfloat16)`` serves): bf16 matmuls over a padded batch round differently from the
+text alone, so the same question applies.
 
 Reported per path: texts whose exit differs, texts whose label differs, and the largest score difference.
 
@@ -57,8 +61,12 @@ def main():
     ap.add_argument("--data_dir", default=None)
     ap.add_argument("--budgets", default="0.3,0.5,0.7")
     ap.add_argument("--max_texts", type=int, default=None, help="first N test texts (default: all)")
+    ap.add_argument("--precisions", default="fp32,int8", help="comma-separated, of fp32, int8, bf16")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    precisions = args.precisions.split(",")
+    if not precisions or set(precisions) - {"fp32", "int8", "bf16"}:
+        ap.error(f"--precisions takes fp32, int8, bf16; got {args.precisions!r}")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     splits = load_task(args.dataset, args.data_dir or default_data_dir(), seed=0)
@@ -66,11 +74,17 @@ def main():
     budgets = [float(b) for b in args.budgets.split(",")]
     tok = AutoTokenizer.from_pretrained(args.model_dir)
     fp32 = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval()
-    int8 = hf_eenet.quantize_dynamic_int8(fp32, tok, list(splits["validation"]["text"]),
-                                          list(splits["validation"]["label"]), budgets=budgets, seed=42)
+    models = {"fp32": fp32}
+    if "int8" in precisions:
+        models["int8"] = hf_eenet.quantize_dynamic_int8(fp32, tok, list(splits["validation"]["text"]),
+                                                        list(splits["validation"]["label"]), budgets=budgets, seed=42)
+    if "bf16" in precisions:
+        models["bf16"] = AutoModelForSequenceClassification.from_pretrained(args.model_dir,
+                                                                            dtype=torch.bfloat16).eval()
     results = {}
     with torch.inference_mode():
-        for name, model in (("fp32", fp32), ("int8", int8)):
+        for name in precisions:
+            model = models[name]
             clf = pipeline("text-classification", model=model, tokenizer=tok)
             results[name] = {str(b): compare(clf, texts, b) for b in budgets}
     for name, per_budget in results.items():

@@ -198,7 +198,7 @@ def engine_and_synthetic_sections() -> list[str]:
 
 
 def int8_parity_lines(path: str, p: dict) -> list[str]:
-    """Batched vs alone for fp32 and int8 (``benchmarks/int8_batch_parity.py``): per precision and path, the worst
+    """Batched vs alone for fp32, int8 and bf16 (``benchmarks/int8_batch_parity.py``): per precision and path, the worst
     budget's counts of texts with another exit / label and the largest score difference."""
     lines = [f"Batched vs each text alone (`{path}`, {p['texts']} test texts, budgets "
              f"{', '.join(next(iter(p['results'].values())))}; worst budget shown):", "",

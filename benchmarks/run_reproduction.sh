@@ -24,9 +24,9 @@ $PY benchmarks/bench_pipeline.py --model_dir outputs/sst2 --dataset sst2 --data_
   --rounds 1 --max_texts 320 --bs1_texts 64 --json benchmarks/results/pipeline_sst2_bf16.json
 $PY benchmarks/bench_pipeline.py --model_dir outputs/ag_news --dataset ag_news --data_dir "$DATA" --precisions fp32,bf16 \
   --rounds 1 --max_texts 320 --bs1_texts 64 --json benchmarks/results/pipeline_ag_news_bf16.json
-# int8 (and fp32) batched results vs each text alone
+# int8, bf16 (and fp32) batched results vs each text alone
 $PY benchmarks/int8_batch_parity.py --model_dir outputs/sst2 --dataset sst2 --data_dir "$DATA" \
-  --json benchmarks/results/int8_batch_parity_sst2.json
+  --precisions fp32,int8,bf16 --json benchmarks/results/int8_batch_parity_sst2.json
 $PY benchmarks/int8_batch_parity.py --model_dir outputs/ag_news --dataset ag_news --data_dir "$DATA" --max_texts 2000 \
   --json benchmarks/results/int8_batch_parity_ag_news.json
 

@@ -664,6 +664,36 @@ COMMIT_FILE = ".eenet-commit.json"
 #: installed, so a loader that read the config before another process finished can tell its stale values from its
 #: own changes (while config.json is still the installed one; removed by the next save)
 FINISHED_FILE = ".eenet-finished.json"
+#: names of what saves leave in a folder while they run or when they were interrupted (temporary folders beside a
+#: saved sub-folder, a save's journal inside the folder, its record), for uploads to skip at any depth
+SAVE_LEFTOVER_PATTERNS = tuple(f"{d}{p}" for p in (".*.saving-*", ".*.old-*", ".*.moving-*", ".saving-*", ".eenet-*")
+                               for d in ("", "*/"))
+
+
+def recover_leftovers_in(folder) -> list[str]:
+    """Mend what interrupted saves of ``folder``'s sub-folders left in it (``.NAME.saving-*`` / ``.NAME.old-*``, e.g.
+    of a checkpoint killed while it was written; see :func:`atomic_save_dir`) before the folder is uploaded as a whole:
+    a sub-folder whose old copy is still set aside is renamed back, the temporary folders are removed (never those
+    of a running save). Returns the names of the sub-folders it found leftovers of."""
+    folder = os.path.realpath(os.path.abspath(os.fspath(folder)))
+    if not os.path.isdir(folder):
+        return []
+    names = set()
+    for entry in os.listdir(folder):
+        for kind in (".saving-", ".old-"):
+            head, sep, suffix = entry[1:].rpartition(kind)
+            if entry.startswith(".") and sep and head and not head.startswith(".") and _is_mkdtemp_suffix(suffix):
+                names.add(head)  # (a nested save's leftovers are its outer save's, mended with it)
+    if not names:
+        return []
+    guard = _lock_folder(folder)
+    try:
+        for name in sorted(names):
+            _recover_leftovers(os.path.join(folder, name))
+    finally:
+        if guard is not None:
+            os.close(guard)
+    return sorted(names)
 
 
 def _merges(src, dst, mounted: bool) -> bool:
@@ -1027,6 +1057,8 @@ __all__ = [
     "SchedulerBank",
     "data_fingerprint",
     "state_digest",
+    "SAVE_LEFTOVER_PATTERNS",
+    "recover_leftovers_in",
     "make_record",
     "scheduler_config_json",
     "same_scheduler_config",

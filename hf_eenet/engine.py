@@ -17,7 +17,8 @@ So layer work is proportional to the rows alive, with at most one host sync per 
 chunk's hidden states ``[chunk_size, longest, h]`` (plus one micro-batch's activations) stay on the device, and a
 re-pack briefly holds the old and the compacted copy (peak about 1.75x the hidden states on the GPU run in
 ``benchmarks/results/engine_gpu_h200.json``); bound it with ``chunk_size``. The default chunk
-(:func:`default_chunk_size`) is 32 micro-batches, at least 1024 and at most 4096 texts: each exit's host read drains
+(:func:`default_chunk_size`) is 32 micro-batches, at least 1024 and at most 4096 texts, and ends earlier where it
+would hold more than 1024 texts of 512 tokens do (``DEFAULT_CHUNK_TOKENS``): each exit's host read drains
 the device's queue once per chunk, so a chunk should hold many micro-batches (8 at ``micro_batch_size=128`` and 1024
 texts would pay that stall over little work).
 
@@ -48,13 +49,17 @@ ROW_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_CHUNK_MICRO_BATCHES = 32
 #: ... but at least this many texts ...
 DEFAULT_CHUNK_TEXTS = 1024
-#: ... and at most this many (memory grows with the chunk, not with the micro-batch alone)
+#: ... and at most this many (memory grows with the chunk, not with the micro-batch alone) ...
 DEFAULT_CHUNK_MAX_TEXTS = 4096
+#: ... holding at most this many tokens (texts x the chunk's longest text): 1024 texts at BERT's 512-token maximum, so
+#: long texts never take more memory than the 1024-text default did (4096 texts of SST-2's ~60 tokens fit)
+DEFAULT_CHUNK_TOKENS = 1024 * 512
 
 
 def default_chunk_size(micro_batch_size: int) -> int:
     """Texts per depth-wave chunk when none is given: 32 micro-batches, clipped to [1024, 4096] texts (1024 up to
-    micro-batches of 32 rows, 2048 at 64, 4096 from 128 on).
+    micro-batches of 32 rows, 2048 at 64, 4096 from 128 on); :func:`depth_wave_forward` also ends a default chunk
+    before it holds more than ``DEFAULT_CHUNK_TOKENS`` (texts x its longest text: 1024 texts of 512 tokens).
 
     Each exit's one host read lets the device run dry once per chunk, so a chunk of many micro-batches spreads that
     stall over more work. On the H200 run (``benchmarks/results/engine_gpu_h200.json``) single passes in chunks of
@@ -92,7 +97,9 @@ def rows_from_encodings(encodings) -> list[dict[str, torch.Tensor]]:
             return fast
         ids = encodings["input_ids"]
         n = len(ids)
-        rows = [{key: encodings[key][i] for key in ROW_KEYS if encodings.get(key) is not None} for i in range(n)]
+        host = {key: encodings[key].detach().cpu() if isinstance(encodings[key], torch.Tensor) else encodings[key]
+                for key in ROW_KEYS if encodings.get(key) is not None}  # one copy per key, not one per row
+        rows = [{key: value[i] for key, value in host.items()} for i in range(n)]
     elif isinstance(encodings, Sequence) and not isinstance(encodings, (str, bytes)):
         rows = list(encodings)
     else:
@@ -260,15 +267,21 @@ class _LayerGraphs:
     @staticmethod
     def fingerprint(model):
         params = list(model.backbone.encoder.parameters())
+        device = params[0].device
         # static buffers made under inference_mode are inference tensors: keep one cache per mode; graphs captured
-        # with one attention implementation replay its kernels, so set_attn_implementation(...) recaptures
-        return (params[0].dtype, params[0].device, torch.is_inference_mode_enabled(),
+        # with one attention implementation replay its kernels, so set_attn_implementation(...) recaptures; graphs
+        # captured under autocast replay its casts (and without it, none): each autocast setting has its own
+        autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+        return (params[0].dtype, device, torch.is_inference_mode_enabled(), autocast,
                 getattr(model.config, "_attn_implementation", None), tuple(p.data_ptr() for p in params))
 
     @classmethod
     def of(cls, model, micro_batch_size: int) -> "_LayerGraphs":
         from torch.nn.modules import module as nn_module
 
+        if torch.is_grad_enabled():  # a replay would overwrite what a captured graph saved for backward
+            raise ValueError("cuda_graphs=True runs without autograd: call it under torch.no_grad() or "
+                             "torch.inference_mode() (the pipeline and early_exit_predict do)")
         hooked = [name for name, m in model.backbone.encoder.named_modules()
                   if m._forward_hooks or m._forward_pre_hooks]
         if hooked or nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
@@ -386,7 +399,9 @@ def depth_wave_forward(
             computed).
         micro_batch_size: rows per layer call (the re-packed micro-batch).
         chunk_size: texts held on the device at once (hidden states ``[chunk_size, longest, h]``); ``None`` =
-            :func:`default_chunk_size` of ``micro_batch_size``.
+            :func:`default_chunk_size` of ``micro_batch_size``, and a chunk ends earlier where its texts x its
+            longest text would pass ``DEFAULT_CHUNK_TOKENS`` (long texts: fewer per chunk). Chunks are consecutive
+            texts of the input; results do not depend on where they end.
         cuda_graphs: experimental, CUDA only: full micro-batches replay a CUDA graph of each layer instead of
             launching its kernels from Python (see :class:`_LayerGraphs`: widths padded to a multiple of 8 and
             masked, graphs captured on first use and kept on the model).
@@ -396,6 +411,7 @@ def depth_wave_forward(
         ``(logits [N, C], exit_index [N])`` on the model's device, in input order.
     """
     micro_batch_size = check_int(micro_batch_size, "micro_batch_size", 1)
+    max_tokens = DEFAULT_CHUNK_TOKENS if chunk_size is None else None  # a given chunk_size is the user's bound
     chunk_size = default_chunk_size(micro_batch_size) if chunk_size is None else check_int(chunk_size, "chunk_size", 1)
     if not rows:
         raise ValueError("no texts to classify (empty input)")
@@ -411,10 +427,8 @@ def depth_wave_forward(
     if stats is not None:
         stats.update(host_syncs=0, layer_rows=0, layer_calls=0)
     logits_parts, exit_parts = [], []
-    for start in range(0, len(rows), chunk_size):
-        logits, exit_index = _run_chunk(
-            model, rows[start:start + chunk_size], exit_policy, micro_batch_size, stats, graphs
-        )
+    for start, end in chunk_bounds(rows, chunk_size, max_tokens):
+        logits, exit_index = _run_chunk(model, rows[start:end], exit_policy, micro_batch_size, stats, graphs)
         logits_parts.append(logits)
         exit_parts.append(exit_index)
     if len(logits_parts) == 1:
@@ -506,6 +520,24 @@ def _run_chunk(model, rows, policy, micro_batch_size, stats, graphs=None):
     return logits_out, exit_index
 
 
+def chunk_bounds(rows, chunk_size: int, max_tokens: int | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` of consecutive chunks of ``rows`` (per-text dicts of 1-D tensors): at most ``chunk_size``
+    rows each and, with ``max_tokens``, at most that many rows x the chunk's longest row (a row longer than that
+    is a chunk of its own)."""
+    if max_tokens is None:
+        return [(start, min(start + chunk_size, len(rows))) for start in range(0, len(rows), chunk_size)]
+    bounds, start, longest = [], 0, 0
+    for i, row in enumerate(rows):
+        width = max(longest, int(row["input_ids"].shape[-1]))
+        if i > start and (i - start == chunk_size or (i - start + 1) * width > max_tokens):
+            bounds.append((start, i))
+            start, width = i, int(row["input_ids"].shape[-1])
+        longest = width
+    if rows:
+        bounds.append((start, len(rows)))
+    return bounds
+
+
 def iter_chunks(items: Iterable, chunk_size: int):
     """Yield lists of up to ``chunk_size`` items from any iterable (list, dataset, generator).
 
@@ -526,4 +558,5 @@ def iter_chunks(items: Iterable, chunk_size: int):
         yield buf
 
 
-__all__ = ["depth_wave_forward", "default_chunk_size", "rows_from_encodings", "iter_chunks", "check_graphs_usable"]
+__all__ = ["depth_wave_forward", "default_chunk_size", "chunk_bounds", "rows_from_encodings", "iter_chunks",
+           "check_graphs_usable"]

@@ -193,7 +193,7 @@ def write_results_card(results: dict, folder) -> ModelCard:
     return card
 
 
-__all__ = ["build_model_card", "card_from_results", "mark_card_stale", "write_results_card"]
+__all__ = ["build_model_card", "card_describes", "card_from_results", "mark_card_stale", "write_results_card"]
 
 
 def mark_card_stale(model_dir: str, model, what: str, subject: str = "scheduler bank") -> None:
@@ -219,3 +219,33 @@ def mark_card_stale(model_dir: str, model, what: str, subject: str = "scheduler 
         text = text.split("\n\n", 1)[1] if "\n\n" in text else ""
     card.text = note + text
     card.save(str(path))
+
+
+def card_describes(model_dir, model) -> bool | None:
+    """Whether the results card in ``model_dir`` (``README.md`` with model-index results, written from
+    ``results.json``) describes ``model``: the digest of the evaluated model's weights and scheduler bank that
+    ``results.json`` records (``model_sha256``; older files: the bank's budgets) against ``model``'s. ``None`` when
+    there is no such card of ours (nothing there can be stale)."""
+    import json
+
+    from huggingface_hub import ModelCard
+
+    from .bank import state_digest
+
+    folder = Path(model_dir)
+    if not (folder / "README.md").is_file() or not (folder / "results.json").is_file():
+        return None
+    try:
+        card = ModelCard.load(str(folder / "README.md"))
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    if "hf_eenet" not in (card.data.tags or []) or not card.data.eval_results or not isinstance(results, dict):
+        return None
+    if results.get("model_sha256"):
+        return results["model_sha256"] == state_digest(model)
+    if results.get("bank_budgets") is not None:
+        mine = list(model.config.scheduler_budgets or [])
+        theirs = list(results["bank_budgets"])
+        return len(mine) == len(theirs) and all(abs(a - b) <= 1e-9 for a, b in zip(mine, theirs))
+    return None

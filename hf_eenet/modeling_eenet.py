@@ -875,7 +875,8 @@ class EENetModelMixin:
             batch_size (`int`): rows per layer call (micro-batch).
             chunk_size (`int`, *optional*): texts whose hidden states are on the device at once (memory: about
                 ``1.75 x chunk_size x longest x hidden_size`` activations, a re-pack included). Default: 32
-                micro-batches, at least 1024 and at most 4096 texts (``engine.default_chunk_size``).
+                micro-batches, at least 1024 and at most 4096 texts (``engine.default_chunk_size``), ending earlier
+                where a chunk would hold more tokens than 1024 texts of 512 tokens (``engine.DEFAULT_CHUNK_TOKENS``).
             cuda_graphs (`bool`): experimental, CUDA only: full micro-batches replay a CUDA graph per layer (see
                 ``hf_eenet/engine.py``).
         Returns:

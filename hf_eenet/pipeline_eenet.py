@@ -54,7 +54,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
 
         When the pipeline gets a list, a ``KeyDataset`` / dataset or a generator of texts and runs an hf_eenet model
         with ``batch_size > 1``, it classifies them with *depth waves* (``hf_eenet/engine.py``): chunks of
-        ``chunk_size`` texts (default: 32 micro-batches, at least 1024 and at most 4096 texts) are length-sorted and re-packed into full micro-batches of
+        ``chunk_size`` texts (default: 32 micro-batches, at least 1024 and at most 4096 texts, fewer where they would hold
+        more tokens than 1024 texts of 512 tokens) are length-sorted and re-packed into full micro-batches of
         ``batch_size`` rows before every layer, so the work follows the rows that have not exited yet. Results are
         the same as text by text, in input order; a generator / dataset yields them chunk by chunk.
         A list at ``batch_size=1`` (the stock default) runs depth waves of single-row micro-batches in chunks of 64
@@ -93,12 +94,13 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         chunk_size = getattr(self._wave_local(), "chunk_size", None)  # the call's, else the pipeline's
         if chunk_size is None:
             chunk_size = forward_params.get("chunk_size")
+        engine_default = False  # the engine's default chunk (also bounded by tokens) rather than a given size
         if chunk_size is None:
             if batch_size > 1:
                 chunk_size = self.default_chunk_size
                 if chunk_size is None:  # other models take the stock path: their batch_size is the stock class's
-                    chunk_size = (default_chunk_size(check_int(batch_size, "batch_size", 1))
-                                  if self._is_early_exit_model() else 0)
+                    engine_default = self._is_early_exit_model()
+                    chunk_size = default_chunk_size(check_int(batch_size, "batch_size", 1)) if engine_default else 0
             else:  # a list is answered as a whole anyway; a stream at batch 1 keeps one result per text
                 chunk_size = self.default_chunk_size_single if isinstance(inputs, list) else 0
         waves = (
@@ -111,10 +113,11 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
                 inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
             )
         results = self._wave_iterator(inputs, batch_size, chunk_size, preprocess_params, forward_params,
-                                      postprocess_params)
+                                      postprocess_params, engine_default=engine_default)
         return _WaveResults(results, len(inputs) if hasattr(inputs, "__len__") else None)
 
-    def _wave_iterator(self, inputs, batch_size, chunk_size, preprocess_params, forward_params, postprocess_params):
+    def _wave_iterator(self, inputs, batch_size, chunk_size, preprocess_params, forward_params, postprocess_params,
+                       engine_default: bool = False):
         from .engine import iter_chunks
 
         model = self.model
@@ -132,8 +135,9 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         for texts in iter_chunks(inputs, chunk_size):
             rows = self._chunk_rows(texts, preprocess_params)
             with self.device_placement(), self.get_inference_context()():
-                logits, exit_index = depth_wave_forward(
-                    model, rows, exit_policy, micro_batch_size=batch_size, chunk_size=chunk_size,
+                logits, exit_index = depth_wave_forward(  # the engine's default: its token bound applies too
+                    model, rows, exit_policy, micro_batch_size=batch_size,
+                    chunk_size=None if engine_default else chunk_size,
                     **_opt_in(cuda_graphs=forward_params.get("cuda_graphs", False)),
                 )
             logits, exit_index = logits.cpu(), exit_index.cpu()

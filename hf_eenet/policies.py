@@ -197,7 +197,7 @@ class ScoreThresholdPolicy(ExitPolicy):
             calibration data, via :meth:`exit_index`), ``q``, ``shares`` (planned), ``exit_fractions`` (realised),
             ``note``.
         """
-        probs = _as_probs_tensor(exit_probs)
+        probs = _as_probs_tensor(exit_probs).cpu()  # fitted offline, on the host (as EENetScheduler.fit)
         n, k_total, num_classes = probs.shape
         costs = check_costs(costs, k_total)
         budget = check_budget(budget, costs)
@@ -261,9 +261,9 @@ def _planned_cost(log_q: float, costs) -> float:
 def _first_exit(scores: torch.Tensor, thresholds) -> torch.Tensor:
     """Vectorised ``exit_index`` of a stateless score-threshold rule: first k with ``scores[:, k] >= t_k``."""
     n, k_total = scores.shape
-    t = torch.tensor(thresholds[:-1], dtype=scores.dtype)
+    t = torch.tensor(thresholds[:-1], dtype=scores.dtype, device=scores.device)
     hit = scores[:, :-1] >= t  # [N, K-1]
-    hit = torch.cat([hit, torch.ones(n, 1, dtype=torch.bool)], 1)
+    hit = torch.cat([hit, torch.ones(n, 1, dtype=torch.bool, device=scores.device)], 1)
     return hit.to(torch.int8).argmax(1)  # first True
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bank import state_digest
 from .data import DataArguments, DataError, load_text_classification
 from .scheduler_config import SchedulerFitArguments
 from .validation import budget_reachable, check_budget_fraction
@@ -478,7 +479,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                             "--do_fit_scheduler false the bank is evaluated as fitted; pass budgets from the bank, or "
                             "fit these (--do_fit_scheduler true)")
         budgets = [next(f for f in bank_budgets if math.isclose(b, f, rel_tol=1e-9)) for b in budgets]
-    if args.do_fit_scheduler:  # found before training, not after it
+    # budgets the exits cannot reach: found before training, not after it (fitted, or compared in the evaluation)
+    if args.do_fit_scheduler or (do_eval and (do_train or not bank_budgets)):
         if not pretrained_eenet or not model.config.exit_costs or args.reprofile_costs:
             layers = list(model.config.exit_layers)  # costs profiled after training: known now for "layers" only
             known = [x / layers[-1] for x in layers] if args.cost_profile == "layers" else None
@@ -486,6 +488,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
             known = list(model.config.exit_costs)
         if known is not None:
             budgets = _reachable_budgets(budgets, known, args, "")
+    if args.do_fit_scheduler:
         classes = set(data.splits["validation"]["label"])
         if len(classes) < 2:
             raise DataError(f"the validation split ({len(data.splits['validation'])} rows) has a single class "
@@ -555,8 +558,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         costs = _dist_broadcast_costs(set_exit_costs(model, profile, args.cost_profile))
         model.config.exit_costs = [float(c) for c in costs]
     costs = list(model.config.exit_costs)
-    if args.do_fit_scheduler:  # measured costs are known only now: keep what was trained
-        try:
+    if args.do_fit_scheduler or (do_eval and (do_train or not bank_budgets)):  # measured costs are known only now
+        try:  # (a bank evaluated as fitted has only reachable budgets)
             budgets = _reachable_budgets(budgets, costs, args, training_args.output_dir if do_train else None)
         except DataError:
             if do_train:
@@ -642,6 +645,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                 "base_model": args.card_base_model, "notes": list(args.card_notes)},
             versions=_versions(), seeds={"training": training_args.seed, "scheduler": training_args.seed},
             bank_budgets=list(model.config.scheduler_budgets or []), default_budget=model.config.default_budget,
+            model_sha256=state_digest(model),  # what the card describes (weights and bank): saves tell a stale card
             command=portable_command(command or " ".join([os.path.basename(sys.executable), *sys.argv])),
             wall_seconds=time.perf_counter() - t_start,
         )

@@ -46,8 +46,10 @@ class _InferenceMixin:
     # ------------------------------------------------------------------ ExitPolicy interface (§7)
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Per-row state, a dict of batch-first tensors: ``q`` [b, K] float32 (clamped scores of the exits passed),
-        and with agreement features ``votes`` [b, C] float32 and ``prev`` [b] int64 (see ``scheduler_features.py``)."""
-        self._check_fitted()
+        and with agreement features ``votes`` [b, C] float32 and ``prev`` [b] int64 (see ``scheduler_features.py``).
+        No host sync once the scheduler is known fitted (the cached flag, as in ``decide``)."""
+        if not self._fitted_flag:
+            self._check_fitted()
         return init_feature_state(int(batch_size), self.num_exits, self.num_classes, self.features, device)
 
     @torch.no_grad()

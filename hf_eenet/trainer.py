@@ -21,10 +21,11 @@ import torch
 from torch.nn import functional as F
 from transformers import EvalPrediction, Trainer
 
-from .bank import atomic_save_dir, data_fingerprint
+from .bank import SAVE_LEFTOVER_PATTERNS, atomic_save_dir, data_fingerprint, recover_leftovers_in
 from .evaluation import evaluate_exits
 from .scheduler import EENetScheduler
-from .validation import check_bool, check_budget, check_budget_fraction, check_costs, check_labels
+from .validation import (check_bool, check_budget, check_budget_fraction, check_costs, check_fraction, check_int,
+                         check_labels, check_positive)
 
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,32 @@ def _check_single_label(model) -> None:
 
 #: the outputs of the all-exits forward besides ``logits`` (what the stock classifier returns)
 EXIT_OUTPUT_KEYS = ("exit_logits", "exit_index", "exit_layer", "exit_cost")
+#: arguments of the models' forward that choose how it serves, never dataset columns
+SERVING_ONLY_ARGUMENTS = ("exit_policy", "budget", "cuda_graphs")
+
+
+def _row_lengths(dataset) -> np.ndarray | None:
+    """Tokens per row of a tokenized ``datasets.Dataset`` (attention-mask sums, else ``input_ids`` lengths), or
+    ``None`` where they cannot be read."""
+    columns = getattr(dataset, "column_names", None)
+    if not isinstance(columns, list):
+        return None
+    try:
+        if "attention_mask" in columns:
+            return np.asarray([int(np.sum(m)) for m in dataset["attention_mask"]])
+        if "input_ids" in columns:
+            return np.asarray([len(ids) for ids in dataset["input_ids"]])
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+def _check_eenet_model(model) -> None:
+    """EENetTrainer trains hf_eenet's multi-exit models (a PEFT wrapper of one included)."""
+    if not hasattr(model, "multi_exit_loss"):
+        raise TypeError(f"EENetTrainer trains hf_eenet multi-exit models; got {type(model).__name__}: load the "
+                        "checkpoint with hf_eenet.EENetBertForSequenceClassification.from_pretrained(...) (or "
+                        "EENetRobertaForSequenceClassification), which adds the exits, or train it with Trainer")
 
 
 class EENetTrainer(Trainer):
@@ -138,6 +165,9 @@ class EENetTrainer(Trainer):
         distill_start (`float`): fraction of training steps after which self-distillation is on (paper: 0.75).
         distill_temperature (`float`): T (paper: 3).
         distill_weight (`float`): α (paper: 0.01).
+
+    ``train`` removes a scheduler bank the model has when training starts (with a warning; see
+    ``_inner_training_loop``): refit it with :meth:`fit_scheduler` afterwards.
 
     Per-exit validation accuracy is logged by ``evaluate`` (``eval_accuracy_exit_<k>``) unless another
     ``compute_metrics`` is given (with ``batch_eval_metrics=True``: :class:`BatchedExitMetrics`).
@@ -162,9 +192,14 @@ class EENetTrainer(Trainer):
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError("EENetTrainer computes the weighted loss over all exits itself, so compute_loss_func is "
                              "not used: override EENetTrainer.compute_loss (or the model's multi_exit_loss) instead")
+        # the settings are checked before the stock set-up (which may build a model from model_init)
+        self_distillation = check_bool(self_distillation, "self_distillation")
+        distill_start = check_fraction(distill_start, "distill_start")
+        distill_temperature = check_positive(distill_temperature, "distill_temperature")
+        distill_weight = check_positive(distill_weight, "distill_weight", allow_zero=True)
         super().__init__(*args, **kwargs)
-        if not 0.0 <= distill_start <= 1.0:
-            raise ValueError(f"distill_start must be in [0, 1], got {distill_start}")
+        if self.model is not None:  # with model_init, checked when train() builds the model
+            _check_eenet_model(self.model)
         self.self_distillation = self_distillation
         self.distill_start = distill_start
         self.distill_temperature = distill_temperature
@@ -178,18 +213,30 @@ class EENetTrainer(Trainer):
         self.training_args_record: dict | None = None
 
     # ------------------------------------------------------------------------------------------------ training
-    def train(self, *args, **kwargs):
-        """``Trainer.train``; a scheduler bank the model has is removed first (with a warning): it was fitted on the
-        exits' outputs *before* training and would serve budgets it no longer meets — from the final model and from
-        every checkpoint written during training. Refit it with :meth:`fit_scheduler` afterwards."""
-        model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+    def _inner_training_loop(self, *args, **kwargs):
+        """Training starts here, after ``train``'s checks of its arguments (a call that fails before its first step
+        leaves the model as it was) and on the model that trains (also one ``model_init`` built): a scheduler bank
+        the model has is removed (with a warning). It was fitted on the exits' outputs *before* training and would
+        serve budgets it no longer meets, from the final model and from every checkpoint written during training.
+        Refit it with :meth:`fit_scheduler` afterwards."""
+        self._drop_bank_before_training()
+        return super()._inner_training_loop(*args, **kwargs)
+
+    def _drop_bank_before_training(self) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        _check_eenet_model(model)
         budgets = list(getattr(getattr(model, "config", None), "scheduler_budgets", None) or [])
-        if budgets and hasattr(model, "clear_scheduler_bank"):
+        if budgets:
             model.clear_scheduler_bank()
             warnings.warn(f"training changes the exits' outputs: the scheduler bank fitted before it (budgets "
                           f"{budgets}) would no longer meet its budgets and was removed; refit it with "
-                          "trainer.fit_scheduler(budgets=[...]) before serving budget=", UserWarning, stacklevel=2)
-        return super().train(*args, **kwargs)
+                          "trainer.fit_scheduler(budgets=[...]) before serving budget=", UserWarning, stacklevel=3)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """The stock columns (the forward's arguments) minus the serving-only ones: a dataset column that happens to
+        be named ``budget`` or ``exit_policy`` is not data for the model (the stock classifier drops it too)."""
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [c for c in self._signature_columns if c not in SERVING_ONLY_ARGUMENTS]
 
     def _distillation_active(self) -> bool:
         if not self.self_distillation or not self.model.training:
@@ -263,9 +310,27 @@ class EENetTrainer(Trainer):
                 Path(tmp, "training_args.json").write_text(json.dumps(record, indent=2))
             if not Path(tmp, "pipeline_eenet.py").exists():  # a model that is not ours: still ship the pipeline code
                 shutil.copy(Path(__file__).with_name("pipeline_eenet.py"), Path(tmp, "pipeline_eenet.py"))
+            self._mark_stale_card(output_dir, tmp)
 
         drop = ("training_args.bin",) if self.training_args_record != {} else ("training_args.bin", "training_args.json")
         atomic_save_dir(output_dir, write, drop=drop)
+
+    def _mark_stale_card(self, folder, tmp) -> None:
+        """Within a save of the model into ``folder`` (written into ``tmp``): a results card already there (a recipe's
+        ``README.md`` + ``results.json``) that describes other weights or another scheduler bank than the model
+        saved is kept, marked stale (its model-index results removed, a note on top; ``mark_card_stale``), with a
+        warning — else it would ship, and be pushed, as this model's results."""
+        from .model_card import card_describes, mark_card_stale
+
+        model = self.accelerator.unwrap_model(self.model)
+        if Path(tmp, "README.md").exists() or card_describes(folder, model) is not False:
+            return
+        shutil.copy(Path(folder, "README.md"), Path(tmp, "README.md"))
+        mark_card_stale(tmp, model, "changed (saved by EENetTrainer with other weights or another scheduler bank)",
+                        subject="model")
+        warnings.warn(f"{Path(folder, 'README.md')} held results of another model (its results.json): the card was "
+                      "marked stale (its model-index results removed); evaluate the model saved now (the recipe with "
+                      "--do_eval, or `hf-eenet evaluate`) to write its own card", UserWarning, stacklevel=6)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """A push during training (``push_to_hub=True``, ``hub_strategy`` other than ``"end"``): the stock
@@ -291,11 +356,16 @@ class EENetTrainer(Trainer):
             return
         self.callback_handler.on_push_begin(args, self.state, self.control)
         output_dir = args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        for entry in self._checkpoint_files_to_push(checkpoint_folder):
-            shutil.copy(os.path.join(checkpoint_folder, entry), os.path.join(output_dir, entry))
-        if self.processing_class is not None:  # as the stock push: re-saved, it may have spawned any files
-            self.processing_class.save_pretrained(output_dir)
+        entries = self._checkpoint_files_to_push(checkpoint_folder)
+
+        def write(tmp):  # the checkpoint's model files, swapped in as one save: never new weights beside an old config
+            for entry in entries:
+                shutil.copy(os.path.join(checkpoint_folder, entry), os.path.join(tmp, entry))
+            if self.processing_class is not None:  # as the stock push: re-saved, it may have spawned any files
+                self.processing_class.save_pretrained(tmp)
+            self._mark_stale_card(output_dir, tmp)
+
+        atomic_save_dir(output_dir, write)  # (a stale training_args.bin stays, never uploaded: ignore_patterns)
         if args.save_strategy == SaveStrategy.STEPS:
             commit_message = f"Training in progress, step {self.state.global_step}"
         else:
@@ -304,14 +374,14 @@ class EENetTrainer(Trainer):
             repo_id=self.hub_model_id, folder_path=output_dir, commit_message=commit_message, token=args.hub_token,
             run_as_future=True, revision=args.hub_revision,
             ignore_patterns=["_*", f"{stock.PREFIX_CHECKPOINT_DIR}-*", stock.TRAINING_ARGS_NAME,
-                             ".saving-*", ".eenet-*"])]  # a save's journal (hf_eenet.bank) is not the model's
+                             *SAVE_LEFTOVER_PATTERNS])]
         if args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
             path_in_repo = ("last-checkpoint" if args.hub_strategy == HubStrategy.CHECKPOINT
                             else Path(checkpoint_folder).name)
             jobs.append(stock.hf_api().upload_folder(
                 repo_id=self.hub_model_id, folder_path=checkpoint_folder, path_in_repo=path_in_repo,
                 commit_message=commit_message + ", checkpoint", token=args.hub_token, run_as_future=True,
-                revision=args.hub_revision, ignore_patterns=[stock.TRAINING_ARGS_NAME]))
+                revision=args.hub_revision, ignore_patterns=[stock.TRAINING_ARGS_NAME, *SAVE_LEFTOVER_PATTERNS]))
         if self.push_in_progress is None or self.push_in_progress.is_done():
             self.push_in_progress = stock.PushInProgress(jobs)
         else:
@@ -387,12 +457,12 @@ class EENetTrainer(Trainer):
                 patched.append((m, m.__dict__["forward"]))
                 m.forward = original
         flags = {k: getattr(self.args, k, False) for k in ("bf16_full_eval", "fp16_full_eval", "prediction_loss_only",
-                                                           "batch_eval_metrics")}
+                                                           "batch_eval_metrics", "dataloader_drop_last")}
         # the user's metric hooks are not run on these predictions (they need not understand the exits' outputs)
         hooks = {"compute_metrics": self.compute_metrics,
                  "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics}
         try:
-            for k in flags:  # fp32 eval, and the predictions kept (the bank needs the exit logits)
+            for k in flags:  # fp32 eval, every row, and the predictions kept (the bank needs the exit logits)
                 setattr(self.args, k, False)
             for k in hooks:
                 setattr(self, k, None)
@@ -456,6 +526,14 @@ class EENetTrainer(Trainer):
         return info
 
     # ------------------------------------------------------------------------------------------------ hub
+    def push_to_hub(self, *args, **kwargs):
+        """``Trainer.push_to_hub``, which uploads ``output_dir`` as a whole: what an interrupted save left in it (a
+        checkpoint killed while it was written leaves ``.checkpoint-N.saving-*`` beside it) is mended first
+        (:func:`hf_eenet.bank.recover_leftovers_in`), so no half-written weights are uploaded."""
+        if self.is_world_process_zero():
+            recover_leftovers_in(self.args.output_dir)
+        return super().push_to_hub(*args, **kwargs)
+
     def create_model_card(self, *args, **kwargs) -> None:
         """Keep the EENet card. ``Trainer.push_to_hub`` calls this and the stock version would replace the card the
         recipe writes from its results (``model-index`` with accuracy and cost per budget) by a generic draft
@@ -470,9 +548,54 @@ class EENetTrainer(Trainer):
         kwargs["tags"] = tags + [t for t in ("hf_eenet", "early-exit", "eenet") if t not in tags]
         super().create_model_card(*args, **kwargs)
 
+    def _fitting_length(self, model, dataset, max_seq_length) -> int | None:
+        """The input length (tokens) the bank is fitted at, to record as ``config.max_seq_length`` (what the pipeline,
+        ``early_exit_predict`` and the CLI truncate to), or ``None`` to leave the config as it is. A bank fitted on
+        rows truncated at one length and served at another meets its budget at neither: the exits' confidence, and
+        so the exits taken, depend on how much of each text the model reads.
+
+        ``max_seq_length`` given: the rows must fit in it, and it is recorded. Else, from the rows' lengths
+        (attention masks): rows longer than the length the model serves are an error; rows piled up at one longest
+        length (a truncation: at least 3 rows and 1 % of them, and over twice as many as one token shorter; SST-2's
+        validation rows cut at 32 tokens: 232 at 32, 23 at 31; uncut: 1 at 55, 2 at 54) shorter than it are recorded as the served length when the
+        config has none (with a warning), and warned about when it has one (the bank would serve at another length)."""
+        from .configuration_eenet import max_input_tokens
+
+        given = None if max_seq_length is None else check_int(max_seq_length, "max_seq_length", 1)
+        lengths = _row_lengths(dataset)
+        recorded = getattr(model.config, "max_seq_length", None)
+        served = given or max_input_tokens(model.config, self.processing_class)
+        if lengths is None or not len(lengths):
+            return given
+        longest = int(lengths.max())
+        piled = int((lengths == longest).sum())
+        truncated = piled >= max(3, 0.01 * len(lengths)) and piled > 2 * int((lengths == longest - 1).sum())
+        if longest > served:
+            raise ValueError(
+                f"the validation rows are up to {longest} tokens long but the model serves at most {served} "
+                + ("(max_seq_length)" if given else "(config.max_seq_length, the length it was trained at)" if recorded
+                   else "(its position table / tokenizer)")
+                + f": the bank would be fitted on inputs it never serves; tokenize them with truncation=True, "
+                  f"max_length={served}" + ("" if given or not recorded else f", or pass max_seq_length={longest} to "
+                                            "serve the model at that length"))
+        if given is not None or not truncated or longest == served:
+            return given
+        if recorded is None:
+            warnings.warn(f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} rows "
+                          f"have exactly that length): the bank is fitted at that length, so config.max_seq_length = "
+                          f"{longest} is recorded and the pipeline truncates to it, as the rows were; pass "
+                          "fit_scheduler(max_seq_length=...) to state the length", UserWarning, stacklevel=3)
+            return longest
+        warnings.warn(f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} rows have "
+                      f"exactly that length) while the model serves {served} tokens (config.max_seq_length): the bank "
+                      "will spend its budgets at another rate on served inputs; tokenize the rows with "
+                      f"max_length={served}, or pass max_seq_length={longest} to serve at that length",
+                      UserWarning, stacklevel=3)
+        return None
+
     def fit_scheduler(self, eval_dataset=None, budgets=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), seed: int = 0,
                       default_budget: float | None = None, cost_profile=None, extend: bool = False,
-                      **scheduler_kwargs) -> dict:
+                      max_seq_length: int | None = None, **scheduler_kwargs) -> dict:
         """Fit one EENet scheduler per budget on the all-exit predictions of ``eval_dataset`` (collected once) and
         install them as the model's scheduler bank.
 
@@ -485,6 +608,9 @@ class EENetTrainer(Trainer):
             extend: ``False`` (default) *replaces* the bank with the schedulers fitted now; ``True`` adds them to the
                 existing bank (same budgets are replaced), which requires the same validation data (fingerprint),
                 costs and scheduler config as the bank's other entries.
+            max_seq_length: the input length in tokens the rows of ``eval_dataset`` were truncated at, recorded as
+                ``config.max_seq_length`` so the model serves at the length its bank was fitted at. By default it is
+                found from the rows (a truncation piles rows up at one longest length; see ``_fitting_length``).
             scheduler_kwargs: passed to :class:`EENetScheduler`.
         Returns:
             ``{budget: {"planned_cost", "validation": evaluate_exits(...), "fit_seconds", ...}}``, also stored in
@@ -530,6 +656,11 @@ class EENetTrainer(Trainer):
             if not costs_match(new_costs, model.config.exit_costs):
                 raise ValueError("extend=True needs the bank's exit costs; these cost_profile costs differ: refit the "
                                  "whole bank (extend=False)")
+        length = self._fitting_length(model, eval_dataset if eval_dataset is not None else self.eval_dataset,
+                                      max_seq_length)
+        if extend and model.config.scheduler_budgets and length is not None and length != model.config.max_seq_length:
+            raise ValueError(f"extend=True: the bank was fitted at {model.config.max_seq_length} tokens "
+                             f"(config.max_seq_length), these rows at {length}; refit the whole bank (extend=False)")
         probs, labels = self.collect_exit_predictions(eval_dataset)
         fingerprint = data_fingerprint(probs, labels)
         if extend and model.config.scheduler_bank:
@@ -580,6 +711,8 @@ class EENetTrainer(Trainer):
             if model.config.default_budget is None and model.config.scheduler_budgets == old_budgets:
                 model.config.default_budget = old_default  # the old bank stayed: so does its default
             raise
+        if length is not None:
+            model.config.max_seq_length = length
         if default_budget is None and model.config.default_budget is None:
             default_budget = min(model.config.scheduler_budgets, key=lambda x: abs(x - 0.5))
         if default_budget is not None:

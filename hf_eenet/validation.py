@@ -72,6 +72,23 @@ def as_number(x, name: str = "value", what: str = "a number") -> float:
     return float(x)
 
 
+def check_positive(value, name: str, allow_zero: bool = False) -> float:
+    """A finite number ``> 0`` (``>= 0`` with ``allow_zero``), as a float."""
+    bound = ">= 0" if allow_zero else "> 0"
+    x = as_number(value, name, f"a finite number {bound}")
+    if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite number {bound}, got {x!r}")
+    return x
+
+
+def check_fraction(value, name: str) -> float:
+    """A number in ``[0, 1]``, as a float."""
+    x = as_number(value, name, "a number in [0, 1]")
+    if not 0.0 <= x <= 1.0:  # NaN fails too
+        raise ValueError(f"{name} must be a number in [0, 1], got {x!r}")
+    return x
+
+
 def check_budget_fraction(budget, name: str = "budget") -> float:
     """A budget as a fraction of the full model's cost: a finite number in (0, 1]. Returns it as a float."""
     b = as_number(budget, name, "a number (fraction of the full model's cost)")
@@ -264,6 +281,8 @@ __all__ = [
     "check_int",
     "is_number",
     "as_number",
+    "check_positive",
+    "check_fraction",
     "check_budget_fraction",
     "budget_reachable",
     "check_budget",

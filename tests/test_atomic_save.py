@@ -702,3 +702,35 @@ def test_resuming_a_merge_two_levels_deep_with_sharded_weights(tmp_path, monkeyp
                                                        "model-00002-of-00002.safetensors"]
     assert read(target / "a" / "b" / "config.json") == "new b config"
     check_new_state(target)
+
+
+def test_leftovers_of_saved_sub_folders_are_mended_before_an_upload_and_never_uploaded(tmp_path):
+    """``recover_leftovers_in`` (EENetTrainer.push_to_hub runs it on output_dir): a checkpoint killed between the two
+    renames gets its old folder back, a killed checkpoint write is removed; a running save's folder, other names and
+    the sub-folders themselves stay. ``SAVE_LEFTOVER_PATTERNS`` skips all of them in an upload, at any depth."""
+    import fnmatch
+
+    out = tmp_path / "out"
+    out.mkdir()
+    make_folder(out / "checkpoint-2", OLD)
+    make_folder(out / ".checkpoint-2.saving-a1b2c3d4", {"model.safetensors": "half"})
+    make_folder(out / ".checkpoint-3.old-q1w2e3r4", OLD)  # killed between the renames: checkpoint-3 missing
+    make_folder(out / ".checkpoint-3.saving-y1y2y3y4", NEW)
+    make_folder(out / ".checkpoint-4.saving-busy1234", {"model.safetensors": "being written"})
+    make_folder(out / ".notes.old-v1", {"f": "keep"})  # a hand-named backup
+    fd = bank._hold(str(out / ".checkpoint-4.saving-busy1234"))
+    try:
+        assert bank.recover_leftovers_in(out) == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    finally:
+        if fd is not None:
+            os.close(fd)
+    assert sorted(os.listdir(out)) == [".checkpoint-4.saving-busy1234", ".notes.old-v1", "checkpoint-2",
+                                       "checkpoint-3"]
+    assert read(out / "checkpoint-3" / "config.json") == OLD["config.json"]
+    assert bank.recover_leftovers_in(out / "checkpoint-2") == [] and bank.recover_leftovers_in(tmp_path / "no") == []
+    skipped = [".checkpoint-4.saving-busy1234/model.safetensors", "sub/.m.old-q1w2e3r4/config.json",
+               ".saving-abcd1234/config.json", ".eenet-finished.json", "a/.eenet-commit.json",
+               ".m.moving-abcd1234/x"]
+    kept = ["model.safetensors", "checkpoint-2/config.json", "notes/a.old-file", "README.md"]
+    for path in skipped + kept:
+        assert any(fnmatch.fnmatch(path, p) for p in bank.SAVE_LEFTOVER_PATTERNS) == (path in skipped), path

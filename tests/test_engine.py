@@ -201,7 +201,8 @@ def test_graph_path_pads_to_buckets_and_equals_each_text_alone(name, kind):
     assert graphs.graphs and all(width % 8 == 0 for _, width in graphs.graphs)
     assert any(width > 8 for _, width in graphs.graphs), "texts up to 22 tokens must reach wider buckets"
     # the model keeps the cache built through _LayerGraphs.of; release_cuda_graphs drops it and says how many
-    cached = _LayerGraphs.of(model, 4)
+    with torch.no_grad():
+        cached = _LayerGraphs.of(model, 4)
     cached.graphs.update(graphs.graphs)
     assert model.release_cuda_graphs() == len(graphs.graphs)
     assert "_eenet_layer_graphs" not in model.__dict__ and model.release_cuda_graphs() == 0
@@ -230,11 +231,15 @@ def test_cuda_graphs_refuse_forward_hooks():
     model = tiny_model("bert", seed=3, layers=2, exit_layers=[1, 2])
     handle = model.bert.encoder.layer[1].output.register_forward_hook(lambda *a: None)
     try:
-        with pytest.raises(ValueError, match="would skip forward hooks"):
+        with pytest.raises(ValueError, match="would skip forward hooks"), torch.no_grad():
             _LayerGraphs.of(model, 4)
     finally:
         handle.remove()
-    assert _LayerGraphs.of(model, 4).mb == 4  # no hook: the cache is built
+    with torch.no_grad():
+        assert _LayerGraphs.of(model, 4).mb == 4  # no hook: the cache is built
+    # with autograd on, a replay would overwrite what a captured graph saved for backward: refused
+    with pytest.raises(ValueError, match=r"without autograd: call it under torch.no_grad\(\)"):
+        _LayerGraphs.of(model, 4)
 
 
 def test_cuda_graphs_refused_off_cuda():
@@ -268,6 +273,10 @@ def test_graph_cache_keeps_one_entry_per_inference_mode_and_a_lock():
     assert a is not b and len(model.__dict__["_eenet_layer_graphs"]) == 2
     assert a.lock.acquire(blocking=False) and a.lock.acquire(blocking=False)  # re-entrant: run() inside the loop
     a.lock.release(), a.lock.release()
+    with torch.no_grad(), torch.autocast(a.key[1].type, dtype=torch.bfloat16):  # graphs replay autocast's casts
+        c = _LayerGraphs.of(model, 4)
+    with torch.no_grad():
+        assert c is not a and _LayerGraphs.of(model, 4) is not c, "autocast on and off keep their own graphs"
     before = model.config._attn_implementation
     model.set_attn_implementation("eager" if before != "eager" else "sdpa")
     try:  # graphs replay the kernels they captured: another attention implementation recaptures
@@ -539,7 +548,31 @@ def test_default_chunk_holds_at_least_32_micro_batches_on_every_path(banked, mon
     seen.clear()
     depth_wave_forward(model, rows_from_encodings(tok(texts)), model.get_exit_policy(0.4), micro_batch_size=5)
     assert seen == [20, 20]
+    # a default chunk also ends before it holds more than DEFAULT_CHUNK_TOKENS (texts x its longest text): long texts
+    # run in smaller chunks, on every path; a given chunk_size is taken as it is
+    rows = rows_from_encodings(tok(texts))
+    lengths = [int(r["input_ids"].shape[0]) for r in rows]
+    cap = 4 * max(lengths)
+    monkeypatch.setattr(engine, "DEFAULT_CHUNK_TOKENS", cap)
+    bounds = engine.chunk_bounds(rows, 20, cap)
+    assert [b for _, b in bounds[:-1]] == [a for a, _ in bounds[1:]] and bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all((b - a) * max(lengths[a:b]) <= cap and b - a <= 20 for a, b in bounds)
+    assert all((b - a + 1) * max(lengths[a:b + 1]) > cap for a, b in bounds[:-1])  # each as long as it may be
+    assert engine.chunk_bounds(rows, 20, 1) == [(i, i + 1) for i in range(n)]  # a row alone always fits
+    expected = [b - a for a, b in bounds]
+    assert len(expected) > 2  # the token bound, not the 20 texts, ends these chunks
+    for call in (lambda: clf(texts, budget=0.4, batch_size=7),
+                 lambda: model.early_exit_predict(texts, tokenizer=tok, budget=0.4, batch_size=7),
+                 lambda: depth_wave_forward(model, rows, model.get_exit_policy(0.4), micro_batch_size=7)):
+        seen.clear()
+        got = call()
+        assert seen == expected, seen
+    assert [(r["label"], r["exit_layer"]) for r in clf(texts, budget=0.4, batch_size=7)] == want
     seen.clear()
+    clf(texts, budget=0.4, batch_size=7, chunk_size=20)
+    assert seen == [20, 20]
+    seen.clear()
+    monkeypatch.setattr(engine, "DEFAULT_CHUNK_TOKENS", 1024 * 512)
     clf.default_chunk_size = 6  # a fixed default for every batch size
     clf(texts, budget=0.4, batch_size=5)
     assert seen == [6] * (n // 6) + [n % 6]

@@ -66,7 +66,7 @@ def test_state_is_batch_first_tensors(fitted_agreement):
 
 
 def test_decide_has_no_host_sync(fitted_agreement, monkeypatch):
-    """decide reads no tensor value on the host: .item(), .tolist(), bool(), float(), int() and .numpy() are
+    """decide (and init_state, once the scheduler is known fitted) reads no tensor value on the host: .item(), .tolist(), bool(), float(), int() and .numpy() are
     forbidden while it runs (each would be a device synchronisation on a GPU)."""
     probs, _ = make_agreement_data(64, seed=5)
     state = fitted_agreement.init_state(64)
@@ -79,8 +79,10 @@ def test_decide_has_no_host_sync(fitted_agreement, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
     for k in range(1, K - 1):
         stop = fitted_agreement.decide(k, probs[:, k], state)
+    fresh = fitted_agreement.init_state(8)  # each request / chunk starts one: no sync there either
     monkeypatch.undo()
     assert stop.dtype == torch.bool and stop.shape == (64,)
+    assert fresh["q"].shape == (8, K)
 
 
 def test_float32_decisions_equal_float64_scores_with_midpoint_thresholds(fitted_agreement):

@@ -160,6 +160,87 @@ def test_training_a_model_with_a_bank_removes_the_stale_bank(trained, tok, tmp_p
     assert model.config.scheduler_budgets == [0.6]
 
 
+def test_model_init_trains_a_model_without_the_old_bank_and_a_failed_train_keeps_it(trained, tok, tmp_path):
+    """The bank is removed from the model that trains: with model_init that is the model train() builds (the stock
+    Trainer replaces self.model), not the one the trainer held; a train() that fails before its first step (a
+    mistyped checkpoint) leaves the bank as it was."""
+    data = toy_dataset(tok, 32, seed=7)
+    kw = dict(max_steps=2, per_device_train_batch_size=16, learning_rate=1e-3, save_strategy="steps", save_steps=1)
+    trainer = hf_eenet.EENetTrainer(
+        model_init=lambda: hf_eenet.EENetBertForSequenceClassification.from_pretrained(trained["dir"]),
+        args=targs(tmp_path, **kw), train_dataset=data, processing_class=tok,
+        data_collator=DataCollatorWithPadding(tok))
+    with pytest.warns(UserWarning, match="removed"):
+        trainer.train()
+    assert trainer.model.config.scheduler_budgets == [] and len(trainer.model.eenet_schedulers) == 0
+    assert not json.loads((tmp_path / "out" / "checkpoint-1" / "config.json").read_text())["scheduler_budgets"]
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(trained["dir"])
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path / "b", **kw), train_dataset=data,
+                                    processing_class=tok, data_collator=DataCollatorWithPadding(tok))
+    with pytest.raises(ValueError, match="checkpoint"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-typo"))
+    assert model.config.scheduler_budgets == [0.4, 0.6, 0.8] and len(model.eenet_schedulers) == 3
+
+
+def test_trainer_settings_columns_and_models_are_checked(tok, tmp_path):
+    """Distillation settings are checked (a zero temperature or NaN weight trained NaN weights under a 0.0 logged
+    loss); a stock model is refused by name; a dataset column named like a serving argument (a film's "budget") is
+    not fed to forward, as the stock Trainer drops columns its model does not take."""
+    bad = [dict(distill_temperature=0.0), dict(distill_temperature=-2.0), dict(distill_weight=float("nan")),
+           dict(distill_weight=-1.0), dict(distill_start=1.5), dict(self_distillation="no")]
+    for kw in bad:
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            hf_eenet.EENetTrainer(model=toy_model(), args=targs(tmp_path), **kw)
+    from transformers import BertConfig, BertForSequenceClassification
+
+    stock = BertForSequenceClassification(BertConfig(**tiny_kwargs(num_labels=2, layers=2, vocab_size=30522)))
+    with pytest.raises(TypeError, match="hf_eenet multi-exit models; got BertForSequenceClassification"):
+        hf_eenet.EENetTrainer(model=stock, args=targs(tmp_path))
+    data = toy_dataset(tok, 48, seed=3)
+    data = data.add_column("budget", [float(i) for i in range(len(data))])
+    data = data.add_column("exit_policy", ["x"] * len(data))
+    trainer = hf_eenet.EENetTrainer(model=toy_model(), args=targs(tmp_path, max_steps=1, per_device_train_batch_size=16),
+                                    train_dataset=data, eval_dataset=data, processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
+    trainer.train()
+    assert "eval_accuracy_exit_1" in trainer.evaluate()
+    trainer.fit_scheduler(budgets=[0.6], restarts=1, max_epochs=2)
+    assert trainer.model.config.scheduler_budgets == [0.6]
+
+
+def test_fit_scheduler_reads_every_row_and_records_the_length_it_was_fitted_at(trained, tok, tmp_path):
+    """dataloader_drop_last (a training setting) does not drop validation rows from the bank's data; rows truncated
+    at a length are fitted and served at it (config.max_seq_length recorded: the pipeline serves the same rows at
+    the fitted cost); rows longer than what the model serves are refused; untruncated rows record nothing."""
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(trained["dir"])
+    val = trained["val"].select(range(50))
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, dataloader_drop_last=True,
+                                                            per_device_eval_batch_size=32),
+                                    processing_class=tok, data_collator=DataCollatorWithPadding(tok))
+    probs, _ = trainer.collect_exit_predictions(val)
+    assert probs.shape[0] == 50
+    trainer.fit_scheduler(eval_dataset=val, budgets=[0.6], restarts=1, max_epochs=2)
+    assert model.config.max_seq_length is None  # toy rows up to 17 tokens, cut at 32: not truncated
+    texts, labels = toy_texts(200, seed=11)
+    texts = [t + " and the film was the film" for t in texts]
+    cut = Dataset.from_dict({"text": texts, "labels": labels}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=8), batched=True, remove_columns=["text"])
+    with pytest.warns(UserWarning, match="truncated at 8 tokens"):
+        info = trainer.fit_scheduler(eval_dataset=cut, budgets=[0.6], restarts=1, max_epochs=2)
+    assert model.config.max_seq_length == 8
+    trainer.save_model(str(tmp_path / "m"))
+    clf = pipeline("text-classification", model=str(tmp_path / "m"))
+    served = np.mean([o["cost"] for o in clf(texts, budget=0.6)])
+    assert served == pytest.approx(info[0.6]["validation"]["mean_cost"], abs=1e-6)
+    longer = Dataset.from_dict({"text": texts, "labels": labels}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=16), batched=True, remove_columns=["text"])
+    with pytest.raises(ValueError, match=r"up to 16 tokens long but the model serves at most 8"):
+        trainer.fit_scheduler(eval_dataset=longer, budgets=[0.6])
+    assert model.config.max_seq_length == 8 and model.config.scheduler_budgets == [0.6]
+    trainer.fit_scheduler(eval_dataset=longer, budgets=[0.6], restarts=1, max_epochs=2, max_seq_length=16)
+    assert model.config.max_seq_length == 16
+
+
 def test_fit_scheduler_bank_and_budget_lookup(trained):
     model, info = trained["model"], trained["info"]
     assert model.config.scheduler_budgets == [0.4, 0.6, 0.8]
@@ -397,6 +478,40 @@ def test_save_drops_a_stale_pickle_and_checkpoint_pushes_carry_the_code(tok, tmp
     trainer.args.hub_strategy = "end"
     trainer._push_from_checkpoint(str(ckpt))
     assert uploads == []
+    # the copy into output_dir is one save: a copy that fails halfway (disk full) leaves output_dir as it was, never
+    # the checkpoint's config beside the old weights
+    trainer.args.hub_strategy = "every_save"
+    before = {n: (push_dir / n).read_bytes() for n in ("config.json", "model.safetensors")}
+    other = tmp_path / "checkpoint-3"
+    hf_eenet.EENetTrainer(model=toy_model(seed=8), args=targs(tmp_path), processing_class=tok).save_model(str(other))
+    import hf_eenet.trainer as trainer_module
+
+    real_copy = trainer_module.shutil.copy
+
+    def copy(src, dst, *a, **kw):
+        if os.path.basename(src) == "model.safetensors":
+            raise OSError(28, "No space left on device")
+        return real_copy(src, dst, *a, **kw)
+
+    monkeypatch.setattr(trainer_module.shutil, "copy", copy)
+    with pytest.raises(OSError, match="No space left"):
+        trainer._push_from_checkpoint(str(other))
+    assert {n: (push_dir / n).read_bytes() for n in before} == before
+    monkeypatch.setattr(trainer_module.shutil, "copy", real_copy)
+    # a checkpoint save killed while it was written leaves .checkpoint-N.saving-* beside it: never uploaded
+    (push_dir / ".checkpoint-4.saving-abcd1234").mkdir()
+    (push_dir / ".checkpoint-4.saving-abcd1234" / "model.safetensors").write_bytes(b"half")
+    uploads.clear()
+    trainer._push_from_checkpoint(str(other))
+    [(_, files, _)] = uploads
+    assert ".checkpoint-4.saving-abcd1234" not in files and "model.safetensors" in files
+    # the push at the end (the stock push_to_hub uploads output_dir as a whole) mends such leftovers first
+    from transformers import Trainer
+
+    seen = []
+    monkeypatch.setattr(Trainer, "push_to_hub", lambda self, *a, **kw: seen.append(sorted(os.listdir(push_dir))))
+    trainer.push_to_hub()
+    assert seen and not [n for n in seen[0] if ".saving-" in n]
 
 
 def test_saved_model_reloads_with_identical_decisions(trained, tok):
@@ -661,6 +776,27 @@ def test_recipe_keeps_the_trained_model_when_a_budget_is_below_the_first_exit(tm
     assert not model.config.scheduler_budgets and model.config.exit_costs[0] == pytest.approx(1 / 6, abs=0.02)
 
 
+def test_recipe_evaluation_without_a_fit_leaves_out_default_budgets_the_exits_cannot_reach(tmp_path):
+    """--do_fit_scheduler false with --do_eval compares the policies at the budgets: the defaults below the first
+    exit's cost are left out (a warning) as with a fit, instead of an error after training."""
+    from hf_eenet.recipe import main
+    from recipes.presets import data_arguments, resolve_backbone
+
+    files = data_arguments("sst2", str(DATA_DIR))
+    out = tmp_path / "run"
+    res = main(["--model_name_or_path", "sentence-transformers/all-MiniLM-L6-v2", "--train_file", files.train_file,
+                "--validation_file", files.validation_file, "--text_column_names", "sentence",
+                "--output_dir", str(out), "--do_train", "--do_eval", "--use_cpu", "true", "--report_to", "none",
+                "--do_predict", "false", "--do_fit_scheduler", "false", "--max_steps", "1",
+                "--per_device_train_batch_size", "8", "--max_train_samples", "16", "--max_eval_samples", "64",
+                "--exit_layers", "3,6", "--cost_profile", "layers", "--max_seq_length", "32", "--quiet",
+                "--save_strategy", "no", "--scheduler_restarts", "1", "--scheduler_max_epochs", "2",
+                "--scheduler_selection_folds", "0"], resolve_model=resolve_backbone)
+    assert res["budgets"] == [0.5, 0.6, 0.7, 0.8, 0.9]  # 0.25 ... 0.4 are below exit 1 (layer 3 of 6)
+    assert json.loads((out / "results.json").read_text())["budgets"] == res["budgets"]
+    assert not json.loads((out / "config.json").read_text())["scheduler_budgets"]
+
+
 @pytest.mark.skipif(not (DATA_DIR / "sst2" / "validation.tsv").exists(), reason="needs ../shared/data/sst2 (or EENET_DATA_DIR)")
 def test_recipe_refuses_exit_layers_that_differ_from_an_eenet_checkpoint(tmp_path, minilm_dir):
     from transformers import AutoTokenizer
@@ -712,6 +848,28 @@ def test_recipe_end_to_end_small(tmp_path):
 
     preds = load_file(str(out / "exit_predictions.safetensors"))
     assert tuple(preds["test_probs"].shape) == (200, 6, 2) and preds["val_labels"].shape[0] == data["splits"]["validation"]
+    # the card describes this model (results.json records its digest): saving the same model keeps it; saving other
+    # weights into the folder through the trainer API marks it stale (else it ships, and is pushed, as their results)
+    from huggingface_hub import ModelCard
+
+    from hf_eenet.bank import state_digest
+
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(str(out))
+    assert data["model_sha256"] == state_digest(model)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, max_steps=1, per_device_train_batch_size=8),
+                                    train_dataset=toy_dataset(tok, 8), processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
+    trainer.save_model(str(out))
+    assert ModelCard.load(str(out / "README.md")).data.eval_results
+    with pytest.warns(UserWarning, match="removed"):
+        trainer.train()
+    with pytest.warns(UserWarning, match="held results of another model"):
+        trainer.save_model(str(out))
+    stale = ModelCard.load(str(out / "README.md"))
+    assert not stale.data.eval_results and stale.text.lstrip().startswith("> **Note:** the model was changed")
+    trainer.create_model_card()  # what push_to_hub calls: the marked card stays
+    assert not ModelCard.load(str(out / "README.md")).data.eval_results
 
 
 def test_cli_help_and_predict(trained, capsys):
