@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -86,10 +87,12 @@ def data_fingerprint(exit_probs, labels, decimals: int = 4) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def state_digest(module: nn.Module) -> str:
-    """sha256 of a module's state dict (names, dtypes, shapes, bytes), device independent."""
+def state_digest(module) -> str:
+    """sha256 of a module's state dict (names, dtypes, shapes, bytes), device independent; ``module`` may also be the
+    state dict itself (e.g. the one a distributed save gathered)."""
     h = hashlib.sha256()
-    for key, t in sorted(module.state_dict().items()):
+    state = module if isinstance(module, Mapping) else module.state_dict()
+    for key, t in sorted(state.items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -307,7 +310,7 @@ WEIGHT_PREFIXES = ("model.safetensors", "model-", "pytorch_model", "tf_model", "
 
 
 def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[str, ...] = (),
-                    replaces_weights: bool = True) -> None:
+                    replaces_weights: bool = True, in_place: bool = False) -> None:
     """Write a folder atomically: ``write(tmp)`` fills a temporary folder beside ``target``, then the folder is swapped
     in. If ``write`` raises, ``target`` is untouched (it loads exactly as before) and the error propagates.
 
@@ -325,7 +328,9 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     files (``model*.safetensors``, ``pytorch_model*``: the new save's weights replace them) and the entries named in
     ``drop`` that ``write`` did not produce (removed on every path, e.g. the trainer's stale ``training_args.bin``).
     ``replaces_weights=False`` (a save of something else into a model folder, e.g. a scheduler) keeps the old weight
-    files as well.
+    files as well. ``in_place=True`` never swaps the folder: its other entries are never moved or re-linked (a
+    training run's ``output_dir`` whose checkpoint folders other processes may be writing into); the save is the
+    journal described below.
 
     A symlinked ``target`` is saved into the folder it points at (the link stays). Where the folder itself must not
     or cannot be swapped — it is the current working directory or contains it (swapping would delete the process's
@@ -345,7 +350,7 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     """
     target = os.path.realpath(os.path.abspath(os.fspath(target)))
     parent = os.path.dirname(target)
-    if os.path.isdir(target) and (_holds_cwd(target) or _mounts_at_or_below(target)):
+    if in_place or (os.path.isdir(target) and (_holds_cwd(target) or _mounts_at_or_below(target))):
         return _save_inside(target, write, drop, replaces_weights)
     if os.path.isdir(target):  # an interrupted save from inside (another cwd): finished first, not carried over
         finish_interrupted_save(target, force=True)  # half done (a save of other files would keep the mix); forced

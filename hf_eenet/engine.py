@@ -52,7 +52,7 @@ DEFAULT_CHUNK_TEXTS = 1024
 #: ... and at most this many (memory grows with the chunk, not with the micro-batch alone) ...
 DEFAULT_CHUNK_MAX_TEXTS = 4096
 #: ... holding at most this many tokens (texts x the chunk's longest text): 1024 texts at BERT's 512-token maximum, so
-#: long texts never take more memory than the 1024-text default did (4096 texts of SST-2's ~60 tokens fit)
+#: long texts never take more memory than the 1024-text default did (4096 sentences of ~60 tokens still fit)
 DEFAULT_CHUNK_TOKENS = 1024 * 512
 
 
@@ -279,9 +279,6 @@ class _LayerGraphs:
     def of(cls, model, micro_batch_size: int) -> "_LayerGraphs":
         from torch.nn.modules import module as nn_module
 
-        if torch.is_grad_enabled():  # a replay would overwrite what a captured graph saved for backward
-            raise ValueError("cuda_graphs=True runs without autograd: call it under torch.no_grad() or "
-                             "torch.inference_mode() (the pipeline and early_exit_predict do)")
         hooked = [name for name, m in model.backbone.encoder.named_modules()
                   if m._forward_hooks or m._forward_pre_hooks]
         if hooked or nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
@@ -290,7 +287,10 @@ class _LayerGraphs:
                 f"{hooked[:3] or 'all modules'}): remove them or run without cuda_graphs"
             )
         cache = model.__dict__.setdefault("_eenet_layer_graphs", {})
-        slot = (micro_batch_size, torch.is_inference_mode_enabled())  # both modes keep their own graphs
+        device = next(model.backbone.encoder.parameters()).device.type
+        # both inference modes, and autocast on / off (and its dtype), keep their own graphs
+        slot = (micro_batch_size, torch.is_inference_mode_enabled(), torch.is_autocast_enabled(device),
+                torch.get_autocast_dtype(device))
         graphs = cache.get(slot)
         if graphs is None or graphs.key != cls.fingerprint(model):
             graphs = cache[slot] = cls(model, micro_batch_size)
@@ -365,10 +365,18 @@ def layer_graphs(model, rows: int) -> _LayerGraphs:
 
 
 def check_graphs_usable(model) -> None:
-    """ValueError unless ``cuda_graphs=True`` can serve ``model``: on a CUDA device, in eval mode, SDPA or eager
-    attention (forward hooks are checked when the cache is fetched)."""
+    """ValueError unless ``cuda_graphs=True`` can serve ``model``: on a CUDA device, without autograd (a replay would
+    overwrite what a captured graph saved for backward), in eval mode, SDPA or eager attention (forward hooks are
+    checked when the cache is fetched). Every call with ``cuda_graphs=True`` is checked, whether or not its batch
+    would use the graphs."""
+    problems = []
     if model.device.type != "cuda":
-        raise ValueError(f"cuda_graphs=True needs a model on a CUDA device, this one is on {model.device}")
+        problems.append(f"needs a model on a CUDA device, this one is on {model.device}")
+    if torch.is_grad_enabled():
+        problems.append("runs without autograd: call it under torch.no_grad() or torch.inference_mode() (the "
+                        "pipeline and early_exit_predict do)")
+    if problems:
+        raise ValueError("cuda_graphs=True " + "; it also ".join(problems))
     if model.training:
         raise ValueError("cuda_graphs=True needs model.eval() (graphs replay inference kernels)")
     if model.config._attn_implementation not in ("sdpa", "eager"):

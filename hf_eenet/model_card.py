@@ -193,7 +193,11 @@ def write_results_card(results: dict, folder) -> ModelCard:
     return card
 
 
-__all__ = ["build_model_card", "card_describes", "card_from_results", "mark_card_stale", "write_results_card"]
+__all__ = ["build_model_card", "card_status", "card_from_results", "mark_card_stale", "write_results_card"]
+
+
+#: how the notes of :func:`mark_card_stale` begin
+_STALE_NOTES = ("> **Note:** the scheduler bank was", "> **Note:** the model was")
 
 
 def mark_card_stale(model_dir: str, model, what: str, subject: str = "scheduler bank") -> None:
@@ -215,17 +219,19 @@ def mark_card_stale(model_dir: str, model, what: str, subject: str = "scheduler 
             f"budgets {list(model.config.scheduler_budgets or [])}. The results below (and results.json) describe the "
             "earlier model: re-evaluate (`hf-eenet evaluate`) before relying on them.\n\n")
     text = card.text.lstrip("\n")
-    if text.startswith(("> **Note:** the scheduler bank was", "> **Note:** the model was")):  # an earlier note
+    if text.startswith(_STALE_NOTES):  # an earlier note
         text = text.split("\n\n", 1)[1] if "\n\n" in text else ""
     card.text = note + text
     card.save(str(path))
 
 
-def card_describes(model_dir, model) -> bool | None:
+def card_status(model_dir, model, state_dict=None, changed_here: bool = False) -> str | None:
     """Whether the results card in ``model_dir`` (``README.md`` with model-index results, written from
-    ``results.json``) describes ``model``: the digest of the evaluated model's weights and scheduler bank that
-    ``results.json`` records (``model_sha256``; older files: the bank's budgets) against ``model``'s. ``None`` when
-    there is no such card of ours (nothing there can be stale)."""
+    ``results.json``) describes ``model``: ``"current"`` or ``"stale"``, from the digest of the evaluated model's
+    weights and scheduler bank that ``results.json`` records (``model_sha256``, against ``state_dict`` when given,
+    e.g. the one a distributed save gathered, else ``model``'s). Files written before the digest: ``"stale"`` when the
+    bank's budgets differ or ``changed_here`` (the caller trained or refitted the model since). ``"marked"``: a card of
+    ours already marked stale (:func:`mark_card_stale`). ``None``: no card of ours, or one that cannot be read."""
     import json
 
     from huggingface_hub import ModelCard
@@ -233,19 +239,27 @@ def card_describes(model_dir, model) -> bool | None:
     from .bank import state_digest
 
     folder = Path(model_dir)
-    if not (folder / "README.md").is_file() or not (folder / "results.json").is_file():
+    if not (folder / "README.md").is_file():
         return None
     try:
         card = ModelCard.load(str(folder / "README.md"))
+    except Exception:  # noqa: BLE001 - a card we cannot parse (bad YAML, ...) is not ours to judge
+        return None
+    if "hf_eenet" not in (card.data.tags or []):
+        return None
+    if not card.data.eval_results:
+        return "marked" if card.text.lstrip().startswith(_STALE_NOTES) else None
+    try:
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     except (ValueError, OSError):
         return None
-    if "hf_eenet" not in (card.data.tags or []) or not card.data.eval_results or not isinstance(results, dict):
+    if not isinstance(results, dict):
         return None
     if results.get("model_sha256"):
-        return results["model_sha256"] == state_digest(model)
-    if results.get("bank_budgets") is not None:
-        mine = list(model.config.scheduler_budgets or [])
-        theirs = list(results["bank_budgets"])
-        return len(mine) == len(theirs) and all(abs(a - b) <= 1e-9 for a, b in zip(mine, theirs))
-    return None
+        return "current" if results["model_sha256"] == state_digest(
+            state_dict if state_dict is not None else model) else "stale"
+    if results.get("bank_budgets") is None:
+        return None
+    mine, theirs = list(model.config.scheduler_budgets or []), list(results["bank_budgets"])
+    same = len(mine) == len(theirs) and all(abs(a - b) <= 1e-9 for a, b in zip(mine, theirs))
+    return "current" if same and not changed_here else "stale"

@@ -458,6 +458,9 @@ class EENetModelMixin:
                 "use_fused_cpu_layers needs a PyTorch build with oneDNN (torch.backends.mkldnn.is_available() is "
                 "False or its linear kernels are missing); the stock layers are used"
             )
+        if self.device.type != "cpu":
+            warnings.warn(f"use_fused_cpu_layers: this model is on {self.device}; the fused layers apply only while it "
+                          "runs on the CPU (the setting stays for a later .to('cpu'))", UserWarning, stacklevel=2)
         self._eenet_fused_cpu = FusedCPULayers()  # a fresh cache: packs on the next forward
         return self
 
@@ -505,10 +508,14 @@ class EENetModelMixin:
     def _apply(self, fn, *args, **kwargs):
         # ``model.to(dtype)`` / ``.half()`` cast every floating tensor; the scheduler bank keeps its dtypes (float32
         # thresholds, float64 costs and budget: ``SchedulerBank._apply`` restores them). A bank assigned as a plain
-        # ModuleList is converted first.
+        # ModuleList is converted first. Packed CPU weights (use_fused_cpu_layers) are dropped: they copy the old
+        # tensors (a move to a GPU would keep a second copy of the encoder in host memory); a CPU forward repacks.
         bank_modules = self._modules.get("eenet_schedulers")
         if bank_modules is not None and not isinstance(bank_modules, SchedulerBank):
             self._modules["eenet_schedulers"] = SchedulerBank(list(bank_modules))
+        fused = self.__dict__.get("_eenet_fused_cpu")
+        if fused is not None:
+            fused.clear()
         return super()._apply(fn, *args, **kwargs)
 
     @classmethod
@@ -700,7 +707,8 @@ class EENetModelMixin:
         right-aligned first (``_right_align``): every row gets what it gets alone, whatever the tokenizer's
         ``padding_side``. ``cuda_graphs`` (experimental, CUDA): with a policy and one
         text each layer replays a CUDA graph (``hf_eenet/engine.py``); other calls run eagerly, but the model must
-        still be one graphs can serve (on a CUDA device, in eval mode, SDPA/eager attention), else ValueError.
+        still be one graphs can serve (on a CUDA device, under ``torch.no_grad()`` / ``torch.inference_mode()``, in
+        eval mode, SDPA/eager attention), else ValueError.
         """
         self._check_inputs(input_ids, attention_mask, inputs_embeds)
         self._check_encoder_depth()

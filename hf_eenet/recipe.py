@@ -521,6 +521,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     trainer = EENetTrainer(model=model, args=training_args, train_dataset=enc.get("train"),
                            eval_dataset=enc.get("validation"), processing_class=tok,
                            data_collator=DataCollatorWithPadding(tok), self_distillation=args.self_distillation)
+    trainer.mark_stale_cards = False  # this run writes the card (--do_eval) or marks the old one stale itself (below)
     train_info = {}
     if do_train:
         t0 = time.perf_counter()

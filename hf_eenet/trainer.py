@@ -136,15 +136,17 @@ SERVING_ONLY_ARGUMENTS = ("exit_policy", "budget", "cuda_graphs")
 def _row_lengths(dataset) -> np.ndarray | None:
     """Tokens per row of a tokenized ``datasets.Dataset`` (attention-mask sums, else ``input_ids`` lengths), or
     ``None`` where they cannot be read."""
+    if hasattr(dataset, "with_format"):  # every column as plain lists, whatever format the dataset was given
+        dataset = dataset.with_format(None)
     columns = getattr(dataset, "column_names", None)
     if not isinstance(columns, list):
         return None
     try:
         if "attention_mask" in columns:
-            return np.asarray([int(np.sum(m)) for m in dataset["attention_mask"]])
+            return np.asarray([int(np.sum(np.asarray(m))) for m in dataset["attention_mask"]])
         if "input_ids" in columns:
             return np.asarray([len(ids) for ids in dataset["input_ids"]])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         return None
     return None
 
@@ -211,26 +213,83 @@ class EENetTrainer(Trainer):
         #: settings a model this trainer did not train was trained with; ``{}``, none (not recorded, rather than this
         #: run's unused ones). Also holds for the save ``push_to_hub`` makes.
         self.training_args_record: dict | None = None
+        #: a save into a folder holding a results card of another model marks the card stale (``_mark_stale_card``)
+        self.mark_stale_cards = True
 
     # ------------------------------------------------------------------------------------------------ training
     def _inner_training_loop(self, *args, **kwargs):
-        """Training starts here, after ``train``'s checks of its arguments (a call that fails before its first step
-        leaves the model as it was) and on the model that trains (also one ``model_init`` built): a scheduler bank
-        the model has is removed (with a warning). It was fitted on the exits' outputs *before* training and would
-        serve budgets it no longer meets, from the final model and from every checkpoint written during training.
-        Refit it with :meth:`fit_scheduler` afterwards."""
-        self._drop_bank_before_training()
-        return super()._inner_training_loop(*args, **kwargs)
+        """Training starts here, on the model that trains (also one ``model_init`` built), before its optimizer is
+        built: a scheduler bank the model has is set aside (:meth:`_drop_bank_before_training`). It is removed for
+        good, with a warning, when the first training step runs; a run that fails before that (no train dataset, a
+        batch that does not collate, ...) puts it back, so the model is left as it was."""
+        self._first_step_done = False
+        saved = self._drop_bank_before_training()
+        try:
+            out = super()._inner_training_loop(*args, **kwargs)
+        except BaseException:
+            if saved is not None and not self._first_step_done:
+                self._restore_bank(saved)
+            raise
+        if saved is not None and not self._first_step_done:  # no step ran (max_steps=0, ...): the weights are as
+            self._restore_bank(saved)  # the bank was fitted on
+        return out
 
-    def _drop_bank_before_training(self) -> None:
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if not getattr(self, "_first_step_done", True):
+            self._first_step_done = True
+            removed = getattr(self, "_set_aside", None)
+            if removed:
+                warnings.warn(removed, UserWarning, stacklevel=2)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Resuming loads a checkpoint's weights, for which a bank fitted on the model's own weights is stale:
+        removed first, with a warning (a checkpoint written during training has none; a folder without weights is
+        left to the stock error, the bank kept)."""
+        if (model is None or model is self.model) and os.path.isdir(resume_from_checkpoint) and any(
+                name.endswith((".safetensors", ".bin")) for name in os.listdir(resume_from_checkpoint)):
+            if self._drop_bank_before_training() is not None:
+                warnings.warn(self._set_aside, UserWarning, stacklevel=2)
+        return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _drop_bank_before_training(self):
+        """Remove a scheduler bank the model has: it was fitted on the exits' outputs *before* training and would
+        serve budgets it no longer meets, from the final model and from every checkpoint written during training;
+        refit it with :meth:`fit_scheduler` afterwards. A recorded ``config.max_seq_length`` (the length the model
+        serves, its bank fitted at) shorter than the training rows goes too: the model is trained on longer inputs,
+        and the next fit records the length of its rows. Returns what was removed (for :meth:`_restore_bank`), or
+        ``None``; the warning to give once training runs is kept in ``self._set_aside``."""
         model = self.accelerator.unwrap_model(self.model)
         _check_eenet_model(model)
-        budgets = list(getattr(getattr(model, "config", None), "scheduler_budgets", None) or [])
+        config = model.config
+        budgets = list(getattr(config, "scheduler_budgets", None) or [])
+        recorded = getattr(config, "max_seq_length", None)
+        lengths = _row_lengths(self.train_dataset) if recorded else None
+        longer = lengths is not None and len(lengths) and int(lengths.max()) > recorded
+        self._set_aside = None
+        if not budgets and not longer:
+            return None
+        saved = (model, model.eenet_schedulers, budgets, config.scheduler_bank, config.default_budget, recorded)
+        notes = []
         if budgets:
             model.clear_scheduler_bank()
-            warnings.warn(f"training changes the exits' outputs: the scheduler bank fitted before it (budgets "
-                          f"{budgets}) would no longer meet its budgets and was removed; refit it with "
-                          "trainer.fit_scheduler(budgets=[...]) before serving budget=", UserWarning, stacklevel=3)
+            notes.append(f"training changes the exits' outputs: the scheduler bank fitted before it (budgets "
+                         f"{budgets}) would no longer meet its budgets and was removed; refit it with "
+                         "trainer.fit_scheduler(budgets=[...]) before serving budget=")
+        if longer:
+            config.max_seq_length = None
+            notes.append(f"the training rows are up to {int(lengths.max())} tokens long, the model served {recorded} "
+                         "(config.max_seq_length): the recorded length was removed; fit_scheduler records the length "
+                         "of its rows")
+        self._set_aside = "; ".join(notes)
+        return saved
+
+    def _restore_bank(self, saved) -> None:
+        model, schedulers, budgets, records, default, length = saved
+        model.eenet_schedulers = schedulers
+        model.config.scheduler_budgets, model.config.scheduler_bank = budgets, records
+        model.config.default_budget, model.config.max_seq_length = default, length
+        self._set_aside = None
 
     def _set_signature_columns_if_needed(self) -> None:
         """The stock columns (the forward's arguments) minus the serving-only ones: a dataset column that happens to
@@ -310,27 +369,34 @@ class EENetTrainer(Trainer):
                 Path(tmp, "training_args.json").write_text(json.dumps(record, indent=2))
             if not Path(tmp, "pipeline_eenet.py").exists():  # a model that is not ours: still ship the pipeline code
                 shutil.copy(Path(__file__).with_name("pipeline_eenet.py"), Path(tmp, "pipeline_eenet.py"))
-            self._mark_stale_card(output_dir, tmp)
+            self._mark_stale_card(output_dir, tmp, state_dict)
 
         drop = ("training_args.bin",) if self.training_args_record != {} else ("training_args.bin", "training_args.json")
         atomic_save_dir(output_dir, write, drop=drop)
 
-    def _mark_stale_card(self, folder, tmp) -> None:
+    def _mark_stale_card(self, folder, tmp, state_dict=None) -> None:
         """Within a save of the model into ``folder`` (written into ``tmp``): a results card already there (a recipe's
         ``README.md`` + ``results.json``) that describes other weights or another scheduler bank than the model
         saved is kept, marked stale (its model-index results removed, a note on top; ``mark_card_stale``), with a
-        warning — else it would ship, and be pushed, as this model's results."""
-        from .model_card import card_describes, mark_card_stale
+        warning — else it would ship, and be pushed, as this model's results. A card already marked has its note
+        brought up to date (the budgets the model serves now). Off with ``mark_stale_cards = False`` (the recipe
+        writes or marks its card itself)."""
+        from .model_card import card_status, mark_card_stale
 
+        if not self.mark_stale_cards or Path(tmp, "README.md").exists():
+            return
         model = self.accelerator.unwrap_model(self.model)
-        if Path(tmp, "README.md").exists() or card_describes(folder, model) is not False:
+        status = card_status(folder, model, state_dict,
+                             changed_here=self.state.global_step > 0 or self.scheduler_fit_mode is not None)
+        if status not in ("stale", "marked"):
             return
         shutil.copy(Path(folder, "README.md"), Path(tmp, "README.md"))
         mark_card_stale(tmp, model, "changed (saved by EENetTrainer with other weights or another scheduler bank)",
                         subject="model")
-        warnings.warn(f"{Path(folder, 'README.md')} held results of another model (its results.json): the card was "
-                      "marked stale (its model-index results removed); evaluate the model saved now (the recipe with "
-                      "--do_eval, or `hf-eenet evaluate`) to write its own card", UserWarning, stacklevel=6)
+        if status == "stale":
+            warnings.warn(f"{Path(folder, 'README.md')} held results of another model (its results.json): the card "
+                          "was marked stale (its model-index results removed); re-run the recipe with --do_eval on "
+                          "the model saved now to write its own card", UserWarning, stacklevel=6)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """A push during training (``push_to_hub=True``, ``hub_strategy`` other than ``"end"``): the stock
@@ -365,7 +431,9 @@ class EENetTrainer(Trainer):
                 self.processing_class.save_pretrained(tmp)
             self._mark_stale_card(output_dir, tmp)
 
-        atomic_save_dir(output_dir, write)  # (a stale training_args.bin stays, never uploaded: ignore_patterns)
+        # in place (a journal): checkpoint folders in output_dir, which other ranks may still be writing, stay put;
+        # a stale training_args.bin stays too, never uploaded (ignore_patterns)
+        atomic_save_dir(output_dir, write, in_place=True)
         if args.save_strategy == SaveStrategy.STEPS:
             commit_message = f"Training in progress, step {self.state.global_step}"
         else:
@@ -554,14 +622,20 @@ class EENetTrainer(Trainer):
         rows truncated at one length and served at another meets its budget at neither: the exits' confidence, and
         so the exits taken, depend on how much of each text the model reads.
 
-        ``max_seq_length`` given: the rows must fit in it, and it is recorded. Else, from the rows' lengths
+        ``max_seq_length`` given: it must be a length the model takes (its position table, the tokenizer's
+        ``model_max_length``) and the rows must fit in it; it is recorded. Else, from the rows' lengths
         (attention masks): rows longer than the length the model serves are an error; rows piled up at one longest
-        length (a truncation: at least 3 rows and 1 % of them, and over twice as many as one token shorter; SST-2's
-        validation rows cut at 32 tokens: 232 at 32, 23 at 31; uncut: 1 at 55, 2 at 54) shorter than it are recorded as the served length when the
-        config has none (with a warning), and warned about when it has one (the bank would serve at another length)."""
+        length (a truncation: at least 5 rows, over twice as many as one token shorter; 872 short sentences cut at 32
+        tokens: 232 at 32, 23 at 31, uncut: 1 at 55, 2 at 54; 2,000 news texts cut at 128: 13 at 128, 0 at 127)
+        shorter than it are recorded as the served length when the config has none (with a warning), and warned
+        about when it has one (the bank would serve at another length)."""
         from .configuration_eenet import max_input_tokens
 
+        limit = max_input_tokens(model.config, self.processing_class, recorded=False)  # what the model can take
         given = None if max_seq_length is None else check_int(max_seq_length, "max_seq_length", 1)
+        if given is not None and given > limit:
+            raise ValueError(f"max_seq_length={given} is longer than this model takes ({limit} tokens: its position "
+                             "table / the tokenizer's model_max_length), so it would never be served at that length")
         lengths = _row_lengths(dataset)
         recorded = getattr(model.config, "max_seq_length", None)
         served = given or max_input_tokens(model.config, self.processing_class)
@@ -569,15 +643,16 @@ class EENetTrainer(Trainer):
             return given
         longest = int(lengths.max())
         piled = int((lengths == longest).sum())
-        truncated = piled >= max(3, 0.01 * len(lengths)) and piled > 2 * int((lengths == longest - 1).sum())
+        truncated = piled >= 5 and piled > 2 * int((lengths == longest - 1).sum())
         if longest > served:
+            hint = (f", or pass max_seq_length={longest} to serve the model at that length"
+                    if recorded and not given and longest <= limit else "")
             raise ValueError(
                 f"the validation rows are up to {longest} tokens long but the model serves at most {served} "
                 + ("(max_seq_length)" if given else "(config.max_seq_length, the length it was trained at)" if recorded
                    else "(its position table / tokenizer)")
                 + f": the bank would be fitted on inputs it never serves; tokenize them with truncation=True, "
-                  f"max_length={served}" + ("" if given or not recorded else f", or pass max_seq_length={longest} to "
-                                            "serve the model at that length"))
+                  f"max_length={served}{hint}")
         if given is not None or not truncated or longest == served:
             return given
         if recorded is None:
@@ -658,9 +733,8 @@ class EENetTrainer(Trainer):
                                  "whole bank (extend=False)")
         length = self._fitting_length(model, eval_dataset if eval_dataset is not None else self.eval_dataset,
                                       max_seq_length)
-        if extend and model.config.scheduler_budgets and length is not None and length != model.config.max_seq_length:
-            raise ValueError(f"extend=True: the bank was fitted at {model.config.max_seq_length} tokens "
-                             f"(config.max_seq_length), these rows at {length}; refit the whole bank (extend=False)")
+        # (extend=True: the bank's other entries were fitted on these very rows, the data fingerprint checks it, so a
+        # length found or given now holds for them too)
         probs, labels = self.collect_exit_predictions(eval_dataset)
         fingerprint = data_fingerprint(probs, labels)
         if extend and model.config.scheduler_bank:

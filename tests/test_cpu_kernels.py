@@ -199,6 +199,11 @@ def test_packed_weights_follow_weight_and_module_changes():
     fused.backbone.encoder.layer[1].attention.output.LayerNorm.load_state_dict(
         model.backbone.encoder.layer[1].attention.output.LayerNorm.state_dict())
     same_outputs()
+    # a device move or cast (model.to(...), .half(), .cuda()) drops the packed copies: they hold the old tensors
+    assert fused.__dict__["_eenet_fused_cpu"].layers, "packed after a forward"
+    fused.to(torch.float64).to(torch.float32)
+    assert fused.fused_cpu_layers and not fused.__dict__["_eenet_fused_cpu"].layers
+    same_outputs()
 
 
 def test_fused_setting_survives_copies_and_is_not_saved(tmp_path):
@@ -243,6 +248,9 @@ def test_use_fused_cpu_layers_rejects_bad_input_and_missing_kernels(monkeypatch)
     model = tiny_model("bert", seed=3, layers=2)
     with pytest.raises((TypeError, ValueError), match="enabled"):
         model.use_fused_cpu_layers("yes")
+    on_meta = tiny_model("bert", seed=3, layers=2).to("meta")  # stands in for a GPU: not a CPU
+    with pytest.warns(UserWarning, match="apply only while it runs on the CPU"):
+        on_meta.use_fused_cpu_layers()
     monkeypatch.setattr(hf_eenet.cpu_kernels, "fused_kernels_available", lambda: False)
     with pytest.raises(RuntimeError, match="oneDNN"):
         model.use_fused_cpu_layers()

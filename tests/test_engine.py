@@ -237,9 +237,6 @@ def test_cuda_graphs_refuse_forward_hooks():
         handle.remove()
     with torch.no_grad():
         assert _LayerGraphs.of(model, 4).mb == 4  # no hook: the cache is built
-    # with autograd on, a replay would overwrite what a captured graph saved for backward: refused
-    with pytest.raises(ValueError, match=r"without autograd: call it under torch.no_grad\(\)"):
-        _LayerGraphs.of(model, 4)
 
 
 def test_cuda_graphs_refused_off_cuda():
@@ -271,12 +268,22 @@ def test_graph_cache_keeps_one_entry_per_inference_mode_and_a_lock():
     with torch.no_grad():
         assert _LayerGraphs.of(model, 4) is a, "alternating modes must not recapture"
     assert a is not b and len(model.__dict__["_eenet_layer_graphs"]) == 2
+    # with autograd on, a replay would overwrite what a captured graph saved for backward: every call is refused
+    # (here, off CUDA, with both problems named), whatever its batch size
+    two = random_batch(n=2, max_len=8, seed=1, pad_id=model.config.pad_token_id)
+    for batch in ({k: v[:1] for k, v in two.items()}, two):
+        with pytest.raises(ValueError, match=r"CUDA device.*it also runs without autograd: call it under torch"):
+            model(**batch, exit_policy=make_policy("maxprob", model, 0.5, "bert"), cuda_graphs=True)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"CUDA device, this one is on cpu$"):
+        model(**two, exit_policy=make_policy("maxprob", model, 0.5, "bert"), cuda_graphs=True)
     assert a.lock.acquire(blocking=False) and a.lock.acquire(blocking=False)  # re-entrant: run() inside the loop
     a.lock.release(), a.lock.release()
     with torch.no_grad(), torch.autocast(a.key[1].type, dtype=torch.bfloat16):  # graphs replay autocast's casts
         c = _LayerGraphs.of(model, 4)
     with torch.no_grad():
-        assert c is not a and _LayerGraphs.of(model, 4) is not c, "autocast on and off keep their own graphs"
+        assert c is not a and _LayerGraphs.of(model, 4) is a, "autocast on and off keep their own graphs"
+    with torch.no_grad(), torch.autocast(a.key[1].type, dtype=torch.bfloat16):
+        assert _LayerGraphs.of(model, 4) is c
     before = model.config._attn_implementation
     model.set_attn_implementation("eager" if before != "eager" else "sdpa")
     try:  # graphs replay the kernels they captured: another attention implementation recaptures
@@ -299,7 +306,7 @@ def test_a_model_with_captured_graphs_still_deep_copies_and_pickles():
         batch = random_batch(n=3, max_len=8, seed=3, pad_id=m.config.pad_token_id)
         with torch.no_grad():
             torch.testing.assert_close(m(**batch).exit_logits, model(**batch).exit_logits)
-    assert model.__dict__["_eenet_layer_graphs"][(4, False)] is graphs, "the original keeps its caches"
+    assert list(model.__dict__["_eenet_layer_graphs"].values()) == [graphs], "the original keeps its caches"
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -180,6 +181,35 @@ def test_model_init_trains_a_model_without_the_old_bank_and_a_failed_train_keeps
     with pytest.raises(ValueError, match="checkpoint"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-typo"))
     assert model.config.scheduler_budgets == [0.4, 0.6, 0.8] and len(model.eenet_schedulers) == 3
+    trainer.train_dataset = None  # fails when the dataloader is built, inside the training loop
+    with pytest.raises(ValueError, match="train_dataset"):
+        trainer.train()
+    trainer.train_dataset = data.map(lambda b: {"labels": [[1] * (i % 3 + 1) for i in range(len(b["labels"]))]},
+                                     batched=True)
+    with pytest.raises(ValueError, match="create tensor"):  # the first batch does not collate (ragged labels)
+        trainer.train()
+    assert model.config.scheduler_budgets == [0.4, 0.6, 0.8] and len(model.eenet_schedulers) == 3
+    # resuming a model that has a bank: the bank goes before the checkpoint's weights are loaded (no missing-keys
+    # report for it) and before the optimizer is built, so its state matches the checkpoint's
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_logging.get_logger("transformers").addHandler(handler)
+    try:
+        resumed = hf_eenet.EENetBertForSequenceClassification.from_pretrained(trained["dir"])
+        again = hf_eenet.EENetTrainer(model=resumed, args=targs(tmp_path, **dict(kw, max_steps=3)),
+                                      train_dataset=data, processing_class=tok,
+                                      data_collator=DataCollatorWithPadding(tok))
+        with pytest.warns(UserWarning, match="removed"):
+            again.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    finally:
+        hf_logging.get_logger("transformers").removeHandler(handler)
+    assert again.state.global_step == 3 and resumed.config.scheduler_budgets == []
+    assert not [r for r in records if "missing keys" in r.getMessage()]
 
 
 def test_trainer_settings_columns_and_models_are_checked(tok, tmp_path):
@@ -239,6 +269,31 @@ def test_fit_scheduler_reads_every_row_and_records_the_length_it_was_fitted_at(t
     assert model.config.max_seq_length == 8 and model.config.scheduler_budgets == [0.6]
     trainer.fit_scheduler(eval_dataset=longer, budgets=[0.6], restarts=1, max_epochs=2, max_seq_length=16)
     assert model.config.max_seq_length == 16
+    with pytest.raises(ValueError, match=r"max_seq_length=65 is longer than this model takes \(64 tokens"):
+        trainer.fit_scheduler(eval_dataset=longer, budgets=[0.6], max_seq_length=65)  # the toy model's positions
+    # the lengths are read whatever the dataset's format (set_format("torch") as in the course)
+    model.config.max_seq_length = None
+    with pytest.warns(UserWarning, match="truncated at 8 tokens"):
+        trainer.fit_scheduler(eval_dataset=cut.with_format("torch"), budgets=[0.6], restarts=1, max_epochs=2)
+    assert model.config.max_seq_length == 8
+    # a truncation that cuts few rows (as AG News at 128 tokens: 13 of 2,000 rows at 128, none at 127) is found; a
+    # natural longest row or two is not
+    rng = np.random.default_rng(0)
+    natural = [int(x) for x in rng.integers(5, 56, size=2000)]  # (the toy model takes 64 tokens)
+    for tail, found in (([60] * 13, 60), ([57, 57, 59], None)):
+        rows = Dataset.from_dict({"attention_mask": [[1] * n for n in natural + tail]})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.config.max_seq_length = None
+            assert trainer._fitting_length(model, rows, None) == found
+        assert bool([w for w in caught if "look truncated" in str(w.message)]) == (found is not None)
+    # training on rows longer than the recorded length removes it (the next fit records its own)
+    model.config.max_seq_length = 8
+    trainer.train_dataset = toy_dataset(tok, 16, seed=3)
+    trainer.args.max_steps = 1
+    with pytest.warns(UserWarning, match=r"the recorded length was removed"):
+        trainer.train()
+    assert model.config.max_seq_length is None
 
 
 def test_fit_scheduler_bank_and_budget_lookup(trained):
@@ -870,6 +925,40 @@ def test_recipe_end_to_end_small(tmp_path):
     assert not stale.data.eval_results and stale.text.lstrip().startswith("> **Note:** the model was changed")
     trainer.create_model_card()  # what push_to_hub calls: the marked card stays
     assert not ModelCard.load(str(out / "README.md")).data.eval_results
+    # a later fit and save bring the note up to date (the budgets served now), without another warning
+    trainer.fit_scheduler(eval_dataset=toy_dataset(tok, 64, seed=2), budgets=[0.6], restarts=1, max_epochs=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.save_model(str(out))
+    assert "it now serves budgets [0.6]" in ModelCard.load(str(out / "README.md")).text
+    assert not [w for w in caught if "held results" in str(w.message)]
+    # results.json written before the digest: a model this trainer trained (or refitted) is another model
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "README.md").write_text(card)
+    (legacy / "results.json").write_text(json.dumps({k: v for k, v in data.items() if k != "model_sha256"}))
+    with pytest.warns(UserWarning, match="held results of another model"):
+        trainer.save_model(str(legacy))
+    assert not ModelCard.load(str(legacy / "README.md")).data.eval_results
+    # a README that is not a card we can read is left alone, and the save goes on
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "README.md").write_text("---\nkey: [unclosed\n---\ntext\n")
+    (odd / "results.json").write_text(json.dumps(data))
+    trainer.save_model(str(odd))
+    assert (odd / "README.md").read_text().endswith("text\n") and (odd / "model.safetensors").exists()
+    # the recipe writes (or marks) its own card: a rerun into the same folder gives no stale-card warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main([str(ROOT / "recipes" / "presets" / "sst2.json"), "--train_file", files.train_file,
+              "--validation_file", files.validation_file, "--test_file", files.test_file,
+              "--output_dir", str(out), "--results_dir", str(out), "--do_predict", "false",
+              "--max_steps", "2", "--per_device_train_batch_size", "8", "--max_train_samples", "32",
+              "--max_predict_samples", "100", "--budgets", "0.5", "--max_seq_length", "48",
+              "--quiet", "--scheduler_max_epochs", "5", "--scheduler_restarts", "1", "--scheduler_selection_folds", "0",
+              "--seed", "7"], resolve_model=resolve_backbone)
+    assert not [w for w in caught if "held results" in str(w.message)]
+    assert ModelCard.load(str(out / "README.md")).data.eval_results
 
 
 def test_cli_help_and_predict(trained, capsys):
