@@ -373,10 +373,10 @@ def check_graphs_usable(model) -> None:
     if model.device.type != "cuda":
         problems.append(f"needs a model on a CUDA device, this one is on {model.device}")
     if torch.is_grad_enabled():
-        problems.append("runs without autograd: call it under torch.no_grad() or torch.inference_mode() (the "
+        problems.append("runs only without autograd: call it under torch.no_grad() or torch.inference_mode() (the "
                         "pipeline and early_exit_predict do)")
     if problems:
-        raise ValueError("cuda_graphs=True " + "; it also ".join(problems))
+        raise ValueError("cuda_graphs=True " + ", and ".join(problems))
     if model.training:
         raise ValueError("cuda_graphs=True needs model.eval() (graphs replay inference kernels)")
     if model.config._attn_implementation not in ("sdpa", "eager"):

@@ -196,8 +196,9 @@ def write_results_card(results: dict, folder) -> ModelCard:
 __all__ = ["build_model_card", "card_status", "card_from_results", "mark_card_stale", "write_results_card"]
 
 
-#: how the notes of :func:`mark_card_stale` begin
+#: how the notes of :func:`mark_card_stale` begin, and what their first paragraph holds
 _STALE_NOTES = ("> **Note:** the scheduler bank was", "> **Note:** the model was")
+_STALE_NOTE_TAIL = "describe the earlier model: re-evaluate (`hf-eenet evaluate`) before relying on them."
 
 
 def mark_card_stale(model_dir: str, model, what: str, subject: str = "scheduler bank") -> None:
@@ -216,8 +217,8 @@ def mark_card_stale(model_dir: str, model, what: str, subject: str = "scheduler 
     card.data.eval_results = None
     card.data.model_name = None
     note = (f"> **Note:** the {subject} was {what} after this card was written; it now serves "
-            f"budgets {list(model.config.scheduler_budgets or [])}. The results below (and results.json) describe the "
-            "earlier model: re-evaluate (`hf-eenet evaluate`) before relying on them.\n\n")
+            f"budgets {list(model.config.scheduler_budgets or [])}. The results below (and results.json) "
+            f"{_STALE_NOTE_TAIL}\n\n")
     text = card.text.lstrip("\n")
     if text.startswith(_STALE_NOTES):  # an earlier note
         text = text.split("\n\n", 1)[1] if "\n\n" in text else ""
@@ -247,12 +248,13 @@ def card_status(model_dir, model, state_dict=None, changed_here: bool = False) -
         return None
     if "hf_eenet" not in (card.data.tags or []):
         return None
-    if not card.data.eval_results:
-        return "marked" if card.text.lstrip().startswith(_STALE_NOTES) else None
     try:
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     except (ValueError, OSError):
         return None
+    if not card.data.eval_results:  # one of our notes, on a card written from results.json (else: not ours)
+        first = card.text.lstrip().split("\n\n", 1)[0]
+        return "marked" if first.startswith(_STALE_NOTES) and _STALE_NOTE_TAIL in first else None
     if not isinstance(results, dict):
         return None
     if results.get("model_sha256"):

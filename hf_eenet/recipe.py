@@ -21,6 +21,7 @@ import platform
 import site
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
@@ -521,7 +522,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     trainer = EENetTrainer(model=model, args=training_args, train_dataset=enc.get("train"),
                            eval_dataset=enc.get("validation"), processing_class=tok,
                            data_collator=DataCollatorWithPadding(tok), self_distillation=args.self_distillation)
-    trainer.mark_stale_cards = False  # this run writes the card (--do_eval) or marks the old one stale itself (below)
     train_info = {}
     if do_train:
         t0 = time.perf_counter()
@@ -586,7 +586,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         # a model this run did not train: every save (also the push's) writes how it was trained, not this run's
         # unused settings; none when they were not recorded (a model saved without them), rather than wrong ones
         trainer.training_args_record = saved_targs
-        trainer.save_model(training_args.output_dir)  # rank 0 writes: weights, config, bank, tokenizer, code
+        with warnings.catch_warnings():  # a card of the old model is marked stale by the save (so it never ships
+            if do_eval:  # beside these weights, also if this run fails later); with --do_eval this run replaces it
+                warnings.filterwarnings("ignore", message=".*held results of another model")
+            trainer.save_model(training_args.output_dir)  # rank 0 writes: weights, config, bank, tokenizer, code
         # ---- predictions on all ranks (Trainer.predict gathers them); reporting on rank 0 only
         val_probs = val_labels = test_probs = test_labels = None
         test_labelled = data.labelled.get("test", False)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
-from transformers import EvalPrediction, Trainer
+from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from .bank import SAVE_LEFTOVER_PATTERNS, atomic_save_dir, data_fingerprint, recover_leftovers_in
 from .evaluation import evaluate_exits
@@ -133,11 +133,25 @@ EXIT_OUTPUT_KEYS = ("exit_logits", "exit_index", "exit_layer", "exit_cost")
 SERVING_ONLY_ARGUMENTS = ("exit_policy", "budget", "cuda_graphs")
 
 
-def _row_lengths(dataset) -> np.ndarray | None:
-    """Tokens per row of a tokenized ``datasets.Dataset`` (attention-mask sums, else ``input_ids`` lengths), or
-    ``None`` where they cannot be read."""
-    if hasattr(dataset, "with_format"):  # every column as plain lists, whatever format the dataset was given
-        dataset = dataset.with_format(None)
+class _FirstOptimizerStep(TrainerCallback):
+    """Tells the trainer when a run's weights first change (``EENetTrainer._weights_changed``)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._weights_changed()
+
+
+def _row_lengths(dataset, max_rows: int | None = None) -> np.ndarray | None:
+    """Tokens per row of a tokenized map-style ``datasets.Dataset`` (attention-mask sums, else ``input_ids``
+    lengths; the first ``max_rows`` rows when given), or ``None`` where they cannot be read without consuming it (a
+    streaming dataset, a plain torch Dataset)."""
+    if not hasattr(dataset, "with_format") or not hasattr(dataset, "__len__") or not hasattr(dataset, "select"):
+        return None
+    dataset = dataset.with_format(None)  # every column as plain lists, whatever format the dataset was given
+    if max_rows is not None and len(dataset) > max_rows:
+        dataset = dataset.select(range(max_rows))
     columns = getattr(dataset, "column_names", None)
     if not isinstance(columns, list):
         return None
@@ -202,6 +216,7 @@ class EENetTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if self.model is not None:  # with model_init, checked when train() builds the model
             _check_eenet_model(self.model)
+        self.add_callback(_FirstOptimizerStep(self))
         self.self_distillation = self_distillation
         self.distill_start = distill_start
         self.distill_temperature = distill_temperature
@@ -220,8 +235,9 @@ class EENetTrainer(Trainer):
     def _inner_training_loop(self, *args, **kwargs):
         """Training starts here, on the model that trains (also one ``model_init`` built), before its optimizer is
         built: a scheduler bank the model has is set aside (:meth:`_drop_bank_before_training`). It is removed for
-        good, with a warning, when the first training step runs; a run that fails before that (no train dataset, a
-        batch that does not collate, ...) puts it back, so the model is left as it was."""
+        good, with a warning, at the first optimizer step (the weights change); a run that fails before that (no
+        train dataset, a batch that does not collate, a first forward that fails, ...) puts it back, so the model is
+        left as it was."""
         self._first_step_done = False
         saved = self._drop_bank_before_training()
         try:
@@ -234,20 +250,23 @@ class EENetTrainer(Trainer):
             self._restore_bank(saved)  # the bank was fitted on
         return out
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
+    def _weights_changed(self) -> None:
+        """The first optimizer step of a run: what ``_inner_training_loop`` set aside is removed for good."""
         if not getattr(self, "_first_step_done", True):
             self._first_step_done = True
             removed = getattr(self, "_set_aside", None)
             if removed:
                 warnings.warn(removed, UserWarning, stacklevel=2)
-        return super().training_step(model, inputs, num_items_in_batch)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Resuming loads a checkpoint's weights, for which a bank fitted on the model's own weights is stale:
-        removed first, with a warning (a checkpoint written during training has none; a folder without weights is
-        left to the stock error, the bank kept)."""
-        if (model is None or model is self.model) and os.path.isdir(resume_from_checkpoint) and any(
-                name.endswith((".safetensors", ".bin")) for name in os.listdir(resume_from_checkpoint)):
+        removed first, with a warning (a checkpoint written during training has none). A folder that is not a
+        Trainer checkpoint (no ``trainer_state.json`` or no weights) is left to the stock error, the bank kept."""
+        from transformers.trainer import TRAINER_STATE_NAME
+
+        folder = resume_from_checkpoint
+        if (model is None or model is self.model) and os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME)) and \
+                any(name.endswith((".safetensors", ".bin")) and name != "training_args.bin" for name in os.listdir(folder)):
             if self._drop_bank_before_training() is not None:
                 warnings.warn(self._set_aside, UserWarning, stacklevel=2)
         return super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -256,15 +275,15 @@ class EENetTrainer(Trainer):
         """Remove a scheduler bank the model has: it was fitted on the exits' outputs *before* training and would
         serve budgets it no longer meets, from the final model and from every checkpoint written during training;
         refit it with :meth:`fit_scheduler` afterwards. A recorded ``config.max_seq_length`` (the length the model
-        serves, its bank fitted at) shorter than the training rows goes too: the model is trained on longer inputs,
-        and the next fit records the length of its rows. Returns what was removed (for :meth:`_restore_bank`), or
+        serves, its bank fitted at) shorter than the training rows (the first 10,000 of a map-style dataset) goes
+        too: the model is trained on longer inputs, and the next fit records the length of its rows. Returns what was removed (for :meth:`_restore_bank`), or
         ``None``; the warning to give once training runs is kept in ``self._set_aside``."""
         model = self.accelerator.unwrap_model(self.model)
         _check_eenet_model(model)
         config = model.config
         budgets = list(getattr(config, "scheduler_budgets", None) or [])
         recorded = getattr(config, "max_seq_length", None)
-        lengths = _row_lengths(self.train_dataset) if recorded else None
+        lengths = _row_lengths(self.train_dataset, max_rows=10_000) if recorded else None  # a sample of them
         longer = lengths is not None and len(lengths) and int(lengths.max()) > recorded
         self._set_aside = None
         if not budgets and not longer:
@@ -379,8 +398,7 @@ class EENetTrainer(Trainer):
         ``README.md`` + ``results.json``) that describes other weights or another scheduler bank than the model
         saved is kept, marked stale (its model-index results removed, a note on top; ``mark_card_stale``), with a
         warning — else it would ship, and be pushed, as this model's results. A card already marked has its note
-        brought up to date (the budgets the model serves now). Off with ``mark_stale_cards = False`` (the recipe
-        writes or marks its card itself)."""
+        brought up to date (the budgets the model serves now). Off with ``mark_stale_cards = False``."""
         from .model_card import card_status, mark_card_stale
 
         if not self.mark_stale_cards or Path(tmp, "README.md").exists():
@@ -390,6 +408,9 @@ class EENetTrainer(Trainer):
                              changed_here=self.state.global_step > 0 or self.scheduler_fit_mode is not None)
         if status not in ("stale", "marked"):
             return
+        if status == "marked" and f"it now serves budgets {list(model.config.scheduler_budgets or [])}." in \
+                Path(folder, "README.md").read_text(encoding="utf-8"):
+            return  # the note is up to date
         shutil.copy(Path(folder, "README.md"), Path(tmp, "README.md"))
         mark_card_stale(tmp, model, "changed (saved by EENetTrainer with other weights or another scheduler bank)",
                         subject="model")
@@ -653,6 +674,11 @@ class EENetTrainer(Trainer):
                    else "(its position table / tokenizer)")
                 + f": the bank would be fitted on inputs it never serves; tokenize them with truncation=True, "
                   f"max_length={served}{hint}")
+        if given is not None and truncated and longest < given:
+            warnings.warn(f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} rows have "
+                          f"exactly that length) but max_seq_length={given} is recorded: served inputs up to {given} "
+                          "tokens make the exits' confidence, and so the budgets' spend, differ from the fit",
+                          UserWarning, stacklevel=3)
         if given is not None or not truncated or longest == served:
             return given
         if recorded is None:
@@ -733,8 +759,12 @@ class EENetTrainer(Trainer):
                                  "whole bank (extend=False)")
         length = self._fitting_length(model, eval_dataset if eval_dataset is not None else self.eval_dataset,
                                       max_seq_length)
-        # (extend=True: the bank's other entries were fitted on these very rows, the data fingerprint checks it, so a
-        # length found or given now holds for them too)
+        recorded = model.config.max_seq_length
+        if extend and model.config.scheduler_budgets and length is not None and recorded is not None \
+                and length != recorded:  # (a bank saved without a length: its entries were fitted on these very rows,
+            # the data fingerprint checks it, so the length found now holds for them too)
+            raise ValueError(f"extend=True: the bank serves at {recorded} tokens (config.max_seq_length), this fit at "
+                             f"{length}; refit the whole bank (extend=False)")
         probs, labels = self.collect_exit_predictions(eval_dataset)
         fingerprint = data_fingerprint(probs, labels)
         if extend and model.config.scheduler_bank:

@@ -272,7 +272,7 @@ def test_graph_cache_keeps_one_entry_per_inference_mode_and_a_lock():
     # (here, off CUDA, with both problems named), whatever its batch size
     two = random_batch(n=2, max_len=8, seed=1, pad_id=model.config.pad_token_id)
     for batch in ({k: v[:1] for k, v in two.items()}, two):
-        with pytest.raises(ValueError, match=r"CUDA device.*it also runs without autograd: call it under torch"):
+        with pytest.raises(ValueError, match=r"CUDA device, this one is on cpu, and runs only without autograd: call it under torch"):
             model(**batch, exit_policy=make_policy("maxprob", model, 0.5, "bert"), cuda_graphs=True)
     with torch.no_grad(), pytest.raises(ValueError, match=r"CUDA device, this one is on cpu$"):
         model(**two, exit_policy=make_policy("maxprob", model, 0.5, "bert"), cuda_graphs=True)

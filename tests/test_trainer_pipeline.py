@@ -188,7 +188,23 @@ def test_model_init_trains_a_model_without_the_old_bank_and_a_failed_train_keeps
                                      batched=True)
     with pytest.raises(ValueError, match="create tensor"):  # the first batch does not collate (ragged labels)
         trainer.train()
+    trainer.train_dataset = data.map(lambda b: {"labels": [7] * len(b["labels"])}, batched=True)
+    with pytest.raises((ValueError, IndexError, RuntimeError)):  # the first forward fails (labels out of range)
+        trainer.train()
+    with pytest.raises((ValueError, FileNotFoundError)):  # the model's own folder is no Trainer checkpoint
+        trainer.train(resume_from_checkpoint=trained["dir"])
     assert model.config.scheduler_budgets == [0.4, 0.6, 0.8] and len(model.eenet_schedulers) == 3
+    # a streamed training set is not read ahead (the recorded length is checked on map-style datasets only)
+    from datasets import IterableDataset
+
+    model.config.max_seq_length = 8
+    stream = IterableDataset.from_generator(lambda: iter(data), features=data.features)
+    streamer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path / "s", max_steps=1, per_device_train_batch_size=4),
+                                     train_dataset=stream, processing_class=tok,
+                                     data_collator=DataCollatorWithPadding(tok))
+    with pytest.warns(UserWarning, match="removed"):
+        streamer.train()
+    assert streamer.state.global_step == 1 and model.config.max_seq_length == 8
     # resuming a model that has a bank: the bank goes before the checkpoint's weights are loaded (no missing-keys
     # report for it) and before the optimizer is built, so its state matches the checkpoint's
     import logging
@@ -267,8 +283,12 @@ def test_fit_scheduler_reads_every_row_and_records_the_length_it_was_fitted_at(t
     with pytest.raises(ValueError, match=r"up to 16 tokens long but the model serves at most 8"):
         trainer.fit_scheduler(eval_dataset=longer, budgets=[0.6])
     assert model.config.max_seq_length == 8 and model.config.scheduler_budgets == [0.6]
+    with pytest.warns(UserWarning, match=r"truncated at 8 tokens .* but max_seq_length=16 is recorded"):
+        trainer.fit_scheduler(eval_dataset=cut, budgets=[0.6], restarts=1, max_epochs=2, max_seq_length=16)
     trainer.fit_scheduler(eval_dataset=longer, budgets=[0.6], restarts=1, max_epochs=2, max_seq_length=16)
     assert model.config.max_seq_length == 16
+    with pytest.raises(ValueError, match=r"extend=True: the bank serves at 16 tokens .* this fit at 24"):
+        trainer.fit_scheduler(eval_dataset=longer, budgets=[0.8], extend=True, max_seq_length=24)
     with pytest.raises(ValueError, match=r"max_seq_length=65 is longer than this model takes \(64 tokens"):
         trainer.fit_scheduler(eval_dataset=longer, budgets=[0.6], max_seq_length=65)  # the toy model's positions
     # the lengths are read whatever the dataset's format (set_format("torch") as in the course)
@@ -940,6 +960,14 @@ def test_recipe_end_to_end_small(tmp_path):
     with pytest.warns(UserWarning, match="held results of another model"):
         trainer.save_model(str(legacy))
     assert not ModelCard.load(str(legacy / "README.md")).data.eval_results
+    # a user's own card that merely opens with a note like ours is not ours to rewrite
+    own = tmp_path / "own"
+    own.mkdir()
+    text = "---\ntags:\n- hf_eenet\n---\n> **Note:** the model was fine-tuned by me.\n\nContact: me@example.com\n"
+    (own / "README.md").write_text(text)
+    (own / "results.json").write_text(json.dumps(data))
+    trainer.save_model(str(own))
+    assert (own / "README.md").read_text() == text
     # a README that is not a card we can read is left alone, and the save goes on
     odd = tmp_path / "odd"
     odd.mkdir()
