@@ -201,6 +201,11 @@ _STALE_NOTES = ("> **Note:** the scheduler bank was", "> **Note:** the model was
 _STALE_NOTE_TAIL = "describe the earlier model: re-evaluate (`hf-eenet evaluate`) before relying on them."
 
 
+def _is_stale_note(paragraph: str) -> bool:
+    """Whether a card's first paragraph is a note :func:`mark_card_stale` wrote."""
+    return paragraph.startswith(_STALE_NOTES) and _STALE_NOTE_TAIL in paragraph
+
+
 def mark_card_stale(model_dir: str, model, what: str, subject: str = "scheduler bank") -> None:
     """After the model or its bank changed without a new evaluation (``hf-eenet fit-scheduler`` / ``rematch``, the
     recipe retraining into the folder without ``--do_eval``): the folder's card no longer describes the model it
@@ -220,7 +225,7 @@ def mark_card_stale(model_dir: str, model, what: str, subject: str = "scheduler 
             f"budgets {list(model.config.scheduler_budgets or [])}. The results below (and results.json) "
             f"{_STALE_NOTE_TAIL}\n\n")
     text = card.text.lstrip("\n")
-    if text.startswith(_STALE_NOTES):  # an earlier note
+    if _is_stale_note(text.split("\n\n", 1)[0]):  # an earlier note of ours (a user's own note stays)
         text = text.split("\n\n", 1)[1] if "\n\n" in text else ""
     card.text = note + text
     card.save(str(path))
@@ -253,8 +258,7 @@ def card_status(model_dir, model, state_dict=None, changed_here: bool = False) -
     except (ValueError, OSError):
         return None
     if not card.data.eval_results:  # one of our notes, on a card written from results.json (else: not ours)
-        first = card.text.lstrip().split("\n\n", 1)[0]
-        return "marked" if first.startswith(_STALE_NOTES) and _STALE_NOTE_TAIL in first else None
+        return "marked" if _is_stale_note(card.text.lstrip().split("\n\n", 1)[0]) else None
     if not isinstance(results, dict):
         return None
     if results.get("model_sha256"):

@@ -143,12 +143,19 @@ class _FirstOptimizerStep(TrainerCallback):
         self.trainer._weights_changed()
 
 
-def _row_lengths(dataset, max_rows: int | None = None) -> np.ndarray | None:
+def _row_lengths(dataset, max_rows: int | None = None, read_streams: bool = False) -> np.ndarray | None:
     """Tokens per row of a tokenized map-style ``datasets.Dataset`` (attention-mask sums, else ``input_ids``
     lengths; the first ``max_rows`` rows when given), or ``None`` where they cannot be read without consuming it (a
-    streaming dataset, a plain torch Dataset)."""
+    streaming dataset, a plain torch Dataset). ``read_streams``: a (finite) iterable of rows is read through, as for
+    a validation set that is read in full anyway."""
     if not hasattr(dataset, "with_format") or not hasattr(dataset, "__len__") or not hasattr(dataset, "select"):
-        return None
+        if not read_streams or not hasattr(dataset, "__iter__"):
+            return None
+        try:
+            return np.asarray([int(np.sum(np.asarray(row["attention_mask"]))) if "attention_mask" in row
+                               else len(row["input_ids"]) for row in dataset])
+        except (TypeError, ValueError, KeyError):
+            return None
     dataset = dataset.with_format(None)  # every column as plain lists, whatever format the dataset was given
     if max_rows is not None and len(dataset) > max_rows:
         dataset = dataset.select(range(max_rows))
@@ -243,11 +250,11 @@ class EENetTrainer(Trainer):
         try:
             out = super()._inner_training_loop(*args, **kwargs)
         except BaseException:
-            if saved is not None and not self._first_step_done:
+            if saved is not None and not self._first_step_done and self.state.global_step == 0:
                 self._restore_bank(saved)
             raise
-        if saved is not None and not self._first_step_done:  # no step ran (max_steps=0, ...): the weights are as
-            self._restore_bank(saved)  # the bank was fitted on
+        if saved is not None and not self._first_step_done and self.state.global_step == 0:  # no step ran
+            self._restore_bank(saved)  # (max_steps=0, ...): the weights are as the bank was fitted on
         return out
 
     def _weights_changed(self) -> None:
@@ -657,7 +664,7 @@ class EENetTrainer(Trainer):
         if given is not None and given > limit:
             raise ValueError(f"max_seq_length={given} is longer than this model takes ({limit} tokens: its position "
                              "table / the tokenizer's model_max_length), so it would never be served at that length")
-        lengths = _row_lengths(dataset)
+        lengths = _row_lengths(dataset, read_streams=True)
         recorded = getattr(model.config, "max_seq_length", None)
         served = given or max_input_tokens(model.config, self.processing_class)
         if lengths is None or not len(lengths):

@@ -205,6 +205,15 @@ def test_model_init_trains_a_model_without_the_old_bank_and_a_failed_train_keeps
     with pytest.warns(UserWarning, match="removed"):
         streamer.train()
     assert streamer.state.global_step == 1 and model.config.max_seq_length == 8
+    # steps that ran without the trainer hearing of them (its callback removed): the bank is not put back
+    model.set_scheduler_bank({0.6: hf_eenet.EENetBertForSequenceClassification.from_pretrained(
+        trained["dir"]).get_exit_policy(0.6)})
+    model.config.max_seq_length = None
+    deaf = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path / "d", max_steps=2, per_device_train_batch_size=8),
+                                 train_dataset=data, processing_class=tok, data_collator=DataCollatorWithPadding(tok))
+    deaf.remove_callback(hf_eenet.trainer._FirstOptimizerStep)
+    deaf.train()
+    assert deaf.state.global_step == 2 and model.config.scheduler_budgets == []
     # resuming a model that has a bank: the bank goes before the checkpoint's weights are loaded (no missing-keys
     # report for it) and before the optimizer is built, so its state matches the checkpoint's
     import logging
@@ -282,6 +291,8 @@ def test_fit_scheduler_reads_every_row_and_records_the_length_it_was_fitted_at(t
         lambda b: tok(b["text"], truncation=True, max_length=16), batched=True, remove_columns=["text"])
     with pytest.raises(ValueError, match=r"up to 16 tokens long but the model serves at most 8"):
         trainer.fit_scheduler(eval_dataset=longer, budgets=[0.6])
+    with pytest.raises(ValueError, match=r"up to 16 tokens long but the model serves at most 8"):  # streamed too
+        trainer.fit_scheduler(eval_dataset=longer.to_iterable_dataset(), budgets=[0.6])
     assert model.config.max_seq_length == 8 and model.config.scheduler_budgets == [0.6]
     with pytest.warns(UserWarning, match=r"truncated at 8 tokens .* but max_seq_length=16 is recorded"):
         trainer.fit_scheduler(eval_dataset=cut, budgets=[0.6], restarts=1, max_epochs=2, max_seq_length=16)
@@ -968,6 +979,10 @@ def test_recipe_end_to_end_small(tmp_path):
     (own / "results.json").write_text(json.dumps(data))
     trainer.save_model(str(own))
     assert (own / "README.md").read_text() == text
+    from hf_eenet.model_card import mark_card_stale
+
+    mark_card_stale(str(own), model, "refitted")  # (the CLI's fit-scheduler / rematch): the user's note stays below
+    assert "> **Note:** the model was fine-tuned by me." in (own / "README.md").read_text()
     # a README that is not a card we can read is left alone, and the save goes on
     odd = tmp_path / "odd"
     odd.mkdir()
