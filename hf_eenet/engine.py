@@ -18,7 +18,7 @@ chunk's hidden states ``[chunk_size, longest, h]`` (plus one micro-batch's activ
 re-pack briefly holds the old and the compacted copy (peak about 1.75x the hidden states on the GPU run in
 ``benchmarks/results/engine_gpu_h200.json``); bound it with ``chunk_size``. The default chunk
 (:func:`default_chunk_size`) is 32 micro-batches, at least 1024 and at most 4096 texts, and ends earlier where it
-would hold more than 1024 texts of 512 tokens do (``DEFAULT_CHUNK_TOKENS``): each exit's host read drains
+would hold more tokens than 1024 texts of 512 tokens (``DEFAULT_CHUNK_TOKENS``): each exit's host read drains
 the device's queue once per chunk, so a chunk should hold many micro-batches (8 at ``micro_batch_size=128`` and 1024
 texts would pay that stall over little work).
 
@@ -267,12 +267,10 @@ class _LayerGraphs:
     @staticmethod
     def fingerprint(model):
         params = list(model.backbone.encoder.parameters())
-        device = params[0].device
         # static buffers made under inference_mode are inference tensors: keep one cache per mode; graphs captured
-        # with one attention implementation replay its kernels, so set_attn_implementation(...) recaptures; graphs
-        # captured under autocast replay its casts (and without it, none): each autocast setting has its own
-        autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
-        return (params[0].dtype, device, torch.is_inference_mode_enabled(), autocast,
+        # with one attention implementation replay its kernels, so set_attn_implementation(...) recaptures (the
+        # autocast setting, whose casts graphs replay, chooses the cache slot in ``of``)
+        return (params[0].dtype, params[0].device, torch.is_inference_mode_enabled(),
                 getattr(model.config, "_attn_implementation", None), tuple(p.data_ptr() for p in params))
 
     @classmethod
