@@ -11,6 +11,8 @@ indexed like ``config.scheduler_budgets`` (sorted ascending). Every entry has a 
      "data_fingerprint": "sha256:...",   # of the validation labels + rounded exit probabilities (None: unknown)
      "scheduler_config": {...},          # the scheduler's get_config()
      "state_sha256": "...",              # digest of the scheduler's tensors when the record was written
+     "weights_sha256": {"bfloat16": "...", "float16": "..."},  # the model's weights the bank was fitted for
+                                                               # (besides the bank; see weights_digest)
      "plan": "geometric",                # share plan of the kept candidate (§6; None: not recorded)
      "rematched_on": {"rows": 5000, "fingerprint": "sha256:..."}}  # optional: thresholds re-matched on unlabelled
                                                                     # traffic (model.rematch_budgets)
@@ -70,6 +72,14 @@ class SchedulerBank(nn.ModuleList):
 
         return super()._apply(keep_dtype, recurse)
 
+    def frozen(self) -> "SchedulerBank":
+        """No gradient for any scheduler tensor (and none left over): an optimizer built on the model's parameters
+        (``Trainer`` keeps only those that require a gradient) never moves the bank. Returns ``self``."""
+        for p in self.parameters():
+            p.grad = None
+            p.requires_grad_(False)
+        return self
+
 
 # ----------------------------------------------------------------------------------------------------- fingerprints
 def data_fingerprint(exit_probs, labels, decimals: int = 4) -> str:
@@ -99,8 +109,117 @@ def state_digest(module) -> str:
     return h.hexdigest()
 
 
-def make_record(scheduler, budget: float, data_fingerprint: str | None = None) -> dict:
-    """The JSON record of one fitted scheduler under bank key ``budget``."""
+# ------------------------------------------------------------------------------------- the weights a bank is for
+#: optimizer steps and state-dict loads in this process, counted by a global optimizer hook and by the models'
+#: ``load_state_dict``: the per-request check (:func:`stale_bank_reason`) re-reads a model's weights only after one
+_WEIGHT_EVENTS = [0]
+
+
+def note_weight_change(*_args, **_kwargs) -> None:
+    """Count an event that may have changed some model's weights (an optimizer step, a state-dict load)."""
+    _WEIGHT_EVENTS[0] += 1
+
+
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
+
+register_optimizer_step_post_hook(note_weight_change)  # an int increment per step, no more
+
+_BANK_PREFIX = "eenet_schedulers."
+_ROUNDINGS = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _weight_tensors(model) -> list[tuple[str, torch.Tensor]] | None:
+    """The model's state besides the bank, sorted by name; ``None`` where it cannot be read here (meta tensors of an
+    offloaded model, sharded DTensor / FSDP parameters: each rank holds a part)."""
+    items = sorted((k, t) for k, t in model.state_dict(keep_vars=True).items() if not k.startswith(_BANK_PREFIX))
+    for _, t in items:
+        if t.device.type == "meta" or type(t).__name__ in ("DTensor", "FlatParameter"):
+            return None
+    return items
+
+
+def _rounding(items) -> str:
+    """The precision a model's weights are compared in first: float16 when it holds float16 weights, else bfloat16."""
+    return "float16" if any(t.dtype == torch.float16 for _, t in items) else "bfloat16"
+
+
+def _digest(items, rounding: str) -> str:
+    h = hashlib.sha256()
+    dtype = _ROUNDINGS[rounding]
+    for key, t in items:
+        t = t.detach()
+        if t.is_floating_point():
+            t = t.to(dtype)
+        t = t.cpu().contiguous()
+        h.update(f"{key}|{tuple(t.shape)}|{t.dtype if not t.is_floating_point() else rounding}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def weights_digest(model) -> dict | None:
+    """What a bank records about the weights it was fitted for: ``{"bfloat16": sha256, "float16": sha256}`` of the
+    model's state besides the bank, every floating tensor rounded to that precision first (``None``: not readable
+    here, see ``_weight_tensors``; nothing is then checked).
+
+    Rounded so that a model cast to bfloat16 / float16 for serving (``model.half()``, ``dtype=`` at load, and back)
+    still matches the float32 weights its bank was fitted on (it matches one of the two), while any training does
+    not: an optimizer step moves thousands of weights across a rounding boundary (a bfloat16 step is 2^-8 of a
+    weight, a float16 one 2^-11)."""
+    items = _weight_tensors(model)
+    if items is None:
+        return None
+    return {r: _digest(items, r) for r in _ROUNDINGS}
+
+
+def _weights_signature(items) -> tuple:
+    """Cheap identity of the tensors (object, storage, dtype, device, in-place version): unchanged, the weights are."""
+    return tuple((k, id(t), t.data_ptr(), t.dtype, t.device, t._version) for k, t in items)
+
+
+STALE_BANK_MESSAGE = (
+    "the scheduler bank was fitted for other weights: the model's weights changed after the bank was fitted (trained "
+    "or edited without EENetTrainer, which removes the bank; e.g. with transformers.Trainer or a loop of your own), "
+    "so its thresholds no longer spend the budgets they were fitted for; refit the bank on validation data "
+    "(EENetTrainer.fit_scheduler, hf-eenet fit-scheduler) or remove it (model.clear_scheduler_bank())")
+
+
+def stale_bank_reason(model, force: bool = False) -> str | None:
+    """Why the model's bank must not be served (:data:`STALE_BANK_MESSAGE`) when its weights differ from those the
+    bank recorded (``weights_sha256``), else ``None`` (also for banks saved before the record existed).
+
+    Cheap on the serving path: nothing is read when no optimizer step or state-dict load happened in this process
+    since the last check (:data:`_WEIGHT_EVENTS`); then the tensors' signature is compared, and the digest is
+    recomputed only when that changed. ``force`` (load, save, ``eval()``) compares the signature whatever the count,
+    which also sees in-place edits outside an optimizer (``param.data.copy_``, ``nn.init``)."""
+    records = getattr(model.config, "scheduler_bank", None) or []
+    stored = [r.get("weights_sha256") if isinstance(r, dict) else None for r in records]
+    if not stored or any(not isinstance(d, dict) for d in stored):
+        return None  # no bank, or one saved before weights were recorded (or fitted where they could not be read)
+    want = stored[0]
+    cache = model.__dict__.get("_eenet_weights_check")
+    events = _WEIGHT_EVENTS[0]
+    if cache is not None and cache["want"] is want and cache["events"] == events and not force:
+        return cache["reason"]
+    items = _weight_tensors(model)
+    if items is None:
+        return None
+    sig = _weights_signature(items)
+    if cache is not None and cache["want"] is want and cache["sig"] == sig:
+        cache["events"] = events
+        return cache["reason"]
+    # the precision the weights are held in first; then the other one (a model cast to float16 and back holds the
+    # float16 values, whose bfloat16 rounding is not that of the fitted weights)
+    first = _rounding(items)
+    order = [first] + [r for r in _ROUNDINGS if r != first]
+    reason = None if any(want.get(r) == _digest(items, r) for r in order) else STALE_BANK_MESSAGE
+    model.__dict__["_eenet_weights_check"] = {"want": want, "events": events, "sig": sig, "reason": reason}
+    return reason
+
+
+def make_record(scheduler, budget: float, data_fingerprint: str | None = None,
+                weights_sha256: dict | None = None) -> dict:
+    """The JSON record of one fitted scheduler under bank key ``budget`` (``weights_sha256``: :func:`weights_digest`
+    of the model it was fitted for)."""
     return {
         "budget": float(budget),
         "costs": [float(c) for c in scheduler.costs],
@@ -111,6 +230,7 @@ def make_record(scheduler, budget: float, data_fingerprint: str | None = None) -
         "state_sha256": state_digest(scheduler),
         # the share plan of the kept candidate (learned / geometric / static): what rematch_budgets re-runs
         "plan": (getattr(scheduler, "fit_info", None) or {}).get("plan"),
+        "weights_sha256": weights_sha256,
     }
 
 
@@ -264,6 +384,10 @@ def verify_bank(model, where: str = "check") -> list[dict]:
                       or len({m["fingerprint"] for m in rematched}) > 1):
         _fail(where, "the bank mixes thresholds re-matched on different traffic samples (or on none), or a "
                      "rematched_on record is malformed: re-match the whole bank at once (rematch_budgets)")
+    weights = {json.dumps(r["weights_sha256"], sort_keys=True) for r in present if r.get("weights_sha256")}
+    if len(weights) > 1:
+        _fail(where, "the bank mixes schedulers fitted for different model weights (config.scheduler_bank "
+                     "weights_sha256); refit the whole bank on the model as it is now")
     for b, sched, rec in zip(budgets, schedulers, records):
         check_budget_fraction(b, "config.scheduler_budgets entry")
         check_scheduler(sched, cfg, b, where)
@@ -1065,6 +1189,9 @@ __all__ = [
     "SAVE_LEFTOVER_PATTERNS",
     "recover_leftovers_in",
     "make_record",
+    "weights_digest",
+    "stale_bank_reason",
+    "note_weight_change",
     "scheduler_config_json",
     "same_scheduler_config",
     "check_scheduler",

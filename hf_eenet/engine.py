@@ -41,7 +41,7 @@ from itertools import chain
 
 import torch
 
-from .validation import check_bool, check_int
+from .validation import check_bool, check_int, check_single_label, check_texts
 
 ROW_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -132,14 +132,15 @@ def rows_from_encodings(encodings) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def check_text_list(texts) -> None:
-    """Every element of a list of texts is a ``str``; else TypeError naming the first one that is not (a pair given
+def check_text_list(texts, text_pair=None) -> None:
+    """Every element of a list of texts (and of ``text_pair``, one second segment per text) is a non-empty ``str``
+    (``validation.check_texts``, the pipeline's rule); else an error naming the first one that is not (a pair given
     as a tuple / list gets a pointer to ``text_pair=``)."""
     for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            hint = (" (sentence pairs: pass the first segments as the texts and text_pair=[...] with the second ones)"
-                    if isinstance(t, (tuple, list)) else "")
-            raise TypeError(f"texts[{i}] must be a string, got {type(t).__name__} {t!r:.60}{hint}")
+        if isinstance(t, (tuple, list)):
+            raise TypeError(f"texts[{i}] must be a string, got {type(t).__name__} {t!r:.60} (sentence pairs: pass the "
+                            "first segments as the texts and text_pair=[...] with the second ones)")
+    check_texts(texts, "texts", text_pair, "text_pair")
 
 
 def check_rows_per_text(n_texts: int, rows: list, tokenizer_kwargs) -> None:
@@ -426,8 +427,7 @@ def depth_wave_forward(
     graphs = layer_graphs(model, micro_batch_size) if check_bool(cuda_graphs, "cuda_graphs") else None
     num_exits = model.config.num_exits
     if exit_policy is not None:
-        if model.config.num_labels < 2:
-            raise ValueError("early-exit policies need a classification head (num_labels >= 2)")
+        check_single_label(model.config)
         exit_policy.check_num_exits(num_exits)
         getattr(model, "_warn_if_training", lambda: None)()  # a model class from older remote code has none
     if stats is not None:

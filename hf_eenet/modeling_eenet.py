@@ -40,7 +40,10 @@ from .bank import (
     check_scheduler,
     data_fingerprint as _data_fingerprint,
     make_record,
+    note_weight_change,
+    stale_bank_reason,
     verify_bank,
+    weights_digest,
     without_inference_tensors,
 )
 from .configuration_eenet import (
@@ -51,7 +54,7 @@ from .configuration_eenet import (
     pairing_mismatch,
 )
 from .policies import ExitPolicy
-from .validation import as_probs_tensor, check_bool, check_budget_fraction, check_int
+from .validation import as_probs_tensor, check_bool, check_budget_fraction, check_int, check_single_label
 
 
 @dataclass
@@ -216,6 +219,15 @@ class EENetExitHead(nn.Module):
         return self.out_proj(self.dropout(x))
 
 
+def exit_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """The exit probabilities every decision reads: float32 softmax over the classes (last dimension) of exit logits
+    in any dtype. Serving (:meth:`EENetModelMixin.exit_step`, the depth-wave engine) and fitting
+    (``EENetTrainer.collect_exit_predictions``, ``exit_probabilities``) all call this one function, so a threshold set
+    on fitting rows sees the very scores the served rows get: near p = 1 another softmax (e.g. float64, then rounded)
+    differs in the last bit for most rows, and tied blocks of saturated rows then cross a threshold together."""
+    return torch.softmax(logits.float(), dim=-1)
+
+
 def exit_loss_weights(num_exits: int) -> list[float]:
     """w_k ∝ k (deeper exits weigh more), normalised to sum to 1 (docs/method.md §2)."""
     total = num_exits * (num_exits + 1) / 2
@@ -266,10 +278,15 @@ class EENetModelMixin:
         Rule between grid points: the largest fitted budget that does not exceed ``budget`` (so the realised cost
         never plans above what was asked); an exact grid point is used as is. Outside the fitted range → ValueError.
         The entry is checked against the config before it is returned (``check_entry``): a scheduler fitted
-        for another budget, other costs or other exits, or with NaN state, raises ``BankIntegrityError``.
+        for another budget, other costs or other exits, or with NaN state, raises ``BankIntegrityError``; so does a
+        bank fitted for other weights than the model has now (``bank.stale_bank_reason``: trained or edited after the
+        fit, e.g. with ``transformers.Trainer``).
         """
         idx = self._bank_index(budget)
         check_entry(self, idx)
+        reason = stale_bank_reason(self)  # O(1) unless an optimizer step or a state-dict load happened since
+        if reason:
+            raise BankIntegrityError(f"EENet scheduler bank before serving: {reason}")
         return self.eenet_schedulers[idx]
 
     def _bank_index(self, budget) -> int:
@@ -277,6 +294,7 @@ class EENetModelMixin:
         budget and the bank's size, without the entry check (the pipeline validates a call's ``budget`` with it and
         leaves the entry check to the forward that serves it)."""
         budget = check_budget_fraction(budget)
+        check_single_label(self.config)
         budgets = list(self.config.scheduler_budgets or [])
         if not budgets:
             raise ValueError(
@@ -305,12 +323,14 @@ class EENetModelMixin:
             cfg.setdefault("num_exits", self.config.num_exits)
             cfg.setdefault("num_classes", self.config.num_labels)
             self.eenet_schedulers.extend(EENetScheduler.from_config(cfg) for _ in self.config.scheduler_budgets)
+            self.eenet_schedulers.frozen()
 
     def _check_bank_candidate(self, scheduler, budget: float) -> None:
         from .scheduler import EENetScheduler
 
         if not isinstance(scheduler, EENetScheduler):
             raise TypeError(f"expected an EENetScheduler, got {type(scheduler).__name__}")
+        check_single_label(self.config, "a scheduler bank")
         if not getattr(scheduler, "is_fitted", False):
             raise ValueError("the scheduler is not fitted: call scheduler.fit(...) first")
         scheduler.check_num_exits(self.config.num_exits)
@@ -332,6 +352,9 @@ class EENetModelMixin:
         entries = {r["budget"]: (s, r) for r, s in zip(records, self.eenet_schedulers)}
         others = {b: e for b, e in entries.items() if b != budget}
         if others:
+            reason = stale_bank_reason(self, force=True)
+            if reason:
+                raise BankIntegrityError(f"add_scheduler: {reason} (the whole bank, fit_scheduler replaces it)")
             if any("rematched_on" in r for _, r in others.values()):
                 raise BankIntegrityError(
                     "the bank's thresholds were re-matched on traffic (rematch_budgets): a scheduler matched on "
@@ -347,7 +370,7 @@ class EENetModelMixin:
                     "the new scheduler was fitted on other validation data (or the same data collected on another "
                     "device or in another precision) than the bank's other schedulers "
                     f"({data_fingerprint} vs {sorted(prints)}): refit the whole bank (fit_scheduler replaces it)")
-        entries[budget] = (scheduler, make_record(scheduler, budget, data_fingerprint))
+        entries[budget] = (scheduler, make_record(scheduler, budget, data_fingerprint, weights_digest(self)))
         self._install_bank({b: e for b, e in entries.items()}, cfg)
 
     def set_scheduler_bank(self, schedulers: dict, *, data_fingerprint: str | None = None) -> None:
@@ -355,11 +378,12 @@ class EENetModelMixin:
         if not isinstance(schedulers, dict) or not schedulers:
             raise ValueError("schedulers must be a non-empty {budget: EENetScheduler} dict")
         entries, cfgs = {}, []
+        weights = weights_digest(self)  # the weights every scheduler of the new bank was fitted for: these
         for b, sched in schedulers.items():
             b = check_budget_fraction(b)
             sched = self._check_bank_candidate(sched, b)
             cfgs.append(scheduler_config_json(sched))
-            entries[b] = (sched, make_record(sched, b, data_fingerprint))
+            entries[b] = (sched, make_record(sched, b, data_fingerprint, weights))
         if any(c != cfgs[0] for c in cfgs):
             raise BankIntegrityError("all schedulers of a bank must share one configuration (scheduler_config)")
         self._install_bank(entries, cfgs[0])
@@ -378,9 +402,13 @@ class EENetModelMixin:
             these rows, as fractions of ``config.exit_costs``). Each bank record gains ``rematched_on`` (rows and
             fingerprint); all entries are re-matched on copies first, so on error the old bank stays.
         """
+        check_single_label(self.config, "re-matching a scheduler bank")
         records = verify_bank(self, where="rematch_budgets")
         if not records:
             raise ValueError("the model has no scheduler bank to re-match: fit one first (EENetTrainer.fit_scheduler)")
+        reason = stale_bank_reason(self, force=True)
+        if reason:  # re-matching moves thresholds, not the heads fitted on the old weights' outputs
+            raise BankIntegrityError(f"rematch_budgets: {reason}")
         probs = as_probs_tensor(exit_probs).to("cpu")  # the shared check: [N, K, C] finite softmax outputs
         expected = (int(self.config.num_exits), int(self.config.num_labels))
         if tuple(probs.shape[1:]) != expected:
@@ -401,7 +429,7 @@ class EENetModelMixin:
                 b = float(rec["budget"])
                 entries[b] = (copy.deepcopy(sched).cpu().rematch_budget(probs), rec)
         for b, (new, rec) in list(entries.items()):
-            record = make_record(new, b, rec.get("data_fingerprint"))
+            record = make_record(new, b, rec.get("data_fingerprint"), rec.get("weights_sha256"))
             record["rematched_on"] = dict(marker)
             entries[b] = (new, record)
             out[b] = dict(new.fit_info["rematch"])
@@ -419,7 +447,7 @@ class EENetModelMixin:
     #: per-process caches kept in the model's ``__dict__`` (captured CUDA graphs with their lock and static buffers;
     #: bank entries already checked; the exit layer/cost tensors): ``copy.deepcopy`` / pickle leave them out, the copy
     #: rebuilds them on first use
-    _EENET_CACHES = ("_eenet_layer_graphs", "_eenet_checked_entries", "_eenet_exit_tables")
+    _EENET_CACHES = ("_eenet_layer_graphs", "_eenet_checked_entries", "_eenet_exit_tables", "_eenet_weights_check")
 
     def __getstate__(self):
         state = super().__getstate__()  # nn.Module's: a copy of __dict__
@@ -470,7 +498,18 @@ class EENetModelMixin:
         fused = self.__dict__.get("_eenet_fused_cpu")
         if fused is not None:
             fused.clear()
-        return super().train(mode)
+        out = super().train(mode)
+        if not mode and getattr(self.config, "scheduler_bank", None):
+            stale_bank_reason(self, force=True)  # weights edited in place since the last check: seen from here on
+        return out
+
+    def load_state_dict(self, *args, **kwargs):
+        """``nn.Module.load_state_dict``; counted as a weight change, so the next request checks that the scheduler
+        bank was fitted for the loaded weights (``bank.stale_bank_reason``)."""
+        try:
+            return super().load_state_dict(*args, **kwargs)
+        finally:
+            note_weight_change()
 
     @property
     def fused_cpu_layers(self) -> bool:
@@ -489,7 +528,7 @@ class EENetModelMixin:
     def _install_bank(self, entries: dict, scheduler_config: dict) -> None:
         device = next(self.parameters()).device
         budgets = sorted(entries)
-        self.eenet_schedulers = SchedulerBank([entries[b][0].to(device) for b in budgets])
+        self.eenet_schedulers = SchedulerBank([entries[b][0].to(device) for b in budgets]).frozen()
         self.config.scheduler_config = scheduler_config
         self.config.scheduler_budgets = budgets
         self.config.scheduler_bank = [entries[b][1] for b in budgets]
@@ -501,8 +540,13 @@ class EENetModelMixin:
                           "(set config.default_budget to choose another)", stacklevel=3)
 
     def verify_scheduler_bank(self) -> list[dict]:
-        """Check the bank against the config (see ``hf_eenet.verify_bank``); returns the records."""
-        return verify_bank(self)
+        """Check the bank against the config (see ``hf_eenet.verify_bank``) and the model's weights
+        (``bank.stale_bank_reason``); returns the records."""
+        records = verify_bank(self)
+        reason = stale_bank_reason(self, force=True)
+        if reason:
+            raise BankIntegrityError(f"EENet scheduler bank check: {reason}")
+        return records
 
     # ------------------------------------------------------------------ persistence
     def _apply(self, fn, *args, **kwargs):
@@ -537,6 +581,10 @@ class EENetModelMixin:
             for rec, sched in zip(records, model.eenet_schedulers):  # fit_info is not in the weights: the plan
                 if rec.get("plan") and not (sched.fit_info or {}).get("plan"):  # comes back from the record
                     sched.fit_info = dict(sched.fit_info or {}, plan=rec["plan"])
+            reason = stale_bank_reason(model, force=True)
+            if reason:  # the model loads (to be refitted); serving a budget raises
+                warnings.warn(f"{reason}. The model is loaded; serving a budget raises BankIntegrityError until the "
+                              "bank is refitted", UserWarning, stacklevel=2)
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -555,6 +603,9 @@ class EENetModelMixin:
                              "quantise after loading")
         if self.config.scheduler_budgets or self.config.scheduler_bank:
             self.config.scheduler_bank = verify_bank(self, where="on save") or None
+            reason = stale_bank_reason(self, force=True)
+            if reason:  # saved as it is (a Trainer checkpoint must not fail): loads warn, serving raises
+                warnings.warn(f"saving a stale bank: {reason}", UserWarning, stacklevel=2)
         is_main = kwargs.get("is_main_process", True)
         custom = {"text-classification": {"impl": "pipeline_eenet.EENetTextClassificationPipeline",
                                           "pt": ["AutoModelForSequenceClassification"], "type": "text"}}
@@ -685,8 +736,7 @@ class EENetModelMixin:
         logits = self._exit_logits(k, hidden, mask2d)
         if exit_policy is None or k == self.config.num_exits - 1:
             return logits, None
-        probs = torch.softmax(logits.float(), dim=-1)
-        return logits, exit_policy.decide(k, probs, state).to(torch.bool)
+        return logits, exit_policy.decide(k, exit_softmax(logits), state).to(torch.bool)
 
     def exit_forward(
         self,
@@ -744,8 +794,7 @@ class EENetModelMixin:
             exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=hidden.device)
             return exit_logits[:, -1], exit_index, exit_logits
 
-        if self.config.num_labels < 2:
-            raise ValueError("early-exit policies need a classification head (num_labels >= 2)")
+        check_single_label(self.config)
         exit_policy.check_num_exits(num_exits)
         self._warn_if_training()
         device = hidden.device
@@ -908,7 +957,7 @@ class EENetModelMixin:
             inputs = [inputs]
         n_texts = None
         if isinstance(inputs, (list, tuple)) and inputs and any(isinstance(t, (str, list, tuple)) for t in inputs):
-            check_text_list(inputs)
+            check_text_list(inputs, tokenizer_kwargs.get("text_pair"))
             if tokenizer is None:
                 raise ValueError("early_exit_predict got texts: pass tokenizer= (or give tokenizer output)")
             trained_on = pairing_mismatch(self.config, tokenizer_kwargs.get("text_pair") is not None)

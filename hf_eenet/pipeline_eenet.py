@@ -23,7 +23,7 @@ from transformers import TextClassificationPipeline
 
 from .configuration_eenet import max_input_tokens, pairing_mismatch
 from .engine import ROW_KEYS, default_chunk_size
-from .validation import check_bool, check_int
+from .validation import check_bool, check_int, check_text
 
 
 class EENetTextClassificationPipeline(TextClassificationPipeline):
@@ -205,8 +205,7 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
     def _check_text(t) -> None:
         if not isinstance(t, str):
             raise TypeError(f"texts must be str (or a {{'text', 'text_pair'}} dict), got {type(t).__name__}: {t!r}")
-        if not t.strip():
-            raise ValueError("the pipeline got an empty string; give non-empty text")
+        check_text(t, "the pipeline's text")  # the rule of every entry point (validation.check_text)
 
     def _tokenizer_kwargs(self, tokenizer_kwargs: dict) -> dict:
         """Truncation on by default, to what the model takes (``_max_tokens``)."""

@@ -190,7 +190,9 @@ class ScoreThresholdPolicy(ExitPolicy):
         so ``q`` is then bisected again against the *realised* cost on the calibration data. The result is the
         candidate whose realised cost is closest to the budget among those that exceed it by at most one sample's
         worth, ``(c_K - c_1) / N``; with many tied scores (saturated probabilities) that may be unreachable, and
-        ``.note`` says so.
+        ``.note`` says so. The thresholds are then moved halfway to the next lower calibration score
+        (:func:`refine_thresholds`, D8): the same rows pass, and no calibration row sits on a threshold, where the last
+        bit of its score (another batch shape) would decide its exit.
 
         Returns:
             an instance with ``thresholds`` and ``budget``, ``costs``, ``planned_cost`` (realised average cost on the
@@ -205,7 +207,7 @@ class ScoreThresholdPolicy(ExitPolicy):
             check_labels(labels, n, num_classes)
         scores = cls.calibration_scores(probs)
         thresholds, log_q, note = _calibrate_geometric(scores, costs, budget)
-        policy = cls(thresholds)
+        policy = cls(refine_thresholds(scores, thresholds))  # midpoints (D8): no calibration row sits on one
         exits = policy.exit_index(probs)  # the realised cost is measured with the online rule itself
         policy.budget = budget
         policy.costs = costs
@@ -265,6 +267,38 @@ def _first_exit(scores: torch.Tensor, thresholds) -> torch.Tensor:
     hit = scores[:, :-1] >= t  # [N, K-1]
     hit = torch.cat([hit, torch.ones(n, 1, dtype=torch.bool, device=scores.device)], 1)
     return hit.to(torch.int8).argmax(1)  # first True
+
+
+def refine_thresholds(scores: torch.Tensor, thresholds: list[float]) -> list[float]:
+    """D8 (docs/method.md): move every finite t_k (k < K) halfway to the next lower score among the rows that reach
+    exit k, when a float32 value lies strictly between; the rows that pass are unchanged. ``scores`` [N, K] float32.
+
+    A threshold equal to a fitting row's score decides that row on the last bit of its score: the same text scored
+    in another batch shape (another padding, another kernel) can land either side. The midpoint leaves half a gap
+    on both sides. Used by the EENet scheduler and by every baseline's ``calibrate``."""
+    n, k_total = scores.shape
+    out = list(thresholds)
+    remaining = torch.ones(n, dtype=torch.bool)
+    for k in range(k_total - 1):
+        t = out[k]
+        rows = remaining.nonzero(as_tuple=True)[0]
+        if rows.numel() == 0 or math.isinf(t):
+            if t == -math.inf:
+                remaining[:] = False
+            continue
+        s = scores[rows, k]
+        t32 = torch.tensor(t, dtype=torch.float32)
+        passed = s >= t32
+        below = s[~passed]
+        if below.numel():
+            lo = below.max()
+            mid = torch.tensor(0.5 * (float(t32) + float(lo)), dtype=torch.float32)
+            if lo < mid < t32:
+                t32 = mid
+        out[k] = float(t32)
+        remaining[rows[passed]] = False
+    out[-1] = -math.inf
+    return out
 
 
 def _calibrate_geometric(scores: torch.Tensor, costs: list[float], budget: float) -> tuple[list[float], float, str | None]:

@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from .bank import data_fingerprint
-from .validation import check_budget_fraction
+from .modeling_eenet import exit_softmax
+from .validation import check_budget_fraction, check_texts
 
 QUANTIZED_PARTS = ("bert", "roberta", "exit_heads", "classifier")
 
@@ -115,8 +116,9 @@ def _check_texts(model, texts, text_pairs, what: str = "texts") -> None:
 
     if texts is None or isinstance(texts, str) or not len(texts):
         raise ValueError(f"{what} must be a non-empty list of strings")
-    if text_pairs is not None and len(text_pairs) != len(texts):
+    if text_pairs is not None and not isinstance(text_pairs, str) and len(text_pairs) != len(texts):
         raise ValueError(f"{what}: text_pairs has {len(text_pairs)} entries for {len(texts)} texts")
+    check_texts(texts, what, text_pairs, "text_pairs")  # each a non-empty str, as the pipeline serves
     trained_on = pairing_mismatch(model.config, text_pairs is not None)
     if trained_on == "pairs":
         raise ValueError(f"this model was trained on sentence pairs: pass the second texts of {what} as text_pairs=")
@@ -160,7 +162,7 @@ def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: 
                 enc = tokenizer(list(texts[i: i + batch_size]), pair, padding=True, truncation=True,
                                 max_length=max_length, return_tensors="pt")
                 enc = {k: v.to(device) for k, v in enc.items()}
-                out.append(model(**enc).exit_logits.float().softmax(-1).cpu())
+                out.append(exit_softmax(model(**enc).exit_logits).cpu())  # the softmax the served decisions read
     finally:
         model.train(was_training)
     return torch.cat(out).numpy()

@@ -56,6 +56,7 @@ from .policies import (
     check_budget,
     check_costs,
     check_labels,
+    refine_thresholds,
     sequential_quantile_thresholds,
 )
 from .scheduler_features import all_exit_features
@@ -104,34 +105,6 @@ def stratified_folds(labels: torch.Tensor, folds: int, seed: int):
         assign[rows] = (torch.arange(rows.numel()) + offset) % folds
         offset += rows.numel()
     return [(assign == f).nonzero(as_tuple=True)[0] for f in range(folds)]
-
-
-def refine_thresholds(scores: torch.Tensor, thresholds: list[float]) -> list[float]:
-    """D8: move every finite t_k (k < K) halfway to the next lower score among the rows that reach exit k, when a
-    float32 value lies strictly between; the rows that pass are unchanged. ``scores`` [N, K] float32."""
-    n, k_total = scores.shape
-    out = list(thresholds)
-    remaining = torch.ones(n, dtype=torch.bool)
-    for k in range(k_total - 1):
-        t = out[k]
-        rows = remaining.nonzero(as_tuple=True)[0]
-        if rows.numel() == 0 or math.isinf(t):
-            if t == -math.inf:
-                remaining[:] = False
-            continue
-        s = scores[rows, k]
-        t32 = torch.tensor(t, dtype=torch.float32)
-        passed = s >= t32
-        below = s[~passed]
-        if below.numel():
-            lo = below.max()
-            mid = torch.tensor(0.5 * (float(t32) + float(lo)), dtype=torch.float32)
-            if lo < mid < t32:
-                t32 = mid
-        out[k] = float(t32)
-        remaining[rows[passed]] = False
-    out[-1] = -math.inf
-    return out
 
 
 def thresholds_from_counts(scores: torch.Tensor, counts: torch.Tensor) -> list[float]:
@@ -196,10 +169,15 @@ class _FitMixin:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # tiny nets: intra-op threads only add contention (10x slower on a busy 2-core box)
         try:
+            self.requires_grad_(True)
             self._fit(probs, labels, correct, c, budget, seed, start_time)
         finally:
             torch.set_num_threads(threads)
             self.to(device)
+            # fitted: frozen, with no gradients left over from the fit, so no optimizer over a model's parameters
+            # (a training loop of the user's, Trainer's) can move the heads its thresholds were set on
+            self.zero_grad(set_to_none=True)
+            self.requires_grad_(False)
         return self
 
     def _validate_fit_inputs(self, exit_probs, labels, costs, budget, seed):

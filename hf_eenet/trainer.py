@@ -22,19 +22,15 @@ from torch.nn import functional as F
 from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from .bank import SAVE_LEFTOVER_PATTERNS, atomic_save_dir, data_fingerprint, recover_leftovers_in
+from .configuration_eenet import pairing_mismatch
 from .evaluation import evaluate_exits
+from .modeling_eenet import exit_softmax
 from .scheduler import EENetScheduler
-from .validation import (check_bool, check_budget, check_budget_fraction, check_costs, check_fraction, check_int,
+from .validation import (check_bool, check_single_label, check_budget, check_budget_fraction, check_costs, check_fraction, check_int,
                          check_labels, check_positive)
 
 
 logger = logging.getLogger(__name__)
-
-
-def softmax_np(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(-1, keepdims=True)
 
 
 def _exit_logits_from_predictions(predictions) -> np.ndarray:
@@ -117,16 +113,6 @@ def _to_numpy(x):
     return np.asarray(x)
 
 
-def _check_single_label(model) -> None:
-    """The EENet scheduler and every exit policy read each exit's softmax over the classes: single-label
-    classification only."""
-    kind = getattr(model.config, "problem_type", None)
-    if kind in ("multi_label_classification", "regression") or model.config.num_labels < 2:
-        raise ValueError(f"early exit under a budget needs a single-label classifier (softmax over >= 2 classes); "
-                         f"this model is {kind or 'a one-output model'} (num_labels={model.config.num_labels}): "
-                         "the scheduler bank cannot be fitted for it")
-
-
 #: the outputs of the all-exits forward besides ``logits`` (what the stock classifier returns)
 EXIT_OUTPUT_KEYS = ("exit_logits", "exit_index", "exit_layer", "exit_cost")
 #: arguments of the models' forward that choose how it serves, never dataset columns
@@ -143,17 +129,33 @@ class _FirstOptimizerStep(TrainerCallback):
         self.trainer._weights_changed()
 
 
-def _row_lengths(dataset, max_rows: int | None = None, read_streams: bool = False) -> np.ndarray | None:
+def _row_lengths(dataset, max_rows: int | None = None, read_streams: bool = False,
+                 distinct: bool = False) -> np.ndarray | None:
     """Tokens per row of a tokenized map-style ``datasets.Dataset`` (attention-mask sums, else ``input_ids``
     lengths; the first ``max_rows`` rows when given), or ``None`` where they cannot be read without consuming it (a
     streaming dataset, a plain torch Dataset). ``read_streams``: a (finite) iterable of rows is read through, as for
-    a validation set that is read in full anyway."""
+    a validation set that is read in full anyway. ``distinct``: one length per distinct token sequence (a text
+    repeated in the data counts once, so repeats cannot look like a pile of rows cut at one length)."""
+    def rows_of(ids_col, mask_col):
+        out, seen = [], set()
+        for i, ids in enumerate(ids_col):
+            mask = None if mask_col is None else np.asarray(mask_col[i])
+            n = len(ids) if mask is None else int(np.sum(mask))
+            if distinct:
+                key = tuple(np.asarray(ids)[mask.astype(bool)].tolist() if mask is not None else list(ids))
+                if key in seen:
+                    continue
+                seen.add(key)
+            out.append(n)
+        return np.asarray(out)
+
     if not hasattr(dataset, "with_format") or not hasattr(dataset, "__len__") or not hasattr(dataset, "select"):
         if not read_streams or not hasattr(dataset, "__iter__"):
             return None
         try:
-            return np.asarray([int(np.sum(np.asarray(row["attention_mask"]))) if "attention_mask" in row
-                               else len(row["input_ids"]) for row in dataset])
+            rows = list(dataset)
+            return rows_of([r["input_ids"] for r in rows],
+                           [r["attention_mask"] for r in rows] if all("attention_mask" in r for r in rows) else None)
         except (TypeError, ValueError, KeyError):
             return None
     dataset = dataset.with_format(None)  # every column as plain lists, whatever format the dataset was given
@@ -163,13 +165,64 @@ def _row_lengths(dataset, max_rows: int | None = None, read_streams: bool = Fals
     if not isinstance(columns, list):
         return None
     try:
-        if "attention_mask" in columns:
+        if "attention_mask" in columns and (not distinct or "input_ids" not in columns):
             return np.asarray([int(np.sum(np.asarray(m))) for m in dataset["attention_mask"]])
         if "input_ids" in columns:
-            return np.asarray([len(ids) for ids in dataset["input_ids"]])
+            return rows_of(dataset["input_ids"], dataset["attention_mask"] if "attention_mask" in columns else None)
     except (TypeError, ValueError, KeyError):
         return None
     return None
+
+
+def _rows_are_pairs(dataset, config) -> bool | None:
+    """Whether the tokenized rows of ``dataset`` are sentence pairs: a non-zero ``token_type_ids`` entry marks a second
+    segment. ``None`` where that cannot be told: no token types in the rows, or a model that does not read them
+    (``type_vocab_size`` < 2, e.g. RoBERTa), or rows that cannot be read without consuming them."""
+    if int(getattr(config, "type_vocab_size", 0) or 0) < 2:
+        return None
+    try:
+        if hasattr(dataset, "with_format") and hasattr(dataset, "__len__") and hasattr(dataset, "column_names"):
+            if "token_type_ids" not in (dataset.column_names or []):
+                return None
+            types = dataset.with_format(None)["token_type_ids"]
+        elif hasattr(dataset, "__iter__"):  # a (finite) stream of rows, read through as the fit reads it
+            rows = list(dataset)
+            if not rows or not all("token_type_ids" in r for r in rows):
+                return None
+            types = [r["token_type_ids"] for r in rows]
+        else:
+            return None
+        return any(bool(np.any(np.asarray(t))) for t in types)
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+def _aligned_class_names(dataset, column: str, config):
+    """``dataset`` whose ``ClassLabel`` column ``column`` counts its classes in the model's order (``config.id2label``):
+    a dataset that encodes the same class names in another order (``ClassLabel(names=["positive", "negative"])`` for a
+    model with ``{0: "negative", 1: "positive"}``) would otherwise fit the bank on permuted labels without a word.
+    Names are matched case-insensitively and re-encoded with ``datasets``' ``align_labels_with_mapping`` (what
+    ``run_classification.py`` does with a model's label names). A model without class names (``LABEL_0`` ...) reads
+    the ids as given; names the model does not have are a ValueError that lists both sets."""
+    feature = (getattr(dataset, "features", None) or {}).get(column)
+    id2label = getattr(config, "id2label", None) or {}
+    model_names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
+    if feature is None or type(feature).__name__ != "ClassLabel" or not model_names or all(
+            n == f"LABEL_{i}" for i, n in enumerate(model_names)):
+        return dataset
+    data_names = [str(n) for n in feature.names]
+    if [n.lower() for n in data_names] == [n.lower() for n in model_names]:
+        return dataset
+    unknown = sorted({n for n in data_names if n.lower() not in {m.lower() for m in model_names}})
+    if unknown:
+        raise ValueError(f"label column {column!r} is a ClassLabel with classes {data_names}, but the model's classes "
+                         f"are {model_names} (config.id2label): {unknown} are not among them, so the labels cannot "
+                         "be read as the model's classes")
+    if not hasattr(dataset, "align_labels_with_mapping"):
+        raise ValueError(f"label column {column!r} counts the classes in another order ({data_names}) than the model "
+                         f"({model_names}, config.id2label): align it first, e.g. "
+                         f"dataset.align_labels_with_mapping(model.config.label2id, {column!r}) before streaming it")
+    return dataset.align_labels_with_mapping({n: i for i, n in enumerate(model_names)}, column)
 
 
 def _check_eenet_model(model) -> None:
@@ -575,12 +628,15 @@ class EENetTrainer(Trainer):
         dataset = self._usable_labels(dataset, require_labels, use_labels)
         with self._serving_precision():
             pred = self.predict(dataset, ignore_keys=[], metric_key_prefix="exits")  # every output kept
-        probs = softmax_np(_exit_logits_from_predictions(pred.predictions).astype(np.float64))
+        # the float32 softmax serving decides on (exit_softmax), not a float64 one: saturated exits differ in the
+        # last bit, and a bank fitted on other scores than the served ones misses its budget
+        logits = torch.from_numpy(np.ascontiguousarray(_exit_logits_from_predictions(pred.predictions), np.float32))
+        probs = exit_softmax(logits).numpy()
         if pred.label_ids is None:
             if require_labels:
                 raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
-            return probs.astype(np.float32), None
-        return probs.astype(np.float32), _label_array(pred.label_ids)
+            return probs, None
+        return probs, _label_array(pred.label_ids)
 
     def _usable_labels(self, dataset, require_labels: bool, use_labels: bool):
         """``dataset`` with its label column checked, or without it where labels are not used (``use_labels=False``)
@@ -593,8 +649,19 @@ class EENetTrainer(Trainer):
             return dataset
         if not use_labels:
             return dataset.remove_columns(names)
-        num_labels = getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "num_labels", None)
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        num_labels = getattr(config, "num_labels", None)
+        dataset = _aligned_class_names(dataset, names[0], config)
         values = np.asarray(dataset[names[0]])
+        if values.dtype.kind in "USO" and values.ndim == 1:  # strings (or None): not class ids
+            if not require_labels and all(v is None for v in values.tolist()):
+                return dataset.remove_columns(names)
+            shown = sorted({str(v) for v in values.tolist()})[:5]
+            label2id = getattr(config, "label2id", None)
+            raise ValueError(f"label column {names[0]!r} holds strings ({shown}), not class ids: map them "
+                             f"to ids first, with the model's label2id {label2id} (e.g. dataset.map(lambda r: "
+                             f"{{{names[0]!r}: model.config.label2id[r[{names[0]!r}]]}})) or by casting the column to a "
+                             "ClassLabel of the model's class names")
         if values.dtype.kind not in "iub" or values.ndim != 1 or num_labels is None:
             return dataset  # not class ids (the model's own checks apply)
         if not require_labels and values.size and (values == -1).all():
@@ -612,7 +679,7 @@ class EENetTrainer(Trainer):
         (tokenized like the eval set; labels not needed, ignored if present): see
         :meth:`~hf_eenet.modeling_eenet.EENetModelMixin.rematch_budgets`. Returns its per-budget dict."""
         model = self.accelerator.unwrap_model(self.model)
-        _check_single_label(model)
+        check_single_label(model.config, "re-matching a scheduler bank")
         if not model.config.scheduler_budgets:
             raise ValueError("the model has no scheduler bank to re-match: call fit_scheduler first")
         probs, _ = self._predict_exits(dataset, require_labels=False, use_labels=False)  # labels: ignored
@@ -653,7 +720,8 @@ class EENetTrainer(Trainer):
         ``max_seq_length`` given: it must be a length the model takes (its position table, the tokenizer's
         ``model_max_length``) and the rows must fit in it; it is recorded. Else, from the rows' lengths
         (attention masks): rows longer than the length the model serves are an error; rows piled up at one longest
-        length (a truncation: at least 5 rows, over twice as many as one token shorter; 872 short sentences cut at 32
+        length (a truncation: at least 5 distinct rows, over twice as many as one token shorter, a text repeated in the
+        data counted once; 872 short sentences cut at 32
         tokens: 232 at 32, 23 at 31, uncut: 1 at 55, 2 at 54; 2,000 news texts cut at 128: 13 at 128, 0 at 127)
         shorter than it are recorded as the served length when the config has none (with a warning), and warned
         about when it has one (the bank would serve at another length)."""
@@ -664,7 +732,7 @@ class EENetTrainer(Trainer):
         if given is not None and given > limit:
             raise ValueError(f"max_seq_length={given} is longer than this model takes ({limit} tokens: its position "
                              "table / the tokenizer's model_max_length), so it would never be served at that length")
-        lengths = _row_lengths(dataset, read_streams=True)
+        lengths = _row_lengths(dataset, read_streams=True, distinct=True)  # a repeated text counts once
         recorded = getattr(model.config, "max_seq_length", None)
         served = given or max_input_tokens(model.config, self.processing_class)
         if lengths is None or not len(lengths):
@@ -682,19 +750,19 @@ class EENetTrainer(Trainer):
                 + f": the bank would be fitted on inputs it never serves; tokenize them with truncation=True, "
                   f"max_length={served}{hint}")
         if given is not None and truncated and longest < given:
-            warnings.warn(f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} rows have "
+            warnings.warn(f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows have "
                           f"exactly that length) but max_seq_length={given} is recorded: served inputs up to {given} "
                           "tokens make the exits' confidence, and so the budgets' spend, differ from the fit",
                           UserWarning, stacklevel=3)
         if given is not None or not truncated or longest == served:
             return given
         if recorded is None:
-            warnings.warn(f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} rows "
+            warnings.warn(f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows "
                           f"have exactly that length): the bank is fitted at that length, so config.max_seq_length = "
                           f"{longest} is recorded and the pipeline truncates to it, as the rows were; pass "
                           "fit_scheduler(max_seq_length=...) to state the length", UserWarning, stacklevel=3)
             return longest
-        warnings.warn(f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} rows have "
+        warnings.warn(f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows have "
                       f"exactly that length) while the model serves {served} tokens (config.max_seq_length): the bank "
                       "will spend its budgets at another rate on served inputs; tokenize the rows with "
                       f"max_length={served}, or pass max_seq_length={longest} to serve at that length",
@@ -726,7 +794,7 @@ class EENetTrainer(Trainer):
             logged), and ``self.scheduler_bank_budgets`` the bank's budgets afterwards.
         """
         model = self.accelerator.unwrap_model(self.model)
-        _check_single_label(model)
+        check_single_label(model.config, "fitting a scheduler bank")
         check_bool(extend, "extend")
         if cost_profile is not None:
             from .costs import ExitCostProfile
@@ -772,6 +840,12 @@ class EENetTrainer(Trainer):
             # the data fingerprint checks it, so the length found now holds for them too)
             raise ValueError(f"extend=True: the bank serves at {recorded} tokens (config.max_seq_length), this fit at "
                              f"{length}; refit the whole bank (extend=False)")
+        pairs = _rows_are_pairs(eval_dataset if eval_dataset is not None else self.eval_dataset, model.config)
+        if pairs is not None and pairing_mismatch(model.config, pairs):
+            raise ValueError(f"this model was trained on {pairing_mismatch(model.config, pairs)} "
+                             f"(config.sentence_pairs) but the validation rows are "
+                             f"{'sentence pairs' if pairs else 'single texts'} (their token_type_ids): the bank would "
+                             "be fitted on inputs the pipeline refuses to serve; tokenize the rows as the model reads them")
         probs, labels = self.collect_exit_predictions(eval_dataset)
         fingerprint = data_fingerprint(probs, labels)
         if extend and model.config.scheduler_bank:
@@ -824,6 +898,8 @@ class EENetTrainer(Trainer):
             raise
         if length is not None:
             model.config.max_seq_length = length
+        if pairs is not None and getattr(model.config, "sentence_pairs", None) is None:
+            model.config.sentence_pairs = pairs  # what the bank was fitted on: the pipeline serves that kind only
         if default_budget is None and model.config.default_budget is None:
             default_budget = min(model.config.scheduler_budgets, key=lambda x: abs(x - 0.5))
         if default_budget is not None:
@@ -837,4 +913,4 @@ class EENetTrainer(Trainer):
         return info
 
 
-__all__ = ["EENetTrainer", "compute_exit_metrics", "softmax_np"]
+__all__ = ["EENetTrainer", "compute_exit_metrics"]

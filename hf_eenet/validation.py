@@ -271,12 +271,53 @@ def check_thresholds(thresholds, name: str = "thresholds") -> list[float]:
     return out
 
 
+def check_text(text, name: str = "text") -> str:
+    """One text to classify: a ``str`` with something besides whitespace (an empty text has no tokens to read but
+    [CLS]/[SEP], so its exits and label say nothing about any input). The one rule of the pipeline,
+    ``early_exit_predict``, ``exit_probabilities`` and the data loaders."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a string, got {type(text).__name__} {text!r:.60}")
+    if not text.strip():
+        raise ValueError(f"{name} is an empty string; give non-empty text")
+    return text
+
+
+def check_texts(texts, name: str = "texts", pairs=None, pairs_name: str = "text_pair") -> None:
+    """Every text of ``texts`` (and of ``pairs``, the second segments of sentence pairs: one per text) passes
+    :func:`check_text`; errors name the first bad index."""
+    for i, t in enumerate(texts):
+        check_text(t, f"{name}[{i}]")
+    if pairs is None:
+        return
+    if isinstance(pairs, str) or not hasattr(pairs, "__len__"):
+        raise TypeError(f"{pairs_name} must be a list of strings, one per text, got {type(pairs).__name__}")
+    if len(pairs) != len(texts):
+        raise ValueError(f"{pairs_name} has {len(pairs)} entries for {len(texts)} texts (one per text)")
+    for i, t in enumerate(pairs):
+        check_text(t, f"{pairs_name}[{i}]")
+
+
+def check_single_label(config, purpose: str = "early exit under a budget or an exit policy") -> None:
+    """Every exit policy and the EENet scheduler read each exit's softmax over the classes: single-label
+    classification with >= 2 classes only. A multi-label or regression model (``config.problem_type``), or one with
+    one output, is refused by name, at every entry point (fitting, re-matching, adding a scheduler, serving)."""
+    kind = getattr(config, "problem_type", None)
+    num = getattr(config, "num_labels", None)
+    if kind in ("multi_label_classification", "regression") or not isinstance(num, int) or num < 2:
+        raise ValueError(f"{purpose} needs a single-label classifier (softmax over >= 2 classes); this model is "
+                         f"{kind or 'a one-output model'} (num_labels={num}): its exits' outputs are not a softmax "
+                         "over classes, which is what every exit decision reads")
+
+
 def check_num_exits(expected: int, got: int, what: str = "policy") -> None:
     if int(expected) != int(got):
         raise ValueError(f"{what} was built for {expected} exits but the model has {got} exits (config.exit_layers)")
 
 
 __all__ = [
+    "check_text",
+    "check_texts",
+    "check_single_label",
     "ValidationTypeError",
     "check_int",
     "is_number",

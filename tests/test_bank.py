@@ -238,6 +238,86 @@ def test_weights_from_another_save_are_detected(tmp_path):
         type(a).from_pretrained(tmp_path / "a")
 
 
+@pytest.mark.parametrize("problem_type", ["multi_label_classification", "regression"])
+def test_a_model_that_is_not_single_label_is_refused_budgets_and_policies_at_every_entry_point(problem_type):
+    """Exit decisions read a softmax over classes; a multi-label or regression model's outputs are not one, so every
+    entry point refuses it by name (fit_scheduler always did; serving, adding and re-matching served it silently)."""
+    model, batch, probs, _ = fitted_model()
+    sched = copy.deepcopy(model.eenet_schedulers[0])
+    model.config.problem_type = problem_type
+    rows = {k: v.tolist() for k, v in batch.items()}
+    calls = {
+        "forward(budget=)": lambda: model(**batch, budget=0.5),
+        "forward(exit_policy=)": lambda: model(**batch, exit_policy=hf_eenet.MaxProbPolicy([0.5] * 4)),
+        "get_exit_policy": lambda: model.get_exit_policy(0.5),
+        "early_exit_predict(budget=)": lambda: model.early_exit_predict(rows, budget=0.5),
+        "early_exit_predict(exit_policy=)": lambda: model.early_exit_predict(
+            rows, exit_policy=hf_eenet.MaxProbPolicy([0.5] * 4)),
+        "add_scheduler": lambda: model.add_scheduler(sched, 0.5),
+        "rematch_budgets": lambda: model.rematch_budgets(probs),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=f"single-label classifier.*{problem_type}"):
+            call()
+    with torch.no_grad():  # the all-exits forward (no decision) is still served
+        assert model(**batch).exit_logits.shape[:2] == (64, 4)
+
+
+def test_a_bank_fitted_for_other_weights_is_refused_however_the_weights_changed(tmp_path):
+    """A bank records the weights it was fitted for (bfloat16/float16-rounded digests): trained after the fit without
+    EENetTrainer (here: a plain optimizer loop, as transformers.Trainer runs), loaded from such a save, or edited in
+    place, the model refuses to serve a budget by name (it served the old thresholds: another cost than asked);
+    casts for serving, other models' training and restoring the weights do not count."""
+    model, batch, probs, labels = fitted_model()
+    want = outputs(model, batch, 0.5)
+    original = copy.deepcopy(model.state_dict())
+    for cast in ("half", "bfloat16"):  # serving precision and back: still the weights the bank was fitted for
+        getattr(model, cast)()
+        model(**batch, budget=0.5)
+        model.float()
+        model(**batch, budget=0.5)
+    model.load_state_dict(original)
+    other = tiny_model(layers=2, seed=5)  # another model's optimizer step: nothing changes here
+    torch.optim.SGD(other.parameters(), lr=0.1).step()
+    assert outputs(model, batch, 0.5)[0] == want[0]
+    # a plain training loop (the stock Trainer's, without hf_eenet's bank removal)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    for call in (lambda: model(**batch, budget=0.5), lambda: model.get_exit_policy(0.8),
+                 lambda: model.verify_scheduler_bank(), lambda: model.rematch_budgets(probs),
+                 lambda: model.add_scheduler(copy.deepcopy(model.eenet_schedulers[0]), 0.5)):
+        with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+            call()
+    with torch.no_grad():  # an explicit policy and the all-exits forward need no bank
+        model(**batch, exit_policy=hf_eenet.MaxProbPolicy([0.9, 0.9, 0.9, 0.0]))
+        model(**batch)
+    with pytest.warns(UserWarning, match="saving a stale bank"):
+        model.save_pretrained(tmp_path / "trained")
+    with pytest.warns(UserWarning, match="fitted for other weights.*serving a budget raises"):
+        loaded = type(model).from_pretrained(tmp_path / "trained")
+    with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+        loaded(**batch, budget=0.5)
+    # the weights the bank was fitted for again: served as before; an in-place edit outside an optimizer is seen
+    # from the next eval()
+    model.load_state_dict(original)
+    assert outputs(model, batch, 0.5)[0] == want[0]
+    with torch.no_grad():
+        model.classifier.bias.add_(0.5)
+    model.eval()
+    with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+        model(**batch, budget=0.5)
+    # a refit records the new weights
+    new_probs = all_exit_probs(model, batch)
+    model.set_scheduler_bank({0.5: EENetScheduler(**FAST).fit(new_probs, labels, model.config.exit_costs, 0.5)})
+    model(**batch, budget=0.5)
+
+
 # --------------------------------------------------------------------------------------------------- 2: costs drift
 def test_add_scheduler_fitted_on_other_costs_raises():
     model, _, probs, labels = fitted_model()

@@ -615,6 +615,20 @@ def test_early_exit_predict_names_a_bad_text_and_refuses_rows_it_cannot_map_back
         model.early_exit_predict([texts[0], None], tokenizer=tok, budget=0.4)
     with pytest.raises(TypeError, match=r"texts\[0\] must be a string, got tuple .*text_pair="):
         model.early_exit_predict([(texts[0], texts[1])], tokenizer=tok, budget=0.4)
+    # empty or blank texts (and second segments) are refused as the pipeline refuses them, on every path that
+    # tokenizes texts: served, and read for a refit or a re-match (exit_probabilities)
+    for call, match in (
+            (lambda: model.early_exit_predict(["", texts[1]], tokenizer=tok, budget=0.4), r"texts\[0\] is an empty"),
+            (lambda: model.early_exit_predict(texts[:2], tokenizer=tok, budget=0.4, text_pair=[texts[2], "  "]),
+             r"text_pair\[1\] is an empty"),
+            (lambda: model.early_exit_predict(texts[:2], tokenizer=tok, budget=0.4, text_pair=[texts[2]]),
+             r"text_pair has 1 entries for 2 texts"),
+            (lambda: hf_eenet.exit_probabilities(model, tok, [texts[0], " \n"], progress=False),
+             r"texts\[1\] is an empty"),
+            (lambda: hf_eenet.exit_probabilities(model, tok, texts[:2], text_pairs=["", texts[1]], progress=False),
+             r"text_pairs\[0\] is an empty")):
+        with pytest.raises(ValueError, match=match):
+            call()
     with pytest.raises(ValueError, match="tokenizing 5 texts gave 1[0-9] rows"):  # overflow rows: one text, many rows
         model.early_exit_predict(texts[:5], tokenizer=tok, budget=0.4, max_length=6, stride=0,
                                  return_overflowing_tokens=True)

@@ -125,6 +125,26 @@ def test_score_policy_calibration_meets_budget(cls, frac, cal, held):
     assert torch.equal(run_online(pol, hprobs[:500]), pol.exit_index(hprobs[:500]))
 
 
+@pytest.mark.parametrize("cls", [MaxProbPolicy, EntropyPolicy])
+def test_calibrated_thresholds_sit_between_calibration_scores(cls, cal):
+    """A threshold equal to a calibration row's score decides that row on the last bit of its score (another batch
+    shape can move it across): calibrated thresholds are midpoints (D8), and the rows that pass are the same as with
+    the raw quantile thresholds (the realised cost is unchanged)."""
+    probs, labels = cal
+    probs = probs[:997]
+    scores = cls.calibration_scores(probs)
+    for frac in FRACS:
+        pol = cls.calibrate(probs, labels[:997], COSTS, frac * COSTS[-1])
+        exits = pol.exit_index(probs)
+        for k in range(K - 1):
+            t = torch.tensor(pol.thresholds[k], dtype=torch.float32)
+            reach = exits >= k
+            if math.isfinite(pol.thresholds[k]) and reach.any():
+                assert not (scores[reach, k] == t).any(), (frac, k)
+        raw = sequential_quantile_thresholds(scores, pol.exit_fractions)
+        assert torch.equal(cls(raw).exit_index(probs), exits)
+
+
 def test_entropy_policy_score_is_entropy_confidence(cal):
     probs, _ = cal
     pol = EntropyPolicy([0.5] * K)

@@ -318,6 +318,17 @@ def test_fit_scheduler_reads_every_row_and_records_the_length_it_was_fitted_at(t
             model.config.max_seq_length = None
             assert trainer._fitting_length(model, rows, None) == found
         assert bool([w for w in caught if "look truncated" in str(w.message)]) == (found is not None)
+    # a text repeated in the data counts once: 39 texts (lengths 5..42 and 44) listed 5 times each are not rows cut
+    # at 44 tokens, while 6 more distinct texts at 44 (7 against none at 43) still are, listed 5 times or once
+    ids = [[7 + (i % 3)] * n for i, n in enumerate([*range(5, 43), 44])]
+    cut44 = [[9 + i] * 44 for i in range(6)]
+    for rows_ids, found in ((ids * 5, None), ((ids + cut44) * 5, 44), (ids + cut44, 44)):
+        rows = Dataset.from_dict({"input_ids": rows_ids, "attention_mask": [[1] * len(r) for r in rows_ids]})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.config.max_seq_length = None
+            assert trainer._fitting_length(model, rows, None) == found
+        assert bool([w for w in caught if "look truncated" in str(w.message)]) == (found is not None)
     # training on rows longer than the recorded length removes it (the next fit records its own)
     model.config.max_seq_length = 8
     trainer.train_dataset = toy_dataset(tok, 16, seed=3)
@@ -370,6 +381,37 @@ def test_bank_fitted_after_bf16_training_is_fitted_on_the_fp32_outputs_it_serves
     assert float(costs[online].mean()) == pytest.approx(sched.planned_cost, abs=1e-6)
 
 
+def test_bank_is_fitted_on_the_very_probabilities_serving_decides_on(tok, tmp_path):
+    """Saturated exits (p_max within a few float32 steps of 1): the probabilities the trainer fits on must be bit for
+    bit the ones the served forward decides on (a float64 softmax rounded to float32 differs in the last bit for most
+    of these rows, and blocks of tied rows then cross a threshold: the bank planned one cost and served another)."""
+    model = toy_model(seed=3).eval()
+    with torch.no_grad():  # confident exits, as a longer-trained model has them
+        for head in model.exit_heads:
+            head.out_proj.weight.mul_(900.0)
+        model.classifier.weight.mul_(900.0)
+    val = toy_dataset(tok, 160, seed=5)
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, per_device_eval_batch_size=len(val)),
+                                    eval_dataset=val, processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
+    probs, labels = trainer.collect_exit_predictions()
+    batch = DataCollatorWithPadding(tok)([{k: val[i][k] for k in ("input_ids", "attention_mask")}
+                                          for i in range(len(val))])
+    with torch.no_grad():
+        served = hf_eenet.modeling_eenet.exit_softmax(model(**batch).exit_logits).numpy()
+    p_max = probs[:, 0].max(-1)
+    assert float(np.median(p_max)) > 1 - 1e-4 and (p_max < 1).mean() > 0.5, "the exits must be saturated, below 1"
+    assert probs.dtype == np.float32 and np.array_equal(probs, served)
+    # hence the realised cost of the fitted bank on its own rows is its planned cost, each text served alone
+    trainer.fit_scheduler(budgets=[0.5], seed=0, restarts=1, max_epochs=5)
+    sched, costs = model.get_exit_policy(0.5), torch.tensor(model.config.exit_costs)
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=torch.tensor([val[i]["input_ids"]]), budget=0.5).exit_index
+                           for i in range(len(val))])
+    assert torch.equal(alone, sched.exit_index(torch.from_numpy(probs)))
+    assert float(costs[alone].mean()) == pytest.approx(sched.planned_cost, abs=1e-6)
+
+
 def test_trainer_loss_smooths_labels_and_refuses_compute_loss_func(tok, tmp_path):
     model = toy_model(seed=3)
     data = toy_dataset(tok, 32, seed=5)
@@ -402,6 +444,57 @@ def test_fit_scheduler_accepts_a_label_column_and_checks_default_budget_first(to
     with pytest.raises(ValueError, match="default_budget 0.95 is outside"):
         trainer.fit_scheduler(budgets=[0.6, 0.8], seed=0, restarts=1, max_epochs=3, default_budget=0.95)
     assert model.config.scheduler_budgets == [0.5, 0.7], "a refused call must leave the bank as it was"
+
+
+def test_fit_scheduler_reads_class_labels_by_the_models_class_names(tok, tmp_path):
+    """A ClassLabel column that counts the model's classes in another order is read by name (the bank was fitted on
+    permuted labels before); names the model does not have are refused; a model without names reads ids as given."""
+    from datasets import ClassLabel
+
+    model = toy_model(seed=4)  # id2label {0: negative, 1: positive}
+    val = toy_dataset(tok, 64, seed=7)
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
+    _, want = trainer.collect_exit_predictions(val)
+    flipped = val.map(lambda b: {"labels": [1 - y for y in b["labels"]]}, batched=True)
+    for names in (["positive", "negative"], ["Positive", "NEGATIVE"]):
+        _, got = trainer.collect_exit_predictions(flipped.cast_column("labels", ClassLabel(names=names)))
+        assert np.array_equal(got, want), names
+    _, got = trainer.collect_exit_predictions(val.cast_column("labels", ClassLabel(names=["negative", "positive"])))
+    assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match=r"ClassLabel with classes \['good', 'bad'\].*\['bad', 'good'\] are not among"):
+        trainer.fit_scheduler(flipped.cast_column("labels", ClassLabel(names=["good", "bad"])), budgets=[0.5])
+    assert not model.config.scheduler_budgets
+    model.config.id2label, model.config.label2id = {0: "LABEL_0", 1: "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
+    _, got = trainer.collect_exit_predictions(flipped.cast_column("labels", ClassLabel(names=["good", "bad"])))
+    assert np.array_equal(got, 1 - want)  # no names to read by: the ids as given
+
+
+def test_fit_scheduler_records_and_checks_sentence_pairs_and_names_string_labels(tok, tmp_path):
+    """The bank is fitted on pairs or single texts (the rows' token types tell): a model recorded as the other kind
+    is refused (its pipeline would never serve such inputs), an unrecorded one records what it was fitted on, and a
+    label column of strings gets an error that says so (was: the collator's hint about padding)."""
+    model = toy_model(seed=4)
+    texts, labels = toy_texts(48, seed=9)
+    single = toy_dataset(tok, 48, seed=8)
+    pairs = Dataset.from_dict({"a": texts, "b": texts[::-1], "labels": labels}).map(
+        lambda b: tok(b["a"], b["b"], truncation=True, max_length=48), batched=True, remove_columns=["a", "b"])
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
+    assert model.config.sentence_pairs is None
+    trainer.fit_scheduler(pairs, budgets=[0.5], restarts=1, max_epochs=2)
+    assert model.config.sentence_pairs is True
+    for rows in (single, single.to_iterable_dataset()):
+        with pytest.raises(ValueError, match=r"trained on pairs .* the validation rows are single texts"):
+            trainer.fit_scheduler(rows, budgets=[0.6])
+    model.config.sentence_pairs = False
+    with pytest.raises(ValueError, match=r"trained on single texts .* the validation rows are sentence pairs"):
+        trainer.fit_scheduler(pairs, budgets=[0.6])
+    assert model.config.scheduler_budgets == [0.5]
+    strings = Dataset.from_dict({"text": texts, "label": [["negative", "positive"][y] for y in labels]}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=32), batched=True, remove_columns=["text"])
+    with pytest.raises(ValueError, match=r"label column 'label' holds strings \(\['negative', 'positive'\]\)"):
+        trainer.fit_scheduler(strings, budgets=[0.6])
 
 
 def test_per_batch_predictions_work_for_metrics_and_the_bank(tok, tmp_path):
