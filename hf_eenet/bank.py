@@ -39,6 +39,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -110,30 +111,39 @@ def state_digest(module) -> str:
 
 
 # ------------------------------------------------------------------------------------- the weights a bank is for
-#: optimizer steps and state-dict loads in this process, counted by a global optimizer hook and by the models'
-#: ``load_state_dict``: the per-request check (:func:`stale_bank_reason`) re-reads a model's weights only after one
+#: events that may change a model's weights in this process: optimizer steps (a global optimizer hook, which also
+#: records the parameters each step touched, in ``_STEPPED``: a fused optimizer or a ``.data`` write leaves a tensor's
+#: identity, storage and version counter as they were) and the models' own ``load_state_dict``
 _WEIGHT_EVENTS = [0]
+_STEPPED: dict[int, int] = {}  # id(parameter) -> the event count of the last optimizer step that held it
+_CHECK_LOCK = threading.Lock()  # one digest at a time (concurrent requests after an event wait for the first)
 
 
-def note_weight_change(*_args, **_kwargs) -> None:
-    """Count an event that may have changed some model's weights (an optimizer step, a state-dict load)."""
+def note_weight_change(optimizer=None, *_args, **_kwargs) -> None:
+    """Count an event that may have changed some model's weights; an optimizer step also records its parameters."""
     _WEIGHT_EVENTS[0] += 1
+    for group in getattr(optimizer, "param_groups", None) or []:
+        for p in group.get("params", ()):
+            _STEPPED[id(p)] = _WEIGHT_EVENTS[0]
 
 
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
-register_optimizer_step_post_hook(note_weight_change)  # an int increment per step, no more
+register_optimizer_step_post_hook(note_weight_change)  # a counter and one dict write per parameter per step
 
 _BANK_PREFIX = "eenet_schedulers."
 _ROUNDINGS = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _weight_tensors(model) -> list[tuple[str, torch.Tensor]] | None:
-    """The model's state besides the bank, sorted by name; ``None`` where it cannot be read here (meta tensors of an
-    offloaded model, sharded DTensor / FSDP parameters: each rank holds a part)."""
-    items = sorted((k, t) for k, t in model.state_dict(keep_vars=True).items() if not k.startswith(_BANK_PREFIX))
+    """The model's tensors besides the bank, sorted by name (entries that are not tensors, e.g. a module's extra
+    state, are left out); ``None`` where they cannot be read here: meta tensors of an offloaded model, sharded
+    DTensor / FSDP / DeepSpeed ZeRO-3 parameters (each rank holds a part, or an empty placeholder)."""
+    items = sorted((k, t) for k, t in model.state_dict(keep_vars=True).items()
+                   if not k.startswith(_BANK_PREFIX) and isinstance(t, torch.Tensor))
     for _, t in items:
-        if t.device.type == "meta" or type(t).__name__ in ("DTensor", "FlatParameter"):
+        if (t.device.type == "meta" or type(t).__name__ in ("DTensor", "FlatParameter") or hasattr(t, "ds_id")
+                or hasattr(t, "ds_shape")):
             return None
     return items
 
@@ -158,22 +168,26 @@ def _digest(items, rounding: str) -> str:
 
 def weights_digest(model) -> dict | None:
     """What a bank records about the weights it was fitted for: ``{"bfloat16": sha256, "float16": sha256}`` of the
-    model's state besides the bank, every floating tensor rounded to that precision first (``None``: not readable
+    model's tensors besides the bank, every floating tensor rounded to that precision first (``None``: not readable
     here, see ``_weight_tensors``; nothing is then checked).
 
-    Rounded so that a model cast to bfloat16 / float16 for serving (``model.half()``, ``dtype=`` at load, and back)
-    still matches the float32 weights its bank was fitted on (it matches one of the two), while any training does
-    not: an optimizer step moves thousands of weights across a rounding boundary (a bfloat16 step is 2^-8 of a
-    weight, a float16 one 2^-11)."""
+    Rounded so that the model cast once from the weights its bank was fitted on to bfloat16 or float16 for serving
+    (``model.half()``, ``dtype=`` at load, and back to float32) still matches, while any training does not: an
+    optimizer step moves thousands of weights across a rounding boundary (a bfloat16 step is 2^-8 of a weight, a
+    float16 one 2^-11). Weights rounded twice (saved in float16, loaded as bfloat16) differ from either rounding:
+    the bank then counts as fitted for other weights. Parameter names are part of the digest (a merged LoRA adapter
+    is other weights: fit the bank on the model as it is served)."""
     items = _weight_tensors(model)
     if items is None:
         return None
     return {r: _digest(items, r) for r in _ROUNDINGS}
 
 
-def _weights_signature(items) -> tuple:
-    """Cheap identity of the tensors (object, storage, dtype, device, in-place version): unchanged, the weights are."""
-    return tuple((k, id(t), t.data_ptr(), t.dtype, t.device, t._version) for k, t in items)
+def _matches(items, want: dict) -> bool:
+    # the precision the weights are held in first; then the other one (a model cast to float16 and back to float32
+    # holds the float16 values, whose bfloat16 rounding is not that of the fitted weights)
+    first = _rounding(items)
+    return any(want.get(r) == _digest(items, r) for r in [first] + [r for r in _ROUNDINGS if r != first])
 
 
 STALE_BANK_MESSAGE = (
@@ -183,37 +197,65 @@ STALE_BANK_MESSAGE = (
     "(EENetTrainer.fit_scheduler, hf-eenet fit-scheduler) or remove it (model.clear_scheduler_bank())")
 
 
-def stale_bank_reason(model, force: bool = False) -> str | None:
-    """Why the model's bank must not be served (:data:`STALE_BANK_MESSAGE`) when its weights differ from those the
-    bank recorded (``weights_sha256``), else ``None`` (also for banks saved before the record existed).
-
-    Cheap on the serving path: nothing is read when no optimizer step or state-dict load happened in this process
-    since the last check (:data:`_WEIGHT_EVENTS`); then the tensors' signature is compared, and the digest is
-    recomputed only when that changed. ``force`` (load, save, ``eval()``) compares the signature whatever the count,
-    which also sees in-place edits outside an optimizer (``param.data.copy_``, ``nn.init``)."""
+def _recorded_weights(model) -> dict | None:
     records = getattr(model.config, "scheduler_bank", None) or []
     stored = [r.get("weights_sha256") if isinstance(r, dict) else None for r in records]
     if not stored or any(not isinstance(d, dict) for d in stored):
         return None  # no bank, or one saved before weights were recorded (or fitted where they could not be read)
-    want = stored[0]
-    cache = model.__dict__.get("_eenet_weights_check")
-    events = _WEIGHT_EVENTS[0]
-    if cache is not None and cache["want"] is want and cache["events"] == events and not force:
-        return cache["reason"]
-    items = _weight_tensors(model)
-    if items is None:
+    return stored[0]
+
+
+def stale_bank_reason(model, force: bool = False) -> str | None:
+    """Why the model's bank must not be served (:data:`STALE_BANK_MESSAGE`) when its weights differ from those the
+    bank recorded (``weights_sha256``), else ``None``. Banks saved before the record existed are not checked.
+
+    ``force`` (load, save, ``verify_scheduler_bank``, ``add_scheduler``, ``rematch_budgets``): the digest is computed
+    (any change is seen: an in-place ``.data`` edit, a submodule's ``load_state_dict``). Otherwise (each request) the
+    last verdict stands until an optimizer step or a ``load_state_dict`` of the model happened in this process; then
+    the digest is computed again if an optimizer stepped one of this model's parameters, or if a tensor's identity,
+    storage or version counter changed."""
+    want = _recorded_weights(model)
+    if want is None:
         return None
-    sig = _weights_signature(items)
-    if cache is not None and cache["want"] is want and cache["sig"] == sig:
-        cache["events"] = events
-        return cache["reason"]
-    # the precision the weights are held in first; then the other one (a model cast to float16 and back holds the
-    # float16 values, whose bfloat16 rounding is not that of the fitted weights)
-    first = _rounding(items)
-    order = [first] + [r for r in _ROUNDINGS if r != first]
-    reason = None if any(want.get(r) == _digest(items, r) for r in order) else STALE_BANK_MESSAGE
-    model.__dict__["_eenet_weights_check"] = {"want": want, "events": events, "sig": sig, "reason": reason}
-    return reason
+    cache = model.__dict__.get("_eenet_weights_check")
+    if not force and cache is not None and cache["want"] is want and cache["events"] == _WEIGHT_EVENTS[0]:
+        return cache["reason"]  # the serving path: two lookups
+    with _CHECK_LOCK:
+        cache = model.__dict__.get("_eenet_weights_check")
+        events = _WEIGHT_EVENTS[0]
+        if not force and cache is not None and cache["want"] is want and cache["events"] == events:
+            return cache["reason"]  # another thread checked meanwhile
+        try:
+            items = _weight_tensors(model)
+        except Exception:  # noqa: BLE001 - a model whose state cannot be read here is not checked, never broken
+            items = None
+        if items is None:
+            return None
+        sig = _weights_signature(items)
+        if (not force and cache is not None and cache["want"] is want and cache["sig"] == sig
+                and not any(_STEPPED.get(id(t), -1) > cache["events"] for _, t in items)):
+            cache["events"] = events
+            return cache["reason"]
+        reason = None if _matches(items, want) else STALE_BANK_MESSAGE
+        model.__dict__["_eenet_weights_check"] = {"want": want, "events": events, "sig": sig, "reason": reason}
+        return reason
+
+
+def seed_weights_check(model, weights: dict | None) -> None:
+    """After a bank is installed with the digest ``weights`` just computed from the model: its first request need not
+    compute it again."""
+    want = _recorded_weights(model)
+    if want is None or want != weights:
+        return
+    items = _weight_tensors(model)
+    if items is not None:
+        model.__dict__["_eenet_weights_check"] = {"want": want, "events": _WEIGHT_EVENTS[0],
+                                                  "sig": _weights_signature(items), "reason": None}
+
+
+def _weights_signature(items) -> tuple:
+    """Cheap identity of the tensors (object, storage, dtype, device, in-place version counter)."""
+    return tuple((k, id(t), t.data_ptr(), t.dtype, t.device, t._version) for k, t in items)
 
 
 def make_record(scheduler, budget: float, data_fingerprint: str | None = None,
@@ -1191,6 +1233,7 @@ __all__ = [
     "make_record",
     "weights_digest",
     "stale_bank_reason",
+    "seed_weights_check",
     "note_weight_change",
     "scheduler_config_json",
     "same_scheduler_config",

@@ -41,6 +41,7 @@ from .bank import (
     data_fingerprint as _data_fingerprint,
     make_record,
     note_weight_change,
+    seed_weights_check,
     stale_bank_reason,
     verify_bank,
     weights_digest,
@@ -370,8 +371,13 @@ class EENetModelMixin:
                     "the new scheduler was fitted on other validation data (or the same data collected on another "
                     "device or in another precision) than the bank's other schedulers "
                     f"({data_fingerprint} vs {sorted(prints)}): refit the whole bank (fit_scheduler replaces it)")
-        entries[budget] = (scheduler, make_record(scheduler, budget, data_fingerprint, weights_digest(self)))
+        # the weights the bank is for: the other entries' (checked just above, so these very weights, perhaps cast
+        # for serving since: a fresh digest of a cast model would differ from theirs), else the model's now
+        recorded = next((r.get("weights_sha256") for _, r in others.values() if r.get("weights_sha256")), None)
+        weights = recorded if recorded is not None else weights_digest(self)
+        entries[budget] = (scheduler, make_record(scheduler, budget, data_fingerprint, weights))
         self._install_bank({b: e for b, e in entries.items()}, cfg)
+        seed_weights_check(self, weights)
 
     def set_scheduler_bank(self, schedulers: dict, *, data_fingerprint: str | None = None) -> None:
         """Replace the whole bank with ``{budget: fitted scheduler}`` (all checked first; on error the old bank stays)."""
@@ -387,6 +393,7 @@ class EENetModelMixin:
         if any(c != cfgs[0] for c in cfgs):
             raise BankIntegrityError("all schedulers of a bank must share one configuration (scheduler_config)")
         self._install_bank(entries, cfgs[0])
+        seed_weights_check(self, weights)
 
     def rematch_budgets(self, exit_probs) -> dict:
         """Re-match every bank entry's thresholds to its budget on *unlabelled* traffic (§6 only; the heads fitted on
@@ -434,6 +441,7 @@ class EENetModelMixin:
             entries[b] = (new, record)
             out[b] = dict(new.fit_info["rematch"])
         self._install_bank(entries, self.config.scheduler_config)
+        seed_weights_check(self, records[0].get("weights_sha256"))
         _warn_if_rematch_is_noisy(out, int(probs.shape[0]))
         return out
 
@@ -498,10 +506,7 @@ class EENetModelMixin:
         fused = self.__dict__.get("_eenet_fused_cpu")
         if fused is not None:
             fused.clear()
-        out = super().train(mode)
-        if not mode and getattr(self.config, "scheduler_bank", None):
-            stale_bank_reason(self, force=True)  # weights edited in place since the last check: seen from here on
-        return out
+        return super().train(mode)
 
     def load_state_dict(self, *args, **kwargs):
         """``nn.Module.load_state_dict``; counted as a weight change, so the next request checks that the scheduler

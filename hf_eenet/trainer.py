@@ -217,7 +217,8 @@ def _aligned_class_names(dataset, column: str, config):
     if unknown:
         raise ValueError(f"label column {column!r} is a ClassLabel with classes {data_names}, but the model's classes "
                          f"are {model_names} (config.id2label): {unknown} are not among them, so the labels cannot "
-                         "be read as the model's classes")
+                         "be read as the model's classes (if the ids already follow the model's order, cast the "
+                         f"column to plain ids: dataset.cast_column({column!r}, Value('int64')))")
     if not hasattr(dataset, "align_labels_with_mapping"):
         raise ValueError(f"label column {column!r} counts the classes in another order ({data_names}) than the model "
                          f"({model_names}, config.id2label): align it first, e.g. "
@@ -631,7 +632,8 @@ class EENetTrainer(Trainer):
         # the float32 softmax serving decides on (exit_softmax), not a float64 one: saturated exits differ in the
         # last bit, and a bank fitted on other scores than the served ones misses its budget
         logits = torch.from_numpy(np.ascontiguousarray(_exit_logits_from_predictions(pred.predictions), np.float32))
-        probs = exit_softmax(logits).numpy()
+        device = next(self.accelerator.unwrap_model(self.model).parameters()).device  # where serving computes it
+        probs = exit_softmax(logits.to(device)).cpu().numpy()
         if pred.label_ids is None:
             if require_labels:
                 raise ValueError("the dataset has no labels; the scheduler is fitted on a labelled validation split")
@@ -651,6 +653,9 @@ class EENetTrainer(Trainer):
             return dataset.remove_columns(names)
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
         num_labels = getattr(config, "num_labels", None)
+        values = np.asarray(dataset[names[0]])
+        if not require_labels and values.size and values.dtype.kind in "iu" and (values == -1).all():
+            return dataset.remove_columns(names)  # an unlabelled split (GLUE's hidden test labels): nothing to align
         dataset = _aligned_class_names(dataset, names[0], config)
         values = np.asarray(dataset[names[0]])
         if values.dtype.kind in "USO" and values.ndim == 1:  # strings (or None): not class ids

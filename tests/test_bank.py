@@ -265,32 +265,45 @@ def test_a_model_that_is_not_single_label_is_refused_budgets_and_policies_at_eve
 
 def test_a_bank_fitted_for_other_weights_is_refused_however_the_weights_changed(tmp_path):
     """A bank records the weights it was fitted for (bfloat16/float16-rounded digests): trained after the fit without
-    EENetTrainer (here: a plain optimizer loop, as transformers.Trainer runs), loaded from such a save, or edited in
-    place, the model refuses to serve a budget by name (it served the old thresholds: another cost than asked);
-    casts for serving, other models' training and restoring the weights do not count."""
+    EENetTrainer (here: plain and fused optimizer loops, as transformers.Trainer runs), loaded from such a save, or
+    edited in place, the model refuses to serve a budget by name (it served the old thresholds: another cost than
+    asked); a cast for serving, other models' training and restoring the weights do not count."""
     model, batch, probs, labels = fitted_model()
     want = outputs(model, batch, 0.5)
     original = copy.deepcopy(model.state_dict())
     for cast in ("half", "bfloat16"):  # serving precision and back: still the weights the bank was fitted for
+        model.float().load_state_dict(original)
         getattr(model, cast)()
         model(**batch, budget=0.5)
+        model.verify_scheduler_bank()
         model.float()
-        model(**batch, budget=0.5)
+        model.verify_scheduler_bank()
     model.load_state_dict(original)
+    model.half()  # a scheduler added to a cast model joins the bank's record (the bank stays saveable)
+    model.add_scheduler(copy.deepcopy(model.eenet_schedulers[0]), 0.5)
+    model.save_pretrained(tmp_path / "cast")
+    model.float().load_state_dict(original)
     other = tiny_model(layers=2, seed=5)  # another model's optimizer step: nothing changes here
     torch.optim.SGD(other.parameters(), lr=0.1).step()
     assert outputs(model, batch, 0.5)[0] == want[0]
-    # a plain training loop (the stock Trainer's, without hf_eenet's bank removal)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for _ in range(2):
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    for call in (lambda: model(**batch, budget=0.5), lambda: model.get_exit_policy(0.8),
-                 lambda: model.verify_scheduler_bank(), lambda: model.rematch_budgets(probs),
+
+    def train(fused):  # a plain training loop (the stock Trainer's, without hf_eenet's bank removal)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)
+        for _ in range(2):
+            model(**batch, labels=labels).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        model.eval()
+
+    for fused in (False, True):  # a fused step keeps every tensor's version counter: the hook names the parameters
+        model.load_state_dict(original)
+        model(**batch, budget=0.5)
+        train(fused)
+        with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+            model(**batch, budget=0.5)
+    for call in (lambda: model.get_exit_policy(0.8), lambda: model.verify_scheduler_bank(),
+                 lambda: model.rematch_budgets(probs),
                  lambda: model.add_scheduler(copy.deepcopy(model.eenet_schedulers[0]), 0.5)):
         with pytest.raises(BankIntegrityError, match="fitted for other weights"):
             call()
@@ -303,19 +316,51 @@ def test_a_bank_fitted_for_other_weights_is_refused_however_the_weights_changed(
         loaded = type(model).from_pretrained(tmp_path / "trained")
     with pytest.raises(BankIntegrityError, match="fitted for other weights"):
         loaded(**batch, budget=0.5)
-    # the weights the bank was fitted for again: served as before; an in-place edit outside an optimizer is seen
-    # from the next eval()
+    # the weights the bank was fitted for again: served as before. Changes outside an optimizer and the model's own
+    # load_state_dict (a .data write, a submodule's load) are seen by the next check of the whole model
     model.load_state_dict(original)
     assert outputs(model, batch, 0.5)[0] == want[0]
-    with torch.no_grad():
-        model.classifier.bias.add_(0.5)
-    model.eval()
-    with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+    assert not model.verify_scheduler_bank() is None
+    for edit in (lambda: model.classifier.bias.data.copy_(model.classifier.bias.data + 0.5),
+                 lambda: model.bert.load_state_dict(other.bert.state_dict(), strict=False)):
+        model.load_state_dict(original)
         model(**batch, budget=0.5)
-    # a refit records the new weights
+        edit()
+        with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+            model.verify_scheduler_bank()
+        with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+            model(**batch, budget=0.5)  # the verdict stands once seen
+    # weights rounded twice are other weights (documented); a refit records the weights as they are
+    model.load_state_dict(original)
+    model.half().bfloat16()
+    with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+        model.verify_scheduler_bank()
+    model.float()
     new_probs = all_exit_probs(model, batch)
     model.set_scheduler_bank({0.5: EENetScheduler(**FAST).fit(new_probs, labels, model.config.exit_costs, 0.5)})
     model(**batch, budget=0.5)
+
+
+class _ExtraState(torch.nn.Module):  # a module whose state_dict entry is not a tensor (``get_extra_state``)
+    def get_extra_state(self):
+        return ("version", 2)
+
+    def set_extra_state(self, state):
+        pass
+
+
+def test_the_weights_check_skips_state_that_is_not_a_tensor():
+    """(e.g. torch.ao dynamic quantisation's packed parameters): checked, served, never an AttributeError."""
+    model, batch, _, labels = fitted_model()
+    model.extra = _ExtraState()
+    assert "extra._extra_state" in model.state_dict()
+    model.eval()
+    model(**batch, budget=0.5)
+    model.verify_scheduler_bank()
+    with torch.no_grad():
+        model.classifier.bias.add_(0.5)
+    with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+        model.verify_scheduler_bank()
 
 
 # --------------------------------------------------------------------------------------------------- 2: costs drift

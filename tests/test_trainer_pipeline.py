@@ -462,6 +462,10 @@ def test_fit_scheduler_reads_class_labels_by_the_models_class_names(tok, tmp_pat
         assert np.array_equal(got, want), names
     _, got = trainer.collect_exit_predictions(val.cast_column("labels", ClassLabel(names=["negative", "positive"])))
     assert np.array_equal(got, want)
+    hidden = val.map(lambda b: {"labels": [-1] * len(b["labels"])}, batched=True).cast_column(
+        "labels", ClassLabel(names=["positive", "negative"]))  # GLUE-style unlabelled test split: nothing to align
+    probs, got = trainer.collect_exit_predictions(hidden, require_labels=False)
+    assert got is None and probs.shape[0] == len(val)
     with pytest.raises(ValueError, match=r"ClassLabel with classes \['good', 'bad'\].*\['bad', 'good'\] are not among"):
         trainer.fit_scheduler(flipped.cast_column("labels", ClassLabel(names=["good", "bad"])), budgets=[0.5])
     assert not model.config.scheduler_budgets
