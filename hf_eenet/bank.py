@@ -227,11 +227,11 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
             return cache["reason"]  # another thread checked meanwhile
         try:
             items = _weight_tensors(model)
+            sig = None if items is None else _weights_signature(items)
         except Exception:  # noqa: BLE001 - a model whose state cannot be read here is not checked, never broken
             items = None
         if items is None:
             return None
-        sig = _weights_signature(items)
         if (not force and cache is not None and cache["want"] is want and cache["sig"] == sig
                 and not any(_STEPPED.get(id(t), -1) > cache["events"] for _, t in items)):
             cache["events"] = events
@@ -247,15 +247,20 @@ def seed_weights_check(model, weights: dict | None) -> None:
     want = _recorded_weights(model)
     if want is None or want != weights:
         return
-    items = _weight_tensors(model)
-    if items is not None:
-        model.__dict__["_eenet_weights_check"] = {"want": want, "events": _WEIGHT_EVENTS[0],
-                                                  "sig": _weights_signature(items), "reason": None}
+    try:
+        items = _weight_tensors(model)
+        if items is not None:
+            model.__dict__["_eenet_weights_check"] = {"want": want, "events": _WEIGHT_EVENTS[0],
+                                                      "sig": _weights_signature(items), "reason": None}
+    except Exception:  # noqa: BLE001 - a cache only: the first request computes the check instead
+        model.__dict__.pop("_eenet_weights_check", None)
 
 
 def _weights_signature(items) -> tuple:
-    """Cheap identity of the tensors (object, storage, dtype, device, in-place version counter)."""
-    return tuple((k, id(t), t.data_ptr(), t.dtype, t.device, t._version) for k, t in items)
+    """Cheap identity of the tensors (object, storage, dtype, device, in-place version counter; an inference tensor,
+    made under ``torch.inference_mode()``, has no counter, and cannot be written outside that mode)."""
+    return tuple((k, id(t), t.data_ptr(), t.dtype, t.device, -1 if t.is_inference() else t._version)
+                 for k, t in items)
 
 
 def make_record(scheduler, budget: float, data_fingerprint: str | None = None,

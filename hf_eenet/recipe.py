@@ -601,6 +601,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     results: dict = {}
     out_dir = Path(training_args.output_dir)
     res_dir = Path(args.results_dir or out_dir)
+    if model.config.scheduler_budgets:  # a bank the model would refuse to serve is not evaluated either (e.g. one
+        model.verify_scheduler_bank()     # fitted for other weights: --do_fit_scheduler false on a retrained folder)
     bank = dict(zip(model.config.scheduler_budgets or [], model.eenet_schedulers))
     if is_main and do_eval:
         eval_on = "test" if test_labelled and test_probs is not None else "validation"

@@ -687,6 +687,7 @@ class EENetTrainer(Trainer):
         check_single_label(model.config, "re-matching a scheduler bank")
         if not model.config.scheduler_budgets:
             raise ValueError("the model has no scheduler bank to re-match: call fit_scheduler first")
+        model.verify_scheduler_bank()  # a bank it would refuse anyway (e.g. fitted for other weights): before the pass
         probs, _ = self._predict_exits(dataset, require_labels=False, use_labels=False)  # labels: ignored
         info = model.rematch_budgets(probs)
         logger.info("EENet scheduler bank re-matched on %d rows: %s", len(probs),
@@ -856,9 +857,13 @@ class EENetTrainer(Trainer):
         if extend and model.config.scheduler_bank:
             prints = {r.get("data_fingerprint") for r in model.config.scheduler_bank if r.get("data_fingerprint")}
             if prints and prints != {fingerprint}:
+                older = not any(r.get("weights_sha256") for r in model.config.scheduler_bank)
                 raise ValueError("extend=True: the existing bank was fitted on other validation data, or on the same "
-                                 "data collected on another device or in another precision (fingerprint "
-                                 f"{sorted(prints)} vs {fingerprint}); refit the whole bank (extend=False)")
+                                 "data collected on another device or in another precision"
+                                 + (", or by an earlier hf_eenet (its records hold no weights digest; it computed "
+                                    "the exit probabilities in float64, which moves their last bits)" if older else "")
+                                 + f" (fingerprint {sorted(prints)} vs {fingerprint}); refit the whole bank "
+                                   "(extend=False)")
         info, fitted = {}, {}
         try:
             from tqdm.auto import tqdm

@@ -341,6 +341,21 @@ def test_a_bank_fitted_for_other_weights_is_refused_however_the_weights_changed(
     model(**batch, budget=0.5)
 
 
+def test_a_model_built_under_inference_mode_installs_and_serves_a_bank():
+    """Inference tensors have no version counter: the weights check must neither break the install (it left a
+    half-installed bank) nor the serving."""
+    with torch.inference_mode():
+        model = tiny_model(layers=4, num_labels=3, seed=0)
+    batch = random_batch(n=16, seed=0)
+    with torch.inference_mode():
+        probs = all_exit_probs(model, batch)
+    labels = torch.arange(16) % 3
+    model.set_scheduler_bank({0.5: EENetScheduler(**FAST).fit(probs.clone(), labels, model.config.exit_costs, 0.5)})
+    with torch.inference_mode():
+        model(**batch, budget=0.5)
+    model.verify_scheduler_bank()
+
+
 class _ExtraState(torch.nn.Module):  # a module whose state_dict entry is not a tensor (``get_extra_state``)
     def get_extra_state(self):
         return ("version", 2)

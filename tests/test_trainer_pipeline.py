@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, ROOT, tiny_kwargs, tiny_model
+from conftest import DATA_DIR, ROOT, tiny_kwargs, tiny_model, write_csv
 from datasets import Dataset
 from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments, pipeline
 
@@ -1099,6 +1099,34 @@ def test_recipe_end_to_end_small(tmp_path):
               "--seed", "7"], resolve_model=resolve_backbone)
     assert not [w for w in caught if "held results" in str(w.message)]
     assert ModelCard.load(str(out / "README.md")).data.eval_results
+
+
+def test_recipe_and_cli_refuse_to_evaluate_a_bank_fitted_for_other_weights(trained, tok, tmp_path):
+    """A folder whose weights took a training step after its bank was fitted (by a stock Trainer, say): the recipe's
+    --do_fit_scheduler false evaluation and the CLI refuse the bank, as serving does (the recipe wrote a card for it)."""
+    from hf_eenet.cli import main as cli
+    from hf_eenet.recipe import main as recipe
+
+    model = type(trained["model"]).from_pretrained(trained["dir"])
+    model.train()
+    batch = DataCollatorWithPadding(tok)([{k: trained["val"][i][k] for k in ("input_ids", "attention_mask", "labels")}
+                                          for i in range(16)])
+    model(**batch).loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    d = tmp_path / "stale"
+    with pytest.warns(UserWarning, match="saving a stale bank"):
+        model.save_pretrained(d)
+    tok.save_pretrained(d)
+    texts, labels = toy_texts(40, seed=11)
+    dev = write_csv(tmp_path / "dev.csv", ["text", "label"], [(t, ["negative", "positive"][y])
+                                                              for t, y in zip(texts, labels)])
+    with pytest.raises(hf_eenet.BankIntegrityError, match="fitted for other weights"):
+        recipe(["--model_name_or_path", str(d), "--validation_file", dev, "--text_column_names", "text",
+                "--output_dir", str(tmp_path / "run"), "--do_eval", "--do_fit_scheduler", "false", "--use_cpu",
+                "true", "--report_to", "none", "--quiet", "--save_strategy", "no"])
+    assert not (tmp_path / "run" / "results.json").exists()
+    with pytest.raises((SystemExit, hf_eenet.BankIntegrityError)):
+        cli(["predict", str(d), "a good film", "--budget", "0.6"])
 
 
 def test_cli_help_and_predict(trained, capsys):
