@@ -257,9 +257,10 @@ def seed_weights_check(model, weights: dict | None) -> None:
 
 
 def _weights_signature(items) -> tuple:
-    """Cheap identity of the tensors (object, storage, dtype, device, in-place version counter; an inference tensor,
-    made under ``torch.inference_mode()``, has no counter, and cannot be written outside that mode)."""
-    return tuple((k, id(t), t.data_ptr(), t.dtype, t.device, -1 if t.is_inference() else t._version)
+    """Cheap identity of the tensors (object, storage, dtype, device, in-place version counter). An inference tensor
+    (made under ``torch.inference_mode()``) has no counter and can be written in that mode unseen: it gets a marker
+    that equals nothing, so after any weight event its model's digest is computed again."""
+    return tuple((k, id(t), t.data_ptr(), t.dtype, t.device, object() if t.is_inference() else t._version)
                  for k, t in items)
 
 

@@ -470,6 +470,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     saved_targs = None if do_train else _saved_training_args(path, model_args.cache_dir)
     bank_budgets = list(model.config.scheduler_budgets or []) if pretrained_eenet else []
     if bank_budgets and not (do_train or args.do_fit_scheduler) and (do_eval or do_predict):  # served as fitted
+        model.verify_scheduler_bank()  # before any save or prediction pass: a bank the model would refuse to serve
         if args.budgets is None or getattr(args, "_budgets_from_config", False):  # not given: the bank's
             budgets = [float(b) for b in bank_budgets]
             if show:

@@ -857,7 +857,7 @@ class EENetTrainer(Trainer):
         if extend and model.config.scheduler_bank:
             prints = {r.get("data_fingerprint") for r in model.config.scheduler_bank if r.get("data_fingerprint")}
             if prints and prints != {fingerprint}:
-                older = not any(r.get("weights_sha256") for r in model.config.scheduler_bank)
+                older = not any("weights_sha256" in r for r in model.config.scheduler_bank)  # (None: not readable)
                 raise ValueError("extend=True: the existing bank was fitted on other validation data, or on the same "
                                  "data collected on another device or in another precision"
                                  + (", or by an earlier hf_eenet (its records hold no weights digest; it computed "

@@ -354,6 +354,11 @@ def test_a_model_built_under_inference_mode_installs_and_serves_a_bank():
     with torch.inference_mode():
         model(**batch, budget=0.5)
     model.verify_scheduler_bank()
+    # inference tensors are written (unseen by any version counter) only in inference mode: a load there is seen
+    with torch.inference_mode():
+        model.load_state_dict(tiny_model(layers=4, num_labels=3, seed=1).state_dict(), strict=False)
+        with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+            model(**batch, budget=0.5)
 
 
 class _ExtraState(torch.nn.Module):  # a module whose state_dict entry is not a tensor (``get_extra_state``)

@@ -1124,7 +1124,7 @@ def test_recipe_and_cli_refuse_to_evaluate_a_bank_fitted_for_other_weights(train
         recipe(["--model_name_or_path", str(d), "--validation_file", dev, "--text_column_names", "text",
                 "--output_dir", str(tmp_path / "run"), "--do_eval", "--do_fit_scheduler", "false", "--use_cpu",
                 "true", "--report_to", "none", "--quiet", "--save_strategy", "no"])
-    assert not (tmp_path / "run" / "results.json").exists()
+    assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "model.safetensors").exists()
     with pytest.raises((SystemExit, hf_eenet.BankIntegrityError)):
         cli(["predict", str(d), "a good film", "--budget", "0.6"])
 
