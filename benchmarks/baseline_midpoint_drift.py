@@ -42,8 +42,9 @@ def drift(name: str, outputs: Path, cards: Path) -> dict:
             old = committed["methods"][method][i]
             new = evaluate_exits(tp, tl, cls.calibrate(vp, vl, committed["costs"], b).exit_index(tp),
                                  committed["costs"], budget=b)
+            net_rows = round(abs(new["accuracy"] - old["accuracy"]) * n)
             rows.append({"method": method, "budget": b, "accuracy_committed": old["accuracy"],
-                         "accuracy_now": new["accuracy"], "net_test_rows_changed": round(abs(new["accuracy"] - old["accuracy"]) * n),
+                         "accuracy_now": new["accuracy"], "net_test_rows_changed": net_rows,
                          "cost_committed": old["mean_cost"], "cost_now": new["mean_cost"]})
     changed = [r for r in rows if r["net_test_rows_changed"] or abs(r["cost_now"] - r["cost_committed"]) > 1e-12]
     by_method = {m: sum(r["method"] == m for r in changed) for m in BASELINES}
@@ -60,7 +61,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--cards", default=str(ROOT / "model_cards"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    out = {"command": "python benchmarks/baseline_midpoint_drift.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    given = argv if argv is not None else sys.argv[1:]
+    out = {"command": "python benchmarks/baseline_midpoint_drift.py " + " ".join(given),
            "versions": {"torch": torch.__version__}, "datasets": {}}
     for name in args.names.split(","):
         out["datasets"][name] = d = drift(name, Path(args.outputs), Path(args.cards))

@@ -470,7 +470,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     saved_targs = None if do_train else _saved_training_args(path, model_args.cache_dir)
     bank_budgets = list(model.config.scheduler_budgets or []) if pretrained_eenet else []
     if bank_budgets and not (do_train or args.do_fit_scheduler) and (do_eval or do_predict):  # served as fitted
-        model.verify_scheduler_bank()  # before any save or prediction pass: a bank the model would refuse to serve
+        # a bank the model would refuse to serve (e.g. fitted for other weights) is not evaluated either: refused
+        model.verify_scheduler_bank()  # here, before any save or prediction pass (a bank fitted in this run is fresh)
         if args.budgets is None or getattr(args, "_budgets_from_config", False):  # not given: the bank's
             budgets = [float(b) for b in bank_budgets]
             if show:
@@ -602,8 +603,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     results: dict = {}
     out_dir = Path(training_args.output_dir)
     res_dir = Path(args.results_dir or out_dir)
-    if model.config.scheduler_budgets:  # a bank the model would refuse to serve is not evaluated either (e.g. one
-        model.verify_scheduler_bank()     # fitted for other weights: --do_fit_scheduler false on a retrained folder)
     bank = dict(zip(model.config.scheduler_budgets or [], model.eenet_schedulers))
     if is_main and do_eval:
         eval_on = "test" if test_labelled and test_probs is not None else "validation"

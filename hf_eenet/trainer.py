@@ -26,7 +26,8 @@ from .configuration_eenet import pairing_mismatch
 from .evaluation import evaluate_exits
 from .modeling_eenet import exit_softmax
 from .scheduler import EENetScheduler
-from .validation import (check_bool, check_single_label, check_budget, check_budget_fraction, check_costs, check_fraction, check_int,
+from .validation import (check_bool, check_budget, check_budget_fraction, check_costs, check_fraction, check_int,
+                         check_single_label,
                          check_labels, check_positive)
 
 
@@ -656,21 +657,21 @@ class EENetTrainer(Trainer):
         values = np.asarray(dataset[names[0]])
         if not require_labels and values.size and values.dtype.kind in "iu" and (values == -1).all():
             return dataset.remove_columns(names)  # an unlabelled split (GLUE's hidden test labels): nothing to align
-        dataset = _aligned_class_names(dataset, names[0], config)
-        values = np.asarray(dataset[names[0]])
+        aligned = _aligned_class_names(dataset, names[0], config)
+        if aligned is not dataset:  # ids re-encoded in the model's order
+            dataset, values = aligned, np.asarray(aligned[names[0]])
         if values.dtype.kind in "USO" and values.ndim == 1:  # strings (or None): not class ids
             if not require_labels and all(v is None for v in values.tolist()):
                 return dataset.remove_columns(names)
             shown = sorted({str(v) for v in values.tolist()})[:5]
             label2id = getattr(config, "label2id", None)
-            raise ValueError(f"label column {names[0]!r} holds strings ({shown}), not class ids: map them "
-                             f"to ids first, with the model's label2id {label2id} (e.g. dataset.map(lambda r: "
-                             f"{{{names[0]!r}: model.config.label2id[r[{names[0]!r}]]}})) or by casting the column to a "
+            col = names[0]
+            raise ValueError(f"label column {col!r} holds strings ({shown}), not class ids: map them to ids first, "
+                             f"with the model's label2id {label2id} (e.g. dataset.map(lambda r: "
+                             f"{{{col!r}: model.config.label2id[r[{col!r}]]}})) or by casting the column to a "
                              "ClassLabel of the model's class names")
         if values.dtype.kind not in "iub" or values.ndim != 1 or num_labels is None:
             return dataset  # not class ids (the model's own checks apply)
-        if not require_labels and values.size and (values == -1).all():
-            return dataset.remove_columns(names)
         try:
             check_labels(values, len(values), num_labels)
         except ValueError as err:  # the shared check, naming the column
@@ -755,21 +756,20 @@ class EENetTrainer(Trainer):
                    else "(its position table / tokenizer)")
                 + f": the bank would be fitted on inputs it never serves; tokenize them with truncation=True, "
                   f"max_length={served}{hint}")
+        looks = (f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows "
+                 "have exactly that length)")
         if given is not None and truncated and longest < given:
-            warnings.warn(f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows have "
-                          f"exactly that length) but max_seq_length={given} is recorded: served inputs up to {given} "
+            warnings.warn(f"{looks} but max_seq_length={given} is recorded: served inputs up to {given} "
                           "tokens make the exits' confidence, and so the budgets' spend, differ from the fit",
                           UserWarning, stacklevel=3)
         if given is not None or not truncated or longest == served:
             return given
         if recorded is None:
-            warnings.warn(f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows "
-                          f"have exactly that length): the bank is fitted at that length, so config.max_seq_length = "
+            warnings.warn(f"{looks}: the bank is fitted at that length, so config.max_seq_length = "
                           f"{longest} is recorded and the pipeline truncates to it, as the rows were; pass "
                           "fit_scheduler(max_seq_length=...) to state the length", UserWarning, stacklevel=3)
             return longest
-        warnings.warn(f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows have "
-                      f"exactly that length) while the model serves {served} tokens (config.max_seq_length): the bank "
+        warnings.warn(f"{looks} while the model serves {served} tokens (config.max_seq_length): the bank "
                       "will spend its budgets at another rate on served inputs; tokenize the rows with "
                       f"max_length={served}, or pass max_seq_length={longest} to serve at that length",
                       UserWarning, stacklevel=3)
@@ -851,7 +851,8 @@ class EENetTrainer(Trainer):
             raise ValueError(f"this model was trained on {pairing_mismatch(model.config, pairs)} "
                              f"(config.sentence_pairs) but the validation rows are "
                              f"{'sentence pairs' if pairs else 'single texts'} (their token_type_ids): the bank would "
-                             "be fitted on inputs the pipeline refuses to serve; tokenize the rows as the model reads them")
+                             "be fitted on inputs the pipeline refuses to serve; tokenize the rows as the model "
+                             "reads them")
         probs, labels = self.collect_exit_predictions(eval_dataset)
         fingerprint = data_fingerprint(probs, labels)
         if extend and model.config.scheduler_bank:
