@@ -116,6 +116,10 @@ def state_digest(module) -> str:
 #: identity, storage and version counter as they were) and the models' own ``load_state_dict``
 _WEIGHT_EVENTS = [0]
 _STEPPED: dict[int, int] = {}  # id(parameter) -> the event count of the last optimizer step that held it
+#: the event count of the last optimizer step over a tensor that is not an ``nn.Parameter``: a master copy, whose
+#: values the training framework then writes into the model's parameters through ``.data`` (DeepSpeed ZeRO-1/2's flat
+#: fp32 partitions, a loop of one's own with fp32 master weights); any model may have changed, unseen by ``_STEPPED``
+_MASTER_STEP = [-1]
 _CHECK_LOCK = threading.Lock()  # one digest at a time (concurrent requests after an event wait for the first)
 
 
@@ -125,6 +129,8 @@ def note_weight_change(optimizer=None, *_args, **_kwargs) -> None:
     for group in getattr(optimizer, "param_groups", None) or []:
         for p in group.get("params", ()):
             _STEPPED[id(p)] = _WEIGHT_EVENTS[0]
+            if not isinstance(p, nn.Parameter):
+                _MASTER_STEP[0] = _WEIGHT_EVENTS[0]
 
 
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
@@ -212,8 +218,9 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
     ``force`` (load, save, ``verify_scheduler_bank``, ``add_scheduler``, ``rematch_budgets``): the digest is computed
     (any change is seen: an in-place ``.data`` edit, a submodule's ``load_state_dict``). Otherwise (each request) the
     last verdict stands until an optimizer step or a ``load_state_dict`` of the model happened in this process; then
-    the digest is computed again if an optimizer stepped one of this model's parameters, or if a tensor's identity,
-    storage or version counter changed."""
+    the digest is computed again if an optimizer stepped one of this model's parameters or a tensor that is not a
+    parameter (a master copy written back through ``.data``, as DeepSpeed ZeRO-1/2 does: each model in the process
+    is digested once at its next request), or if a tensor's identity, storage or version counter changed."""
     want = _recorded_weights(model)
     if want is None:
         return None
@@ -233,6 +240,7 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
         if items is None:
             return None
         if (not force and cache is not None and cache["want"] is want and cache["sig"] == sig
+                and _MASTER_STEP[0] <= cache["events"]
                 and not any(_STEPPED.get(id(t), -1) > cache["events"] for _, t in items)):
             cache["events"] = events
             return cache["reason"]

@@ -21,10 +21,12 @@ Linears, MC dropout, accelerate offload, decoder layers, chunked feed-forward, .
 Memory: the packed copies hold the encoder's Linear weights a second time while enabled (float32: 40 MiB for
 MiniLM-L6, 324 MiB for BERT-base); ``use_fused_cpu_layers(False)`` drops them. Staleness: an entry is rebuilt when
 a module on the layer's path or a parameter changes identity, storage or version counter (``load_state_dict``,
-in-place edits under ``no_grad``, ``.to(...)``, a new Parameter). Updates that bypass the version counter (edits
-through ``.data``, fused optimizers) are covered by when they happen: ``model.train()`` / ``model.eval()`` and
-every forward that could train (training mode or autograd on) drop all entries; an update after the last of
-those (a ``.data`` edit in eval mode, a fused optimizer step after an inference call) needs
+in-place edits under ``no_grad``, ``.to(...)``, a new Parameter). Updates that bypass the version counter are
+covered by when they happen: an optimizer step over a packed parameter (fused optimizers included) or over a
+tensor that is not a parameter (a master copy written back through ``.data``: DeepSpeed ZeRO-1/2, fp32 master
+weights of one's own) is seen at the next forward (``hf_eenet.bank``'s optimizer hook), and ``model.train()`` /
+``model.eval()`` and every forward that could train (training mode or autograd on) drop all entries. An edit
+through ``.data`` in eval mode after the last of those (EMA, pruning, weight surgery) needs
 ``use_fused_cpu_layers()`` again. Entries are per process and never saved or copied (``copy.deepcopy`` / pickle
 give a model with the setting on and an empty cache).
 """
@@ -39,6 +41,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import BertLayer
 from transformers.models.roberta.modeling_roberta import RobertaLayer
+
+from . import bank
 
 _STOCK_LAYERS = (BertLayer, RobertaLayer)
 
@@ -188,29 +192,42 @@ class FusedCPULayers:
 
     def __init__(self):
         self.layers: dict[int, _FusedLayer] = {}
+        self.events = bank._WEIGHT_EVENTS[0]  # the weight events (optimizer steps, loads) seen when last checked
 
     def __getstate__(self):  # oneDNN's packed tensors cannot be copied or pickled: a copy starts empty
-        return {"layers": {}}
+        return {"layers": {}, "events": bank._WEIGHT_EVENTS[0]}
 
     def clear(self) -> None:
         self.layers = {}
+
+    def _drop_stepped(self) -> None:
+        """After an optimizer step in the process: drop every entry when it stepped a packed parameter or a master
+        copy (neither changes the parameter's version counter when fused or written through ``.data``)."""
+        events, seen = bank._WEIGHT_EVENTS[0], self.events
+        if events == seen:
+            return  # the serving path: one comparison
+        if bank._MASTER_STEP[0] > seen or any(bank._STEPPED.get(id(t), -1) > seen
+                                               for entry in self.layers.values() for _, _, t in entry.params):
+            self.clear()
+        self.events = events
 
     def layer_calls(self, model, hidden: torch.Tensor):
         """What runs the encoder layers in one forward: the stock ``ModuleList`` when nothing can be fused for these
         inputs, else an iterator giving, layer by layer as the loop reaches it (a loop that stops early checks no
         further), a fused layer where it computes exactly the stock layer, or the stock layer.
 
-        Weight changes the version counter does not see (``param.data.mul_(...)``, fused optimizers such as
-        ``adamw_torch_fused``, the Trainer's default) are covered by when they happen: a forward that could train
-        (training mode or autograd on) and every ``model.train()`` / ``model.eval()`` of the model drop the packed
-        weights, so the next inference repacks. An update after the last of those (an edit through ``.data`` in
-        eval mode, a fused optimizer step taken after an inference call) needs ``model.use_fused_cpu_layers()``
-        again (it repacks).
+        Weight changes the version counter does not see are covered by when they happen: an optimizer step over
+        a packed parameter (fused optimizers such as ``adamw_torch_fused``, the Trainer's default) or over a master
+        copy written back through ``.data`` drops the packed weights at the next forward; so do a forward that could
+        train (training mode or autograd on) and every ``model.train()`` / ``model.eval()`` of the model. An edit
+        through ``.data`` in eval mode after the last of those needs ``model.use_fused_cpu_layers()`` again (it
+        repacks).
         """
         layers = model.backbone.encoder.layer
         if model.training or torch.is_grad_enabled():
             self.clear()  # weights may change under this forward's optimizer step, beyond the version counter
             return layers
+        self._drop_stepped()
         if (
             hidden.device.type != "cpu"
             or hidden.dtype not in (torch.float32, torch.bfloat16)

@@ -375,6 +375,12 @@ class EENetModelMixin:
         # for serving since: a fresh digest of a cast model would differ from theirs), else the model's now
         recorded = next((r.get("weights_sha256") for _, r in others.values() if r.get("weights_sha256")), None)
         weights = recorded if recorded is not None else weights_digest(self)
+        legacy = sorted(b for b, (_, r) in others.items() if not r.get("weights_sha256"))
+        if legacy:
+            warnings.warn(
+                f"add_scheduler: the bank's schedulers for budgets {legacy} were saved before banks recorded the "
+                "weights they were fitted for (an older hf_eenet): the bank stays unchecked against its weights; "
+                "refit it whole (fit_scheduler, set_scheduler_bank) to have it checked", UserWarning, stacklevel=2)
         entries[budget] = (scheduler, make_record(scheduler, budget, data_fingerprint, weights))
         self._install_bank({b: e for b, e in entries.items()}, cfg)
         seed_weights_check(self, weights)
@@ -477,10 +483,10 @@ class EENetModelMixin:
         forward of this model then runs each stock layer as packed GEMMs with the residual adds and GELU fused in,
         the same function to the dtype's rounding; anything the fused layer cannot reproduce exactly runs the stock
         layer. Costs a second copy of the encoder's Linear weights while enabled; ``enabled=False`` frees it.
+        Optimizer steps (fused ones and steps over master copies written back through ``.data`` included),
         ``model.train()`` / ``model.eval()`` and every forward with autograd on drop the packed weights by
-        themselves; a weight update that bypasses the version counter the packed weights are checked against and
-        comes after the last of those (a ``.data`` edit, a fused optimizer step after an inference call) needs
-        this called again: it repacks. Not saved with the model (a
+        themselves; an edit through ``.data`` in eval mode after the last of those (it bypasses the version counter
+        the packed weights are checked against) needs this called again: it repacks. Not saved with the model (a
         per-process choice, like ``torch.set_num_threads``).
         """
         check_bool(enabled, "enabled")

@@ -228,6 +228,31 @@ def test_bank_saved_before_new_config_keys_still_loads_but_edited_keys_do_not(tm
         type(model).from_pretrained(tmp_path)
 
 
+def test_a_bank_saved_before_weights_were_recorded_serves_unchecked_and_extending_it_says_so(tmp_path):
+    """A bank from an older hf_eenet has no ``weights_sha256``: it loads and serves as before (its weights cannot be
+    checked); a scheduler added to it warns that the bank stays unchecked until refitted whole, and a refit whole
+    records the weights again."""
+    model, batch, probs, labels = fitted_model()
+    model.save_pretrained(tmp_path)
+    cfg_path = tmp_path / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["scheduler_bank"] = [{k: v for k, v in r.items() if k != "weights_sha256"} for r in cfg["scheduler_bank"]]
+    cfg_path.write_text(json.dumps(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = type(model).from_pretrained(tmp_path)
+    loaded.classifier.bias.data.add_(0.5)  # other weights: not seen on a bank without the record
+    loaded.verify_scheduler_bank()
+    loaded(**batch, budget=0.5)
+    with pytest.warns(UserWarning, match=r"budgets \[0\.8\] were saved before banks recorded the weights"):
+        loaded.add_scheduler(copy.deepcopy(loaded.eenet_schedulers[0]), 0.5)
+    loaded.verify_scheduler_bank()  # still unchecked, as the warning says
+    loaded.set_scheduler_bank({0.5: copy.deepcopy(loaded.eenet_schedulers[0])})
+    loaded.classifier.bias.data.add_(0.5)
+    with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+        loaded.verify_scheduler_bank()
+
+
 def test_weights_from_another_save_are_detected(tmp_path):
     a, _, _, _ = fitted_model(seed=0)
     b, _, _, _ = fitted_model(seed=3)
@@ -316,6 +341,19 @@ def test_a_bank_fitted_for_other_weights_is_refused_however_the_weights_changed(
         loaded = type(model).from_pretrained(tmp_path / "trained")
     with pytest.raises(BankIntegrityError, match="fitted for other weights"):
         loaded(**batch, budget=0.5)
+    # a step over master copies (not parameters) that the framework writes back through .data (DeepSpeed ZeRO-1/2)
+    model.load_state_dict(original)
+    model(**batch, budget=0.5)
+    params = [p for name, p in model.named_parameters() if not name.startswith("eenet_schedulers.")]
+    master = torch.cat([p.detach().reshape(-1) for p in params]).requires_grad_()
+    master.grad = torch.ones_like(master)
+    torch.optim.SGD([master], lr=0.01).step()
+    offset = 0
+    for p in params:
+        p.data.copy_(master.detach()[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
+    with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+        model(**batch, budget=0.5)
     # the weights the bank was fitted for again: served as before. Changes outside an optimizer and the model's own
     # load_state_dict (a .data write, a submodule's load) are seen by the next check of the whole model
     model.load_state_dict(original)

@@ -303,6 +303,34 @@ def test_training_the_backbone_alone_then_model_eval_is_not_served_stale():
     assert_fused_serves(model, fused, batch)
 
 
+def test_an_optimizer_step_after_an_inference_call_is_not_served_stale():
+    """Steps that leave the version counters as they were, taken after the weights were packed and without a
+    train()/eval() or training forward in between: a fused optimizer whose gradients were computed before the
+    inference call, and a step over fp32 master copies written back through ``.data`` (DeepSpeed ZeRO-1/2)."""
+    model, fused, batch = packed_pair(n=6, max_len=10, seed=8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    opts = []
+    for m in (model, fused):
+        opts.append(torch.optim.AdamW(m.parameters(), lr=0.05, fused=True))
+        m(**batch, labels=labels).loss.backward()
+        m.eval()
+    with torch.inference_mode():
+        fused(**batch)  # packs the weights again, gradients waiting
+    for opt in opts:
+        opt.step()
+    assert_fused_serves(model, fused, batch)
+    for m in (model, fused):
+        params = [p for p in m.backbone.parameters()]
+        master = torch.cat([p.detach().reshape(-1) for p in params]).requires_grad_()  # a flat fp32 partition
+        master.grad = torch.ones_like(master)
+        torch.optim.SGD([master], lr=0.01).step()
+        offset = 0
+        for p in params:  # the framework's write-back: through .data, no version counter bump
+            p.data.copy_(master.detach()[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+    assert_fused_serves(model, fused, batch)
+
+
 def test_an_edit_through_data_is_served_after_use_fused_cpu_layers_again():
     model, fused, batch = packed_pair(n=4, max_len=9, seed=9)
     for m in (model, fused):  # .data bypasses the version counter
