@@ -204,14 +204,16 @@ def _aligned_class_names(dataset, column: str, config):
     model with ``{0: "negative", 1: "positive"}``) would otherwise fit the bank on permuted labels without a word.
     Names are matched case-insensitively and re-encoded with ``datasets``' ``align_labels_with_mapping`` (what
     ``run_classification.py`` does with a model's label names). A model without class names (``LABEL_0`` ...) reads
-    the ids as given; names the model does not have are a ValueError that lists both sets."""
+    the ids as given, unless the column's names are those generic names in another order (then they are aligned as
+    names); names the model does not have are a ValueError that lists both sets."""
     feature = (getattr(dataset, "features", None) or {}).get(column)
     id2label = getattr(config, "id2label", None) or {}
     model_names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
-    if feature is None or type(feature).__name__ != "ClassLabel" or not model_names or all(
-            n == f"LABEL_{i}" for i, n in enumerate(model_names)):
+    if feature is None or type(feature).__name__ != "ClassLabel" or not model_names:
         return dataset
     data_names = [str(n) for n in feature.names]
+    if all(n == f"LABEL_{i}" for i, n in enumerate(model_names)) and sorted(data_names) != sorted(model_names):
+        return dataset  # generic model names: the column's own names say nothing about the model's ids
     if [n.lower() for n in data_names] == [n.lower() for n in model_names]:
         return dataset
     unknown = sorted({n for n in data_names if n.lower() not in {m.lower() for m in model_names}})

@@ -448,7 +448,8 @@ def test_fit_scheduler_accepts_a_label_column_and_checks_default_budget_first(to
 
 def test_fit_scheduler_reads_class_labels_by_the_models_class_names(tok, tmp_path):
     """A ClassLabel column that counts the model's classes in another order is read by name (the bank was fitted on
-    permuted labels before); names the model does not have are refused; a model without names reads ids as given."""
+    permuted labels before); names the model does not have are refused; a model without names reads ids as given
+    (unless the column lists those generic names in another order)."""
     from datasets import ClassLabel
 
     model = toy_model(seed=4)  # id2label {0: negative, 1: positive}
@@ -472,6 +473,8 @@ def test_fit_scheduler_reads_class_labels_by_the_models_class_names(tok, tmp_pat
     model.config.id2label, model.config.label2id = {0: "LABEL_0", 1: "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
     _, got = trainer.collect_exit_predictions(flipped.cast_column("labels", ClassLabel(names=["good", "bad"])))
     assert np.array_equal(got, 1 - want)  # no names to read by: the ids as given
+    _, got = trainer.collect_exit_predictions(flipped.cast_column("labels", ClassLabel(names=["LABEL_1", "LABEL_0"])))
+    assert np.array_equal(got, want)  # the generic names themselves in another order: read by name
 
 
 def test_fit_scheduler_records_and_checks_sentence_pairs_and_names_string_labels(tok, tmp_path):
