@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce every committed result that a CPU can make (SST-2, AG News and SST-5 recipes, the demo, the benchmarks,
-# EENet over scheduler seeds, the re-match, cards and README sections). Long: about 3-4 h on 2 CPU cores. Model
+# EENet over scheduler seeds, the re-match, cards and README sections). Long: about 3-4 h on 2 CPU cores (estimated, not timed). Model
 # folders go to outputs/ (not committed); JSON, plots and cards to benchmarks/results/ and model_cards/.
 # Not here: the GPU JSONs (engine_gpu_h200*.json, gpu_*.json: `bash benchmarks/gpu_run.sh` on a GPU machine) and
 # baseline_midpoint_drift.json (a one-off: the cards' results as committed before midpoint thresholds vs now; after

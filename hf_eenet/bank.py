@@ -118,7 +118,8 @@ _WEIGHT_EVENTS = [0]
 _STEPPED: dict[int, int] = {}  # id(parameter) -> the event count of the last optimizer step that held it
 #: the event count of the last optimizer step over a tensor that is not an ``nn.Parameter``: a master copy, whose
 #: values the training framework then writes into the model's parameters through ``.data`` (DeepSpeed ZeRO-1/2's flat
-#: fp32 partitions, a loop of one's own with fp32 master weights); any model may have changed, unseen by ``_STEPPED``
+#: fp32 partitions); any model may have changed, unseen by ``_STEPPED``. Master copies held as ``nn.Parameter`` are
+#: not told apart from another model's parameters: they are seen by the next forced check only
 _MASTER_STEP = [-1]
 _CHECK_LOCK = threading.Lock()  # one digest at a time (concurrent requests after an event wait for the first)
 

@@ -23,8 +23,8 @@ MiniLM-L6, 324 MiB for BERT-base); ``use_fused_cpu_layers(False)`` drops them. S
 a module on the layer's path or a parameter changes identity, storage or version counter (``load_state_dict``,
 in-place edits under ``no_grad``, ``.to(...)``, a new Parameter). Updates that bypass the version counter are
 covered by when they happen: an optimizer step over a packed parameter (fused optimizers included) or over a
-tensor that is not a parameter (a master copy written back through ``.data``: DeepSpeed ZeRO-1/2, fp32 master
-weights of one's own) is seen at the next forward (``hf_eenet.bank``'s optimizer hook), and ``model.train()`` /
+tensor that is not a parameter (a master copy written back through ``.data``: DeepSpeed ZeRO-1/2; master copies
+held as ``nn.Parameter`` are not) is seen at the next forward (``hf_eenet.bank``'s optimizer hook), and ``model.train()`` /
 ``model.eval()`` and every forward that could train (training mode or autograd on) drop all entries. An edit
 through ``.data`` in eval mode after the last of those (EMA, pruning, weight surgery) needs
 ``use_fused_cpu_layers()`` again. Entries are per process and never saved or copied (``copy.deepcopy`` / pickle
