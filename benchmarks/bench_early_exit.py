@@ -26,6 +26,7 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hf_eenet  # noqa: E402
 from hf_eenet.policies import ExitPolicy  # noqa: E402
+from recipes.presets import default_data_dir  # noqa: E402
 
 
 class FixedMixPolicy(ExitPolicy):
@@ -70,7 +71,7 @@ def median_time(fn, repeats: int) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_texts = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "test.tsv")
+    default_texts = str(Path(default_data_dir()) / "sst2" / "test.tsv")  # $EENET_DATA_DIR, else ../shared/data
     ap.add_argument("--texts", default=os.environ.get("EENET_BENCH_TEXTS", default_texts))
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median over rounds is reported")

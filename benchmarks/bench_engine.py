@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 import hf_eenet  # noqa: E402
 from hf_eenet.engine import default_chunk_size, depth_wave_forward, rows_from_encodings  # noqa: E402
 from hf_eenet.policies import ExitPolicy  # noqa: E402
+from recipes.presets import default_data_dir  # noqa: E402
 
 SHAPES = {
     "minilm_l6": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
@@ -687,7 +688,8 @@ def write(results, out_path):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=os.environ.get("DEV", "cuda" if torch.cuda.is_available() else "cpu"))
-    p.add_argument("--texts", default=str(ROOT.parent / "shared" / "data" / "sst2" / "test.tsv"))
+    p.add_argument("--texts", default=str(Path(default_data_dir()) / "sst2" / "test.tsv"),
+                   help="texts to time (default: SST-2 test under $EENET_DATA_DIR, else ../shared/data)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (sweep mode); default: the installed MiniLM")
     p.add_argument("--shares", default=str(ROOT / "model_cards" / "sst2" / "results.json"))
     p.add_argument("--shapes", default="minilm_l6,bert_base_l12")

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from .validation import check_budget_fraction, costs_match
+from .weight_events import events as _events, note_weight_change, same_sample, stepped_since, weight_sample
 
 BANK_RECORD_KEYS = ("budget", "costs", "num_exits", "num_classes", "data_fingerprint", "scheduler_config",
                     "state_sha256")
@@ -111,32 +112,7 @@ def state_digest(module) -> str:
 
 
 # ------------------------------------------------------------------------------------- the weights a bank is for
-#: events that may change a model's weights in this process: optimizer steps (a global optimizer hook, which also
-#: records the parameters each step touched, in ``_STEPPED``: a fused optimizer or a ``.data`` write leaves a tensor's
-#: identity, storage and version counter as they were) and the models' own ``load_state_dict``
-_WEIGHT_EVENTS = [0]
-_STEPPED: dict[int, int] = {}  # id(parameter) -> the event count of the last optimizer step that held it
-#: the event count of the last optimizer step over a tensor that is not an ``nn.Parameter``: a master copy, whose
-#: values the training framework then writes into the model's parameters through ``.data`` (DeepSpeed ZeRO-1/2's flat
-#: fp32 partitions); any model may have changed, unseen by ``_STEPPED``. Master copies held as ``nn.Parameter`` are
-#: not told apart from another model's parameters: they are seen by the next forced check only
-_MASTER_STEP = [-1]
 _CHECK_LOCK = threading.Lock()  # one digest at a time (concurrent requests after an event wait for the first)
-
-
-def note_weight_change(optimizer=None, *_args, **_kwargs) -> None:
-    """Count an event that may have changed some model's weights; an optimizer step also records its parameters."""
-    _WEIGHT_EVENTS[0] += 1
-    for group in getattr(optimizer, "param_groups", None) or []:
-        for p in group.get("params", ()):
-            _STEPPED[id(p)] = _WEIGHT_EVENTS[0]
-            if not isinstance(p, nn.Parameter):
-                _MASTER_STEP[0] = _WEIGHT_EVENTS[0]
-
-
-from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
-
-register_optimizer_step_post_hook(note_weight_change)  # a counter and one dict write per parameter per step
 
 _BANK_PREFIX = "eenet_schedulers."
 _ROUNDINGS = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -218,35 +194,38 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
 
     ``force`` (load, save, ``verify_scheduler_bank``, ``add_scheduler``, ``rematch_budgets``): the digest is computed
     (any change is seen: an in-place ``.data`` edit, a submodule's ``load_state_dict``). Otherwise (each request) the
-    last verdict stands until an optimizer step or a ``load_state_dict`` of the model happened in this process; then
-    the digest is computed again if an optimizer stepped one of this model's parameters or a tensor that is not a
-    parameter (a master copy written back through ``.data``, as DeepSpeed ZeRO-1/2 does: each model in the process
-    is digested once at its next request), or if a tensor's identity, storage or version counter changed."""
+    last verdict stands until a weight event in this process (:mod:`.weight_events`: an optimizer step anywhere, a
+    ``load_state_dict`` of one of our models); then the digest is computed again if a tensor's identity, storage or
+    version counter changed or an optimizer stepped one of this model's parameters, and otherwise if the weights'
+    sample changed (a master copy written back through ``.data``, as DeepSpeed ZeRO-1/2 does); an unrelated event
+    costs the model one sample."""
     want = _recorded_weights(model)
     if want is None:
         return None
     cache = model.__dict__.get("_eenet_weights_check")
-    if not force and cache is not None and cache["want"] is want and cache["events"] == _WEIGHT_EVENTS[0]:
+    if not force and cache is not None and cache["want"] is want and cache["events"] == _events():
         return cache["reason"]  # the serving path: two lookups
     with _CHECK_LOCK:
         cache = model.__dict__.get("_eenet_weights_check")
-        events = _WEIGHT_EVENTS[0]
+        events = _events()  # read before the weights: an event while they are read is seen at the next request
         if not force and cache is not None and cache["want"] is want and cache["events"] == events:
             return cache["reason"]  # another thread checked meanwhile
         try:
             items = _weight_tensors(model)
-            sig = None if items is None else _weights_signature(items)
+            if items is None:
+                return None
+            sig = _weights_signature(items)
         except Exception:  # noqa: BLE001 - a model whose state cannot be read here is not checked, never broken
-            items = None
-        if items is None:
             return None
+        sample = _sample_or_none(items)
         if (not force and cache is not None and cache["want"] is want and cache["sig"] == sig
-                and _MASTER_STEP[0] <= cache["events"]
-                and not any(_STEPPED.get(id(t), -1) > cache["events"] for _, t in items)):
+                and not stepped_since((t for _, t in items), cache["events"])
+                and same_sample(sample, cache["sample"])):
             cache["events"] = events
             return cache["reason"]
         reason = None if _matches(items, want) else STALE_BANK_MESSAGE
-        model.__dict__["_eenet_weights_check"] = {"want": want, "events": events, "sig": sig, "reason": reason}
+        model.__dict__["_eenet_weights_check"] = {"want": want, "events": events, "sig": sig, "sample": sample,
+                                                  "reason": reason}
         return reason
 
 
@@ -257,12 +236,21 @@ def seed_weights_check(model, weights: dict | None) -> None:
     if want is None or want != weights:
         return
     try:
+        events = _events()
         items = _weight_tensors(model)
         if items is not None:
-            model.__dict__["_eenet_weights_check"] = {"want": want, "events": _WEIGHT_EVENTS[0],
-                                                      "sig": _weights_signature(items), "reason": None}
+            model.__dict__["_eenet_weights_check"] = {"want": want, "events": events,
+                                                      "sig": _weights_signature(items),
+                                                      "sample": _sample_or_none(items), "reason": None}
     except Exception:  # noqa: BLE001 - a cache only: the first request computes the check instead
         model.__dict__.pop("_eenet_weights_check", None)
+
+
+def _sample_or_none(items):
+    try:
+        return weight_sample(t for _, t in items)
+    except Exception:  # noqa: BLE001 - tensors whose bytes cannot be sampled: each event computes the digest
+        return None
 
 
 def _weights_signature(items) -> tuple:

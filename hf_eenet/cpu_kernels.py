@@ -22,9 +22,10 @@ Memory: the packed copies hold the encoder's Linear weights a second time while 
 MiniLM-L6, 324 MiB for BERT-base); ``use_fused_cpu_layers(False)`` drops them. Staleness: an entry is rebuilt when
 a module on the layer's path or a parameter changes identity, storage or version counter (``load_state_dict``,
 in-place edits under ``no_grad``, ``.to(...)``, a new Parameter). Updates that bypass the version counter are
-covered by when they happen: an optimizer step over a packed parameter (fused optimizers included) or over a
-tensor that is not a parameter (a master copy written back through ``.data``: DeepSpeed ZeRO-1/2; master copies
-held as ``nn.Parameter`` are not) is seen at the next forward (``hf_eenet.bank``'s optimizer hook), and ``model.train()`` /
+covered by when they happen (:mod:`.weight_events`): after any optimizer step in the process, an entry is dropped at
+the next forward when the step held one of its parameters (fused optimizers included) or when a sample of its
+parameters moved (master copies, plain tensors or ``nn.Parameter``, written back through ``.data``: DeepSpeed
+ZeRO-1/2); an unrelated step costs one sample per entry. ``model.train()`` /
 ``model.eval()`` and every forward that could train (training mode or autograd on) drop all entries. An edit
 through ``.data`` in eval mode after the last of those (EMA, pruning, weight surgery) needs
 ``use_fused_cpu_layers()`` again. Entries are per process and never saved or copied (``copy.deepcopy`` / pickle
@@ -42,7 +43,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import BertLayer
 from transformers.models.roberta.modeling_roberta import RobertaLayer
 
-from . import bank
+from . import weight_events
 
 _STOCK_LAYERS = (BertLayer, RobertaLayer)
 
@@ -137,6 +138,8 @@ class _FusedLayer:
         self.modules = _path_modules(layer, sa, so, inter, out)
         self.params = tuple((m, name, getattr(m, name)) for m in linears for name in ("weight", "bias"))
         self.stamps = tuple((t.data_ptr(), t._version) for _, _, t in self.params)
+        self.events = weight_events.events()  # read before the weights are packed
+        self.sample = weight_events.weight_sample(t for _, _, t in self.params)  # what packing read
         self.dtype = sa.query.weight.dtype
         pack = torch.ops.mkldnn._reorder_linear_weight
         with torch.no_grad():
@@ -192,23 +195,28 @@ class FusedCPULayers:
 
     def __init__(self):
         self.layers: dict[int, _FusedLayer] = {}
-        self.events = bank._WEIGHT_EVENTS[0]  # the weight events (optimizer steps, loads) seen when last checked
+        self.events = weight_events.events()  # the weight events (optimizer steps, loads) seen when last checked
 
     def __getstate__(self):  # oneDNN's packed tensors cannot be copied or pickled: a copy starts empty
-        return {"layers": {}, "events": bank._WEIGHT_EVENTS[0]}
+        return {"layers": {}, "events": weight_events.events()}
 
     def clear(self) -> None:
         self.layers = {}
 
-    def _drop_stepped(self) -> None:
-        """After an optimizer step in the process: drop every entry when it stepped a packed parameter or a master
-        copy (neither changes the parameter's version counter when fused or written through ``.data``)."""
-        events, seen = bank._WEIGHT_EVENTS[0], self.events
-        if events == seen:
+    def _drop_moved(self) -> None:
+        """After a weight event in the process (:mod:`.weight_events`): drop the entries whose parameters an optimizer
+        stepped or whose sample moved (neither a fused step nor a master copy written back through ``.data`` changes
+        a parameter's version counter)."""
+        events = weight_events.events()
+        if events == self.events:
             return  # the serving path: one comparison
-        if bank._MASTER_STEP[0] > seen or any(bank._STEPPED.get(id(t), -1) > seen
-                                               for entry in self.layers.values() for _, _, t in entry.params):
-            self.clear()
+        for i, entry in list(self.layers.items()):
+            tensors = [t for _, _, t in entry.params]
+            if (weight_events.stepped_since(tensors, entry.events)
+                    or not weight_events.same_sample(weight_events.weight_sample(tensors), entry.sample)):
+                self.layers.pop(i, None)
+            else:
+                entry.events = events
         self.events = events
 
     def layer_calls(self, model, hidden: torch.Tensor):
@@ -216,18 +224,18 @@ class FusedCPULayers:
         inputs, else an iterator giving, layer by layer as the loop reaches it (a loop that stops early checks no
         further), a fused layer where it computes exactly the stock layer, or the stock layer.
 
-        Weight changes the version counter does not see are covered by when they happen: an optimizer step over
-        a packed parameter (fused optimizers such as ``adamw_torch_fused``, the Trainer's default) or over a master
-        copy written back through ``.data`` drops the packed weights at the next forward; so do a forward that could
-        train (training mode or autograd on) and every ``model.train()`` / ``model.eval()`` of the model. An edit
-        through ``.data`` in eval mode after the last of those needs ``model.use_fused_cpu_layers()`` again (it
-        repacks).
+        Weight changes the version counter does not see are covered by when they happen: after an optimizer step
+        anywhere in the process, an entry whose parameters the step held (fused optimizers such as
+        ``adamw_torch_fused``, the Trainer's default) or whose sampled weights moved (a master copy written back
+        through ``.data``) is repacked at the next forward; a forward that could train (training mode or autograd
+        on) and every ``model.train()`` / ``model.eval()`` drop all entries. An edit through ``.data`` in eval mode
+        with no optimizer step after it needs ``model.use_fused_cpu_layers()`` again (it repacks).
         """
         layers = model.backbone.encoder.layer
         if model.training or torch.is_grad_enabled():
             self.clear()  # weights may change under this forward's optimizer step, beyond the version counter
             return layers
-        self._drop_stepped()
+        self._drop_moved()
         if (
             hidden.device.type != "cpu"
             or hidden.dtype not in (torch.float32, torch.bfloat16)

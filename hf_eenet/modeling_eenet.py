@@ -375,12 +375,22 @@ class EENetModelMixin:
         # for serving since: a fresh digest of a cast model would differ from theirs), else the model's now
         recorded = next((r.get("weights_sha256") for _, r in others.values() if r.get("weights_sha256")), None)
         weights = recorded if recorded is not None else weights_digest(self)
-        legacy = sorted(b for b, (_, r) in others.items() if not r.get("weights_sha256"))
-        if legacy:
+        # records without the weights: saved before banks recorded them (no key), or fitted where the weights could
+        # not be read (None: sharded ZeRO-3 / FSDP parameters, meta tensors)
+        legacy = sorted(b for b, (_, r) in others.items() if "weights_sha256" not in r)
+        unread = sorted(b for b, (_, r) in others.items() if "weights_sha256" in r and not r["weights_sha256"])
+        if legacy or unread:
+            why = []
+            if legacy:
+                why.append(f"budgets {legacy} were saved before banks recorded the weights they were fitted for (an "
+                           "older hf_eenet)")
+            if unread:
+                why.append(f"budgets {unread} were fitted where the model's weights could not be read (sharded "
+                           "ZeRO-3 / FSDP parameters, meta tensors)")
             warnings.warn(
-                f"add_scheduler: the bank's schedulers for budgets {legacy} were saved before banks recorded the "
-                "weights they were fitted for (an older hf_eenet): the bank stays unchecked against its weights; "
-                "refit it whole (fit_scheduler, set_scheduler_bank) to have it checked", UserWarning, stacklevel=2)
+                f"add_scheduler: the bank's schedulers for {' and '.join(why)}: the bank stays unchecked against its "
+                "weights; refit it whole (fit_scheduler, set_scheduler_bank) where the weights can be read to have "
+                "it checked", UserWarning, stacklevel=2)
         entries[budget] = (scheduler, make_record(scheduler, budget, data_fingerprint, weights))
         self._install_bank({b: e for b, e in entries.items()}, cfg)
         seed_weights_check(self, weights)
@@ -485,8 +495,8 @@ class EENetModelMixin:
         layer. Costs a second copy of the encoder's Linear weights while enabled; ``enabled=False`` frees it.
         Optimizer steps (fused ones and steps over master copies written back through ``.data`` included),
         ``model.train()`` / ``model.eval()`` and every forward with autograd on drop the packed weights by
-        themselves; an edit through ``.data`` in eval mode after the last of those (it bypasses the version counter
-        the packed weights are checked against) needs this called again: it repacks. Not saved with the model (a
+        themselves; an edit through ``.data`` in eval mode with no optimizer step after it (it bypasses the version
+        counter the packed weights are checked against) needs this called again: it repacks. Not saved with the model (a
         per-process choice, like ``torch.set_num_threads``).
         """
         check_bool(enabled, "enabled")

@@ -204,19 +204,21 @@ def _aligned_class_names(dataset, column: str, config):
     model with ``{0: "negative", 1: "positive"}``) would otherwise fit the bank on permuted labels without a word.
     Names are matched case-insensitively and re-encoded with ``datasets``' ``align_labels_with_mapping`` (what
     ``run_classification.py`` does with a model's label names). A model without class names (``LABEL_0`` ...) reads
-    the ids as given, unless the column's names are those generic names in another order (then they are aligned as
-    names); names the model does not have are a ValueError that lists both sets."""
+    the ids as given, unless every name of the column is one of those generic names (any case; then they are aligned
+    as names); names the model does not have are a ValueError that lists both sets."""
     feature = (getattr(dataset, "features", None) or {}).get(column)
     id2label = getattr(config, "id2label", None) or {}
     model_names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
     if feature is None or type(feature).__name__ != "ClassLabel" or not model_names:
         return dataset
     data_names = [str(n) for n in feature.names]
-    if all(n == f"LABEL_{i}" for i, n in enumerate(model_names)) and sorted(data_names) != sorted(model_names):
+    known = {m.lower() for m in model_names}
+    if (all(n == f"LABEL_{i}" for i, n in enumerate(model_names))
+            and not {n.lower() for n in data_names} <= known):
         return dataset  # generic model names: the column's own names say nothing about the model's ids
     if [n.lower() for n in data_names] == [n.lower() for n in model_names]:
         return dataset
-    unknown = sorted({n for n in data_names if n.lower() not in {m.lower() for m in model_names}})
+    unknown = sorted({n for n in data_names if n.lower() not in known})
     if unknown:
         raise ValueError(f"label column {column!r} is a ClassLabel with classes {data_names}, but the model's classes "
                          f"are {model_names} (config.id2label): {unknown} are not among them, so the labels cannot "
@@ -659,6 +661,16 @@ class EENetTrainer(Trainer):
         values = np.asarray(dataset[names[0]])
         if not require_labels and values.size and values.dtype.kind in "iu" and (values == -1).all():
             return dataset.remove_columns(names)  # an unlabelled split (GLUE's hidden test labels): nothing to align
+
+        def check(values) -> None:  # the shared check, naming the column
+            try:
+                check_labels(values, len(values), num_labels)
+            except ValueError as err:
+                raise ValueError(f"label column {names[0]!r}: {err}" + (
+                    "" if require_labels else "; an unlabelled split has every label -1 or no label column")) from None
+
+        if values.dtype.kind == "i" and values.ndim == 1 and num_labels is not None and (values < 0).any():
+            check(values)  # before re-encoding a ClassLabel (which fails on -1 with a message of its own)
         aligned = _aligned_class_names(dataset, names[0], config)
         if aligned is not dataset:  # ids re-encoded in the model's order
             dataset, values = aligned, np.asarray(aligned[names[0]])
@@ -674,12 +686,7 @@ class EENetTrainer(Trainer):
                              "ClassLabel of the model's class names")
         if values.dtype.kind not in "iub" or values.ndim != 1 or num_labels is None:
             return dataset  # not class ids (the model's own checks apply)
-        try:
-            check_labels(values, len(values), num_labels)
-        except ValueError as err:  # the shared check, naming the column
-            raise ValueError(f"label column {names[0]!r}: {err}"
-                             + ("" if require_labels else "; an unlabelled split has every label -1 or no label column")
-                             ) from None
+        check(values)
         return dataset
 
     def rematch_budgets(self, dataset) -> dict:

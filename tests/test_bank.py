@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -228,6 +229,62 @@ def test_bank_saved_before_new_config_keys_still_loads_but_edited_keys_do_not(tm
         type(model).from_pretrained(tmp_path)
 
 
+def test_an_unrelated_optimizer_step_costs_a_sample_not_a_digest_and_a_moved_sample_is_digested():
+    """After an optimizer step that held none of the model's parameters (another model, temperature scaling over a
+    plain tensor), the next request compares a sample of the weights and digests them only when it moved: a served
+    model is not re-hashed for every unrelated step, and a ``.data`` edit followed by any step is seen."""
+    model, batch, _, _ = fitted_model()
+    model(**batch, budget=0.5)
+    digests = []
+    real = hf_eenet.bank._matches
+    with mock.patch.object(hf_eenet.bank, "_matches", lambda items, want: digests.append(1) or real(items, want)):
+        for unrelated in (torch.ones(3, requires_grad=True), torch.nn.Parameter(torch.ones(3))):
+            for _ in range(3):
+                unrelated.grad = torch.ones_like(unrelated)
+                torch.optim.SGD([unrelated], lr=0.1).step()
+                model(**batch, budget=0.5)
+        assert digests == []
+        model.classifier.bias.data.add_(0.5)  # no event: the verdict stands until one (documented)
+        model(**batch, budget=0.5)
+        assert digests == []
+        unrelated.grad = torch.ones_like(unrelated)
+        torch.optim.SGD([unrelated], lr=0.1).step()
+        with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+            model(**batch, budget=0.5)
+        assert digests == [1]
+
+
+def test_a_weight_event_is_published_after_the_records_of_its_step():
+    """A request in another thread that sees a step's event count must also see which tensors the step held (else
+    it keeps its verdict for that count, and the stale bank is served until the next event); records of dead tensors
+    are pruned and an id reused by another tensor is not taken for the stepped one."""
+    from hf_eenet import weight_events
+
+    seen_at_write = []
+
+    class Watch(dict):
+        def __setitem__(self, key, value):
+            seen_at_write.append((weight_events.events(), value[0]))
+            super().__setitem__(key, value)
+
+    p = torch.nn.Parameter(torch.ones(2))
+    p.grad = torch.ones_like(p)
+    with mock.patch.object(weight_events, "_STEPPED", Watch(weight_events._STEPPED)):
+        torch.optim.SGD([p], lr=0.1).step()
+        assert seen_at_write and all(published < n for published, n in seen_at_write)
+        assert weight_events.stepped_since([p], seen_at_write[0][1] - 1)
+    with mock.patch.object(weight_events, "_STEPPED", {}), mock.patch.object(weight_events, "_PRUNE_AT", [8]):
+        for _ in range(50):
+            t = torch.ones(2, requires_grad=True)
+            t.grad = torch.ones_like(t)
+            torch.optim.SGD([t], lr=0.1).step()
+            del t
+        assert len(weight_events._STEPPED) <= 16
+        q = torch.nn.Parameter(torch.ones(2))
+        weight_events._STEPPED[id(q)] = (weight_events.events() + 1, weakref.ref(torch.ones(1)))  # a dead tensor's
+        assert not weight_events.stepped_since([q], weight_events.events() - 1)
+
+
 def test_a_bank_saved_before_weights_were_recorded_serves_unchecked_and_extending_it_says_so(tmp_path):
     """A bank from an older hf_eenet has no ``weights_sha256``: it loads and serves as before (its weights cannot be
     checked); a scheduler added to it warns that the bank stays unchecked until refitted whole, and a refit whole
@@ -251,6 +308,14 @@ def test_a_bank_saved_before_weights_were_recorded_serves_unchecked_and_extendin
     loaded.classifier.bias.data.add_(0.5)
     with pytest.raises(BankIntegrityError, match="fitted for other weights"):
         loaded.verify_scheduler_bank()
+    # fitted where the weights could not be read (ZeRO-3 / FSDP shards): recorded as None, said so, not "older"
+    cfg["scheduler_bank"] = [dict(r, weights_sha256=None) for r in cfg["scheduler_bank"]]
+    cfg_path.write_text(json.dumps(cfg))
+    loaded = type(model).from_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match=r"budgets \[0\.8\] were fitted where the model's weights could not be read"
+                      ) as caught:
+        loaded.add_scheduler(copy.deepcopy(loaded.eenet_schedulers[0]), 0.5)
+    assert not any("older hf_eenet" in str(w.message) for w in caught)
 
 
 def test_weights_from_another_save_are_detected(tmp_path):
@@ -286,6 +351,28 @@ def test_a_model_that_is_not_single_label_is_refused_budgets_and_policies_at_eve
             call()
     with torch.no_grad():  # the all-exits forward (no decision) is still served
         assert model(**batch).exit_logits.shape[:2] == (64, 4)
+
+
+def plain_master_step(params, lr=0.01):
+    """One SGD step over a flat fp32 copy of ``params`` (a plain tensor, as DeepSpeed ZeRO-1/2 partitions are), written
+    back through ``.data`` (no version counter bump); seeded random gradients."""
+    master = torch.cat([p.detach().reshape(-1).float() for p in params]).requires_grad_()
+    master.grad = torch.randn(master.shape, generator=torch.Generator().manual_seed(master.numel()))
+    torch.optim.SGD([master], lr=lr).step()
+    offset = 0
+    for p in params:
+        p.data.copy_(master.detach()[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+def parameter_master_step(params, lr=0.01):
+    """The same with one ``nn.Parameter`` master per weight (a separate fp32 master model, fairseq style)."""
+    masters = [torch.nn.Parameter(p.detach().clone().float()) for p in params]
+    for m in masters:
+        m.grad = torch.randn(m.shape, generator=torch.Generator().manual_seed(m.numel()))
+    torch.optim.SGD(masters, lr=lr).step()
+    for p, m in zip(params, masters):
+        p.data.copy_(m.detach())
 
 
 def test_a_bank_fitted_for_other_weights_is_refused_however_the_weights_changed(tmp_path):
@@ -341,19 +428,14 @@ def test_a_bank_fitted_for_other_weights_is_refused_however_the_weights_changed(
         loaded = type(model).from_pretrained(tmp_path / "trained")
     with pytest.raises(BankIntegrityError, match="fitted for other weights"):
         loaded(**batch, budget=0.5)
-    # a step over master copies (not parameters) that the framework writes back through .data (DeepSpeed ZeRO-1/2)
-    model.load_state_dict(original)
-    model(**batch, budget=0.5)
-    params = [p for name, p in model.named_parameters() if not name.startswith("eenet_schedulers.")]
-    master = torch.cat([p.detach().reshape(-1) for p in params]).requires_grad_()
-    master.grad = torch.ones_like(master)
-    torch.optim.SGD([master], lr=0.01).step()
-    offset = 0
-    for p in params:
-        p.data.copy_(master.detach()[offset:offset + p.numel()].view_as(p))
-        offset += p.numel()
-    with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+    # a step over fp32 master copies that the framework writes back through .data: plain tensors (DeepSpeed
+    # ZeRO-1/2's flat partitions) or nn.Parameters (a separate master model); seen by the weights' sample
+    for master_step in (plain_master_step, parameter_master_step):
+        model.load_state_dict(original)
         model(**batch, budget=0.5)
+        master_step([p for name, p in model.named_parameters() if not name.startswith("eenet_schedulers.")])
+        with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+            model(**batch, budget=0.5)
     # the weights the bank was fitted for again: served as before. Changes outside an optimizer and the model's own
     # load_state_dict (a .data write, a submodule's load) are seen by the next check of the whole model
     model.load_state_dict(original)

@@ -6,6 +6,7 @@ import pickle
 import pytest
 import torch
 from conftest import random_batch, tiny_model
+from test_bank import parameter_master_step, plain_master_step
 from test_engine import BUDGETS, POLICIES, banked, make_policy, model_of, per_row  # noqa: F401 (fixture)
 from torch import nn
 
@@ -319,15 +320,31 @@ def test_an_optimizer_step_after_an_inference_call_is_not_served_stale():
     for opt in opts:
         opt.step()
     assert_fused_serves(model, fused, batch)
+    for master_step in (plain_master_step, parameter_master_step):  # DeepSpeed ZeRO-1/2; a separate master model
+        for m in (model, fused):
+            master_step(list(m.backbone.parameters()))
+        assert_fused_serves(model, fused, batch)
+
+
+def test_an_unrelated_optimizer_step_keeps_the_packed_weights():
+    """A step that held none of the packed parameters and moved none of their sampled values repacks nothing; a
+    ``.data`` edit followed by any step is seen."""
+    model, fused, batch = packed_pair(n=4, max_len=9, seed=10)
+    with torch.inference_mode():
+        fused(**batch)
+    packed = dict(fused._eenet_fused_cpu.layers)
+    assert packed
+    other = torch.ones(3, requires_grad=True)
+    for _ in range(2):
+        other.grad = torch.ones_like(other)
+        torch.optim.SGD([other], lr=0.1).step()
+        with torch.inference_mode():
+            fused(**batch)
+        assert all(fused._eenet_fused_cpu.layers[i] is entry for i, entry in packed.items())
     for m in (model, fused):
-        params = [p for p in m.backbone.parameters()]
-        master = torch.cat([p.detach().reshape(-1) for p in params]).requires_grad_()  # a flat fp32 partition
-        master.grad = torch.ones_like(master)
-        torch.optim.SGD([master], lr=0.01).step()
-        offset = 0
-        for p in params:  # the framework's write-back: through .data, no version counter bump
-            p.data.copy_(master.detach()[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
+        m.backbone.encoder.layer[0].attention.self.query.weight.data.mul_(2.0)
+    other.grad = torch.ones_like(other)
+    torch.optim.SGD([other], lr=0.1).step()
     assert_fused_serves(model, fused, batch)
 
 
