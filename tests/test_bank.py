@@ -232,26 +232,57 @@ def test_bank_saved_before_new_config_keys_still_loads_but_edited_keys_do_not(tm
 def test_an_unrelated_optimizer_step_costs_a_sample_not_a_digest_and_a_moved_sample_is_digested():
     """After an optimizer step that held none of the model's parameters (another model, temperature scaling over a
     plain tensor), the next request compares a sample of the weights and digests them only when it moved: a served
-    model is not re-hashed for every unrelated step, and a ``.data`` edit followed by any step is seen."""
-    model, batch, _, _ = fitted_model()
-    model(**batch, budget=0.5)
+    model is not re-hashed for every unrelated step. The sample holds an element of every row and every column of
+    each matrix, so a master-copy step that trains a few new token rows, and a ``.data`` edit of a few rows or of one
+    column followed by any step, are seen (matrices here are larger than the part of a tensor read whole)."""
+    model, batch, _, _ = fitted_model(vocab_size=30522, intermediate_size=256)
+    original = copy.deepcopy(model.state_dict())
+    layer = model.bert.encoder.layer[1]
+    assert min(layer.output.dense.weight.numel(), layer.intermediate.dense.weight.numel()) > 4096
     digests = []
     real = hf_eenet.bank._matches
+
+    def unrelated_step():
+        t = torch.nn.Parameter(torch.ones(3))
+        t.grad = torch.ones_like(t)
+        torch.optim.SGD([t], lr=0.1).step()
+
     with mock.patch.object(hf_eenet.bank, "_matches", lambda items, want: digests.append(1) or real(items, want)):
+        model(**batch, budget=0.5)
+        digests.clear()
         for unrelated in (torch.ones(3, requires_grad=True), torch.nn.Parameter(torch.ones(3))):
             for _ in range(3):
                 unrelated.grad = torch.ones_like(unrelated)
                 torch.optim.SGD([unrelated], lr=0.1).step()
                 model(**batch, budget=0.5)
         assert digests == []
-        model.classifier.bias.data.add_(0.5)  # no event: the verdict stands until one (documented)
+        embeddings = model.bert.embeddings.word_embeddings.weight
+        edits = {
+            "new token rows initialised": lambda: embeddings.data[-3:].normal_(generator=torch.Generator().manual_seed(1)),
+            "an output neuron pruned": lambda: layer.intermediate.dense.weight.data[5].zero_(),
+            "an input feature pruned": lambda: layer.output.dense.weight.data[:, 7].zero_(),
+        }
+        for name, edit in edits.items():
+            model.load_state_dict(original)
+            model(**batch, budget=0.5)
+            digests.clear()
+            edit()  # no event: the verdict stands until one (documented)
+            model(**batch, budget=0.5)
+            assert digests == [], name
+            unrelated_step()
+            with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+                model(**batch, budget=0.5)
+            assert digests == [1], name
+        # a master-copy step that trains 10 new token rows alone (AdamW without weight decay: the rest stays)
+        model.load_state_dict(original)
         model(**batch, budget=0.5)
-        assert digests == []
-        unrelated.grad = torch.ones_like(unrelated)
-        torch.optim.SGD([unrelated], lr=0.1).step()
+        master = embeddings.detach().clone().requires_grad_()
+        master.grad = torch.zeros_like(master)
+        master.grad[-10:] = 1.0
+        torch.optim.AdamW([master], lr=1e-3, weight_decay=0.0).step()
+        embeddings.data.copy_(master.detach())
         with pytest.raises(BankIntegrityError, match="fitted for other weights"):
             model(**batch, budget=0.5)
-        assert digests == [1]
 
 
 def test_a_weight_event_is_published_after_the_records_of_its_step():

@@ -258,9 +258,9 @@ def test_use_fused_cpu_layers_rejects_bad_input_and_missing_kernels(monkeypatch)
     assert not model.fused_cpu_layers
 
 
-def packed_pair(n, max_len, seed):
+def packed_pair(n, max_len, seed, **over):
     """A tiny model, its copy with fused layers already packed (one inference call), and the batch used."""
-    model = tiny_model("bert", seed=3, layers=2)
+    model = tiny_model("bert", seed=3, layers=2, **over)
     fused = fused_copy(model)
     batch = random_batch(n=n, max_len=max_len, seed=seed)
     with torch.inference_mode():
@@ -328,10 +328,10 @@ def test_an_optimizer_step_after_an_inference_call_is_not_served_stale():
 
 def test_an_unrelated_optimizer_step_keeps_the_packed_weights():
     """A step that held none of the packed parameters and moved none of their sampled values repacks nothing; a
-    ``.data`` edit followed by any step is seen."""
-    model, fused, batch = packed_pair(n=4, max_len=9, seed=10)
-    with torch.inference_mode():
-        fused(**batch)
+    ``.data`` edit of one row (an output neuron pruned) or one column (an input feature pruned) of a matrix followed
+    by any step is seen (the sample holds an element of every row and column; matrices here are larger than the part
+    of a tensor read whole)."""
+    model, fused, batch = packed_pair(n=4, max_len=9, seed=10, intermediate_size=256)
     packed = dict(fused._eenet_fused_cpu.layers)
     assert packed
     other = torch.ones(3, requires_grad=True)
@@ -341,11 +341,15 @@ def test_an_unrelated_optimizer_step_keeps_the_packed_weights():
         with torch.inference_mode():
             fused(**batch)
         assert all(fused._eenet_fused_cpu.layers[i] is entry for i, entry in packed.items())
-    for m in (model, fused):
-        m.backbone.encoder.layer[0].attention.self.query.weight.data.mul_(2.0)
-    other.grad = torch.ones_like(other)
-    torch.optim.SGD([other], lr=0.1).step()
-    assert_fused_serves(model, fused, batch)
+    edits = (lambda m: m.backbone.encoder.layer[0].intermediate.dense.weight.data[5].zero_(),
+             lambda m: m.backbone.encoder.layer[1].output.dense.weight.data[:, 7].zero_())
+    for edit in edits:
+        assert fused.backbone.encoder.layer[0].intermediate.dense.weight.numel() > 4096
+        for m in (model, fused):
+            edit(m)
+        other.grad = torch.ones_like(other)
+        torch.optim.SGD([other], lr=0.1).step()
+        assert_fused_serves(model, fused, batch)
 
 
 def test_an_edit_through_data_is_served_after_use_fused_cpu_layers_again():

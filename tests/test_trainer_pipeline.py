@@ -461,6 +461,9 @@ def test_fit_scheduler_reads_class_labels_by_the_models_class_names(tok, tmp_pat
     for names in (["positive", "negative"], ["Positive", "NEGATIVE"]):
         _, got = trainer.collect_exit_predictions(flipped.cast_column("labels", ClassLabel(names=names)))
         assert np.array_equal(got, want), names
+    streamed = flipped.cast_column("labels", ClassLabel(names=["positive", "negative"])).to_iterable_dataset()
+    with pytest.raises(ValueError, match=r"counts the classes in another order.*align_labels_with_mapping"):
+        trainer.collect_exit_predictions(streamed)  # a stream cannot be re-encoded here: said so, not misread
     _, got = trainer.collect_exit_predictions(val.cast_column("labels", ClassLabel(names=["negative", "positive"])))
     assert np.array_equal(got, want)
     hidden = val.map(lambda b: {"labels": [-1] * len(b["labels"])}, batched=True).cast_column(
