@@ -43,6 +43,8 @@ $PY benchmarks/int8_batch_parity.py --model_dir outputs/ag_news --dataset ag_new
 $PY benchmarks/bench_early_exit.py --repeats 10 --rounds 3 --json benchmarks/results/early_exit_engine.json
 $PY benchmarks/bench_scheduler_fit.py --json benchmarks/results/scheduler_fit.json
 $PY benchmarks/bench_train_step.py --distill --json benchmarks/results/train_step.json
+# what a request pays for the weights check after an unrelated optimizer step (sample vs full digest)
+$PY benchmarks/bench_weights_check.py --json benchmarks/results/weights_check.json
 # issue 11 on the CPU: engines side by side (random MiniLM weights) and the real SST-2 model through the pipeline
 $PY benchmarks/bench_engine.py --device cpu --shapes minilm_l6 --dtypes fp32 --mbs 1,32 --budgets 0.5,0.9 \
   --budgets_bs1 0.5 --n_texts 256 --n_texts_bs1 32 --repeats 3 --chunk_sizes '' --json benchmarks/results/engine_cpu.json

@@ -8,14 +8,14 @@ the full checks:
   optimizer hook) and every ``load_state_dict`` of our models (:func:`note_weight_change`). A fused optimizer or a
   ``.data`` write leaves a tensor's identity, storage and version counter as they were, so the hook also records
   which tensors each step held (:func:`stepped_since`, exact for a model's own parameters).
-* **A sample** of a model's weights (:func:`weight_sample`): the bytes of every element of a small tensor and, in a
-  larger one, of one element in every row, one in every column and :data:`SAMPLE_SIZE` random ones. After an event
+* **A sample** of a model's weights (:func:`weight_sample`): the bytes of every element of a small tensor or a vector
+  and, in a larger matrix, of one element in every row, one in every column and :data:`SAMPLE_SIZE` random ones. After an event
   that did not step a model's own parameters (another model's step, a step over fp32 master copies — plain tensors or
   ``nn.Parameter`` — whose values a framework then writes into the model through ``.data``, as DeepSpeed ZeRO-1/2
   does; a plain-tensor optimisation such as temperature scaling), the model compares its sample instead of digesting
   every weight, and digests them when it moved. A training step moves whole rows and columns (a dense gradient, or
   the rows of the tokens a sparse one touched), so it moves sampled elements; an unrelated step costs each model one
-  sample (a few milliseconds for BERT-base on one CPU thread) at its next request.
+  sample at its next request (milliseconds where a digest takes hundreds: ``benchmarks/bench_weights_check.py``).
 
 What neither sees: an edit with no event (an in-place ``.data`` edit in eval mode: EMA, pruning, surgery), an edit of
 a few scattered elements followed by an unrelated event (they may all lie outside the sample), and a write-back that
@@ -43,7 +43,7 @@ _STEPPED: dict[int, tuple[int, weakref.ref]] = {}
 _PRUNE_AT = [1 << 14]  # entries of dead tensors are dropped when the record grows past this
 FULL_SIZE = 4096  # tensors up to this many elements are sampled whole
 SAMPLE_SIZE = 64  # random positions sampled in a larger tensor, besides one per row and one per column
-_POSITIONS: dict[tuple[tuple, str], torch.Tensor] = {}  # (shape, device) -> the sampled flat positions
+_POSITIONS: dict[tuple[int, int, str], tuple[torch.Tensor, ...]] = {}  # (rows, cols, device) -> positions
 
 
 def events() -> int:
@@ -79,42 +79,56 @@ def stepped_since(tensors, since: int) -> bool:
     return False
 
 
-def _positions(shape: tuple, device: torch.device) -> torch.Tensor:
-    """The flat positions sampled in a tensor of ``shape`` larger than :data:`FULL_SIZE` elements (smaller ones are read
-    whole), built once per shape and device, O(rows + columns).
-
-    The tensor is seen as ``[rows, columns]`` (its first dimension by the rest; a vector as one row): one position in
-    every row and one in every column, each in another column / row (spread by a multiplicative hash, no stride to
-    alias with the layout), plus :data:`SAMPLE_SIZE` seeded random ones. So an update of whole rows (new token
-    embeddings, an output neuron) or whole columns (an input feature pruned) is always seen, and an update of many
-    scattered elements with near certainty."""
-    key = (shape, str(device))
-    idx = _POSITIONS.get(key)
-    if idx is None:
-        numel = math.prod(shape)
-        rows = shape[0] if len(shape) > 1 else 1
-        cols = numel // rows
+def _positions(rows: int, cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``(row, column, row * cols + column)`` positions sampled in a ``[rows, columns]`` matrix (built once per
+    shape and device, O(rows + columns)): one in every row (on a diagonal at a seeded shift: a constant stride, which
+    the CPU prefetches), one in every column (one seeded row, read contiguously) and :data:`SAMPLE_SIZE` seeded random
+    ones.
+    So an update of whole rows (new token embeddings, an output neuron) or whole columns (an input feature pruned) is
+    always seen, and an update of many scattered elements with near certainty."""
+    key = (rows, cols, str(device))
+    pos = _POSITIONS.get(key)
+    if pos is None:
+        gen = torch.Generator().manual_seed(rows * 1_000_003 + cols)
         r, c = torch.arange(rows), torch.arange(cols)
-        gen = torch.Generator().manual_seed(numel)
-        idx = torch.cat([r * cols + (r * 40503 + 7) % cols,  # every row, in a spread column
-                         ((c * 40503 + 11) % rows) * cols + c,  # every column, in a spread row
-                         torch.randint(numel, (SAMPLE_SIZE,), generator=gen)]).sort().values  # in memory order
-        idx = _POSITIONS.setdefault(key, idx.to(device))
-    return idx
+        shift, row = (int(x) for x in torch.randint(1 << 30, (2,), generator=gen))
+        at_col = (r + shift) % cols  # row r's element: a diagonal over the columns (a constant stride: prefetched)
+        at_row = torch.full_like(c, row % rows)  # column c's element: one whole row (contiguous)
+        extra_r = torch.randint(rows, (SAMPLE_SIZE,), generator=gen)
+        extra_c = torch.randint(cols, (SAMPLE_SIZE,), generator=gen)
+        rr, cc = torch.cat([r, at_row, extra_r]), torch.cat([at_col, c, extra_c])
+        flat = rr * cols + cc
+        order = flat.argsort()  # in memory order (faster to read)
+        pos = tuple(x[order].to(device) for x in (rr, cc, flat))
+        pos = _POSITIONS.setdefault(key, pos)
+    return pos
+
+
+def _sampled(t: torch.Tensor) -> torch.Tensor:
+    """The elements of one tensor that :func:`weight_sample` keeps (possibly a view: the caller copies)."""
+    if t.is_quantized or t.layout != torch.strided:
+        raise TypeError(f"cannot sample a {t.layout} / {t.dtype} tensor's bytes")
+    rows = math.prod(t.shape[:-1]) if t.dim() > 1 else 1
+    cols = t.numel() // rows
+    if t.numel() <= FULL_SIZE or rows == 1 or cols == 1:  # small, or a vector: read whole
+        return t.reshape(-1)
+    r, c, flat = _positions(rows, cols, t.device)
+    if t.is_contiguous():
+        return t.view(-1).index_select(0, flat)
+    return t.reshape(rows, cols)[r, c]  # a view for 2-D weights whatever their strides (transposed, tied): no copy
 
 
 def weight_sample(tensors) -> tuple[torch.Tensor, ...]:
-    """The bytes of the positions :func:`_positions` picks in each tensor, one ``uint8`` tensor per device (compare
-    with :func:`same_sample`). Raises where a tensor's bytes cannot be read (a quantised tensor): the caller then takes
-    its full check."""
+    """The bytes of every element of a tensor of at most :data:`FULL_SIZE` elements or of a vector, and of the
+    positions :func:`_positions` picks in a larger tensor seen as ``[rows, last dimension]``; one ``uint8`` tensor per
+    device (compare with :func:`same_sample`). Raises where a tensor's bytes cannot be read (a quantised or sparse
+    tensor): the caller then takes its full check."""
     per_device: dict[str, list[torch.Tensor]] = {}
     for t in tensors:
         t = t.detach()
         if not t.numel():
             continue
-        flat = t.reshape(-1)
-        part = flat if flat.numel() <= FULL_SIZE else flat.index_select(0, _positions(tuple(t.shape), flat.device))
-        per_device.setdefault(str(flat.device), []).append(part.view(torch.uint8).reshape(-1))
+        per_device.setdefault(str(t.device), []).append(_sampled(t).view(torch.uint8).reshape(-1))
     return tuple(torch.cat(parts) for _, parts in sorted(per_device.items()))
 
 

@@ -285,6 +285,38 @@ def test_an_unrelated_optimizer_step_costs_a_sample_not_a_digest_and_a_moved_sam
             model(**batch, budget=0.5)
 
 
+@pytest.mark.parametrize("shape", [(64, 100), (100, 64), (3, 4096), (587, 69), (4, 30, 50), (5000,), (1, 5000),
+                                   (5000, 1)])
+def test_the_weights_sample_sees_a_change_of_any_row_or_any_column(shape):
+    """The sample behind the cheap check after an unrelated event holds an element of every row and every column of
+    each tensor (seen as ``[rows, last dimension]``; small tensors and vectors whole), in either memory layout (a
+    transposed or tied view): a change confined to one row or one column always moves it. Quantised tensors are
+    refused (the caller runs the full check)."""
+    from hf_eenet.weight_events import weight_sample
+
+    base = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+    def check(t, grid):  # grid: a [rows, columns] view of t's elements (writes go to t)
+        before = weight_sample([t])[0]
+        assert torch.equal(weight_sample([t.clone()])[0], before)
+        for axis in (0, 1):
+            for i in range(grid.shape[axis]):
+                line = grid[i] if axis == 0 else grid[:, i]
+                saved = line.clone()
+                line.add_(1.0)
+                assert not torch.equal(weight_sample([t])[0], before), (axis, i)
+                line.copy_(saved)
+        assert torch.equal(weight_sample([t])[0], before)
+
+    t = base.clone()
+    check(t, t.view(-1, shape[-1]) if len(shape) > 1 else t.view(1, -1))
+    if len(shape) == 2:
+        transposed = base.t().contiguous().t()  # the same values, column-major
+        check(transposed, transposed)
+    with pytest.raises(TypeError, match="cannot sample"):
+        weight_sample([torch.quantize_per_tensor(torch.ones(10), 0.1, 0, torch.qint8)])
+
+
 def test_a_weight_event_is_published_after_the_records_of_its_step():
     """A request in another thread that sees a step's event count must also see which tensors the step held (else
     it keeps its verdict for that count, and the stale bank is served until the next event); records of dead tensors
