@@ -439,8 +439,10 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
             for key, values in res.items():
                 for i, t in enumerate(values):
                     if not t:
-                        raise DataError(f"the {split} split has an empty text in column(s) {cols} (row {rows[i]}); "
-                                        "remove empty rows")
+                        # the pair's own column, or the joined columns (all empty, or each empty after stripping)
+                        where = [cols[0 if key == "text" else 1]] if len(res) == 2 else cols
+                        raise DataError(f"the {split} split has an empty text in column{'s' if len(where) > 1 else ''}"
+                                        f" {', '.join(map(repr, where))} (row {rows[i]}); remove empty rows")
             if ids is not None:
                 res["label"] = [ids[i] for i in rows]
             return res

@@ -75,7 +75,8 @@ def _layer_cost_section(results: dict) -> str:
         return ""
     return ("### The same comparison with layer-count costs\n\n"
             "Exit k costs ℓ_k / L, its encoder layer over the number of layers (no measurement); every policy, EENet "
-            "included, is re-calibrated for these costs.\n\n" + results_table(results["results_with_layer_costs"])
+            "included, is re-calibrated for these costs.\n\n"
+            + results_table({"evaluated_on": results.get("evaluated_on", "test"), **results["results_with_layer_costs"]})
             + "\n\n")
 
 

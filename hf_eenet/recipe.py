@@ -577,7 +577,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                 print(f"fitting the EENet scheduler bank for budgets {budgets} on {len(enc['validation'])} "
                       "validation rows")
             try:
-                fit_info = trainer.fit_scheduler(budgets=budgets, seed=training_args.seed, **scheduler_kwargs(args))
+                with warnings.catch_warnings():  # the rows were tokenized at --max_seq_length, the recorded length:
+                    # rows piled at a shorter one are whole texts, never a truncation
+                    warnings.filterwarnings("ignore", message="the validation rows look truncated")
+                    fit_info = trainer.fit_scheduler(budgets=budgets, seed=training_args.seed,
+                                                     **scheduler_kwargs(args))
             except BaseException:
                 if do_train:  # never lose what was trained: save it (no bank) before the error propagates
                     model.clear_scheduler_bank()

@@ -198,6 +198,46 @@ def _rows_are_pairs(dataset, config) -> bool | None:
         return None
 
 
+def _truncation_evidence(dataset, tokenizer, length: int, max_rows: int = 16) -> bool | None:
+    """Whether the rows of ``dataset`` that are ``length`` tokens long are their texts cut there (``True``) or whole
+    texts (``False``), found by tokenizing the text columns the dataset still holds again: a row whose text, cut at
+    ``length``, gives exactly its ``input_ids`` is that text; uncut, it is longer or not. ``None`` where this cannot
+    tell: no string columns kept (``remove_columns``), a stream, no tokenizer, or rows no text column reproduces
+    (text edited before tokenizing). Reads up to ``max_rows`` such rows; one single-text column or an ordered pair of
+    them is tried per row."""
+    if tokenizer is None or not callable(tokenizer) or not hasattr(dataset, "select") \
+            or not hasattr(dataset, "__len__"):
+        return None
+    try:
+        features = dataset.features or {}
+        texts = [c for c, f in features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+        if not texts or "input_ids" not in features:
+            return None
+        combos = [(c,) for c in texts] + [(a, b) for a in texts for b in texts if a != b]
+        plain = dataset.with_format(None)
+        masks = plain["attention_mask"] if "attention_mask" in features else None
+        ids_col = plain["input_ids"]
+        picked = [i for i in range(len(plain))
+                  if (sum(masks[i]) if masks is not None else len(ids_col[i])) == length][:max_rows]
+        whole = 0
+        for i in picked:
+            row = plain[i]
+            ids = list(row["input_ids"]) if masks is None else [t for t, m in zip(row["input_ids"], masks[i]) if m]
+            for combo in combos:
+                values = [row[c] for c in combo]
+                if any(not isinstance(v, str) for v in values):
+                    continue
+                if list(tokenizer(*values, truncation=True, max_length=length)["input_ids"]) != ids:
+                    continue
+                if len(tokenizer(*values, truncation=False, verbose=False)["input_ids"]) > length:
+                    return True  # a text cut at the length
+                whole += 1
+                break
+        return False if picked and whole == len(picked) else None
+    except Exception:  # noqa: BLE001 - evidence only: the length guess stands
+        return None
+
+
 def _aligned_class_names(dataset, column: str, config):
     """``dataset`` whose ``ClassLabel`` column ``column`` counts its classes in the model's order (``config.id2label``):
     a dataset that encodes the same class names in another order (``ClassLabel(names=["positive", "negative"])`` for a
@@ -740,7 +780,9 @@ class EENetTrainer(Trainer):
         data counted once; 872 short sentences cut at 32
         tokens: 232 at 32, 23 at 31, uncut: 1 at 55, 2 at 54; 2,000 news texts cut at 128: 13 at 128, 0 at 127)
         shorter than it are recorded as the served length when the config has none (with a warning), and warned
-        about when it has one (the bank would serve at another length)."""
+        about when it has one (the bank would serve at another length). Where the dataset still holds its text
+        columns, they decide (:func:`_truncation_evidence`): templated texts of one length are whole texts, not a
+        truncation, and record nothing."""
         from .configuration_eenet import max_input_tokens
 
         limit = max_input_tokens(model.config, self.processing_class, recorded=False)  # what the model can take
@@ -756,6 +798,8 @@ class EENetTrainer(Trainer):
         longest = int(lengths.max())
         piled = int((lengths == longest).sum())
         truncated = piled >= 5 and piled > 2 * int((lengths == longest - 1).sum())
+        evidence = _truncation_evidence(dataset, self.processing_class, longest) if truncated else None
+        truncated = truncated and evidence is not False  # the rows' own texts say they are whole: nothing was cut
         if longest > served:
             hint = (f", or pass max_seq_length={longest} to serve the model at that length"
                     if recorded and not given and longest <= limit else "")
@@ -765,8 +809,10 @@ class EENetTrainer(Trainer):
                    else "(its position table / tokenizer)")
                 + f": the bank would be fitted on inputs it never serves; tokenize them with truncation=True, "
                   f"max_length={served}{hint}")
-        looks = (f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows "
-                 "have exactly that length)")
+        looks = (f"the validation rows are truncated at {longest} tokens (their text columns, tokenized again, are "
+                 "longer)" if evidence else
+                 f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows "
+                 "have exactly that length, and no text column is kept to tell)")
         if given is not None and truncated and longest < given:
             warnings.warn(f"{looks} but max_seq_length={given} is recorded: served inputs up to {given} "
                           "tokens make the exits' confidence, and so the budgets' spend, differ from the fit",
@@ -775,8 +821,10 @@ class EENetTrainer(Trainer):
             return given
         if recorded is None:
             warnings.warn(f"{looks}: the bank is fitted at that length, so config.max_seq_length = "
-                          f"{longest} is recorded and the pipeline truncates to it, as the rows were; pass "
-                          "fit_scheduler(max_seq_length=...) to state the length", UserWarning, stacklevel=3)
+                          f"{longest} is recorded and the pipeline truncates served inputs to it"
+                          + ("" if evidence else "; if the rows are whole texts, pass fit_scheduler(max_seq_length=<"
+                             "the length to serve>) instead (or keep the text column in the dataset)"),
+                          UserWarning, stacklevel=3)
             return longest
         warnings.warn(f"{looks} while the model serves {served} tokens (config.max_seq_length): the bank "
                       "will spend its budgets at another rate on served inputs; tokenize the rows with "
@@ -863,6 +911,13 @@ class EENetTrainer(Trainer):
                              "be fitted on inputs the pipeline refuses to serve; tokenize the rows as the model "
                              "reads them")
         probs, labels = self.collect_exit_predictions(eval_dataset)
+        missing = sorted(set(range(probs.shape[-1])) - set(np.asarray(labels).tolist()))
+        if missing:
+            id2label = getattr(model.config, "id2label", None) or {}
+            names = [str(id2label.get(c, id2label.get(str(c), c))) for c in missing]
+            warnings.warn(f"the validation rows hold no row of class(es) {names}: the bank is fitted without them, so "
+                          "its budgets are matched, and its accuracy measured, on the other classes only; fit it on "
+                          "validation rows of every class", UserWarning, stacklevel=2)
         fingerprint = data_fingerprint(probs, labels)
         if extend and model.config.scheduler_bank:
             prints = {r.get("data_fingerprint") for r in model.config.scheduler_bank if r.get("data_fingerprint")}

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -194,8 +195,23 @@ def test_fit_scheduler_replaces_unless_extend_and_says_which(csv_run, csv_data, 
     assert not [k for k in json.loads((d / "all_results.json").read_text()) if k.startswith("eval_")]
     assert {n: (d / n).read_bytes() for n in kept} == kept
     assert json.loads((d / "config.json").read_text())["scheduler_budgets"] == [0.6]
-    main(["fit-scheduler", str(d), *data, "--budgets", "0.7", "--extend"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit-scheduler", str(d), *data, "--budgets", "0.7", "--extend"])
     assert "extended the scheduler bank [0.6] -> [0.6, 0.7]" in capsys.readouterr().out
+    # templated validation texts of one length: whole texts (tokenized at the served 48 tokens), no truncation alarm
+    templated = write_csv(tmp_path / "templated.csv", ["review", "sentiment"],
+                          [(f"the item number {i} is {'good' if i % 2 else 'bad'} today", "good" if i % 2 else "bad")
+                           for i in range(40)])
+    with warnings.catch_warnings(record=True) as more:
+        warnings.simplefilter("always")
+        main(["fit-scheduler", str(d), *[templated if a == csv_data["validation"] else a for a in data],
+              "--budgets", "0.6"])
+    assert not [w for w in caught + more if "truncated" in str(w.message)], [str(w.message) for w in more]
+    assert json.loads((d / "config.json").read_text())["max_seq_length"] == 48
+    main(["fit-scheduler", str(d), *data, "--budgets", "0.6"])
+    main(["fit-scheduler", str(d), *data, "--budgets", "0.7", "--extend"])
+    capsys.readouterr()
     assert json.loads((d / "config.json").read_text())["scheduler_budgets"] == [0.6, 0.7]
     # the recipe's card described the old bank: its model-index results are gone and a note says why
     from huggingface_hub import ModelCard
@@ -876,8 +892,17 @@ def test_an_empty_text_is_named_by_its_row_in_the_split(tmp_path):
     rows = [(f"text {i}", "a" if i % 2 else "b") for i in range(1200)]
     rows[1100] = ("   ", "a")
     train = write_csv(tmp_path / "t.csv", ["sentence", "label"], rows)
-    with pytest.raises(DataError, match=r"empty text in column\(s\) \['sentence'\] \(row 1100\)"):
+    with pytest.raises(DataError, match=r"empty text in column 'sentence' \(row 1100\)"):
         load(tmp_path, {"train": train})
+    pairs = [(f"premise {i}", f"hypothesis {i}", "a" if i % 2 else "b") for i in range(40)]
+    pairs[7] = ("", "hypothesis 7", "a")  # only the premise is empty: only it is named
+    train = write_csv(tmp_path / "p.csv", ["premise", "hypothesis", "label"], pairs)
+    with pytest.raises(DataError, match=r"empty text in column 'premise' \(row 7\); remove empty rows"):
+        load(tmp_path, {"train": train}, text_column_names="premise,hypothesis")
+    pairs[7] = ("premise 7", " ", "a")
+    train = write_csv(tmp_path / "p.csv", ["premise", "hypothesis", "label"], pairs)
+    with pytest.raises(DataError, match=r"empty text in column 'hypothesis' \(row 7\)"):
+        load(tmp_path, {"train": train}, text_column_names="premise,hypothesis")
 
 
 # ------------------------------------------------------------------------------------------ own-data review mends

@@ -67,6 +67,8 @@ def test_card_says_what_was_evaluated_and_whether_a_bank_was_saved(tmp_path):
     assert f"Full model (last of {len(base['costs'])} exits)" in text
     layered = json.loads((ROOT / "model_cards" / "sst5" / "results.json").read_text())
     assert layered.get("results_with_layer_costs") and "ℓ_k / L" in _card_text(layered)
+    text = _card_text(dict(layered, evaluated_on="validation"))  # the layer-cost table names the split too
+    assert "Cells: test accuracy" not in text and text.count("Cells: validation accuracy %") == 2
     # a run without the layer-count comparison has no such section (it described the table, then said "not measured")
     text = _card_text({k: v for k, v in layered.items() if k != "results_with_layer_costs"})
     assert "layer-count costs" not in text and "ℓ_k / L" not in text and "not measured" not in text

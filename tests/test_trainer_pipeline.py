@@ -338,6 +338,51 @@ def test_fit_scheduler_reads_every_row_and_records_the_length_it_was_fitted_at(t
     assert model.config.max_seq_length is None
 
 
+def test_rows_of_one_length_are_whole_texts_where_their_text_columns_say_so(tok, tmp_path):
+    """Templated validation texts of one length (single texts or pairs), kept beside their tokens, are whole texts:
+    nothing is recorded and nothing warns (they were taken for a truncation, recorded as config.max_seq_length, and
+    the pipeline cut every served input to it). Texts cut at a length are confirmed by their text columns and
+    recorded. Without the text columns the length guess stands, and its warning says how to state the length."""
+    model = toy_model(seed=4)
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), processing_class=tok)
+    texts = [f"the item number {i} is {'good' if i % 2 else 'bad'} today" for i in range(60)]
+    labels = [i % 2 for i in range(60)]
+    single = Dataset.from_dict({"text": texts, "labels": labels}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=64), batched=True)
+    pairs = Dataset.from_dict({"premise": texts, "hypothesis": texts[::-1], "labels": labels}).map(
+        lambda b: tok(b["premise"], b["hypothesis"], truncation=True, max_length=64), batched=True)
+    for rows in (single, pairs):
+        assert len({sum(m) for m in rows["attention_mask"]}) == 1  # one length: it looks like a truncation
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.config.max_seq_length = None
+            assert trainer._fitting_length(model, rows, None) is None
+            model.config.max_seq_length = 64  # a recorded length: no false alarm either
+            assert trainer._fitting_length(model, rows, None) is None
+    longer = [t + " and then some more words follow here" for t in texts]
+    cut = Dataset.from_dict({"premise": longer, "hypothesis": longer[::-1], "labels": labels}).map(
+        lambda b: tok(b["premise"], b["hypothesis"], truncation=True, max_length=12), batched=True)
+    model.config.max_seq_length = None
+    with pytest.warns(UserWarning, match=r"are truncated at 12 tokens \(their text columns"):
+        assert trainer._fitting_length(model, cut, None) == 12
+    length = sum(single["attention_mask"][0])
+    model.config.max_seq_length = None
+    with pytest.warns(UserWarning, match=rf"look truncated at {length} tokens .* if the rows are whole texts, pass "
+                                         r"fit_scheduler\(max_seq_length="):
+        assert trainer._fitting_length(model, single.remove_columns(["text"]), None) == length
+    # a validation split without one of the model's classes: fitted, and said so
+    torch.manual_seed(0)
+    names = {0: "contradiction", 1: "entailment", 2: "neutral"}
+    three = hf_eenet.EENetBertForSequenceClassification(hf_eenet.EENetBertConfig(
+        **tiny_kwargs(num_labels=3, layers=4, vocab_size=30522), id2label=names,
+        label2id={v: k for k, v in names.items()}))
+    trainer = hf_eenet.EENetTrainer(model=three, args=targs(tmp_path), processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
+    with pytest.warns(UserWarning, match=r"no row of class\(es\) \['neutral'\]: the bank is fitted without them"):
+        trainer.fit_scheduler(eval_dataset=pairs, budgets=[0.6], restarts=1, max_epochs=2)  # labels 0 and 1 only
+    assert three.config.scheduler_budgets == [0.6]
+
+
 def test_fit_scheduler_bank_and_budget_lookup(trained):
     model, info = trained["model"], trained["info"]
     assert model.config.scheduler_budgets == [0.4, 0.6, 0.8]
