@@ -198,13 +198,15 @@ def _rows_are_pairs(dataset, config) -> bool | None:
         return None
 
 
-def _truncation_evidence(dataset, tokenizer, length: int, max_rows: int = 16) -> bool | None:
-    """Whether the rows of ``dataset`` that are ``length`` tokens long are their texts cut there (``True``) or whole
-    texts (``False``), found by tokenizing the text columns the dataset still holds again: a row whose text, cut at
-    ``length``, gives exactly its ``input_ids`` is that text; uncut, it is longer or not. ``None`` where this cannot
-    tell: no string columns kept (``remove_columns``), a stream, no tokenizer, or rows no text column reproduces
-    (text edited before tokenizing). Reads up to ``max_rows`` such rows; one single-text column or an ordered pair of
-    them is tried per row."""
+def _truncation_evidence(dataset, tokenizer, length: int, max_rows: int = 512) -> bool | None:
+    """Whether the rows of ``dataset`` that are ``length`` tokens long include texts cut there (``True``) or are all
+    whole texts (``False``), found by tokenizing the text columns the dataset still holds again: a row whose text,
+    cut at ``length``, gives exactly its ``input_ids`` is that text; uncut, it is longer or not. One cut row is
+    enough for ``True``; ``False`` needs every row read to be whole. The distinct rows at that length are read (up to
+    ``max_rows``, spread evenly over the split, so an order such as repeats first or rows sorted by length does not
+    decide). ``None`` where this cannot tell: no string column kept (``remove_columns``), a stream, no tokenizer, or
+    rows that no kept text column reproduces (text edited before tokenizing, other tokenizer options). One
+    single-text column or an ordered pair of them is tried per row."""
     if tokenizer is None or not callable(tokenizer) or not hasattr(dataset, "select") \
             or not hasattr(dataset, "__len__"):
         return None
@@ -217,12 +219,17 @@ def _truncation_evidence(dataset, tokenizer, length: int, max_rows: int = 16) ->
         plain = dataset.with_format(None)
         masks = plain["attention_mask"] if "attention_mask" in features else None
         ids_col = plain["input_ids"]
-        picked = [i for i in range(len(plain))
-                  if (sum(masks[i]) if masks is not None else len(ids_col[i])) == length][:max_rows]
+        rows, seen = [], set()  # the distinct token rows at that length: (row index, its tokens)
+        for i, ids in enumerate(ids_col):
+            ids = list(ids) if masks is None else [t for t, m in zip(ids, masks[i]) if m]
+            if len(ids) == length and tuple(ids) not in seen:
+                seen.add(tuple(ids))
+                rows.append((i, ids))
+        if len(rows) > max_rows:
+            rows = [rows[round(j * (len(rows) - 1) / (max_rows - 1))] for j in range(max_rows)]
         whole = 0
-        for i in picked:
+        for i, ids in rows:
             row = plain[i]
-            ids = list(row["input_ids"]) if masks is None else [t for t, m in zip(row["input_ids"], masks[i]) if m]
             for combo in combos:
                 values = [row[c] for c in combo]
                 if any(not isinstance(v, str) for v in values):
@@ -233,7 +240,7 @@ def _truncation_evidence(dataset, tokenizer, length: int, max_rows: int = 16) ->
                     return True  # a text cut at the length
                 whole += 1
                 break
-        return False if picked and whole == len(picked) else None
+        return False if rows and whole == len(rows) else None
     except Exception:  # noqa: BLE001 - evidence only: the length guess stands
         return None
 
@@ -812,7 +819,7 @@ class EENetTrainer(Trainer):
         looks = (f"the validation rows are truncated at {longest} tokens (their text columns, tokenized again, are "
                  "longer)" if evidence else
                  f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows "
-                 "have exactly that length, and no text column is kept to tell)")
+                 "have exactly that length, and no text column kept in the dataset reproduces them to tell)")
         if given is not None and truncated and longest < given:
             warnings.warn(f"{looks} but max_seq_length={given} is recorded: served inputs up to {given} "
                           "tokens make the exits' confidence, and so the budgets' spend, differ from the fit",
@@ -823,7 +830,8 @@ class EENetTrainer(Trainer):
             warnings.warn(f"{looks}: the bank is fitted at that length, so config.max_seq_length = "
                           f"{longest} is recorded and the pipeline truncates served inputs to it"
                           + ("" if evidence else "; if the rows are whole texts, pass fit_scheduler(max_seq_length=<"
-                             "the length to serve>) instead (or keep the text column in the dataset)"),
+                             "the length to serve>) instead (or keep the text columns the rows were tokenized from, "
+                             "unchanged, in the dataset)"),
                           UserWarning, stacklevel=3)
             return longest
         warnings.warn(f"{looks} while the model serves {served} tokens (config.max_seq_length): the bank "

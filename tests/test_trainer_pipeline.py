@@ -365,6 +365,16 @@ def test_rows_of_one_length_are_whole_texts_where_their_text_columns_say_so(tok,
     model.config.max_seq_length = None
     with pytest.warns(UserWarning, match=r"are truncated at 12 tokens \(their text columns"):
         assert trainer._fitting_length(model, cut, None) == 12
+    # one cut row decides, whatever the order: a whole 12-token text repeated first, or rows sorted by length
+    whole = texts[0] + " one two three"
+    assert len(tok(whole)["input_ids"]) == 12
+    by_length = sorted(longer, key=lambda t: len(tok(t)["input_ids"]))
+    for order in ([whole] * 20 + longer, [whole] + by_length):
+        rows = Dataset.from_dict({"text": order, "labels": [0] * len(order)}).map(
+            lambda b: tok(b["text"], truncation=True, max_length=12), batched=True)
+        model.config.max_seq_length = None
+        with pytest.warns(UserWarning, match=r"are truncated at 12 tokens"):
+            assert trainer._fitting_length(model, rows, None) == 12
     length = sum(single["attention_mask"][0])
     model.config.max_seq_length = None
     with pytest.warns(UserWarning, match=rf"look truncated at {length} tokens .* if the rows are whole texts, pass "
