@@ -27,8 +27,8 @@ the next forward when the step held one of its parameters (fused optimizers incl
 parameters moved (master copies, plain tensors or ``nn.Parameter``, written back through ``.data``: DeepSpeed
 ZeRO-1/2); an unrelated step costs one sample per entry. ``model.train()`` /
 ``model.eval()`` and every forward that could train (training mode or autograd on) drop all entries. An edit
-through ``.data`` in eval mode after the last of those (EMA, pruning, weight surgery) needs
-``use_fused_cpu_layers()`` again. Entries are per process and never saved or copied (``copy.deepcopy`` / pickle
+through ``.data`` in eval mode with no optimizer step after it, or of a few scattered elements outside the sample
+(EMA, pruning, weight surgery), needs ``use_fused_cpu_layers()`` again. Entries are per process and never saved or copied (``copy.deepcopy`` / pickle
 give a model with the setting on and an empty cache).
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -205,7 +206,7 @@ def _truncation_evidence(dataset, tokenizer, length: int, max_rows: int = 512) -
     enough for ``True``; ``False`` needs every row read to be whole. The distinct rows at that length are read (up to
     ``max_rows``, spread evenly over the split, so an order such as repeats first or rows sorted by length does not
     decide). ``None`` where this cannot tell: no string column kept (``remove_columns``), a stream, no tokenizer, or
-    rows that no kept text column reproduces (text edited before tokenizing, other tokenizer options). One
+    rows read that no kept text column reproduces (text edited before tokenizing, other tokenizer options). One
     single-text column or an ordered pair of them is tried per row."""
     if tokenizer is None or not callable(tokenizer) or not hasattr(dataset, "select") \
             or not hasattr(dataset, "__len__"):
@@ -217,19 +218,25 @@ def _truncation_evidence(dataset, tokenizer, length: int, max_rows: int = 512) -
             return None
         combos = [(c,) for c in texts] + [(a, b) for a in texts for b in texts if a != b]
         plain = dataset.with_format(None)
-        masks = plain["attention_mask"] if "attention_mask" in features else None
-        ids_col = plain["input_ids"]
-        rows, seen = [], set()  # the distinct token rows at that length: (row index, its tokens)
-        for i, ids in enumerate(ids_col):
-            ids = list(ids) if masks is None else [t for t, m in zip(ids, masks[i]) if m]
-            if len(ids) == length and tuple(ids) not in seen:
-                seen.add(tuple(ids))
-                rows.append((i, ids))
+        masks = plain["attention_mask"] if "attention_mask" in features else itertools.repeat(None)
+
+        def tokens(ids, mask) -> list:
+            return list(ids) if mask is None else [t for t, m in zip(ids, mask) if m]
+
+        rows, seen = [], set()  # the distinct token rows at that length: their indices (and their tokens' hashes)
+        for i, (ids, mask) in enumerate(zip(plain["input_ids"], masks)):
+            if (len(ids) if mask is None else sum(mask)) != length:
+                continue
+            key = hash(tuple(tokens(ids, mask)))
+            if key not in seen:
+                seen.add(key)
+                rows.append(i)
         if len(rows) > max_rows:
-            rows = [rows[round(j * (len(rows) - 1) / (max_rows - 1))] for j in range(max_rows)]
+            rows = [rows[round(j * (len(rows) - 1) / max(max_rows - 1, 1))] for j in range(max(max_rows, 1))]
         whole = 0
-        for i, ids in rows:
+        for i in rows:
             row = plain[i]
+            ids = tokens(row["input_ids"], row.get("attention_mask"))
             for combo in combos:
                 values = [row[c] for c in combo]
                 if any(not isinstance(v, str) for v in values):
@@ -241,7 +248,8 @@ def _truncation_evidence(dataset, tokenizer, length: int, max_rows: int = 512) -
                 whole += 1
                 break
         return False if rows and whole == len(rows) else None
-    except Exception:  # noqa: BLE001 - evidence only: the length guess stands
+    except Exception as err:  # noqa: BLE001 - evidence only: the length guess stands
+        logger.debug("no truncation evidence from the text columns: %r", err)
         return None
 
 
@@ -805,8 +813,6 @@ class EENetTrainer(Trainer):
         longest = int(lengths.max())
         piled = int((lengths == longest).sum())
         truncated = piled >= 5 and piled > 2 * int((lengths == longest - 1).sum())
-        evidence = _truncation_evidence(dataset, self.processing_class, longest) if truncated else None
-        truncated = truncated and evidence is not False  # the rows' own texts say they are whole: nothing was cut
         if longest > served:
             hint = (f", or pass max_seq_length={longest} to serve the model at that length"
                     if recorded and not given and longest <= limit else "")
@@ -816,10 +822,15 @@ class EENetTrainer(Trainer):
                    else "(its position table / tokenizer)")
                 + f": the bank would be fitted on inputs it never serves; tokenize them with truncation=True, "
                   f"max_length={served}{hint}")
+        evidence = None  # read only where a truncation would be recorded or warned about
+        if truncated and (longest < given if given is not None else longest != served):
+            evidence = _truncation_evidence(dataset, self.processing_class, longest)
+            truncated = evidence is not False  # the rows' own texts say they are whole: nothing was cut
         looks = (f"the validation rows are truncated at {longest} tokens (their text columns, tokenized again, are "
                  "longer)" if evidence else
                  f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows "
-                 "have exactly that length, and no text column kept in the dataset reproduces them to tell)")
+                 "have exactly that length, and not every such row is reproduced by a text column kept in the "
+                 "dataset to tell)")
         if given is not None and truncated and longest < given:
             warnings.warn(f"{looks} but max_seq_length={given} is recorded: served inputs up to {given} "
                           "tokens make the exits' confidence, and so the budgets' spend, differ from the fit",
