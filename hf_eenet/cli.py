@@ -246,10 +246,9 @@ def cmd_fit_scheduler(argv) -> None:
     trainer, _, _ = _trainer_and_data(model, tok, data_args, ns.model_dir, _seed(args, ns.model_dir),
                                       args.per_device_eval_batch_size, need=("validation",))
     old = list(model.config.scheduler_budgets or [])
-    with warnings.catch_warnings():  # the rows were tokenized at the length the model serves (set above): rows
-        # piled at a shorter one are whole texts, never a truncation
-        warnings.filterwarnings("ignore", message="the validation rows look truncated")
-        info = trainer.fit_scheduler(budgets=budgets, seed=args.seed, extend=args.extend, **scheduler_kwargs(args))
+    # the rows were tokenized at the length the model serves (set above): rows piled at a shorter one are whole texts
+    info = trainer.fit_scheduler(budgets=budgets, seed=args.seed, extend=args.extend,
+                                 tokenized_max_length=data_args.max_seq_length, **scheduler_kwargs(args))
     model.save_pretrained(ns.model_dir)  # atomic; keeps the tokenizer and training_args.json (how it was trained)
     from .model_card import mark_card_stale
 

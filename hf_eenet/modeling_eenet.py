@@ -305,9 +305,12 @@ class EENetModelMixin:
             )
         eps = 1e-6
         if budget < budgets[0] - eps or budget > budgets[-1] + eps:
+            k = self.config.num_exits
             raise ValueError(
                 f"budget {budget} is outside the fitted range [{budgets[0]}, {budgets[-1]}] "
                 f"(fitted budgets: {budgets}); refit the scheduler bank with this budget"
+                + (f" (for the full model, every row at the last exit, pass exit_policy=hf_eenet.StaticPolicy({k - 1}, "
+                   f"{k}) instead of a budget)" if budget > budgets[-1] else "")
             )
         if len(budgets) != len(self.eenet_schedulers):
             verify_bank(self, where="before serving")  # raises, naming the mismatch

@@ -577,11 +577,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                 print(f"fitting the EENet scheduler bank for budgets {budgets} on {len(enc['validation'])} "
                       "validation rows")
             try:
-                with warnings.catch_warnings():  # the rows were tokenized at --max_seq_length, the recorded length:
-                    # rows piled at a shorter one are whole texts, never a truncation
-                    warnings.filterwarnings("ignore", message="the validation rows look truncated")
-                    fit_info = trainer.fit_scheduler(budgets=budgets, seed=training_args.seed,
-                                                     **scheduler_kwargs(args))
+                # the rows were tokenized at --max_seq_length: rows piled at a shorter length are whole texts
+                fit_info = trainer.fit_scheduler(budgets=budgets, seed=training_args.seed,
+                                                 tokenized_max_length=data_args.max_seq_length,
+                                                 **scheduler_kwargs(args))
             except BaseException:
                 if do_train:  # never lose what was trained: save it (no bank) before the error propagates
                     model.clear_scheduler_bank()
@@ -703,17 +702,48 @@ def check_pairing(config, is_pair: bool) -> None:
                     "in --text_column_names (or join columns with --text_column_delimiter)")
 
 
+#: ``TrainingArguments`` flags of transformers 4 that transformers 5 removed, and what to pass instead (a
+#: ``run_classification.py`` command from 4.x would otherwise stop at "arguments are not used")
+REMOVED_TRAINING_FLAGS = {
+    "overwrite_output_dir": "an existing --output_dir is written over (start from a checkpoint with "
+                            "--resume_from_checkpoint)",
+    "evaluation_strategy": "pass --eval_strategy",
+    "warmup_ratio": "pass the fraction to --warmup_steps (a float < 1 is a fraction of the steps)",
+    "no_cuda": "pass --use_cpu",
+    "logging_dir": "set the TENSORBOARD_LOGGING_DIR environment variable",
+    "per_gpu_train_batch_size": "pass --per_device_train_batch_size",
+    "per_gpu_eval_batch_size": "pass --per_device_eval_batch_size",
+    "include_inputs_for_metrics": "pass --include_for_metrics inputs",
+    "push_to_hub_model_id": "pass --hub_model_id",
+    "push_to_hub_token": "pass --hub_token",
+}
+
+
+def _refuse_removed_flags(parser, names) -> None:
+    """One line naming the replacement for a transformers-4 ``TrainingArguments`` flag (or config key) in
+    ``names`` that transformers 5 removed, where this parser does not take it."""
+    dests = {a.dest for a in parser._actions}
+    for name in names:
+        key = name.lstrip("-").split("=", 1)[0].replace("-", "_")
+        if key in REMOVED_TRAINING_FLAGS and key not in dests:
+            parser.error(f"{name.split('=', 1)[0]} was removed from TrainingArguments in transformers 5: "
+                         f"{REMOVED_TRAINING_FLAGS[key]}")
+
+
 def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False):
     """``parser.parse_args_into_dataclasses`` where the first argument may be a JSON config file (a preset): its
     values become defaults, and the flags after it override them. Keys the parser does not know are an error, or
     skipped with ``ignore_unknown`` (a CLI command reading only the data options of a recipe config)."""
     argv = list(argv)
+    _refuse_removed_flags(parser, [a for a in argv if a.startswith("--")])
     if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
         path = Path(argv.pop(0))
         try:
             cfg = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             parser.error(f"cannot read the config file {path}: {err}")
+        if not ignore_unknown:
+            _refuse_removed_flags(parser, sorted(k for k in cfg if not k.startswith("_")))
         dests = {a.dest for a in parser._actions}
         unknown = sorted(k for k in cfg if k not in dests and not k.startswith("_"))
         if unknown and not ignore_unknown:

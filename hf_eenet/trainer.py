@@ -782,7 +782,7 @@ class EENetTrainer(Trainer):
         kwargs["tags"] = tags + [t for t in ("hf_eenet", "early-exit", "eenet") if t not in tags]
         super().create_model_card(*args, **kwargs)
 
-    def _fitting_length(self, model, dataset, max_seq_length) -> int | None:
+    def _fitting_length(self, model, dataset, max_seq_length, tokenized_max_length=None) -> int | None:
         """The input length (tokens) the bank is fitted at, to record as ``config.max_seq_length`` (what the pipeline,
         ``early_exit_predict`` and the CLI truncate to), or ``None`` to leave the config as it is. A bank fitted on
         rows truncated at one length and served at another meets its budget at neither: the exits' confidence, and
@@ -797,7 +797,9 @@ class EENetTrainer(Trainer):
         shorter than it are recorded as the served length when the config has none (with a warning), and warned
         about when it has one (the bank would serve at another length). Where the dataset still holds its text
         columns, they decide (:func:`_truncation_evidence`): templated texts of one length are whole texts, not a
-        truncation, and record nothing."""
+        truncation, and record nothing. ``tokenized_max_length`` (the ``max_length`` the caller tokenized the rows
+        with) replaces the guess: rows shorter than it are whole texts, rows at it may be cut there, so it is the
+        length recorded when the config has none."""
         from .configuration_eenet import max_input_tokens
 
         limit = max_input_tokens(model.config, self.processing_class, recorded=False)  # what the model can take
@@ -805,6 +807,7 @@ class EENetTrainer(Trainer):
         if given is not None and given > limit:
             raise ValueError(f"max_seq_length={given} is longer than this model takes ({limit} tokens: its position "
                              "table / the tokenizer's model_max_length), so it would never be served at that length")
+        known = None if tokenized_max_length is None else check_int(tokenized_max_length, "tokenized_max_length", 1)
         lengths = _row_lengths(dataset, read_streams=True, distinct=True)  # a repeated text counts once
         recorded = getattr(model.config, "max_seq_length", None)
         served = given or max_input_tokens(model.config, self.processing_class)
@@ -813,6 +816,11 @@ class EENetTrainer(Trainer):
         longest = int(lengths.max())
         piled = int((lengths == longest).sum())
         truncated = piled >= 5 and piled > 2 * int((lengths == longest - 1).sum())
+        if known is not None:  # the caller tokenized the rows at this length: nothing is cut below it
+            if longest > known:
+                raise ValueError(f"tokenized_max_length={known}, but the validation rows are up to {longest} tokens "
+                                 "long: they were not tokenized (truncation=True) at that max_length")
+            truncated = longest == known
         if longest > served:
             hint = (f", or pass max_seq_length={longest} to serve the model at that length"
                     if recorded and not given and longest <= limit else "")
@@ -823,26 +831,33 @@ class EENetTrainer(Trainer):
                 + f": the bank would be fitted on inputs it never serves; tokenize them with truncation=True, "
                   f"max_length={served}{hint}")
         evidence = None  # read only where a truncation would be recorded or warned about
-        if truncated and (longest < given if given is not None else longest != served):
+        if known is None and truncated and (longest < given if given is not None else longest != served):
             evidence = _truncation_evidence(dataset, self.processing_class, longest)
             truncated = evidence is not False  # the rows' own texts say they are whole: nothing was cut
-        looks = (f"the validation rows are truncated at {longest} tokens (their text columns, tokenized again, are "
+        looks = (f"the validation rows were tokenized at max_length {known} (tokenized_max_length) and reach it, so "
+                 "some may be cut there" if known is not None else
+                 f"the validation rows are truncated at {longest} tokens (their text columns, tokenized again, are "
                  "longer)" if evidence else
                  f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows "
                  "have exactly that length, and not every such row is reproduced by a text column kept in the "
                  "dataset to tell)")
         if given is not None and truncated and longest < given:
             warnings.warn(f"{looks} but max_seq_length={given} is recorded: served inputs up to {given} "
-                          "tokens make the exits' confidence, and so the budgets' spend, differ from the fit",
+                          "tokens make the exits' confidence, and so the budgets' spend, differ from the fit"
+                          + ("" if evidence or known is not None else
+                             f" (if the rows are whole texts tokenized at max_length {given}, pass "
+                             f"tokenized_max_length={given})"),
                           UserWarning, stacklevel=3)
         if given is not None or not truncated or longest == served:
             return given
         if recorded is None:
+            if known is not None:  # the length the caller stated: recorded as asked, nothing to warn about
+                return longest
             warnings.warn(f"{looks}: the bank is fitted at that length, so config.max_seq_length = "
                           f"{longest} is recorded and the pipeline truncates served inputs to it"
-                          + ("" if evidence else "; if the rows are whole texts, pass fit_scheduler(max_seq_length=<"
-                             "the length to serve>) instead (or keep the text columns the rows were tokenized from, "
-                             "unchanged, in the dataset)"),
+                          + ("" if evidence else "; if the rows are whole texts, pass fit_scheduler("
+                             "tokenized_max_length=<the max_length you tokenized them with>) instead (or keep the "
+                             "text columns the rows were tokenized from, unchanged, in the dataset)"),
                           UserWarning, stacklevel=3)
             return longest
         warnings.warn(f"{looks} while the model serves {served} tokens (config.max_seq_length): the bank "
@@ -853,7 +868,8 @@ class EENetTrainer(Trainer):
 
     def fit_scheduler(self, eval_dataset=None, budgets=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), seed: int = 0,
                       default_budget: float | None = None, cost_profile=None, extend: bool = False,
-                      max_seq_length: int | None = None, **scheduler_kwargs) -> dict:
+                      max_seq_length: int | None = None, tokenized_max_length: int | None = None,
+                      **scheduler_kwargs) -> dict:
         """Fit one EENet scheduler per budget on the all-exit predictions of ``eval_dataset`` (collected once) and
         install them as the model's scheduler bank.
 
@@ -869,6 +885,10 @@ class EENetTrainer(Trainer):
             max_seq_length: the input length in tokens the rows of ``eval_dataset`` were truncated at, recorded as
                 ``config.max_seq_length`` so the model serves at the length its bank was fitted at. By default it is
                 found from the rows (a truncation piles rows up at one longest length; see ``_fitting_length``).
+            tokenized_max_length: the ``max_length`` the rows of ``eval_dataset`` were tokenized with
+                (``truncation=True``), when you know it: nothing is guessed from the rows' lengths (rows shorter than it
+                are whole texts, however many share one length); rows that reach it may be cut there, so it is recorded
+                as ``config.max_seq_length`` when the config has none (and a config serving another length warns).
             scheduler_kwargs: passed to :class:`EENetScheduler`.
         Returns:
             ``{budget: {"planned_cost", "validation": evaluate_exits(...), "fit_seconds", ...}}``, also stored in
@@ -915,7 +935,7 @@ class EENetTrainer(Trainer):
                 raise ValueError("extend=True needs the bank's exit costs; these cost_profile costs differ: refit the "
                                  "whole bank (extend=False)")
         length = self._fitting_length(model, eval_dataset if eval_dataset is not None else self.eval_dataset,
-                                      max_seq_length)
+                                      max_seq_length, tokenized_max_length)
         recorded = model.config.max_seq_length
         if extend and model.config.scheduler_budgets and length is not None and recorded is not None \
                 and length != recorded:  # (a bank saved without a length: its entries were fitted on these very rows,

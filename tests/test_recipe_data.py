@@ -3,6 +3,7 @@
 point, CLI errors, DDP end to end, and the presets."""
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -1191,3 +1192,49 @@ def test_default_budgets_below_the_first_exit_are_dropped_before_training(tiny_b
     assert "the default budgets [0.25, 0.3, 0.4, 0.5, 0.6, 0.7] are below the cheapest exit's cost" in caplog.text
     cfg = json.loads((tmp_path / "default" / "config.json").read_text())
     assert cfg["scheduler_budgets"] == [0.8, 0.9]
+
+
+def test_recipe_takes_templated_validation_rows_for_whole_texts(tiny_backbone, csv_data, tmp_path):
+    """The recipe tokenizes the validation rows at --max_seq_length and says so to the fit (tokenized_max_length):
+    templated texts of one shorter length (their text columns are not kept) are whole texts, not a truncation, so
+    nothing warns and the model keeps serving the length it was trained at."""
+    from hf_eenet.cli import main
+
+    templated = write_csv(tmp_path / "templated.csv", ["review", "sentiment"],
+                          [(f"the item number {i} is {'good' if i % 2 else 'bad'} today", "good" if i % 2 else "bad")
+                           for i in range(40)])
+    out = tmp_path / "model"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["train", "--train_file", csv_data["train"], "--validation_file", templated, "--text_column_names",
+              "review", "--label_column_name", "sentiment", "--do_train", *common_flags(tiny_backbone, out)])
+    assert not [w for w in caught if "truncated" in str(w.message)], [str(w.message) for w in caught]
+    config = json.loads((out / "config.json").read_text())
+    assert config["max_seq_length"] == 48 and config["scheduler_budgets"] == [0.5, 0.8]
+
+
+@pytest.mark.parametrize("flag, hint", [
+    (["--overwrite_output_dir"], r"--overwrite_output_dir was removed from TrainingArguments in transformers 5: an "
+                                 r"existing --output_dir is written over"),
+    (["--warmup_ratio", "0.1"], r"--warmup_ratio was removed .* pass the fraction to --warmup_steps"),
+    (["--evaluation_strategy=epoch"], r"--evaluation_strategy was removed .* pass --eval_strategy"),
+    (["--no_cuda"], r"--no_cuda was removed .* pass --use_cpu"),
+])
+def test_transformers_4_training_flags_are_refused_naming_their_replacement(flag, hint, tmp_path, capsys):
+    """A run_classification.py command written for transformers 4 stops with one line saying what replaced the
+    removed TrainingArguments flag, on the command line and in a config file, for the recipe and the CLI."""
+    from hf_eenet.recipe import build_parser, parse_args_with_config
+
+    with pytest.raises(SystemExit):
+        parse_args_with_config(build_parser(), ["--output_dir", str(tmp_path), *flag])
+    assert re.search(hint, capsys.readouterr().err)
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"output_dir": str(tmp_path), flag[0].lstrip("-").split("=")[0]: True}))
+    with pytest.raises(SystemExit):
+        parse_args_with_config(build_parser(), [str(config)])
+    assert re.search(hint.replace("--", "", 1), capsys.readouterr().err)
+    from hf_eenet.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--output_dir", str(tmp_path), *flag])
+    assert re.search(hint, capsys.readouterr().err)

@@ -378,8 +378,31 @@ def test_rows_of_one_length_are_whole_texts_where_their_text_columns_say_so(tok,
     length = sum(single["attention_mask"][0])
     model.config.max_seq_length = None
     with pytest.warns(UserWarning, match=rf"look truncated at {length} tokens .* if the rows are whole texts, pass "
-                                         r"fit_scheduler\(max_seq_length="):
+                                         r"fit_scheduler\(tokenized_max_length="):
         assert trainer._fitting_length(model, single.remove_columns(["text"]), None) == length
+    # the caller states the max_length the rows were tokenized at: nothing is guessed from their lengths
+    bare = single.remove_columns(["text"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for recorded in (None, 64):  # rows below the stated length are whole texts: nothing recorded, no alarm
+            model.config.max_seq_length = recorded
+            assert trainer._fitting_length(model, bare, None, tokenized_max_length=64) is None
+        model.config.max_seq_length = None  # rows that reach it may be cut there: it is the length recorded
+        assert trainer._fitting_length(model, bare, None, tokenized_max_length=length) == length
+    model.config.max_seq_length = 64
+    with pytest.warns(UserWarning, match=rf"tokenized at max_length {length} \(tokenized_max_length\) and reach it, "
+                                         r"so some may be cut there while the model serves 64 tokens"):
+        assert trainer._fitting_length(model, bare, None, tokenized_max_length=length) is None
+    with pytest.raises(ValueError, match=rf"tokenized_max_length={length - 1}, but the validation rows are up to "
+                                         rf"{length} tokens long"):
+        trainer._fitting_length(model, bare, None, tokenized_max_length=length - 1)
+    with pytest.raises(ValueError, match=r"tokenized_max_length must be"):
+        trainer._fitting_length(model, bare, None, tokenized_max_length=0)
+    with pytest.warns(UserWarning, match=r"but max_seq_length=64 is recorded.* pass tokenized_max_length=64\)"):
+        assert trainer._fitting_length(model, bare, 64) == 64  # a length stated without saying the rows' own
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ... and with it: whole texts, no alarm
+        assert trainer._fitting_length(model, bare, 64, tokenized_max_length=64) == 64
     # a validation split without one of the model's classes: fitted, and said so
     torch.manual_seed(0)
     names = {0: "contradiction", 1: "entailment", 2: "neutral"}
@@ -405,6 +428,13 @@ def test_fit_scheduler_bank_and_budget_lookup(trained):
     assert model.get_exit_policy(0.8) is model.eenet_schedulers[2]
     with pytest.raises(ValueError, match=r"outside the fitted range \[0.4, 0.8\]"):
         model.get_exit_policy(0.3)
+    k = model.config.num_exits  # above the bank: refused, and the error names the full model's policy, which runs
+    with pytest.raises(ValueError, match=rf"the full model, .* pass exit_policy=hf_eenet.StaticPolicy\({k - 1}, {k}\)"):
+        model.get_exit_policy(1.0)
+    ids = torch.tensor([[101, 2023, 2003, 102]])
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), exit_policy=hf_eenet.StaticPolicy(k - 1, k))
+    assert out.exit_index.tolist() == [k - 1]
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         model.get_exit_policy(1.5)
     with pytest.raises(TypeError, match="number"):
