@@ -309,8 +309,8 @@ class EENetModelMixin:
             raise ValueError(
                 f"budget {budget} is outside the fitted range [{budgets[0]}, {budgets[-1]}] "
                 f"(fitted budgets: {budgets}); refit the scheduler bank with this budget"
-                + (f" (for the full model, every row at the last exit, pass exit_policy=hf_eenet.StaticPolicy({k - 1}, "
-                   f"{k}) instead of a budget)" if budget > budgets[-1] else "")
+                + (f" (the full model, every row at the last exit: pass exit_policy=hf_eenet.StaticPolicy({k - 1}, "
+                   f"{k}) instead of a budget, Python API only)" if budget > budgets[-1] else "")
             )
         if len(budgets) != len(self.eenet_schedulers):
             verify_bank(self, where="before serving")  # raises, naming the mismatch

@@ -702,32 +702,66 @@ def check_pairing(config, is_pair: bool) -> None:
                     "in --text_column_names (or join columns with --text_column_delimiter)")
 
 
-#: ``TrainingArguments`` flags of transformers 4 that transformers 5 removed, and what to pass instead (a
-#: ``run_classification.py`` command from 4.x would otherwise stop at "arguments are not used")
+#: ``TrainingArguments`` flags of transformers 4 that transformers 5 removed: (what to do instead, the option that
+#: advice needs or ``None``). A ``run_classification.py`` command from 4.x would otherwise stop at "arguments are not
+#: used" (or at a check of the arguments it left at their defaults).
 REMOVED_TRAINING_FLAGS = {
-    "overwrite_output_dir": "an existing --output_dir is written over (start from a checkpoint with "
-                            "--resume_from_checkpoint)",
-    "evaluation_strategy": "pass --eval_strategy",
-    "warmup_ratio": "pass the fraction to --warmup_steps (a float < 1 is a fraction of the steps)",
-    "no_cuda": "pass --use_cpu",
-    "logging_dir": "set the TENSORBOARD_LOGGING_DIR environment variable",
-    "per_gpu_train_batch_size": "pass --per_device_train_batch_size",
-    "per_gpu_eval_batch_size": "pass --per_device_eval_batch_size",
-    "include_inputs_for_metrics": "pass --include_for_metrics inputs",
-    "push_to_hub_model_id": "pass --hub_model_id",
-    "push_to_hub_token": "pass --hub_token",
+    "overwrite_output_dir": ("an existing --output_dir is written over (start from a checkpoint with "
+                             "--resume_from_checkpoint)", "output_dir"),
+    "evaluation_strategy": ("pass --eval_strategy", "eval_strategy"),
+    "warmup_ratio": ("pass the fraction to --warmup_steps (a float < 1 is a fraction of the steps)", "warmup_steps"),
+    "no_cuda": ("pass --use_cpu", "use_cpu"),
+    "use_mps_device": ("drop it: an MPS device is used when there is one (--use_cpu keeps to the CPU)", "use_cpu"),
+    "logging_dir": ("set the TENSORBOARD_LOGGING_DIR environment variable", "report_to"),
+    "per_gpu_train_batch_size": ("pass --per_device_train_batch_size", "per_device_train_batch_size"),
+    "per_gpu_eval_batch_size": ("pass --per_device_eval_batch_size", "per_device_eval_batch_size"),
+    "include_inputs_for_metrics": ("pass --include_for_metrics inputs", "include_for_metrics"),
+    "push_to_hub_model_id": ("pass --hub_model_id", "hub_model_id"),
+    "push_to_hub_token": ("pass --hub_token", "hub_token"),
+    "save_safetensors": ("drop it: weights are always saved as safetensors", None),
+    "group_by_length": ("pass --train_sampling_strategy group_by_length", "train_sampling_strategy"),
+    "split_batches": ("pass it in --accelerator_config", "accelerator_config"),
+    "dispatch_batches": ("pass it in --accelerator_config", "accelerator_config"),
 }
 
 
+def _removed_flag(name: str) -> str | None:
+    """The removed flag ``name`` stands for: itself, its ``--no_`` negation (a bool flag of transformers 4) or, on the
+    command line, an abbreviation argparse would have expanded that keeps at least one ``_`` (``--overwrite_output``;
+    not ``--split`` or ``--no``, which are more likely other options mistyped)."""
+    key = name.lstrip("-").split("=", 1)[0].replace("-", "_")
+    if key in REMOVED_TRAINING_FLAGS:
+        return key
+    if key.startswith("no_") and key[3:] in REMOVED_TRAINING_FLAGS:
+        return key[3:]
+    if name.startswith("--") and "_" in key.strip("_"):
+        hits = [k for k in REMOVED_TRAINING_FLAGS if k.startswith(key)]
+        return hits[0] if len(hits) == 1 else None
+    return None
+
+
 def _refuse_removed_flags(parser, names) -> None:
-    """One line naming the replacement for a transformers-4 ``TrainingArguments`` flag (or config key) in
-    ``names`` that transformers 5 removed, where this parser does not take it."""
+    """One line naming what replaced a transformers-4 ``TrainingArguments`` flag (or config key) in ``names`` that
+    transformers 5 removed, where this parser does not take it. ``names`` are the arguments the parser left over (or a
+    config file's keys): a value or a text that looks like a flag is never among them."""
     dests = {a.dest for a in parser._actions}
     for name in names:
-        key = name.lstrip("-").split("=", 1)[0].replace("-", "_")
-        if key in REMOVED_TRAINING_FLAGS and key not in dests:
-            parser.error(f"{name.split('=', 1)[0]} was removed from TrainingArguments in transformers 5: "
-                         f"{REMOVED_TRAINING_FLAGS[key]}")
+        flag = _removed_flag(name)
+        if flag is None or flag in dests:
+            continue
+        hint, needs = REMOVED_TRAINING_FLAGS[flag]
+        if needs is not None and needs not in dests:
+            hint = f"{parser.prog} does not take it (nor --{needs}); drop it"
+        shown = f"--{flag}" if name.startswith("-") else flag
+        parser.error(f"{shown} was removed from TrainingArguments in transformers 5: {hint}")
+
+
+def _parse_dataclasses(parser, argv: list[str]):
+    """``parser.parse_args_into_dataclasses``; a leftover transformers-4 flag is named with its replacement first,
+    before the dataclasses' own checks (which a 4.x command can fail on a setting the removed flag meant to make)."""
+    _, rest = parser.parse_known_args(argv)
+    _refuse_removed_flags(parser, [a for a in rest if a.startswith("--")])
+    return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
 
 
 def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False):
@@ -735,7 +769,6 @@ def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False
     values become defaults, and the flags after it override them. Keys the parser does not know are an error, or
     skipped with ``ignore_unknown`` (a CLI command reading only the data options of a recipe config)."""
     argv = list(argv)
-    _refuse_removed_flags(parser, [a for a in argv if a.startswith("--")])
     if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
         path = Path(argv.pop(0))
         try:
@@ -753,7 +786,7 @@ def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False
         for action in parser._actions:
             if action.dest in cfg:
                 action.required = False
-        parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+        parsed = _parse_dataclasses(parser, argv)
         given = _given_dests(parser, argv)
         _forget_preset_dataset(cfg, parsed, path, given)
         for obj in parsed:  # budgets from the config file: a bank evaluated as fitted serves its own (run())
@@ -762,7 +795,7 @@ def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False
             if is_dataclass(obj):  # what the config file set and the command line did not (CLI predict TEXTS)
                 obj._from_config = {f.name for f in fields(obj) if f.name in cfg and f.name not in given}
         return parsed
-    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    return _parse_dataclasses(parser, argv)
 
 
 #: where a preset's data come from, and what it says about them (card, results folder)

@@ -798,8 +798,7 @@ class EENetTrainer(Trainer):
         about when it has one (the bank would serve at another length). Where the dataset still holds its text
         columns, they decide (:func:`_truncation_evidence`): templated texts of one length are whole texts, not a
         truncation, and record nothing. ``tokenized_max_length`` (the ``max_length`` the caller tokenized the rows
-        with) replaces the guess: rows shorter than it are whole texts, rows at it may be cut there, so it is the
-        length recorded when the config has none."""
+        with) replaces the guess (:meth:`_stated_fitting_length`)."""
         from .configuration_eenet import max_input_tokens
 
         limit = max_input_tokens(model.config, self.processing_class, recorded=False)  # what the model can take
@@ -811,16 +810,9 @@ class EENetTrainer(Trainer):
         lengths = _row_lengths(dataset, read_streams=True, distinct=True)  # a repeated text counts once
         recorded = getattr(model.config, "max_seq_length", None)
         served = given or max_input_tokens(model.config, self.processing_class)
-        if lengths is None or not len(lengths):
-            return given
+        if lengths is None or not len(lengths):  # (rows whose lengths cannot be read: the stated length holds)
+            return given if given is not None or known is None or recorded is not None or known >= served else known
         longest = int(lengths.max())
-        piled = int((lengths == longest).sum())
-        truncated = piled >= 5 and piled > 2 * int((lengths == longest - 1).sum())
-        if known is not None:  # the caller tokenized the rows at this length: nothing is cut below it
-            if longest > known:
-                raise ValueError(f"tokenized_max_length={known}, but the validation rows are up to {longest} tokens "
-                                 "long: they were not tokenized (truncation=True) at that max_length")
-            truncated = longest == known
         if longest > served:
             hint = (f", or pass max_seq_length={longest} to serve the model at that length"
                     if recorded and not given and longest <= limit else "")
@@ -830,13 +822,15 @@ class EENetTrainer(Trainer):
                    else "(its position table / tokenizer)")
                 + f": the bank would be fitted on inputs it never serves; tokenize them with truncation=True, "
                   f"max_length={served}{hint}")
+        if known is not None:
+            return self._stated_fitting_length(known, longest, given, recorded, served)
+        piled = int((lengths == longest).sum())
+        truncated = piled >= 5 and piled > 2 * int((lengths == longest - 1).sum())
         evidence = None  # read only where a truncation would be recorded or warned about
-        if known is None and truncated and (longest < given if given is not None else longest != served):
+        if truncated and (longest < given if given is not None else longest != served):
             evidence = _truncation_evidence(dataset, self.processing_class, longest)
             truncated = evidence is not False  # the rows' own texts say they are whole: nothing was cut
-        looks = (f"the validation rows were tokenized at max_length {known} (tokenized_max_length) and reach it, so "
-                 "some may be cut there" if known is not None else
-                 f"the validation rows are truncated at {longest} tokens (their text columns, tokenized again, are "
+        looks = (f"the validation rows are truncated at {longest} tokens (their text columns, tokenized again, are "
                  "longer)" if evidence else
                  f"the validation rows look truncated at {longest} tokens ({piled} of {len(lengths)} distinct rows "
                  "have exactly that length, and not every such row is reproduced by a text column kept in the "
@@ -844,15 +838,12 @@ class EENetTrainer(Trainer):
         if given is not None and truncated and longest < given:
             warnings.warn(f"{looks} but max_seq_length={given} is recorded: served inputs up to {given} "
                           "tokens make the exits' confidence, and so the budgets' spend, differ from the fit"
-                          + ("" if evidence or known is not None else
-                             f" (if the rows are whole texts tokenized at max_length {given}, pass "
-                             f"tokenized_max_length={given})"),
+                          + ("" if evidence else f" (if the rows are whole texts tokenized at max_length {given}, "
+                                                 f"pass tokenized_max_length={given})"),
                           UserWarning, stacklevel=3)
         if given is not None or not truncated or longest == served:
             return given
         if recorded is None:
-            if known is not None:  # the length the caller stated: recorded as asked, nothing to warn about
-                return longest
             warnings.warn(f"{looks}: the bank is fitted at that length, so config.max_seq_length = "
                           f"{longest} is recorded and the pipeline truncates served inputs to it"
                           + ("" if evidence else "; if the rows are whole texts, pass fit_scheduler("
@@ -861,9 +852,39 @@ class EENetTrainer(Trainer):
                           UserWarning, stacklevel=3)
             return longest
         warnings.warn(f"{looks} while the model serves {served} tokens (config.max_seq_length): the bank "
-                      "will spend its budgets at another rate on served inputs; tokenize the rows with "
-                      f"max_length={served}, or pass max_seq_length={longest} to serve at that length",
+                      "will spend its budgets at another rate on served inputs; "
+                      + (f"tokenize the rows with max_length={served}, or pass max_seq_length={longest} to serve at "
+                         "that length" if evidence else
+                         f"if they are whole texts tokenized at max_length {served}, pass "
+                         f"tokenized_max_length={served}; if they were cut at {longest}, tokenize them with "
+                         f"max_length={served}"),
                       UserWarning, stacklevel=3)
+        return None
+
+    @staticmethod
+    def _stated_fitting_length(known: int, longest: int, given, recorded, served: int) -> int | None:
+        """:meth:`_fitting_length` where the caller stated ``tokenized_max_length`` (``known``): nothing is guessed.
+        Rows below ``known`` are whole texts; rows that reach it may be cut there. The bank is fitted on rows read up
+        to ``known`` tokens, so ``known`` is recorded when the config has no length (and the model would serve more);
+        a recorded or given length that rows cut at ``known`` would be served at warns."""
+        if longest > known:
+            raise ValueError(f"tokenized_max_length={known}, but the validation rows are up to {longest} tokens "
+                             "long: they were not tokenized (truncation=True) at that max_length")
+        looks = (f"the validation rows were tokenized at max_length {known} (tokenized_max_length) and reach it, so "
+                 "some may be cut there")
+        if given is not None:
+            if longest == known < given:
+                warnings.warn(f"{looks} but max_seq_length={given} is recorded: served inputs up to {given} tokens "
+                              "make the exits' confidence, and so the budgets' spend, differ from the fit",
+                              UserWarning, stacklevel=4)
+            return given
+        if recorded is None:
+            return known if known < served else None
+        if longest == known != served:
+            warnings.warn(f"{looks} while the model serves {served} tokens (config.max_seq_length): the bank will "
+                          f"spend its budgets at another rate on served inputs; tokenize the rows with "
+                          f"max_length={served}, or pass max_seq_length={known} to serve at that length",
+                          UserWarning, stacklevel=4)
         return None
 
     def fit_scheduler(self, eval_dataset=None, budgets=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), seed: int = 0,
@@ -887,8 +908,9 @@ class EENetTrainer(Trainer):
                 found from the rows (a truncation piles rows up at one longest length; see ``_fitting_length``).
             tokenized_max_length: the ``max_length`` the rows of ``eval_dataset`` were tokenized with
                 (``truncation=True``), when you know it: nothing is guessed from the rows' lengths (rows shorter than it
-                are whole texts, however many share one length); rows that reach it may be cut there, so it is recorded
-                as ``config.max_seq_length`` when the config has none (and a config serving another length warns).
+                are whole texts, however many share one length); the bank is fitted on rows read up to that length,
+                so it is recorded as ``config.max_seq_length`` when the config has none (and the model takes more);
+                rows that reach it may be cut there, so a config serving another length warns.
             scheduler_kwargs: passed to :class:`EENetScheduler`.
         Returns:
             ``{budget: {"planned_cost", "validation": evaluate_exits(...), "fit_seconds", ...}}``, also stored in

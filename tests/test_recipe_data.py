@@ -693,7 +693,12 @@ def test_recipe_under_torchrun_two_processes(tiny_backbone, csv_data, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    import socket
+
+    with socket.socket() as sock:  # a free port (a fixed one fails while another run, or its TIME_WAIT, holds it)
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            str(ROOT / "recipes" / "run_eenet.py"), "--train_file", csv_data["train"],
            "--validation_file", csv_data["validation"], "--test_file", csv_data["test"],
            "--text_column_names", "review", "--label_column_name", "sentiment", "--do_train", "--do_eval",
@@ -1194,12 +1199,20 @@ def test_default_budgets_below_the_first_exit_are_dropped_before_training(tiny_b
     assert cfg["scheduler_budgets"] == [0.8, 0.9]
 
 
-def test_recipe_takes_templated_validation_rows_for_whole_texts(tiny_backbone, csv_data, tmp_path):
+def test_recipe_takes_templated_validation_rows_for_whole_texts(tiny_backbone, csv_data, tmp_path, monkeypatch):
     """The recipe tokenizes the validation rows at --max_seq_length and says so to the fit (tokenized_max_length):
     templated texts of one shorter length (their text columns are not kept) are whole texts, not a truncation, so
     nothing warns and the model keeps serving the length it was trained at."""
     from hf_eenet.cli import main
 
+    stated = []
+    fit = hf_eenet.EENetTrainer.fit_scheduler
+
+    def recording_fit(self, *args, **kwargs):
+        stated.append(kwargs.get("tokenized_max_length"))
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(hf_eenet.EENetTrainer, "fit_scheduler", recording_fit)
     templated = write_csv(tmp_path / "templated.csv", ["review", "sentiment"],
                           [(f"the item number {i} is {'good' if i % 2 else 'bad'} today", "good" if i % 2 else "bad")
                            for i in range(40)])
@@ -1211,6 +1224,7 @@ def test_recipe_takes_templated_validation_rows_for_whole_texts(tiny_backbone, c
     assert not [w for w in caught if "truncated" in str(w.message)], [str(w.message) for w in caught]
     config = json.loads((out / "config.json").read_text())
     assert config["max_seq_length"] == 48 and config["scheduler_budgets"] == [0.5, 0.8]
+    assert stated == [48]  # the length the rows were tokenized at, said to the fit (not a warning silenced)
 
 
 @pytest.mark.parametrize("flag, hint", [
@@ -1219,6 +1233,12 @@ def test_recipe_takes_templated_validation_rows_for_whole_texts(tiny_backbone, c
     (["--warmup_ratio", "0.1"], r"--warmup_ratio was removed .* pass the fraction to --warmup_steps"),
     (["--evaluation_strategy=epoch"], r"--evaluation_strategy was removed .* pass --eval_strategy"),
     (["--no_cuda"], r"--no_cuda was removed .* pass --use_cpu"),
+    (["--overwrite_output"], r"--overwrite_output_dir was removed"),  # an abbreviation, as transformers 4 took it
+    (["--save_safetensors", "true"], r"--save_safetensors was removed .* always saved as safetensors"),
+    (["--no_save_safetensors"], r"--save_safetensors was removed"),  # a transformers-4 negated bool flag
+    # a 4.x command whose other flags fail a TrainingArguments check without the removed one: the hint comes first
+    (["--evaluation_strategy", "epoch", "--save_strategy", "epoch", "--load_best_model_at_end"],
+     r"--evaluation_strategy was removed .* pass --eval_strategy"),
 ])
 def test_transformers_4_training_flags_are_refused_naming_their_replacement(flag, hint, tmp_path, capsys):
     """A run_classification.py command written for transformers 4 stops with one line saying what replaced the
@@ -1229,7 +1249,8 @@ def test_transformers_4_training_flags_are_refused_naming_their_replacement(flag
         parse_args_with_config(build_parser(), ["--output_dir", str(tmp_path), *flag])
     assert re.search(hint, capsys.readouterr().err)
     config = tmp_path / "run.json"
-    config.write_text(json.dumps({"output_dir": str(tmp_path), flag[0].lstrip("-").split("=")[0]: True}))
+    key = re.match(r"--(\w+)", hint).group(1)  # a config file names the key in full
+    config.write_text(json.dumps({"output_dir": str(tmp_path), key: True}))
     with pytest.raises(SystemExit):
         parse_args_with_config(build_parser(), [str(config)])
     assert re.search(hint.replace("--", "", 1), capsys.readouterr().err)
@@ -1238,3 +1259,28 @@ def test_transformers_4_training_flags_are_refused_naming_their_replacement(flag
     with pytest.raises(SystemExit):
         main(["train", "--output_dir", str(tmp_path), *flag])
     assert re.search(hint, capsys.readouterr().err)
+
+
+def test_removed_flag_check_reads_only_leftover_flags_and_hints_what_the_command_takes(tmp_path, capsys):
+    """A text after ``--`` (or a value) that looks like a removed flag is an argument, not refused; a CLI command
+    that does not take the replacement says so instead of sending the user to it."""
+    from hf_eenet.cli import EvaluateArguments, PredictArguments, _parse
+    from hf_eenet.recipe import build_parser, parse_args_with_config
+
+    *_, ns = _parse("predict", PredictArguments, [str(tmp_path), "--", "--no_cuda"])
+    assert ns.texts == ["--no_cuda"]
+    *_, training_args = parse_args_with_config(build_parser(), ["--output_dir", str(tmp_path), "--run_name=--no_cuda"])
+    assert training_args.run_name == "--no_cuda"
+    with pytest.raises(SystemExit):
+        _parse("evaluate", EvaluateArguments, [str(tmp_path), "--no_cuda"])
+    assert "--no_cuda was removed from TrainingArguments in transformers 5: hf-eenet evaluate does not take it (nor " \
+           "--use_cpu); drop it" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # advice that needs an option the command does not take: drop it
+        _parse("evaluate", EvaluateArguments, [str(tmp_path), "--overwrite_output_dir"])
+    assert "hf-eenet evaluate does not take it (nor --output_dir); drop it" in capsys.readouterr().err
+    # other unknown flags (a short or negated mistyped option too) keep the stock error
+    for flag in ("--no_such_flag", "--split"):
+        with pytest.raises(ValueError, match=rf"not used by the HfArgumentParser: \['{flag}'\]"):
+            parse_args_with_config(build_parser(), ["--output_dir", str(tmp_path), flag])
+    with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \['--no'\]"):
+        _parse("evaluate", EvaluateArguments, [str(tmp_path), "--no"])

@@ -387,8 +387,13 @@ def test_rows_of_one_length_are_whole_texts_where_their_text_columns_say_so(tok,
         for recorded in (None, 64):  # rows below the stated length are whole texts: nothing recorded, no alarm
             model.config.max_seq_length = recorded
             assert trainer._fitting_length(model, bare, None, tokenized_max_length=64) is None
-        model.config.max_seq_length = None  # rows that reach it may be cut there: it is the length recorded
+        model.config.max_seq_length = None  # the fit read the rows up to that length: it is the length recorded
         assert trainer._fitting_length(model, bare, None, tokenized_max_length=length) == length
+        assert trainer._fitting_length(model, bare, None, tokenized_max_length=32) == 32
+        # rows whose lengths cannot be read (a plain torch Dataset): the stated length holds all the same
+        plain = torch.utils.data.TensorDataset(torch.ones(4, 3))
+        assert trainer._fitting_length(model, plain, None, tokenized_max_length=32) == 32
+        assert trainer._fitting_length(model, plain, None) is None
     model.config.max_seq_length = 64
     with pytest.warns(UserWarning, match=rf"tokenized at max_length {length} \(tokenized_max_length\) and reach it, "
                                          r"so some may be cut there while the model serves 64 tokens"):
@@ -398,6 +403,12 @@ def test_rows_of_one_length_are_whole_texts_where_their_text_columns_say_so(tok,
         trainer._fitting_length(model, bare, None, tokenized_max_length=length - 1)
     with pytest.raises(ValueError, match=r"tokenized_max_length must be"):
         trainer._fitting_length(model, bare, None, tokenized_max_length=0)
+    # the guess's warning, where the model serves a recorded length, says how to state whole texts
+    model.config.max_seq_length = 64
+    with pytest.warns(UserWarning, match=rf"look truncated at {length} tokens .* while the model serves 64 tokens .* "
+                                         r"if they are whole texts tokenized at max_length 64, pass "
+                                         r"tokenized_max_length=64; if they were cut at"):
+        assert trainer._fitting_length(model, bare, None) is None
     with pytest.warns(UserWarning, match=r"but max_seq_length=64 is recorded.* pass tokenized_max_length=64\)"):
         assert trainer._fitting_length(model, bare, 64) == 64  # a length stated without saying the rows' own
     with warnings.catch_warnings():
