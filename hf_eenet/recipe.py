@@ -727,14 +727,14 @@ REMOVED_TRAINING_FLAGS = {
 
 def _removed_flag(name: str) -> str | None:
     """The removed flag ``name`` stands for: itself, its ``--no_`` negation (a bool flag of transformers 4) or, on the
-    command line, an abbreviation argparse would have expanded that keeps at least one ``_`` (``--overwrite_output``;
-    not ``--split`` or ``--no``, which are more likely other options mistyped)."""
+    command line, an abbreviation argparse would have expanded that keeps at least one ``_`` after any leading
+    ``no_`` (``--overwrite_output``; not ``--split``, ``--no`` or ``--no_c``, more likely other options mistyped)."""
     key = name.lstrip("-").split("=", 1)[0].replace("-", "_")
     if key in REMOVED_TRAINING_FLAGS:
         return key
     if key.startswith("no_") and key[3:] in REMOVED_TRAINING_FLAGS:
         return key[3:]
-    if name.startswith("--") and "_" in key.strip("_"):
+    if name.startswith("--") and "_" in key.strip("_").removeprefix("no_"):
         hits = [k for k in REMOVED_TRAINING_FLAGS if k.startswith(key)]
         return hits[0] if len(hits) == 1 else None
     return None
@@ -758,9 +758,11 @@ def _refuse_removed_flags(parser, names) -> None:
 
 def _parse_dataclasses(parser, argv: list[str]):
     """``parser.parse_args_into_dataclasses``; a leftover transformers-4 flag is named with its replacement first,
-    before the dataclasses' own checks (which a 4.x command can fail on a setting the removed flag meant to make)."""
+    before the dataclasses' ``__post_init__`` checks (which a 4.x command can fail on a setting the removed flag meant
+    to make); argparse's own errors (a missing required argument, a value of the wrong type) still come first."""
     _, rest = parser.parse_known_args(argv)
-    _refuse_removed_flags(parser, [a for a in rest if a.startswith("--")])
+    before = argv[:argv.index("--")] if "--" in argv else argv  # after "--": arguments, never flags
+    _refuse_removed_flags(parser, [a for a in rest if a.startswith("--") and a in before])
     return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
 
 

@@ -1070,16 +1070,24 @@ def test_recipe_keeps_the_trained_model_when_a_budget_is_below_the_first_exit(tm
     assert not model.config.scheduler_budgets and model.config.exit_costs[0] == pytest.approx(1 / 6, abs=0.02)
 
 
+def _sentence_csvs(tmp_path, n_train=32, n_val=64):
+    """Small sentence/label CSV files (two classes), for recipe runs that need no real dataset."""
+    words = ["good", "bad", "fine", "awful", "great", "poor"]
+    return [write_csv(tmp_path / f"{name}.csv", ["sentence", "label"],
+                      [(f"the film was {words[i % 6]} and {words[(i * 5) % 6]} at times {i}", i % 2) for i in range(n)])
+            for name, n in (("train", n_train), ("dev", n_val))]
+
+
 def test_recipe_evaluation_without_a_fit_leaves_out_default_budgets_the_exits_cannot_reach(tmp_path):
     """--do_fit_scheduler false with --do_eval compares the policies at the budgets: the defaults below the first
     exit's cost are left out (a warning) as with a fit, instead of an error after training."""
     from hf_eenet.recipe import main
-    from recipes.presets import data_arguments, resolve_backbone
+    from recipes.presets import resolve_backbone
 
-    files = data_arguments("sst2", str(DATA_DIR))
+    train_file, validation_file = _sentence_csvs(tmp_path)  # no real dataset needed: runs from any clone path
     out = tmp_path / "run"
-    res = main(["--model_name_or_path", "sentence-transformers/all-MiniLM-L6-v2", "--train_file", files.train_file,
-                "--validation_file", files.validation_file, "--text_column_names", "sentence",
+    res = main(["--model_name_or_path", "sentence-transformers/all-MiniLM-L6-v2", "--train_file", train_file,
+                "--validation_file", validation_file, "--text_column_names", "sentence",
                 "--output_dir", str(out), "--do_train", "--do_eval", "--use_cpu", "true", "--report_to", "none",
                 "--do_predict", "false", "--do_fit_scheduler", "false", "--max_steps", "1",
                 "--per_device_train_batch_size", "8", "--max_train_samples", "16", "--max_eval_samples", "64",
@@ -1091,21 +1099,19 @@ def test_recipe_evaluation_without_a_fit_leaves_out_default_budgets_the_exits_ca
     assert not json.loads((out / "config.json").read_text())["scheduler_budgets"]
 
 
-@pytest.mark.skipif(not (DATA_DIR / "sst2" / "validation.tsv").exists(), reason="needs ../shared/data/sst2 (or EENET_DATA_DIR)")
 def test_recipe_refuses_exit_layers_that_differ_from_an_eenet_checkpoint(tmp_path, minilm_dir):
     from transformers import AutoTokenizer
 
     from hf_eenet.data import DataError
     from hf_eenet.recipe import main
-    from recipes.presets import data_arguments
-
     ckpt = tmp_path / "ckpt"
     tiny_model(layers=4, vocab_size=30522).save_pretrained(str(ckpt))
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(str(ckpt))
-    files = data_arguments("sst2", str(DATA_DIR))
+    train_file, validation_file = _sentence_csvs(tmp_path)
     with pytest.raises(DataError, match="--exit_layers 2,4 differs"):
-        main(["--model_name_or_path", str(ckpt), "--train_file", files.train_file, "--validation_file",
-              files.validation_file, "--output_dir", str(tmp_path / "out"), "--exit_layers", "2,4", "--quiet"])
+        main(["--model_name_or_path", str(ckpt), "--train_file", train_file, "--validation_file",
+              validation_file, "--text_column_names", "sentence", "--output_dir", str(tmp_path / "out"),
+              "--exit_layers", "2,4", "--quiet"])
 
 
 @pytest.mark.skipif(not (DATA_DIR / "sst2" / "validation.tsv").exists(), reason="needs ../shared/data/sst2 (or EENET_DATA_DIR)")
