@@ -811,7 +811,7 @@ class EENetTrainer(Trainer):
         recorded = getattr(model.config, "max_seq_length", None)
         served = given or max_input_tokens(model.config, self.processing_class)
         if lengths is None or not len(lengths):  # (rows whose lengths cannot be read: the stated length holds)
-            return given if given is not None or known is None or recorded is not None or known >= served else known
+            return given if known is None else self._stated_fitting_length(known, 0, given, recorded, served)
         longest = int(lengths.max())
         if longest > served:
             hint = (f", or pass max_seq_length={longest} to serve the model at that length"
