@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -21,7 +20,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+from bench_common import machine_fields  # noqa: E402
 from hf_eenet.scheduler import EENetScheduler  # noqa: E402
 from test_scheduler import make_data  # noqa: E402  (the synthetic generator of the scheduler tests)
 
@@ -49,17 +49,16 @@ def main() -> None:
     cost = torch.tensor(costs)[exits].mean().item()
     acc = (test_probs[torch.arange(len(test_labels)), exits].argmax(-1) == test_labels).float().mean().item()
     info = sched.fit_info
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     result = {
         "seconds": seconds, "n": args.n, "num_exits": num_exits, "num_classes": num_classes, "budget": args.budget,
         "restarts": info["restarts"], "epochs_chosen_run": info["epochs"],
         "epochs_all_runs": [e for r in info["runs"] for e in r["fold_epochs"]], "selection": info["val_source"],
         "trainings": sum(len(r["fold_epochs"]) for r in info["runs"]) + (0 if info["fallback"] else 1),
         "chosen": info["chosen"], "heldout_cost": cost, "heldout_accuracy": acc,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "load_avg_1min": load, "machine": platform.machine(), "command": command,
+        **machine_fields(command),
     }
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load avg {load:.2f}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load avg {result['load_avg_1min']:.2f}")
     print(f"held-out: realised cost {cost:.4f} (budget {args.budget}), accuracy {acc:.4f}; "
           f"epochs per training {result['epochs_all_runs']}; {result['trainings']} trainings; kept {info['chosen']}")
     print(f"EENetScheduler.fit N={args.n} K={num_exits} C={num_classes} restarts={info['restarts']}: "

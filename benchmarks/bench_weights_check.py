@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -28,7 +27,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+from bench_common import machine_fields  # noqa: E402
 from conftest import random_batch, tiny_model  # noqa: E402  (the tests' model and batch builders)
 from test_bank import all_exit_probs  # noqa: E402
 
@@ -83,16 +83,15 @@ def main() -> None:
         quiet, stepped = serve(False), serve(True)
         rows["fused" if fused else "stock"] = {"request_ms": quiet, "request_after_unrelated_step_ms": stepped,
                                                "overhead_ms": stepped - quiet}
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     result = {
         "model": "BERT-base shape (12 layers, h768, vocab 30522), random weights, bank at budget 0.5",
         "digest_ms": digest, "sample_first_ms": first_sample, "sample_warm_ms": warm_sample,
         "sampled_bytes": sum(s.numel() for s in weight_sample(items)),
         "weight_bytes": sum(t.numel() * t.element_size() for t in items), "requests": rows,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "load_avg_1min": load, "machine": platform.machine(), "command": command,
+        **machine_fields(command),
     }
-    print(f"torch {torch.__version__}, 1 thread, {os.cpu_count()} CPUs, load avg {load:.2f}")
+    print(f"torch {torch.__version__}, 1 thread, {os.cpu_count()} CPUs, "
+          f"load avg {result['load_avg_1min']:.2f}")
     print(f"full digest {digest:.1f} ms; sample {first_sample:.1f} ms first, {warm_sample:.1f} ms warm "
           f"({result['sampled_bytes']:,} of {result['weight_bytes']:,} bytes)")
     for name, row in rows.items():

@@ -176,26 +176,122 @@ def _row_lengths(dataset, max_rows: int | None = None, read_streams: bool = Fals
     return None
 
 
-def _rows_are_pairs(dataset, config) -> bool | None:
-    """Whether the tokenized rows of ``dataset`` are sentence pairs: a non-zero ``token_type_ids`` entry marks a second
-    segment. ``None`` where that cannot be told: no token types in the rows, or a model that does not read them
-    (``type_vocab_size`` < 2, e.g. RoBERTa), or rows that cannot be read without consuming them."""
+def _types_mark_pairs(config, tokenizer) -> bool:
+    """Whether ``token_type_ids`` tell a second segment for this model and tokenizer: the model reads token types
+    (``type_vocab_size`` >= 2) and the tokenizer gives a pair's second segment type 1 (a RoBERTa tokenizer asked for
+    token types gives zeros throughout, whatever the config's ``type_vocab_size``). Without a tokenizer to ask, the
+    model's ``type_vocab_size`` decides."""
     if int(getattr(config, "type_vocab_size", 0) or 0) < 2:
+        return False
+    if tokenizer is None or not callable(tokenizer):
+        return True
+    try:
+        return any(tokenizer("a", "b", return_token_type_ids=True).get("token_type_ids") or [])
+    except Exception:  # noqa: BLE001 - a processor or a tokenizer without pairs: the config decides
+        return True
+
+
+def _rows_are_pairs(dataset, config, tokenizer=None) -> bool | None:
+    """Whether the tokenized rows of ``dataset`` are sentence pairs.
+
+    * Where token types mark a second segment (:func:`_types_mark_pairs`, BERT) and the rows hold
+      ``token_type_ids``: a non-zero entry.
+    * Otherwise (RoBERTa, or rows without token types) the separators (``tokenizer.sep_token_id``) in each row's
+      attended tokens: a single text holds one (``[CLS] a [SEP]``, ``<s> a </s>``), so every row holding exactly one
+      means single texts. A pair holds two or more (``[CLS] a [SEP] b [SEP]``, ``<s> a </s></s> b </s>``), but so does
+      one string that writes the pair inline (``"a</s></s>b"``, served as one string), so rows with two or more are
+      taken for pairs only where the text columns the rows still hold say so
+      (:func:`_pairing_from_text_columns`).
+
+    ``None`` where that cannot be told: nothing to read the separators with (no tokenizer), rows that disagree or hold
+    no separator (tokenized without special tokens), pairs whose text columns are gone (or a stream), or rows that
+    cannot be read without consuming them."""
+    streamed = []  # a (finite) stream of rows is read through once, as the fit reads it
+
+    def column(name):
+        if hasattr(dataset, "with_format") and hasattr(dataset, "__len__") and hasattr(dataset, "column_names"):
+            return dataset.with_format(None)[name] if name in (dataset.column_names or []) else None
+        if not hasattr(dataset, "__iter__"):
+            return None
+        if not streamed:
+            streamed.append(list(dataset))
+        rows = streamed[0]
+        return [r[name] for r in rows] if rows and all(name in r for r in rows) else None
+
+    try:
+        types = column("token_type_ids") if _types_mark_pairs(config, tokenizer) else None
+        if types is not None:
+            return any(bool(np.any(np.asarray(t))) for t in types)
+        sep = getattr(tokenizer, "sep_token_id", None)
+        ids = column("input_ids") if isinstance(sep, int) else None
+        if ids is None:
+            return None
+        masks = column("attention_mask") or [None] * len(ids)
+        counts = {int(np.sum((np.asarray(i) == sep) & (np.asarray(m) != 0 if m is not None else True)))
+                  for i, m in zip(ids, masks)}
+        if counts == {1}:
+            return False
+        return _pairing_from_text_columns(dataset, tokenizer) if counts and min(counts) >= 2 else None
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+def _text_column_combos(dataset) -> list[tuple] | None:
+    """The text inputs a tokenized ``datasets.Dataset`` may have been made from: each string column alone, then each
+    ordered pair of them; ``None`` without a string column or ``input_ids``."""
+    features = dataset.features or {}
+    texts = [c for c, f in features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    if not texts or "input_ids" not in features:
+        return None
+    return [(c,) for c in texts] + [(a, b) for a in texts for b in texts if a != b]
+
+
+def _attended(ids, mask) -> list:
+    return list(ids) if mask is None else [t for t, m in zip(ids, mask) if m]
+
+
+def _reproducing_combo(row: dict, ids: list, combos, tokenizer, length: int):
+    """The first of ``combos`` whose text(s) in ``row``, tokenized cut at ``length``, give exactly ``ids``; None."""
+    for combo in combos:
+        values = [row[c] for c in combo]
+        if all(isinstance(v, str) for v in values) \
+                and list(tokenizer(*values, truncation=True, max_length=length)["input_ids"]) == ids:
+            return combo
+    return None
+
+
+def _spread(indices: list, max_rows: int) -> list:
+    """At most ``max_rows`` of ``indices``, spread evenly over them (first and last included)."""
+    if len(indices) <= max_rows:
+        return indices
+    return [indices[round(j * (len(indices) - 1) / max(max_rows - 1, 1))] for j in range(max(max_rows, 1))]
+
+
+def _pairing_from_text_columns(dataset, tokenizer, max_rows: int = 32) -> bool | None:
+    """Whether the rows of ``dataset`` were tokenized from an ordered pair of its text columns (``True``) or from one
+    column (``False``), found by tokenizing the text columns again (up to ``max_rows`` rows spread over the split;
+    one column is tried before pairs, so a column holding a pair written inline, ``"a</s></s>b"``, reads as one
+    text). ``None`` where a row read is reproduced by no kept column, the rows disagree, or the dataset holds no
+    text column (``remove_columns``) or is a stream."""
+    if tokenizer is None or not callable(tokenizer) or not hasattr(dataset, "select") \
+            or not hasattr(dataset, "__len__") or not len(dataset):
         return None
     try:
-        if hasattr(dataset, "with_format") and hasattr(dataset, "__len__") and hasattr(dataset, "column_names"):
-            if "token_type_ids" not in (dataset.column_names or []):
-                return None
-            types = dataset.with_format(None)["token_type_ids"]
-        elif hasattr(dataset, "__iter__"):  # a (finite) stream of rows, read through as the fit reads it
-            rows = list(dataset)
-            if not rows or not all("token_type_ids" in r for r in rows):
-                return None
-            types = [r["token_type_ids"] for r in rows]
-        else:
+        combos = _text_column_combos(dataset)
+        if combos is None:
             return None
-        return any(bool(np.any(np.asarray(t))) for t in types)
-    except (TypeError, ValueError, KeyError):
+        plain = dataset.with_format(None)
+        kinds = set()
+        for i in _spread(list(range(len(plain))), max_rows):
+            row = plain[i]
+            ids = _attended(row["input_ids"], row.get("attention_mask"))
+            combo = _reproducing_combo(row, ids, combos, tokenizer, len(ids))
+            if combo is None:
+                return None
+            kinds.add(len(combo) == 2)
+        return kinds.pop() if len(kinds) == 1 else None
+    except Exception as err:  # noqa: BLE001 - evidence only: nothing is recorded
+        logger.debug("no pairing evidence from the text columns: %r", err)
         return None
 
 
@@ -212,41 +308,30 @@ def _truncation_evidence(dataset, tokenizer, length: int, max_rows: int = 512) -
             or not hasattr(dataset, "__len__"):
         return None
     try:
-        features = dataset.features or {}
-        texts = [c for c, f in features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
-        if not texts or "input_ids" not in features:
+        combos = _text_column_combos(dataset)
+        if combos is None:
             return None
-        combos = [(c,) for c in texts] + [(a, b) for a in texts for b in texts if a != b]
         plain = dataset.with_format(None)
-        masks = plain["attention_mask"] if "attention_mask" in features else itertools.repeat(None)
-
-        def tokens(ids, mask) -> list:
-            return list(ids) if mask is None else [t for t, m in zip(ids, mask) if m]
-
+        masks = plain["attention_mask"] if "attention_mask" in plain.column_names else itertools.repeat(None)
         rows, seen = [], set()  # the distinct token rows at that length: their indices (and their tokens' hashes)
         for i, (ids, mask) in enumerate(zip(plain["input_ids"], masks)):
             if (len(ids) if mask is None else sum(mask)) != length:
                 continue
-            key = hash(tuple(tokens(ids, mask)))
+            key = hash(tuple(_attended(ids, mask)))
             if key not in seen:
                 seen.add(key)
                 rows.append(i)
-        if len(rows) > max_rows:
-            rows = [rows[round(j * (len(rows) - 1) / max(max_rows - 1, 1))] for j in range(max(max_rows, 1))]
+        rows = _spread(rows, max_rows)
         whole = 0
         for i in rows:
             row = plain[i]
-            ids = tokens(row["input_ids"], row.get("attention_mask"))
-            for combo in combos:
-                values = [row[c] for c in combo]
-                if any(not isinstance(v, str) for v in values):
-                    continue
-                if list(tokenizer(*values, truncation=True, max_length=length)["input_ids"]) != ids:
-                    continue
-                if len(tokenizer(*values, truncation=False, verbose=False)["input_ids"]) > length:
-                    return True  # a text cut at the length
-                whole += 1
-                break
+            combo = _reproducing_combo(row, _attended(row["input_ids"], row.get("attention_mask")), combos,
+                                       tokenizer, length)
+            if combo is None:
+                continue  # a row no kept text column reproduces: it cannot count as whole
+            if len(tokenizer(*[row[c] for c in combo], truncation=False, verbose=False)["input_ids"]) > length:
+                return True  # a text cut at the length
+            whole += 1
         return False if rows and whole == len(rows) else None
     except Exception as err:  # noqa: BLE001 - evidence only: the length guess stands
         logger.debug("no truncation evidence from the text columns: %r", err)
@@ -964,13 +1049,14 @@ class EENetTrainer(Trainer):
             # the data fingerprint checks it, so the length found now holds for them too)
             raise ValueError(f"extend=True: the bank serves at {recorded} tokens (config.max_seq_length), this fit at "
                              f"{length}; refit the whole bank (extend=False)")
-        pairs = _rows_are_pairs(eval_dataset if eval_dataset is not None else self.eval_dataset, model.config)
+        pairs = _rows_are_pairs(eval_dataset if eval_dataset is not None else self.eval_dataset, model.config,
+                                self.processing_class)
         if pairs is not None and pairing_mismatch(model.config, pairs):
             raise ValueError(f"this model was trained on {pairing_mismatch(model.config, pairs)} "
                              f"(config.sentence_pairs) but the validation rows are "
-                             f"{'sentence pairs' if pairs else 'single texts'} (their token_type_ids): the bank would "
-                             "be fitted on inputs the pipeline refuses to serve; tokenize the rows as the model "
-                             "reads them")
+                             f"{'sentence pairs' if pairs else 'single texts'} (their token types or separators): "
+                             "the bank would be fitted on inputs the pipeline refuses to serve; tokenize the rows as "
+                             "the model reads them")
         probs, labels = self.collect_exit_predictions(eval_dataset)
         missing = sorted(set(range(probs.shape[-1])) - set(np.asarray(labels).tolist()))
         if missing:

@@ -1,0 +1,170 @@
+"""RoBERTa with a RoBERTa tokenizer (byte-level BPE, no token types, ``<s> a </s></s> b </s>`` pairs) through the
+trainer and the pipeline: what the BERT tests read from token types is read from the separators, the truncation
+evidence re-tokenizes with this tokenizer, and batched early exit equals each input alone. The tokenizer is built
+offline from the byte alphabet (no merges: one token per byte), as no RoBERTa tokenizer files exist on this machine."""
+
+import warnings
+
+import pytest
+import torch
+from conftest import tiny_kwargs
+from datasets import Dataset
+from tokenizers import pre_tokenizers
+from transformers import AutoTokenizer, RobertaTokenizer, TrainingArguments, pipeline
+
+import hf_eenet
+from hf_eenet.trainer import _rows_are_pairs
+
+
+@pytest.fixture(scope="module")
+def rtok():
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = RobertaTokenizer(vocab=vocab, merges=[])
+    assert tok("ab", "cd")["input_ids"] == [0, tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b"), 2, 2,
+                                            tok.convert_tokens_to_ids("c"), tok.convert_tokens_to_ids("d"), 2]
+    assert "token_type_ids" not in tok("ab", "cd")
+    return tok
+
+
+def roberta_model(tok, seed=0):
+    torch.manual_seed(seed)
+    cfg = hf_eenet.EENetRobertaConfig(**tiny_kwargs(num_labels=2, pad_token_id=1, vocab_size=len(tok),
+                                                    max_position_embeddings=90),
+                                      id2label={0: "negative", 1: "positive"},
+                                      label2id={"negative": 0, "positive": 1})
+    return hf_eenet.EENetRobertaForSequenceClassification(cfg).eval()
+
+
+def targs(tmp_path):
+    return TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, save_strategy="no",
+                             per_device_eval_batch_size=16, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+
+
+TEXTS = [f"item {i} was {'good' if i % 2 else 'bad!'} today" for i in range(10, 70)]  # all of one length
+LABELS = [i % 2 for i in range(10, 70)]
+
+
+def rows(tok, pairs: bool, max_length=88, texts=TEXTS, **kw):
+    data = {"premise": texts, "labels": LABELS[: len(texts)]}
+    if pairs:
+        data["hypothesis"] = texts[::-1]
+    return Dataset.from_dict(data).map(
+        lambda b: tok(b["premise"], b["hypothesis"] if pairs else None, truncation=True, max_length=max_length, **kw),
+        batched=True)
+
+
+def test_roberta_rows_are_told_pairs_or_single_texts_by_their_separators(rtok, minilm_dir, tmp_path):
+    """RoBERTa rows carry no token types: the separators tell pairs from single texts (pairs confirmed by the rows'
+    text columns, as one string may write a pair inline), so a bank fitted by the trainer on pairs records
+    config.sentence_pairs (the pipeline then refuses one text, as it does for BERT and for the recipe), and rows of
+    the other kind are refused before fitting."""
+    pairs, single = rows(rtok, True), rows(rtok, False)
+    assert "token_type_ids" not in pairs.column_names
+    cfg = roberta_model(rtok).config
+    assert cfg.type_vocab_size == 2  # EENetRobertaConfig's default: token types cannot be trusted to mark pairs
+    assert _rows_are_pairs(pairs, cfg, rtok) is True
+    assert _rows_are_pairs(single, cfg, rtok) is False
+    assert _rows_are_pairs(pairs, cfg, None) is None  # no tokenizer: nothing to read the separators with
+    assert _rows_are_pairs(pairs.remove_columns(["premise", "hypothesis"]), cfg, rtok) is None  # pairs unconfirmed
+    assert _rows_are_pairs(single.remove_columns(["premise"]), cfg, rtok) is False  # one separator: one text
+    # a RoBERTa tokenizer asked for token types gives a pair zeros throughout: the separators still tell
+    typed = rows(rtok, True, return_token_type_ids=True)
+    assert not any(any(t) for t in typed["token_type_ids"])
+    assert _rows_are_pairs(typed, cfg, rtok) is True
+    # a pair written inline in one string ("a</s></s>b") holds a pair's separators but is served as one string
+    inline = rows(rtok, False, texts=[f"{a}</s></s>{b}" for a, b in zip(TEXTS, TEXTS[::-1])])
+    assert inline["input_ids"] == pairs["input_ids"]
+    assert _rows_are_pairs(inline, cfg, rtok) is False
+    assert _rows_are_pairs(inline.remove_columns(["premise"]), cfg, rtok) is None
+    bare = rows(rtok, False, add_special_tokens=False)  # no separator at all: cannot tell
+    assert _rows_are_pairs(bare, cfg, rtok) is None
+    mixed = Dataset.from_dict({"input_ids": pairs["input_ids"][:3] + single["input_ids"][:3]})
+    assert _rows_are_pairs(mixed, cfg, rtok) is None
+    # padding is not read: a pad id equal to the separator's would otherwise count
+    padded = Dataset.from_dict({"input_ids": [r + [2] * 4 for r in single["input_ids"][:4]],
+                                "attention_mask": [[1] * len(r) + [0] * 4 for r in single["input_ids"][:4]]})
+    assert _rows_are_pairs(padded, cfg, rtok) is False
+    # a stream that can be read once: ids and masks come from the same reading
+    once = iter([{"input_ids": r + [2] * 3, "attention_mask": [1] * len(r) + [0] * 3} for r in single["input_ids"][:5]])
+    assert _rows_are_pairs(once, cfg, rtok) is False
+    assert _rows_are_pairs(single.to_iterable_dataset(), cfg, rtok) is False
+    # BERT rows whose token_type_ids were dropped: read by the separators too
+    btok = AutoTokenizer.from_pretrained(minilm_dir)
+    bcfg = hf_eenet.EENetBertConfig(**tiny_kwargs(num_labels=2))
+    bert_pairs = rows(btok, True)
+    assert _rows_are_pairs(bert_pairs, bcfg, btok) is True
+    assert _rows_are_pairs(bert_pairs.remove_columns(["token_type_ids"]), bcfg, btok) is True
+    assert _rows_are_pairs(rows(btok, False).remove_columns(["token_type_ids"]), bcfg, btok) is False
+    for kind, data in (("pairs", pairs), ("single", single)):
+        model = roberta_model(rtok)
+        trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), processing_class=rtok)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tied scores of a random model on few rows
+            trainer.fit_scheduler(eval_dataset=data, budgets=[0.5, 0.7], restarts=1, max_epochs=2)
+        assert model.config.sentence_pairs is (kind == "pairs")
+        other = single if kind == "pairs" else pairs
+        with pytest.raises(ValueError, match=r"trained on .* but the validation rows are .*\(their token types or "
+                                             r"separators\)"):
+            trainer.fit_scheduler(eval_dataset=other, budgets=[0.5], restarts=1, max_epochs=2)
+    model.save_pretrained(tmp_path / "single")  # the last one: fitted on single texts
+    rtok.save_pretrained(tmp_path / "single")
+    clf = pipeline("text-classification", model=str(tmp_path / "single"))
+    with pytest.raises(ValueError, match="trained on single texts"):
+        clf({"text": "item 1", "text_pair": "was good"})
+    # rows that write the pair inline are one string each: served as they were fitted
+    model = roberta_model(rtok)
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), processing_class=rtok)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit_scheduler(eval_dataset=inline, budgets=[0.5], restarts=1, max_epochs=2)
+    assert model.config.sentence_pairs is False
+    model.save_pretrained(tmp_path / "inline")
+    rtok.save_pretrained(tmp_path / "inline")
+    assert pipeline("text-classification", model=str(tmp_path / "inline"))("item 1</s></s>was good")[0]["label"]
+
+
+def test_roberta_pipeline_batched_pairs_equal_each_pair_alone(rtok, tmp_path):
+    """A RoBERTa pair model saved with its tokenizer and served by the pipeline: pairs in a list, at batch 1 and in
+    batches, give the labels, scores and exits of each pair alone at every budget of its bank; one text is refused."""
+    model = roberta_model(rtok, seed=1)
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), processing_class=rtok)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit_scheduler(eval_dataset=rows(rtok, True), budgets=[0.4, 0.7], restarts=1, max_epochs=2)
+    model.save_pretrained(tmp_path / "m")
+    rtok.save_pretrained(tmp_path / "m")
+    clf = pipeline("text-classification", model=str(tmp_path / "m"))
+    inputs = [{"text": f"the film {i} {'is' * (i % 3)} fine", "text_pair": f"no {i}" * (1 + i % 4)} for i in range(9)]
+
+    def key(results):
+        return [(r["label"], r["exit_layer"], round(r["score"], 5)) for r in results]
+
+    seen = set()
+    for budget in (0.4, 0.7):
+        alone = key([clf(x, budget=budget) for x in inputs])  # one pair in: one result out (a dict, as stock)
+        seen |= {e for _, e, _ in alone}
+        assert key(clf(inputs, budget=budget)) == alone
+        assert key(clf(inputs, budget=budget, batch_size=4)) == alone
+    assert len(seen) > 1, "the budgets must send pairs to more than one exit"
+    with pytest.raises(ValueError, match="trained on sentence pairs"):
+        clf("one text only", budget=0.4)
+
+
+def test_roberta_truncation_evidence_reads_its_own_tokenizer(rtok, tmp_path):
+    """Templated texts of one length tokenized by the RoBERTa tokenizer are whole texts (nothing recorded, no
+    warning); the same texts cut at a length are confirmed as cut by their text columns and that length recorded."""
+    model = roberta_model(rtok)
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), processing_class=rtok)
+    for pairs in (False, True):
+        whole = rows(rtok, pairs)
+        assert len({sum(m) for m in whole["attention_mask"]}) == 1  # one length: it looks like a truncation
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.config.max_seq_length = None
+            assert trainer._fitting_length(model, whole, None) is None
+        cut = rows(rtok, pairs, max_length=16)
+        model.config.max_seq_length = None
+        with pytest.warns(UserWarning, match=r"are truncated at 16 tokens \(their text columns"):
+            assert trainer._fitting_length(model, cut, None) == 16
