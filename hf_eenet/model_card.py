@@ -45,8 +45,9 @@ def build_model_card(results: dict, *, dataset: str, base_model: str, setup: dic
         bank_line = (f" and a fitted EENet scheduler bank for budgets {bank}: ask for a budget in [{bank[0]:g}, "
                      f"{bank[-1]:g}] (a fraction of the full model's cost) and every text exits as early as the "
                      "scheduler judges safe.")
-        default = results.get("default_budget")
-        example = default if default is not None else min(bank, key=lambda b: abs(b - 0.5))
+        default = results.get("default_budget")  # the example asks for a budget the bank serves
+        served = default is not None and any(abs(float(default) - b) < 1e-9 for b in bank)
+        example = float(default) if served else min(bank, key=lambda b: abs(b - 0.5))
     else:
         bank_line = (". **It has no scheduler bank**: the EENet rows below come from schedulers fitted for this "
                      "evaluation and not saved, so `budget=` is refused until one is fitted "
