@@ -178,10 +178,10 @@ def _row_lengths(dataset, max_rows: int | None = None, read_streams: bool = Fals
 
 def _types_mark_pairs(config, tokenizer) -> bool:
     """Whether ``token_type_ids`` tell a second segment for this model and tokenizer: the model reads token types
-    (``type_vocab_size`` >= 2) and the tokenizer gives a pair's second segment type 1 (a RoBERTa tokenizer asked for
-    token types gives zeros throughout, whatever the config's ``type_vocab_size``). Without a tokenizer to ask, the
-    model's ``type_vocab_size`` decides."""
-    if int(getattr(config, "type_vocab_size", 0) or 0) < 2:
+    (``type_vocab_size`` >= 2; never RoBERTa, whose tokenizer asked for token types gives a pair zeros throughout,
+    whatever the config's ``type_vocab_size``) and the tokenizer gives a pair's second segment type 1. Without a
+    tokenizer to ask, the model's ``type_vocab_size`` decides."""
+    if int(getattr(config, "type_vocab_size", 0) or 0) < 2 or "roberta" in str(getattr(config, "model_type", "")):
         return False
     if tokenizer is None or not callable(tokenizer):
         return True
@@ -269,10 +269,11 @@ def _spread(indices: list, max_rows: int) -> list:
 
 def _pairing_from_text_columns(dataset, tokenizer, max_rows: int = 32) -> bool | None:
     """Whether the rows of ``dataset`` were tokenized from an ordered pair of its text columns (``True``) or from one
-    column (``False``), found by tokenizing the text columns again (up to ``max_rows`` rows spread over the split;
-    one column is tried before pairs, so a column holding a pair written inline, ``"a</s></s>b"``, reads as one
-    text). ``None`` where a row read is reproduced by no kept column, the rows disagree, or the dataset holds no
-    text column (``remove_columns``) or is a stream."""
+    column (``False``), found by tokenizing the text columns again (up to ``max_rows`` rows spread over the split; a
+    column holding a pair written inline, ``"a</s></s>b"``, reads as one text). ``None`` where a row read is
+    reproduced by no kept column or by both readings (a pair's columns kept beside the string that writes it inline),
+    the rows disagree, or the dataset holds no text column (``remove_columns``) or is a stream. Rows tokenized from an
+    inline string that was not kept, beside its parts, read as pairs: their ids are the pair's, served as a pair."""
     if tokenizer is None or not callable(tokenizer) or not hasattr(dataset, "select") \
             or not hasattr(dataset, "__len__") or not len(dataset):
         return None
@@ -281,14 +282,16 @@ def _pairing_from_text_columns(dataset, tokenizer, max_rows: int = 32) -> bool |
         if combos is None:
             return None
         plain = dataset.with_format(None)
+        singles, pairs = [c for c in combos if len(c) == 1], [c for c in combos if len(c) == 2]
         kinds = set()
         for i in _spread(list(range(len(plain))), max_rows):
             row = plain[i]
             ids = _attended(row["input_ids"], row.get("attention_mask"))
-            combo = _reproducing_combo(row, ids, combos, tokenizer, len(ids))
-            if combo is None:
+            one = _reproducing_combo(row, ids, singles, tokenizer, len(ids)) is not None
+            two = _reproducing_combo(row, ids, pairs, tokenizer, len(ids)) is not None
+            if one == two:  # no column reproduces the row, or both readings do (a pair kept beside it written inline)
                 return None
-            kinds.add(len(combo) == 2)
+            kinds.add(two)
         return kinds.pop() if len(kinds) == 1 else None
     except Exception as err:  # noqa: BLE001 - evidence only: nothing is recorded
         logger.debug("no pairing evidence from the text columns: %r", err)

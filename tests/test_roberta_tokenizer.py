@@ -73,11 +73,14 @@ def test_roberta_rows_are_told_pairs_or_single_texts_by_their_separators(rtok, m
     typed = rows(rtok, True, return_token_type_ids=True)
     assert not any(any(t) for t in typed["token_type_ids"])
     assert _rows_are_pairs(typed, cfg, rtok) is True
+    assert _rows_are_pairs(typed, cfg, None) is None  # ... and without a tokenizer they tell nothing (not "single")
     # a pair written inline in one string ("a</s></s>b") holds a pair's separators but is served as one string
     inline = rows(rtok, False, texts=[f"{a}</s></s>{b}" for a, b in zip(TEXTS, TEXTS[::-1])])
     assert inline["input_ids"] == pairs["input_ids"]
     assert _rows_are_pairs(inline, cfg, rtok) is False
     assert _rows_are_pairs(inline.remove_columns(["premise"]), cfg, rtok) is None
+    both = inline.add_column("first", TEXTS).add_column("second", TEXTS[::-1])  # the inline string and its parts
+    assert _rows_are_pairs(both, cfg, rtok) is None  # either reading gives these ids: nothing is recorded
     bare = rows(rtok, False, add_special_tokens=False)  # no separator at all: cannot tell
     assert _rows_are_pairs(bare, cfg, rtok) is None
     mixed = Dataset.from_dict({"input_ids": pairs["input_ids"][:3] + single["input_ids"][:3]})
