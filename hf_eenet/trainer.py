@@ -236,14 +236,19 @@ def _rows_are_pairs(dataset, config, tokenizer=None) -> bool | None:
         return None
 
 
-def _text_column_combos(dataset) -> list[tuple] | None:
-    """The text inputs a tokenized ``datasets.Dataset`` may have been made from: each string column alone, then each
-    ordered pair of them; ``None`` without a string column or ``input_ids``."""
+def _text_columns(dataset, tokenizer) -> tuple | None:
+    """``(rows, combos)`` for re-tokenizing a tokenized ``datasets.Dataset``'s kept text columns: the dataset as plain
+    lists and the text inputs it may have been made from (each string column alone, then each ordered pair of them).
+    ``None`` where that cannot be tried: no tokenizer, a stream, no string column (``remove_columns``) or no
+    ``input_ids``."""
+    if tokenizer is None or not callable(tokenizer) or not hasattr(dataset, "select") \
+            or not hasattr(dataset, "__len__"):
+        return None
     features = dataset.features or {}
     texts = [c for c, f in features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
     if not texts or "input_ids" not in features:
         return None
-    return [(c,) for c in texts] + [(a, b) for a in texts for b in texts if a != b]
+    return dataset.with_format(None), [(c,) for c in texts] + [(a, b) for a in texts for b in texts if a != b]
 
 
 def _attended(ids, mask) -> list:
@@ -274,14 +279,11 @@ def _pairing_from_text_columns(dataset, tokenizer, max_rows: int = 32) -> bool |
     reproduced by no kept column or by both readings (a pair's columns kept beside the string that writes it inline),
     the rows disagree, or the dataset holds no text column (``remove_columns``) or is a stream. Rows tokenized from an
     inline string that was not kept, beside its parts, read as pairs: their ids are the pair's, served as a pair."""
-    if tokenizer is None or not callable(tokenizer) or not hasattr(dataset, "select") \
-            or not hasattr(dataset, "__len__") or not len(dataset):
-        return None
     try:
-        combos = _text_column_combos(dataset)
-        if combos is None:
+        found = _text_columns(dataset, tokenizer)
+        if found is None or not len(found[0]):
             return None
-        plain = dataset.with_format(None)
+        plain, combos = found
         singles, pairs = [c for c in combos if len(c) == 1], [c for c in combos if len(c) == 2]
         kinds = set()
         for i in _spread(list(range(len(plain))), max_rows):
@@ -307,14 +309,11 @@ def _truncation_evidence(dataset, tokenizer, length: int, max_rows: int = 512) -
     decide). ``None`` where this cannot tell: no string column kept (``remove_columns``), a stream, no tokenizer, or
     rows read that no kept text column reproduces (text edited before tokenizing, other tokenizer options). One
     single-text column or an ordered pair of them is tried per row."""
-    if tokenizer is None or not callable(tokenizer) or not hasattr(dataset, "select") \
-            or not hasattr(dataset, "__len__"):
-        return None
     try:
-        combos = _text_column_combos(dataset)
-        if combos is None:
+        found = _text_columns(dataset, tokenizer)
+        if found is None:
             return None
-        plain = dataset.with_format(None)
+        plain, combos = found
         masks = plain["attention_mask"] if "attention_mask" in plain.column_names else itertools.repeat(None)
         rows, seen = [], set()  # the distinct token rows at that length: their indices (and their tokens' hashes)
         for i, (ids, mask) in enumerate(zip(plain["input_ids"], masks)):
