@@ -212,8 +212,8 @@ class _FitMixin:
         confident than the labelled validation rows, the same thresholds send more (fewer) rows deep, and the realised
         cost drifts from the budget (e.g. AG News: a hold-out of the training file is more confident than the test
         set, about +4 % of the budget at B = 0.3 and 0.4). Costs depend only on the exits, not on labels, so the plan
-        can be met on unlabelled rows: the kept candidate's plan (learned pi_bar on these rows' features, geometric, or static)
-        and eq. 6.1 + D8 on these rows' scores, exactly as :meth:`fit` does on the fitting rows.
+        can be met on unlabelled rows: the kept candidate's plan (learned pi_bar on these rows' features, geometric,
+        or static) and eq. 6.1 + D8 on these rows' scores, exactly as :meth:`fit` does on the fitting rows.
 
         Args:
             exit_probs: ``[N, K, C]`` softmax outputs of every exit on unlabelled rows (no labels needed).

@@ -13,7 +13,7 @@ from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, RobertaTokenizer, TrainingArguments, pipeline
 
 import hf_eenet
-from hf_eenet.trainer import _rows_are_pairs
+from hf_eenet.trainer import _rows_are_pairs, _separator_counts
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,11 @@ def test_roberta_rows_are_told_pairs_or_single_texts_by_their_separators(rtok, m
     assert _rows_are_pairs(bare, cfg, rtok) is None
     mixed = Dataset.from_dict({"input_ids": pairs["input_ids"][:3] + single["input_ids"][:3]})
     assert _rows_are_pairs(mixed, cfg, rtok) is None
+    # counted in Arrow for a datasets.Dataset, row by row otherwise: the same counts; a selection is read as selected
+    assert _separator_counts(mixed, 2) == {1, 3} and _separator_counts(mixed.select([4, 3, 5]), 2) == {1}
+    assert _rows_are_pairs(mixed.select([4, 3, 5]), cfg, rtok) is False
+    assert _rows_are_pairs(mixed.to_iterable_dataset(), cfg, rtok) is None
+    assert _separator_counts(mixed.to_iterable_dataset(), 2) is None
     # padding is not read: a pad id equal to the separator's would otherwise count
     padded = Dataset.from_dict({"input_ids": [r + [2] * 4 for r in single["input_ids"][:4]],
                                 "attention_mask": [[1] * len(r) + [0] * 4 for r in single["input_ids"][:4]]})
