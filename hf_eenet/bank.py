@@ -14,6 +14,7 @@ indexed like ``config.scheduler_budgets`` (sorted ascending). Every entry has a 
      "weights_sha256": {"bfloat16": "...", "float16": "..."},  # the model's weights the bank was fitted for
                                                                # (besides the bank; see weights_digest)
      "plan": "geometric",                # share plan of the kept candidate (§6; None: not recorded)
+     "exit_layers": [2, 4, 6, 8], "exit_pooling": "cls",  # what the exits read when it was fitted (EXIT_READS)
      "rematched_on": {"rows": 5000, "fingerprint": "sha256:..."}}  # optional: thresholds re-matched on unlabelled
                                                                     # traffic (model.rematch_budgets)
 
@@ -180,6 +181,37 @@ STALE_BANK_MESSAGE = (
     "(EENetTrainer.fit_scheduler, hf-eenet fit-scheduler) or remove it (model.clear_scheduler_bank())")
 
 
+#: the config fields that decide, for the same weights, what the exits output (where each exit sits, what it pools):
+#: a bank is fitted on those outputs, so its records keep them and a model whose config now says otherwise (e.g.
+#: ``from_pretrained(d, exit_pooling="mean")`` on a bank fitted with ``"cls"``) does not serve it
+EXIT_READS = ("exit_layers", "exit_pooling")
+
+
+def exit_reads(config) -> dict:
+    """``{"exit_layers": [...], "exit_pooling": ...}`` of ``config``: what its exits read (:data:`EXIT_READS`)."""
+    return {"exit_layers": [int(x) for x in config.exit_layers],
+            "exit_pooling": str(getattr(config, "exit_pooling", None) or "cls")}
+
+
+def exit_reads_reason(model) -> str | None:
+    """Why the bank must not be served because the model's exits read otherwise than when it was fitted (a record's
+    :data:`EXIT_READS` differ from the config's), else ``None``. Records saved before they kept these are not
+    checked."""
+    records = getattr(model.config, "scheduler_bank", None) or []
+    if not any(isinstance(r, dict) and any(k in r for k in EXIT_READS) for r in records):
+        return None
+    now = exit_reads(model.config)
+    for rec in records:
+        diff = [k for k in EXIT_READS if isinstance(rec, dict) and k in rec and rec[k] != now[k]]
+        if diff:
+            said = ", ".join(f"config.{k} is {now[k]!r} but the bank was fitted with {rec[k]!r}" for k in diff)
+            return (f"the scheduler bank was fitted on other exit outputs ({said}): every exit's confidence, and so "
+                    "the budget each threshold spends, differ; refit the bank for this setting (EENetTrainer."
+                    "fit_scheduler, hf-eenet fit-scheduler), or load the model with the bank's "
+                    f"({', '.join(f'{k}={rec[k]!r}' for k in diff)}), or remove it (model.clear_scheduler_bank())")
+    return None
+
+
 def _recorded_weights(model) -> dict | None:
     records = getattr(model.config, "scheduler_bank", None) or []
     stored = [r.get("weights_sha256") if isinstance(r, dict) else None for r in records]
@@ -199,6 +231,9 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
     version counter changed or an optimizer stepped one of this model's parameters, and otherwise if the weights'
     sample changed (a master copy written back through ``.data``, as DeepSpeed ZeRO-1/2 does); an unrelated event
     costs the model one sample."""
+    reads = exit_reads_reason(model)  # (config fields: a few comparisons, read on every request)
+    if reads:
+        return reads
     want = _recorded_weights(model)
     if want is None:
         return None
@@ -262,9 +297,9 @@ def _weights_signature(items) -> tuple:
 
 
 def make_record(scheduler, budget: float, data_fingerprint: str | None = None,
-                weights_sha256: dict | None = None) -> dict:
+                weights_sha256: dict | None = None, reads: dict | None = None) -> dict:
     """The JSON record of one fitted scheduler under bank key ``budget`` (``weights_sha256``: :func:`weights_digest`
-    of the model it was fitted for)."""
+    of the model it was fitted for; ``reads``: :func:`exit_reads` of its config)."""
     return {
         "budget": float(budget),
         "costs": [float(c) for c in scheduler.costs],
@@ -276,6 +311,7 @@ def make_record(scheduler, budget: float, data_fingerprint: str | None = None,
         # the share plan of the kept candidate (learned / geometric / static): what rematch_budgets re-runs
         "plan": (getattr(scheduler, "fit_info", None) or {}).get("plan"),
         "weights_sha256": weights_sha256,
+        **({k: reads[k] for k in EXIT_READS if k in reads} if reads else {}),
     }
 
 
@@ -1227,6 +1263,9 @@ def _link_or_copy(src, dst):
 
 
 __all__ = [
+    "EXIT_READS",
+    "exit_reads",
+    "exit_reads_reason",
     "BankIntegrityError",
     "SchedulerBank",
     "data_fingerprint",

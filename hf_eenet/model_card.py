@@ -11,6 +11,9 @@ from .reporting import EENET, budget_adherence_table, budget_key, plot_results, 
 PLOT_FILE = "accuracy_vs_cost.png"
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
+#: the usage example's input: one text, or (a model trained on sentence pairs, which refuses single texts) one pair
+TEXT_EXAMPLE = '"a gripping , funny film"'
+PAIR_EXAMPLE = '{"text": "a man is playing a guitar .", "text_pair": "someone is making music ."}'
 
 def build_model_card(results: dict, *, dataset: str, base_model: str, setup: dict, limitations: list[str],
                      plot_file: str | None = None, model_name: str = "hf_eenet model", dataset_id: str | None = None,
@@ -56,6 +59,7 @@ def build_model_card(results: dict, *, dataset: str, base_model: str, setup: dic
     card = ModelCard.from_template(
         data, template_path=str(TEMPLATE),
         model_name=model_name, dataset_name=ds_name, split=split, bank_line=bank_line, example_budget=f"{example:g}",
+        example_input=(PAIR_EXAMPLE if results.get("sentence_pairs") else TEXT_EXAMPLE),
         results_table=results_table(results),
         per_exit_accuracy=per_exit,
         full_accuracy=f"{100 * results['full_model']['accuracy']:.2f}",

@@ -30,6 +30,7 @@ from transformers.models.roberta.modeling_roberta import (
 from transformers.utils import ModelOutput
 
 from .bank import (
+    EXIT_READS,
     BankIntegrityError,
     SchedulerBank,
     same_scheduler_config,
@@ -39,6 +40,7 @@ from .bank import (
     check_loading_info,
     check_scheduler,
     data_fingerprint as _data_fingerprint,
+    exit_reads,
     make_record,
     note_weight_change,
     seed_weights_check,
@@ -394,7 +396,8 @@ class EENetModelMixin:
                 f"add_scheduler: the bank's schedulers for {' and '.join(why)}: the bank stays unchecked against its "
                 "weights; refit it whole (fit_scheduler, set_scheduler_bank) where the weights can be read to have "
                 "it checked", UserWarning, stacklevel=2)
-        entries[budget] = (scheduler, make_record(scheduler, budget, data_fingerprint, weights))
+        entries[budget] = (scheduler, make_record(scheduler, budget, data_fingerprint, weights,
+                                                  exit_reads(self.config)))
         self._install_bank({b: e for b, e in entries.items()}, cfg)
         seed_weights_check(self, weights)
 
@@ -408,7 +411,7 @@ class EENetModelMixin:
             b = check_budget_fraction(b)
             sched = self._check_bank_candidate(sched, b)
             cfgs.append(scheduler_config_json(sched))
-            entries[b] = (sched, make_record(sched, b, data_fingerprint, weights))
+            entries[b] = (sched, make_record(sched, b, data_fingerprint, weights, exit_reads(self.config)))
         if any(c != cfgs[0] for c in cfgs):
             raise BankIntegrityError("all schedulers of a bank must share one configuration (scheduler_config)")
         self._install_bank(entries, cfgs[0])
@@ -455,7 +458,8 @@ class EENetModelMixin:
                 b = float(rec["budget"])
                 entries[b] = (copy.deepcopy(sched).cpu().rematch_budget(probs), rec)
         for b, (new, rec) in list(entries.items()):
-            record = make_record(new, b, rec.get("data_fingerprint"), rec.get("weights_sha256"))
+            record = make_record(new, b, rec.get("data_fingerprint"), rec.get("weights_sha256"),
+                                 {k: rec[k] for k in EXIT_READS if k in rec})  # (checked: as the config's)
             record["rematched_on"] = dict(marker)
             entries[b] = (new, record)
             out[b] = dict(new.fit_info["rematch"])

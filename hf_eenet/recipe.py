@@ -22,7 +22,7 @@ import site
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,13 +109,34 @@ def portable_path(value):
     return value
 
 
+def _secret_flag(flag: str) -> bool:
+    """Whether a ``--flag`` carries a credential (``--hub_token``, ``--token``, an abbreviation argparse expands to
+    ``--hub_token`` such as ``--hub_tok``): its value is never written out."""
+    name = flag.lstrip("-").lower().replace("-", "_")
+    return flag.startswith("--") and (name.endswith("token") or (len(name) >= 5 and "hub_token".startswith(name)))
+
+
 def portable_command(command: str) -> str:
     """``command`` with every absolute path made portable (:func:`portable_path`; paths outside the working directory
     and site-packages become ``<path>/<name>``), also inside ``--flag=/abs/path``: no machine paths in committed
-    results or cards."""
-    out = []
+    results or cards. The value of a credential flag (``--hub_token hf_...``, ``--token=...``) becomes
+    ``<HUB_TOKEN>``, as ``training_args.json`` writes it: the command goes into ``results.json`` and the card, which
+    ``push_to_hub`` uploads."""
+    out, secret_next = [], False
     for token in command.split(" "):
         flag, eq, value = token.partition("=") if token.startswith("--") else ("", "", token)
+        if secret_next and token:
+            secret_next = False
+            if not token.startswith("--"):
+                out.append("<HUB_TOKEN>")
+                continue
+        if _secret_flag(flag or token):
+            if eq:
+                out.append(f"{flag}=<HUB_TOKEN>")
+            else:
+                out.append(token)
+                secret_next = True
+            continue
         out.append(f"{flag}{eq}{_no_machine_path(value)}")
     return " ".join(out)
 
@@ -524,6 +545,17 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     trainer = EENetTrainer(model=model, args=training_args, train_dataset=enc.get("train"),
                            eval_dataset=enc.get("validation"), processing_class=tok,
                            data_collator=DataCollatorWithPadding(tok), self_distillation=args.self_distillation)
+    out_dir = Path(training_args.output_dir)
+
+    def save_model():
+        """Save the model; where its weights or bank changed, the outputs that describe the one before go now, not
+        at the end of a run that may still fail (its evaluation and predictions write new ones)."""
+        trainer.save_model(training_args.output_dir)
+        if trainer.is_world_process_zero() and (do_train or args.do_fit_scheduler):
+            _drop_stale_outputs(out_dir, evaluated=False, predicted=False,
+                                hint="this run writes new ones" if do_eval or do_predict else
+                                "--do_eval / --do_predict write new ones")
+
     train_info = {}
     if do_train:
         t0 = time.perf_counter()
@@ -553,7 +585,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                                              measure_latency=args.cost_profile == "latency")
             except BaseException:
                 if do_train:  # never lose what was trained: save it (no bank) before the error propagates
-                    trainer.save_model(training_args.output_dir)
+                    save_model()
                     logger.error("exit-cost profiling failed; the trained model was saved to %s without a scheduler "
                                  "bank", training_args.output_dir)
                 raise
@@ -566,7 +598,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
             budgets = _reachable_budgets(budgets, costs, args, training_args.output_dir if do_train else None)
         except DataError:
             if do_train:
-                trainer.save_model(training_args.output_dir)
+                save_model()
             raise
     # ---- scheduler bank, then predictions; every rank predicts (Trainer.predict gathers the rows of all ranks),
     # the fit is deterministic so the banks agree; each split is run once (the model no longer changes)
@@ -584,7 +616,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
             except BaseException:
                 if do_train:  # never lose what was trained: save it (no bank) before the error propagates
                     model.clear_scheduler_bank()
-                    trainer.save_model(training_args.output_dir)
+                    save_model()
                     logger.error("fitting the scheduler bank failed; the trained model was saved to %s without a "
                                  "scheduler bank", training_args.output_dir)
                 raise
@@ -594,7 +626,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         with warnings.catch_warnings():  # a card of the old model is marked stale by the save (so it never ships
             if do_eval:  # beside these weights, also if this run fails later); with --do_eval this run replaces it
                 warnings.filterwarnings("ignore", message=".*held results of another model")
-            trainer.save_model(training_args.output_dir)  # rank 0 writes: weights, config, bank, tokenizer, code
+            save_model()  # rank 0 writes: weights, config, bank, tokenizer, code
         # ---- predictions on all ranks (Trainer.predict gathers them); reporting on rank 0 only
         val_probs = val_labels = test_probs = test_labels = None
         test_labelled = data.labelled.get("test", False)
@@ -604,7 +636,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
             test_probs, test_labels = trainer.collect_exit_predictions(enc["test"], require_labels=False)
     is_main = trainer.is_world_process_zero()
     results: dict = {}
-    out_dir = Path(training_args.output_dir)
     res_dir = Path(args.results_dir or out_dir)
     bank = dict(zip(model.config.scheduler_budgets or [], model.eenet_schedulers))
     if is_main and do_eval:
@@ -725,6 +756,22 @@ REMOVED_TRAINING_FLAGS = {
 }
 
 
+#: ``run_classification.py`` options this recipe does not take: what it does instead (the command stops naming it,
+#: rather than at argparse's bare "arguments are not used")
+RUN_CLASSIFICATION_ONLY_FLAGS = {
+    "pad_to_max_length": "inputs are padded per batch (DataCollatorWithPadding) and truncated at --max_seq_length",
+    "overwrite_cache": "datasets re-tokenizes whenever the data or the tokenizer change (its fingerprints)",
+    "preprocessing_num_workers": "tokenization runs in one process",
+    "metric_name": "accuracy is reported per exit and per budget",
+    "shuffle_seed": "the training rows are shuffled with --seed (or --data_seed)",
+    "remove_columns": "only the columns named by --text_column_names and --label_column_name are read",
+    "use_fast_tokenizer": "the backbone's fast tokenizer is used",
+    "config_name": "the configuration is the one at --model_name_or_path, with exit heads added",
+    "trust_remote_code": "the backbone is loaded into hf_eenet's own BERT / RoBERTa classes, never remote code",
+    "do_regression": "hf_eenet classifies (single-label); a regression task is not supported",
+}
+
+
 def _removed_flag(name: str) -> str | None:
     """The removed flag ``name`` stands for: itself, its ``--no_`` negation (a bool flag of transformers 4) or, on the
     command line, an abbreviation argparse would have expanded that keeps at least one ``_`` after any leading
@@ -746,6 +793,11 @@ def _refuse_removed_flags(parser, names) -> None:
     config file's keys): a value or a text that looks like a flag is never among them."""
     dests = {a.dest for a in parser._actions}
     for name in names:
+        key = name.lstrip("-").split("=", 1)[0].replace("-", "_")
+        if key in RUN_CLASSIFICATION_ONLY_FLAGS and key not in dests:
+            shown = f"--{key}" if name.startswith("-") else key
+            parser.error(f"{shown} is a run_classification.py option that this recipe does not take: "
+                         f"{RUN_CLASSIFICATION_ONLY_FLAGS[key]}; drop it")
         flag = _removed_flag(name)
         if flag is None or flag in dests:
             continue
@@ -804,6 +856,9 @@ def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False
 _DATA_SOURCE_KEYS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
 _DATASET_TEXT_KEYS = ("dataset_label", "card_dataset_id", "card_dataset_config", "card_dataset_name", "card_notes",
                       "results_dir")
+#: how a preset reads *its* data (a preset may join two columns into one text, or hold out a number of training
+#: rows): another dataset's columns are yours to join or pair, its hold-out the documented default
+_DATA_LAYOUT_KEYS = ("text_column_delimiter", "validation_split_rows", "validation_split_percentage")
 
 
 def _given_dests(parser, argv: list[str]) -> set[str]:
@@ -862,15 +917,17 @@ def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
         raise DataError(f"--{' / --'.join(changed)} replace the preset's data, but {path} would still save the "
                         f"model to its own output_dir {cfg['output_dir']!r} (over a model trained on the preset's "
                         "data): give --output_dir")
-    keys = (_DATA_SOURCE_KEYS + ("class_names",) if own_training_data else ()) + _DATASET_TEXT_KEYS
+    keys = (_DATA_SOURCE_KEYS + ("class_names",) + _DATA_LAYOUT_KEYS if own_training_data else ()) \
+        + _DATASET_TEXT_KEYS
     reset = [k for k in keys if cfg.get(k) and k not in given
              and not (k == "dataset_name" and not {"dataset_name", "train_file"} & set(changed))]  # another config
     if not changed or not reset:
         return
     for obj in parsed:
+        defaults = {f.name: f.default for f in fields(obj) if f.default is not MISSING} if is_dataclass(obj) else {}
         for k in reset:
             if hasattr(obj, k):
-                setattr(obj, k, [] if isinstance(getattr(obj, k), list) else None)
+                setattr(obj, k, defaults.get(k, [] if isinstance(getattr(obj, k), list) else None))
     # the preset's --do_predict read its test file: without one nothing is predicted (not an error asking for it);
     # a dataset (--dataset_name) brings its own test split
     stopped = []

@@ -649,6 +649,51 @@ def test_edited_costs_are_refused_on_load_and_before_serving(tmp_path):
         model(**batch, budget=0.5)
 
 
+def test_a_bank_fitted_on_another_exit_pooling_is_not_served(tmp_path):
+    """Every exit's output depends on config.exit_pooling (and where the exits sit), not only on the weights: the
+    records keep what the exits read when the bank was fitted. Loaded with another pooling, the model loads (to be
+    refitted) with a warning and refuses budgets; so does a config edited in memory; loaded as fitted, or set back,
+    it serves as before. Records saved before they kept it are not checked."""
+    model, batch, probs, labels = fitted_model()
+    assert [(r["exit_layers"], r["exit_pooling"]) for r in model.config.scheduler_bank] == [([1, 2, 3, 4], "cls")] * 2
+    want = outputs(model, batch, 0.5)[0]
+    model.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match=r"config.exit_pooling is 'mean' but the bank was fitted with 'cls'.*The "
+                                         r"model is loaded"):
+        other = type(model).from_pretrained(tmp_path, exit_pooling="mean")
+    with pytest.raises(BankIntegrityError, match=r"fitted on other exit outputs .*exit_pooling='cls'"):
+        other(**batch, budget=0.5)
+    with pytest.raises(BankIntegrityError, match="fitted on other exit outputs"):
+        other.verify_scheduler_bank()
+    mean_probs = all_exit_probs(other, batch)
+    with pytest.raises(BankIntegrityError, match="fitted on other exit outputs"):  # not extended under the other
+        other.add_scheduler(EENetScheduler(**FAST).fit(mean_probs, labels, other.config.exit_costs, 0.6), 0.6)
+    with pytest.raises(BankIntegrityError, match="fitted on other exit outputs"):
+        other.rematch_budgets(mean_probs)
+    assert other.config.scheduler_budgets == [0.5, 0.8]
+    other.config.exit_pooling = "cls"  # set back: served as fitted
+    assert outputs(other, batch, 0.5)[0] == want
+    model.config.exit_pooling = "mean"  # edited in memory after serving: refused at the next request
+    with pytest.raises(BankIntegrityError, match="fitted on other exit outputs"):
+        model(**batch, budget=0.5)
+    model.config.exit_pooling = "cls"
+    # a bank refitted under the new pooling records it and serves
+    other.config.exit_pooling = "mean"
+    other.set_scheduler_bank({0.5: EENetScheduler(**FAST).fit(mean_probs, labels, other.config.exit_costs, 0.5)})
+    assert other.config.scheduler_bank[0]["exit_pooling"] == "mean"
+    other(**batch, budget=0.5)
+    # a bank saved before records kept what the exits read: served unchecked, as before
+    cfg_path = tmp_path / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["scheduler_bank"] = [{k: v for k, v in r.items() if k not in ("exit_layers", "exit_pooling")}
+                             for r in cfg["scheduler_bank"]]
+    cfg_path.write_text(json.dumps(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        legacy = type(model).from_pretrained(tmp_path, exit_pooling="mean")
+    legacy(**batch, budget=0.5)
+
+
 def test_from_pretrained_kwargs_are_validated(tmp_path):
     plain = tiny_model(layers=6)
     plain.save_pretrained(tmp_path / "plain")

@@ -106,7 +106,7 @@ def csv_run(tiny_backbone, csv_data, tmp_path_factory):
         res = main(["train", "--train_file", csv_data["train"], "--validation_file", csv_data["validation"],
                     "--test_file", csv_data["test"], "--text_column_names", "review",
                     "--label_column_name", "sentiment", "--do_train", "--do_eval", "--do_predict",
-                    "--push_to_hub", "--hub_model_id", "someone/eenet-reviews",
+                    "--push_to_hub", "--hub_model_id", "someone/eenet-reviews", "--hub_token", "hf_NOT_A_REAL_TOKEN",
                     *common_flags(tiny_backbone, out)])
     finally:
         mp.undo()
@@ -161,6 +161,10 @@ def test_pushed_folder_has_weights_bank_code_and_the_eenet_card(csv_run):
     index = ModelCard(card).data.eval_results
     assert len(index) == 4 and {r.metric_args["budget"] for r in index} == {0.5, 0.8}  # EENet card, not Trainer's
     assert "hf_eenet" in card and "bad" not in ModelCard(card).data.to_dict().get("datasets", [])
+    assert run_card_example(csv_run["out"])[0]["label"] in ("bad", "good")  # the card's usage example runs
+    # the token given on the command line is in no uploaded file (the card and results.json hold the command)
+    assert [f for f, data in files.items() if b"hf_NOT_A_REAL_TOKEN" in data] == []
+    assert "--hub_token <HUB_TOKEN>" in json.loads(files["results.json"])["command"]
 
 
 def test_create_model_card_keeps_the_eenet_card(csv_run):
@@ -520,6 +524,17 @@ def test_sentence_pairs_jsonl_end_to_end_and_pipeline_pairs(tiny_backbone, tmp_p
     for bad in ("a premise alone", ["a premise alone", "another"]):
         with pytest.raises(ValueError, match="trained on sentence pairs"):
             clf(bad, budget=0.5)
+    assert run_card_example(out)[0]["exit_layer"] >= 1  # the card's usage example gives a pair
+
+
+def run_card_example(folder):
+    """Run the usage example of the card in ``folder`` (its python block, on the folder) and return its output."""
+    card = (Path(folder) / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0].replace('"<this folder or repo>"', repr(str(folder)))
+    *setup, last = code.strip().splitlines()
+    scope = {}
+    exec("\n".join(setup), scope)  # noqa: S102 - the card's own example, run as a user would
+    return eval(last.split("#")[0], scope)  # noqa: S307
 
 
 # --------------------------------------------------------------------------------------------------- loader
@@ -974,6 +989,20 @@ def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_
     assert args.results_dir is None
     _, _, args, _ = parse("--train_file", mine, "--dataset_label", "sst2")  # given again on the command line: kept
     assert args.dataset_label == "sst2" and args.card_dataset_id is None
+    # how a preset reads its own data goes too: AG News joins two columns into one text (your two columns are a
+    # sentence pair) and holds out 2,000 rows (yours: the documented 10 %); given on the command line: kept
+    news = str(ROOT / "recipes" / "presets" / "ag_news.json")
+    pairs = write_csv(tmp_path / "pairs.csv", ["premise", "hypothesis", "label"],
+                      [("a b", "c d", i % 2) for i in range(8)])
+    _, data, _, _ = parse_args_with_config(build_parser(), [news, "--train_file", pairs, "--text_column_names",
+                                                            "premise,hypothesis", "--output_dir", str(tmp_path / "o")])
+    assert (data.text_column_delimiter, data.validation_split_rows, data.validation_split_percentage) == \
+        (None, None, 10.0)
+    _, data, _, _ = parse_args_with_config(build_parser(), [news, "--train_file", pairs, "--text_column_delimiter", " ",
+                                                            "--validation_split_rows", "3", "--output_dir", "o"])
+    assert (data.text_column_delimiter, data.validation_split_rows) == (" ", 3)
+    _, data, _, _ = parse_args_with_config(build_parser(), [news, "--test_file", pairs])  # evaluated on yours
+    assert (data.text_column_delimiter, data.validation_split_rows) == (" ", 2000)
     # the preset's own files: as written, resolved from the repository (a run from another directory, the demo) or
     # from $EENET_DATA_DIR; a user's file in a folder of the same name is not the preset's
     monkeypatch.chdir(tmp_path)
@@ -1118,6 +1147,35 @@ def test_refitting_in_place_without_do_eval_or_predict_removes_the_old_outputs(c
     assert "describe the earlier model" in (model / "README.md").read_text()
 
 
+def test_a_rerun_that_dies_after_saving_leaves_no_outputs_of_the_model_before(csv_run, csv_data, tiny_backbone,
+                                                                              tmp_path, monkeypatch):
+    """A run into a folder that holds an earlier run's model, interrupted after its save (here in the evaluation):
+    the predictions, metrics and exit predictions of the model before are gone with it, not left beside the new
+    weights (all_results.json would mix this run's train_loss with the old eval_* metrics); the card is marked stale."""
+    import shutil
+
+    import hf_eenet.reporting
+    from hf_eenet.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(csv_run["out"], model)
+    assert (model / "predict_results.jsonl").is_file() and (model / "eval_results.json").is_file()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("interrupted during the evaluation")
+
+    monkeypatch.setattr(hf_eenet.reporting, "compare_policies", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", "--train_file", csv_data["train"], "--validation_file", csv_data["validation"],
+              "--test_file", csv_data["test"], "--text_column_names", "review", "--label_column_name", "sentiment",
+              "--do_train", "--do_eval", "--do_predict", *common_flags(tiny_backbone, model), "--seed", "7"])
+    for name in ("predict_results.jsonl", "eval_results.json", "exit_predictions.safetensors"):
+        assert not (model / name).exists(), f"{name} of the model before was left"
+    merged = json.loads((model / "all_results.json").read_text())
+    assert "train_loss" in merged and not [k for k in merged if k.startswith("eval_")]
+    assert "describe the earlier model" in (model / "README.md").read_text()
+
+
 def test_evaluating_an_untrained_backbone_says_its_exit_heads_are_untrained(tiny_backbone, csv_data, tmp_path):
     from hf_eenet.cli import main
 
@@ -1239,6 +1297,12 @@ def test_recipe_takes_templated_validation_rows_for_whole_texts(tiny_backbone, c
     # a 4.x command whose other flags fail a TrainingArguments check without the removed one: the hint comes first
     (["--evaluation_strategy", "epoch", "--save_strategy", "epoch", "--load_best_model_at_end"],
      r"--evaluation_strategy was removed .* pass --eval_strategy"),
+    # run_classification.py's own options that the recipe does not take: said so, with what it does instead
+    (["--pad_to_max_length"], r"--pad_to_max_length is a run_classification.py option that this recipe does not "
+                              r"take: inputs are padded per batch"),
+    (["--do_regression", "true"], r"--do_regression is a run_classification.py option .* regression task is not "
+                                  r"supported; drop it"),
+    (["--preprocessing_num_workers", "4"], r"--preprocessing_num_workers is a run_classification.py option"),
 ])
 def test_transformers_4_training_flags_are_refused_naming_their_replacement(flag, hint, tmp_path, capsys):
     """A run_classification.py command written for transformers 4 stops with one line saying what replaced the

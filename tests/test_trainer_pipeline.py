@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA_DIR, ROOT, tiny_kwargs, tiny_model, write_csv
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments, pipeline
 
 import hf_eenet
@@ -195,8 +195,6 @@ def test_model_init_trains_a_model_without_the_old_bank_and_a_failed_train_keeps
         trainer.train(resume_from_checkpoint=trained["dir"])
     assert model.config.scheduler_budgets == [0.4, 0.6, 0.8] and len(model.eenet_schedulers) == 3
     # a streamed training set is not read ahead (the recorded length is checked on map-style datasets only)
-    from datasets import IterableDataset
-
     model.config.max_seq_length = 8
     stream = IterableDataset.from_generator(lambda: iter(data), features=data.features)
     streamer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path / "s", max_steps=1, per_device_train_batch_size=4),
@@ -294,6 +292,15 @@ def test_fit_scheduler_reads_every_row_and_records_the_length_it_was_fitted_at(t
     with pytest.raises(ValueError, match=r"up to 16 tokens long but the model serves at most 8"):  # streamed too
         trainer.fit_scheduler(eval_dataset=longer.to_iterable_dataset(), budgets=[0.6])
     assert model.config.max_seq_length == 8 and model.config.scheduler_budgets == [0.6]
+    reads = []  # a streamed validation set is read twice: once by the length and pairing checks, once predicted
+
+    def rows_read():
+        reads.append(1)
+        yield from cut
+
+    streamed = IterableDataset.from_generator(rows_read, features=cut.features)
+    trainer.fit_scheduler(eval_dataset=streamed, budgets=[0.6], restarts=1, max_epochs=2)
+    assert len(reads) == 2 and model.config.scheduler_budgets == [0.6] and model.config.max_seq_length == 8
     with pytest.warns(UserWarning, match=r"truncated at 8 tokens .* but max_seq_length=16 is recorded"):
         trainer.fit_scheduler(eval_dataset=cut, budgets=[0.6], restarts=1, max_epochs=2, max_seq_length=16)
     trainer.fit_scheduler(eval_dataset=longer, budgets=[0.6], restarts=1, max_epochs=2, max_seq_length=16)
@@ -336,6 +343,37 @@ def test_fit_scheduler_reads_every_row_and_records_the_length_it_was_fitted_at(t
     with pytest.warns(UserWarning, match=r"the recorded length was removed"):
         trainer.train()
     assert model.config.max_seq_length is None
+
+
+def test_row_lengths_of_a_dataset_are_counted_as_its_rows_read_one_by_one():
+    """The lengths a fit reads from a datasets.Dataset (counted in Arrow) equal the rows read one by one (as a list of
+    rows is): padded or not, with or without masks, shuffled and selected, in torch format, a repeated text counted
+    once where asked, first occurrences in row order; masks of other lengths than the ids are read row by row."""
+    from hf_eenet.trainer import _row_lengths
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.integers(1, 40))
+        base = [[int(t) for t in rng.integers(1, 7, size=int(rng.integers(0, 7)))] for _ in range(max(1, n // 3))]
+        rows = [list(base[int(rng.integers(0, len(base)))]) for _ in range(n)]
+        width = max(len(r) for r in rows) + int(rng.integers(0, 3))
+        padded = trial % 2 == 0
+        data = {"input_ids": [r + [0] * (width - len(r)) if padded else r for r in rows]}
+        if trial % 3:
+            data["attention_mask"] = [[1] * len(r) + [0] * (width - len(r) if padded else 0) for r in rows]
+        ds = Dataset.from_dict(data)
+        if trial % 4 == 1:
+            ds = ds.shuffle(seed=trial).select(range(int(rng.integers(1, n + 1))))
+        listed = [dict(r) for r in ds]  # the rows one by one, in the dataset's order
+        for distinct in (False, True):
+            got = _row_lengths(ds.with_format("torch") if trial % 5 == 0 else ds, distinct=distinct)
+            want = _row_lengths(listed, read_streams=True, distinct=distinct)
+            assert got.tolist() == want.tolist(), (trial, distinct)
+        if padded and "attention_mask" in data:  # padded (tokens 1..6, pad 0): one length per distinct text
+            assert len(_row_lengths(ds, distinct=True)) == len({tuple(r) for r in ds["input_ids"]})
+    assert _row_lengths(Dataset.from_dict({"input_ids": [[5, 6, 7], [5, 6, 7], [5]]}), max_rows=2).tolist() == [3, 3]
+    odd = Dataset.from_dict({"input_ids": [[5, 6, 7], [5, 6]], "attention_mask": [[1, 1], [1, 1]]})
+    assert _row_lengths(odd).tolist() == [2, 2]  # (the masks are summed, as before)
 
 
 def test_rows_of_one_length_are_whole_texts_where_their_text_columns_say_so(tok, tmp_path):
