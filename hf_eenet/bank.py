@@ -197,12 +197,17 @@ def exit_reads_reason(model) -> str | None:
     """Why the bank must not be served because the model's exits read otherwise than when it was fitted (a record's
     :data:`EXIT_READS` differ from the config's), else ``None``. Records saved before they kept these are not
     checked."""
-    records = getattr(model.config, "scheduler_bank", None) or []
-    if not any(isinstance(r, dict) and any(k in r for k in EXIT_READS) for r in records):
+    cfg = model.config
+    records = getattr(cfg, "scheduler_bank", None)
+    if not records:
         return None
-    now = exit_reads(model.config)
-    for rec in records:
-        diff = [k for k in EXIT_READS if isinstance(rec, dict) and k in rec and rec[k] != now[k]]
+    layers, pooling = cfg.exit_layers, getattr(cfg, "exit_pooling", None) or "cls"
+    for rec in records:  # (runs on every request: plain comparisons, no copies)
+        if not isinstance(rec, dict) or (rec.get("exit_pooling", pooling) == pooling
+                                         and rec.get("exit_layers", layers) == layers):
+            continue  # (config.exit_layers is a list, as a record's from JSON; a tuple is compared below)
+        now = exit_reads(cfg)
+        diff = [k for k in EXIT_READS if k in rec and rec[k] != now[k]]
         if diff:
             said = ", ".join(f"config.{k} is {now[k]!r} but the bank was fitted with {rec[k]!r}" for k in diff)
             return (f"the scheduler bank was fitted on other exit outputs ({said}): every exit's confidence, and so "

@@ -552,9 +552,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         at the end of a run that may still fail (its evaluation and predictions write new ones)."""
         trainer.save_model(training_args.output_dir)
         if trainer.is_world_process_zero() and (do_train or args.do_fit_scheduler):
-            _drop_stale_outputs(out_dir, evaluated=False, predicted=False,
-                                hint="this run writes new ones" if do_eval or do_predict else
-                                "--do_eval / --do_predict write new ones")
+            _drop_stale_outputs(out_dir, evaluated=False, predicted=False)
 
     train_info = {}
     if do_train:
@@ -794,6 +792,8 @@ def _refuse_removed_flags(parser, names) -> None:
     dests = {a.dest for a in parser._actions}
     for name in names:
         key = name.lstrip("-").split("=", 1)[0].replace("-", "_")
+        if key.startswith("no_") and key[3:] in RUN_CLASSIFICATION_ONLY_FLAGS:  # a 4.x negated bool flag
+            key = key[3:]
         if key in RUN_CLASSIFICATION_ONLY_FLAGS and key not in dests:
             shown = f"--{key}" if name.startswith("-") else key
             parser.error(f"{shown} is a run_classification.py option that this recipe does not take: "
@@ -920,7 +920,9 @@ def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
     keys = (_DATA_SOURCE_KEYS + ("class_names",) + _DATA_LAYOUT_KEYS if own_training_data else ()) \
         + _DATASET_TEXT_KEYS
     reset = [k for k in keys if cfg.get(k) and k not in given
-             and not (k == "dataset_name" and not {"dataset_name", "train_file"} & set(changed))]  # another config
+             and not (k == "dataset_name" and not {"dataset_name", "train_file"} & set(changed))  # another config
+             # the preset's join goes with its text columns: kept where they are (its own columns in your file)
+             and not (k == "text_column_delimiter" and "text_column_names" not in given)]
     if not changed or not reset:
         return
     for obj in parsed:

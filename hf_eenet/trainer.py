@@ -182,26 +182,27 @@ def _row_lengths(dataset, max_rows: int | None = None, read_streams: bool = Fals
 def _arrow_row_lengths(dataset, distinct: bool) -> np.ndarray | None:
     """:func:`_row_lengths` of a ``datasets.Dataset`` counted in Arrow and numpy, in row order (a Python loop over the
     rows' token lists takes tens of seconds on 100k rows); ``None`` where it cannot count there (not a
-    ``datasets.Dataset``, no ``input_ids`` list column, null rows, masks of other lengths than the ids), and the rows
-    are then read one by one."""
+    ``datasets.Dataset``, no ``input_ids`` list of integers, a null row or entry, masks of other lengths than the
+    ids), and the rows are then read one by one."""
     columns = getattr(dataset, "column_names", None)
     if not hasattr(dataset, "with_format") or not isinstance(columns, list) or "input_ids" not in columns:
         return None
     try:
+        import pyarrow as pa
         import pyarrow.compute as pc
 
         table = dataset.with_format("arrow")[:]  # the rows as selected / shuffled (an indices mapping is applied)
         ids = table.column("input_ids").combine_chunks()
         n = len(ids)
         tokens = pc.list_flatten(ids)
-        if ids.null_count or tokens.null_count:
+        if ids.null_count or tokens.null_count or not pa.types.is_integer(tokens.type):
             return None
         flat = np.asarray(tokens)
         parents = np.asarray(pc.list_parent_indices(ids))
         if "attention_mask" in table.column_names:
             masks = table.column("attention_mask").combine_chunks()
-            if masks.null_count or not pc.all(pc.equal(pc.list_value_length(ids),
-                                                       pc.list_value_length(masks))).as_py():
+            if masks.null_count or pc.list_flatten(masks).null_count \
+                    or not pc.all(pc.equal(pc.list_value_length(ids), pc.list_value_length(masks))).as_py():
                 return None
             mask = np.asarray(pc.list_flatten(masks))
             lengths = np.bincount(parents, weights=mask, minlength=n).astype(np.int64) if n else np.zeros(0, int)

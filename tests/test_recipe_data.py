@@ -1003,6 +1003,10 @@ def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_
     assert (data.text_column_delimiter, data.validation_split_rows) == (" ", 3)
     _, data, _, _ = parse_args_with_config(build_parser(), [news, "--test_file", pairs])  # evaluated on yours
     assert (data.text_column_delimiter, data.validation_split_rows) == (" ", 2000)
+    # your file with the preset's own columns (the full AG News train file): its join goes with its columns
+    _, data, _, _ = parse_args_with_config(build_parser(), [news, "--train_file", pairs, "--output_dir", "o"])
+    assert (data.text_column_names, data.text_column_delimiter, data.validation_split_rows) == \
+        ("title,description", " ", None)
     # the preset's own files: as written, resolved from the repository (a run from another directory, the demo) or
     # from $EENET_DATA_DIR; a user's file in a folder of the same name is not the preset's
     monkeypatch.chdir(tmp_path)
@@ -1303,6 +1307,7 @@ def test_recipe_takes_templated_validation_rows_for_whole_texts(tiny_backbone, c
     (["--do_regression", "true"], r"--do_regression is a run_classification.py option .* regression task is not "
                                   r"supported; drop it"),
     (["--preprocessing_num_workers", "4"], r"--preprocessing_num_workers is a run_classification.py option"),
+    (["--no_pad_to_max_length"], r"--pad_to_max_length is a run_classification.py option"),  # 4.x negated bool
 ])
 def test_transformers_4_training_flags_are_refused_naming_their_replacement(flag, hint, tmp_path, capsys):
     """A run_classification.py command written for transformers 4 stops with one line saying what replaced the
