@@ -57,7 +57,8 @@ from .configuration_eenet import (
     pairing_mismatch,
 )
 from .policies import ExitPolicy
-from .validation import as_probs_tensor, check_bool, check_budget_fraction, check_int, check_single_label
+from .validation import (as_probs_tensor, check_bool, check_budget_fraction, check_int, check_single_label,
+                         check_tokenizer_kwargs)
 
 
 @dataclass
@@ -994,6 +995,7 @@ class EENetModelMixin:
                                  "text_pair=[...] (one per text)")
             if trained_on:
                 raise ValueError("this model was trained on single texts, not sentence pairs: drop text_pair=")
+            check_tokenizer_kwargs(tokenizer, tokenizer_kwargs, "early_exit_predict")
             tokenizer_kwargs.setdefault("truncation", True)
             if tokenizer_kwargs["truncation"] and "max_length" not in tokenizer_kwargs:
                 tokenizer_kwargs["max_length"] = max_input_tokens(self.config, tokenizer)  # as the pipeline
@@ -1060,8 +1062,8 @@ class EENetModelMixin:
             exit_layer=layers[exit_index],
             exit_cost=costs[exit_index],
         )
-        if return_dict is False:
-            return out.to_tuple()
+        if return_dict is False or (return_dict is None and getattr(self.config, "return_dict", True) is False):
+            return out.to_tuple()  # (config.return_dict=False: a tuple, as the stock classifier returns)
         return out
 
     def _exit_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from transformers import TextClassificationPipeline
 
 from .configuration_eenet import max_input_tokens, pairing_mismatch
 from .engine import ROW_KEYS, default_chunk_size
-from .validation import check_bool, check_int, check_text
+from .validation import check_bool, check_int, check_text, check_tokenizer_kwargs
 
 
 class EENetTextClassificationPipeline(TextClassificationPipeline):
@@ -70,6 +70,9 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         """
         if chunk_size is not None:
             chunk_size = _check_chunk_size(chunk_size)
+        if isinstance(inputs, list) and not inputs and self._is_early_exit_model():
+            self._sanitize_parameters(**kwargs)  # a call's budget= etc. is checked all the same
+            return []  # (the stock __call__ reads inputs[0]: an IndexError)
         local = self._wave_local()
         previous, local.chunk_size = getattr(local, "chunk_size", None), chunk_size
         try:
@@ -148,6 +151,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
 
     def _sanitize_parameters(self, budget=None, exit_policy=None, cuda_graphs=None, chunk_size=None,
                              function_to_apply=None, top_k="", **tokenizer_kwargs):
+        if self._is_early_exit_model():  # a misspelt budgets= would reach the tokenizer and be dropped
+            check_tokenizer_kwargs(self.tokenizer, tokenizer_kwargs, "the pipeline")
         preprocess, forward, postprocess = super()._sanitize_parameters(
             function_to_apply=function_to_apply, top_k=top_k, **tokenizer_kwargs
         )
@@ -247,7 +252,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         # the token rows only: extra tokenizer outputs (special_tokens_mask, length, ...) are not model inputs, as
         # on the depth-wave path (engine.ROW_KEYS)
         model_inputs = {k: v for k, v in model_inputs.items() if k in ROW_KEYS}
-        out = self.model(**model_inputs, budget=budget, exit_policy=exit_policy, **_opt_in(cuda_graphs=cuda_graphs))
+        out = self.model(**model_inputs, budget=budget, exit_policy=exit_policy, return_dict=True,
+                         **_opt_in(cuda_graphs=cuda_graphs))
         # batch-first tensors only: the pipeline unbatches every field along dim 0
         return {"logits": out.logits, "exit_layer": out.exit_layer, "exit_cost": out.exit_cost}
 

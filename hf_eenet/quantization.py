@@ -162,7 +162,7 @@ def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: 
                 enc = tokenizer(list(texts[i: i + batch_size]), pair, padding=True, truncation=True,
                                 max_length=max_length, return_tensors="pt")
                 enc = {k: v.to(device) for k, v in enc.items()}
-                out.append(exit_softmax(model(**enc).exit_logits).cpu())  # the softmax the served decisions read
+                out.append(exit_softmax(model(**enc, return_dict=True).exit_logits).cpu())  # the softmax the served decisions read
     finally:
         model.train(was_training)
     return torch.cat(out).numpy()
@@ -236,6 +236,11 @@ def quantize_dynamic_int8(model, tokenizer=None, texts=None, labels=None, *, bud
             "refit=False to drop the bank")
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("int8 quantisation (Int8Linear) runs on CPU: move the model to the CPU first")
+    low = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()
+                  if p.is_floating_point() and p.dtype != torch.float32})
+    if low:  # Int8Linear computes in float32, which meets the other layers' bf16 / fp16 weights
+        raise ValueError(f"int8 quantisation needs a float32 model; this one holds {', '.join(low)} weights: load it "
+                         "in float32 (from_pretrained(..., dtype=torch.float32)) or call .float() first")
     if traffic_texts is not None and not (has_bank and refit):
         raise ValueError("traffic_texts re-matches a refitted bank: it needs a bank (or budgets=) and refit=True")
     rematched = [r for r in (model.config.scheduler_bank or []) if r.get("rematched_on")]

@@ -616,7 +616,7 @@ class EENetTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
-        outputs = model(**inputs)
+        outputs = model(**inputs, return_dict=True)  # (also where config.return_dict is False)
         if labels is None:
             raise ValueError("EENetTrainer needs `labels` in every batch")
         core = self.accelerator.unwrap_model(model)

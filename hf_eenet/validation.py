@@ -17,6 +17,7 @@ numpy/torch and nothing else from hf_eenet.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -295,6 +296,36 @@ def check_texts(texts, name: str = "texts", pairs=None, pairs_name: str = "text_
         raise ValueError(f"{pairs_name} has {len(pairs)} entries for {len(texts)} texts (one per text)")
     for i, t in enumerate(pairs):
         check_text(t, f"{pairs_name}[{i}]")
+
+
+#: keyword arguments users pass for another option: what to pass instead
+_KWARG_HINTS = {"budgets": "budget=", "policy": "exit_policy=", "exit_policies": "exit_policy=",
+                "return_all_scores": "top_k=None (return_all_scores was removed in transformers 5)",
+                "chunksize": "chunk_size=", "batchsize": "batch_size="}
+
+
+def check_tokenizer_kwargs(tokenizer, kwargs: dict, where: str) -> None:
+    """``TypeError`` naming every key of ``kwargs`` (what a call passes on to ``tokenizer``) that the tokenizer does
+    not take: transformers' tokenizers drop unknown keywords without a word, so a misspelt ``budgets=0.4`` would
+    serve the default budget. Tokenizers whose signature is not the standard one are not checked."""
+    if not kwargs or tokenizer is None:
+        return
+    names = set()
+    for fn in (getattr(type(tokenizer), "__call__", None), getattr(type(tokenizer), "_encode_plus", None)):
+        if fn is None:
+            continue
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            return
+        names |= {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if "truncation" not in names:  # not transformers' tokenizer signature: nothing to check against
+        return
+    unknown = sorted(set(kwargs) - (names - {"self", "text"}))
+    if unknown:
+        hints = [f"{k}: pass {_KWARG_HINTS[k]}" for k in unknown if k in _KWARG_HINTS]
+        raise TypeError(f"{where} got unexpected keyword argument(s) {unknown}: neither its own options nor the "
+                        "tokenizer's (which would drop them silently)" + (f" ({'; '.join(hints)})" if hints else ""))
 
 
 def check_single_label(config, purpose: str = "early exit under a budget or an exit policy") -> None:

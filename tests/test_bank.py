@@ -4,6 +4,7 @@ load, add, cost changes and serving; saves are atomic; float64 through dtype cas
 
 import copy
 import json
+import re
 import math
 import os
 import socket
@@ -799,6 +800,42 @@ def hub_model(minilm_dir, tmp_path_factory):
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return SimpleNamespace(model=model, tok=tok, dir=d, texts=texts[:10])
+
+
+def test_serving_keywords_that_nothing_takes_are_refused_not_dropped(hub_model):
+    """Review 78: a keyword neither the pipeline nor the tokenizer takes (a misspelt ``budgets=``, ``policy=``, the
+    removed ``return_all_scores``) went to the tokenizer, which dropped it: the default budget was served. Refused by
+    name, with what to pass; tokenizer options still work. An empty list gives [] (its budget= checked); a config
+    with return_dict=False gets tuples, as the stock classifier does; int8 needs a float32 model."""
+    from transformers import pipeline
+
+    from hf_eenet.quantization import quantize_dynamic_int8
+
+    model, tok, texts = hub_model.model, hub_model.tok, hub_model.texts
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    for bad, hint in (({"budgets": 0.5}, "budget="), ({"return_all_scores": True}, "top_k=None"),
+                      ({"policy": hf_eenet.StaticPolicy(0, 4)}, "exit_policy=")):
+        with pytest.raises(TypeError, match=rf"the pipeline got unexpected keyword argument\(s\) \['{next(iter(bad))}'\].*"
+                                            + re.escape(hint)):
+            clf(texts, **bad)
+        with pytest.raises(TypeError, match=re.escape(hint)):
+            model.early_exit_predict(texts, tokenizer=tok, **bad)
+    alone = [clf(t, budget=0.5, truncation=True, max_length=8) for t in texts]  # tokenizer options: taken
+    assert clf(texts, budget=0.5, truncation=True, max_length=8, batch_size=4) == [a[0] if isinstance(a, list) else a
+                                                                                   for a in alone]
+    assert clf([], budget=0.5) == []
+    with pytest.raises(ValueError, match="outside the fitted range"):
+        clf([], budget=0.95)
+    batch = tok(texts[:3], padding=True, return_tensors="pt")
+    tupled = copy.deepcopy(model)
+    tupled.config.return_dict = False
+    with torch.no_grad():
+        out, ref = tupled(**batch, budget=0.5), model(**batch, budget=0.5)
+    assert isinstance(out, tuple) and torch.equal(out[0], ref.logits)
+    assert [r["label"] for r in pipeline("text-classification", model=tupled, tokenizer=tok)(texts, budget=0.5)] == \
+        [r["label"] for r in clf(texts, budget=0.5)]
+    with pytest.raises(ValueError, match="int8 quantisation needs a float32 model; this one holds bfloat16"):
+        quantize_dynamic_int8(copy.deepcopy(model).to(torch.bfloat16), refit=False, progress=False)
 
 
 def test_model_save_pretrained_writes_pipeline_code_and_custom_pipelines(hub_model):
