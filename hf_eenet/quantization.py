@@ -162,7 +162,8 @@ def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: 
                 enc = tokenizer(list(texts[i: i + batch_size]), pair, padding=True, truncation=True,
                                 max_length=max_length, return_tensors="pt")
                 enc = {k: v.to(device) for k, v in enc.items()}
-                out.append(exit_softmax(model(**enc, return_dict=True).exit_logits).cpu())  # the softmax the served decisions read
+                # the softmax the served decisions read
+                out.append(exit_softmax(model(**enc, return_dict=True).exit_logits).cpu())
     finally:
         model.train(was_training)
     return torch.cat(out).numpy()

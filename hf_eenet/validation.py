@@ -17,6 +17,7 @@ numpy/torch and nothing else from hf_eenet.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -304,24 +305,32 @@ _KWARG_HINTS = {"budgets": "budget=", "policy": "exit_policy=", "exit_policies":
                 "chunksize": "chunk_size=", "batchsize": "batch_size="}
 
 
+@functools.lru_cache(maxsize=64)
+def _tokenizer_keywords(cls) -> frozenset | None:
+    """The keyword arguments a tokenizer class's ``__call__`` (and ``_encode_plus``) name, read once per class (a
+    signature costs ~0.1 ms, per request otherwise); ``None`` where that is not transformers' signature."""
+    names = set()
+    for fn in (getattr(cls, "__call__", None), getattr(cls, "_encode_plus", None)):
+        if fn is None:
+            continue
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            return None
+        names |= {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return frozenset(names - {"self", "text"}) if "truncation" in names else None
+
+
 def check_tokenizer_kwargs(tokenizer, kwargs: dict, where: str) -> None:
     """``TypeError`` naming every key of ``kwargs`` (what a call passes on to ``tokenizer``) that the tokenizer does
     not take: transformers' tokenizers drop unknown keywords without a word, so a misspelt ``budgets=0.4`` would
     serve the default budget. Tokenizers whose signature is not the standard one are not checked."""
     if not kwargs or tokenizer is None:
         return
-    names = set()
-    for fn in (getattr(type(tokenizer), "__call__", None), getattr(type(tokenizer), "_encode_plus", None)):
-        if fn is None:
-            continue
-        try:
-            params = inspect.signature(fn).parameters
-        except (TypeError, ValueError):
-            return
-        names |= {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    if "truncation" not in names:  # not transformers' tokenizer signature: nothing to check against
+    names = _tokenizer_keywords(type(tokenizer))
+    if names is None:  # not transformers' tokenizer signature: nothing to check against
         return
-    unknown = sorted(set(kwargs) - (names - {"self", "text"}))
+    unknown = sorted(set(kwargs) - names)
     if unknown:
         hints = [f"{k}: pass {_KWARG_HINTS[k]}" for k in unknown if k in _KWARG_HINTS]
         raise TypeError(f"{where} got unexpected keyword argument(s) {unknown}: neither its own options nor the "
