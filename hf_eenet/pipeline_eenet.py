@@ -71,7 +71,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         if chunk_size is not None:
             chunk_size = _check_chunk_size(chunk_size)
         if isinstance(inputs, list) and not inputs and self._is_early_exit_model():
-            self._sanitize_parameters(**kwargs)  # a call's budget= etc. is checked all the same
+            # a call's budget= etc. is checked all the same (the stock __call__'s own arguments are not the tokenizer's)
+            self._sanitize_parameters(**{k: v for k, v in kwargs.items() if k not in ("batch_size", "num_workers")})
             return []  # (the stock __call__ reads inputs[0]: an IndexError)
         local = self._wave_local()
         previous, local.chunk_size = getattr(local, "chunk_size", None), chunk_size

@@ -823,7 +823,7 @@ def test_serving_keywords_that_nothing_takes_are_refused_not_dropped(hub_model):
     alone = [clf(t, budget=0.5, truncation=True, max_length=8) for t in texts]  # tokenizer options: taken
     assert clf(texts, budget=0.5, truncation=True, max_length=8, batch_size=4) == [a[0] if isinstance(a, list) else a
                                                                                    for a in alone]
-    assert clf([], budget=0.5) == []
+    assert clf([], budget=0.5) == [] and clf([], budget=0.5, batch_size=4, num_workers=0) == []
     with pytest.raises(ValueError, match="outside the fitted range"):
         clf([], budget=0.95)
     batch = tok(texts[:3], padding=True, return_tensors="pt")
