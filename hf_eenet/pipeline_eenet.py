@@ -262,8 +262,9 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         result = super().postprocess(model_outputs, function_to_apply=function_to_apply, top_k=top_k, _legacy=_legacy)
         if "exit_layer" not in model_outputs:
             return result
-        extra = {"exit_layer": int(model_outputs["exit_layer"].reshape(-1)[0]),
-                 "cost": float(model_outputs["exit_cost"].reshape(-1)[0])}
+        layer = int(model_outputs["exit_layer"].reshape(-1)[0])
+        config = self.model.config  # the cost as the config holds it (a float32 tensor would round it, the CLI not)
+        extra = {"exit_layer": layer, "cost": float(config.exit_costs[list(config.exit_layers).index(layer)])}
         if isinstance(result, dict):
             return {**result, **extra}
         return [{**r, **extra} for r in result]

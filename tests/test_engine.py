@@ -377,6 +377,22 @@ def test_pipeline_over_a_list_uses_waves_and_equals_text_by_text(banked, budget)
     assert out.exit_layer.tolist() == [r["exit_layer"] for r in one_by_one]
 
 
+def test_pipeline_cost_is_the_configs_cost_on_every_path(minilm_dir):
+    """The pipeline reports ``config.exit_costs[k]`` itself (as the CLI and the recipe's predictions do), not its
+    float32 rounding (0.35 came back as 0.3499999940395355)."""
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    cfg = hf_eenet.EENetBertConfig(**tiny_kwargs(num_labels=2, layers=4, vocab_size=30522),
+                                   exit_costs=[0.1, 0.35, 0.7, 1.0])
+    model = hf_eenet.EENetBertForSequenceClassification(cfg).eval()
+    clf = pipeline("text-classification", model=model, tokenizer=tok)
+    texts = ["a fine film", "dull", "the plot is thin and the story is awful"]
+    for k in range(4):
+        policy = hf_eenet.StaticPolicy(k, 4)
+        for got in ([clf(t, exit_policy=policy)[0] for t in texts], clf(texts, exit_policy=policy, batch_size=2),
+                    clf(texts, exit_policy=policy, batch_size=2, chunk_size=0)):
+            assert [(r["exit_layer"], r["cost"]) for r in got] == [(k + 1, cfg.exit_costs[k])] * 3
+
+
 def test_pipeline_waves_tokenize_a_chunk_in_one_call_with_the_ids_of_each_text(banked):
     model, tok, texts = banked
     clf = pipeline("text-classification", model=model, tokenizer=tok)
