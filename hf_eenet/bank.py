@@ -50,7 +50,14 @@ import torch
 from torch import nn
 
 from .validation import check_budget_fraction, costs_match
-from .weight_events import events as _events, note_weight_change, same_sample, stepped_since, weight_sample
+from .weight_events import (
+    events as _events,
+    note_weight_change,
+    same_sample,
+    stepped_since,
+    version_total,
+    weight_sample,
+)
 
 BANK_RECORD_KEYS = ("budget", "costs", "num_exits", "num_classes", "data_fingerprint", "scheduler_config",
                     "state_sha256")
@@ -232,7 +239,9 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
     ``force`` (load, save, ``verify_scheduler_bank``, ``add_scheduler``, ``rematch_budgets``): the digest is computed
     (any change is seen: an in-place ``.data`` edit, a submodule's ``load_state_dict``). Otherwise (each request) the
     last verdict stands until a weight event in this process (:mod:`.weight_events`: an optimizer step anywhere, a
-    ``load_state_dict`` of one of our models); then the digest is computed again if a tensor's identity, storage or
+    ``load_state_dict`` of one of our models, a module / parameter / buffer set on any module) or an in-place write to
+    one of the model's tensors (the sum of their version counters: ~0.1 us a tensor per request); then the digest is
+    computed again if a tensor's identity, storage or
     version counter changed or an optimizer stepped one of this model's parameters, and otherwise if the weights'
     sample changed (a master copy written back through ``.data``, as DeepSpeed ZeRO-1/2 does); an unrelated event
     costs the model one sample."""
@@ -243,12 +252,12 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
     if want is None:
         return None
     cache = model.__dict__.get("_eenet_weights_check")
-    if not force and cache is not None and cache["want"] is want and cache["events"] == _events():
-        return cache["reason"]  # the serving path: two lookups
+    if not force and _still_current(cache, want, _events()):
+        return cache["reason"]  # the serving path: two lookups and the version counters
     with _CHECK_LOCK:
         cache = model.__dict__.get("_eenet_weights_check")
         events = _events()  # read before the weights: an event while they are read is seen at the next request
-        if not force and cache is not None and cache["want"] is want and cache["events"] == events:
+        if not force and _still_current(cache, want, events):
             return cache["reason"]  # another thread checked meanwhile
         try:
             items = _weight_tensors(model)
@@ -265,8 +274,21 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
             return cache["reason"]
         reason = None if _matches(items, want) else STALE_BANK_MESSAGE
         model.__dict__["_eenet_weights_check"] = {"want": want, "events": events, "sig": sig, "sample": sample,
-                                                  "reason": reason}
+                                                  "reason": reason, **_versions(items)}
         return reason
+
+
+def _versions(items) -> dict:
+    """The tensors whose version counters a request compares, and their sum when the weights were checked (read with
+    the signature: a write after it is seen at the next request)."""
+    tensors = [t for _, t in items if not t.is_inference()]
+    return {"tensors": tensors, "versions": version_total(tensors)}
+
+
+def _still_current(cache, want, events) -> bool:
+    """Whether the last verdict stands: the same record, no weight event since, no in-place write to a tensor."""
+    return (cache is not None and cache["want"] is want and cache["events"] == events
+            and version_total(cache["tensors"]) == cache["versions"])
 
 
 def seed_weights_check(model, weights: dict | None) -> None:
@@ -281,7 +303,8 @@ def seed_weights_check(model, weights: dict | None) -> None:
         if items is not None:
             model.__dict__["_eenet_weights_check"] = {"want": want, "events": events,
                                                       "sig": _weights_signature(items),
-                                                      "sample": _sample_or_none(items), "reason": None}
+                                                      "sample": _sample_or_none(items), "reason": None,
+                                                      **_versions(items)}
     except Exception:  # noqa: BLE001 - a cache only: the first request computes the check instead
         model.__dict__.pop("_eenet_weights_check", None)
 
@@ -384,7 +407,13 @@ def check_scheduler(scheduler, config, budget: float, where: str = "check") -> N
     thresholds = scheduler.thresholds
     if any(math.isnan(t) for t in thresholds):
         _fail(where, f"{name} has NaN thresholds {thresholds}")
-    for key, t in scheduler.state_dict().items():
+    state = scheduler.state_dict()
+    for key, t in state.items():
+        if not isinstance(t, torch.Tensor) or t.is_quantized:  # e.g. quantize_dynamic(model, {nn.Linear}) as a whole
+            _fail(where, f"{name} was quantised (its state holds {key!r}): the bank's nets must stay in floating "
+                         "point. Quantise the encoder, exit heads and classifier only: hf_eenet.quantize_dynamic_int8"
+                         "(model, tokenizer, texts, labels) does, and refits the bank on the int8 outputs")
+    for key, t in state.items():
         if t.is_floating_point() and torch.isnan(t).any():
             _fail(where, f"{name}: tensor {key!r} contains NaN")
     for key, p in scheduler.named_parameters():

@@ -140,6 +140,8 @@ def _right_align(mask_host: torch.Tensor, input_ids, attention_mask, token_type_
 
 #: config keys a save changes and a caller does not pass to from_pretrained: they tell a config object read from
 #: the config.json a finish replaced (below) from one read after it
+#: the packages of torch's quantised modules (``torch.ao.quantization.quantize_dynamic`` / ``convert``)
+_TORCH_QUANTISED = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")
 _STRUCTURAL_CONFIG_KEYS = ("scheduler_bank", "scheduler_budgets", "exit_costs", "exit_layers", "num_labels",
                            "id2label", "architectures", "transformers_version", "max_seq_length")
 #: a finish by another process this recent may have replaced config.json after a caller read it (DDP ranks load
@@ -627,9 +629,10 @@ class EENetModelMixin:
         ``pipeline("text-classification", model=folder, trust_remote_code=True)`` serves ``budget=`` without
         hf_eenet installed."""
         if getattr(self, "eenet_quantization", None) or any(
-                type(m).__name__ == "Int8Linear" for m in self.modules()):  # also quantize_linears_int8 alone
-            raise ValueError("this model is int8-quantised (hf_eenet.quantization): save the fp32 model and "
-                             "quantise after loading")
+                type(m).__name__ == "Int8Linear" or type(m).__module__.startswith(_TORCH_QUANTISED)
+                for m in self.modules()):  # also quantize_linears_int8 alone, or torch's quantize_dynamic
+            raise ValueError("this model is int8-quantised (hf_eenet.quantization or torch.ao.quantization): save the "
+                             "fp32 model and quantise after loading")
         if self.config.scheduler_budgets or self.config.scheduler_bank:
             self.config.scheduler_bank = verify_bank(self, where="on save") or None
             reason = stale_bank_reason(self, force=True)

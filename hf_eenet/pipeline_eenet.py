@@ -20,6 +20,7 @@ import threading
 
 import torch
 from transformers import TextClassificationPipeline
+from transformers.utils.hub import TRANSFORMERS_DYNAMIC_MODULE_NAME
 
 from .configuration_eenet import max_input_tokens, pairing_mismatch
 from .engine import ROW_KEYS, default_chunk_size
@@ -295,25 +296,46 @@ def _opt_in(**flags) -> dict:
     return {name: True for name, on in flags.items() if on}
 
 
-def _engine_of(model):
-    """The depth-wave engine shipped with the model's own code: a model whose class comes from Hub remote code (saved
-    by another hf_eenet version; a user subclass of it too) runs the engine written for its internals, one of ours
-    runs ours. The model code is found along the class's MRO (the class defined in a ``modeling_eenet`` module)."""
-    from . import engine
-
+def _shipped(model, module: str, check):
+    """The module ``module`` shipped with the model's own code: for a model whose class comes from Hub remote code
+    (saved by another hf_eenet version; a user subclass of it too) that code's copy, for one of ours ``None``. The
+    model code is found along the class's MRO (the class defined in a ``modeling_eenet`` module); ``check`` says
+    whether a found module is the one wanted (a package saved before it existed is passed over)."""
     for cls in type(model).__mro__:
-        package, _, module = cls.__module__.rpartition(".")
-        if module != "modeling_eenet" or not package:  # a user's top-level modeling_eenet.py: look further up
+        package, _, name = cls.__module__.rpartition(".")
+        if name != "modeling_eenet" or not package:  # a user's top-level modeling_eenet.py: look further up
             continue
         if package == __name__.rpartition(".")[0]:
-            return engine
+            return None
         try:
-            shipped = importlib.import_module(package + ".engine")
-        except ImportError:  # not a model-code package (or saved before the engine existed): look further up
+            shipped = importlib.import_module(f"{package}.{module}")
+        except ImportError:  # not a model-code package (or saved before that module existed): look further up
             continue
-        if callable(getattr(shipped, "depth_wave_forward", None)):
+        if check(shipped):
             return shipped
-    return engine
+    return None
+
+
+def _engine_of(model):
+    """The depth-wave engine shipped with the model's own code: a model from Hub remote code runs the engine written
+    for its internals, one of ours runs ours (:func:`_shipped`)."""
+    from . import engine
+
+    shipped = _shipped(model, "engine", lambda m: callable(getattr(m, "depth_wave_forward", None)))
+    return shipped or engine
+
+
+def _pipeline_class_of(model):
+    """The budgeted pipeline class that serves ``model``. The installed hf_eenet's serves every hf_eenet model (it
+    passes older model code only the arguments it takes). A Hub remote-code copy (hf_eenet not installed) serves a
+    model of its own code, and hands a model of another copy -- another folder, saved by another hf_eenet version --
+    to the pipeline shipped with that model's code: a copy cannot know the other's keywords and checks."""
+    if not __name__.startswith(TRANSFORMERS_DYNAMIC_MODULE_NAME + "."):  # the installed package (or a vendored copy)
+        return EENetTextClassificationPipeline
+    shipped = _shipped(model, "pipeline_eenet", lambda m: isinstance(
+        getattr(m, "EENetTextClassificationPipeline", None), type)
+        and issubclass(m.EENetTextClassificationPipeline, TextClassificationPipeline))
+    return shipped.EENetTextClassificationPipeline if shipped is not None else EENetTextClassificationPipeline
 
 
 def _check_chunk_size(chunk_size) -> int:
@@ -343,7 +365,7 @@ class TextClassificationDispatch(TextClassificationPipeline):
 
     def __new__(cls, *args, **kwargs):
         model = kwargs.get("model", args[0] if args else None)
-        impl = EENetTextClassificationPipeline if is_early_exit_model(model) else _resolve(cls.fallback)
+        impl = _pipeline_class_of(model) if is_early_exit_model(model) else _resolve(cls.fallback)
         return impl(*args, **kwargs)
 
 
@@ -401,8 +423,9 @@ def _route_stock_construction(force: bool = False) -> None:
         return
 
     def __new__(cls, *args, **kwargs):
-        if cls is TextClassificationPipeline and is_early_exit_model(kwargs.get("model", args[0] if args else None)):
-            cls = EENetTextClassificationPipeline
+        model = kwargs.get("model", args[0] if args else None)
+        if cls is TextClassificationPipeline and is_early_exit_model(model):
+            cls = _pipeline_class_of(model)
         # whatever comes next in the MRO (a user subclass's mixin may define its own __new__), as without the patch
         after = super(TextClassificationPipeline, cls).__new__
         return after(cls) if after is object.__new__ else after(cls, *args, **kwargs)

@@ -5,7 +5,10 @@ Two things keep a model's derived state (its scheduler bank's weights check, its
 the full checks:
 
 * **Events** — a process-wide count of what may change some model's weights: every optimizer step (a global
-  optimizer hook) and every ``load_state_dict`` of our models (:func:`note_weight_change`). A fused optimizer or a
+  optimizer hook), every ``load_state_dict`` of our models (:func:`note_weight_change`) and every module, parameter
+  or buffer set on any module (torch's global registration hooks, :func:`note_registration`: a swapped exit head,
+  ``torch.ao.quantization.quantize_dynamic(..., inplace=True)``, ``module.weight = nn.Parameter(...)``). A fused
+  optimizer or a
   ``.data`` write leaves a tensor's identity, storage and version counter as they were, so the hook also records
   which tensors each step held (:func:`stepped_since`, exact for a model's own parameters).
 * **A sample** of a model's weights (:func:`weight_sample`): the bytes of every element of a small tensor or a vector
@@ -17,7 +20,10 @@ the full checks:
   the rows of the tokens a sparse one touched), so it moves sampled elements; an unrelated step costs each model one
   sample at its next request (milliseconds where a digest takes hundreds: ``benchmarks/bench_weights_check.py``).
 
-What neither sees: an edit with no event (an in-place ``.data`` edit in eval mode: EMA, pruning, surgery), an edit of
+In-place edits of a tensor itself (``copy_`` / ``nn.init`` under ``no_grad``) move its version counter, which a served
+model compares at every request (:func:`version_total`).
+
+What none of these sees: an edit with no event (an in-place ``.data`` edit in eval mode: EMA, pruning, surgery), an edit of
 a few scattered elements followed by an unrelated event (they may all lie outside the sample), and a write-back that
 lands after the event and after a concurrent request already compared its sample (a framework that copies master
 values into the model after ``optimizer.step()`` returns, while another thread serves the model); the full checks
@@ -33,6 +39,11 @@ import threading
 import weakref
 
 import torch
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 _LOCK = threading.Lock()
@@ -68,6 +79,26 @@ def note_weight_change(optimizer=None, *_args, **_kwargs) -> None:
 
 
 register_optimizer_step_post_hook(note_weight_change)  # a lock, a counter and one dict write per tensor per step
+
+
+def note_registration(*_args) -> None:
+    """Count an event: a module, parameter or buffer was set on some module (torch's global registration hooks; the
+    identity of some model's weights may have changed). Returns ``None``: what is registered is kept as it is."""
+    with _LOCK:
+        _EVENTS[0] += 1
+
+
+# a lock and a counter per registration (a model's construction makes a few hundred; a request none)
+register_module_module_registration_hook(note_registration)
+register_module_parameter_registration_hook(note_registration)
+register_module_buffer_registration_hook(note_registration)
+
+
+def version_total(tensors) -> int:
+    """The sum of the tensors' in-place version counters (inference tensors, which have none, left out): counters
+    only grow, so any in-place write to one of them (``copy_``, ``fill_``, ``nn.init`` under ``no_grad``) changes
+    the sum. About 0.1 us a tensor."""
+    return sum(t._version for t in tensors)
 
 
 def stepped_since(tensors, since: int) -> bool:
@@ -138,4 +169,5 @@ def same_sample(a, b) -> bool:
             and all(x.shape == y.shape and x.device == y.device and torch.equal(x, y) for x, y in zip(a, b)))
 
 
-__all__ = ["events", "note_weight_change", "same_sample", "stepped_since", "weight_sample"]
+__all__ = ["events", "note_registration", "note_weight_change", "same_sample", "stepped_since", "version_total",
+           "weight_sample"]

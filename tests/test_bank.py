@@ -525,6 +525,67 @@ def test_a_bank_fitted_for_other_weights_is_refused_however_the_weights_changed(
     model(**batch, budget=0.5)
 
 
+def test_edits_without_an_optimizer_step_are_seen_by_the_next_request(tmp_path):
+    """In-place writes under ``no_grad`` (``nn.init``, an EMA copy-back), a swapped head or Parameter and torch's own
+    dynamic quantisation of the encoder change the weights without an optimizer step: the next request refuses the
+    budget (they were served with the old thresholds: review 80, 36 of 300 SST-5 labels changed after
+    ``quantize_dynamic``). Serving itself is no weight event: the verdict is reused request after request."""
+    from hf_eenet import weight_events
+
+    model, batch, _, _ = fitted_model()
+    original = copy.deepcopy(model.state_dict())
+    model.eval()
+    outputs(model, batch, 0.5)
+    before = weight_events.events()
+    for _ in range(3):
+        outputs(model, batch, 0.5)
+        model.early_exit_predict(dict(batch), budget=0.8)
+    assert weight_events.events() == before, "a request registered a module, parameter or buffer"
+
+    def head_init():
+        with torch.no_grad():
+            torch.nn.init.normal_(model.exit_heads[0].out_proj.weight)
+
+    def ema_copy_back():
+        with torch.no_grad():
+            model.classifier.weight.copy_(model.classifier.weight * 0.5)
+
+    def swap_head():
+        model.exit_heads[1] = copy.deepcopy(tiny_model(layers=4, num_labels=3, seed=9).exit_heads[1])
+
+    def new_parameter():
+        model.classifier.weight = torch.nn.Parameter(model.classifier.weight.detach() + 0.5)
+
+    def quantise_encoder():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+            torch.ao.quantization.quantize_dynamic(model.bert, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+    for edit in (head_init, ema_copy_back, swap_head, new_parameter, quantise_encoder):
+        model = fitted_model()[0].eval()
+        outputs(model, batch, 0.5)  # the verdict is cached
+        edit()
+        with pytest.raises(BankIntegrityError, match="fitted for other weights"):
+            outputs(model, batch, 0.5)
+    # the whole model quantised (the bank's own nets too): a clear error, and no save
+    model = fitted_model()[0].eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    with pytest.raises(BankIntegrityError, match="was quantised .*quantize_dynamic_int8"):
+        outputs(model, batch, 0.5)
+    with pytest.raises(ValueError, match="int8-quantised"):
+        model.save_pretrained(tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+    # the weights restored: served again
+    model = fitted_model()[0].eval()
+    head_init()
+    with pytest.raises(BankIntegrityError):
+        outputs(model, batch, 0.5)
+    model.load_state_dict(original)
+    outputs(model, batch, 0.5)
+
+
 def test_a_model_built_under_inference_mode_installs_and_serves_a_bank():
     """Inference tensors have no version counter: the weights check must neither break the install (it left a
     half-installed bank) nor the serving."""
@@ -924,6 +985,40 @@ def test_installed_pipeline_serves_a_model_object_from_older_remote_code(hub_mod
     assert [(r["label"], r["exit_layer"]) for r in clf(texts, budget=0.5, batch_size=4)] == want
     assert calls == [len(texts)], "the list must run the model's own engine"
     assert [(r["label"], r["exit_layer"]) for r in (clf(t, budget=0.5)[0] for t in texts)] == want
+
+
+def test_a_remote_copy_hands_a_model_of_another_copy_to_that_copys_pipeline(hub_model, tmp_path):
+    """Review 80: without hf_eenet installed, the first remote-code copy loaded registers the dispatcher; a model
+    object from another folder (saved by another hf_eenet version) was served by the first copy's pipeline, which
+    does not know that model code's keywords (``budgets=`` was dropped: the default budget served). A copy now
+    builds the pipeline shipped with the model's own code; the installed package serves every model itself."""
+    import importlib
+    import shutil
+    import uuid
+
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    from hf_eenet.pipeline_eenet import _pipeline_class_of
+
+    models, pipes = [], []
+    for name in ("copy_a", "copy_b"):
+        d = tmp_path / f"eenet_{name}_{uuid.uuid4().hex[:8]}"  # a folder's name is its module package's name
+        shutil.copytree(hub_model.dir, d)
+        cls = get_class_from_dynamic_module("modeling_eenet.EENetBertForSequenceClassification", str(d))
+        models.append(cls.from_pretrained(str(d)).eval())
+        pipes.append(importlib.import_module(cls.__module__.rpartition(".")[0] + ".pipeline_eenet"))
+    (model_a, model_b), (pipe_a, pipe_b) = models, pipes
+    assert pipe_a is not pipe_b and pipe_a.__name__ != "hf_eenet.pipeline_eenet"
+    assert pipe_a._pipeline_class_of(model_b) is pipe_b.EENetTextClassificationPipeline
+    assert pipe_a._pipeline_class_of(model_a) is pipe_a.EENetTextClassificationPipeline
+    assert pipe_a._pipeline_class_of(hub_model.model) is hf_eenet.EENetTextClassificationPipeline  # its own code's
+    assert _pipeline_class_of(model_b) is hf_eenet.EENetTextClassificationPipeline
+    clf = pipe_a.TextClassificationDispatch(model=model_b, tokenizer=hub_model.tok)
+    assert type(clf) is pipe_b.EENetTextClassificationPipeline
+    want = [(r["label"], r["exit_layer"]) for r in
+            hf_eenet.EENetTextClassificationPipeline(model=hub_model.model, tokenizer=hub_model.tok)(
+                hub_model.texts, budget=0.5)]
+    assert [(r["label"], r["exit_layer"]) for r in clf(hub_model.texts, budget=0.5)] == want
 
 
 def test_clean_process_pipeline_honours_budget_or_raises(hub_model, tmp_path):
