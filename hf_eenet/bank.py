@@ -241,8 +241,8 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
     last verdict stands until a weight event in this process (:mod:`.weight_events`: an optimizer step anywhere, a
     ``load_state_dict`` of one of our models, a module / parameter / buffer set on any module) or an in-place write to
     one of the model's tensors (the sum of their version counters: ~0.1 us a tensor per request); then the digest is
-    computed again if a tensor's identity, storage or
-    version counter changed or an optimizer stepped one of this model's parameters, and otherwise if the weights'
+    computed again if a tensor's identity, storage or version counter changed or an optimizer stepped one of this
+    model's parameters, and otherwise if the weights'
     sample changed (a master copy written back through ``.data``, as DeepSpeed ZeRO-1/2 does); an unrelated event
     costs the model one sample."""
     reads = exit_reads_reason(model)  # (config fields: a few comparisons, read on every request)

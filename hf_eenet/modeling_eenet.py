@@ -138,10 +138,10 @@ def _right_align(mask_host: torch.Tensor, input_ids, attention_mask, token_type_
             mask_host.gather(1, order_host))
 
 
-#: config keys a save changes and a caller does not pass to from_pretrained: they tell a config object read from
-#: the config.json a finish replaced (below) from one read after it
 #: the packages of torch's quantised modules (``torch.ao.quantization.quantize_dynamic`` / ``convert``)
 _TORCH_QUANTISED = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")
+#: config keys a save changes and a caller does not pass to from_pretrained: they tell a config object read from
+#: the config.json a finish replaced (below) from one read after it
 _STRUCTURAL_CONFIG_KEYS = ("scheduler_bank", "scheduler_budgets", "exit_costs", "exit_layers", "num_labels",
                            "id2label", "architectures", "transformers_version", "max_seq_length")
 #: a finish by another process this recent may have replaced config.json after a caller read it (DDP ranks load
