@@ -38,6 +38,10 @@ $PY benchmarks/int8_batch_parity.py --model_dir outputs/sst2 --dataset sst2 --da
   --precisions fp32,int8,bf16 --json benchmarks/results/int8_batch_parity_sst2.json
 $PY benchmarks/int8_batch_parity.py --model_dir outputs/ag_news --dataset ag_news --data_dir "$DATA" --max_texts 2000 \
   --json benchmarks/results/int8_batch_parity_ag_news.json
+# a float32-fitted bank served from the model loaded in bf16 / fp16 (realised cost and exits vs float32)
+$PY benchmarks/precision_drift.py --model_dir outputs/sst2 --dataset sst2 --json benchmarks/results/precision_drift_sst2.json
+$PY benchmarks/precision_drift.py --model_dir outputs/ag_news --dataset ag_news --json benchmarks/results/precision_drift_ag_news.json
+$PY benchmarks/precision_drift.py --model_dir outputs/sst5 --dataset sst5 --json benchmarks/results/precision_drift_sst5.json
 
 # 4. Engine overhead, scheduler fit time, training step time.
 $PY benchmarks/bench_early_exit.py --repeats 10 --rounds 3 --json benchmarks/results/early_exit_engine.json

@@ -533,7 +533,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                             "config); drop the flag, or fit the bank at that length (--do_fit_scheduler true), which "
                             "then becomes the length it serves")
     enc = data.tokenize(tok, data_args.max_seq_length)
-    check_pairing(model.config, data.is_pair)
+    if not do_train:  # a model trained here reads the kind of input its training data give (recorded below)
+        check_pairing(model.config, data.is_pair)
     if do_train or args.do_fit_scheduler:  # served (pipeline, early_exit_predict, CLI) at the length trained / fitted
         model.config.max_seq_length = int(data_args.max_seq_length)
     if do_train:

@@ -294,6 +294,14 @@ def _rows_are_pairs(dataset, config, tokenizer=None) -> bool | None:
         return None
 
 
+def _first_rows(dataset, n: int):
+    """The first ``n`` rows of a map-style ``datasets.Dataset`` (a sample that tells their kind cheaply), ``None``
+    for any other dataset (a stream would be read through)."""
+    if not (hasattr(dataset, "select") and hasattr(dataset, "__len__") and hasattr(dataset, "with_format")):
+        return None
+    return dataset.select(range(n)) if len(dataset) > n else dataset
+
+
 def _separator_counts(dataset, sep: int) -> set | None:
     """The distinct numbers of ``sep`` among each row's attended tokens in a ``datasets.Dataset``, counted in Arrow
     (vectorised over the split: a Python loop over 100k rows takes seconds); ``None`` where it cannot count there (not
@@ -456,6 +464,46 @@ def _aligned_class_names(dataset, column: str, config):
     return dataset.align_labels_with_mapping({n: i for i, n in enumerate(model_names)}, column)
 
 
+def _refuse_other_exits(folder, config) -> None:
+    """ValueError when the checkpoint in ``folder`` (its ``config.json``) puts its exits at other layers, pools them
+    otherwise or has another number of classes than the model that resumes from it: its exit heads were trained on
+    other inputs and would load into the model's heads without a shape error. A checkpoint without a readable config
+    is not compared."""
+    from .bank import EXIT_READS, exit_reads
+
+    try:
+        saved = json.loads(Path(folder, "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(saved, dict) or "exit_layers" not in saved:
+        return  # not one of our configs (the stock load decides)
+    ours = {**exit_reads(config), "num_labels": int(getattr(config, "num_labels", 0) or 0)}
+    theirs = {"exit_layers": saved.get("exit_layers"), "exit_pooling": saved.get("exit_pooling") or "cls",
+              "num_labels": len(saved.get("id2label") or {}) or saved.get("num_labels")}
+    differ = [k for k in (*EXIT_READS, "num_labels") if theirs.get(k) is not None and theirs[k] != ours[k]]
+    if differ:
+        raise ValueError(f"resume_from_checkpoint={str(folder)!r}: the checkpoint's "
+                         + ", ".join(f"{k} {theirs[k]}" for k in differ) + " differ from the model's "
+                         + ", ".join(f"{k} {ours[k]}" for k in differ) + ": its exit heads were trained for those "
+                         "and would load into this model's exits; build the model with the checkpoint's config "
+                         "(from_pretrained of the checkpoint folder) or start a new run instead of resuming")
+
+
+def _refuse_labels_out_of_range(labels: torch.Tensor, config) -> None:
+    """ValueError when a batch's single-label class ids (training, or the loss of an evaluation / prediction) lie
+    outside ``[0, config.num_labels)`` (the dataset's own ids, e.g. 1..C, or more classes than the model has),
+    naming both; else nothing."""
+    num = getattr(config, "num_labels", None)
+    if num is None or labels.is_floating_point() or labels.ndim != 1 or not labels.numel():
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num:
+        raise ValueError(f"the labels must be class ids in [0, {num}) (config.num_labels = {num}), but a "
+                         f"batch holds ids from {low} to {high}: map the dataset's labels to 0..{num - 1} first (ids "
+                         "1..C: subtract 1), or build the model with the number of classes of the data (num_labels "
+                         "/ id2label)")
+
+
 def _check_eenet_model(model) -> None:
     """EENetTrainer trains hf_eenet's multi-exit models (a PEFT wrapper of one included)."""
     if not hasattr(model, "multi_exit_loss"):
@@ -558,6 +606,7 @@ class EENetTrainer(Trainer):
         folder = resume_from_checkpoint
         if (model is None or model is self.model) and os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME)) and \
                 any(name.endswith((".safetensors", ".bin")) and name != "training_args.bin" for name in os.listdir(folder)):
+            _refuse_other_exits(folder, self.accelerator.unwrap_model(self.model).config)
             if self._drop_bank_before_training() is not None:
                 warnings.warn(self._set_aside, UserWarning, stacklevel=2)
         return super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -567,7 +616,9 @@ class EENetTrainer(Trainer):
         serve budgets it no longer meets, from the final model and from every checkpoint written during training;
         refit it with :meth:`fit_scheduler` afterwards. A recorded ``config.max_seq_length`` (the length the model
         serves, its bank fitted at) shorter than the training rows (the first 10,000 of a map-style dataset) goes
-        too: the model is trained on longer inputs, and the next fit records the length of its rows. Returns what was removed (for :meth:`_restore_bank`), or
+        too: the model is trained on longer inputs, and the next fit records the length of its rows. A recorded
+        ``config.sentence_pairs`` becomes the kind of the training rows where their first 10,000 tell another kind
+        (a stream, or rows that cannot tell, leave it). Returns what was removed (for :meth:`_restore_bank`), or
         ``None``; the warning to give once training runs is kept in ``self._set_aside``."""
         model = self.accelerator.unwrap_model(self.model)
         _check_eenet_model(model)
@@ -576,10 +627,18 @@ class EENetTrainer(Trainer):
         recorded = getattr(config, "max_seq_length", None)
         lengths = _row_lengths(self.train_dataset, max_rows=10_000) if recorded else None  # a sample of them
         longer = lengths is not None and len(lengths) and int(lengths.max()) > recorded
+        pairs = getattr(config, "sentence_pairs", None)
+        # the kind of input it was trained on (pairs / single texts) is what the new training rows are: a model
+        # trained on pairs and fine-tuned on single texts reads single texts (None where the rows cannot tell)
+        now_pairs = pairs
+        sample = _first_rows(self.train_dataset, 10_000) if pairs is not None else None  # (a stream is not read)
+        if sample is not None:
+            told = _rows_are_pairs(sample, config, self.processing_class)
+            now_pairs = pairs if told is None else told  # rows that cannot tell leave the record as it is
         self._set_aside = None
-        if not budgets and not longer:
+        if not budgets and not longer and now_pairs == pairs:
             return None
-        saved = (model, model.eenet_schedulers, budgets, config.scheduler_bank, config.default_budget, recorded)
+        saved = (model, model.eenet_schedulers, budgets, config.scheduler_bank, config.default_budget, recorded, pairs)
         notes = []
         if budgets:
             model.clear_scheduler_bank()
@@ -591,15 +650,46 @@ class EENetTrainer(Trainer):
             notes.append(f"the training rows are up to {int(lengths.max())} tokens long, the model served {recorded} "
                          "(config.max_seq_length): the recorded length was removed; fit_scheduler records the length "
                          "of its rows")
+        if now_pairs != pairs:
+            config.sentence_pairs = now_pairs
+            kind = {True: "sentence pairs", False: "single texts"}
+            notes.append(f"the model was trained on {kind[pairs]} (config.sentence_pairs) and now trains on "
+                         f"{kind[now_pairs]}: config.sentence_pairs is now {now_pairs}")
         self._set_aside = "; ".join(notes)
         return saved
 
     def _restore_bank(self, saved) -> None:
-        model, schedulers, budgets, records, default, length = saved
+        model, schedulers, budgets, records, default, length, pairs = saved
         model.eenet_schedulers = schedulers
         model.config.scheduler_budgets, model.config.scheduler_bank = budgets, records
         model.config.default_budget, model.config.max_seq_length = default, length
+        model.config.sentence_pairs = pairs
         self._set_aside = None
+
+    def _get_dataloader(self, dataset, *args, **kwargs):
+        """The stock loader of a dataset whose ``ClassLabel`` label column counts the model's classes in its order:
+        train, evaluate and predict read labels as :meth:`fit_scheduler` does (:func:`_aligned_class_names`), so a
+        dataset that encodes the model's class names in another order is not trained on permuted labels."""
+        return super()._get_dataloader(self._labels_in_model_order(dataset), *args, **kwargs)
+
+    def _labels_in_model_order(self, dataset):
+        """``dataset`` re-encoded by :func:`_aligned_class_names` when its label column is a ``ClassLabel`` in
+        another order than ``config.id2label`` (re-encoded once per dataset version: evaluation every epoch does not
+        map it again); other datasets as they are."""
+        columns = getattr(dataset, "column_names", None)
+        names = [c for c in (columns or []) if c in {"labels", "label", "label_ids", *(self.label_names or [])}]
+        feature = (getattr(dataset, "features", None) or {}).get(names[0]) if names else None
+        if feature is None or type(feature).__name__ != "ClassLabel":
+            return dataset
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        key = (getattr(dataset, "_fingerprint", None) or id(dataset), names[0],
+               json.dumps(getattr(config, "id2label", None) or {}, sort_keys=True, default=str))
+        cache = self.__dict__.setdefault("_label_aligned", {})
+        if key not in cache:
+            if len(cache) >= 8:
+                cache.clear()
+            cache[key] = (dataset, _aligned_class_names(dataset, names[0], config))  # (the source kept: its id)
+        return cache[key][1]
 
     def _set_signature_columns_if_needed(self) -> None:
         """The stock columns (the forward's arguments) minus the serving-only ones: a dataset column that happens to
@@ -622,7 +712,11 @@ class EENetTrainer(Trainer):
         core = self.accelerator.unwrap_model(model)
         # label_smoothing_factor (TrainingArguments) smooths every exit's cross-entropy, as LabelSmoother does the
         # stock model's one head
-        loss = core.multi_exit_loss(outputs.exit_logits, labels, label_smoothing=self.args.label_smoothing_factor)
+        try:
+            loss = core.multi_exit_loss(outputs.exit_logits, labels, label_smoothing=self.args.label_smoothing_factor)
+        except IndexError:  # torch's "Target 2 is out of bounds": say which labels and what to do
+            _refuse_labels_out_of_range(labels, core.config)
+            raise
         if self._distillation_active() and outputs.exit_logits.shape[1] > 1:
             t = self.distill_temperature
             teacher = F.softmax(outputs.exit_logits[:, -1].detach().float() / t, dim=-1)  # detached teacher
@@ -896,7 +990,7 @@ class EENetTrainer(Trainer):
 
         if values.dtype.kind == "i" and values.ndim == 1 and num_labels is not None and (values < 0).any():
             check(values)  # before re-encoding a ClassLabel (which fails on -1 with a message of its own)
-        aligned = _aligned_class_names(dataset, names[0], config)
+        aligned = self._labels_in_model_order(dataset)  # (_aligned_class_names, once per dataset version)
         if aligned is not dataset:  # ids re-encoded in the model's order
             dataset, values = aligned, np.asarray(aligned[names[0]])
         if values.dtype.kind in "USO" and values.ndim == 1:  # strings (or None): not class ids
@@ -967,8 +1061,9 @@ class EENetTrainer(Trainer):
         shorter than it are recorded as the served length when the config has none (with a warning), and warned
         about when it has one (the bank would serve at another length). Where the dataset still holds its text
         columns, they decide (:func:`_truncation_evidence`): templated texts of one length are whole texts, not a
-        truncation, and record nothing. ``tokenized_max_length`` (the ``max_length`` the caller tokenized the rows
-        with) replaces the guess (:meth:`_stated_fitting_length`)."""
+        truncation, and record nothing; without them, a guessed cut shorter than the trainer's training rows (the
+        first 10,000) is warned about and not recorded. ``tokenized_max_length`` (the ``max_length`` the caller
+        tokenized the rows with) replaces the guess (:meth:`_stated_fitting_length`)."""
         from .configuration_eenet import max_input_tokens
 
         limit = max_input_tokens(model.config, self.processing_class, recorded=False)  # what the model can take
@@ -1013,6 +1108,15 @@ class EENetTrainer(Trainer):
                           UserWarning, stacklevel=3)
         if given is not None or not truncated or longest == served:
             return given
+        trained = _row_lengths(self.train_dataset, max_rows=10_000) if not evidence else None
+        if recorded is None and trained is not None and len(trained) and int(trained.max()) > longest:
+            # a guess only (no text column to tell): rows the model trained on are longer, so one short length
+            # shared by many validation rows (one-word rows, a template) is no evidence of a cut; nothing recorded
+            warnings.warn(f"{looks}, but the training rows are up to {int(trained.max())} tokens long: no length is "
+                          f"recorded (the pipeline serves up to {served} tokens); if the validation rows were cut at "
+                          f"{longest}, tokenize them as the training rows, or pass max_seq_length={longest} to serve "
+                          "at that length", UserWarning, stacklevel=3)
+            return None
         if recorded is None:
             warnings.warn(f"{looks}: the bank is fitted at that length, so config.max_seq_length = "
                           f"{longest} is recorded and the pipeline truncates served inputs to it"

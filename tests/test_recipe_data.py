@@ -292,6 +292,12 @@ def test_cli_refuses_pairs_for_a_single_text_model_and_reads_no_unknown_labels(c
           "--label_column_name", "sentiment", "--budgets", "0.6", "--scheduler_max_epochs", "5",
           "--scheduler_restarts", "1", "--scheduler_selection_folds", "0"])
     assert "validation = a seeded hold-out of --train_file" in capsys.readouterr().err
+    # training the single-text model further on pairs is a new training run, not a mismatch: it reads pairs now
+    # (refused before the run started: "the model was trained on single texts but the data give a sentence pair")
+    again = tmp_path / "on_pairs"
+    main(["train", "--train_file", pairs, "--validation_file", pairs, "--text_column_names", "review,other",
+          "--label_column_name", "sentiment", "--do_train", *common_flags(str(out), again)])
+    assert json.loads((again / "config.json").read_text())["sentence_pairs"] is True
 
 
 def test_model_serves_the_length_it_was_trained_and_fitted_at(csv_run, csv_data, tmp_path, capsys):

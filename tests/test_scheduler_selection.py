@@ -223,3 +223,19 @@ def test_candidates_that_ties_keep_off_the_budget_are_named_in_fit_info():
     one_row = COSTS[-1] / (info["selection_rows"] // info["selection_folds"])  # a row of the smallest fold
     off = [cd for cd in info["candidates"] if abs(cd["cost"] - 0.5) > max(0.005, one_row)]
     assert off and all(f"{cd['name']} / {cd['plan']} shares spent {cd['cost'] / 0.5:.3f}x" in note for cd in off)
+
+
+def test_a_fit_on_too_few_rows_to_meet_its_budget_says_so():
+    """A handful of fitting rows cannot average to the budget (one row moves the mean by the last exit's cost / n):
+    a miss over 1 % warns and names the number of rows (a 2-row fit at B = 0.5 spent 0.625 without a word before,
+    as the tie warning fired only past one row's cost). Enough rows: no warning."""
+    import warnings
+
+    probs, labels = make_data(4, seed=2)
+    with pytest.warns(RuntimeWarning, match=r"instead of the planned .*with 4 rows one row moves the average cost"):
+        s = EENetScheduler(restarts=0, max_epochs=2, selection_folds=0).fit(probs, labels, COSTS, 0.37)
+    assert abs(realized_cost(s.exit_index(probs)) - 0.37) > 0.01 * 0.37
+    probs, labels = make_data(600, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        EENetScheduler(restarts=0, max_epochs=2).fit(probs, labels, COSTS, 0.37)

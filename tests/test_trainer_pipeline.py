@@ -629,6 +629,127 @@ def test_fit_scheduler_reads_class_labels_by_the_models_class_names(tok, tmp_pat
         trainer.collect_exit_predictions(partial, require_labels=False)
 
 
+def test_train_and_evaluate_read_class_labels_by_the_models_class_names(tok, tmp_path):
+    """Training and evaluation read a ClassLabel column in another order by name, as the bank's fit does (they read
+    the raw ids before: evaluate() said accuracy 1.0 on the data's ids while the bank was fitted on permuted labels,
+    accuracy 0.0, and the pipeline served swapped labels)."""
+    from datasets import ClassLabel
+
+    def flipped(n, seed):
+        return toy_dataset(tok, n, seed=seed).map(lambda b: {"labels": [1 - y for y in b["labels"]]}, batched=True
+                                                  ).cast_column("labels", ClassLabel(names=["positive", "negative"]))
+
+    model = toy_model(seed=1)  # id2label {0: negative, 1: positive}
+    trainer = hf_eenet.EENetTrainer(
+        model=model, args=targs(tmp_path, num_train_epochs=3, per_device_train_batch_size=32, learning_rate=3e-3),
+        train_dataset=flipped(512, 1), eval_dataset=flipped(128, 2), processing_class=tok,
+        data_collator=DataCollatorWithPadding(tok))
+    trainer.train()
+    ev = trainer.evaluate()
+    info = trainer.fit_scheduler(budgets=[0.8], restarts=1, max_epochs=2)
+    assert ev["eval_accuracy"] > 0.8 and info[0.8]["validation"]["accuracy"] > 0.8, (ev, info)
+    model.eval()
+    enc = tok(["a good great superb film", "a bad awful boring film"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pred = model(**enc).logits.argmax(-1).tolist()
+    assert [model.config.id2label[i] for i in pred] == ["positive", "negative"]
+    maps = [src for src, aligned in trainer._label_aligned.values() if aligned is not src]
+    assert len(maps) == 2  # each dataset re-encoded once (evaluation every epoch and the fit reuse it)
+
+
+def test_training_labels_out_of_range_are_named(tok, tmp_path):
+    """Labels 1..C (or more classes than the model has) stop training, evaluation and the fit on a torch Dataset with
+    an error that names the range and the fix (was torch's bare IndexError 'Target 2 is out of bounds')."""
+    shifted = toy_dataset(tok, 32, seed=3).map(lambda b: {"labels": [y + 1 for y in b["labels"]]}, batched=True)
+    trainer = hf_eenet.EENetTrainer(model=toy_model(seed=1), args=targs(tmp_path, max_steps=1), train_dataset=shifted,
+                                    processing_class=tok, data_collator=DataCollatorWithPadding(tok))
+    with pytest.raises(ValueError, match=r"labels must be class ids in \[0, 2\).*ids from [12] to 2.*subtract 1"):
+        trainer.train()
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(shifted)
+
+        def __getitem__(self, i):
+            return shifted[i]
+
+    with pytest.raises(ValueError, match=r"labels must be class ids in \[0, 2\)"):
+        trainer.fit_scheduler(Rows(), budgets=[0.5])
+
+
+def test_a_model_trained_on_pairs_and_then_on_single_texts_reads_single_texts(tok, tmp_path):
+    """Fine-tuning a pair model on single texts records single texts (config.sentence_pairs stayed True before: no bank
+    could be fitted on the retrained model and its pipeline refused single texts); training on pairs again keeps it;
+    a run that fails before a step leaves the record as it was."""
+    texts, labels = toy_texts(64, seed=9)
+    pairs = Dataset.from_dict({"a": texts, "b": texts[::-1], "labels": labels}).map(
+        lambda b: tok(b["a"], b["b"], truncation=True, max_length=48), batched=True, remove_columns=["a", "b"])
+    single = toy_dataset(tok, 64, seed=8)
+    model = toy_model(seed=4)
+    model.config.sentence_pairs = True
+    for data, want in ((pairs, True), (single, False)):
+        trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, max_steps=2, per_device_train_batch_size=16),
+                                        train_dataset=data, processing_class=tok,
+                                        data_collator=DataCollatorWithPadding(tok))
+        trainer.train()
+        assert model.config.sentence_pairs is want
+    trainer.fit_scheduler(single, budgets=[0.5], restarts=1, max_epochs=2)
+    assert model.config.scheduler_budgets == [0.5] and model.config.sentence_pairs is False
+    model.config.sentence_pairs = True  # as loaded from a pair model
+    broken = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, max_steps=2), train_dataset=single,
+                                   processing_class=tok, data_collator=lambda rows: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        broken.train()
+    assert model.config.sentence_pairs is True and model.config.scheduler_budgets == [0.5]  # restored as it was
+
+
+def test_resuming_from_a_checkpoint_with_other_exits_is_refused(tok, tmp_path):
+    """A checkpoint whose exits sit at other layers, pool otherwise or count other classes is refused by name (its
+    heads loaded silently into the resuming model's exits before: a head trained for layer 2 served layer 1)."""
+    data = toy_dataset(tok, 32, seed=5)
+    kw = dict(per_device_train_batch_size=8, max_steps=2, save_strategy="steps", save_steps=2)
+    hf_eenet.EENetTrainer(model=toy_model(seed=6, exit_layers=[2, 4]), args=targs(tmp_path, **kw), train_dataset=data,
+                          processing_class=tok, data_collator=DataCollatorWithPadding(tok)).train()
+    ckpt = tmp_path / "out" / "checkpoint-2"
+    for over, match in ((dict(exit_layers=[1, 4]), r"exit_layers \[2, 4\] differ from the model's exit_layers \[1, 4\]"),
+                        (dict(exit_layers=[2, 4], exit_pooling="mean"), r"exit_pooling cls differ .* exit_pooling mean")):
+        model = toy_model(seed=9, **over)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path / "b", **dict(kw, max_steps=3)),
+                                        train_dataset=data, processing_class=tok,
+                                        data_collator=DataCollatorWithPadding(tok))
+        with pytest.raises(ValueError, match=match):
+            trainer.train(resume_from_checkpoint=str(ckpt))
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # nothing loaded
+    resumed = toy_model(seed=9, exit_layers=[2, 4])  # the checkpoint's own exits resume
+    hf_eenet.EENetTrainer(model=resumed, args=targs(tmp_path / "c", **dict(kw, max_steps=3)), train_dataset=data,
+                          processing_class=tok, data_collator=DataCollatorWithPadding(tok)).train(
+        resume_from_checkpoint=str(ckpt))
+
+
+def test_one_word_validation_rows_are_not_taken_for_a_cut_shorter_than_the_training_rows(tok, tmp_path):
+    """Validation rows all of one short length (one word each, the text column removed) are no evidence of a cut when
+    the training rows are longer: warned about, nothing recorded (config.max_seq_length = 3 was recorded before, and
+    the pipeline served '[CLS] <first word> [SEP]')."""
+    rng = np.random.default_rng(2)
+    ys = rng.integers(0, 2, 64).tolist()
+    words = [str(rng.choice(WORDS_POS if y else WORDS_NEG)) for y in ys]
+    val = Dataset.from_dict({"text": words, "labels": ys}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=32), batched=True, remove_columns=["text"])
+    model = toy_model(seed=1)
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, max_steps=2), train_dataset=toy_dataset(tok, 64, 1),
+                                    processing_class=tok, data_collator=DataCollatorWithPadding(tok))
+    trainer.train()
+    with pytest.warns(UserWarning, match=r"look truncated at 3 tokens.*training rows are up to \d+ tokens long: no length"):
+        trainer.fit_scheduler(val, budgets=[0.5], restarts=1, max_epochs=2)
+    assert model.config.max_seq_length is None
+    alone = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), processing_class=tok,
+                                  data_collator=DataCollatorWithPadding(tok))  # no training rows to compare: the guess
+    with pytest.warns(UserWarning, match=r"config.max_seq_length = 3 is recorded"):
+        alone.fit_scheduler(val, budgets=[0.5], restarts=1, max_epochs=2)
+    assert model.config.max_seq_length == 3
+
+
 def test_fit_scheduler_records_and_checks_sentence_pairs_and_names_string_labels(tok, tmp_path):
     """The bank is fitted on pairs or single texts (the rows' token types tell): a model recorded as the other kind
     is refused (its pipeline would never serve such inputs), an unrecorded one records what it was fitted on, and a
