@@ -219,6 +219,7 @@ def precision_drift_lines() -> list[str]:
     files = sorted((ROOT / "benchmarks" / "results").glob("precision_drift_*.json"))
     if not files:
         return []
+    worst = 0.0
     lines = ["Serving a float32-fitted bank from the model loaded in bf16 / fp16 (`dtype=` at load; "
              f"`benchmarks/precision_drift.py`, {', '.join(f'`{f.relative_to(ROOT)}`' for f in files)}; test texts, "
              "every budget of the bank, largest value over budgets shown):", "",
@@ -230,11 +231,12 @@ def precision_drift_lines() -> list[str]:
         for prec in dict.fromkeys(r["precision"] for r in p["rows"] if r["precision"] != "fp32"):
             rs = [r for r in p["rows"] if r["precision"] == prec]
             cost = max((r["cost_minus_fp32"] for r in rs), key=abs)
+            worst = max(worst, abs(cost))
             acc = max((100 * (r["accuracy"] - fp32[r["budget"]]["accuracy"]) for r in rs), key=abs)
             lines.append(f"| {p['dataset']} ({p['rows_scored']:,} rows) | {prec} | {cost:+.4f} | "
                          f"{100 * max(r['exit_differs_from_fp32'] for r in rs):.1f} % | {acc:+.2f} |")
-    return lines + ["", "On this CPU the realised cost moved by at most 0.002 of the full model's cost from the float32 "
-                    "bank's: these models need no refit to serve in half precision (GPU half-precision kernels round "
+    return lines + ["", f"On this CPU the realised cost moved by at most {worst:.4f} of the full model's cost from the "
+                    "float32 bank's: these models need no refit to serve in half precision (GPU half-precision kernels round "
                     "differently; not measured). A model whose exits are less confident (a small "
                     "or barely trained one) can drift more; refit its bank on the cast model's validation outputs "
                     "(`EENetTrainer.fit_scheduler` on the cast model) when it does.", ""]

@@ -36,8 +36,12 @@ from recipes.presets import default_data_dir, load_task, preset_names  # noqa: E
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def exit_probs(model, tok, texts, pairs=None, batch_size=64, max_length=128) -> torch.Tensor:
-    """``[N, K, C]`` float32 probabilities of every exit (all-exits forward, the model in its own dtype)."""
+def exit_probs(model, tok, texts, pairs=None, batch_size=64) -> torch.Tensor:
+    """``[N, K, C]`` float32 probabilities of every exit (all-exits forward, the model in its own dtype), inputs
+    truncated to the length the model serves (``max_input_tokens``: its recorded ``config.max_seq_length``)."""
+    from hf_eenet.configuration_eenet import max_input_tokens
+
+    max_length = max_input_tokens(model.config, tok)
     out = []
     with torch.inference_mode():
         for i in tqdm(range(0, len(texts), batch_size), desc=f"exits ({model.dtype})", leave=False):

@@ -127,19 +127,27 @@ def thresholds_from_counts(scores: torch.Tensor, counts: torch.Tensor) -> list[f
 
 
 def _warn_if_ties(realized: float, planned: float, c: torch.Tensor, n: int, who: str, where: str,
-                  stacklevel: int) -> None:
-    """Warn when the thresholds miss the planned cost by more than 1 %: by more than one row's cost, tied scores
-    cannot be split; by less, the rows are too few for the average to come closer (one row moves it by up to the
-    last exit's cost / n: a 2-row fit at budget 0.5 can only spend 0.5 or 0.625 ... of a 4-exit model)."""
-    miss = abs(realized - planned)
-    if miss <= 0.01 * planned:
+                  stacklevel: int, budget: float | None = None) -> None:
+    """Warn when the thresholds miss their cost by more than 1 %.
+
+    * Against the planned cost (the plan's own rounded counts): by more than one row's cost, tied utility scores
+      cannot be split by thresholds.
+    * Against ``budget`` (given where the plan aims at it: not learned shares without budget matching): the rows
+      are too few for an average to come closer (one row moves it by up to the last exit's cost / n: a 2-row fit at
+      budget 0.5 of a 4-exit model can only spend 0.375, 0.5 or 0.625 ...; a learned plan rounds its counts so)."""
+    step = float(c[-1]) / n
+    target, name, miss = planned, "planned", abs(realized - planned)
+    if miss > max(0.01 * planned, step):
+        why = "tied utility scores (e.g. duplicate rows) cannot be split by thresholds"
+    elif budget is not None and abs(realized - budget) > 0.01 * budget:
+        target, name = budget, "budget"
+        why = (f"with {n} rows one row moves the average cost by up to {step:.3g}, so it cannot come closer; fit on "
+               "more rows (a few hundred make the step below 1 % of most budgets)")
+    else:
         return
-    why = ("tied utility scores (e.g. duplicate rows) cannot be split by thresholds" if miss > float(c[-1]) / n else
-           f"with {n} rows one row moves the average cost by up to {float(c[-1]) / n:.3g}, so it cannot come closer; "
-           "fit on more rows (a few hundred make the step below 1 % of most budgets)")
     warnings.warn(f"{who}: the thresholds give an average cost of {realized:.6g} on {where} instead of the "
-                  f"planned {planned:.6g} ({100 * (realized - planned) / planned:+.1f} %): {why}",
-                  RuntimeWarning, stacklevel=stacklevel)
+                  f"{name} {target:.6g} "
+                  f"({100 * (realized - target) / target:+.1f} %): {why}", RuntimeWarning, stacklevel=stacklevel)
 
 
 def first_exit(scores: torch.Tensor, thresholds) -> torch.Tensor:
@@ -254,7 +262,7 @@ class _FitMixin:
             # how far the traffic's true mean cost can sit from the matched one by sampling alone (one SE)
             standard_error = float(per_row.std(unbiased=True)) / math.sqrt(n)
             _warn_if_ties(realized, planned, c, n, f"EENetScheduler.rematch_budget (budget {budget:g})",
-                          "these rows", stacklevel=3)
+                          "these rows", stacklevel=3, budget=budget if self._aims_at_budget(plan) else None)
             with torch.no_grad():
                 self.exit_thresholds.copy_(torch.tensor(thresholds, dtype=torch.float32))
                 self.planned_cost_value.fill_(realized)
@@ -426,6 +434,11 @@ class _FitMixin:
         m = int(round(mix * n))
         counts[k], counts[k + 1] = n - m, m
         return counts
+
+    def _aims_at_budget(self, plan) -> bool:
+        """Whether a plan's thresholds aim at B (all but learned shares without budget matching, the paper's plain
+        pi_bar)."""
+        return plan != "learned" or bool(self.match_budget)
 
     def _plan_thresholds(self, plan, scores, log_pi_bar, c, budget):
         """(thresholds (list of float32 values), planned cost) for a plan on these rows' raw scores [n, K]. The
@@ -629,7 +642,8 @@ class _FitMixin:
         thresholds, planned = self._plan_thresholds(chosen["plan"], scores_all, log_pi_all, c, budget)
         exits = first_exit(scores_all, thresholds)
         realized = float(c[exits].mean())
-        _warn_if_ties(realized, planned, c, n, "EENetScheduler", "the fitting data", stacklevel=4)
+        _warn_if_ties(realized, planned, c, n, "EENetScheduler", "the fitting data", stacklevel=4,
+                      budget=budget if self._aims_at_budget(chosen["plan"]) else None)
         with torch.no_grad():
             self.exit_thresholds.copy_(torch.tensor(thresholds, dtype=torch.float32))
             self.exit_costs.copy_(c)

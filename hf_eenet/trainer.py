@@ -431,37 +431,45 @@ def _truncation_evidence(dataset, tokenizer, length: int, max_rows: int = 512) -
         return None
 
 
-def _aligned_class_names(dataset, column: str, config):
-    """``dataset`` whose ``ClassLabel`` column ``column`` counts its classes in the model's order (``config.id2label``):
-    a dataset that encodes the same class names in another order (``ClassLabel(names=["positive", "negative"])`` for a
-    model with ``{0: "negative", 1: "positive"}``) would otherwise fit the bank on permuted labels without a word.
+def _aligned_class_names(dataset, column: str, config, unknown: str = "raise") -> tuple:
+    """``(dataset, kept)``: ``dataset`` whose ``ClassLabel`` column ``column`` counts its classes in the model's order
+    (``config.id2label``): a dataset that encodes the same class names in another order (``ClassLabel(names=
+    ["positive", "negative"])`` for a model with ``{0: "negative", 1: "positive"}``) would otherwise be trained on,
+    and fit the bank on, permuted labels without a word.
     Names are matched case-insensitively and re-encoded with ``datasets``' ``align_labels_with_mapping`` (what
     ``run_classification.py`` does with a model's label names). A model without class names (``LABEL_0`` ...) reads
     the ids as given, unless every name of the column is one of those generic names (any case; then they are aligned
-    as names); names the model does not have are a ValueError that lists both sets."""
+    as names); names the model does not have are a ValueError that lists both sets (``unknown="keep"``: the ids are
+    read as given, as the stock ``Trainer`` does: fine-tuning on another dataset's classes; ``kept`` lists those
+    names, else it is empty)."""
     feature = (getattr(dataset, "features", None) or {}).get(column)
     id2label = getattr(config, "id2label", None) or {}
     model_names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
     if feature is None or type(feature).__name__ != "ClassLabel" or not model_names:
-        return dataset
+        return dataset, []
     data_names = [str(n) for n in feature.names]
     known = {m.lower() for m in model_names}
     if (all(n == f"LABEL_{i}" for i, n in enumerate(model_names))
             and not {n.lower() for n in data_names} <= known):
-        return dataset  # generic model names: the column's own names say nothing about the model's ids
+        return dataset, []  # generic model names: the column's own names say nothing about the model's ids
     if [n.lower() for n in data_names] == [n.lower() for n in model_names]:
-        return dataset
-    unknown = sorted({n for n in data_names if n.lower() not in known})
-    if unknown:
+        return dataset, []
+    strangers = sorted({n for n in data_names if n.lower() not in known})
+    if strangers and unknown == "keep":
+        return dataset, strangers
+    if strangers:
         raise ValueError(f"label column {column!r} is a ClassLabel with classes {data_names}, but the model's classes "
-                         f"are {model_names} (config.id2label): {unknown} are not among them, so the labels cannot "
+                         f"are {model_names} (config.id2label): {strangers} are not among them, so the labels cannot "
                          "be read as the model's classes (if the ids already follow the model's order, cast the "
                          f"column to plain ids: dataset.cast_column({column!r}, Value('int64')))")
     if not hasattr(dataset, "align_labels_with_mapping"):
         raise ValueError(f"label column {column!r} counts the classes in another order ({data_names}) than the model "
-                         f"({model_names}, config.id2label): align it first, e.g. "
-                         f"dataset.align_labels_with_mapping(model.config.label2id, {column!r}) before streaming it")
-    return dataset.align_labels_with_mapping({n: i for i, n in enumerate(model_names)}, column)
+                         f"({model_names}, config.id2label), and a stream cannot be re-encoded here: re-encode it "
+                         f"first, e.g. dataset.map(lambda r: {{{column!r}: model.config.label2id[{data_names!r}"
+                         f"[r[{column!r}]]]}}).cast_column({column!r}, ClassLabel(names={model_names!r})), or align "
+                         f"the Dataset (dataset.align_labels_with_mapping(model.config.label2id, {column!r})) before "
+                         "streaming it")
+    return dataset.align_labels_with_mapping({n: i for i, n in enumerate(model_names)}, column), []
 
 
 def _refuse_other_exits(folder, config) -> None:
@@ -489,19 +497,41 @@ def _refuse_other_exits(folder, config) -> None:
                          "(from_pretrained of the checkpoint folder) or start a new run instead of resuming")
 
 
-def _refuse_labels_out_of_range(labels: torch.Tensor, config) -> None:
-    """ValueError when a batch's single-label class ids (training, or the loss of an evaluation / prediction) lie
-    outside ``[0, config.num_labels)`` (the dataset's own ids, e.g. 1..C, or more classes than the model has),
-    naming both; else nothing."""
+def _label_range_problem(values, num: int) -> str | None:
+    """Why single-label class ids ``values`` (any integer array) do not fit ``num`` classes, else ``None``: ids outside
+    ``[0, num)``, the ignore index -100 aside. -1 marks an unlabelled split (GLUE's hidden test labels)."""
+    v = np.asarray(values)
+    v = v[v != -100]
+    if not v.size or (v.min() >= 0 and v.max() < num):
+        return None
+    if set(np.unique(v[(v < 0) | (v >= num)]).tolist()) == {-1}:
+        return (f"labels -1 mark rows without a label (an unlabelled split, e.g. GLUE's hidden test labels), which no "
+                f"loss can be computed on: drop the label column to predict them (dataset.remove_columns(...)), or "
+                f"keep only labelled rows to train / evaluate")
+    low, high = int(v.min()), int(v.max())
+    return (f"the labels must be class ids in [0, {num}) (config.num_labels = {num}), but they run from {low} to "
+            f"{high}: map the dataset's labels to 0..{num - 1} first (ids 1..C: subtract 1), or build the model with "
+            "the number of classes of the data (num_labels / id2label)")
+
+
+def _reads_class_ids(config) -> int | None:
+    """The number of classes where the model reads its labels as single-label class ids, else ``None`` (regression,
+    multi-label)."""
     num = getattr(config, "num_labels", None)
+    if not num or num < 2 or getattr(config, "problem_type", None) not in (None, "single_label_classification"):
+        return None
+    return int(num)
+
+
+def _refuse_labels_out_of_range(labels: torch.Tensor, config) -> None:
+    """ValueError (:func:`_label_range_problem`) when a batch's single-label class ids (training, or the loss of an
+    evaluation / prediction) do not fit the model's classes; else nothing."""
+    num = _reads_class_ids(config)
     if num is None or labels.is_floating_point() or labels.ndim != 1 or not labels.numel():
         return
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= num:
-        raise ValueError(f"the labels must be class ids in [0, {num}) (config.num_labels = {num}), but a "
-                         f"batch holds ids from {low} to {high}: map the dataset's labels to 0..{num - 1} first (ids "
-                         "1..C: subtract 1), or build the model with the number of classes of the data (num_labels "
-                         "/ id2label)")
+    problem = _label_range_problem(labels.detach().cpu().numpy(), num)
+    if problem:
+        raise ValueError(problem)
 
 
 def _check_eenet_model(model) -> None:
@@ -667,29 +697,55 @@ class EENetTrainer(Trainer):
         self._set_aside = None
 
     def _get_dataloader(self, dataset, *args, **kwargs):
-        """The stock loader of a dataset whose ``ClassLabel`` label column counts the model's classes in its order:
-        train, evaluate and predict read labels as :meth:`fit_scheduler` does (:func:`_aligned_class_names`), so a
-        dataset that encodes the model's class names in another order is not trained on permuted labels."""
-        return super()._get_dataloader(self._labels_in_model_order(dataset), *args, **kwargs)
+        """The stock loader, of ``dataset`` with its labels read as the model reads them (:meth:`_labels_in_model_order`:
+        train, evaluate and predict read labels as :meth:`fit_scheduler` does)."""
+        return super()._get_dataloader(self._labels_in_model_order(dataset, strict=False), *args, **kwargs)
 
-    def _labels_in_model_order(self, dataset):
-        """``dataset`` re-encoded by :func:`_aligned_class_names` when its label column is a ``ClassLabel`` in
-        another order than ``config.id2label`` (re-encoded once per dataset version: evaluation every epoch does not
-        map it again); other datasets as they are."""
+    def _labels_in_model_order(self, dataset, strict: bool = True):
+        """``dataset`` with its label column (``labels`` / ``label`` / ``label_ids`` / ``label_names``) as the model
+        reads it, checked once per dataset version (evaluation every epoch does not read it again):
+
+        * a ``ClassLabel`` that counts the model's class names in another order is re-encoded in the model's order
+          (:func:`_aligned_class_names`), with a warning: a dataset encoding ``["positive", "negative"]`` for a model
+          with ``{0: "negative", 1: "positive"}`` would otherwise be trained on permuted labels; ``label_ids`` of
+          ``predict`` are then the model's ids. Class names the model does not have: ``strict`` (the bank's fit) a
+          ValueError; else (train / evaluate / predict) the ids as given, as the stock ``Trainer`` reads them.
+        * ``strict=False``: integer class ids of a ``datasets.Dataset`` outside the model's classes are a ValueError
+          that names them (:func:`_label_range_problem`) before any batch runs (on a GPU, torch's loss would stop
+          with a device-side assert instead)."""
         columns = getattr(dataset, "column_names", None)
         names = [c for c in (columns or []) if c in {"labels", "label", "label_ids", *(self.label_names or [])}]
-        feature = (getattr(dataset, "features", None) or {}).get(names[0]) if names else None
-        if feature is None or type(feature).__name__ != "ClassLabel":
+        if not names or not hasattr(dataset, "features"):
             return dataset
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
         key = (getattr(dataset, "_fingerprint", None) or id(dataset), names[0],
                json.dumps(getattr(config, "id2label", None) or {}, sort_keys=True, default=str))
         cache = self.__dict__.setdefault("_label_aligned", {})
-        if key not in cache:
-            if len(cache) >= 8:
-                cache.clear()
-            cache[key] = (dataset, _aligned_class_names(dataset, names[0], config))  # (the source kept: its id)
-        return cache[key][1]
+        if key in cache:
+            source, aligned, kept = cache[key]
+            if strict and kept:  # kept as given for training; the bank's fit refuses names it cannot read
+                _aligned_class_names(dataset, names[0], config)
+            return aligned
+        feature = (dataset.features or {}).get(names[0])
+        num = _reads_class_ids(config)
+        if not strict and num is not None and hasattr(dataset, "__len__") and hasattr(dataset, "with_format") \
+                and type(feature).__name__ in ("ClassLabel", "Value") and str(getattr(feature, "dtype", "int64")
+                                                                             ).startswith(("int", "uint")):
+            problem = _label_range_problem(dataset.with_format(None)[names[0]], num)
+            if problem:
+                raise ValueError(f"label column {names[0]!r}: {problem}")
+        aligned, kept = dataset, []
+        if type(feature).__name__ == "ClassLabel":
+            aligned, kept = _aligned_class_names(dataset, names[0], config, unknown="raise" if strict else "keep")
+            if aligned is not dataset:
+                warnings.warn(f"label column {names[0]!r} is a ClassLabel with classes {list(feature.names)}, which "
+                              f"are the model's classes {list(aligned.features[names[0]].names)} (config.id2label) "
+                              "in another order: its ids are re-encoded in the model's order, so labels, metrics and "
+                              "predict().label_ids use the model's ids", UserWarning, stacklevel=4)
+        if len(cache) >= 8:
+            cache.clear()
+        cache[key] = (dataset, aligned, kept)  # (the source kept: its id stays unique while the entry lives)
+        return aligned
 
     def _set_signature_columns_if_needed(self) -> None:
         """The stock columns (the forward's arguments) minus the serving-only ones: a dataset column that happens to
@@ -1061,8 +1117,8 @@ class EENetTrainer(Trainer):
         shorter than it are recorded as the served length when the config has none (with a warning), and warned
         about when it has one (the bank would serve at another length). Where the dataset still holds its text
         columns, they decide (:func:`_truncation_evidence`): templated texts of one length are whole texts, not a
-        truncation, and record nothing; without them, a guessed cut shorter than the trainer's training rows (the
-        first 10,000) is warned about and not recorded. ``tokenized_max_length`` (the ``max_length`` the caller
+        truncation, and record nothing; without them, a guessed cut shorter than 95 % of the trainer's training rows
+        (of the first 10,000) is warned about and not recorded (one-word validation rows are no cut). ``tokenized_max_length`` (the ``max_length`` the caller
         tokenized the rows with) replaces the guess (:meth:`_stated_fitting_length`)."""
         from .configuration_eenet import max_input_tokens
 
@@ -1109,13 +1165,16 @@ class EENetTrainer(Trainer):
         if given is not None or not truncated or longest == served:
             return given
         trained = _row_lengths(self.train_dataset, max_rows=10_000) if not evidence else None
-        if recorded is None and trained is not None and len(trained) and int(trained.max()) > longest:
-            # a guess only (no text column to tell): rows the model trained on are longer, so one short length
-            # shared by many validation rows (one-word rows, a template) is no evidence of a cut; nothing recorded
-            warnings.warn(f"{looks}, but the training rows are up to {int(trained.max())} tokens long: no length is "
-                          f"recorded (the pipeline serves up to {served} tokens); if the validation rows were cut at "
-                          f"{longest}, tokenize them as the training rows, or pass max_seq_length={longest} to serve "
-                          "at that length", UserWarning, stacklevel=3)
+        if recorded is None and trained is not None and len(trained) >= 20 \
+                and float(np.quantile(trained, 0.05)) > longest:
+            # a guess only (no text column to tell), and 95 % of the rows the model trained on are longer than that
+            # "cut": one short length shared by many validation rows (one-word rows, a template) is then no evidence
+            # of a truncation (a cut leaves the rows that are short anyway below it); nothing recorded
+            warnings.warn(f"{looks}, but 95 % of the training rows are longer (from "
+                          f"{int(np.quantile(trained, 0.05))} tokens): no length is recorded (the pipeline serves up "
+                          f"to {served} tokens); if the validation rows were cut at {longest}, pass "
+                          f"max_seq_length={longest} to serve at that length, or tokenize them as the training rows",
+                          UserWarning, stacklevel=3)
             return None
         if recorded is None:
             warnings.warn(f"{looks}: the bank is fitted at that length, so config.max_seq_length = "

@@ -653,8 +653,22 @@ def test_train_and_evaluate_read_class_labels_by_the_models_class_names(tok, tmp
     with torch.no_grad():
         pred = model(**enc).logits.argmax(-1).tolist()
     assert [model.config.id2label[i] for i in pred] == ["positive", "negative"]
-    maps = [src for src, aligned in trainer._label_aligned.values() if aligned is not src]
+    maps = [src for src, aligned, _ in trainer._label_aligned.values() if aligned is not src]
     assert len(maps) == 2  # each dataset re-encoded once (evaluation every epoch and the fit reuse it)
+    test = flipped(32, 3)
+    with pytest.warns(UserWarning, match=r"ClassLabel with classes \['positive', 'negative'\].*re-encoded in the "
+                                         r"model's order.*predict\(\).label_ids"):
+        out = trainer.predict(test)
+    assert np.array_equal(out.label_ids, 1 - np.asarray(test["labels"]))  # the model's ids, as the warning says
+    # class names the model does not have (fine-tuning on another dataset's classes): read as given, as the stock
+    # Trainer reads them (train / evaluate / predict were refused by name for a while); the bank's fit refuses them
+    other = toy_dataset(tok, 64, seed=4).cast_column("labels", ClassLabel(names=["neg", "pos"]))
+    trainer.train_dataset = other
+    trainer.train()
+    out = trainer.predict(other)
+    assert np.array_equal(out.label_ids, np.asarray(other["labels"]))
+    with pytest.raises(ValueError, match=r"\['neg', 'pos'\] are not among them"):
+        trainer.fit_scheduler(other, budgets=[0.8])
 
 
 def test_training_labels_out_of_range_are_named(tok, tmp_path):
@@ -663,7 +677,8 @@ def test_training_labels_out_of_range_are_named(tok, tmp_path):
     shifted = toy_dataset(tok, 32, seed=3).map(lambda b: {"labels": [y + 1 for y in b["labels"]]}, batched=True)
     trainer = hf_eenet.EENetTrainer(model=toy_model(seed=1), args=targs(tmp_path, max_steps=1), train_dataset=shifted,
                                     processing_class=tok, data_collator=DataCollatorWithPadding(tok))
-    with pytest.raises(ValueError, match=r"labels must be class ids in \[0, 2\).*ids from [12] to 2.*subtract 1"):
+    with pytest.raises(ValueError, match=r"label column 'labels': the labels must be class ids in \[0, 2\).*run from 1 "
+                                         r"to 2.*subtract 1"):
         trainer.train()
 
     class Rows(torch.utils.data.Dataset):
@@ -673,8 +688,22 @@ def test_training_labels_out_of_range_are_named(tok, tmp_path):
         def __getitem__(self, i):
             return shifted[i]
 
-    with pytest.raises(ValueError, match=r"labels must be class ids in \[0, 2\)"):
-        trainer.fit_scheduler(Rows(), budgets=[0.5])
+    with pytest.raises(ValueError, match=r"^the labels must be class ids in \[0, 2\).*run from [12] to 2"):
+        trainer.fit_scheduler(Rows(), budgets=[0.5])  # (batch by batch: a torch Dataset has no column to read)
+    # the ignore index -100 is no class id; -1 (an unlabelled split) gets its own advice, also out of a ClassLabel
+    # in another order (datasets' re-encoding failed on it first)
+    ignored = shifted.map(lambda b: {"labels": [-100] * 8 + [2] + [0] * (len(b["labels"]) - 9)}, batched=True,
+                          batch_size=None)
+    trainer.train_dataset = ignored
+    with pytest.raises(ValueError, match=r"run from 0 to 2:"):
+        trainer.train()
+    from datasets import ClassLabel
+
+    hidden = shifted.map(lambda b: {"labels": [-1] * len(b["labels"])}, batched=True).cast_column(
+        "labels", ClassLabel(names=["positive", "negative"]))
+    for run in (lambda: trainer.predict(hidden), lambda: trainer.evaluate(hidden)):
+        with pytest.raises(ValueError, match=r"labels -1 mark rows without a label .*drop the label column"):
+            run()
 
 
 def test_a_model_trained_on_pairs_and_then_on_single_texts_reads_single_texts(tok, tmp_path):
@@ -740,7 +769,7 @@ def test_one_word_validation_rows_are_not_taken_for_a_cut_shorter_than_the_train
     trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, max_steps=2), train_dataset=toy_dataset(tok, 64, 1),
                                     processing_class=tok, data_collator=DataCollatorWithPadding(tok))
     trainer.train()
-    with pytest.warns(UserWarning, match=r"look truncated at 3 tokens.*training rows are up to \d+ tokens long: no length"):
+    with pytest.warns(UserWarning, match=r"look truncated at 3 tokens.*95 % of the training rows are longer .*no length"):
         trainer.fit_scheduler(val, budgets=[0.5], restarts=1, max_epochs=2)
     assert model.config.max_seq_length is None
     alone = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), processing_class=tok,
@@ -748,6 +777,14 @@ def test_one_word_validation_rows_are_not_taken_for_a_cut_shorter_than_the_train
     with pytest.warns(UserWarning, match=r"config.max_seq_length = 3 is recorded"):
         alone.fit_scheduler(val, budgets=[0.5], restarts=1, max_epochs=2)
     assert model.config.max_seq_length == 3
+    # long validation texts really cut at 12 tokens (most training rows are shorter): still recorded
+    texts, ys = toy_texts(200, seed=3)
+    cut = Dataset.from_dict({"text": [" ".join([t] * 3) for t in texts], "labels": ys}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=12), batched=True, remove_columns=["text"])
+    model.config.max_seq_length = None
+    with pytest.warns(UserWarning, match=r"config.max_seq_length = 12 is recorded"):
+        trainer.fit_scheduler(cut, budgets=[0.5], restarts=1, max_epochs=2)
+    assert model.config.max_seq_length == 12
 
 
 def test_fit_scheduler_records_and_checks_sentence_pairs_and_names_string_labels(tok, tmp_path):
