@@ -236,9 +236,9 @@ def precision_drift_lines() -> list[str]:
             lines.append(f"| {p['dataset']} ({p['rows_scored']:,} rows) | {prec} | {cost:+.4f} | "
                          f"{100 * max(r['exit_differs_from_fp32'] for r in rs):.1f} % | {acc:+.2f} |")
     return lines + ["", f"On this CPU the realised cost moved by at most {worst:.4f} of the full model's cost from the "
-                    "float32 bank's: these models need no refit to serve in half precision (GPU half-precision kernels round "
-                    "differently; not measured). A model whose exits are less confident (a small "
-                    "or barely trained one) can drift more; refit its bank on the cast model's validation outputs "
+                    "float32 bank's: these models need no refit to serve in half precision (GPU half-precision "
+                    "kernels round differently; not measured). A model whose exits are less confident (a small or "
+                    "barely trained one) can drift more; refit its bank on the cast model's validation outputs "
                     "(`EENetTrainer.fit_scheduler` on the cast model) when it does.", ""]
 
 

@@ -294,6 +294,14 @@ def _rows_are_pairs(dataset, config, tokenizer=None) -> bool | None:
         return None
 
 
+def _special_token_count(tokenizer) -> int | None:
+    """Tokens the tokenizer adds around one text (2 for BERT's ``[CLS] … [SEP]``), ``None`` where it cannot tell."""
+    try:
+        return len(tokenizer("", truncation=False, verbose=False)["input_ids"])
+    except Exception:  # noqa: BLE001 - no tokenizer, or one that cannot encode an empty text: no such guess
+        return None
+
+
 def _first_rows(dataset, n: int):
     """The first ``n`` rows of a map-style ``datasets.Dataset`` (a sample that tells their kind cheaply), ``None``
     for any other dataset (a stream would be read through)."""
@@ -431,6 +439,12 @@ def _truncation_evidence(dataset, tokenizer, length: int, max_rows: int = 512) -
         return None
 
 
+def _class_names(config) -> list[str]:
+    """The model's class names in id order (``config.id2label``, int or str keys)."""
+    id2label = getattr(config, "id2label", None) or {}
+    return [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
+
+
 def _aligned_class_names(dataset, column: str, config, unknown: str = "raise") -> tuple:
     """``(dataset, kept)``: ``dataset`` whose ``ClassLabel`` column ``column`` counts its classes in the model's order
     (``config.id2label``): a dataset that encodes the same class names in another order (``ClassLabel(names=
@@ -443,12 +457,12 @@ def _aligned_class_names(dataset, column: str, config, unknown: str = "raise") -
     read as given, as the stock ``Trainer`` does: fine-tuning on another dataset's classes; ``kept`` lists those
     names, else it is empty)."""
     feature = (getattr(dataset, "features", None) or {}).get(column)
-    id2label = getattr(config, "id2label", None) or {}
-    model_names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
+    model_names = _class_names(config)
     if feature is None or type(feature).__name__ != "ClassLabel" or not model_names:
         return dataset, []
     data_names = [str(n) for n in feature.names]
-    known = {m.lower() for m in model_names}
+    model_names_lower = [m.lower() for m in model_names]
+    known = set(model_names_lower)
     if (all(n == f"LABEL_{i}" for i, n in enumerate(model_names))
             and not {n.lower() for n in data_names} <= known):
         return dataset, []  # generic model names: the column's own names say nothing about the model's ids
@@ -465,11 +479,33 @@ def _aligned_class_names(dataset, column: str, config, unknown: str = "raise") -
     if not hasattr(dataset, "align_labels_with_mapping"):
         raise ValueError(f"label column {column!r} counts the classes in another order ({data_names}) than the model "
                          f"({model_names}, config.id2label), and a stream cannot be re-encoded here: re-encode it "
-                         f"first, e.g. dataset.map(lambda r: {{{column!r}: model.config.label2id[{data_names!r}"
-                         f"[r[{column!r}]]]}}).cast_column({column!r}, ClassLabel(names={model_names!r})), or align "
-                         f"the Dataset (dataset.align_labels_with_mapping(model.config.label2id, {column!r})) before "
-                         "streaming it")
-    return dataset.align_labels_with_mapping({n: i for i, n in enumerate(model_names)}, column), []
+                         "first (a map-style Dataset before streaming it: "
+                         f"dataset.align_labels_with_mapping(model.config.label2id, {column!r}); a stream: "
+                         "dataset.map(fn, features=...) with fn mapping each id to the model's id of its class "
+                         f"name and the column's feature ClassLabel(names={model_names!r}))")
+    return _reencoded(dataset, column, [model_names_lower.index(n.lower()) for n in data_names], model_names), []
+
+
+def _reencoded(dataset, column: str, to_model: list[int], model_names: list[str]):
+    """``dataset`` with the ids of its ``ClassLabel`` column ``column`` mapped through ``to_model`` (data id → model
+    id) and the column a ``ClassLabel`` of ``model_names``; negative ids (-1: no label, -100: ignored) stay as they
+    are, in a plain int64 column where there are any (a ``ClassLabel`` cannot hold them). Re-encoded unformatted and
+    given its format back (a torch-formatted dataset or a transform stays so; ``align_labels_with_mapping`` fails on
+    torch-formatted rows and on -100)."""
+    import pyarrow.compute as pc
+    from datasets import ClassLabel, Value
+
+    fmt = dataset.format
+    plain = dataset.with_format(None)
+    ids = plain.with_format("arrow")[column]
+    negative = len(ids) > 0 and bool(pc.min(ids).as_py() < 0)
+    features = plain.features.copy()
+    features[column] = Value("int64") if negative else ClassLabel(names=list(model_names))
+    out = plain.map(lambda b: {column: [to_model[y] if y >= 0 else y for y in b[column]]}, batched=True,
+                    features=features, desc="Labels in the model's class order")
+    kwargs = dict(fmt.get("format_kwargs") or {})
+    return out.with_format(fmt["type"], columns=fmt["columns"], output_all_columns=fmt["output_all_columns"],
+                           **kwargs)
 
 
 def _refuse_other_exits(folder, config) -> None:
@@ -697,8 +733,8 @@ class EENetTrainer(Trainer):
         self._set_aside = None
 
     def _get_dataloader(self, dataset, *args, **kwargs):
-        """The stock loader, of ``dataset`` with its labels read as the model reads them (:meth:`_labels_in_model_order`:
-        train, evaluate and predict read labels as :meth:`fit_scheduler` does)."""
+        """The stock loader, of ``dataset`` with its labels read as the model reads them
+        (:meth:`_labels_in_model_order`: train, evaluate and predict read labels as :meth:`fit_scheduler` does)."""
         return super()._get_dataloader(self._labels_in_model_order(dataset, strict=False), *args, **kwargs)
 
     def _labels_in_model_order(self, dataset, strict: bool = True):
@@ -710,9 +746,9 @@ class EENetTrainer(Trainer):
           with ``{0: "negative", 1: "positive"}`` would otherwise be trained on permuted labels; ``label_ids`` of
           ``predict`` are then the model's ids. Class names the model does not have: ``strict`` (the bank's fit) a
           ValueError; else (train / evaluate / predict) the ids as given, as the stock ``Trainer`` reads them.
-        * ``strict=False``: integer class ids of a ``datasets.Dataset`` outside the model's classes are a ValueError
-          that names them (:func:`_label_range_problem`) before any batch runs (on a GPU, torch's loss would stop
-          with a device-side assert instead)."""
+
+        Ids outside the model's classes are named batch by batch (:func:`_refuse_labels_out_of_range`): what the
+        loader yields may differ from the column (a format hiding it, a transform or collator mapping it)."""
         columns = getattr(dataset, "column_names", None)
         names = [c for c in (columns or []) if c in {"labels", "label", "label_ids", *(self.label_names or [])}]
         if not names or not hasattr(dataset, "features"):
@@ -727,19 +763,12 @@ class EENetTrainer(Trainer):
                 _aligned_class_names(dataset, names[0], config)
             return aligned
         feature = (dataset.features or {}).get(names[0])
-        num = _reads_class_ids(config)
-        if not strict and num is not None and hasattr(dataset, "__len__") and hasattr(dataset, "with_format") \
-                and type(feature).__name__ in ("ClassLabel", "Value") and str(getattr(feature, "dtype", "int64")
-                                                                             ).startswith(("int", "uint")):
-            problem = _label_range_problem(dataset.with_format(None)[names[0]], num)
-            if problem:
-                raise ValueError(f"label column {names[0]!r}: {problem}")
         aligned, kept = dataset, []
         if type(feature).__name__ == "ClassLabel":
             aligned, kept = _aligned_class_names(dataset, names[0], config, unknown="raise" if strict else "keep")
             if aligned is not dataset:
                 warnings.warn(f"label column {names[0]!r} is a ClassLabel with classes {list(feature.names)}, which "
-                              f"are the model's classes {list(aligned.features[names[0]].names)} (config.id2label) "
+                              f"are the model's classes {_class_names(config)} (config.id2label) "
                               "in another order: its ids are re-encoded in the model's order, so labels, metrics and "
                               "predict().label_ids use the model's ids", UserWarning, stacklevel=4)
         if len(cache) >= 8:
@@ -1117,9 +1146,10 @@ class EENetTrainer(Trainer):
         shorter than it are recorded as the served length when the config has none (with a warning), and warned
         about when it has one (the bank would serve at another length). Where the dataset still holds its text
         columns, they decide (:func:`_truncation_evidence`): templated texts of one length are whole texts, not a
-        truncation, and record nothing; without them, a guessed cut shorter than 95 % of the trainer's training rows
-        (of the first 10,000) is warned about and not recorded (one-word validation rows are no cut). ``tokenized_max_length`` (the ``max_length`` the caller
-        tokenized the rows with) replaces the guess (:meth:`_stated_fitting_length`)."""
+        truncation, and record nothing; without them, a guessed cut that leaves one token of text (one-word rows,
+        ``[CLS] word [SEP]``) is warned about and not recorded.
+        ``tokenized_max_length`` (the ``max_length`` the caller tokenized the rows with) replaces the guess
+        (:meth:`_stated_fitting_length`)."""
         from .configuration_eenet import max_input_tokens
 
         limit = max_input_tokens(model.config, self.processing_class, recorded=False)  # what the model can take
@@ -1164,17 +1194,14 @@ class EENetTrainer(Trainer):
                           UserWarning, stacklevel=3)
         if given is not None or not truncated or longest == served:
             return given
-        trained = _row_lengths(self.train_dataset, max_rows=10_000) if not evidence else None
-        if recorded is None and trained is not None and len(trained) >= 20 \
-                and float(np.quantile(trained, 0.05)) > longest:
-            # a guess only (no text column to tell), and 95 % of the rows the model trained on are longer than that
-            # "cut": one short length shared by many validation rows (one-word rows, a template) is then no evidence
-            # of a truncation (a cut leaves the rows that are short anyway below it); nothing recorded
-            warnings.warn(f"{looks}, but 95 % of the training rows are longer (from "
-                          f"{int(np.quantile(trained, 0.05))} tokens): no length is recorded (the pipeline serves up "
-                          f"to {served} tokens); if the validation rows were cut at {longest}, pass "
-                          f"max_seq_length={longest} to serve at that length, or tokenize them as the training rows",
-                          UserWarning, stacklevel=3)
+        specials = _special_token_count(self.processing_class)
+        if not evidence and specials is not None and longest <= specials + 1:
+            # a guess only (no text column to tell), and the "cut" leaves one token of text: no max_length anyone
+            # tokenizes at, but what one-word rows are ([CLS] word [SEP]); nothing recorded (a cut leaving more, even
+            # with training rows longer, is what validation rows tokenized shorter look like: recorded below)
+            warnings.warn(f"{looks}, but that is one token of text besides the special tokens (one-word rows): no "
+                          f"length is recorded (the pipeline serves up to {served} tokens); if the rows were cut "
+                          f"there, pass max_seq_length={longest} to serve at that length", UserWarning, stacklevel=3)
             return None
         if recorded is None:
             warnings.warn(f"{looks}: the bank is fitted at that length, so config.max_seq_length = "

@@ -253,3 +253,11 @@ def test_a_fit_on_too_few_rows_to_meet_its_budget_says_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         EENetScheduler(restarts=0, max_epochs=2).fit(probs, labels, COSTS, 0.37)
+
+
+def test_rematching_on_too_few_traffic_rows_to_meet_the_budget_says_so():
+    """rematch_budget on a handful of rows warns like the fit when their average cannot come within 1 % of B."""
+    probs, labels = make_data(400, seed=4)
+    s = EENetScheduler(restarts=0, max_epochs=2, selection_folds=0).fit(probs, labels, COSTS, 0.5)
+    with pytest.warns(RuntimeWarning, match=r"rematch_budget \(budget 0.5\).*instead of the budget 0.5 .*with 5 rows"):
+        s.rematch_budget(probs[:5])

@@ -660,6 +660,19 @@ def test_train_and_evaluate_read_class_labels_by_the_models_class_names(tok, tmp
                                          r"model's order.*predict\(\).label_ids"):
         out = trainer.predict(test)
     assert np.array_equal(out.label_ids, 1 - np.asarray(test["labels"]))  # the model's ids, as the warning says
+    # a torch-formatted dataset, and one holding the ignore index -100 (datasets' own re-encoding failed on both)
+    torch_rows = flipped(32, 5).with_format("torch")
+    with pytest.warns(UserWarning, match="re-encoded in the model's order"):
+        out = trainer.predict(torch_rows)
+    assert np.array_equal(out.label_ids, 1 - np.asarray(list(torch_rows.with_format(None)["labels"])))
+    assert torch_rows.format["type"] == "torch"
+    ignored = flipped(32, 6).map(lambda b: {"labels": [-100] + b["labels"][1:]}, batched=True, batch_size=None,
+                                 features=flipped(32, 6).features)
+    with pytest.warns(UserWarning, match="re-encoded in the model's order"):
+        out = trainer.predict(ignored)
+    want = 1 - np.asarray(ignored["labels"])
+    want[0] = -100
+    assert np.array_equal(out.label_ids, want)
     # class names the model does not have (fine-tuning on another dataset's classes): read as given, as the stock
     # Trainer reads them (train / evaluate / predict were refused by name for a while); the bank's fit refuses them
     other = toy_dataset(tok, 64, seed=4).cast_column("labels", ClassLabel(names=["neg", "pos"]))
@@ -677,8 +690,7 @@ def test_training_labels_out_of_range_are_named(tok, tmp_path):
     shifted = toy_dataset(tok, 32, seed=3).map(lambda b: {"labels": [y + 1 for y in b["labels"]]}, batched=True)
     trainer = hf_eenet.EENetTrainer(model=toy_model(seed=1), args=targs(tmp_path, max_steps=1), train_dataset=shifted,
                                     processing_class=tok, data_collator=DataCollatorWithPadding(tok))
-    with pytest.raises(ValueError, match=r"label column 'labels': the labels must be class ids in \[0, 2\).*run from 1 "
-                                         r"to 2.*subtract 1"):
+    with pytest.raises(ValueError, match=r"^the labels must be class ids in \[0, 2\).*run from [12] to 2.*subtract 1"):
         trainer.train()
 
     class Rows(torch.utils.data.Dataset):
@@ -694,9 +706,12 @@ def test_training_labels_out_of_range_are_named(tok, tmp_path):
     # in another order (datasets' re-encoding failed on it first)
     ignored = shifted.map(lambda b: {"labels": [-100] * 8 + [2] + [0] * (len(b["labels"]) - 9)}, batched=True,
                           batch_size=None)
-    trainer.train_dataset = ignored
+    whole = hf_eenet.EENetTrainer(model=toy_model(seed=1), args=targs(tmp_path, max_steps=1,
+                                                                    per_device_train_batch_size=len(ignored)),
+                                  train_dataset=ignored, processing_class=tok,
+                                  data_collator=DataCollatorWithPadding(tok))  # one batch: every row in it
     with pytest.raises(ValueError, match=r"run from 0 to 2:"):
-        trainer.train()
+        whole.train()
     from datasets import ClassLabel
 
     hidden = shifted.map(lambda b: {"labels": [-1] * len(b["labels"])}, batched=True).cast_column(
@@ -740,8 +755,9 @@ def test_resuming_from_a_checkpoint_with_other_exits_is_refused(tok, tmp_path):
     hf_eenet.EENetTrainer(model=toy_model(seed=6, exit_layers=[2, 4]), args=targs(tmp_path, **kw), train_dataset=data,
                           processing_class=tok, data_collator=DataCollatorWithPadding(tok)).train()
     ckpt = tmp_path / "out" / "checkpoint-2"
-    for over, match in ((dict(exit_layers=[1, 4]), r"exit_layers \[2, 4\] differ from the model's exit_layers \[1, 4\]"),
-                        (dict(exit_layers=[2, 4], exit_pooling="mean"), r"exit_pooling cls differ .* exit_pooling mean")):
+    cases = ((dict(exit_layers=[1, 4]), r"exit_layers \[2, 4\] differ from the model's exit_layers \[1, 4\]"),
+             (dict(exit_layers=[2, 4], exit_pooling="mean"), r"exit_pooling cls differ .* exit_pooling mean"))
+    for over, match in cases:
         model = toy_model(seed=9, **over)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path / "b", **dict(kw, max_steps=3)),
@@ -756,27 +772,30 @@ def test_resuming_from_a_checkpoint_with_other_exits_is_refused(tok, tmp_path):
         resume_from_checkpoint=str(ckpt))
 
 
-def test_one_word_validation_rows_are_not_taken_for_a_cut_shorter_than_the_training_rows(tok, tmp_path):
-    """Validation rows all of one short length (one word each, the text column removed) are no evidence of a cut when
-    the training rows are longer: warned about, nothing recorded (config.max_seq_length = 3 was recorded before, and
-    the pipeline served '[CLS] <first word> [SEP]')."""
+def test_one_word_validation_rows_are_not_taken_for_a_cut(tok, tmp_path):
+    """Validation rows all of one word (the text column removed) pile up at 3 tokens, which is no cut anyone
+    tokenizes at: warned about, nothing recorded (config.max_seq_length = 3 was recorded before, and the pipeline
+    served '[CLS] <first word> [SEP]'); real cuts, also of rows shorter than the training rows, are recorded."""
     rng = np.random.default_rng(2)
     ys = rng.integers(0, 2, 64).tolist()
     words = [str(rng.choice(WORDS_POS if y else WORDS_NEG)) for y in ys]
     val = Dataset.from_dict({"text": words, "labels": ys}).map(
         lambda b: tok(b["text"], truncation=True, max_length=32), batched=True, remove_columns=["text"])
     model = toy_model(seed=1)
-    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, max_steps=2), train_dataset=toy_dataset(tok, 64, 1),
-                                    processing_class=tok, data_collator=DataCollatorWithPadding(tok))
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, max_steps=2),
+                                    train_dataset=toy_dataset(tok, 64, 1), processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
     trainer.train()
-    with pytest.warns(UserWarning, match=r"look truncated at 3 tokens.*95 % of the training rows are longer .*no length"):
+    with pytest.warns(UserWarning, match=r"look truncated at 3 tokens.*one token of text .*no length is recorded"):
         trainer.fit_scheduler(val, budgets=[0.5], restarts=1, max_epochs=2)
     assert model.config.max_seq_length is None
-    alone = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path), processing_class=tok,
-                                  data_collator=DataCollatorWithPadding(tok))  # no training rows to compare: the guess
-    with pytest.warns(UserWarning, match=r"config.max_seq_length = 3 is recorded"):
-        alone.fit_scheduler(val, budgets=[0.5], restarts=1, max_epochs=2)
-    assert model.config.max_seq_length == 3
+    # validation rows tokenized shorter than the training rows (cut at 10, training rows up to 32): recorded
+    texts, ys = toy_texts(200, seed=5)
+    short = Dataset.from_dict({"text": texts, "labels": ys}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=10), batched=True, remove_columns=["text"])
+    with pytest.warns(UserWarning, match=r"config.max_seq_length = 10 is recorded"):
+        trainer.fit_scheduler(short, budgets=[0.5], restarts=1, max_epochs=2)
+    assert model.config.max_seq_length == 10
     # long validation texts really cut at 12 tokens (most training rows are shorter): still recorded
     texts, ys = toy_texts(200, seed=3)
     cut = Dataset.from_dict({"text": [" ".join([t] * 3) for t in texts], "labels": ys}).map(
