@@ -6,7 +6,7 @@ serving), but the exits' probabilities round differently, so a row near a thresh
 realised cost can move away from the budget. This measures that move on a trained model's test texts: for every
 bank entry, the realised cost and accuracy of the exits it picks from the float32 probabilities and from the cast
 model's, and the share of rows whose exit differs. Offline (the model's own bank applied to all-exits outputs; the
-served path gives the same exits, tested in tests/test_engine.py).
+served path gives the same exits: tests/test_trainer_pipeline.py::test_budget_early_exit_matches_offline_scheduler).
 
     python benchmarks/precision_drift.py --model_dir outputs/sst2 --dataset sst2 --json benchmarks/results/precision_drift_sst2.json
 

@@ -1074,7 +1074,7 @@ class EENetTrainer(Trainer):
                     "" if require_labels else "; an unlabelled split has every label -1 or no label column")) from None
 
         if values.dtype.kind == "i" and values.ndim == 1 and num_labels is not None and (values < 0).any():
-            check(values)  # before re-encoding a ClassLabel (which fails on -1 with a message of its own)
+            check(values)  # before re-encoding a ClassLabel: a partly labelled split is refused here, by name
         aligned = self._labels_in_model_order(dataset)  # (_aligned_class_names, once per dataset version)
         if aligned is not dataset:  # ids re-encoded in the model's order
             dataset, values = aligned, np.asarray(aligned[names[0]])
