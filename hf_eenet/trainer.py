@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -510,9 +511,9 @@ def _reencoded(dataset, column: str, to_model: list[int], model_names: list[str]
 
 def _refuse_other_exits(folder, config) -> None:
     """ValueError when the checkpoint in ``folder`` (its ``config.json``) puts its exits at other layers, pools them
-    otherwise or has another number of classes than the model that resumes from it: its exit heads were trained on
-    other inputs and would load into the model's heads without a shape error. A checkpoint without a readable config
-    is not compared."""
+    otherwise, has another number of classes than the model that resumes from it or the same class names in another
+    order (``id2label``): its exit heads were trained on other inputs or classes and would load into the model's heads
+    without a shape error. A checkpoint without a readable config is not compared."""
     from .bank import EXIT_READS, exit_reads
 
     try:
@@ -525,6 +526,13 @@ def _refuse_other_exits(folder, config) -> None:
     theirs = {"exit_layers": saved.get("exit_layers"), "exit_pooling": saved.get("exit_pooling") or "cls",
               "num_labels": len(saved.get("id2label") or {}) or saved.get("num_labels")}
     differ = [k for k in (*EXIT_READS, "num_labels") if theirs.get(k) is not None and theirs[k] != ours[k]]
+    if not differ:  # the same class names in another order: head row i of the checkpoint is another class here
+        saved_names = [str((saved.get("id2label") or {}).get(str(i), "")) for i in range(ours["num_labels"])]
+        names = _class_names(config)
+        if sorted(n.lower() for n in saved_names) == sorted(n.lower() for n in names) \
+                and [n.lower() for n in saved_names] != [n.lower() for n in names]:
+            theirs["id2label"], ours["id2label"] = saved_names, names
+            differ = ["id2label"]
     if differ:
         raise ValueError(f"resume_from_checkpoint={str(folder)!r}: the checkpoint's "
                          + ", ".join(f"{k} {theirs[k]}" for k in differ) + " differ from the model's "
@@ -568,6 +576,27 @@ def _refuse_labels_out_of_range(labels: torch.Tensor, config) -> None:
     problem = _label_range_problem(labels.detach().cpu().numpy(), num)
     if problem:
         raise ValueError(problem)
+
+
+class _LabelRangeCheck:
+    """The trainer's collator, then :func:`_label_range_problem` on the batch's ``labels``: checked on the host, in
+    the loader (its workers too), before the batch reaches a device - on a GPU an id outside the classes stops the
+    run with CUDA's device-side assert (no message, the process unusable), where the CPU raises ``IndexError``. A
+    numpy min / max per batch, no device sync. Picklable (a top-level class) for loader workers."""
+
+    def __init__(self, collator, num_classes: int):
+        self.collator = collator
+        self.num_classes = num_classes
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        labels = batch.get("labels") if isinstance(batch, Mapping) else None
+        if isinstance(labels, torch.Tensor) and labels.device.type == "cpu" and not labels.is_floating_point() \
+                and labels.ndim == 1 and labels.numel():  # (a collator that moves batches itself: compute_loss)
+            problem = _label_range_problem(labels.numpy(), self.num_classes)
+            if problem:
+                raise ValueError(problem)
+        return batch
 
 
 def _check_eenet_model(model) -> None:
@@ -642,7 +671,11 @@ class EENetTrainer(Trainer):
         built: a scheduler bank the model has is set aside (:meth:`_drop_bank_before_training`). It is removed for
         good, with a warning, at the first optimizer step (the weights change); a run that fails before that (no
         train dataset, a batch that does not collate, a first forward that fails, ...) puts it back, so the model is
-        left as it was."""
+        left as it was. A resumed run's checkpoint is compared with the model here too (:func:`_refuse_other_exits`):
+        under DeepSpeed / FSDP the stock loop loads it after ``prepare``, not through :meth:`_load_from_checkpoint`."""
+        folder = kwargs.get("resume_from_checkpoint", args[2] if len(args) > 2 else None)
+        if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):
+            _refuse_other_exits(folder, self.accelerator.unwrap_model(self.model).config)
         self._first_step_done = False
         saved = self._drop_bank_before_training()
         try:
@@ -734,12 +767,22 @@ class EENetTrainer(Trainer):
 
     def _get_dataloader(self, dataset, *args, **kwargs):
         """The stock loader, of ``dataset`` with its labels read as the model reads them
-        (:meth:`_labels_in_model_order`: train, evaluate and predict read labels as :meth:`fit_scheduler` does)."""
-        return super()._get_dataloader(self._labels_in_model_order(dataset, strict=False), *args, **kwargs)
+        (:meth:`_labels_in_model_order`: train, evaluate and predict read labels as :meth:`fit_scheduler` does), its
+        batches' class ids checked on the host as they are collated (:class:`_LabelRangeCheck`)."""
+        dataset = self._labels_in_model_order(dataset, strict=False)
+        num = _reads_class_ids(getattr(self.accelerator.unwrap_model(self.model), "config", None))
+        collator = self.data_collator
+        if num is None or collator is None:
+            return super()._get_dataloader(dataset, *args, **kwargs)
+        self.data_collator = _LabelRangeCheck(collator, num)  # what the stock loader builds its collate_fn from
+        try:
+            return super()._get_dataloader(dataset, *args, **kwargs)
+        finally:
+            self.data_collator = collator
 
     def _labels_in_model_order(self, dataset, strict: bool = True):
-        """``dataset`` with its label column (``labels`` / ``label`` / ``label_ids`` / ``label_names``) as the model
-        reads it, checked once per dataset version (evaluation every epoch does not read it again):
+        """``dataset`` with its label columns (``labels`` / ``label`` / ``label_ids`` / ``label_names``; each one) as
+        the model reads them, checked once per dataset version (evaluation every epoch does not read it again):
 
         * a ``ClassLabel`` that counts the model's class names in another order is re-encoded in the model's order
           (:func:`_aligned_class_names`), with a warning: a dataset encoding ``["positive", "negative"]`` for a model
@@ -747,30 +790,41 @@ class EENetTrainer(Trainer):
           ``predict`` are then the model's ids. Class names the model does not have: ``strict`` (the bank's fit) a
           ValueError; else (train / evaluate / predict) the ids as given, as the stock ``Trainer`` reads them.
 
-        Ids outside the model's classes are named batch by batch (:func:`_refuse_labels_out_of_range`): what the
-        loader yields may differ from the column (a format hiding it, a transform or collator mapping it)."""
+        Ids outside the model's classes are named batch by batch as they are collated (:class:`_LabelRangeCheck`):
+        what the loader yields may differ from the column (a format hiding it, a transform or collator mapping it)."""
         columns = getattr(dataset, "column_names", None)
         names = [c for c in (columns or []) if c in {"labels", "label", "label_ids", *(self.label_names or [])}]
         if not names or not hasattr(dataset, "features"):
             return dataset
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
-        key = (getattr(dataset, "_fingerprint", None) or id(dataset), names[0],
+        key = (getattr(dataset, "_fingerprint", None) or id(dataset), tuple(names),
                json.dumps(getattr(config, "id2label", None) or {}, sort_keys=True, default=str))
         cache = self.__dict__.setdefault("_label_aligned", {})
         if key in cache:
             source, aligned, kept = cache[key]
             if strict and kept:  # kept as given for training; the bank's fit refuses names it cannot read
-                _aligned_class_names(dataset, names[0], config)
+                for name in kept:
+                    _aligned_class_names(dataset, name, config)
             return aligned
-        feature = (dataset.features or {}).get(names[0])
         aligned, kept = dataset, []
-        if type(feature).__name__ == "ClassLabel":
-            aligned, kept = _aligned_class_names(dataset, names[0], config, unknown="raise" if strict else "keep")
-            if aligned is not dataset:
-                warnings.warn(f"label column {names[0]!r} is a ClassLabel with classes {list(feature.names)}, which "
-                              f"are the model's classes {_class_names(config)} (config.id2label) "
-                              "in another order: its ids are re-encoded in the model's order, so labels, metrics and "
-                              "predict().label_ids use the model's ids", UserWarning, stacklevel=4)
+        # every label column (a dataset with both `label` and `labels`: the collators differ in which one wins).
+        # Building a loader (every rank does), the main process maps first and the others read its cache; the bank's
+        # fit (strict) may run on one rank alone, where a barrier would wait for ever
+        class_labels = [n for n in names if type((dataset.features or {}).get(n)).__name__ == "ClassLabel"]
+        first = contextlib.nullcontext() if strict or not class_labels else \
+            self.args.main_process_first(desc="labels in the model's class order")
+        with first:
+            for name in class_labels:
+                feature = (aligned.features or {}).get(name)
+                before = aligned
+                aligned, strangers = _aligned_class_names(aligned, name, config,
+                                                          unknown="raise" if strict else "keep")
+                kept += [name] if strangers else []
+                if aligned is not before:
+                    warnings.warn(f"label column {name!r} is a ClassLabel with classes {list(feature.names)}, "
+                                  f"which are the model's classes {_class_names(config)} (config.id2label) in another "
+                                  "order: its ids are re-encoded in the model's order, so labels, metrics and "
+                                  "predict().label_ids use the model's ids", UserWarning, stacklevel=4)
         if len(cache) >= 8:
             cache.clear()
         cache[key] = (dataset, aligned, kept)  # (the source kept: its id stays unique while the entry lives)

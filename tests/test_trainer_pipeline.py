@@ -673,6 +673,14 @@ def test_train_and_evaluate_read_class_labels_by_the_models_class_names(tok, tmp
     want = 1 - np.asarray(ignored["labels"])
     want[0] = -100
     assert np.array_equal(out.label_ids, want)
+    # both `label` and `labels` in another order (the collators differ in which one they read): each re-encoded
+    both = flipped(32, 7).map(lambda b: {"label": b["labels"]}, batched=True).cast_column(
+        "label", ClassLabel(names=["positive", "negative"]))
+    with pytest.warns(UserWarning, match="re-encoded in the model's order"):
+        aligned = trainer._labels_in_model_order(both, strict=False)
+    for column in ("label", "labels"):
+        assert aligned[column] == [1 - y for y in both[column]], column
+        assert aligned.features[column].names == ["negative", "positive"]
     # class names the model does not have (fine-tuning on another dataset's classes): read as given, as the stock
     # Trainer reads them (train / evaluate / predict were refused by name for a while); the bank's fit refuses them
     other = toy_dataset(tok, 64, seed=4).cast_column("labels", ClassLabel(names=["neg", "pos"]))
@@ -721,6 +729,32 @@ def test_training_labels_out_of_range_are_named(tok, tmp_path):
             run()
 
 
+def test_out_of_range_labels_are_named_as_batches_are_collated(tok, tmp_path, monkeypatch):
+    """Class ids outside the model's classes are named on the host as the loader collates the batch, before any
+    forward: on a GPU the loss raises no IndexError (CUDA's device-side assert stops the run without a message), so
+    the check in compute_loss alone named nothing there. The check is picklable, for loader workers."""
+    import pickle
+
+    from hf_eenet.trainer import _LabelRangeCheck
+
+    shifted = toy_dataset(tok, 32, seed=3).map(lambda b: {"labels": [y + 1 for y in b["labels"]]}, batched=True)
+    model = toy_model(seed=1)
+    calls = []
+    monkeypatch.setattr(model, "multi_exit_loss", lambda logits, labels, **kw: calls.append(1) or logits.sum())
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, max_steps=1), train_dataset=shifted,
+                                    eval_dataset=shifted, processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
+    for run in (trainer.train, trainer.evaluate):  # a loss that does not raise, as on a GPU
+        with pytest.raises(ValueError, match=r"^the labels must be class ids in \[0, 2\).*subtract 1"):
+            run()
+    assert not calls and trainer.data_collator.__class__ is DataCollatorWithPadding  # (the collator given back)
+    check = pickle.loads(pickle.dumps(_LabelRangeCheck(DataCollatorWithPadding(tok), 2)))
+    with pytest.raises(ValueError, match="run from 1 to 2"):
+        check([shifted[i] for i in range(4)])
+    fine = toy_dataset(tok, 8, seed=3)
+    assert check([fine[i] for i in range(4)])["labels"].tolist() == fine["labels"][:4]
+
+
 def test_a_model_trained_on_pairs_and_then_on_single_texts_reads_single_texts(tok, tmp_path):
     """Fine-tuning a pair model on single texts records single texts (config.sentence_pairs stayed True before: no bank
     could be fitted on the retrained model and its pipeline refused single texts); training on pairs again keeps it;
@@ -766,6 +800,20 @@ def test_resuming_from_a_checkpoint_with_other_exits_is_refused(tok, tmp_path):
         with pytest.raises(ValueError, match=match):
             trainer.train(resume_from_checkpoint=str(ckpt))
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # nothing loaded
+    swapped = toy_model(seed=9, exit_layers=[2, 4])
+    swapped.config.id2label, swapped.config.label2id = {0: "positive", 1: "negative"}, {"positive": 0, "negative": 1}
+    trainer = hf_eenet.EENetTrainer(model=swapped, args=targs(tmp_path / "b", **dict(kw, max_steps=3)),
+                                    train_dataset=data, processing_class=tok, data_collator=DataCollatorWithPadding(tok))
+    with pytest.raises(ValueError, match=r"id2label \['negative', 'positive'\] differ from the model's id2label "
+                                         r"\['positive', 'negative'\]"):  # head row 0 is another class here
+        trainer.train(resume_from_checkpoint=str(ckpt))
+    # DeepSpeed / FSDP load the checkpoint inside the training loop, after prepare (not _load_from_checkpoint)
+    other = hf_eenet.EENetTrainer(model=toy_model(seed=9, exit_layers=[1, 4]),
+                                  args=targs(tmp_path / "d", **dict(kw, max_steps=3)), train_dataset=data,
+                                  processing_class=tok, data_collator=DataCollatorWithPadding(tok))
+    with pytest.raises(ValueError, match=r"exit_layers \[2, 4\] differ"):
+        other._inner_training_loop(batch_size=8, args=other.args, resume_from_checkpoint=str(ckpt))
+    assert other.state.global_step == 0
     resumed = toy_model(seed=9, exit_layers=[2, 4])  # the checkpoint's own exits resume
     hf_eenet.EENetTrainer(model=resumed, args=targs(tmp_path / "c", **dict(kw, max_steps=3)), train_dataset=data,
                           processing_class=tok, data_collator=DataCollatorWithPadding(tok)).train(
