@@ -278,6 +278,25 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
         return reason
 
 
+def state_dict_for_save(model, state_dict: Mapping) -> tuple[dict, str | None]:
+    """``(state_dict, reason)`` for ``save_pretrained(state_dict=...)`` of a model with a bank: the bank's tensors the
+    given state dict lacks (one built from ``named_parameters()``, which leaves out buffers) are added from the model
+    (the folder would not load without them: :class:`BankIntegrityError`, missing scheduler tensors), and ``reason``
+    (:data:`STALE_BANK_MESSAGE`) says whether its other tensors are weights the bank was not fitted for (compared as
+    :func:`stale_bank_reason` compares the model's, in either rounding: a gathered 16-bit state dict matches)."""
+    own = {k: t for k, t in model.state_dict().items() if k.startswith(_BANK_PREFIX)}
+    out = dict(state_dict)
+    for key, t in own.items():
+        out.setdefault(key, t)
+    want = _recorded_weights(model)
+    if want is None:
+        return out, None
+    items = sorted((k, t) for k, t in out.items() if not k.startswith(_BANK_PREFIX) and isinstance(t, torch.Tensor))
+    if any(t.device.type == "meta" for _, t in items):
+        return out, None
+    return out, (None if _matches(items, want) else STALE_BANK_MESSAGE)
+
+
 def _versions(items) -> dict:
     """The tensors whose version counters a request compares, and their sum when the weights were checked (read with
     the signature: a write after it is seen at the next request)."""
@@ -615,6 +634,7 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     try:
         write(tmp)
         produced = set(os.listdir(tmp))
+        _refuse_a_save_without_weights(target, produced, replaces_weights)
         if keep_old_entries and os.path.isdir(target):
             for entry in os.listdir(target):
                 if (entry in produced or (replaces_weights and entry.startswith(WEIGHT_PREFIXES))
@@ -644,6 +664,14 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     finally:
         _release(tmp, target, moved_in=swapped is True)
         _remove_tree(tmp)  # the unfinished new folder, or the old one after the swap
+
+
+def _refuse_a_save_without_weights(target, produced, replaces_weights: bool) -> None:
+    """OSError (the folder left as it was) when a save that replaces a folder's weights wrote none: swapped in, the
+    old weights would be dropped and the folder would not load (a stock save on a rank other than 0 writes nothing)."""
+    if replaces_weights and not any(e.startswith((*WEIGHT_PREFIXES, "adapter_model")) for e in produced):
+        raise OSError(f"the save into {target} wrote no weights (it wrote {sorted(produced)}): the folder is left as "
+                      "it was (a save on a process that does not write checkpoints, e.g. a rank other than 0?)")
 
 
 #: the temporary folders of this process's running saves → the descriptor of the lock that marks each in use
@@ -881,6 +909,7 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
     try:
         write(tmp)
         produced = sorted(os.listdir(tmp))
+        _refuse_a_save_without_weights(target, produced, replaces_weights)
         mounted = _mounted_entries(tmp, target, produced)  # a save that cannot move in is refused before its commit
         _commit(tmp, produced, drop, replaces_weights, _merge_plan(tmp, target, produced, mounted))
         pending = True

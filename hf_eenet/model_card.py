@@ -199,7 +199,8 @@ def write_results_card(results: dict, folder) -> ModelCard:
     return card
 
 
-__all__ = ["build_model_card", "card_status", "card_from_results", "mark_card_stale", "write_results_card"]
+__all__ = ["build_model_card", "card_status", "card_from_results", "mark_card_stale", "mark_card_stale_in_save",
+           "write_results_card"]
 
 
 #: how the notes of :func:`mark_card_stale` begin, and what their first paragraph holds
@@ -275,3 +276,28 @@ def card_status(model_dir, model, state_dict=None, changed_here: bool = False) -
     mine, theirs = list(model.config.scheduler_budgets or []), list(results["bank_budgets"])
     same = len(mine) == len(theirs) and all(abs(a - b) <= 1e-9 for a, b in zip(mine, theirs))
     return "current" if same and not changed_here else "stale"
+
+
+def mark_card_stale_in_save(folder, tmp, model, state_dict=None, changed_here: bool = False,
+                            by: str = "save_pretrained") -> str | None:
+    """Within a save of ``model`` into ``folder`` (written into ``tmp``, then swapped in): a results card already in
+    ``folder`` (a recipe's ``README.md`` + ``results.json``) that describes other weights or another scheduler bank
+    than the model saved (:func:`card_status`; ``state_dict``: the weights written, where not the model's) is put
+    into ``tmp`` marked stale (:func:`mark_card_stale`: its model-index results removed, a note on top) - else it
+    would ship, and be pushed, as this model's results. A card already marked has its note brought up to date (the
+    budgets the model serves now). Returns the card's status when it was marked (``"stale"``: the caller warns), else
+    ``None``; a save that writes its own ``README.md`` is left alone."""
+    import shutil
+
+    if folder is None or Path(tmp, "README.md").exists() or not Path(folder, "README.md").is_file():
+        return None
+    status = card_status(folder, model, state_dict, changed_here=changed_here)
+    if status not in ("stale", "marked"):
+        return None
+    if status == "marked" and f"it now serves budgets {list(model.config.scheduler_budgets or [])}." in \
+            Path(folder, "README.md").read_text(encoding="utf-8"):
+        return None  # the note is up to date
+    shutil.copy(Path(folder, "README.md"), Path(tmp, "README.md"))
+    mark_card_stale(tmp, model, f"changed (saved by {by} with other weights or another scheduler bank)",
+                    subject="model")
+    return status

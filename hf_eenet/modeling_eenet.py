@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from .bank import (
     note_weight_change,
     seed_weights_check,
     stale_bank_reason,
+    state_dict_for_save,
     verify_bank,
     weights_digest,
     without_inference_tensors,
@@ -147,6 +149,50 @@ _STRUCTURAL_CONFIG_KEYS = ("scheduler_bank", "scheduler_budgets", "exit_costs", 
 #: a finish by another process this recent may have replaced config.json after a caller read it (DDP ranks load
 #: one folder together, within seconds of each other)
 _RACING_FINISH_S = 15.0
+
+
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+def _refuse_moved_exits(cls, path, kwargs: dict) -> None:
+    """ValueError, before any weight is read, when ``from_pretrained`` of a checkpoint of ours (its config has
+    ``exit_layers``) is asked for exits that read otherwise (``exit_layers=`` / ``exit_pooling=``, or a ``config=``
+    saying so): the checkpoint's exit heads would load, by name, into exits after other layers or pooling otherwise -
+    no shape error, no load report, other logits (the bank's cost check named only the costs). A checkpoint of the
+    stock model (no ``exit_layers``) gets new heads wherever asked; a config that cannot be read here is left to the
+    stock load."""
+    from .configuration_eenet import EXIT_POOLINGS, validate_exit_layers
+
+    config = kwargs.get("config")
+    config = config if hasattr(config, "to_dict") else None
+    asked = {k: kwargs[k] for k in EXIT_READS if k in kwargs}
+    if config is None and not asked:
+        return  # the loaded config is the saved one
+    try:
+        saved, _ = cls.config_class.get_config_dict(path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+        if not isinstance(saved, dict) or saved.get("exit_layers") is None:
+            return
+        depth = int(saved["num_hidden_layers"])
+        theirs = {"exit_layers": validate_exit_layers(saved["exit_layers"], depth),
+                  "exit_pooling": str(saved.get("exit_pooling") or "cls")}
+        ours = exit_reads(config) if config is not None and getattr(config, "exit_layers", None) is not None \
+            else dict(theirs)
+        if "exit_layers" in asked:
+            ours["exit_layers"] = validate_exit_layers(asked["exit_layers"], depth)
+        if "exit_pooling" in asked:
+            ours["exit_pooling"] = str(asked["exit_pooling"] or "cls")
+    except Exception:  # noqa: BLE001 - not readable here: the stock load says what is wrong (an invalid value too)
+        return
+    if ours["exit_pooling"] not in EXIT_POOLINGS:
+        return  # the config's own check names the values it takes
+    differ = [k for k in EXIT_READS if ours[k] != theirs[k]]
+    if differ:
+        raise ValueError(f"{path}: the checkpoint's exit heads were trained at "
+                         + ", ".join(f"{k} {theirs[k]}" for k in differ) + "; loading it with "
+                         + ", ".join(f"{k} {ours[k]}" for k in differ) + " would put them into exits that read other "
+                         "layers or pool otherwise (same names, so no shape error). Load it as saved (without "
+                         "exit_layers= / exit_pooling=); exits elsewhere need new heads: build the model with them "
+                         "from the backbone checkpoint it was trained from, and train it")
 
 
 def _finish_interrupted_save_before_load(cls, path, kwargs: dict) -> None:
@@ -596,12 +642,15 @@ class EENetModelMixin:
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """As ``PreTrainedModel.from_pretrained``, then: no scheduler tensor may be missing from (or left over in)
-        the checkpoint, and the bank must match the config (``verify_bank``); else ``BankIntegrityError``. A local
-        folder whose last save was interrupted while its files moved in (a save into the working directory or a
-        mount point) is first finished (``hf_eenet.bank.finish_interrupted_save``)."""
+        the checkpoint, and the bank must match the config (``verify_bank``); else ``BankIntegrityError``. A
+        checkpoint of ours asked for exits at other layers or pooled otherwise is refused first
+        (:func:`_refuse_moved_exits`). A local folder whose last save was interrupted while its files moved in (a
+        save into the working directory or a mount point) is first finished
+        (``hf_eenet.bank.finish_interrupted_save``)."""
         want_info = kwargs.pop("output_loading_info", False)
-        _finish_interrupted_save_before_load(cls, args[0] if args else kwargs.get("pretrained_model_name_or_path"),
-                                             kwargs)
+        path = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        _finish_interrupted_save_before_load(cls, path, kwargs)
+        _refuse_moved_exits(cls, path, kwargs)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         model.config._validate_eenet()
         check_loading_info(info, bank_expected=bool(model.config.scheduler_budgets or model.config.scheduler_bank))
@@ -627,7 +676,11 @@ class EENetModelMixin:
         does not produce (tokenizer, README, ...) are kept. The folder always gets the remote code (``auto_map``,
         the model/config code), the pipeline code and ``custom_pipelines``, so
         ``pipeline("text-classification", model=folder, trust_remote_code=True)`` serves ``budget=`` without
-        hf_eenet installed."""
+        hf_eenet installed. A results card in the folder that describes other weights or another bank is marked
+        stale (:func:`~hf_eenet.model_card.mark_card_stale_in_save`, with a warning). ``state_dict=``: the bank's
+        tensors it lacks are added from the model, and a bank not fitted for its weights is warned about.
+        ``push_to_hub=True`` uploads what the save wrote and the card, as the stock save does (not the files the
+        folder held already). A rank that does not write checkpoints (``should_save_on_this_rank``) writes nothing."""
         if getattr(self, "eenet_quantization", None) or any(
                 type(m).__name__ == "Int8Linear" or type(m).__module__.startswith(_TORCH_QUANTISED)
                 for m in self.modules()):  # also quantize_linears_int8 alone, or torch's quantize_dynamic
@@ -635,10 +688,17 @@ class EENetModelMixin:
                              "fp32 model and quantise after loading")
         if self.config.scheduler_budgets or self.config.scheduler_bank:
             self.config.scheduler_bank = verify_bank(self, where="on save") or None
-            reason = stale_bank_reason(self, force=True)
+            if kwargs.get("state_dict") is not None:  # the weights written are these, not the model's
+                kwargs["state_dict"], reason = state_dict_for_save(self, kwargs["state_dict"])
+            else:
+                reason = stale_bank_reason(self, force=True)
             if reason:  # saved as it is (a Trainer checkpoint must not fail): loads warn, serving raises
                 warnings.warn(f"saving a stale bank: {reason}", UserWarning, stacklevel=2)
+        # transformers writes on global rank 0 only (should_save_on_this_rank): another rank's save must not swap in
+        # a folder holding no weights (the stock save into a temporary folder writes nothing there)
         is_main = kwargs.get("is_main_process", True)
+        if hasattr(self, "should_save_on_this_rank"):
+            is_main = self.should_save_on_this_rank(is_main)
         custom = {"text-classification": {"impl": "pipeline_eenet.EENetTextClassificationPipeline",
                                           "pt": ["AutoModelForSequenceClassification"], "type": "text"}}
 
@@ -656,6 +716,14 @@ class EENetModelMixin:
             for name in ("pipeline_eenet.py",):
                 if (here / name).exists():
                     shutil.copy(here / name, Path(tmp, name))
+            # a results card already in the folder that describes other weights or another bank goes in marked
+            from .model_card import mark_card_stale_in_save
+
+            if mark_card_stale_in_save(save_directory, tmp, self, kwargs.get("state_dict")) == "stale":
+                warnings.warn(f"{Path(save_directory, 'README.md')} held results of another model (its results.json): "
+                              "the card was marked stale (its model-index results removed); evaluate the model saved "
+                              "now (hf-eenet evaluate, or the recipe with --do_eval) to write its own card",
+                              UserWarning, stacklevel=4)
 
         if not is_main:
             return super().save_pretrained(save_directory, *args, **kwargs)
@@ -663,14 +731,19 @@ class EENetModelMixin:
         # before the pipeline code is added; push the finished folder instead
         push = kwargs.pop("push_to_hub", False)
         hub = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "create_pr", "private") if key in kwargs}
+        # what the folder held before (the entries a save carries over keep their times): only what this save
+        # wrote is uploaded, as the stock push does - not a stock run's training_args.bin, checkpoints, old results
+        stamps = self._get_files_timestamps(save_directory) if push and os.path.isdir(save_directory) else {}
+        stamps.pop("README.md", None)  # the folder's card goes up with the model (marked above where stale)
         atomic_save_dir(save_directory, write)
         if push:
-            self._push_saved_folder(save_directory, token=kwargs.get("token"), **hub)
+            self._push_saved_folder(save_directory, token=kwargs.get("token"), stamps=stamps, **hub)
 
     def _push_saved_folder(self, folder, repo_id=None, commit_message=None, create_pr=False, private=None,
-                           token=None):
+                           token=None, stamps=None):
         """Upload a folder written by :meth:`save_pretrained` as the stock ``push_to_hub=True`` does (repo id
-        defaults to the folder's name; a stock model card is added only when the folder has no README.md)."""
+        defaults to the folder's name; a stock model card is added only when the folder has no README.md): the
+        entries that are new or changed since ``stamps`` (``_get_files_timestamps`` of the folder before the save)."""
         from transformers import modeling_utils
 
         repo_kw = {"private": private} if private is not None else {}
@@ -681,7 +754,7 @@ class EENetModelMixin:
             modeling_utils.create_and_tag_model_card(repo_id, self.model_tags, token=token).save(
                 str(Path(folder, "README.md"))
             )
-        self._upload_modified_files(str(folder), repo_id, {}, commit_message=commit_message, token=token,
+        self._upload_modified_files(str(folder), repo_id, stamps or {}, commit_message=commit_message, token=token,
                                     create_pr=create_pr)
 
     # ------------------------------------------------------------------ the exit loop

@@ -918,26 +918,16 @@ class EENetTrainer(Trainer):
         atomic_save_dir(output_dir, write, drop=drop)
 
     def _mark_stale_card(self, folder, tmp, state_dict=None) -> None:
-        """Within a save of the model into ``folder`` (written into ``tmp``): a results card already there (a recipe's
-        ``README.md`` + ``results.json``) that describes other weights or another scheduler bank than the model
-        saved is kept, marked stale (its model-index results removed, a note on top; ``mark_card_stale``), with a
-        warning — else it would ship, and be pushed, as this model's results. A card already marked has its note
-        brought up to date (the budgets the model serves now). Off with ``mark_stale_cards = False``."""
-        from .model_card import card_status, mark_card_stale
+        """Within a save of the model into ``folder`` (written into ``tmp``): a results card already there that
+        describes other weights or another scheduler bank than the model saved is kept, marked stale, with a warning
+        (:func:`~hf_eenet.model_card.mark_card_stale_in_save`). Off with ``mark_stale_cards = False``."""
+        from .model_card import mark_card_stale_in_save
 
-        if not self.mark_stale_cards or Path(tmp, "README.md").exists():
+        if not self.mark_stale_cards:
             return
         model = self.accelerator.unwrap_model(self.model)
-        status = card_status(folder, model, state_dict,
-                             changed_here=self.state.global_step > 0 or self.scheduler_fit_mode is not None)
-        if status not in ("stale", "marked"):
-            return
-        if status == "marked" and f"it now serves budgets {list(model.config.scheduler_budgets or [])}." in \
-                Path(folder, "README.md").read_text(encoding="utf-8"):
-            return  # the note is up to date
-        shutil.copy(Path(folder, "README.md"), Path(tmp, "README.md"))
-        mark_card_stale(tmp, model, "changed (saved by EENetTrainer with other weights or another scheduler bank)",
-                        subject="model")
+        status = mark_card_stale_in_save(folder, tmp, model, state_dict, by="EENetTrainer",
+                                         changed_here=self.state.global_step > 0 or self.scheduler_fit_mode is not None)
         if status == "stale":
             warnings.warn(f"{Path(folder, 'README.md')} held results of another model (its results.json): the card "
                           "was marked stale (its model-index results removed); re-run the recipe with --do_eval on "

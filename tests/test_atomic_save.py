@@ -338,10 +338,11 @@ def test_mounts_at_entries_the_save_writes_are_merged_into_or_rewritten_in_place
     assert read(target / "checkpoint-5" / "optimizer.pt") == "new" and read(target / "tokenizer.json") == "new tok"
     assert read(target / "checkpoint-5" / "keep.txt") == "volume"
     with pytest.raises(OSError, match="cannot change from a file to a folder"):  # refused before anything moves
-        atomic_save_dir(target, writer({"config.json": "newer", "tokenizer.json/x": "a folder"}))
+        atomic_save_dir(target, writer({"config.json": "newer", "model.safetensors": "w",
+                                        "tokenizer.json/x": "a folder"}))
     assert read(target / "config.json") == "new config"
     os.symlink(target / "checkpoint-5", target / "link")  # a link to a mount is replaced as a link, not followed
-    atomic_save_dir(target, writer({"link/inner": "a folder"}))
+    atomic_save_dir(target, writer({"model.safetensors": "w", "link/inner": "a folder"}))
     assert not os.path.islink(target / "link") and read(target / "link" / "inner") == "a folder"
     assert read(target / "checkpoint-5" / "keep.txt") == "volume"
 
@@ -734,3 +735,21 @@ def test_leftovers_of_saved_sub_folders_are_mended_before_an_upload_and_never_up
     kept = ["model.safetensors", "checkpoint-2/config.json", "notes/a.old-file", "README.md"]
     for path in skipped + kept:
         assert any(fnmatch.fnmatch(path, p) for p in bank.SAVE_LEFTOVER_PATTERNS) == (path in skipped), path
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_save_that_writes_no_weights_leaves_the_folder_as_it_was(tmp_path, monkeypatch, inside):
+    """A save meant to replace the weights that wrote none (the stock save on a rank other than 0 writes nothing) is
+    refused before the swap: swapped in, the old weights were dropped and the folder no longer loaded (review 84).
+    A save of something else (replaces_weights=False) still may write no weights."""
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    if inside:  # the journal path (a mount point / the working directory)
+        monkeypatch.setattr(bank, "_mount_points", lambda: {"/", str(target)})
+    with pytest.raises(OSError, match="wrote no weights"):
+        atomic_save_dir(target, writer({"pipeline_eenet.py": "code"}))
+    assert read(target / "model.safetensors") == OLD["model.safetensors"] and not (target / "pipeline_eenet.py").exists()
+    atomic_save_dir(target, writer({"scheduler.json": "s"}), replaces_weights=False)
+    assert read(target / "model.safetensors") == OLD["model.safetensors"] and read(target / "scheduler.json") == "s"
+    atomic_save_dir(target, writer({"adapter_model.safetensors": "lora", "adapter_config.json": "{}"}))  # PEFT
+    assert read(target / "adapter_model.safetensors") == "lora"

@@ -720,9 +720,14 @@ def test_a_bank_fitted_on_another_exit_pooling_is_not_served(tmp_path):
     assert [(r["exit_layers"], r["exit_pooling"]) for r in model.config.scheduler_bank] == [([1, 2, 3, 4], "cls")] * 2
     want = outputs(model, batch, 0.5)[0]
     model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"exit heads were trained at exit_pooling cls; loading it with "
+                                         r"exit_pooling mean"):  # review 84: the heads would read otherwise
+        type(model).from_pretrained(tmp_path, exit_pooling="mean")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "exit_pooling": "mean"}))  # a config edited on disk
     with pytest.warns(UserWarning, match=r"config.exit_pooling is 'mean' but the bank was fitted with 'cls'.*The "
                                          r"model is loaded"):
-        other = type(model).from_pretrained(tmp_path, exit_pooling="mean")
+        other = type(model).from_pretrained(tmp_path)
     with pytest.raises(BankIntegrityError, match=r"fitted on other exit outputs .*exit_pooling='cls'"):
         other(**batch, budget=0.5)
     with pytest.raises(BankIntegrityError, match="fitted on other exit outputs"):
@@ -756,15 +761,54 @@ def test_a_bank_fitted_on_another_exit_pooling_is_not_served(tmp_path):
     legacy(**batch, budget=0.5)
 
 
+def test_save_pretrained_with_a_state_dict_keeps_the_bank_and_checks_its_weights(tmp_path):
+    """``save_pretrained(state_dict=...)``: a state dict without the bank's tensors (built from named_parameters(),
+    say) replaced a loading folder with one that failed (BankIntegrityError: scheduler tensors missing); one holding
+    other weights saved silently. Now the bank's tensors are added from the model, and other weights are warned
+    about as a stale bank (review 84)."""
+    model, batch, _, _ = fitted_model()
+    want = outputs(model, batch, 0.5)
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith("eenet_schedulers.")}
+    model.save_pretrained(tmp_path / "a", state_dict=weights)
+    got = outputs(type(model).from_pretrained(tmp_path / "a"), batch, 0.5)
+    assert got[0] == want[0] and torch.equal(got[1], want[1])
+    other = {k: (v + 1 if k.endswith("classifier.bias") else v) for k, v in weights.items()}
+    with pytest.warns(UserWarning, match="saving a stale bank: the scheduler bank was fitted for other weights"):
+        model.save_pretrained(tmp_path / "b", state_dict=other)
+    with pytest.warns(UserWarning, match="fitted for other weights"):
+        loaded = type(model).from_pretrained(tmp_path / "b")
+    with pytest.raises(BankIntegrityError):
+        loaded(**batch, budget=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the model's own weights, as a 16-bit gather would hold them: no warning
+        model.save_pretrained(tmp_path / "c", state_dict={k: v.bfloat16() if v.is_floating_point() else v
+                                                          for k, v in weights.items()})
+
+
 def test_from_pretrained_kwargs_are_validated(tmp_path):
     plain = tiny_model(layers=6)
     plain.save_pretrained(tmp_path / "plain")
     cls = type(plain)
     with pytest.raises(ValueError, match="exit_layers"):
         cls.from_pretrained(tmp_path / "plain", exit_layers=[2, 4, 5])
-    with pytest.raises(ValueError, match="exit_pooling"):
+    with pytest.raises(ValueError, match=r"exit_pooling must be one of"):
         cls.from_pretrained(tmp_path / "plain", exit_pooling="bogus")
-    m = cls.from_pretrained(tmp_path / "plain", exit_layers=[2, 4, 6])
+    # a checkpoint of ours asked for exits elsewhere: its heads would load into exits after other layers (review 84)
+    for over in (dict(exit_layers=[2, 4, 6]), dict(config=cls.config_class.from_pretrained(tmp_path / "plain",
+                                                                                           exit_layers=[2, 4, 6]))):
+        with pytest.raises(ValueError, match=r"exit heads were trained at exit_layers \[1, 2, 3, 4, 5, 6\]; loading "
+                                             r"it with exit_layers \[2, 4, 6\]"):
+            cls.from_pretrained(tmp_path / "plain", **over)
+    assert cls.from_pretrained(tmp_path / "plain", exit_layers=[1, 2, 3, 4, 5, 6]).config.exit_layers == [1, 2, 3, 4,
+                                                                                                         5, 6]
+    # the stock model's checkpoint gets new heads wherever asked
+    from transformers import BertConfig, BertForSequenceClassification
+
+    stock = BertForSequenceClassification(BertConfig(**{k: getattr(plain.config, k) for k in (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        "max_position_embeddings", "num_labels")}))
+    stock.save_pretrained(tmp_path / "stock")
+    m = cls.from_pretrained(tmp_path / "stock", exit_layers=[2, 4, 6])
     assert m.config.exit_costs == pytest.approx(hf_eenet.configuration_eenet.flops_exit_costs(m.config, [2, 4, 6]))
     assert len(m.exit_heads) == 2
     with torch.no_grad():
@@ -773,12 +817,12 @@ def test_from_pretrained_kwargs_are_validated(tmp_path):
     # measured costs cannot be recomputed for new exits: an error asks for them
     lat = tiny_model(layers=6, exit_costs=[1, 2, 3, 4, 5, 6], exit_cost_profile="latency")
     lat.save_pretrained(tmp_path / "lat")
-    with pytest.raises(ValueError, match="measured"):
-        cls.from_pretrained(tmp_path / "lat", exit_layers=[2, 4, 6])
-    # a fitted bank does not fit other exits
+    with pytest.raises(ValueError, match="measured"):  # (the config alone: the model refuses other exits first)
+        cls.config_class.from_pretrained(tmp_path / "lat", exit_layers=[2, 4, 6])
+    # a fitted bank's model: the heads are named, not the costs (the bank's error advised refitting it on them)
     model, _, _, _ = fitted_model()
     model.save_pretrained(tmp_path / "fitted")
-    with pytest.raises(BankIntegrityError, match="exits"):
+    with pytest.raises(ValueError, match=r"exit heads were trained at exit_layers \[1, 2, 3, 4\]"):
         cls.from_pretrained(tmp_path / "fitted", exit_layers=[2, 4])
 
 

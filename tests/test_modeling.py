@@ -517,3 +517,75 @@ def test_save_pretrained_push_to_hub_uploads_the_finished_folder(repo_id, tmp_pa
     assert "pipeline_eenet.py" in seen["files"] and "modeling_eenet.py" in seen["files"]
     assert list(seen["config"]["custom_pipelines"]) == ["text-classification"]
     assert not [p for p in tmp_path.iterdir() if p.name != "my-eenet-model"], "temporary folders left behind"
+
+
+def _results_card(folder, digest):
+    """A results card of ours (tags hf_eenet, model-index results) and the results.json it was written from."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    data = ModelCardData(tags=["hf_eenet"], model_name="m", eval_results=[EvalResult(
+        task_type="text-classification", dataset_type="sst2", dataset_name="sst2", metric_type="accuracy",
+        metric_value=0.9, metric_name="accuracy @ budget 0.5")])
+    ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\nResults.\n").save(str(folder / "README.md"))
+    (folder / "results.json").write_text(json.dumps({"model_sha256": digest}))
+
+
+def test_save_pretrained_pushes_what_it_wrote_and_marks_a_card_of_other_weights(tmp_path, monkeypatch):
+    """``save_pretrained(d, push_to_hub=True)`` into a folder holding other files uploads what the save wrote and the
+    card, as the stock save does (review 84: every file went up - a stock run's pickled training_args.bin, checkpoint
+    optimizer / rng pickles, the old model's results); a results card of other weights is marked stale first (it was
+    kept as this model's results by save_pretrained, only EENetTrainer marked it)."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import ModelCard
+    from transformers import modeling_utils
+    from transformers.utils import hub
+
+    from hf_eenet.bank import state_digest
+
+    uploaded = []
+    api = SimpleNamespace(create_repo=lambda rid, **kw: SimpleNamespace(repo_id=rid),
+                          create_commit=lambda repo_id, operations, **kw: uploaded.extend(
+                              o.path_in_repo for o in operations))
+    monkeypatch.setattr(modeling_utils, "hf_api", lambda: api)
+    monkeypatch.setattr(hub, "hf_api", lambda: api)
+    model = tiny_model(layers=2)
+    target = tmp_path / "m"
+    model.save_pretrained(target)
+    (target / "training_args.bin").write_bytes(b"a stock Trainer's pickle")
+    (target / "checkpoint-500").mkdir()
+    (target / "checkpoint-500" / "optimizer.pt").write_bytes(b"pickle")
+    (target / "eval_results.json").write_text("{}")
+    _results_card(target, "0" * 64)  # the results of other weights
+    with torch.no_grad():
+        model.classifier.bias.add_(1.0)
+    with pytest.warns(UserWarning, match="held results of another model .*marked stale"):
+        model.save_pretrained(target, push_to_hub=True, repo_id="me/m")
+    assert "README.md" in uploaded and "config.json" in uploaded and "pipeline_eenet.py" in uploaded
+    assert any(f.endswith(".safetensors") for f in uploaded)
+    assert not {"training_args.bin", "eval_results.json", "results.json"} & set(uploaded), uploaded
+    assert not [f for f in uploaded if f.startswith("checkpoint-")], uploaded
+    card = ModelCard.load(str(target / "README.md"))
+    assert not card.data.eval_results and card.text.lstrip().startswith("> **Note:** the model was changed")
+    assert (target / "training_args.bin").exists() and (target / "checkpoint-500" / "optimizer.pt").exists()
+    # a card of these very weights stays as it is
+    _results_card(target, state_digest(model))
+    text = (target / "README.md").read_text()
+    model.save_pretrained(target)
+    assert (target / "README.md").read_text() == text
+
+
+def test_a_save_on_a_rank_that_writes_no_checkpoint_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    """transformers writes on global rank 0 only (should_save_on_this_rank): the same save_pretrained on another rank
+    swapped in a temporary folder holding no weights, and the folder no longer loaded (review 84)."""
+    model = tiny_model(layers=2)
+    model.save_pretrained(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    monkeypatch.setattr(type(model), "should_save_on_this_rank", lambda self, is_main_process: False)
+    with torch.no_grad():
+        model.classifier.bias.add_(1.0)
+    model.save_pretrained(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    monkeypatch.undo()
+    loaded = type(model).from_pretrained(tmp_path)
+    assert not torch.equal(loaded.classifier.bias, model.classifier.bias)
