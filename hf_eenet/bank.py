@@ -283,7 +283,11 @@ def state_dict_for_save(model, state_dict: Mapping) -> tuple[dict, str | None]:
     given state dict lacks (one built from ``named_parameters()``, which leaves out buffers) are added from the model
     (the folder would not load without them: :class:`BankIntegrityError`, missing scheduler tensors), and ``reason``
     (:data:`STALE_BANK_MESSAGE`) says whether its other tensors are weights the bank was not fitted for (compared as
-    :func:`stale_bank_reason` compares the model's, in either rounding: a gathered 16-bit state dict matches)."""
+    :func:`stale_bank_reason` compares the model's, in either rounding: a gathered 16-bit state dict matches). A state
+    dict without every one of the model's parameters (empty, or a part) is returned as given, unchecked."""
+    params = {k for k, _ in model.named_parameters() if not k.startswith(_BANK_PREFIX)}
+    if not params <= set(state_dict):  # not the model's weights: an empty gather (DeepSpeed ZeRO-3 without
+        return state_dict, None  # stage3_gather_16bit_weights_on_model_save), a part: written as given
     own = {k: t for k, t in model.state_dict().items() if k.startswith(_BANK_PREFIX)}
     out = dict(state_dict)
     for key, t in own.items():
@@ -294,7 +298,9 @@ def state_dict_for_save(model, state_dict: Mapping) -> tuple[dict, str | None]:
     items = sorted((k, t) for k, t in out.items() if not k.startswith(_BANK_PREFIX) and isinstance(t, torch.Tensor))
     if any(t.device.type == "meta" for _, t in items):
         return out, None
-    return out, (None if _matches(items, want) else STALE_BANK_MESSAGE)
+    return out, (None if _matches(items, want) else
+                 "the scheduler bank was fitted for other weights than those of the state dict saved (state_dict=): "
+                 "the folder loads with a warning and refuses budgets until the bank is refitted on its weights")
 
 
 def _versions(items) -> dict:
@@ -586,7 +592,7 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     files (``model*.safetensors``, ``pytorch_model*``: the new save's weights replace them) and the entries named in
     ``drop`` that ``write`` did not produce (removed on every path, e.g. the trainer's stale ``training_args.bin``).
     ``replaces_weights=False`` (a save of something else into a model folder, e.g. a scheduler) keeps the old weight
-    files as well. ``in_place=True`` never swaps the folder: its other entries are never moved or re-linked (a
+    files as well; so does a save that wrote no weight files under those names (:func:`_drops_old_weights`). ``in_place=True`` never swaps the folder: its other entries are never moved or re-linked (a
     training run's ``output_dir`` whose checkpoint folders other processes may be writing into); the save is the
     journal described below.
 
@@ -634,7 +640,7 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     try:
         write(tmp)
         produced = set(os.listdir(tmp))
-        _refuse_a_save_without_weights(target, produced, replaces_weights)
+        replaces_weights = _drops_old_weights(produced, replaces_weights)
         if keep_old_entries and os.path.isdir(target):
             for entry in os.listdir(target):
                 if (entry in produced or (replaces_weights and entry.startswith(WEIGHT_PREFIXES))
@@ -666,12 +672,12 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
         _remove_tree(tmp)  # the unfinished new folder, or the old one after the swap
 
 
-def _refuse_a_save_without_weights(target, produced, replaces_weights: bool) -> None:
-    """OSError (the folder left as it was) when a save that replaces a folder's weights wrote none: swapped in, the
-    old weights would be dropped and the folder would not load (a stock save on a rank other than 0 writes nothing)."""
-    if replaces_weights and not any(e.startswith((*WEIGHT_PREFIXES, "adapter_model")) for e in produced):
-        raise OSError(f"the save into {target} wrote no weights (it wrote {sorted(produced)}): the folder is left as "
-                      "it was (a save on a process that does not write checkpoints, e.g. a rank other than 0?)")
+def _drops_old_weights(produced, replaces_weights: bool) -> bool:
+    """Whether a save's new folder leaves out the old folder's weight files (:data:`WEIGHT_PREFIXES`): only where the
+    save wrote weight files of its own under those names. A save that wrote none (the stock save on a rank other than
+    global 0 writes nothing; a PEFT adapter, ``adapter_model*``; a ``variant=`` save, ``model.<variant>.safetensors``)
+    keeps them, as the stock save into the folder would: dropped, the folder no longer loaded."""
+    return replaces_weights and any(e.startswith(WEIGHT_PREFIXES) for e in produced)
 
 
 #: the temporary folders of this process's running saves → the descriptor of the lock that marks each in use
@@ -909,7 +915,7 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
     try:
         write(tmp)
         produced = sorted(os.listdir(tmp))
-        _refuse_a_save_without_weights(target, produced, replaces_weights)
+        replaces_weights = _drops_old_weights(produced, replaces_weights)
         mounted = _mounted_entries(tmp, target, produced)  # a save that cannot move in is refused before its commit
         _commit(tmp, produced, drop, replaces_weights, _merge_plan(tmp, target, produced, mounted))
         pending = True

@@ -157,26 +157,33 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revi
 def _refuse_moved_exits(cls, path, kwargs: dict) -> None:
     """ValueError, before any weight is read, when ``from_pretrained`` of a checkpoint of ours (its config has
     ``exit_layers``) is asked for exits that read otherwise (``exit_layers=`` / ``exit_pooling=``, or a ``config=``
-    saying so): the checkpoint's exit heads would load, by name, into exits after other layers or pooling otherwise -
+    object or path saying so): the checkpoint's exit heads would load, by name, into exits after other layers or pooling otherwise -
     no shape error, no load report, other logits (the bank's cost check named only the costs). A checkpoint of the
     stock model (no ``exit_layers``) gets new heads wherever asked; a config that cannot be read here is left to the
     stock load."""
     from .configuration_eenet import EXIT_POOLINGS, validate_exit_layers
 
     config = kwargs.get("config")
-    config = config if hasattr(config, "to_dict") else None
     asked = {k: kwargs[k] for k in EXIT_READS if k in kwargs}
     if config is None and not asked:
         return  # the loaded config is the saved one
+    hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
     try:
-        saved, _ = cls.config_class.get_config_dict(path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+        saved, _ = cls.config_class.get_config_dict(path, **hub)
         if not isinstance(saved, dict) or saved.get("exit_layers") is None:
             return
         depth = int(saved["num_hidden_layers"])
         theirs = {"exit_layers": validate_exit_layers(saved["exit_layers"], depth),
                   "exit_pooling": str(saved.get("exit_pooling") or "cls")}
-        ours = exit_reads(config) if config is not None and getattr(config, "exit_layers", None) is not None \
-            else dict(theirs)
+        if isinstance(config, (str, os.PathLike)):  # config= a folder / repo id: the config read from there
+            given, _ = cls.config_class.get_config_dict(config, **hub)
+            ours = dict(theirs) if given.get("exit_layers") is None else {
+                "exit_layers": validate_exit_layers(given["exit_layers"], depth),
+                "exit_pooling": str(given.get("exit_pooling") or "cls")}
+        elif config is not None and getattr(config, "exit_layers", None) is not None:
+            ours = exit_reads(config)
+        else:
+            ours = dict(theirs)
         if "exit_layers" in asked:
             ours["exit_layers"] = validate_exit_layers(asked["exit_layers"], depth)
         if "exit_pooling" in asked:
@@ -686,6 +693,13 @@ class EENetModelMixin:
                 for m in self.modules()):  # also quantize_linears_int8 alone, or torch's quantize_dynamic
             raise ValueError("this model is int8-quantised (hf_eenet.quantization or torch.ao.quantization): save the "
                              "fp32 model and quantise after loading")
+        # transformers writes on global rank 0 only (should_save_on_this_rank): another rank's save is the stock one,
+        # which writes nothing (swapped in, a temporary folder holding no weights replaced the folder)
+        is_main = kwargs.get("is_main_process", True)
+        if hasattr(self, "should_save_on_this_rank"):
+            is_main = self.should_save_on_this_rank(is_main)
+        if not is_main:
+            return super().save_pretrained(save_directory, *args, **kwargs)
         if self.config.scheduler_budgets or self.config.scheduler_bank:
             self.config.scheduler_bank = verify_bank(self, where="on save") or None
             if kwargs.get("state_dict") is not None:  # the weights written are these, not the model's
@@ -694,11 +708,6 @@ class EENetModelMixin:
                 reason = stale_bank_reason(self, force=True)
             if reason:  # saved as it is (a Trainer checkpoint must not fail): loads warn, serving raises
                 warnings.warn(f"saving a stale bank: {reason}", UserWarning, stacklevel=2)
-        # transformers writes on global rank 0 only (should_save_on_this_rank): another rank's save must not swap in
-        # a folder holding no weights (the stock save into a temporary folder writes nothing there)
-        is_main = kwargs.get("is_main_process", True)
-        if hasattr(self, "should_save_on_this_rank"):
-            is_main = self.should_save_on_this_rank(is_main)
         custom = {"text-classification": {"impl": "pipeline_eenet.EENetTextClassificationPipeline",
                                           "pt": ["AutoModelForSequenceClassification"], "type": "text"}}
 
@@ -725,8 +734,6 @@ class EENetModelMixin:
                               "now (hf-eenet evaluate, or the recipe with --do_eval) to write its own card",
                               UserWarning, stacklevel=4)
 
-        if not is_main:
-            return super().save_pretrained(save_directory, *args, **kwargs)
         # push_to_hub=True: the stock save would create the repo from the *temporary* folder's name and upload it
         # before the pipeline code is added; push the finished folder instead
         push = kwargs.pop("push_to_hub", False)

@@ -567,13 +567,20 @@ def _reads_class_ids(config) -> int | None:
     return int(num)
 
 
+def _class_id_batch(labels) -> bool:
+    """Whether ``labels`` is a batch of single-label class ids: integers shaped ``[B]`` or ``[B, 1]`` (the loss reads
+    ``labels.view(-1)``)."""
+    return (isinstance(labels, torch.Tensor) and not labels.is_floating_point() and labels.numel() > 0
+            and (labels.ndim == 1 or (labels.ndim == 2 and labels.shape[-1] == 1)))
+
+
 def _refuse_labels_out_of_range(labels: torch.Tensor, config) -> None:
     """ValueError (:func:`_label_range_problem`) when a batch's single-label class ids (training, or the loss of an
     evaluation / prediction) do not fit the model's classes; else nothing."""
     num = _reads_class_ids(config)
-    if num is None or labels.is_floating_point() or labels.ndim != 1 or not labels.numel():
+    if num is None or not _class_id_batch(labels):
         return
-    problem = _label_range_problem(labels.detach().cpu().numpy(), num)
+    problem = _label_range_problem(labels.detach().cpu().reshape(-1).numpy(), num)
     if problem:
         raise ValueError(problem)
 
@@ -591,9 +598,8 @@ class _LabelRangeCheck:
     def __call__(self, features):
         batch = self.collator(features)
         labels = batch.get("labels") if isinstance(batch, Mapping) else None
-        if isinstance(labels, torch.Tensor) and labels.device.type == "cpu" and not labels.is_floating_point() \
-                and labels.ndim == 1 and labels.numel():  # (a collator that moves batches itself: compute_loss)
-            problem = _label_range_problem(labels.numpy(), self.num_classes)
+        if _class_id_batch(labels) and labels.device.type == "cpu":  # (a collator that moves batches: compute_loss)
+            problem = _label_range_problem(labels.reshape(-1).numpy(), self.num_classes)
             if problem:
                 raise ValueError(problem)
         return batch
@@ -899,6 +905,11 @@ class EENetTrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return super()._save(output_dir, state_dict=state_dict)
+        writes = getattr(self.accelerator.unwrap_model(self.model), "should_save_on_this_rank", None)
+        if writes is not None and not writes(True):  # save_on_each_node: transformers writes weights on global
+            logger.info("rank %s writes no model (transformers saves on global rank 0 only)", self.args.process_index)
+            os.makedirs(output_dir, exist_ok=True)  # (a checkpoint's trainer state / RNG state go in there)
+            return  # rank 0 only; a folder of config and code without them would not load
 
         def write(tmp):
             Trainer._save(self, tmp, state_dict=state_dict)

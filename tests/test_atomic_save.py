@@ -738,18 +738,21 @@ def test_leftovers_of_saved_sub_folders_are_mended_before_an_upload_and_never_up
 
 
 @pytest.mark.parametrize("inside", [False, True])
-def test_a_save_that_writes_no_weights_leaves_the_folder_as_it_was(tmp_path, monkeypatch, inside):
-    """A save meant to replace the weights that wrote none (the stock save on a rank other than 0 writes nothing) is
-    refused before the swap: swapped in, the old weights were dropped and the folder no longer loaded (review 84).
-    A save of something else (replaces_weights=False) still may write no weights."""
+def test_a_save_that_writes_no_weights_keeps_the_old_ones(tmp_path, monkeypatch, inside):
+    """A save that wrote no weight files of its own keeps the folder's weights, as the stock save into the folder
+    would: the stock save on a rank other than 0 writes nothing (swapped in, the folder lost its weights and no longer
+    loaded: review 84), a PEFT adapter writes adapter_model*, a variant= save model.<variant>.safetensors (review 85).
+    A save that writes weights still drops the old ones (the new ones replace them)."""
     target = tmp_path / "m"
     make_folder(target, OLD)
     if inside:  # the journal path (a mount point / the working directory)
         monkeypatch.setattr(bank, "_mount_points", lambda: {"/", str(target)})
-    with pytest.raises(OSError, match="wrote no weights"):
-        atomic_save_dir(target, writer({"pipeline_eenet.py": "code"}))
-    assert read(target / "model.safetensors") == OLD["model.safetensors"] and not (target / "pipeline_eenet.py").exists()
-    atomic_save_dir(target, writer({"scheduler.json": "s"}), replaces_weights=False)
-    assert read(target / "model.safetensors") == OLD["model.safetensors"] and read(target / "scheduler.json") == "s"
+    atomic_save_dir(target, writer({"pipeline_eenet.py": "code"}))
+    assert read(target / "model.safetensors") == OLD["model.safetensors"] and read(target / "pipeline_eenet.py") == "code"
     atomic_save_dir(target, writer({"adapter_model.safetensors": "lora", "adapter_config.json": "{}"}))  # PEFT
-    assert read(target / "adapter_model.safetensors") == "lora"
+    assert read(target / "adapter_model.safetensors") == "lora" and read(target / "model.safetensors") == "old weights"
+    atomic_save_dir(target, writer({"model.fp16.safetensors": "half", "config.json": "c"}))  # variant="fp16"
+    assert read(target / "model.fp16.safetensors") == "half" and read(target / "model.safetensors") == "old weights"
+    atomic_save_dir(target, writer({"model-00001-of-00002.safetensors": "a", "model-00002-of-00002.safetensors": "b",
+                                    "model.safetensors.index.json": "{}"}))  # sharded weights replace the old ones
+    assert not (target / "model.safetensors").exists() and read(target / "model-00001-of-00002.safetensors") == "a"

@@ -779,6 +779,11 @@ def test_save_pretrained_with_a_state_dict_keeps_the_bank_and_checks_its_weights
         loaded = type(model).from_pretrained(tmp_path / "b")
     with pytest.raises(BankIntegrityError):
         loaded(**batch, budget=0.5)
+    from hf_eenet.bank import state_dict_for_save
+
+    assert state_dict_for_save(model, {}) == ({}, None)  # an empty gather (ZeRO-3 without gathering) is not "stale"
+    part = {k: v for k, v in list(weights.items())[:3]}
+    assert state_dict_for_save(model, part) == (part, None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the model's own weights, as a 16-bit gather would hold them: no warning
         model.save_pretrained(tmp_path / "c", state_dict={k: v.bfloat16() if v.is_floating_point() else v
@@ -794,8 +799,9 @@ def test_from_pretrained_kwargs_are_validated(tmp_path):
     with pytest.raises(ValueError, match=r"exit_pooling must be one of"):
         cls.from_pretrained(tmp_path / "plain", exit_pooling="bogus")
     # a checkpoint of ours asked for exits elsewhere: its heads would load into exits after other layers (review 84)
-    for over in (dict(exit_layers=[2, 4, 6]), dict(config=cls.config_class.from_pretrained(tmp_path / "plain",
-                                                                                           exit_layers=[2, 4, 6]))):
+    moved = cls.config_class.from_pretrained(tmp_path / "plain", exit_layers=[2, 4, 6])
+    moved.save_pretrained(tmp_path / "moved_config")
+    for over in (dict(exit_layers=[2, 4, 6]), dict(config=moved), dict(config=str(tmp_path / "moved_config"))):
         with pytest.raises(ValueError, match=r"exit heads were trained at exit_layers \[1, 2, 3, 4, 5, 6\]; loading "
                                              r"it with exit_layers \[2, 4, 6\]"):
             cls.from_pretrained(tmp_path / "plain", **over)

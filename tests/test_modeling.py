@@ -586,6 +586,15 @@ def test_a_save_on_a_rank_that_writes_no_checkpoint_leaves_the_folder_as_it_was(
         model.classifier.bias.add_(1.0)
     model.save_pretrained(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    # EENetTrainer.save_model there (save_on_each_node: args.should_save on every node's local rank 0): nothing
+    # written either (review 85: the save refused, stopping the run)
+    from transformers import TrainingArguments
+
+    trainer = hf_eenet.EENetTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True,
+                                                                       report_to=[], save_on_each_node=True))
+    assert trainer.args.should_save
+    trainer.save_model(str(tmp_path))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     monkeypatch.undo()
     loaded = type(model).from_pretrained(tmp_path)
     assert not torch.equal(loaded.classifier.bias, model.classifier.bias)

@@ -753,6 +753,15 @@ def test_out_of_range_labels_are_named_as_batches_are_collated(tok, tmp_path, mo
         check([shifted[i] for i in range(4)])
     fine = toy_dataset(tok, 8, seed=3)
     assert check([fine[i] for i in range(4)])["labels"].tolist() == fine["labels"][:4]
+    # labels shaped [B, 1] (the loss reads labels.view(-1)): checked too (review 85: they went past)
+    from hf_eenet.trainer import _refuse_labels_out_of_range
+
+    column = _LabelRangeCheck(lambda rows: {"labels": torch.tensor([[r] for r in rows])}, 2)
+    with pytest.raises(ValueError, match="run from 1 to 2"):
+        column([1, 2])
+    assert column([0, 1])["labels"].shape == (2, 1)
+    with pytest.raises(ValueError, match="run from 0 to 2"):
+        _refuse_labels_out_of_range(torch.tensor([[0], [2]]), model.config)
 
 
 def test_a_model_trained_on_pairs_and_then_on_single_texts_reads_single_texts(tok, tmp_path):
@@ -818,6 +827,23 @@ def test_resuming_from_a_checkpoint_with_other_exits_is_refused(tok, tmp_path):
     hf_eenet.EENetTrainer(model=resumed, args=targs(tmp_path / "c", **dict(kw, max_steps=3)), train_dataset=data,
                           processing_class=tok, data_collator=DataCollatorWithPadding(tok)).train(
         resume_from_checkpoint=str(ckpt))
+
+
+def test_checkpoints_on_a_node_whose_rank_writes_no_model(tok, tmp_path, monkeypatch):
+    """save_on_each_node=True on a multi-node run: args.should_save holds on every node's local rank 0, but
+    transformers writes a model on global rank 0 only. Such a rank's checkpoints hold the trainer's state and no model
+    files (review 85: the save was refused and the run stopped; no config / code without weights is written)."""
+    model = toy_model(seed=2)
+    monkeypatch.setattr(type(model), "should_save_on_this_rank", lambda self, is_main_process: False)
+    trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, max_steps=2, per_device_train_batch_size=8,
+                                                            save_strategy="steps", save_steps=2,
+                                                            save_on_each_node=True),
+                                    train_dataset=toy_dataset(tok, 16), processing_class=tok,
+                                    data_collator=DataCollatorWithPadding(tok))
+    trainer.train()
+    ckpt = tmp_path / "out" / "checkpoint-2"
+    assert (ckpt / "trainer_state.json").exists()
+    assert not [p.name for p in ckpt.iterdir() if p.name.endswith((".safetensors", ".py")) or p.name == "config.json"]
 
 
 def test_one_word_validation_rows_are_not_taken_for_a_cut(tok, tmp_path):
