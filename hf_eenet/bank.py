@@ -570,7 +570,12 @@ def check_loading_info(info: dict, prefix: str = "eenet_schedulers.", bank_expec
 
 
 # --------------------------------------------------------------------------------------------------- atomic saves
-WEIGHT_PREFIXES = ("model.safetensors", "model-", "pytorch_model", "tf_model", "flax_model")
+#: transformers' weight file names: ``model[.<variant>][-00001-of-00002].safetensors`` (and ``pytorch_model`` ``.bin``,
+#: ``tf_model`` ``.h5``, ``flax_model`` ``.msgpack``), and their index ``model.safetensors.index[.<variant>].json``
+_WEIGHT_FILE = re.compile(r"^(?:model|pytorch_model|tf_model|flax_model)(?:\.(?P<v>[^.]+?))?(?:-\d{5}-of-\d{5})?"
+                          r"\.(?:safetensors|bin|h5|msgpack)$")
+_WEIGHT_INDEX = re.compile(r"^(?:model\.safetensors|pytorch_model\.bin|tf_model\.h5|flax_model\.msgpack)\.index"
+                           r"(?:\.(?P<v>[^.]+))?\.json$")
 
 
 def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[str, ...] = (),
@@ -589,10 +594,11 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
 
     With ``keep_old_entries``, files and sub-folders of the old ``target`` that ``write`` did not produce (tokenizer
     files, checkpoints, README, ...) are carried over as hard links (copies where links fail), except stale weight
-    files (``model*.safetensors``, ``pytorch_model*``: the new save's weights replace them) and the entries named in
+    files (``model*.safetensors``, ``pytorch_model*`` of a variant the save wrote: its weights replace them) and the entries named in
     ``drop`` that ``write`` did not produce (removed on every path, e.g. the trainer's stale ``training_args.bin``).
     ``replaces_weights=False`` (a save of something else into a model folder, e.g. a scheduler) keeps the old weight
-    files as well; so does a save that wrote no weight files under those names (:func:`_drops_old_weights`). ``in_place=True`` never swaps the folder: its other entries are never moved or re-linked (a
+    files as well; so does a save that wrote no weight files, and files of a variant it did not write are kept
+    (:func:`_replaced_variants`). ``in_place=True`` never swaps the folder: its other entries are never moved or re-linked (a
     training run's ``output_dir`` whose checkpoint folders other processes may be writing into); the save is the
     journal described below.
 
@@ -640,10 +646,10 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
     try:
         write(tmp)
         produced = set(os.listdir(tmp))
-        replaces_weights = _drops_old_weights(produced, replaces_weights)
+        replaced = _replaced_variants(produced, replaces_weights)
         if keep_old_entries and os.path.isdir(target):
             for entry in os.listdir(target):
-                if (entry in produced or (replaces_weights and entry.startswith(WEIGHT_PREFIXES))
+                if (entry in produced or _weight_variant(entry) in replaced
                         or entry.startswith(".saving-") or entry == FINISHED_FILE or entry in drop):
                     continue
                 src, dst = os.path.join(target, entry), os.path.join(tmp, entry)
@@ -672,12 +678,21 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
         _remove_tree(tmp)  # the unfinished new folder, or the old one after the swap
 
 
-def _drops_old_weights(produced, replaces_weights: bool) -> bool:
-    """Whether a save's new folder leaves out the old folder's weight files (:data:`WEIGHT_PREFIXES`): only where the
-    save wrote weight files of its own under those names. A save that wrote none (the stock save on a rank other than
-    global 0 writes nothing; a PEFT adapter, ``adapter_model*``; a ``variant=`` save, ``model.<variant>.safetensors``)
-    keeps them, as the stock save into the folder would: dropped, the folder no longer loaded."""
-    return replaces_weights and any(e.startswith(WEIGHT_PREFIXES) for e in produced)
+def _weight_variant(name: str) -> str | None:
+    """The variant of a weight file or index named ``name`` (``""``: none; ``"fp16"`` for ``model.fp16.safetensors``,
+    its shards and ``model.safetensors.index.fp16.json``), or ``None`` where ``name`` is not one."""
+    m = _WEIGHT_FILE.match(name) or _WEIGHT_INDEX.match(name)
+    return None if m is None else (m.group("v") or "")
+
+
+def _replaced_variants(produced, replaces_weights: bool) -> set[str]:
+    """The weight variants a save replaces: those it wrote files of (single file, shards or index). The old folder's
+    files of those variants are dropped (the new ones replace them: an old single file beside new shards would load
+    first); files of other variants stay, and a save that wrote no weights (the stock save on a rank other than global
+    0 writes nothing; a PEFT adapter, ``adapter_model*``) keeps them all, as the stock save into the folder would."""
+    if not replaces_weights:
+        return set()
+    return {v for v in map(_weight_variant, produced) if v is not None}
 
 
 #: the temporary folders of this process's running saves → the descriptor of the lock that marks each in use
@@ -915,7 +930,6 @@ def _save_inside(target, write, drop: tuple[str, ...] = (), replaces_weights: bo
     try:
         write(tmp)
         produced = sorted(os.listdir(tmp))
-        replaces_weights = _drops_old_weights(produced, replaces_weights)
         mounted = _mounted_entries(tmp, target, produced)  # a save that cannot move in is refused before its commit
         _commit(tmp, produced, drop, replaces_weights, _merge_plan(tmp, target, produced, mounted))
         pending = True
@@ -1194,7 +1208,7 @@ def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights
     sub-folder holding the process's cwd, or one that is or holds a mount point, is merged into, not replaced
     (replacing it would delete the cwd, or fail on the mount halfway); a file mount is rewritten in place."""
     produced = [e for e in os.listdir(src_dir) if only is None or e in only]
-    order = sorted(produced, key=lambda e: (not e.startswith(WEIGHT_PREFIXES), e == "config.json", e))
+    order = sorted(produced, key=lambda e: (_weight_variant(e) is None, e == "config.json", e))
     mounted = _mounted_entries(src_dir, target, order)  # checked before anything moves
     merge = merge or {}
     for entry in order:
@@ -1224,8 +1238,9 @@ def _replace_files(src_dir, target, drop: tuple[str, ...] = (), replaces_weights
     if resume and keep is None:  # a merge recorded by an older manifest: what moved in before is not known
         return
     kept = set(produced if keep is None else keep)  # a finished save keeps all it wrote, moved in before or now
+    replaced = _replaced_variants(kept, replaces_weights)  # (recomputed on a finish: manifests store the flag)
     for entry in os.listdir(target):
-        if ((replaces_weights and entry.startswith(WEIGHT_PREFIXES)) or entry in drop) and entry not in kept:
+        if (_weight_variant(entry) in replaced or entry in drop) and entry not in kept:
             os.remove(os.path.join(target, entry))
 
 

@@ -905,11 +905,18 @@ class EENetTrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return super()._save(output_dir, state_dict=state_dict)
-        writes = getattr(self.accelerator.unwrap_model(self.model), "should_save_on_this_rank", None)
+        model = self.accelerator.unwrap_model(self.model)
+        writes = getattr(model, "should_save_on_this_rank", None)
         if writes is not None and not writes(True):  # save_on_each_node: transformers writes weights on global
+            # rank 0 only. The stock save still runs here (it joins the gather / barrier of a model sharded at load,
+            # writing nothing) and the tokenizer is saved, as the stock Trainer does; no config or code without
+            # weights, no pickle
             logger.info("rank %s writes no model (transformers saves on global rank 0 only)", self.args.process_index)
-            os.makedirs(output_dir, exist_ok=True)  # (a checkpoint's trainer state / RNG state go in there)
-            return  # rank 0 only; a folder of config and code without them would not load
+            os.makedirs(output_dir, exist_ok=True)
+            model.save_pretrained(output_dir, state_dict=state_dict, is_main_process=False)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            return
 
         def write(tmp):
             Trainer._save(self, tmp, state_dict=state_dict)

@@ -753,6 +753,31 @@ def test_a_save_that_writes_no_weights_keeps_the_old_ones(tmp_path, monkeypatch,
     assert read(target / "adapter_model.safetensors") == "lora" and read(target / "model.safetensors") == "old weights"
     atomic_save_dir(target, writer({"model.fp16.safetensors": "half", "config.json": "c"}))  # variant="fp16"
     assert read(target / "model.fp16.safetensors") == "half" and read(target / "model.safetensors") == "old weights"
+    # the same variant sharded (review 86): its old single file goes (it loads before an index), the plain one stays
+    # (the variant's index, model.safetensors.index.fp16.json, is no plain weight file: it dropped them before)
+    atomic_save_dir(target, writer({"model.fp16-00001-of-00002.safetensors": "h1",
+                                    "model.fp16-00002-of-00002.safetensors": "h2",
+                                    "model.safetensors.index.fp16.json": "{}"}))
+    assert not (target / "model.fp16.safetensors").exists() and read(target / "model.safetensors") == "old weights"
     atomic_save_dir(target, writer({"model-00001-of-00002.safetensors": "a", "model-00002-of-00002.safetensors": "b",
                                     "model.safetensors.index.json": "{}"}))  # sharded weights replace the old ones
     assert not (target / "model.safetensors").exists() and read(target / "model-00001-of-00002.safetensors") == "a"
+    assert read(target / "model.fp16-00001-of-00002.safetensors") == "h1"  # another variant: kept
+    atomic_save_dir(target, writer({"model.safetensors": "one"}))  # and unsharded again: the shards and index go
+    assert sorted(p.name for p in target.iterdir() if p.name.startswith("model")) == [
+        "model.fp16-00001-of-00002.safetensors", "model.fp16-00002-of-00002.safetensors", "model.safetensors",
+        "model.safetensors.index.fp16.json"]
+
+
+def test_finishing_an_older_manifest_keeps_weights_its_save_did_not_write(tmp_path):
+    """A committed save whose manifest says replaces_weights (as b0c1e05 wrote for an adapter save) is finished with
+    today's rule: the weights it did not write stay (review 86: the finish dropped model.safetensors)."""
+    target = tmp_path / "m"
+    make_folder(target, OLD)
+    leftover = target / ".saving-ab12cd34"  # (a tempfile.mkdtemp suffix)
+    leftover.mkdir()
+    (leftover / "adapter_model.safetensors").write_text("lora")
+    bank._commit(str(leftover), ["adapter_model.safetensors"], (), True)
+    bank.finish_interrupted_save(str(target), force=True)
+    assert read(target / "adapter_model.safetensors") == "lora" and read(target / "model.safetensors") == "old weights"
+    assert not leftover.exists()

@@ -835,6 +835,9 @@ def test_checkpoints_on_a_node_whose_rank_writes_no_model(tok, tmp_path, monkeyp
     files (review 85: the save was refused and the run stopped; no config / code without weights is written)."""
     model = toy_model(seed=2)
     monkeypatch.setattr(type(model), "should_save_on_this_rank", lambda self, is_main_process: False)
+    calls, real = [], type(model).save_pretrained
+    monkeypatch.setattr(type(model), "save_pretrained",
+                        lambda self, d, *a, **k: calls.append(k.get("is_main_process")) or real(self, d, *a, **k))
     trainer = hf_eenet.EENetTrainer(model=model, args=targs(tmp_path, max_steps=2, per_device_train_batch_size=8,
                                                             save_strategy="steps", save_steps=2,
                                                             save_on_each_node=True),
@@ -844,6 +847,9 @@ def test_checkpoints_on_a_node_whose_rank_writes_no_model(tok, tmp_path, monkeyp
     ckpt = tmp_path / "out" / "checkpoint-2"
     assert (ckpt / "trainer_state.json").exists()
     assert not [p.name for p in ckpt.iterdir() if p.name.endswith((".safetensors", ".py")) or p.name == "config.json"]
+    # the stock save still runs there (a model sharded at load joins its gather / barrier: review 86), writing
+    # nothing; the tokenizer is saved as the stock Trainer does
+    assert calls == [False] and (ckpt / "tokenizer_config.json").exists()
 
 
 def test_one_word_validation_rows_are_not_taken_for_a_cut(tok, tmp_path):
