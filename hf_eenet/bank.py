@@ -571,11 +571,12 @@ def check_loading_info(info: dict, prefix: str = "eenet_schedulers.", bank_expec
 
 # --------------------------------------------------------------------------------------------------- atomic saves
 #: transformers' weight file names: ``model[.<variant>][-00001-of-00002].safetensors`` (and ``pytorch_model`` ``.bin``,
-#: ``tf_model`` ``.h5``, ``flax_model`` ``.msgpack``), and their index ``model.safetensors.index[.<variant>].json``
-_WEIGHT_FILE = re.compile(r"^(?:model|pytorch_model|tf_model|flax_model)(?:\.(?P<v>[^.]+?))?(?:-\d{5}-of-\d{5})?"
-                          r"\.(?:safetensors|bin|h5|msgpack)$")
+#: ``tf_model`` ``.h5``, ``flax_model`` ``.msgpack``: each stem with its own extension; a variant may hold dots or
+#: dashes), and their index ``model.safetensors.index[.<variant>].json``
+_WEIGHT_FILES = tuple(re.compile(rf"^{stem}(?:\.(?P<v>.+?))?(?:-\d{{5}}-of-\d{{5}})?\.{ext}$") for stem, ext in (
+    ("model", "safetensors"), ("pytorch_model", "bin"), ("tf_model", "h5"), ("flax_model", "msgpack")))
 _WEIGHT_INDEX = re.compile(r"^(?:model\.safetensors|pytorch_model\.bin|tf_model\.h5|flax_model\.msgpack)\.index"
-                           r"(?:\.(?P<v>[^.]+))?\.json$")
+                           r"(?:\.(?P<v>.+))?\.json$")
 
 
 def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[str, ...] = (),
@@ -681,8 +682,11 @@ def atomic_save_dir(target, write, keep_old_entries: bool = True, drop: tuple[st
 def _weight_variant(name: str) -> str | None:
     """The variant of a weight file or index named ``name`` (``""``: none; ``"fp16"`` for ``model.fp16.safetensors``,
     its shards and ``model.safetensors.index.fp16.json``), or ``None`` where ``name`` is not one."""
-    m = _WEIGHT_FILE.match(name) or _WEIGHT_INDEX.match(name)
-    return None if m is None else (m.group("v") or "")
+    for pattern in (*_WEIGHT_FILES, _WEIGHT_INDEX):
+        m = pattern.match(name)
+        if m is not None:
+            return m.group("v") or ""
+    return None
 
 
 def _replaced_variants(produced, replaces_weights: bool) -> set[str]:
@@ -1064,7 +1068,10 @@ def _finish_one(path, target, entries, manifest) -> None:
                 old_config = f.read()
         except OSError:
             pass
-    _replace_files(path, target, tuple(manifest.get("drop") or ()), bool(manifest.get("replaces_weights", True)),
+    # the flag as stored, or set where the save wrote weights: f77e04d stored False for a save that wrote only another
+    # variant's files (saves of something else, replaces_weights=False, write no weight files)
+    replaces = bool(manifest.get("replaces_weights", True)) or any(_weight_variant(e) is not None for e in entries)
+    _replace_files(path, target, tuple(manifest.get("drop") or ()), replaces,
                    only=remaining, keep=entries, merge=manifest["merged"], resume=True)
     folders = {"": entries, **{k: v for k, v in manifest["merged"].items() if isinstance(v, list)}}
     for folder, names in folders.items():  # old versions of replaced folders, set aside by the interrupted moves

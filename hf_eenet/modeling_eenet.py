@@ -157,10 +157,10 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revi
 def _refuse_moved_exits(cls, path, kwargs: dict) -> None:
     """ValueError, before any weight is read, when ``from_pretrained`` of a checkpoint of ours (its config has
     ``exit_layers``) is asked for exits that read otherwise (``exit_layers=`` / ``exit_pooling=``, or a ``config=``
-    object or path saying so): the checkpoint's exit heads would load, by name, into exits after other layers or pooling otherwise -
-    no shape error, no load report, other logits (the bank's cost check named only the costs). A checkpoint of the
-    stock model (no ``exit_layers``) gets new heads wherever asked; a config that cannot be read here is left to the
-    stock load."""
+    object or path saying so): the checkpoint's exit heads would load, by name, into exits after other layers or
+    pooling otherwise - no shape error, no load report, other logits (the bank's cost check named only the costs). A
+    checkpoint of the stock model (no ``exit_layers``) gets new heads wherever asked; a config that cannot be read
+    here is left to the stock load."""
     from .configuration_eenet import EXIT_POOLINGS, validate_exit_layers
 
     config = kwargs.get("config")
@@ -661,6 +661,12 @@ class EENetModelMixin:
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         model.config._validate_eenet()
         check_loading_info(info, bank_expected=bool(model.config.scheduler_budgets or model.config.scheduler_bank))
+        heads = sorted(k for k in info.get("unexpected_keys", []) if str(k).startswith("exit_heads."))
+        if heads:  # more trained heads than the config places: config.json and the weights are of different saves
+            raise ValueError(f"{path}: the weights hold exit heads the config does not place ({heads[:4]}; "
+                             f"config.exit_layers {list(model.config.exit_layers)}): config.json and the weights file "
+                             "come from different saves (e.g. a variant= save beside older plain weights: load with "
+                             "that variant=), and the heads would sit at other exits")
         if model.config.scheduler_budgets or model.config.scheduler_bank:
             records = verify_bank(model, where="on load")
             if model.config.scheduler_bank is None:  # legacy checkpoint: records from the verified schedulers

@@ -914,8 +914,10 @@ class EENetTrainer(Trainer):
             logger.info("rank %s writes no model (transformers saves on global rank 0 only)", self.args.process_index)
             os.makedirs(output_dir, exist_ok=True)
             model.save_pretrained(output_dir, state_dict=state_dict, is_main_process=False)
-            if self.processing_class is not None:
-                self.processing_class.save_pretrained(output_dir)
+            tokenizer = self.processing_class if self.processing_class is not None else \
+                getattr(self.data_collator, "tokenizer", None)  # (the stock fallback)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(output_dir)
             return
 
         def write(tmp):

@@ -767,6 +767,14 @@ def test_a_save_that_writes_no_weights_keeps_the_old_ones(tmp_path, monkeypatch,
     assert sorted(p.name for p in target.iterdir() if p.name.startswith("model")) == [
         "model.fp16-00001-of-00002.safetensors", "model.fp16-00002-of-00002.safetensors", "model.safetensors",
         "model.safetensors.index.fp16.json"]
+    # a variant with a dot in its name (transformers inserts any string), and files transformers does not write
+    # under those stems (model.bin of CTranslate2 / fastText repos): review 87
+    (target / "model.bin").write_text("not ours")
+    atomic_save_dir(target, writer({"model.v1.1.safetensors": "v"}))
+    atomic_save_dir(target, writer({"model.v1.1-00001-of-00002.safetensors": "v1", "model.safetensors.index.v1.1.json":
+                                    "{}", "model.safetensors": "two"}))
+    assert not (target / "model.v1.1.safetensors").exists() and read(target / "model.bin") == "not ours"
+    assert read(target / "model.fp16-00001-of-00002.safetensors") == "h1"
 
 
 def test_finishing_an_older_manifest_keeps_weights_its_save_did_not_write(tmp_path):
@@ -781,3 +789,11 @@ def test_finishing_an_older_manifest_keeps_weights_its_save_did_not_write(tmp_pa
     bank.finish_interrupted_save(str(target), force=True)
     assert read(target / "adapter_model.safetensors") == "lora" and read(target / "model.safetensors") == "old weights"
     assert not leftover.exists()
+    # a variant save's manifest as f77e04d wrote it (replaces_weights False): its old single file still goes
+    (target / "model.fp16.safetensors").write_text("old half")
+    leftover = target / ".saving-cd34ef56"
+    leftover.mkdir()
+    (leftover / "model.fp16-00001-of-00001.safetensors").write_text("new half")
+    bank._commit(str(leftover), ["model.fp16-00001-of-00001.safetensors"], (), False)
+    bank.finish_interrupted_save(str(target), force=True)
+    assert not (target / "model.fp16.safetensors").exists() and read(target / "model.safetensors") == "old weights"

@@ -807,6 +807,13 @@ def test_from_pretrained_kwargs_are_validated(tmp_path):
             cls.from_pretrained(tmp_path / "plain", **over)
     assert cls.from_pretrained(tmp_path / "plain", exit_layers=[1, 2, 3, 4, 5, 6]).config.exit_layers == [1, 2, 3, 4,
                                                                                                          5, 6]
+    # a variant save of a model with fewer exits beside the older plain weights: a plain load read the old heads into
+    # the new exits silently (review 87); the heads left over name the mix
+    fewer = tiny_model(layers=6, exit_layers=[3, 6])
+    fewer.save_pretrained(tmp_path / "plain", variant="fp16")
+    with pytest.raises(ValueError, match=r"weights hold exit heads the config does not place .*load with that variant"):
+        cls.from_pretrained(tmp_path / "plain")
+    assert cls.from_pretrained(tmp_path / "plain", variant="fp16").config.exit_layers == [3, 6]
     # the stock model's checkpoint gets new heads wherever asked
     from transformers import BertConfig, BertForSequenceClassification
 

@@ -850,6 +850,9 @@ def test_checkpoints_on_a_node_whose_rank_writes_no_model(tok, tmp_path, monkeyp
     # the stock save still runs there (a model sharded at load joins its gather / barrier: review 86), writing
     # nothing; the tokenizer is saved as the stock Trainer does
     assert calls == [False] and (ckpt / "tokenizer_config.json").exists()
+    trainer.processing_class = None  # the stock fallback: the collator's tokenizer
+    trainer.save_model(str(tmp_path / "fallback"))
+    assert (tmp_path / "fallback" / "tokenizer_config.json").exists()
 
 
 def test_one_word_validation_rows_are_not_taken_for_a_cut(tok, tmp_path):
