@@ -202,6 +202,32 @@ def _refuse_moved_exits(cls, path, kwargs: dict) -> None:
                          "from the backbone checkpoint it was trained from, and train it")
 
 
+def _other_layout_weights(folder, config, variant) -> tuple[list[str], str]:
+    """The weight files of other variants in ``folder`` (``variant`` is the save's) where the folder's config.json
+    describes other exits or classes than ``config``: the save replaces config.json, and those files would then load
+    (``from_pretrained(..., variant=...)``, or a plain load beside a ``variant=`` save) as weights of this config,
+    their exit heads at other exits. Returns ``(files, what differs)``; nothing where the folder has no config of ours."""
+    import json
+
+    from .bank import _weight_variant
+
+    try:
+        old = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
+        names = os.listdir(folder)
+    except (OSError, ValueError):
+        return [], ""
+    if not isinstance(old, dict) or old.get("exit_layers") is None:
+        return [], ""
+    ours = {**exit_reads(config), "num_labels": int(config.num_labels)}
+    theirs = {"exit_layers": old.get("exit_layers"), "exit_pooling": old.get("exit_pooling") or "cls",
+              "num_labels": len(old.get("id2label") or {}) or old.get("num_labels")}
+    differ = [k for k in ours if theirs.get(k) is not None and theirs[k] != ours[k]]
+    files = sorted(e for e in names if _weight_variant(e) not in (None, variant or ""))
+    if not differ or not files:
+        return [], ""
+    return files, ", ".join(f"{k} {theirs[k]} -> {ours[k]}" for k in differ)
+
+
 def _finish_interrupted_save_before_load(cls, path, kwargs: dict) -> None:
     """``finish_interrupted_save`` of a local model folder before it is loaded. ``AutoModel...from_pretrained``
     reads config.json first and passes the config object on: where a finish replaced config.json after that read,
@@ -748,7 +774,12 @@ class EENetModelMixin:
         # wrote is uploaded, as the stock push does - not a stock run's training_args.bin, checkpoints, old results
         stamps = self._get_files_timestamps(save_directory) if push and os.path.isdir(save_directory) else {}
         stamps.pop("README.md", None)  # the folder's card goes up with the model (marked above where stale)
-        atomic_save_dir(save_directory, write)
+        stale, what = _other_layout_weights(save_directory, self.config, kwargs.get("variant"))
+        if stale:  # weights of another variant, for the config this save replaces: removed with it
+            warnings.warn(f"{save_directory}: {stale} are weights of another variant for a model with other exits or "
+                          f"classes ({what}); config.json now describes this model, so they are removed (they would "
+                          "load their exit heads into this model's other exits)", UserWarning, stacklevel=2)
+        atomic_save_dir(save_directory, write, drop=tuple(stale))
         if push:
             self._push_saved_folder(save_directory, token=kwargs.get("token"), stamps=stamps, **hub)
 

@@ -790,6 +790,29 @@ def test_save_pretrained_with_a_state_dict_keeps_the_bank_and_checks_its_weights
                                                           for k, v in weights.items()})
 
 
+def test_a_save_of_other_exits_removes_weights_of_other_variants(tmp_path):
+    """A variant= save of a model with other exits beside older plain weights (or the reverse) replaced config.json and
+    kept those weights: a plain load then put their heads into the new exits, with no error when the head count
+    matched (review 88). They are removed with the config they belonged to, with a warning; other variants of the same
+    layout stay."""
+    old = tiny_model(layers=4, exit_layers=[1, 4])
+    old.save_pretrained(tmp_path)
+    new = tiny_model(layers=4, exit_layers=[2, 4])
+    with pytest.warns(UserWarning, match=r"\['model.safetensors'\] are weights of another variant .*exit_layers "
+                                         r"\[1, 4\] -> \[2, 4\]"):
+        new.save_pretrained(tmp_path, variant="fp16")
+    assert not (tmp_path / "model.safetensors").exists()
+    with pytest.raises(OSError):  # no plain weights left to load into the wrong exits
+        type(new).from_pretrained(tmp_path)
+    loaded = type(new).from_pretrained(tmp_path, variant="fp16")
+    assert loaded.config.exit_layers == [2, 4] and torch.equal(loaded.exit_heads[0].dense.weight,
+                                                                new.exit_heads[0].dense.weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new.save_pretrained(tmp_path)  # the same layout in plain: the fp16 variant stays beside it
+    assert (tmp_path / "model.fp16.safetensors").exists() and (tmp_path / "model.safetensors").exists()
+
+
 def test_from_pretrained_kwargs_are_validated(tmp_path):
     plain = tiny_model(layers=6)
     plain.save_pretrained(tmp_path / "plain")
@@ -809,11 +832,13 @@ def test_from_pretrained_kwargs_are_validated(tmp_path):
                                                                                                          5, 6]
     # a variant save of a model with fewer exits beside the older plain weights: a plain load read the old heads into
     # the new exits silently (review 87); the heads left over name the mix
-    fewer = tiny_model(layers=6, exit_layers=[3, 6])
-    fewer.save_pretrained(tmp_path / "plain", variant="fp16")
+    # (a save removes such weights now: a folder mixed by hand, or by an older save, is what is left to refuse)
+    import shutil
+
+    shutil.copytree(tmp_path / "plain", tmp_path / "mixed")
+    tiny_model(layers=6, exit_layers=[3, 6]).config.save_pretrained(tmp_path / "mixed")
     with pytest.raises(ValueError, match=r"weights hold exit heads the config does not place .*load with that variant"):
-        cls.from_pretrained(tmp_path / "plain")
-    assert cls.from_pretrained(tmp_path / "plain", variant="fp16").config.exit_layers == [3, 6]
+        cls.from_pretrained(tmp_path / "mixed")
     # the stock model's checkpoint gets new heads wherever asked
     from transformers import BertConfig, BertForSequenceClassification
 
