@@ -200,6 +200,17 @@ def exit_reads(config) -> dict:
             "exit_pooling": str(getattr(config, "exit_pooling", None) or "cls")}
 
 
+def exit_layout(config) -> dict:
+    """What a model's exit heads are trained for: :func:`exit_reads` and ``num_labels``."""
+    return {**exit_reads(config), "num_labels": int(getattr(config, "num_labels", 0) or 0)}
+
+
+def saved_exit_layout(saved: dict) -> dict:
+    """:func:`exit_layout` as a saved ``config.json`` (a dict) states it (``None`` where it does not say)."""
+    return {"exit_layers": saved.get("exit_layers"), "exit_pooling": saved.get("exit_pooling") or "cls",
+            "num_labels": len(saved.get("id2label") or {}) or saved.get("num_labels")}
+
+
 def exit_reads_reason(model) -> str | None:
     """Why the bank must not be served because the model's exits read otherwise than when it was fitted (a record's
     :data:`EXIT_READS` differ from the config's), else ``None``. Records saved before they kept these are not

@@ -209,7 +209,7 @@ def _other_layout_weights(folder, config, variant) -> tuple[list[str], str]:
     their exit heads at other exits. Returns ``(files, what differs)``; nothing where the folder has no config of ours."""
     import json
 
-    from .bank import _weight_variant
+    from .bank import _weight_variant, exit_layout, saved_exit_layout
 
     try:
         old = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
@@ -218,9 +218,7 @@ def _other_layout_weights(folder, config, variant) -> tuple[list[str], str]:
         return [], ""
     if not isinstance(old, dict) or old.get("exit_layers") is None:
         return [], ""
-    ours = {**exit_reads(config), "num_labels": int(config.num_labels)}
-    theirs = {"exit_layers": old.get("exit_layers"), "exit_pooling": old.get("exit_pooling") or "cls",
-              "num_labels": len(old.get("id2label") or {}) or old.get("num_labels")}
+    ours, theirs = exit_layout(config), saved_exit_layout(old)
     differ = [k for k in ours if theirs.get(k) is not None and theirs[k] != ours[k]]
     files = sorted(e for e in names if _weight_variant(e) not in (None, variant or ""))
     if not differ or not files:

@@ -514,7 +514,7 @@ def _refuse_other_exits(folder, config) -> None:
     otherwise, has another number of classes than the model that resumes from it or the same class names in another
     order (``id2label``): its exit heads were trained on other inputs or classes and would load into the model's heads
     without a shape error. A checkpoint without a readable config is not compared."""
-    from .bank import EXIT_READS, exit_reads
+    from .bank import EXIT_READS, exit_layout, saved_exit_layout
 
     try:
         saved = json.loads(Path(folder, "config.json").read_text())
@@ -522,9 +522,7 @@ def _refuse_other_exits(folder, config) -> None:
         return
     if not isinstance(saved, dict) or "exit_layers" not in saved:
         return  # not one of our configs (the stock load decides)
-    ours = {**exit_reads(config), "num_labels": int(getattr(config, "num_labels", 0) or 0)}
-    theirs = {"exit_layers": saved.get("exit_layers"), "exit_pooling": saved.get("exit_pooling") or "cls",
-              "num_labels": len(saved.get("id2label") or {}) or saved.get("num_labels")}
+    ours, theirs = exit_layout(config), saved_exit_layout(saved)
     differ = [k for k in (*EXIT_READS, "num_labels") if theirs.get(k) is not None and theirs[k] != ours[k]]
     if not differ:  # the same class names in another order: head row i of the checkpoint is another class here
         saved_names = [str((saved.get("id2label") or {}).get(str(i), "")) for i in range(ours["num_labels"])]
