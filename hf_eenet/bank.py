@@ -418,7 +418,9 @@ def check_scheduler(scheduler, config, budget: float, where: str = "check") -> N
     except Exception as err:  # noqa: BLE001 - a damaged module can fail anywhere
         _fail(where, f"{name}: cannot read its fitted state ({err})")
     if not fitted:
-        _fail(where, f"{name} is not fitted (its tensors are missing or were never fitted)")
+        _fail(where, f"{name} is not fitted (its tensors are missing or were never fitted: e.g. a model built from a "
+                     "config that names a bank, with from_config; fit a bank with EENetTrainer.fit_scheduler, or "
+                     "drop it with model.clear_scheduler_bank())")
     if int(scheduler.num_exits) != int(config.num_exits):
         _fail(where, f"{name} was fitted for {scheduler.num_exits} exits but config.exit_layers has "
                      f"{config.num_exits} ({list(config.exit_layers)})")

@@ -9,8 +9,9 @@
     enc = data.tokenize(tokenizer)   # input_ids, attention_mask (, token_type_ids), labels
 
 Rules:
-- Texts: with ``--text_column_delimiter`` the columns are joined raw, then leading/trailing whitespace is removed
-  (also from single texts and from each text of a pair); an empty text is an error.
+- Texts: kept as given (a served text is tokenized as given; a byte-level BPE reads surrounding spaces); with
+  ``--text_column_delimiter`` the columns are joined raw; a blank text is an error. Without ``--text_column_names``
+  the columns are found by name (``DEFAULT_PAIR_COLUMNS``, ``DEFAULT_TEXT_COLUMNS``), refused when ambiguous.
 - Labels: ``ClassLabel`` names when the train split has them; else ``--class_names`` when given (their order is the id
   order; integer labels are then ids into it); else the sorted distinct train values (strings or ints).
   Label strings are stripped and integral floats read as ints (0.0 is "0"). A labelled split is read as a whole:
@@ -29,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,8 +55,9 @@ class DataArguments:
     test_file: str | None = field(default=None, metadata={
         "help": "test file (reported results, predictions); may be unlabelled"})
     text_column_names: str | None = field(default=None, metadata={
-        "help": "one text column, or two comma-separated columns for sentence pairs; default: text or sentence, "
-                "else sentence1,sentence2"})
+        "help": "one text column, or two comma-separated columns for sentence pairs; default: a pair (text,text_pair, "
+                "sentence1,sentence2, premise,hypothesis, question1,question2, question,sentence), else text or "
+                "sentence; columns that allow several readings are refused"})
     text_column_delimiter: str | None = field(default=None, metadata={
         "help": "join the text columns with this string into one text instead of a sentence pair"})
     label_column_name: str = field(default="label", metadata={"help": "the label column"})
@@ -146,16 +149,46 @@ def _has_text(path: Path) -> bool:
 def _read_hub(args: DataArguments):
     from datasets import DatasetDict, load_dataset
 
-    raw = load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.data_cache_dir)
+    kw = {}
+    folder = Path(args.dataset_name)
+    if folder.is_dir():  # a local folder of csv files: read as --train_file reads them ("007" and "NA" stay text)
+        found = {Path(f).suffix.lower() for f in _folder_data_files(folder)}
+        if found in ({".csv"}, {".tsv"}):
+            kw = {"keep_default_na": False, "converters": {c: str for c in _candidate_text_columns(args)}}
+            if found == {".tsv"}:
+                kw.update(sep="\t", quoting=3)  # GLUE-style, unquoted, as a --train_file .tsv
+    raw = load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.data_cache_dir, **kw)
     names = {"train": args.train_split_name, "validation": args.validation_split_name, "test": args.test_split_name}
     return DatasetDict({s: raw[n] for s, n in names.items() if n in raw})
+
+
+def _folder_data_files(folder: Path) -> list[str]:
+    """The files ``datasets.load_dataset(folder)`` reads as splits (its own split patterns: hidden folders and side
+    files such as a ``label_map.json`` are not among them); none when it cannot tell."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    readme = folder / "README.md"
+    if readme.is_file() and "configs:" in readme.read_text(encoding="utf-8", errors="replace"):
+        return []  # its dataset card names the data files (YAML configs): read as datasets reads them
+    try:
+        files = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
+    except Exception:  # noqa: BLE001 - no split files: datasets' own load says what is wrong
+        return []
+    return [str(f) for split_files in files.values() for f in split_files]
+
+
+#: sentence-pair columns read as a pair without --text_column_names (the pipeline's own {"text", "text_pair"}
+#: form first, then GLUE's), and the single-text columns
+DEFAULT_PAIR_COLUMNS = (("text", "text_pair"), ("sentence1", "sentence2"), ("premise", "hypothesis"),
+                        ("question1", "question2"), ("question", "sentence"))
+DEFAULT_TEXT_COLUMNS = ("text", "sentence")
 
 
 def _candidate_text_columns(args: DataArguments) -> list[str]:
     """The columns :func:`_text_columns` may read as text (read as strings from csv/tsv files)."""
     if args.text_column_names:
         return [c.strip() for c in args.text_column_names.split(",") if c.strip()]
-    return ["text", "sentence", "sentence1", "sentence2"]
+    return list(dict.fromkeys([*DEFAULT_TEXT_COLUMNS, *(c for pair in DEFAULT_PAIR_COLUMNS for c in pair)]))
 
 
 def _text_columns(args: DataArguments, columns: list[str], split: str) -> list[str]:
@@ -165,9 +198,23 @@ def _text_columns(args: DataArguments, columns: list[str], split: str) -> list[s
             raise DataError(f"--text_column_names takes one column or two (a sentence pair), got {cols}; "
                             "give --text_column_delimiter to join more columns into one text")
     else:
-        cols = next(([c] for c in ("text", "sentence") if c in columns), None)
-        if cols is None and {"sentence1", "sentence2"} <= set(columns):
-            cols = ["sentence1", "sentence2"]
+        # every column a default could read as text: one reading must take them all, else say which is meant
+        # ("text" beside "sentence1" + "sentence2", "sentence" beside "sentence2", "text" beside "sentence")
+        pairs = [list(p) for p in DEFAULT_PAIR_COLUMNS if set(p) <= set(columns)]
+        textual = [c for c in _candidate_text_columns(args) if c in columns]
+        readings = [p for p in pairs if set(textual) <= set(p)] or (
+            [[textual[0]]] if len(textual) == 1 and textual[0] in DEFAULT_TEXT_COLUMNS else [])
+        if textual and not readings:
+            options = [",".join(p) for p in pairs] + [c for c in textual if c in DEFAULT_TEXT_COLUMNS]
+            if len(textual) == 2 and ",".join(textual) not in options:
+                options.append(",".join(textual))
+            if len(textual) == 1:
+                options = textual
+            what = (f"one column that is read only as part of a sentence pair ({textual[0]})" if len(textual) == 1
+                    else f"several columns that could be its text(s) ({', '.join(textual)})")
+            raise DataError(f"the {split} split has {what}: say which you mean with --text_column_names "
+                            f"({' or '.join(options)})")
+        cols = readings[0] if readings else None
         if cols is None:
             raise DataError(f"no text column found in the {split} split; give --text_column_names "
                             f"(columns: {', '.join(columns)})")
@@ -175,7 +222,32 @@ def _text_columns(args: DataArguments, columns: list[str], split: str) -> list[s
     if missing:
         raise DataError(f"the {split} split has no column {', '.join(map(repr, missing))} "
                         f"(columns: {', '.join(columns)})")
+    if args.label_column_name in cols:
+        raise DataError(f"--label_column_name {args.label_column_name!r} is also a text column "
+                        f"({', '.join(cols)}): the model would read its labels; give other columns")
     return cols
+
+
+_INDEX_COLUMNS = ("id", "idx", "index", "guid", "uid", "row")
+
+
+def _holds_class_names(name: str, values, label_names, rows: int = 200) -> bool:
+    """Whether a column looks like a label column by another name: its first ``rows`` values are all classes, as
+    names (an integral float as its int) or as ids into word names. An index column (``id``, ``idx``, ...) is not."""
+    if name.strip().lower() in _INDEX_COLUMNS:
+        return False
+    names = [str(n).strip() for n in label_names]
+    words = not any(map(_is_number, names))
+
+    def as_name(v):
+        if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+            v = int(v)
+        if words and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(names):
+            return names[v]  # an id into word names
+        return str(v).strip()
+
+    head = [as_name(v) for v in list(values[:rows]) if v is not None]
+    return bool(head) and all(v in names for v in head)
 
 
 def _no_label(v) -> bool:
@@ -268,6 +340,14 @@ def _label_ids(values: list, split: str, col: str, label_names: list[str], *, id
 
     if ids_are_ids and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         bad = [v for v in values if not is_id(v)]
+        if bad and any(map(_is_number, label_names)) and all(i is not None for i in named):
+            # --class_names 1,2,3,4,5 with star labels 1..5: read as ids, 5 is out of range (a split of 1..4 only
+            # cannot be told from correct ids and reads as ids, as documented)
+            raise DataError(f"the {split} split's int labels in column {col!r} all spell --class_names "
+                            f"({', '.join(label_names)}), but with --class_names an int label is an id into them "
+                            f"(0 = class {label_names[0]!r}), and label {bad[0]} is no id ({n} classes). If the "
+                            "labels are the class names themselves, drop --class_names (classes are then read from "
+                            "the data) or name them in words")
         if bad:
             raise DataError(f"the {split} split has label(s) {_few(bad)} in column {col!r}, not ids into "
                             f"--class_names ({', '.join(label_names)})")
@@ -417,6 +497,14 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
         if cols != text_cols:
             raise DataError(f"text columns differ between splits: {text_cols} vs {cols}")
         has_labels = use_labels and not _is_unlabelled(ds, label_col, label_names)
+        if use_labels and split == "test" and label_col not in ds.column_names and label_names:
+            others = [c for c in ds.column_names if c not in cols and _holds_class_names(c, ds[c], label_names)]
+            if others:  # e.g. --label_column_name verdict, and this file calls its labels "label"
+                warnings.warn(f"the {split} split has no label column {label_col!r} (--label_column_name) but "
+                              f"column(s) ({', '.join(others)}) holding the class names: it is read as unlabelled "
+                              "(no scores on it). "
+                              "If one of them holds its labels, name the column alike in every split",
+                              UserWarning, stacklevel=2)
         ids = None
         if has_labels:
             values = _label_values(ds[label_col], split, label_col, ds.features.get(label_col))
@@ -430,15 +518,23 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
         delim = args.text_column_delimiter
 
         def norm(batch, rows, cols=cols, split=split, ids=ids, delim=delim):
+            for c in cols:
+                for i, t in enumerate(batch[c]):
+                    if isinstance(t, (list, tuple, dict)):  # (str() would train on its Python text form)
+                        raise DataError(f"the {split} split has a {type(t).__name__} in text column {c!r} (row "
+                                        f"{rows[i]}: {t!r:.60}); text columns must hold strings")
             texts = [["" if t is None else str(t) for t in batch[c]] for c in cols]
             res = {}
-            if delim is not None or len(cols) == 1:  # joined raw (as run_classification.py), then stripped
-                res["text"] = [(" " if delim is None else delim).join(parts).strip() for parts in zip(*texts)]
+            # texts as given, joined raw (as run_classification.py): the pipeline tokenizes what it is given, and a
+            # byte-level BPE (RoBERTa) reads surrounding spaces as tokens, so stripping here would train and fit the
+            # bank on other tokens than a served file's raw texts get (review 89)
+            if delim is not None or len(cols) == 1:
+                res["text"] = [(" " if delim is None else delim).join(parts) for parts in zip(*texts)]
             else:
-                res["text"], res["text_pair"] = ([t.strip() for t in col] for col in texts)
+                res["text"], res["text_pair"] = texts
             for key, values in res.items():
                 for i, t in enumerate(values):
-                    if not t:
+                    if not t.strip():
                         # the pair's own column, or the joined columns (all empty, or each empty after stripping)
                         where = [cols[0 if key == "text" else 1]] if len(res) == 2 else cols
                         raise DataError(f"the {split} split has an empty text in column{'s' if len(where) > 1 else ''}"

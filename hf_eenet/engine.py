@@ -92,6 +92,7 @@ def rows_from_encodings(encodings) -> list[dict[str, torch.Tensor]]:
     if isinstance(encodings, Mapping):
         if "input_ids" not in encodings:
             raise ValueError("encodings need 'input_ids' (token ids of each text)")
+        encodings = _one_text_as_batch(encodings)
         fast = _rows_from_lists(encodings)
         if fast is not None:
             return fast
@@ -143,12 +144,40 @@ def check_text_list(texts, text_pair=None) -> None:
     check_texts(texts, "texts", text_pair, "text_pair")
 
 
+def texts_as_list(inputs, name: str = "texts"):
+    """``inputs`` as a list when it is a sequence of texts other than a list / tuple (a NumPy array of strings, a
+    ``datasets`` column, a pandas Series: anything sized and iterable holding a ``str``), else unchanged
+    (tokenizer output, tensors and lists go to their own checks)."""
+    if isinstance(inputs, (str, bytes, list, tuple, Mapping, torch.Tensor)):
+        return inputs
+    if hasattr(inputs, "columns"):  # a DataFrame: iterating it gives its column names, not its rows
+        raise TypeError(f"{name} must be one sequence of strings, got a {type(inputs).__name__} of shape "
+                        f"{tuple(getattr(inputs, 'shape', ()))}: pass one column of it (e.g. df['text'])")
+    if getattr(inputs, "ndim", 1) != 1 or not all(hasattr(inputs, a) for a in ("__len__", "__iter__", "__getitem__")):
+        return inputs  # a 0-d / 2-D array, a set (no order): not texts here (their own checks name them)
+    if len(inputs) == 0:
+        return inputs
+    items = list(inputs)  # (a Series whose first value is NaN is texts all the same: the check names that row)
+    return items if len(items) == len(inputs) and any(isinstance(t, str) for t in items) else inputs
+
+
 def check_rows_per_text(n_texts: int, rows: list, tokenizer_kwargs) -> None:
     """Tokenizing ``n_texts`` texts must give one row each (outputs are returned per text, in input order)."""
     if len(rows) != n_texts:
         raise ValueError(f"tokenizing {n_texts} texts gave {len(rows)} rows: the tokenizer options "
                          f"{sorted(tokenizer_kwargs)} split texts into several rows (e.g. return_overflowing_tokens), "
                          "which a classifier cannot map back to the texts")
+
+
+def _one_text_as_batch(encodings):
+    """One text's unbatched tokenizer output (``tok("a text")``: ``input_ids`` a flat list of ids, or a 1-D tensor)
+    as a batch of one row; anything else unchanged."""
+    ids = encodings["input_ids"]
+    flat = (isinstance(ids, torch.Tensor) and ids.dim() == 1) or (
+        isinstance(ids, list) and bool(ids) and all(isinstance(x, int) and not isinstance(x, bool) for x in ids))
+    if not flat:
+        return encodings
+    return {key: [value] if key in ROW_KEYS and value is not None else value for key, value in encodings.items()}
 
 
 def _rows_from_lists(encodings) -> list[dict[str, torch.Tensor]] | None:

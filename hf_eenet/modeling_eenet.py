@@ -202,6 +202,56 @@ def _refuse_moved_exits(cls, path, kwargs: dict) -> None:
                          "from the backbone checkpoint it was trained from, and train it")
 
 
+_NO_BANK = {"scheduler_budgets": None, "scheduler_bank": None, "default_budget": None}
+
+
+def _static_policy_name() -> str:
+    """Where a user imports ``StaticPolicy`` from: ``hf_eenet``, or without it (Hub remote code) the model's own
+    code package (``transformers_modules....policies``)."""
+    return "hf_eenet.StaticPolicy" if _INSTALLED else f"{ExitPolicy.__module__}.StaticPolicy"
+
+
+def _drop_bank_for_other_classes(cls, path, kwargs: dict) -> None:
+    """``from_pretrained(ckpt, num_labels=... / id2label=..., ignore_mismatched_sizes=True)`` of a checkpoint of ours
+    with a scheduler bank, asking for other classes (re-heading it for a new task): the bank was fitted on the old
+    classes' probabilities and can serve no budget of the new model, so it is not loaded (the config's bank fields
+    are cleared through the same kwargs, or on a copy of a ``config=`` object asking for other classes, as
+    run_classification.py re-heads; the bank's tensors are left unread), with a warning. A caller who sets the bank
+    fields themselves, or asks for the saved classes, loads as saved."""
+    if any(k in kwargs for k in _NO_BANK) or not kwargs.get("ignore_mismatched_sizes"):
+        return  # (without ignore_mismatched_sizes other classes fail the stock load's size check anyway)
+    config = kwargs.get("config")
+    given = config if config is not None and not isinstance(config, (str, os.PathLike)) else None
+    asked = kwargs.get("num_labels")
+    if asked is None and isinstance(kwargs.get("id2label"), dict):
+        asked = len(kwargs["id2label"])
+    if asked is None and given is not None and getattr(given, "scheduler_budgets", None):
+        asked = getattr(given, "num_labels", None)  # run_classification's AutoConfig(d, num_labels=K), config=
+    if asked is None:
+        return
+    hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+    try:
+        saved, _ = cls.config_class.get_config_dict(path, **hub)
+    except Exception:  # noqa: BLE001 - not readable here: the stock load says what is wrong
+        return
+    if not isinstance(saved, dict) or not saved.get("scheduler_budgets"):
+        return
+    theirs = len(saved.get("id2label") or {}) or saved.get("num_labels")
+    if theirs is None or int(asked) == int(theirs):
+        return
+    if given is not None:  # a copy: the caller's config object is left as it is
+        given = copy.deepcopy(given)
+        for key, value in _NO_BANK.items():
+            setattr(given, key, value)
+        kwargs["config"] = given
+    else:
+        kwargs.update(_NO_BANK)
+    warnings.warn(f"{path}: its EENet scheduler bank (budgets {saved['scheduler_budgets']}) was fitted for {theirs} "
+                  f"classes; the model is loaded with {asked}, so the bank is not loaded (it can serve no budget of "
+                  "the new heads). Train the model, then fit a new bank (EENetTrainer.fit_scheduler)",
+                  UserWarning, stacklevel=3)
+
+
 def _other_layout_weights(folder, config, variant) -> tuple[list[str], str]:
     """The weight files of other variants in ``folder`` (``variant`` is the save's) where the folder's config.json
     describes other exits or classes than ``config``: the save replaces config.json, and those files would then load
@@ -391,7 +441,7 @@ class EENetModelMixin:
             raise ValueError(
                 f"budget {budget} is outside the fitted range [{budgets[0]}, {budgets[-1]}] "
                 f"(fitted budgets: {budgets}); refit the scheduler bank with this budget"
-                + (f" (the full model, every row at the last exit: pass exit_policy=hf_eenet.StaticPolicy({k - 1}, "
+                + (f" (the full model, every row at the last exit: pass exit_policy={_static_policy_name()}({k - 1}, "
                    f"{k}) instead of a budget, Python API only)" if budget > budgets[-1] else "")
             )
         if len(budgets) != len(self.eenet_schedulers):
@@ -410,6 +460,18 @@ class EENetModelMixin:
             cfg.setdefault("num_classes", self.config.num_labels)
             self.eenet_schedulers.extend(EENetScheduler.from_config(cfg) for _ in self.config.scheduler_budgets)
             self.eenet_schedulers.frozen()
+
+    def _bank_holds_nothing(self, state_dict=None) -> bool:
+        """Whether the model has a bank none of whose schedulers is fitted, in the weights a save writes (the
+        model's, or ``state_dict``'s where given: every entry's ``fitted`` flag there False); a flag on the meta
+        device or missing from ``state_dict`` counts as unknown (not nothing)."""
+        n = len(self.eenet_schedulers)
+        if not (self.config.scheduler_budgets and n):
+            return False
+        flags = ([s.fitted for s in self.eenet_schedulers] if state_dict is None else
+                 [state_dict.get(f"eenet_schedulers.{i}.fitted") for i in range(n)])
+        return all(isinstance(f, torch.Tensor) and f.device.type != "meta" and f.numel() == 1 and not bool(f)
+                   for f in flags)
 
     def _check_bank_candidate(self, scheduler, budget: float) -> None:
         from .scheduler import EENetScheduler
@@ -682,6 +744,7 @@ class EENetModelMixin:
         path = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         _finish_interrupted_save_before_load(cls, path, kwargs)
         _refuse_moved_exits(cls, path, kwargs)
+        _drop_bank_for_other_classes(cls, path, kwargs)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         model.config._validate_eenet()
         check_loading_info(info, bank_expected=bool(model.config.scheduler_budgets or model.config.scheduler_bank))
@@ -730,7 +793,19 @@ class EENetModelMixin:
             is_main = self.should_save_on_this_rank(is_main)
         if not is_main:
             return super().save_pretrained(save_directory, *args, **kwargs)
-        if self.config.scheduler_budgets or self.config.scheduler_bank:
+        given = kwargs.get("state_dict")
+        no_bank = self._bank_holds_nothing() and (given is None or self._bank_holds_nothing(given))
+        if no_bank:
+            # built from a config that names a bank (from_config, Model(config)) and never loaded or fitted: a new
+            # model whose bank holds nothing (a stock Trainer's checkpoint of it must not fail); written without it
+            # (the model and its config object, which the caller may share, are left as they are)
+            warnings.warn(f"saving without the scheduler bank: none of its {len(self.eenet_schedulers)} schedulers "
+                          f"(budgets {list(self.config.scheduler_budgets)}) is fitted (e.g. a model built from a "
+                          "config that names a bank, with from_config); the folder gets no bank. Fit one with "
+                          "EENetTrainer.fit_scheduler", UserWarning, stacklevel=2)
+            kwargs["state_dict"] = {k: v for k, v in (given if given is not None else self.state_dict()).items()
+                                    if not k.startswith("eenet_schedulers.")}
+        elif self.config.scheduler_budgets or self.config.scheduler_bank:
             self.config.scheduler_bank = verify_bank(self, where="on save") or None
             if kwargs.get("state_dict") is not None:  # the weights written are these, not the model's
                 kwargs["state_dict"], reason = state_dict_for_save(self, kwargs["state_dict"])
@@ -743,10 +818,15 @@ class EENetModelMixin:
 
         def write(tmp):
             had = self.config.__dict__.get("custom_pipelines", None)
+            bank_fields = {k: getattr(self.config, k, None) for k in _NO_BANK} if no_bank else {}
             self.config.custom_pipelines = custom
             try:
+                for key in bank_fields:  # (for the config.json written; restored below)
+                    setattr(self.config, key, _NO_BANK[key])
                 super(EENetModelMixin, self).save_pretrained(tmp, *args, **kwargs)
             finally:
+                for key, value in bank_fields.items():
+                    setattr(self.config, key, value)
                 if had is None:
                     self.config.__dict__.pop("custom_pipelines", None)
                 else:
@@ -756,7 +836,7 @@ class EENetModelMixin:
                 if (here / name).exists():
                     shutil.copy(here / name, Path(tmp, name))
             # a results card already in the folder that describes other weights or another bank goes in marked
-            from .model_card import mark_card_stale_in_save
+            from .card_state import mark_card_stale_in_save
 
             if mark_card_stale_in_save(save_directory, tmp, self, kwargs.get("state_dict")) == "stale":
                 warnings.warn(f"{Path(save_directory, 'README.md')} held results of another model (its results.json): "
@@ -1067,8 +1147,10 @@ class EENetModelMixin:
         text alone.
 
         Args:
-            inputs: a list of texts (needs ``tokenizer``), or tokenizer output (``BatchEncoding`` / dict with
-                ``input_ids`` as a list of lists or a padded ``[N, S]`` tensor plus ``attention_mask``).
+            inputs: texts (needs ``tokenizer``): a list, or any sequence of strings (a NumPy array, a ``datasets``
+                column, a pandas Series); or tokenizer output (``BatchEncoding`` / dict with ``input_ids`` as a list
+                of lists or a padded ``[N, S]`` tensor plus ``attention_mask``; one text's unbatched output, a flat
+                list of ids or a 1-D tensor, is one row).
             budget (`float`): fraction of the full cost in (0, 1], served by the fitted bank (``get_exit_policy``).
                 Default: ``config.default_budget`` (else the largest fitted budget) when there is a bank, else the
                 full model.
@@ -1087,7 +1169,7 @@ class EENetModelMixin:
             [`EENetSequenceClassifierOutput`] with ``logits [N, C]``, ``exit_index``, ``exit_layer``, ``exit_cost``
             ``[N]``, in input order, on the model's device (``exit_logits`` and ``loss`` are ``None``).
         """
-        from .engine import check_rows_per_text, check_text_list, depth_wave_forward, rows_from_encodings
+        from .engine import check_rows_per_text, check_text_list, depth_wave_forward, rows_from_encodings, texts_as_list
 
         batch_size = check_int(batch_size, "batch_size", 1)
         if chunk_size is not None:
@@ -1102,6 +1184,9 @@ class EENetModelMixin:
         self._check_exit_policy(exit_policy)
         if isinstance(inputs, str):
             inputs = [inputs]
+        inputs = texts_as_list(inputs)  # a NumPy array / datasets Column / pandas Series of texts: a list
+        if "text_pair" in tokenizer_kwargs:
+            tokenizer_kwargs["text_pair"] = texts_as_list(tokenizer_kwargs["text_pair"], "text_pair")
         n_texts = None
         if isinstance(inputs, (list, tuple)) and inputs and any(isinstance(t, (str, list, tuple)) for t in inputs):
             check_text_list(inputs, tokenizer_kwargs.get("text_pair"))

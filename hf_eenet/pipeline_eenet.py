@@ -27,6 +27,19 @@ from .engine import ROW_KEYS, default_chunk_size
 from .validation import check_bool, check_int, check_text, check_tokenizer_kwargs
 
 
+def _check_list_entries(inputs: list) -> None:
+    """The texts of a list given to the pipeline of an early-exit model, before any is classified: ``None``, a text
+    that is not a string, and an empty or blank one (``validation.check_text``) are refused naming their position in
+    the list (the check of each text alone cannot). Dict entries are checked the same way, key by key."""
+    for i, entry in enumerate(inputs):
+        if isinstance(entry, dict):
+            for key in ("text", "text_pair"):
+                if entry.get(key) is not None or key == "text":
+                    EENetTextClassificationPipeline._check_text(entry.get(key), f"inputs[{i}][{key!r}]")
+        elif not isinstance(entry, list):  # (a list entry: the stock legacy [["text", "pair"]] form, checked later)
+            EENetTextClassificationPipeline._check_text(entry, f"inputs[{i}]")
+
+
 class EENetTextClassificationPipeline(TextClassificationPipeline):
     """``TextClassificationPipeline`` + per-call ``budget`` / ``exit_policy`` and the exit taken per text.
 
@@ -75,6 +88,8 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
             # a call's budget= etc. is checked all the same (the stock __call__'s own arguments are not the tokenizer's)
             self._sanitize_parameters(**{k: v for k, v in kwargs.items() if k not in ("batch_size", "num_workers")})
             return []  # (the stock __call__ reads inputs[0]: an IndexError)
+        if isinstance(inputs, list) and len(inputs) > 1 and self._is_early_exit_model():
+            _check_list_entries(inputs)  # name the position of a bad text (per text, the error cannot)
         local = self._wave_local()
         previous, local.chunk_size = getattr(local, "chunk_size", None), chunk_size
         try:
@@ -209,10 +224,13 @@ class EENetTextClassificationPipeline(TextClassificationPipeline):
         raise ValueError("this model was trained on single texts, not sentence pairs: pass one string per input")
 
     @staticmethod
-    def _check_text(t) -> None:
+    def _check_text(t, name: str = "the pipeline's text") -> None:
+        if t is None:
+            raise ValueError(f"{name} is None instead of a text")
         if not isinstance(t, str):
-            raise TypeError(f"texts must be str (or a {{'text', 'text_pair'}} dict), got {type(t).__name__}: {t!r}")
-        check_text(t, "the pipeline's text")  # the rule of every entry point (validation.check_text)
+            raise TypeError(f"texts must be str (or a {{'text', 'text_pair'}} dict), got {type(t).__name__} for "
+                            f"{name}: {t!r:.60}")
+        check_text(t, name)  # the rule of every entry point (validation.check_text)
 
     def _tokenizer_kwargs(self, tokenizer_kwargs: dict) -> dict:
         """Truncation on by default, to what the model takes (``_max_tokens``)."""
@@ -362,11 +380,27 @@ class TextClassificationDispatch(TextClassificationPipeline):
 
     #: the implementation registered for ``"text-classification"`` before this dispatcher
     fallback = TextClassificationPipeline
+    #: version of the patches (:data:`_PATCH_VERSION`): an older copy's dispatcher is replaced, not kept
+    _eenet_version = None  # set below
 
     def __new__(cls, *args, **kwargs):
         model = kwargs.get("model", args[0] if args else None)
         impl = _pipeline_class_of(model) if is_early_exit_model(model) else _resolve(cls.fallback)
         return impl(*args, **kwargs)
+
+
+#: version of what this module patches into transformers (the dispatcher, the stock class's construction and
+#: keyword refusal). Several copies of the code may run in one process (Hub remote code of models saved by different
+#: hf_eenet versions, with or without the installed package): a copy keeps what another copy of the same or a newer
+#: version registered, and replaces an older one's (which may lack a check this copy's pipelines rely on, e.g. the
+#: per-model pipeline class of review 80, so a current model's misspelt ``budgets=`` was dropped). 1: before versions.
+_PATCH_VERSION = 2
+TextClassificationDispatch._eenet_version = _PATCH_VERSION
+
+
+def _older(patched) -> bool:
+    """Whether a patch another copy installed is of an older version than this copy's."""
+    return (getattr(patched, "_eenet_version", None) or 1) < _PATCH_VERSION
 
 
 def _resolve(impl):
@@ -389,7 +423,7 @@ def _refuse_early_exit_keywords(force: bool = False) -> None:
     without them run exactly as before. :class:`EENetTextClassificationPipeline` has its own."""
     current = TextClassificationPipeline._sanitize_parameters
     if getattr(current, "_eenet_refuse", False):
-        if not force:
+        if not force and not _older(current):
             return
         current = current.__wrapped__
     stock_sanitize = current
@@ -409,6 +443,7 @@ def _refuse_early_exit_keywords(force: bool = False) -> None:
         return stock_sanitize(self, *args, **kwargs)
 
     _sanitize_parameters._eenet_refuse = True
+    _sanitize_parameters._eenet_version = _PATCH_VERSION
     TextClassificationPipeline._sanitize_parameters = _sanitize_parameters
 
 
@@ -419,7 +454,8 @@ def _route_stock_construction(force: bool = False) -> None:
     Every other model, and every subclass of the stock class, is constructed as before (the next ``__new__`` in the
     MRO).
     """
-    if not force and getattr(TextClassificationPipeline.__new__, "_eenet_route", False):
+    current = TextClassificationPipeline.__new__
+    if not force and getattr(current, "_eenet_route", False) and not _older(current):
         return
 
     def __new__(cls, *args, **kwargs):
@@ -431,6 +467,7 @@ def _route_stock_construction(force: bool = False) -> None:
         return after(cls) if after is object.__new__ else after(cls, *args, **kwargs)
 
     __new__._eenet_route = True
+    __new__._eenet_version = _PATCH_VERSION
     TextClassificationPipeline.__new__ = staticmethod(__new__)
 
 
@@ -440,8 +477,8 @@ def register_text_classification(force: bool = False) -> None:
     hf_eenet`` calls it; so does the model code when it runs as Hub remote code without hf_eenet installed (a
     pipeline built from a model *object* does not read ``custom_pipelines``). It also routes a directly constructed
     ``TextClassificationPipeline(model=<hf_eenet model>)`` to the budgeted pipeline (:func:`_route_stock_construction`).
-    Remote code keeps a dispatcher that is already registered (the installed package's, or another folder's); the
-    installed package (``force``) replaces it."""
+    Remote code keeps a dispatcher that is already registered (the installed package's, or another folder's) unless
+    it is of an older version (:data:`_PATCH_VERSION`); the installed package (``force``) replaces it."""
     from transformers.pipelines import PIPELINE_REGISTRY
 
     _route_stock_construction(force)
@@ -449,7 +486,7 @@ def register_text_classification(force: bool = False) -> None:
     stock = PIPELINE_REGISTRY.supported_tasks["text-classification"]
     registered = stock.get("impl")
     if getattr(registered, "__name__", "") == TextClassificationDispatch.__name__:
-        if not force:
+        if not force and not _older(registered):
             return
         registered = getattr(registered, "fallback", TextClassificationPipeline)  # another copy's: what it wraps
     if registered is not None:

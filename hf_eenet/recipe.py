@@ -142,7 +142,8 @@ def portable_command(command: str) -> str:
 
 
 _CARD_TRAINING_KEYS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "weight_decay",
-                       "warmup_steps", "seed", "max_steps", "bf16", "gradient_accumulation_steps", "lr_scheduler_type")
+                       "warmup_steps", "seed", "max_steps", "bf16", "gradient_accumulation_steps", "lr_scheduler_type",
+                       "optim")
 
 
 def _card_training_args(values: dict) -> dict:
@@ -762,7 +763,7 @@ RUN_CLASSIFICATION_ONLY_FLAGS = {
     "overwrite_cache": "datasets re-tokenizes whenever the data or the tokenizer change (its fingerprints)",
     "preprocessing_num_workers": "tokenization runs in one process",
     "metric_name": "accuracy is reported per exit and per budget",
-    "shuffle_seed": "the training rows are shuffled with --seed (or --data_seed)",
+    "shuffle_seed": "the training rows are shuffled (and a validation hold-out carved) with --seed",
     "remove_columns": "only the columns named by --text_column_names and --label_column_name are read",
     "use_fast_tokenizer": "the backbone's fast tokenizer is used",
     "config_name": "the configuration is the one at --model_name_or_path, with exit heads added",

@@ -939,7 +939,7 @@ class EENetTrainer(Trainer):
         """Within a save of the model into ``folder`` (written into ``tmp``): a results card already there that
         describes other weights or another scheduler bank than the model saved is kept, marked stale, with a warning
         (:func:`~hf_eenet.model_card.mark_card_stale_in_save`). Off with ``mark_stale_cards = False``."""
-        from .model_card import mark_card_stale_in_save
+        from .card_state import mark_card_stale_in_save
 
         if not self.mark_stale_cards:
             return

@@ -813,6 +813,62 @@ def test_a_save_of_other_exits_removes_weights_of_other_variants(tmp_path):
     assert (tmp_path / "model.fp16.safetensors").exists() and (tmp_path / "model.safetensors").exists()
 
 
+def test_reusing_a_banked_checkpoint_for_a_new_model_drops_the_bank_with_a_warning(tmp_path):
+    """Re-heading a checkpoint for other classes (num_labels= / id2label=, ignore_mismatched_sizes) and building a
+    new model from its config (from_config) give models without the bank (fitted for the saved weights and classes),
+    that save, train with a stock Trainer's checkpoints and serve without a budget; the saved classes load as saved."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    model, batch, _, _ = fitted_model()
+    model.save_pretrained(tmp_path / "banked")
+    cls = type(model)
+    with pytest.warns(UserWarning, match=r"fitted for 3 classes; the model is loaded with 5, so the bank is not"):
+        new = cls.from_pretrained(tmp_path / "banked", num_labels=5, ignore_mismatched_sizes=True)
+    assert new.config.num_labels == 5 and not new.config.scheduler_budgets and len(new.eenet_schedulers) == 0
+    with pytest.warns(UserWarning, match="bank is not loaded"):
+        cls.from_pretrained(tmp_path / "banked", id2label={0: "a", 1: "b"}, ignore_mismatched_sizes=True)
+    new.save_pretrained(tmp_path / "reheaded")
+    assert cls.from_pretrained(tmp_path / "reheaded").config.num_labels == 5
+    same = cls.from_pretrained(tmp_path / "banked", num_labels=3)  # the saved classes: the bank loads
+    assert list(same.config.scheduler_budgets) == [0.5, 0.8]
+    # run_classification.py re-heads through a config object: a copy of it loses the bank, the caller's keeps it
+    cfg = AutoConfig.from_pretrained(tmp_path / "banked", num_labels=4)
+    with pytest.warns(UserWarning, match="bank is not loaded"):
+        four = cls.from_pretrained(tmp_path / "banked", config=cfg, ignore_mismatched_sizes=True)
+    assert four.config.num_labels == 4 and not four.config.scheduler_budgets and cfg.scheduler_budgets == [0.5, 0.8]
+    # from_config keeps the bank's modules (accelerate's init_empty_weights + load_checkpoint_and_dispatch, and
+    # load_state_dict(assign=True) fill them); never filled, a save drops it with a warning instead of failing
+    shared = AutoConfig.from_pretrained(tmp_path / "banked")
+    fresh = AutoModelForSequenceClassification.from_config(shared)
+    assert type(fresh) is cls and len(fresh.eenet_schedulers) == 2
+    loaded = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(tmp_path / "banked"))
+    loaded.load_state_dict(model.state_dict())
+    assert outputs(loaded.eval(), batch, 0.5)[0] == outputs(model, batch, 0.5)[0]
+    with pytest.raises(BankIntegrityError, match="from_config; fit a bank"):
+        with torch.no_grad():
+            fresh.eval()(**batch, budget=0.5)
+    with pytest.warns(UserWarning, match="saving without the scheduler bank: none of its 2 schedulers"):
+        fresh.save_pretrained(tmp_path / "fresh")  # (a stock Trainer checkpoint is this save)
+    assert not cls.from_pretrained(tmp_path / "fresh").config.scheduler_budgets
+    # the model and the config object it shares with its caller (a model_init sweep) are left as they are
+    assert fresh.config is shared and shared.scheduler_budgets == [0.5, 0.8] and len(fresh.eenet_schedulers) == 2
+    # a fitted model saved with a state dict taken before its fit (unfitted flags there) keeps its bank
+    fitted, *_ = fitted_model()
+    before = {k: (torch.tensor(False) if k.endswith(".fitted") else v) for k, v in fitted.state_dict().items()}
+    fitted.save_pretrained(tmp_path / "early_sd", state_dict=before)
+    assert fitted.config.scheduler_budgets == [0.5, 0.8] and len(fitted.eenet_schedulers) == 2
+    # a distributed Trainer's save passes the gathered weights: decided on them, and their bank tensors left out
+    shell = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(tmp_path / "banked"))
+    with pytest.warns(UserWarning, match="saving without the scheduler bank"):
+        shell.save_pretrained(tmp_path / "gathered", state_dict=shell.state_dict())
+    _, info = cls.from_pretrained(tmp_path / "gathered", output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]
+    shell = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(tmp_path / "banked"))
+    with pytest.raises(BankIntegrityError, match="not fitted"):  # fitted bank tensors given: not dropped, refused
+        shell.save_pretrained(tmp_path / "mixed", state_dict=model.state_dict())
+    assert model.config.scheduler_budgets == [0.5, 0.8]  # the saved model's config is untouched
+
+
 def test_from_pretrained_kwargs_are_validated(tmp_path):
     plain = tiny_model(layers=6)
     plain.save_pretrained(tmp_path / "plain")
@@ -1502,3 +1558,48 @@ def test_a_config_read_before_another_process_finished_the_save_is_brought_up_to
     cfg = json.loads((target / "config.json").read_text())
     (target / "config.json").write_text(json.dumps({**cfg, "default_budget": 0.5}, indent=2))
     assert hf_eenet.bank.read_finished_record(target) is None
+
+
+def test_a_copy_replaces_an_older_copys_pipeline_patches_and_keeps_a_current_ones():
+    """Review 90: without hf_eenet installed, the copy of an older model loaded first registered a dispatcher (and
+    patches) without the per-model pipeline class; a current copy kept it, so a current model's pipeline dropped a
+    misspelt ``budgets=``. A copy now replaces an older version's patches and keeps those of its own version."""
+    from transformers import TextClassificationPipeline
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from hf_eenet import pipeline_eenet as pe
+
+    stock = dict(PIPELINE_REGISTRY.supported_tasks["text-classification"])
+    saved_new, saved_sanitize = TextClassificationPipeline.__new__, TextClassificationPipeline._sanitize_parameters
+    stock_sanitize = saved_sanitize.__wrapped__
+
+    class TextClassificationDispatch(TextClassificationPipeline):  # an older copy's: no version
+        fallback = stock["impl"] if not hasattr(stock["impl"], "fallback") else stock["impl"].fallback
+
+    def old_new(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def old_sanitize(self, *args, **kwargs):
+        return stock_sanitize(self, *args, **kwargs)
+
+    old_new._eenet_route = old_sanitize._eenet_refuse = True
+    old_sanitize.__wrapped__ = stock_sanitize
+    try:
+        PIPELINE_REGISTRY.supported_tasks["text-classification"] = {**stock, "impl": TextClassificationDispatch}
+        TextClassificationPipeline.__new__ = staticmethod(old_new)
+        TextClassificationPipeline._sanitize_parameters = old_sanitize
+        pe.register_text_classification()  # as remote code calls it (no force)
+        assert PIPELINE_REGISTRY.supported_tasks["text-classification"]["impl"] is pe.TextClassificationDispatch
+        assert pe.TextClassificationDispatch.fallback is TextClassificationDispatch.fallback
+        assert TextClassificationPipeline.__new__._eenet_version == pe._PATCH_VERSION
+        assert TextClassificationPipeline._sanitize_parameters._eenet_version == pe._PATCH_VERSION
+        assert TextClassificationPipeline._sanitize_parameters.__wrapped__ is stock_sanitize
+        current = type("TextClassificationDispatch", (pe.TextClassificationDispatch,), {})  # same version: kept
+        PIPELINE_REGISTRY.supported_tasks["text-classification"] = {**stock, "impl": current}
+        pe.register_text_classification()
+        assert PIPELINE_REGISTRY.supported_tasks["text-classification"]["impl"] is current
+    finally:
+        PIPELINE_REGISTRY.supported_tasks["text-classification"] = stock
+        TextClassificationPipeline.__new__ = staticmethod(saved_new)
+        TextClassificationPipeline._sanitize_parameters = saved_sanitize
+        pe.register_text_classification(force=True)

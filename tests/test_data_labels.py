@@ -137,3 +137,117 @@ def test_models_with_float_or_spaced_label_names_read_their_own_data(tmp_path):
     assert names_of(load(label_names=[" neg", " pos"], validation=spaced), "validation") == [" pos", " neg"]
     plain = write_csv(tmp_path / "p.csv", [("good film", "pos"), ("bad film", "neg")])
     assert names_of(load(label_names=[" neg", " pos"], validation=plain), "validation") == [" pos", " neg"]
+
+
+# ---------------------------------------------------------------------------------------- text columns
+def _rows(keys, n=6):
+    return [{**{k: f"{k} {i}" for k in keys}, "label": ["a", "b"][i % 2]} for i in range(n)]
+
+
+def _jsonl(path, rows):
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_default_text_columns_read_pairs_and_refuse_what_they_cannot_tell(tmp_path):
+    """The pipeline's own {"text", "text_pair"} form (and GLUE's pairs) is a pair without --text_column_names; a
+    single-text column next to another pair's second column is refused, not read as single texts; so is a label
+    column named as a text column, and a list / dict where a text should be (str() of it is no text)."""
+    d = load(train=_jsonl(tmp_path / "tp.jsonl", _rows(["text", "text_pair"])))
+    tr = d.splits["train"]
+    assert [p.split()[1] for p in tr["text_pair"]] == [t.split()[1] for t in tr["text"]] and tr["text_pair"][0][:9] == "text_pair"
+    d = load(train=_jsonl(tmp_path / "nli.jsonl", _rows(["premise", "hypothesis"])))
+    assert d.splits["train"]["text_pair"][0].startswith("hypothesis ")
+    d = load(train=_jsonl(tmp_path / "qnli.jsonl", _rows(["question", "sentence", "idx"])))  # GLUE QNLI
+    assert d.splits["train"]["text"][0].startswith("question ") and d.splits["train"]["text_pair"][0].startswith("sent")
+    for name, keys, match in (
+            ("s2", ["sentence", "sentence2"], r"\(sentence, sentence2\).*--text_column_names \(sentence or sentence,sentence2\)"),
+            ("t12", ["text", "sentence1", "sentence2"], r"\(text, sentence1, sentence2\).*sentence1,sentence2 or text"),
+            ("ts", ["text", "sentence"], r"\(text, sentence\).*\(text or sentence or text,sentence\)"),
+            ("tps", ["text", "text_pair", "sentence"], r"\(text, sentence, text_pair\).*text,text_pair or text or"),
+            ("tq", ["text", "question"], r"\(text, question\).*\(text or text,question\)")):
+        with pytest.raises(DataError, match=r"several columns that could be its text\(s\) " + match):
+            load(train=_jsonl(tmp_path / f"{name}.jsonl", _rows(keys)))
+    with pytest.raises(DataError, match=r"one column that is read only as part of a sentence pair \(question\).*"
+                                        r"--text_column_names \(question\)"):
+        load(train=_jsonl(tmp_path / "q.jsonl", _rows(["question"])))
+    ok = load_text_classification(DataArguments(train_file=str(tmp_path / "s2.jsonl"), text_column_names="sentence"),
+                                  seed=0)
+    assert "text_pair" not in ok.splits["train"].column_names
+    with pytest.raises(DataError, match="--label_column_name 'label' is also a text column"):
+        load_text_classification(DataArguments(train_file=str(tmp_path / "s2.jsonl"),
+                                               text_column_names="sentence,label"), seed=0)
+    bad = [{"text": ["the", "movie"] if i == 3 else f"t {i}", "label": ["a", "b"][i % 2]} for i in range(6)]
+    with pytest.raises(DataError, match=r"a list in text column 'text' \(row 3"):
+        load(train=_jsonl(tmp_path / "lists.jsonl", bad))
+
+
+@pytest.mark.parametrize("ext, body, texts", [
+    ("csv", "text,label\n007,a\n1e3,b\nNA,a\nnull,b\n", ["007", "1e3", "NA", "null"]),
+    ("tsv", 'text\tlabel\n007\ta\n"q\tb\nNA\ta\nnull\tb\n', ["007", '"q', "NA", "null"])])
+def test_a_local_folder_of_csv_files_reads_as_the_same_files_given_one_by_one(tmp_path, ext, body, texts):
+    """--dataset_name <folder> reads its csv (tsv) files as --train_file does: number-like and "NA" texts stay text
+    (and a tsv is unquoted, GLUE-style)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        (folder / f"{split}.{ext}").write_text(body)
+    by_files = load(train=str(folder / f"train.{ext}"), validation=str(folder / f"validation.{ext}"))
+    by_folder = load_text_classification(DataArguments(dataset_name=str(folder)), seed=0)
+    assert by_folder.splits["train"]["text"] == by_files.splits["train"]["text"] == texts
+
+
+def test_a_test_file_without_the_label_column_but_with_other_columns_warns(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", [{"text": f"t {i}", "verdict": ["a", "b"][i % 2]} for i in range(6)])
+    test = _jsonl(tmp_path / "test.jsonl", [{"text": f"t {i}", "label": ["a", "b"][i % 2]} for i in range(4)])
+    args = DataArguments(train_file=train, validation_file=train, test_file=test, label_column_name="verdict")
+    with pytest.warns(UserWarning, match=r"test split has no label column 'verdict'.*\(label\) holding the class"):
+        d = load_text_classification(args, seed=0)
+    assert "label" not in d.splits["test"].column_names or set(d.splits["test"]["label"]) <= {-1}
+    # a label column of ids into word names, or of integral floats of number names: warned too
+    with pytest.warns(UserWarning, match=r"\(gold\) holding the class"):
+        load_text_classification(DataArguments(train_file=train, validation_file=train, label_column_name="verdict",
+                                               test_file=_jsonl(tmp_path / "ids.jsonl", [
+                                                   {"text": f"t {i}", "gold": i % 2} for i in range(4)])), seed=0)
+    nums = _jsonl(tmp_path / "nums.jsonl", [{"text": f"t {i}", "verdict": i % 2} for i in range(6)])
+    with pytest.warns(UserWarning, match=r"\(gold\) holding the class"):
+        load_text_classification(DataArguments(train_file=nums, validation_file=nums, label_column_name="verdict",
+                                               test_file=_jsonl(tmp_path / "fl.jsonl", [
+                                                   {"text": f"t {i}", "gold": float(i % 2)} for i in range(4)])), seed=0)
+    # only texts, or an index column beside them (a GLUE / Kaggle test file, even with values 0, 1): no warning
+    plain = _jsonl(tmp_path / "plain.jsonl", [{"idx": i % 2, "text": f"t {i}"} for i in range(2)])
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error", UserWarning)
+        load_text_classification(DataArguments(train_file=train, validation_file=train, test_file=plain,
+                                               label_column_name="verdict"), seed=0)
+
+
+def test_texts_are_kept_as_given_and_blank_ones_refused(tmp_path):
+    """Review 89: the loader stripped texts, the pipeline does not; a byte-level BPE reads the spaces as tokens, so
+    training and the bank's fit saw other tokens than a served file's raw texts. Texts now load as given."""
+    rows = [{"text": f" text {i} ", "text_pair": f"pair {i} ", "label": ["a", "b"][i % 2]} for i in range(6)]
+    d = load(train=_jsonl(tmp_path / "sp.jsonl", rows), validation=_jsonl(tmp_path / "v.jsonl", rows))
+    assert d.splits["validation"]["text"][0] == " text 0 " and d.splits["validation"]["text_pair"][0] == "pair 0 "
+    rows[2]["text_pair"] = "  "
+    with pytest.raises(DataError, match=r"empty text in column 'text_pair' \(row 2\)"):
+        load(train=_jsonl(tmp_path / "blank.jsonl", rows))
+
+
+def test_number_class_names_that_the_int_labels_spell_are_refused_not_shifted(tmp_path):
+    """Review 89: --class_names 1,2,3,4,5 with star labels: as ids, 1..4 silently shifted by one class and 5 gave a
+    self-contradictory error. Ids that the names spell otherwise are refused; ids that spell the same are fine."""
+    def with_names(names, labels):
+        return load_text_classification(DataArguments(train_file=write_jsonl(tmp_path / "s.jsonl", labels),
+                                                      class_names=names), seed=0)
+
+    with pytest.raises(DataError, match=r"int labels in column 'label' all spell --class_names \(1, 2, 3, 4, 5\).*"
+                                        r"\(0 = class '1'\), and label 5 is no id \(5 classes\)"):
+        with_names("1,2,3,4,5", [1, 2, 3, 4, 5] * 3)
+    d = with_names("0,1,2", [0, 1, 2] * 4)  # ids and names agree
+    assert sorted(set(names_of(d, "train"))) == ["0", "1", "2"]
+    d = with_names("1,2,3", [0, 1, 2] * 4)  # 0 is no name: ids, as documented
+    assert sorted(set(names_of(d, "train"))) == ["1", "2", "3"]
+    d = with_names("1,2,3,4,5", [1, 2, 3] * 4)  # correct ids that a split without id 0 holds: ids, as documented
+    assert sorted(set(names_of(d, "train"))) == ["2", "3", "4"]

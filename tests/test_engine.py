@@ -625,6 +625,55 @@ def test_chunk_size_given_when_the_pipeline_is_built_is_its_default(banked):
         engine.depth_wave_forward = original
 
 
+def test_early_exit_predict_takes_any_sequence_of_texts_and_one_text_s_unbatched_encoding(banked):
+    """A NumPy array of strings (and a datasets column, a pandas Series: sized iterables of str) are texts, not
+    tokenizer output; ``tok(text)`` (flat ids) and a 1-D id tensor are one row, not one row per token."""
+    import numpy as np
+
+    model, tok, texts = banked
+    want = model.early_exit_predict(texts[:6], tokenizer=tok, budget=0.4)
+    got = model.early_exit_predict(np.array(texts[:6]), tokenizer=tok, budget=0.4,
+                                   text_pair=None)  # text_pair=None: the single-text path still
+    assert got.exit_layer.tolist() == want.exit_layer.tolist()
+    assert torch.equal(got.logits.argmax(-1), want.logits.argmax(-1))
+
+    class Column:  # the shape of datasets' Column: sized, iterable, indexable, not a list
+        def __init__(self, values):
+            self.values = list(values)
+
+        def __len__(self):
+            return len(self.values)
+
+        def __iter__(self):
+            return iter(self.values)
+
+        def __getitem__(self, i):
+            return self.values[i]
+
+    got = model.early_exit_predict(Column(texts[:6]), tokenizer=tok, budget=0.4)
+    assert got.exit_layer.tolist() == want.exit_layer.tolist()
+    pair = model.early_exit_predict(texts[:3], tokenizer=tok, budget=0.4, text_pair=Column(texts[3:6]))
+    assert pair.exit_layer.tolist() == model.early_exit_predict(texts[:3], tokenizer=tok, budget=0.4,
+                                                                text_pair=texts[3:6]).exit_layer.tolist()
+    one = model.early_exit_predict(tok(texts[0]), budget=0.4)
+    assert one.logits.shape[0] == 1 and one.exit_layer.tolist() == want.exit_layer[:1].tolist()
+    flat = model.early_exit_predict({"input_ids": torch.tensor(tok(texts[1])["input_ids"])}, budget=0.4)
+    assert flat.logits.shape[0] == 1 and flat.exit_layer.tolist() == want.exit_layer[1:2].tolist()
+    with pytest.raises(ValueError, match="pass tokenizer="):
+        model.early_exit_predict(np.array(texts[:2]), budget=0.4)
+    with pytest.raises(TypeError, match=r"texts\[0\] must be a string, got NoneType"):  # a missing first value
+        model.early_exit_predict(Column([None, *texts[1:3]]), tokenizer=tok, budget=0.4)
+    import pandas as pd
+
+    frame = pd.DataFrame({"text": texts[:4], "label": [0, 1, 0, 1]})  # iterates over its column names
+    with pytest.raises(TypeError, match=r"pass one column of it \(e.g. df\['text'\]\)"):
+        model.early_exit_predict(frame, tokenizer=tok, budget=0.4)
+    with pytest.raises(TypeError, match=r"text_pair must be one sequence of strings, got a DataFrame"):
+        model.early_exit_predict(texts[:4], tokenizer=tok, budget=0.4, text_pair=frame[["text"]])
+    got = model.early_exit_predict(frame["text"], tokenizer=tok, budget=0.4)
+    assert got.exit_layer.tolist() == want.exit_layer[:4].tolist()
+
+
 def test_early_exit_predict_names_a_bad_text_and_refuses_rows_it_cannot_map_back(banked):
     model, tok, texts = banked
     with pytest.raises(TypeError, match=r"texts\[1\] must be a string, got NoneType"):

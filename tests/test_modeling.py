@@ -410,6 +410,23 @@ def test_trust_remote_code_without_hf_eenet(kind, tmp_path):
     assert not math.isnan(got.sum().item())
 
 
+def test_shipped_remote_code_imports_only_what_transformers_needs(tmp_path):
+    """A Hub load with ``trust_remote_code`` checks the imports of *every* shipped file (a local folder only its top
+    files): one that imports e.g. matplotlib (the reporting code) makes the model unloadable for a consumer without
+    it. Every .py file a save writes must import only the standard library, torch and transformers' own
+    dependencies (as transformers' ``get_imports`` reads them: imports under ``try`` do not count)."""
+    from transformers.dynamic_module_utils import get_imports
+
+    model = tiny_model("bert", layers=3)
+    model.save_pretrained(tmp_path)
+    shipped = sorted(tmp_path.glob("*.py"))
+    assert {"modeling_eenet.py", "configuration_eenet.py", "pipeline_eenet.py"} <= {p.name for p in shipped}
+    allowed = set(sys.stdlib_module_names) | {"torch", "transformers", "huggingface_hub", "safetensors", "numpy",
+                                              "tqdm", "packaging", "tokenizers", "regex", "yaml"}
+    needs = {p.name: sorted(set(get_imports(str(p))) - allowed) for p in shipped}
+    assert not any(needs.values()), needs
+
+
 @pytest.mark.parametrize("name", ["entropy", "maxprob", "patience", "static", "eenet"])
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_every_policy_online_equals_offline_and_bs1(name, kind):

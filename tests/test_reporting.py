@@ -129,3 +129,11 @@ def test_the_reproduction_script_runs_each_committed_cpu_benchmark_as_its_json_r
     for preset in ("sst2", "ag_news", "sst5"):
         assert runs.index(["python", "recipes/run_eenet.py", f"recipes/presets/{preset}.json"]) < first_benchmark
     assert runs.index(["python", "-m", "hf_eenet", "demo"]) < first_benchmark
+
+
+def test_card_names_the_optimizer_and_schedule_the_run_used():
+    base = json.loads((ROOT / "model_cards" / CARDS[0] / "results.json").read_text())
+    assert "AdamW, weight decay" in _card_text(base)  # results written before optim was recorded: the default
+    sgd = {**base, "training_args": {**base["training_args"], "optim": "sgd", "lr_scheduler_type": "cosine"}}
+    text = _card_text(sgd)
+    assert "sgd, cosine schedule, weight decay" in text and "AdamW" not in text
