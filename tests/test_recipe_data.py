@@ -1363,4 +1363,3 @@ def test_removed_flag_check_reads_only_leftover_flags_and_hints_what_the_command
     # after "--" a parser without positional texts leaves the arguments over: the stock error, not a removed flag
     with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \[.*'--overwrite_output_dir'\]"):
         _parse("evaluate", EvaluateArguments, [str(tmp_path), "--", "--overwrite_output_dir"])
-
