@@ -18,7 +18,12 @@ sys.path.insert(0, str(ROOT))
 from hf_eenet.model_card import write_results_card  # noqa: E402
 
 
-def main(names=None):
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="model_cards/<name> folders (default: sst2 ag_news sst5)")
+    names = parser.parse_args(argv).names
     for name in names or ("sst2", "ag_news", "sst5"):
         folder = ROOT / "model_cards" / name
         path = folder / "results.json"

@@ -16,6 +16,7 @@ from .modeling_eenet import (
     EENetBertForSequenceClassification,
     EENetRobertaForSequenceClassification,
     EENetSequenceClassifierOutput,
+    exit_head_modules,
 )
 from .pipeline_eenet import EENetTextClassificationPipeline, TextClassificationDispatch, register_text_classification
 from .policies import (
@@ -61,6 +62,7 @@ __all__ = [
     "EENetBertForSequenceClassification",
     "EENetRobertaForSequenceClassification",
     "EENetSequenceClassifierOutput",
+    "exit_head_modules",
     "EENetScheduler",
     "EENetTextClassificationPipeline",
     "EENetTrainer",

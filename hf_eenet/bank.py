@@ -157,6 +157,37 @@ def _digest(items, rounding: str) -> str:
     return h.hexdigest()
 
 
+def _adapter_layers(model) -> list:
+    """The model's PEFT tuner layers (LoRA and the like, told by the attributes every ``BaseTunerLayer`` has; no
+    import of peft): switched off (``disable_adapter()``), switched to another adapter (``set_adapter``) or rescaled
+    (``set_scale``) they compute another function with the same weights."""
+    return [m for m in model.modules() if hasattr(m, "_disable_adapters") and hasattr(m, "active_adapters")]
+
+
+def _adapter_settings(layers) -> tuple:
+    """What the tuner ``layers`` compute with: per layer on / off, the active adapters and their scales (``()``
+    without tuner layers). Plain attribute reads (no ``nn.Module.__getattr__`` misses): read on every request of a
+    model that has them."""
+    out = []
+    for m in layers:
+        own = m.__dict__
+        active = own.get("_active_adapter", getattr(type(m), "_active_adapter", None))  # what active_adapters reads
+        active = m.active_adapters if active is None else active
+        active = (active,) if isinstance(active, str) else tuple(active)
+        scaling = own.get("scaling")
+        scales = tuple(scaling.get(a) for a in active) if isinstance(scaling, dict) else ()
+        off = own.get("_disable_adapters", getattr(type(m), "_disable_adapters", False))  # (a class default)
+        out.append((bool(off), active, scales))
+    return tuple(out)
+
+
+def _adapter_state(layers) -> str | None:
+    """:func:`_adapter_settings` as a digest for a bank's record (``None`` without tuner layers)."""
+    if not layers:
+        return None
+    return hashlib.sha256(repr(_adapter_settings(layers)).encode()).hexdigest()
+
+
 def weights_digest(model) -> dict | None:
     """What a bank records about the weights it was fitted for: ``{"bfloat16": sha256, "float16": sha256}`` of the
     model's tensors besides the bank, every floating tensor rounded to that precision first (``None``: not readable
@@ -167,11 +198,17 @@ def weights_digest(model) -> dict | None:
     optimizer step moves thousands of weights across a rounding boundary (a bfloat16 step is 2^-8 of a weight, a
     float16 one 2^-11). Weights rounded twice (saved in float16, loaded as bfloat16) differ from either rounding:
     the bank then counts as fitted for other weights. Parameter names are part of the digest (a merged LoRA adapter
-    is other weights: fit the bank on the model as it is served)."""
+    is other weights: fit the bank on the model as it is served). A model with PEFT tuner layers also records their
+    state (``"adapters"``: :func:`_adapter_state`): a bank fitted with the adapter on does not serve the same weights
+    with it off."""
     items = _weight_tensors(model)
     if items is None:
         return None
-    return {r: _digest(items, r) for r in _ROUNDINGS}
+    out = {r: _digest(items, r) for r in _ROUNDINGS}
+    adapters = _adapter_state(_adapter_layers(model))
+    if adapters is not None:
+        out["adapters"] = adapters
+    return out
 
 
 def _matches(items, want: dict) -> bool:
@@ -183,9 +220,16 @@ def _matches(items, want: dict) -> bool:
 
 STALE_BANK_MESSAGE = (
     "the scheduler bank was fitted for other weights: the model's weights changed after the bank was fitted (trained "
-    "or edited without EENetTrainer, which removes the bank; e.g. with transformers.Trainer or a loop of your own), "
-    "so its thresholds no longer spend the budgets they were fitted for; refit the bank on validation data "
-    "(EENetTrainer.fit_scheduler, hf-eenet fit-scheduler) or remove it (model.clear_scheduler_bank())")
+    "or edited without EENetTrainer, which removes the bank; e.g. with transformers.Trainer or a loop of your own; "
+    "or a PEFT adapter added to it or merged into it), so its thresholds no longer spend the budgets they were "
+    "fitted for; refit the bank on validation data, on the model as you serve it (EENetTrainer.fit_scheduler, "
+    "hf-eenet fit-scheduler), or remove it (model.clear_scheduler_bank())")
+#: the same weights, another function: the bank was fitted with the model's PEFT adapters in another state
+STALE_ADAPTERS_MESSAGE = (
+    "the scheduler bank was fitted with the model's PEFT adapters in another state (switched on or off by "
+    "disable_adapter(), another adapter set active, or rescaled): the exits' outputs, and so the budget each threshold "
+    "spends, differ; serve it with the adapters as they were when it was fitted, or refit the bank in this state "
+    "(EENetTrainer.fit_scheduler)")
 
 
 #: the config fields that decide, for the same weights, what the exits output (where each exit sits, what it pools):
@@ -280,12 +324,16 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
         sample = _sample_or_none(items)
         if (not force and cache is not None and cache["want"] is want and cache["sig"] == sig
                 and not stepped_since((t for _, t in items), cache["events"])
-                and same_sample(sample, cache["sample"])):
+                and same_sample(sample, cache["sample"]) and _same_adapters(cache)):
             cache["events"] = events
             return cache["reason"]
-        reason = None if _matches(items, want) else STALE_BANK_MESSAGE
+        layers = _adapter_layers(model)
+        adapters = _adapter_state(layers)
+        reason = (STALE_BANK_MESSAGE if not _matches(items, want)
+                  else STALE_ADAPTERS_MESSAGE if want.get("adapters") != adapters else None)
         model.__dict__["_eenet_weights_check"] = {"want": want, "events": events, "sig": sig, "sample": sample,
-                                                  "reason": reason, **_versions(items)}
+                                                  "reason": reason, "layers": layers,
+                                                  "settings": _adapter_settings(layers), **_versions(items)}
         return reason
 
 
@@ -322,9 +370,16 @@ def _versions(items) -> dict:
 
 
 def _still_current(cache, want, events) -> bool:
-    """Whether the last verdict stands: the same record, no weight event since, no in-place write to a tensor."""
+    """Whether the last verdict stands: the same record, no weight event since, no in-place write to a tensor, the
+    PEFT tuner layers (if any) in the same state."""
     return (cache is not None and cache["want"] is want and cache["events"] == events
-            and version_total(cache["tensors"]) == cache["versions"])
+            and version_total(cache["tensors"]) == cache["versions"] and _same_adapters(cache))
+
+
+def _same_adapters(cache) -> bool:
+    """Whether the tuner layers the last check saw (none: most models) are in the state it saw."""
+    layers = cache.get("layers")
+    return not layers or _adapter_settings(layers) == cache.get("settings")
 
 
 def seed_weights_check(model, weights: dict | None) -> None:
@@ -337,9 +392,11 @@ def seed_weights_check(model, weights: dict | None) -> None:
         events = _events()
         items = _weight_tensors(model)
         if items is not None:
+            layers = _adapter_layers(model)
             model.__dict__["_eenet_weights_check"] = {"want": want, "events": events,
                                                       "sig": _weights_signature(items),
                                                       "sample": _sample_or_none(items), "reason": None,
+                                                      "layers": layers, "settings": _adapter_settings(layers),
                                                       **_versions(items)}
     except Exception:  # noqa: BLE001 - a cache only: the first request computes the check instead
         model.__dict__.pop("_eenet_weights_check", None)

@@ -155,8 +155,11 @@ class EENetConfigMixin:
             if profile not in (None, "flops"):
                 raise ValueError(
                     f"exit_layers changed to {config.exit_layers} but exit_costs were measured ({profile!r}) for "
-                    f"exit_layers {config_dict.get('exit_layers')}: pass exit_costs= for the new exits or re-profile "
-                    "them (hf_eenet.profile_exit_costs + set_exit_costs)"
+                    f"exit_layers {config_dict.get('exit_layers')}: for a config of new exits, pass exit_costs= for "
+                    "them or re-profile them (hf_eenet.profile_exit_costs + set_exit_costs). A checkpoint of ours "
+                    "does not load with other exit_layers either way: its exit heads were trained at exit_layers "
+                    f"{config_dict.get('exit_layers')} and would sit at other exits; load it as saved, or build the "
+                    "model with the new exits from the backbone checkpoint it was trained from, and train it"
                 )
             config.exit_costs = None  # recomputed (analytic FLOPs) for the new exits by _validate_eenet
             config.exit_cost_profile = None

@@ -433,14 +433,16 @@ class TextClassificationData:
 
 
 def load_text_classification(args: DataArguments, seed: int = 0, label_names: list[str] | None = None,
-                             need: tuple[str, ...] = (), use_labels: bool = True) -> TextClassificationData:
+                             need: tuple[str, ...] | dict[str, str] = (),
+                             use_labels: bool = True) -> TextClassificationData:
     """Load, validate and normalise the splits of ``args`` (see the module docstring).
 
     Args:
         seed: seed of the stratified validation hold-out and of ``shuffle_train_dataset``.
         label_names: the label names (id order) of an already trained model: data labels are mapped onto them and a
             label the model does not know is an error. Default: derived from the train split.
-        need: splits that must exist (e.g. ``("train", "validation")``).
+        need: splits that must exist (e.g. ``("train", "validation")``), or a dict of them to what needs each (said
+            in the error when one is missing, e.g. ``{"validation": "--do_fit_scheduler"}``).
         use_labels: ``False``: only the ``need`` splits are kept, read as unlabelled (a label column, if any, is not
             read or checked), for uses that need only the texts (re-matching a bank to traffic); needs ``label_names``.
     """
@@ -578,8 +580,9 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
             splits[split] = splits[split].select(range(min(n, len(splits[split]))))
     missing = [s for s in need if s not in splits]
     if missing:
+        why = "".join(f"; the {s} split is needed by {need[s]}" for s in missing if isinstance(need, dict) and need[s])
         raise DataError(f"this step needs the {', '.join(missing)} split(s); give "
-                        + ", ".join(f"--{s}_file" for s in missing))
+                        + ", ".join(f"--{s}_file" for s in missing) + why)
     return TextClassificationData(splits=splits, label_names=list(label_names),
                                   is_pair=("text_pair" in next(iter(splits.values())).column_names),
                                   text_columns=list(text_cols or []), labelled=labelled)

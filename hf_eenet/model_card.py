@@ -18,13 +18,15 @@ PAIR_EXAMPLE = '{"text": "a man is playing a guitar .", "text_pair": "someone is
 
 def build_model_card(results: dict, *, dataset: str, base_model: str, setup: dict, limitations: list[str],
                      plot_file: str | None = None, model_name: str = "hf_eenet model", dataset_id: str | None = None,
-                     dataset_config: str | None = None, dataset_name: str | None = None) -> ModelCard:
+                     dataset_config: str | None = None, dataset_name: str | None = None,
+                     dataset_type: str | None = None) -> ModelCard:
     """A card whose ``model-index`` carries EENet's accuracy and realised cost at every budget.
 
-    ``dataset``: short name; ``dataset_id`` / ``dataset_config``: the Hub dataset (listed under ``datasets:`` only when given; the
-    eval results fall back to ``dataset``);
+    ``dataset``: short name; ``dataset_id`` / ``dataset_config``: the Hub dataset (listed under ``datasets:`` only when
+    given; the eval results' dataset ``type``, which the Hub reads as a dataset id, is otherwise ``dataset_type`` or
+    ``local:<dataset>``, so a local folder named like a Hub dataset does not link to it);
     ``dataset_name``: readable name (default: ``dataset``)."""
-    ds_type, ds_name, ds_config = dataset_id or dataset, dataset_name or dataset, dataset_config
+    ds_type, ds_name, ds_config = dataset_id or dataset_type or f"local:{dataset}", dataset_name or dataset, dataset_config
     split = results.get("evaluated_on", "test")
     eval_results = []
     for row in results["methods"][EENET]:
@@ -150,9 +152,14 @@ def card_from_results(results: dict, plot_file: str | None = PLOT_FILE) -> Model
     limitations += list(meta.get("notes") or [])
     name = results.get("dataset", "?")
     base_model = meta.get("base_model") or backbone
+    # the model-index dataset type the recipe decided (a Hub dataset's id, local:<name>); results written before it
+    # recorded one keep the type they were written with: the given --dataset_name, else local:<name>
+    dataset_type = meta.get("dataset_type") if "dataset_type" in meta else \
+        (name if not meta.get("dataset_id") and args.get("dataset_name") and args["dataset_name"] == name else None)
     return build_model_card(
         results, dataset=name, base_model=base_model, setup=setup, limitations=limitations, plot_file=plot_file,
-        dataset_id=meta.get("dataset_id"), dataset_config=meta.get("dataset_config"),
+        dataset_id=meta.get("dataset_id"), dataset_type=dataset_type,
+        dataset_config=meta.get("dataset_config"),
         dataset_name=meta.get("dataset_name"),
         model_name=f"hf_eenet {name} ({Path(base_model).name})")
 

@@ -154,7 +154,25 @@ _RACING_FINISH_S = 15.0
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
-def _refuse_moved_exits(cls, path, kwargs: dict) -> None:
+def _saved_config_reader(cls, path, kwargs: dict):
+    """A reader of the checkpoint's saved config dict (``None`` where it cannot be read here: the stock load says
+    what is wrong), read at most once per ``from_pretrained`` however many checks ask for it."""
+    memo: list = []
+
+    def read() -> dict | None:
+        if not memo:
+            hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+            try:
+                saved, _ = cls.config_class.get_config_dict(path, **hub)
+            except Exception:  # noqa: BLE001 - not readable here
+                saved = None
+            memo.append(saved if isinstance(saved, dict) else None)
+        return memo[0]
+
+    return read
+
+
+def _refuse_moved_exits(cls, path, kwargs: dict, read_saved) -> None:
     """ValueError, before any weight is read, when ``from_pretrained`` of a checkpoint of ours (its config has
     ``exit_layers``) is asked for exits that read otherwise (``exit_layers=`` / ``exit_pooling=``, or a ``config=``
     object or path saying so): the checkpoint's exit heads would load, by name, into exits after other layers or
@@ -167,11 +185,11 @@ def _refuse_moved_exits(cls, path, kwargs: dict) -> None:
     asked = {k: kwargs[k] for k in EXIT_READS if k in kwargs}
     if config is None and not asked:
         return  # the loaded config is the saved one
+    saved = read_saved()
+    if saved is None or saved.get("exit_layers") is None:
+        return
     hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
     try:
-        saved, _ = cls.config_class.get_config_dict(path, **hub)
-        if not isinstance(saved, dict) or saved.get("exit_layers") is None:
-            return
         depth = int(saved["num_hidden_layers"])
         theirs = {"exit_layers": validate_exit_layers(saved["exit_layers"], depth),
                   "exit_pooling": str(saved.get("exit_pooling") or "cls")}
@@ -211,7 +229,7 @@ def _static_policy_name() -> str:
     return "hf_eenet.StaticPolicy" if _INSTALLED else f"{ExitPolicy.__module__}.StaticPolicy"
 
 
-def _drop_bank_for_other_classes(cls, path, kwargs: dict) -> None:
+def _drop_bank_for_other_classes(cls, path, kwargs: dict, read_saved) -> None:
     """``from_pretrained(ckpt, num_labels=... / id2label=..., ignore_mismatched_sizes=True)`` of a checkpoint of ours
     with a scheduler bank, asking for other classes (re-heading it for a new task): the bank was fitted on the old
     classes' probabilities and can serve no budget of the new model, so it is not loaded (the config's bank fields
@@ -229,12 +247,8 @@ def _drop_bank_for_other_classes(cls, path, kwargs: dict) -> None:
         asked = getattr(given, "num_labels", None)  # run_classification's AutoConfig(d, num_labels=K), config=
     if asked is None:
         return
-    hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-    try:
-        saved, _ = cls.config_class.get_config_dict(path, **hub)
-    except Exception:  # noqa: BLE001 - not readable here: the stock load says what is wrong
-        return
-    if not isinstance(saved, dict) or not saved.get("scheduler_budgets"):
+    saved = read_saved()
+    if saved is None or not saved.get("scheduler_budgets"):
         return
     theirs = len(saved.get("id2label") or {}) or saved.get("num_labels")
     if theirs is None or int(asked) == int(theirs):
@@ -350,6 +364,19 @@ class EENetExitHead(nn.Module):
             x = self.dropout(x)
         x = torch.tanh(self.dense(x))
         return self.out_proj(self.dropout(x))
+
+
+def exit_head_modules(model_or_config) -> list[str]:
+    """The names of the modules that hold the exits' own weights, early exits first: ``["exit_heads.0", ...,
+    "exit_heads.<K-2>", "classifier"]`` (the last exit is the stock ``classifier``; a BERT's last exit also reads the
+    pretrained ``bert.pooler``, as ``BertForSequenceClassification`` does).
+
+    For PEFT: ``LoraConfig(task_type="SEQ_CLS", modules_to_save=exit_head_modules(model))``. PEFT's ``SEQ_CLS`` trains
+    and saves only modules named ``classifier`` / ``score``, so without this the early exits' heads stay frozen as
+    they are (a new model's: random) and are not in the adapter; PEFT does not take the ``exit_heads`` ModuleList as a
+    whole."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return [f"exit_heads.{k}" for k in range(int(config.num_exits) - 1)] + ["classifier"]
 
 
 def exit_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -743,8 +770,9 @@ class EENetModelMixin:
         want_info = kwargs.pop("output_loading_info", False)
         path = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         _finish_interrupted_save_before_load(cls, path, kwargs)
-        _refuse_moved_exits(cls, path, kwargs)
-        _drop_bank_for_other_classes(cls, path, kwargs)
+        read_saved = _saved_config_reader(cls, path, kwargs)
+        _refuse_moved_exits(cls, path, kwargs, read_saved)
+        _drop_bank_for_other_classes(cls, path, kwargs, read_saved)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         model.config._validate_eenet()
         check_loading_info(info, bank_expected=bool(model.config.scheduler_budgets or model.config.scheduler_bank))
@@ -813,6 +841,14 @@ class EENetModelMixin:
                 reason = stale_bank_reason(self, force=True)
             if reason:  # saved as it is (a Trainer checkpoint must not fail): loads warn, serving raises
                 warnings.warn(f"saving a stale bank: {reason}", UserWarning, stacklevel=2)
+        # adapters added through transformers' PEFT integration (add_adapter / load_adapter): the stock save writes
+        # the adapter only (no config.json, no model weights: no bank; the model's code is copied as for any model)
+        adapter_only = bool(getattr(self, "_hf_peft_config_loaded", False))
+        if adapter_only and self.config.scheduler_budgets:
+            warnings.warn(f"{save_directory}: the model holds PEFT adapters, so its save holds the adapter only: its "
+                          f"scheduler bank (budgets {list(self.config.scheduler_budgets)}) is not saved. To serve "
+                          "budgets from a folder, merge the adapter into the weights (or save the model without "
+                          "adapters), fit the bank on that model and save it", UserWarning, stacklevel=2)
         custom = {"text-classification": {"impl": "pipeline_eenet.EENetTextClassificationPipeline",
                                           "pt": ["AutoModelForSequenceClassification"], "type": "text"}}
 
@@ -1367,6 +1403,7 @@ if not _INSTALLED:  # Hub remote code without hf_eenet: a pipeline built from th
 __all__ = [
     "EENetSequenceClassifierOutput",
     "EENetExitHead",
+    "exit_head_modules",
     "EENetBertForSequenceClassification",
     "EENetRobertaForSequenceClassification",
     "exit_loss_weights",

@@ -162,6 +162,27 @@ def _saved_training_args(model_dir, cache_dir: str | None = None) -> dict:
     return out if isinstance(out, dict) else {}
 
 
+def _saved_backbone(model_dir, model, cache_dir: str | None = None) -> tuple[str | None, str | None]:
+    """``(backbone, base_model)`` that the results card of a model this run did not train names: those of its
+    folder's ``results.json`` (the card's backbone, else the checkpoint the recipe started from; the card's base
+    model, else that checkpoint) when that file describes this very model (its ``model_sha256``: weights and bank),
+    else ``(None, None)``. An evaluate-only run's card names what the model was trained from, not its folder; a
+    results file left from an earlier model in the folder (retrained without --do_eval, a bank refitted) is not
+    taken for it."""
+    path = model_file(str(model_dir), "results.json", cache_dir)
+    try:
+        saved = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(saved, dict) or not saved.get("model_sha256") or saved["model_sha256"] != state_digest(model):
+        return None, None
+    meta = saved.get("model_card") if isinstance(saved.get("model_card"), dict) else {}
+    args = saved.get("recipe_args") if isinstance(saved.get("recipe_args"), dict) else {}
+    start = args.get("model_name_or_path")
+    backbone, base = meta.get("backbone") or start, meta.get("base_model") or start
+    return (backbone if isinstance(backbone, str) else None), (base if isinstance(base, str) else None)
+
+
 def _drop_stale_outputs(out_dir: Path, evaluated: bool, predicted: bool, weights_changed: bool = True,
                         hint: str = "--do_eval / --do_predict write new ones") -> None:
     """After the model or its bank changed in ``out_dir``: remove the outputs that describe the one before and that
@@ -467,8 +488,16 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
     if not (do_train or do_eval or do_predict or args.do_fit_scheduler):
         raise ValueError("nothing to do: give --do_train, --do_eval and/or --do_predict")
     show = not args.quiet
-    need = (("train",) if do_train else ()) + (("validation",) if (args.do_fit_scheduler or do_eval) else ()) \
-        + (("test",) if do_predict else ())
+    need = {}  # split -> what needs it (said when it is missing)
+    if do_train:
+        need["train"] = "--do_train"
+    if args.do_fit_scheduler or do_eval:
+        need["validation"] = " and ".join(
+            (["--do_eval (every policy is calibrated on it)"] if do_eval else [])
+            + (["--do_fit_scheduler (on by default: the scheduler bank is fitted on it; --do_fit_scheduler false "
+                "keeps an hf_eenet model's own bank, e.g. to predict with it)"] if args.do_fit_scheduler else []))
+    if do_predict:
+        need["test"] = "--do_predict"
     # ---- model and data
     path = model_path or model_args.model_name_or_path
     pretrained_eenet = is_eenet_checkpoint(path)
@@ -490,6 +519,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                                    ignore_mismatched_sizes=model_args.ignore_mismatched_sizes)
     # how a model this run does not train was trained (read now: the output folder may be the model's own)
     saved_targs = None if do_train else _saved_training_args(path, model_args.cache_dir)
+    if pretrained_eenet and not do_train and (args.card_backbone is None or args.card_base_model is None):
+        backbone, base = _saved_backbone(path, model, model_args.cache_dir)  # what the model was trained from
+        args.card_backbone = args.card_backbone if args.card_backbone is not None else backbone
+        args.card_base_model = args.card_base_model if args.card_base_model is not None else base
     bank_budgets = list(model.config.scheduler_budgets or []) if pretrained_eenet else []
     if bank_budgets and not (do_train or args.do_fit_scheduler) and (do_eval or do_predict):  # served as fitted
         # a bank the model would refuse to serve (e.g. fitted for other weights) is not evaluated either: refused
@@ -664,10 +697,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
             tensors.update(test_probs=torch.as_tensor(test_probs).contiguous(),
                            test_labels=torch.as_tensor(test_labels))
         save_file(tensors, str(out_dir / "exit_predictions.safetensors"))
-        recipe_args = {k: _no_machine_path(v) for k, v in
+        written = getattr(data_args, "_config_paths", {})  # a config file's data files as it writes them (read
+        # from $EENET_DATA_DIR or its repository: recorded as written, so the results do not depend on where it ran)
+        recipe_args = {k: _no_machine_path(written[k][1] if k in written and v == written[k][0] else v) for k, v in
                        {**asdict(model_args), **asdict(data_args), **asdict(args)}.items()}
         recipe_args["budgets"] = ",".join(repr(float(b)) for b in budgets)  # used (flag, config or bank), exact
         label = args.dataset_label or _dataset_label(data_args)
+        hub_dataset = data_args.dataset_name if data_args.dataset_name and not Path(data_args.dataset_name).exists() \
+            else None
         results.update(
             dataset=label, evaluated_on=eval_on, world_size=training_args.world_size,
             splits={s: len(d) for s, d in data.splits.items()},
@@ -680,7 +717,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
             training=train_info if do_train else {"trained_in_this_run": False, "loaded_eenet_model": pretrained_eenet},
             training_args=_card_training_args(training_args.to_dict() if do_train else saved_targs),
             recipe_args=recipe_args, model_card={
-                "dataset_id": args.card_dataset_id, "dataset_config": args.card_dataset_config,
+                # a Hub dataset (--dataset_name that is no local folder) is the card's dataset unless the card names
+                # one (a local folder or files: none; the card's results then say local:<name>)
+                "dataset_id": args.card_dataset_id or hub_dataset,
+                "dataset_type": args.card_dataset_id or hub_dataset or f"local:{label}",  # (the model-index type)
+                "dataset_config": args.card_dataset_config or (data_args.dataset_config_name if hub_dataset
+                                                               and not args.card_dataset_id else None),
                 "dataset_name": args.card_dataset_name, "backbone": args.card_backbone,
                 "base_model": args.card_base_model, "notes": list(args.card_notes)},
             versions=_versions(), seeds={"training": training_args.seed, "scheduler": training_args.seed},
@@ -838,6 +880,11 @@ def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False
         if unknown and not ignore_unknown:
             parser.error(f"{path}: unknown option(s) {', '.join(unknown)}")
         cfg = {k: v for k, v in cfg.items() if k in dests}  # "_comment" keys are documentation
+        config_paths = {}  # key -> (the file read, the config's own text)
+        for key in ("train_file", "validation_file", "test_file"):
+            if isinstance(cfg.get(key), str) and _config_data_path(cfg[key], path) != cfg[key]:
+                config_paths[key] = (_config_data_path(cfg[key], path), cfg[key])
+                cfg[key] = config_paths[key][0]
         parser.set_defaults(**cfg)
         for action in parser._actions:
             if action.dest in cfg:
@@ -850,8 +897,28 @@ def parse_args_with_config(parser, argv: list[str], ignore_unknown: bool = False
                 obj._budgets_from_config = True
             if is_dataclass(obj):  # what the config file set and the command line did not (CLI predict TEXTS)
                 obj._from_config = {f.name for f in fields(obj) if f.name in cfg and f.name not in given}
+            if hasattr(obj, "train_file"):
+                obj._config_paths = {k: v for k, v in config_paths.items() if k not in given}
         return parsed
     return _parse_dataclasses(parser, argv)
+
+
+_SHARED_DATA_PREFIX = "../shared/data/"
+
+
+def _config_data_path(value: str, config_path) -> str:
+    """A data file a config file names, as the recipe reads it. The presets' ``../shared/data/...`` (relative to the
+    repository root): under ``$EENET_DATA_DIR`` when that is set, else, when not there from the working directory,
+    from the repository the config lives in (``recipes/presets/x.json``) when it is there. Any other path as written
+    (relative to the working directory, as ``run_classification.py`` reads a JSON config)."""
+    if not value.startswith(_SHARED_DATA_PREFIX):
+        return value
+    if os.environ.get("EENET_DATA_DIR"):
+        return str(Path(os.environ["EENET_DATA_DIR"]) / value[len(_SHARED_DATA_PREFIX):])
+    if os.path.exists(value):
+        return value
+    beside = Path(config_path).resolve().parent.parent.parent / value
+    return str(beside) if beside.exists() else value
 
 
 #: where a preset's data come from, and what it says about them (card, results folder)
@@ -896,7 +963,7 @@ def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
 
     def preset_files(value):
         out = {os.path.realpath(value), os.path.realpath(config_root / value)}
-        prefix = "../shared/data/"
+        prefix = _SHARED_DATA_PREFIX
         if os.environ.get("EENET_DATA_DIR") and str(value).startswith(prefix):
             out.add(os.path.realpath(Path(os.environ["EENET_DATA_DIR"]) / str(value)[len(prefix):]))
         return out
@@ -907,7 +974,9 @@ def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
             return preset == value
         if key in ("dataset_name", "dataset_config_name"):
             return str(preset) == str(value)
-        return os.path.realpath(os.path.expanduser(str(value))) in preset_files(os.path.expanduser(str(preset)))
+        files = preset_files(os.path.expanduser(str(preset)))
+        value = os.path.expanduser(str(value))  # as given, or read as the config's own paths are (from elsewhere)
+        return bool({os.path.realpath(value), os.path.realpath(_config_data_path(value, path))} & files)
 
     values = {k: getattr(obj, k) for obj in parsed for k in _DATA_SOURCE_KEYS if hasattr(obj, k)}
     changed = [k for k in _DATA_SOURCE_KEYS if k in given and not same(k, values.get(k))]

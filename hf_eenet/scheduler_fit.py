@@ -36,7 +36,7 @@ Why pi is a share vector (§4 of the method, measured in ``benchmarks/eenet_seed
 assignment heads only through pi_bar, the *mean* over rows; per-row pi never reaches a decision, because a per-row
 "exit at argmax pi" rule would need every exit's features before deciding (not online). L_kl pulls pi_n towards the
 normalised q_n, which varies little across rows, and L_cost acts on the mean; so pi_n collapses to the share vector
-(per-row std ~0.006 on SST-2). We keep the heads (they give the learned plan) and let the selection choose between
+(per-row std ~0.006 on SST-2 in the audit that opened issue 12). We keep the heads (they give the learned plan) and let the selection choose between
 learned and geometric shares, which is the part that measurably matters.
 """
 

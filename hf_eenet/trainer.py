@@ -603,6 +603,40 @@ class _LabelRangeCheck:
         return batch
 
 
+def _eenet_core(model):
+    """The hf_eenet model itself: inside a PEFT wrapper (``PeftModel``: its ``get_base_model()``), else ``model``.
+    Attributes set on the wrapper would land on the wrapper (``nn.Module.__setattr__``), not on the model it wraps."""
+    if not hasattr(type(model), "multi_exit_loss") and callable(getattr(model, "get_base_model", None)):
+        inner = model.get_base_model()
+        if hasattr(type(inner), "multi_exit_loss"):
+            return inner
+    return model
+
+
+def _is_adapter_wrapper(model) -> bool:
+    """A PEFT wrapper of one of our models (its ``save_pretrained`` writes the adapter only)."""
+    return _eenet_core(model) is not model
+
+
+def _warn_frozen_exit_heads(model) -> None:
+    """Training where some parameters train but an exit's own head does not (e.g. PEFT's ``task_type="SEQ_CLS"``,
+    which trains modules named ``classifier`` / ``score`` only): those exits stay as they are (a new head: random),
+    silently, unless said here."""
+    from .modeling_eenet import exit_head_modules
+
+    core = _eenet_core(model)
+    if not hasattr(type(core), "multi_exit_loss") or not any(p.requires_grad for p in model.parameters()):
+        return  # (not ours: refused by name next; nothing trains: the stock error)
+    modules = dict(core.named_modules())
+    frozen = [name for name in exit_head_modules(core)
+              if name in modules and not any(p.requires_grad for p in modules[name].parameters())]
+    if frozen:
+        warnings.warn(f"the exit heads {frozen} are frozen (no parameter requires grad) while the model trains: "
+                      "those exits keep the weights they have (a new head's are random) and a PEFT adapter does not "
+                      "save them. With PEFT, list every exit head: LoraConfig(task_type='SEQ_CLS', "
+                      "modules_to_save=hf_eenet.exit_head_modules(model))", UserWarning, stacklevel=4)
+
+
 def _check_eenet_model(model) -> None:
     """EENetTrainer trains hf_eenet's multi-exit models (a PEFT wrapper of one included)."""
     if not hasattr(model, "multi_exit_loss"):
@@ -681,6 +715,7 @@ class EENetTrainer(Trainer):
         if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):
             _refuse_other_exits(folder, self.accelerator.unwrap_model(self.model).config)
         self._first_step_done = False
+        _warn_frozen_exit_heads(self.accelerator.unwrap_model(self.model))
         saved = self._drop_bank_before_training()
         try:
             out = super()._inner_training_loop(*args, **kwargs)
@@ -722,8 +757,9 @@ class EENetTrainer(Trainer):
         too: the model is trained on longer inputs, and the next fit records the length of its rows. A recorded
         ``config.sentence_pairs`` becomes the kind of the training rows where their first 10,000 tell another kind
         (a stream, or rows that cannot tell, leave it). Returns what was removed (for :meth:`_restore_bank`), or
-        ``None``; the warning to give once training runs is kept in ``self._set_aside``."""
-        model = self.accelerator.unwrap_model(self.model)
+        ``None``; the warning to give once training runs is kept in ``self._set_aside``. A PEFT wrapper's bank is
+        the wrapped model's (set aside and put back there)."""
+        model = _eenet_core(self.accelerator.unwrap_model(self.model))
         _check_eenet_model(model)
         config = model.config
         budgets = list(getattr(config, "scheduler_budgets", None) or [])
@@ -918,6 +954,14 @@ class EENetTrainer(Trainer):
                 tokenizer.save_pretrained(output_dir)
             return
 
+        wrapper = _is_adapter_wrapper(model)  # (adapters through transformers' integration: the model's save warns)
+        adapter = wrapper or bool(getattr(model, "_hf_peft_config_loaded", False))
+        if wrapper and getattr(_eenet_core(model).config, "scheduler_budgets", None):
+            warnings.warn(f"{output_dir}: the model is a PEFT wrapper, whose save holds the adapter only: its "
+                          f"scheduler bank (budgets {list(_eenet_core(model).config.scheduler_budgets)}) is not saved. "
+                          "To serve budgets from a folder, merge the adapter (model.merge_and_unload()), fit the bank on "
+                          "the merged model and save that", UserWarning, stacklevel=3)
+
         def write(tmp):
             Trainer._save(self, tmp, state_dict=state_dict)
             pickled = os.path.join(tmp, "training_args.bin")
@@ -928,7 +972,9 @@ class EENetTrainer(Trainer):
                 Path(tmp, "training_args.json").write_text(self.args.to_json_string())
             elif record:
                 Path(tmp, "training_args.json").write_text(json.dumps(record, indent=2))
-            if not Path(tmp, "pipeline_eenet.py").exists():  # a model that is not ours: still ship the pipeline code
+            if not adapter and not Path(tmp, "pipeline_eenet.py").exists():  # a model that is not ours: still
+                # ship the pipeline code (an adapter folder has no model to serve it: PeftModel.from_pretrained
+                # loads the base model's own code)
                 shutil.copy(Path(__file__).with_name("pipeline_eenet.py"), Path(tmp, "pipeline_eenet.py"))
             self._mark_stale_card(output_dir, tmp, state_dict)
 

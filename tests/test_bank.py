@@ -913,6 +913,13 @@ def test_from_pretrained_kwargs_are_validated(tmp_path):
     lat.save_pretrained(tmp_path / "lat")
     with pytest.raises(ValueError, match="measured"):  # (the config alone: the model refuses other exits first)
         cls.config_class.from_pretrained(tmp_path / "lat", exit_layers=[2, 4, 6])
+    # through the Auto class the config is built first: its error says that the checkpoint does not load with other
+    # exits either way (review 96: it asked for exit_costs=, which then met the model's refusal)
+    from transformers import AutoModelForSequenceClassification
+
+    with pytest.raises(ValueError, match=r"does not load with other exit_layers either way: its exit heads were "
+                                         r"trained at exit_layers \[1, 2, 3, 4, 5, 6\]"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "lat", exit_layers=[2, 4, 6])
     # a fitted bank's model: the heads are named, not the costs (the bank's error advised refitting it on them)
     model, _, _, _ = fitted_model()
     model.save_pretrained(tmp_path / "fitted")

@@ -139,7 +139,7 @@ def test_csv_train_eval_predict_through_the_cli(csv_run, csv_data):
         assert mean_cost == pytest.approx(res["methods"]["EENet"][i]["mean_cost"])
 
 
-def test_pushed_folder_has_weights_bank_code_and_the_eenet_card(csv_run):
+def test_pushed_folder_has_weights_bank_code_and_the_eenet_card(csv_run, csv_data):
     hub = csv_run["hub"]
     assert len(hub.uploads) == 1 and hub.uploads[0]["repo_id"] == "someone/eenet-reviews"  # pushed once, at the end
     files = hub.uploads[0]["files"]
@@ -161,6 +161,8 @@ def test_pushed_folder_has_weights_bank_code_and_the_eenet_card(csv_run):
     index = ModelCard(card).data.eval_results
     assert len(index) == 4 and {r.metric_args["budget"] for r in index} == {0.5, 0.8}  # EENet card, not Trainer's
     assert "hf_eenet" in card and "bad" not in ModelCard(card).data.to_dict().get("datasets", [])
+    # local data is no Hub dataset: the results' dataset type (read by the Hub as a dataset id) says so (review 96)
+    assert {r.dataset_type for r in index} == {f"local:{Path(csv_data['train']).resolve().parent.name}"}
     assert run_card_example(csv_run["out"])[0]["label"] in ("bad", "good")  # the card's usage example runs
     # the token given on the command line is in no uploaded file (the card and results.json hold the command)
     assert [f for f, data in files.items() if b"hf_NOT_A_REAL_TOKEN" in data] == []
@@ -953,8 +955,79 @@ def test_minus_one_is_a_class_when_train_has_it_and_class_names_are_checked(tmp_
         load(tmp_path, {"train": glue, "validation": words}, class_names="neg,pos")
 
 
+def test_config_data_paths_follow_eenet_data_dir_and_the_config_repository(tmp_path, monkeypatch):
+    """A preset run from another folder (review 96): its ``../shared/data`` files under ``$EENET_DATA_DIR``, as
+    ``recipes.presets.data_arguments`` reads them; a config's relative path that is not there from the working
+    directory, from the repository the config lives in; the file named again on the command line is still the
+    config's own (its dataset is not forgotten)."""
+    from hf_eenet.recipe import build_parser, parse_args_with_config
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("EENET_DATA_DIR", str(tmp_path / "data"))
+    preset = str(ROOT / "recipes" / "presets" / "sst2.json")
+    _, data, args, _ = parse_args_with_config(build_parser(), [preset])
+    assert (data.train_file, data.test_file) == (str(tmp_path / "data" / "sst2" / "train.tsv"),
+                                                 str(tmp_path / "data" / "sst2" / "test.tsv"))
+    _, data, args, _ = parse_args_with_config(build_parser(), [preset, "--train_file", "../data/sst2/train.tsv"])
+    assert args.dataset_label == "sst2" and data.validation_file == str(tmp_path / "data" / "sst2" / "validation.tsv")
+    monkeypatch.delenv("EENET_DATA_DIR")
+    repo = tmp_path / "repo"  # a clone at tmp_path/repo, its data at tmp_path/shared/data
+    (elsewhere / "deeper").mkdir()
+    monkeypatch.chdir(elsewhere / "deeper")  # (../shared/data is not there from here)
+    (repo / "recipes" / "presets").mkdir(parents=True)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    rows = [("a fine film", "pos"), ("a dull film", "neg")] * 4
+    write_csv(tmp_path / "shared" / "data" / "train.csv", ["text", "label"], rows)
+    write_csv(repo / "train.csv", ["text", "label"], rows)
+    config = repo / "recipes" / "presets" / "mine.json"
+    config.write_text(json.dumps({"train_file": "../shared/data/train.csv", "test_file": "../shared/data/missing.csv",
+                                  "validation_file": "train.csv", "output_dir": "out"}))
+    _, data, _, _ = parse_args_with_config(build_parser(), [str(config)])
+    assert data.train_file == str(repo / "../shared/data/train.csv")
+    assert data.test_file == "../shared/data/missing.csv"  # nowhere: as written, for the loader to name
+    # any other relative path is the working directory's, as run_classification.py reads a config (review 98: a
+    # user's config was read from the folder above its own)
+    assert data.validation_file == "train.csv"
+    (elsewhere.parent / "shared" / "data" / "train.csv").unlink()
+    (tmp_path / "x" / "shared" / "data").mkdir(parents=True)  # there from the working directory: read from there
+    write_csv(tmp_path / "x" / "shared" / "data" / "train.csv", ["text", "label"], rows)
+    monkeypatch.chdir(tmp_path / "x" / "shared")
+    _, data, _, _ = parse_args_with_config(build_parser(), [str(config)])
+    assert data.train_file == "../shared/data/train.csv"
+
+
+def test_a_config_files_data_read_from_elsewhere_are_recorded_as_the_config_writes_them(tiny_backbone, csv_data,
+                                                                                           tmp_path, monkeypatch):
+    """(review 97) results.json records a config file's data files as written, not where they were read from
+    ($EENET_DATA_DIR, the config's repository): the committed results must not depend on where a run sat."""
+    import shutil
+
+    from hf_eenet.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "validation", "test"):
+        shutil.copy(csv_data[split], data / f"{split}.csv")
+    config = tmp_path / "repo" / "recipes" / "presets" / "mine.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({**{f"{s}_file": f"../shared/data/{s}.csv" for s in ("train", "validation", "test")},
+                                  "text_column_names": "review", "label_column_name": "sentiment"}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EENET_DATA_DIR", str(data))
+    out = tmp_path / "m"
+    main(["train", str(config), "--do_train", "--do_eval", *common_flags(tiny_backbone, out)])
+    res = json.loads((out / "results.json").read_text())
+    assert [res["recipe_args"][f"{s}_file"] for s in ("train", "validation", "test")] == \
+        [f"../shared/data/{s}.csv" for s in ("train", "validation", "test")]
+    assert res["splits"] == {"train": 96, "validation": 64, "test": 40}  # (read from $EENET_DATA_DIR)
+
+
 def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_path, monkeypatch):
     from hf_eenet.recipe import build_parser, parse_args_with_config
+
+    monkeypatch.delenv("EENET_DATA_DIR", raising=False)  # (the preset's files as written: read from the root)
 
     def parse(*argv):
         return parse_args_with_config(build_parser(), [preset, *argv, "--output_dir", str(tmp_path / "out")])
@@ -1019,7 +1092,9 @@ def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_
     for same in (cfg["train_file"], str((ROOT / cfg["train_file"]).resolve())):
         _, data, args, _ = parse("--train_file", same)
         assert args.dataset_label == "sst2" and args.results_dir == "model_cards/sst2", same
-        assert data.validation_file == cfg["validation_file"] and data.class_names == cfg["class_names"]
+        # (read from the repository where the data are there: the working directory is elsewhere)
+        assert data.validation_file in (cfg["validation_file"], str(ROOT / cfg["validation_file"]))
+        assert data.class_names == cfg["class_names"]
     copy = tmp_path / "elsewhere" / "sst2"
     copy.mkdir(parents=True)
     (copy / "train.tsv").write_text("sentence\tlabel\n")
@@ -1030,7 +1105,8 @@ def test_a_preset_on_other_data_forgets_its_dataset_card_and_results_folder(tmp_
     assert args.dataset_label == "sst2"
 
 
-def test_recipe_on_a_local_dataset_folder_evaluates_and_writes_the_card(tiny_backbone, csv_data, tmp_path):
+def test_recipe_on_a_local_dataset_folder_evaluates_and_writes_the_card(tiny_backbone, csv_data, tmp_path,
+                                                                        monkeypatch):
     """--dataset_name (a dataset folder or Hub id, through datasets.load_dataset) with --do_eval: results, card and
     plot are written (the dataset's label was built from a file path that does not exist there)."""
     import shutil
@@ -1042,10 +1118,35 @@ def test_recipe_on_a_local_dataset_folder_evaluates_and_writes_the_card(tiny_bac
     shutil.copy(csv_data["train"], folder / "train.csv")
     shutil.copy(csv_data["validation"], folder / "validation.csv")
     out = tmp_path / "model"
-    main(["train", "--dataset_name", str(folder), "--text_column_names", "review", "--label_column_name",
+    monkeypatch.chdir(tmp_path)  # the folder by its bare name, as a Hub id would be given
+    main(["train", "--dataset_name", "my_reviews", "--text_column_names", "review", "--label_column_name",
           "sentiment", "--do_train", "--do_eval", *common_flags(tiny_backbone, out)])
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"] == "my_reviews" and (out / "README.md").is_file()
+    # a local folder is no Hub dataset, also given by its bare name from its parent (reviews 96-98)
+    from huggingface_hub import ModelCard
+
+    assert res["model_card"]["dataset_type"] == "local:my_reviews" and res["model_card"]["dataset_id"] is None
+    assert {r.dataset_type for r in ModelCard.load(out / "README.md").data.eval_results} == {"local:my_reviews"}
+
+
+def test_predicting_with_a_models_own_bank_names_the_scheduler_fit_that_needs_validation(csv_run, csv_data, tmp_path,
+                                                                                           capsys):
+    """run_classification's --do_predict alone: the validation split it asks for is needed by the default scheduler
+    fit, which the error says, with the way to keep the model's bank (review 96: the advice to give a validation file
+    refitted the bank)."""
+    from hf_eenet.cli import main
+
+    flags = ["--model_name_or_path", str(csv_run["out"]), "--test_file", csv_data["test"], "--text_column_names",
+             "review", "--label_column_name", "sentiment", "--do_predict", "--report_to", "none", "--use_cpu",
+             "--quiet", "--output_dir", str(tmp_path / "p")]
+    with pytest.raises(SystemExit):
+        main(["train", *flags])
+    err = capsys.readouterr().err
+    assert "needs the validation split(s); give --validation_file; the validation split is needed by " \
+           "--do_fit_scheduler (on by default" in err and "--do_fit_scheduler false keeps an hf_eenet model's own bank" in err
+    res = main(["train", *flags, "--do_fit_scheduler", "false"])  # as the error says: predicted with its own bank
+    assert res is not None and (tmp_path / "p" / "predict_results.jsonl").is_file()
 
 
 def test_reevaluating_a_bank_serves_its_budgets_and_states_how_the_model_was_trained(csv_run, csv_data, tmp_path,
@@ -1095,6 +1196,22 @@ def test_reevaluating_a_bank_serves_its_budgets_and_states_how_the_model_was_tra
     main(["train", *data, *flags, "--output_dir", str(out), "--max_seq_length", "48"])  # the length it serves
     res = json.loads((out / "results.json").read_text())
     assert res["budgets"] == [0.5, 0.8] and len(res["methods"]["EENet"]) == 2
+    # the card names the backbone the model was trained from, not the folder it was evaluated from (review 96), in
+    # its setup and its name (review 97)
+    first = json.loads((src / "results.json").read_text())
+    start = first["recipe_args"]["model_name_or_path"]
+    assert res["model_card"]["backbone"] == res["model_card"]["base_model"] == start != str(src)
+    card = (out / "README.md").read_text()
+    assert f"**backbone**: {start}" in card and f"({Path(start).name})" in card and f"({src.name})" not in card
+    # a results.json that describes another model (left in the folder by a retrain without --do_eval) is not read
+    other = tmp_path / "other"
+    shutil.copytree(src, other)
+    old = json.loads((other / "results.json").read_text())
+    (other / "results.json").write_text(json.dumps({**old, "model_sha256": "0" * 64,
+                                                    "recipe_args": {**old["recipe_args"], "model_name_or_path": "x/y"}}))
+    main(["train", *data, *[str(other) if f == str(src) else f for f in flags], "--output_dir",
+          str(tmp_path / "o"), "--max_seq_length", "48"])
+    assert "x/y" not in (tmp_path / "o" / "README.md").read_text()
     trained = json.loads((src / "training_args.json").read_text())
     assert json.loads((out / "training_args.json").read_text()) == trained
     # pushed: the push saves again, still with how the model was trained (not this run's unused lr / seed), which

@@ -137,3 +137,30 @@ def test_card_names_the_optimizer_and_schedule_the_run_used():
     sgd = {**base, "training_args": {**base["training_args"], "optim": "sgd", "lr_scheduler_type": "cosine"}}
     text = _card_text(sgd)
     assert "sgd, cosine schedule, weight decay" in text and "AdamW" not in text
+
+
+def test_card_dataset_type_is_a_hub_dataset_or_marked_local(tmp_path):
+    """The model-index dataset type is read by the Hub as a dataset id (review 96/97): a Hub dataset's id, a local
+    folder's or file's name marked local:, and results written before the recipe recorded a Hub --dataset_name keep
+    the name it was given."""
+    from hf_eenet.model_card import card_from_results
+
+    results = json.loads((ROOT / "model_cards" / "sst2" / "results.json").read_text())
+
+    def types(dataset, meta, dataset_name=None):
+        card_meta = {k: v for k, v in {**results["model_card"], **meta}.items() if k in meta or k != "dataset_type"}
+        res = {**results, "dataset": dataset, "model_card": card_meta,
+               "recipe_args": {**results["recipe_args"], "dataset_name": dataset_name}}
+        card = card_from_results(res, plot_file=None)
+        return {r.dataset_type for r in card.data.eval_results}, card.data.datasets
+
+    assert types("sst2", {"dataset_id": "glue"}) == ({"glue"}, ["glue"])
+    assert types("imdb", {"dataset_id": None}) == ({"local:imdb"}, None)  # a local folder named imdb: no link
+    assert types("stanfordnlp/imdb", {"dataset_id": "stanfordnlp/imdb"}, "stanfordnlp/imdb") == \
+        ({"stanfordnlp/imdb"}, ["stanfordnlp/imdb"])
+    # the type the recipe decided wins (review 98: a local folder given by its bare name, --dataset_name imdb)
+    assert types("imdb", {"dataset_id": None, "dataset_type": "local:imdb"}, "imdb") == ({"local:imdb"}, None)
+    assert types("stanfordnlp/imdb", {"dataset_id": "stanfordnlp/imdb", "dataset_type": "stanfordnlp/imdb"},
+                 "stanfordnlp/imdb") == ({"stanfordnlp/imdb"}, ["stanfordnlp/imdb"])
+    # results written before the recipe recorded the type: as they were written (the given --dataset_name)
+    assert types("stanfordnlp/imdb", {"dataset_id": None}, "stanfordnlp/imdb") == ({"stanfordnlp/imdb"}, None)
