@@ -961,12 +961,9 @@ def _forget_preset_dataset(cfg: dict, parsed, path, given: set[str]) -> None:
     ``$EENET_DATA_DIR`` for the presets' ``../shared/data/`` paths."""
     config_root = Path(path).resolve().parent.parent.parent  # recipes/presets/x.json -> the repository
 
-    def preset_files(value):
-        out = {os.path.realpath(value), os.path.realpath(config_root / value)}
-        prefix = _SHARED_DATA_PREFIX
-        if os.environ.get("EENET_DATA_DIR") and str(value).startswith(prefix):
-            out.add(os.path.realpath(Path(os.environ["EENET_DATA_DIR"]) / str(value)[len(prefix):]))
-        return out
+    def preset_files(value):  # (the config's files are read by _config_data_path, $EENET_DATA_DIR included)
+        return {os.path.realpath(value), os.path.realpath(config_root / value),
+                os.path.realpath(_config_data_path(str(value), path))}
 
     def same(key, value):
         preset = cfg.get(key)
