@@ -42,22 +42,9 @@ by the *installed* hf_eenet: its registered pipeline serves the model without ``
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from transformers import BertConfig, RobertaConfig
-
-EENET_FIELDS = (
-    "exit_layers",
-    "exit_costs",
-    "exit_cost_profile",
-    "exit_cost_info",
-    "scheduler_budgets",
-    "scheduler_config",
-    "default_budget",
-    "exit_pooling",
-    "scheduler_bank",
-    "max_seq_length",
-    "sentence_pairs",
-)
 
 EXIT_POOLINGS = ("cls", "mean")
 
@@ -130,19 +117,59 @@ def flops_exit_costs(config, exit_layers, seq_len: int = 128, normalise: bool = 
     return [r / raw[-1] for r in raw] if normalise else [float(r) for r in raw]
 
 
+@dataclass(repr=False, eq=False, kw_only=True)
 class EENetConfigMixin:
-    """Validation shared by the BERT and RoBERTa configs (called from ``__post_init__``)."""
+    """The early-exit fields (declared once: transformers makes each config subclass a dataclass, which collects
+    them from here) and their validation, shared by the BERT and RoBERTa configs."""
+
+    exit_layers: list[int] | None = None
+    exit_costs: list[float] | None = None
+    exit_cost_profile: str | None = None
+    exit_cost_info: dict | None = None
+    scheduler_budgets: list[float] | None = None
+    scheduler_config: dict | None = None
+    default_budget: float | None = None
+    exit_pooling: str = "cls"
+    scheduler_bank: list[dict] | None = None
+    max_seq_length: int | None = None
+    sentence_pairs: bool | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._validate_eenet()
+
+    @classmethod
+    def _stock_config_class(cls) -> type:
+        """The stock config this one extends: ``BertConfig`` / ``RobertaConfig``."""
+        return next(c for c in cls.__mro__[1:] if not issubclass(c, EENetConfigMixin) and getattr(c, "model_type", ""))
 
     @classmethod
     def get_config_dict(cls, *args, **kwargs):
         # A plain BERT/RoBERTa checkpoint is the intended starting point: adopt its config without the
         # "model of type bert to instantiate eenet-bert" warning and without keeping the old model_type.
         config_dict, kwargs = super().get_config_dict(*args, **kwargs)
-        parent_type = next(c.model_type for c in cls.__mro__[1:]  # the stock config: BertConfig / RobertaConfig
-                           if not issubclass(c, EENetConfigMixin) and getattr(c, "model_type", ""))
-        if config_dict.get("model_type") == parent_type:
+        if config_dict.get("model_type") == cls._stock_config_class().model_type:
             config_dict = {**config_dict, "model_type": cls.model_type}
         return config_dict, kwargs
+
+    @classmethod
+    def from_stock(cls, config):
+        """``config`` as this class: one of ours as it is; the stock config this class extends (a ``BertConfig`` for
+        ``EENetBertConfig``: e.g. ``AutoConfig.from_pretrained(ckpt, num_labels=2)`` of a plain checkpoint, as
+        ``run_classification.py`` builds it) converted, every field kept (labels, dropout, attention
+        implementation) and the default exits added, as a load of that checkpoint gives; anything else: TypeError."""
+        if isinstance(config, cls):
+            return config
+        stock = cls._stock_config_class()
+        if not isinstance(config, stock) or isinstance(config, EENetConfigMixin):
+            raise TypeError(f"{cls.__name__} takes an {cls.__name__} (or a {stock.__name__}, converted), got a "
+                            f"{type(config).__name__}: build the config from the checkpoint with "
+                            f"{cls.__name__}.from_pretrained(ckpt, ...)")
+        out = cls.from_dict({**config.to_dict(), "model_type": cls.model_type})
+        impl = config.__dict__.get("_attn_implementation_internal")
+        if impl is not None:  # (not in to_dict)
+            out._attn_implementation = impl
+        return out
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
@@ -210,43 +237,11 @@ class EENetBertConfig(EENetConfigMixin, BertConfig):
 
     model_type = "eenet-bert"
 
-    exit_layers: list[int] | None = None
-    exit_costs: list[float] | None = None
-    exit_cost_profile: str | None = None
-    exit_cost_info: dict | None = None
-    scheduler_budgets: list[float] | None = None
-    scheduler_config: dict | None = None
-    default_budget: float | None = None
-    exit_pooling: str = "cls"
-    scheduler_bank: list[dict] | None = None
-    max_seq_length: int | None = None
-    sentence_pairs: bool | None = None
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        self._validate_eenet()
-
 
 class EENetRobertaConfig(EENetConfigMixin, RobertaConfig):
     r"""[`RobertaConfig`] plus early-exit fields (see the module docstring)."""
 
     model_type = "eenet-roberta"
-
-    exit_layers: list[int] | None = None
-    exit_costs: list[float] | None = None
-    exit_cost_profile: str | None = None
-    exit_cost_info: dict | None = None
-    scheduler_budgets: list[float] | None = None
-    scheduler_config: dict | None = None
-    default_budget: float | None = None
-    exit_pooling: str = "cls"
-    scheduler_bank: list[dict] | None = None
-    max_seq_length: int | None = None
-    sentence_pairs: bool | None = None
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        self._validate_eenet()
 
 
 __all__ = ["EENetBertConfig", "EENetRobertaConfig", "validate_exit_layers", "flops_exit_costs", "max_input_tokens",

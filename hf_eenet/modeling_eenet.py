@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import PretrainedConfig
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 from transformers.models.roberta.modeling_roberta import (
@@ -170,6 +171,23 @@ def _saved_config_reader(cls, path, kwargs: dict):
         return memo[0]
 
     return read
+
+
+def _warn_mean_pooled_stock_classifier(path, config, read_saved) -> None:
+    """A plain fine-tuned classifier (a stock ``*ForSequenceClassification`` checkpoint: its head read the first
+    token) loaded with ``exit_pooling="mean"`` feeds that head the token mean: the full model is no longer the
+    checkpoint's (its logits change). Said once, at load."""
+    if config.exit_pooling != "mean":
+        return
+    saved = read_saved()
+    if not saved or "exit_layers" in saved:  # not readable here, or one of ours (pooled as it was trained)
+        return
+    heads = [a for a in saved.get("architectures") or [] if str(a).endswith("ForSequenceClassification")]
+    if heads:
+        warnings.warn(f"{path} is a fine-tuned {heads[0]}, whose classifier reads the first token; with "
+                      "exit_pooling='mean' it reads the token mean, so the last exit is no longer the checkpoint's "
+                      "model (other logits) until it is trained again. Load with exit_pooling='cls' to keep it as "
+                      "it is", UserWarning, stacklevel=3)
 
 
 def _refuse_moved_exits(cls, path, kwargs: dict, read_saved) -> None:
@@ -769,12 +787,15 @@ class EENetModelMixin:
         (``hf_eenet.bank.finish_interrupted_save``)."""
         want_info = kwargs.pop("output_loading_info", False)
         path = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        if isinstance(kwargs.get("config"), PretrainedConfig):  # config=AutoConfig.from_pretrained(plain_ckpt, ...)
+            kwargs["config"] = cls.config_class.from_stock(kwargs["config"])
         _finish_interrupted_save_before_load(cls, path, kwargs)
         read_saved = _saved_config_reader(cls, path, kwargs)
         _refuse_moved_exits(cls, path, kwargs, read_saved)
         _drop_bank_for_other_classes(cls, path, kwargs, read_saved)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         model.config._validate_eenet()
+        _warn_mean_pooled_stock_classifier(path, model.config, read_saved)
         check_loading_info(info, bank_expected=bool(model.config.scheduler_budgets or model.config.scheduler_bank))
         heads = sorted(k for k in info.get("unexpected_keys", []) if str(k).startswith("exit_heads."))
         if heads:  # more trained heads than the config places: config.json and the weights are of different saves
@@ -1345,6 +1366,7 @@ class EENetBertForSequenceClassification(EENetModelMixin, BertPreTrainedModel):
     _no_split_modules = ["BertEmbeddings", "BertLayer"]
 
     def __init__(self, config: EENetBertConfig):
+        config = EENetBertConfig.from_stock(config)  # a stock config of a plain checkpoint: converted (else TypeError)
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=True)
@@ -1377,6 +1399,7 @@ class EENetRobertaForSequenceClassification(EENetModelMixin, RobertaPreTrainedMo
     _no_split_modules = ["RobertaEmbeddings", "RobertaLayer"]
 
     def __init__(self, config: EENetRobertaConfig):
+        config = EENetRobertaConfig.from_stock(config)  # a stock config of a plain checkpoint: converted (else TypeError)
         super().__init__(config)
         self.num_labels = config.num_labels
         self.roberta = RobertaModel(config, add_pooling_layer=False)

@@ -199,12 +199,9 @@ class ScoreThresholdPolicy(ExitPolicy):
             calibration data, via :meth:`exit_index`), ``q``, ``shares`` (planned), ``exit_fractions`` (realised),
             ``note``.
         """
-        probs = _as_probs_tensor(exit_probs).cpu()  # fitted offline, on the host (as EENetScheduler.fit)
-        n, k_total, num_classes = probs.shape
-        costs = check_costs(costs, k_total)
-        budget = check_budget(budget, costs)
-        if labels is not None:
-            check_labels(labels, n, num_classes)
+        probs, costs, budget = _calibration_inputs(exit_probs, labels, costs, budget)
+        probs = probs.cpu()  # fitted offline, on the host (as EENetScheduler.fit)
+        n, k_total = probs.shape[:2]
         scores = cls.calibration_scores(probs)
         thresholds, log_q, note = _calibrate_geometric(scores, costs, budget)
         policy = cls(refine_thresholds(scores, thresholds))  # midpoints (D8): no calibration row sits on one
@@ -232,6 +229,19 @@ class MaxProbPolicy(ScoreThresholdPolicy):
 
     def score(self, probs: torch.Tensor) -> torch.Tensor:
         return probs.max(dim=-1).values
+
+
+def _calibration_inputs(exit_probs, labels, costs, budget) -> tuple[torch.Tensor, list[float], float]:
+    """The checked inputs of a baseline's ``calibrate``: ``exit_probs`` as a ``[N, K, C]`` tensor, ``costs`` (one per
+    exit, increasing) and ``budget`` (within the exits' costs); ``labels`` (optional, ``[N]`` ids in ``0..C-1``) are
+    only checked."""
+    probs = _as_probs_tensor(exit_probs)
+    n, k_total, num_classes = probs.shape
+    costs = check_costs(costs, k_total)
+    budget = check_budget(budget, costs)
+    if labels is not None:
+        check_labels(labels, n, num_classes)
+    return probs, costs, budget
 
 
 def _mean_cost(exit_idx: torch.Tensor, costs) -> float:
@@ -433,12 +443,8 @@ class PatiencePolicy(ExitPolicy):
         spends more than ``under_budget_tolerance`` (3 %) less than the budget because the next patience overspends. ``.operating_points`` lists
         ``(patience, cost)`` for every patience 0..K-1; ``.planned_cost`` is the chosen one's cost.
         """
-        probs = _as_probs_tensor(exit_probs)
-        n, k_total, num_classes = probs.shape
-        costs = check_costs(costs, k_total)
-        budget = check_budget(budget, costs)
-        if labels is not None:
-            check_labels(labels, n, num_classes)
+        probs, costs, budget = _calibration_inputs(exit_probs, labels, costs, budget)
+        k_total = probs.shape[1]
         points = [(p, _mean_cost(cls(p, k_total).exit_index(probs), costs)) for p in range(k_total)]
         slack = 1e-12 * costs[-1]
         feasible = [pc for pc in points if pc[1] <= budget + slack]
@@ -548,12 +554,8 @@ class StaticPolicy(ExitPolicy):
         ``.expected_cost`` equals the budget (exact in expectation); ``.planned_cost`` is the realised cost on the
         calibration data (differs by the sampling noise of the per-sample hash).
         """
-        probs = _as_probs_tensor(exit_probs)
-        n, k_total, num_classes = probs.shape
-        costs = check_costs(costs, k_total)
-        budget = check_budget(budget, costs)
-        if labels is not None:
-            check_labels(labels, n, num_classes)
+        probs, costs, budget = _calibration_inputs(exit_probs, labels, costs, budget)
+        n, k_total = probs.shape[:2]
         slack = 1e-12 * costs[-1]
         k = max(i for i, c in enumerate(costs) if c <= budget + slack)
         mix = 0.0

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import platform
+import re
 import site
 import sys
 import time
@@ -251,6 +252,44 @@ def checkpoint_pooling(path: str, cache_dir: str | None = None) -> str:
         return "cls"
     cfg = json.loads(cfg_file.read_text())
     return "mean" if cfg.get("pooling_mode_mean_tokens") else "cls"
+
+
+def checkpoint_label_names(path: str, cache_dir: str | None = None) -> list[str] | None:
+    """The class names, in id order, that a plain checkpoint's classifier was fine-tuned with (its config's
+    ``id2label``), or ``None`` when it has none of its own (transformers' default ``LABEL_<i>`` names: a backbone, or
+    a head trained without names)."""
+    from transformers import AutoConfig
+
+    id2label = getattr(AutoConfig.from_pretrained(path, cache_dir=cache_dir), "id2label", None) or {}
+    try:
+        names = [str(id2label[i]) for i in range(len(id2label))]
+    except KeyError:  # ids that are not 0..C-1
+        return None
+    if not names or all(re.fullmatch(r"LABEL_\d+", n) for n in names):
+        return None
+    return names
+
+
+def _classes_of_checkpoint(path: str, data, data_args: DataArguments, seed: int, need, cache_dir: str | None):
+    """``data`` with its classes in the order a plain checkpoint's classifier was fine-tuned with, when the checkpoint
+    names the same classes in another order (its head's row i is its class i: relabelling the rows in the data's
+    order would silently swap the classes of a fine-tuned classifier, as run_glue.py's ``label_name_to_id`` avoids);
+    with other names, or ``--class_names`` in another order, a warning says that the head's rows take the data's
+    classes in the data's order."""
+    ckpt = checkpoint_label_names(path, cache_dir)
+    if ckpt is None or len(ckpt) != len(data.label_names) or ckpt == list(data.label_names):
+        return data
+    if sorted(ckpt) == sorted(data.label_names) and data_args.class_names is None:
+        logger.warning("%s was fine-tuned with the classes %s (id order): the data's labels are read in that order, "
+                       "so its classifier keeps its classes", path, ckpt)
+        return load_text_classification(data_args, seed=seed, label_names=ckpt, need=need)
+    why = ("--class_names lists them in another order" if sorted(ckpt) == sorted(data.label_names)
+           else f"the data's classes are {list(data.label_names)}")
+    warnings.warn(f"{path} was fine-tuned with the classes {ckpt} (id order) but {why}: the checkpoint's "
+                  f"classifier row i now stands for {list(data.label_names)}[i], whatever it was trained for. If the "
+                  "classes are the same, give --class_names in the checkpoint's order; if they are new, this is "
+                  "fine-tuning a head for them", UserWarning, stacklevel=2)
+    return data
 
 
 def is_eenet_checkpoint(path: str) -> bool:
@@ -512,6 +551,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
                                         need=need)
     else:
         data = load_text_classification(data_args, seed=training_args.seed, need=need)
+        data = _classes_of_checkpoint(path, data, data_args, training_args.seed, need, model_args.cache_dir)
         exit_layers = parse_exit_layers(model_args.exit_layers) if model_args.exit_layers else None
         model, tok = load_backbone(path, len(data.label_names), exit_layers,
                                    data.label_names, exit_pooling=model_args.exit_pooling,

@@ -547,9 +547,9 @@ def _label_range_problem(values, num: int) -> str | None:
     if not v.size or (v.min() >= 0 and v.max() < num):
         return None
     if set(np.unique(v[(v < 0) | (v >= num)]).tolist()) == {-1}:
-        return (f"labels -1 mark rows without a label (an unlabelled split, e.g. GLUE's hidden test labels), which no "
-                f"loss can be computed on: drop the label column to predict them (dataset.remove_columns(...)), or "
-                f"keep only labelled rows to train / evaluate")
+        return ("labels -1 mark rows without a label (an unlabelled split, e.g. GLUE's hidden test labels), which no "
+                "loss can be computed on: drop the label column to predict them (dataset.remove_columns(...)), or "
+                "keep only labelled rows to train / evaluate")
     low, high = int(v.min()), int(v.max())
     return (f"the labels must be class ids in [0, {num}) (config.num_labels = {num}), but they run from {low} to "
             f"{high}: map the dataset's labels to 0..{num - 1} first (ids 1..C: subtract 1), or build the model with "
@@ -619,9 +619,11 @@ def _is_adapter_wrapper(model) -> bool:
 
 
 def _warn_frozen_exit_heads(model) -> None:
-    """Training where some parameters train but an exit's own head does not (e.g. PEFT's ``task_type="SEQ_CLS"``,
-    which trains modules named ``classifier`` / ``score`` only): those exits stay as they are (a new head: random),
-    silently, unless said here."""
+    """Training where some parameters train but an early exit's own head does not (e.g. PEFT's
+    ``task_type="SEQ_CLS"``, which trains modules named ``classifier`` / ``score`` only): those exits stay as they are
+    (a new head: random), silently, unless said here. A frozen last exit alone (``classifier``) is not warned about:
+    that is a fine-tuned classifier kept as it is while new exits train on it (the two-stage recipe of DeeBERT), and
+    PEFT's ``SEQ_CLS`` trains it anyway."""
     from .modeling_eenet import exit_head_modules
 
     core = _eenet_core(model)
@@ -630,7 +632,7 @@ def _warn_frozen_exit_heads(model) -> None:
     modules = dict(core.named_modules())
     frozen = [name for name in exit_head_modules(core)
               if name in modules and not any(p.requires_grad for p in modules[name].parameters())]
-    if frozen:
+    if any(name.startswith("exit_heads.") for name in frozen):
         warnings.warn(f"the exit heads {frozen} are frozen (no parameter requires grad) while the model trains: "
                       "those exits keep the weights they have (a new head's are random) and a PEFT adapter does not "
                       "save them. With PEFT, list every exit head: LoraConfig(task_type='SEQ_CLS', "

@@ -218,6 +218,57 @@ def test_last_exit_equals_stock_classifier(kind, tmp_path):
         torch.testing.assert_close(model.eval()(**batch).logits, stock.eval()(**batch).logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_a_stock_config_of_a_plain_checkpoint_is_taken_as_ours(kind, tmp_path):
+    """Review 99: ``from_pretrained(ckpt, config=AutoConfig.from_pretrained(ckpt, num_labels=...))`` (run_classification
+    style; Auto gives the stock config of a plain checkpoint) and ``cls(stock_config)`` failed with AttributeError
+    'exit_layers'. The stock config is converted (labels, dropout, attention implementation kept, default exits);
+    another family's config is refused by name."""
+    torch.manual_seed(0)
+    names = {0: "neg", 1: "neu", 2: "pos"}
+    if kind == "bert":
+        stock = BertForSequenceClassification(BertConfig(**tiny_kwargs(id2label=names, classifier_dropout=0.25)))
+        cls, other = hf_eenet.EENetBertForSequenceClassification, RobertaConfig(**tiny_kwargs())
+    else:
+        stock = RobertaForSequenceClassification(RobertaConfig(**tiny_kwargs(pad_token_id=1, id2label=names,
+                                                                             classifier_dropout=0.25)))
+        cls, other = hf_eenet.EENetRobertaForSequenceClassification, hf_eenet.EENetBertConfig(**tiny_kwargs())
+    stock.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path, num_labels=3, attn_implementation="eager")
+    assert type(config) is type(stock.config)
+    model = cls.from_pretrained(tmp_path, config=config).eval()
+    assert isinstance(model.config, cls.config_class) and model.config.model_type.startswith("eenet-")
+    assert model.config.id2label == names and model.config.classifier_dropout == 0.25
+    assert model.config._attn_implementation == "eager"
+    assert model.config.exit_layers == [1, 2, 3, 4] and model.config.exit_costs[-1] == 1.0
+    batch = random_batch(pad_id=stock.config.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, stock.eval()(**batch).logits, atol=1e-5, rtol=1e-5)
+    built = cls(type(stock.config)(**tiny_kwargs(pad_token_id=stock.config.pad_token_id)))
+    assert isinstance(built.config, cls.config_class) and built.config.num_exits == 4
+    with pytest.raises(TypeError, match=rf"{cls.config_class.__name__} takes an {cls.config_class.__name__} \(or a "
+                                        rf"{type(stock.config).__name__}, converted\), got a {type(other).__name__}"):
+        cls(other)
+
+
+def test_mean_pooling_a_finetuned_stock_classifier_says_its_last_exit_changes(tmp_path, minilm_dir):
+    """Review 99: exit_pooling="mean" on a fine-tuned stock classifier fed its first-token head the token mean, so the
+    full model silently changed; now said at load. A backbone (no head) and the default pooling say nothing."""
+    import warnings
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(**tiny_kwargs())).save_pretrained(tmp_path)
+    cls = hf_eenet.EENetBertForSequenceClassification
+    with pytest.warns(UserWarning, match=r"is a fine-tuned BertForSequenceClassification, whose classifier reads the "
+                                         r"first token; with exit_pooling='mean' .*no longer the checkpoint's model"):
+        cls.from_pretrained(tmp_path, exit_pooling="mean")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cls.from_pretrained(tmp_path)
+        cls.from_pretrained(minilm_dir, num_labels=2, exit_pooling="mean")  # a BertModel backbone: no head to keep
+    assert not [w for w in caught if "fine-tuned" in str(w.message)]
+
+
 # ---------------------------------------------------------------------------------------------------- losses
 
 

@@ -61,6 +61,24 @@ def test_seq_cls_lora_freezes_early_exit_heads_and_the_trainer_says_so(tok, tmp_
         _trainer(pm, tok, tmp_path, steps=1).train()
 
 
+def test_a_frozen_finetuned_last_exit_is_not_warned_about_but_a_frozen_early_exit_is(tok, tmp_path):
+    """Review 99: training only the new exits on a frozen fine-tuned classifier (DeeBERT's second stage) warned that
+    ``classifier`` was frozen, with PEFT advice; the last exit frozen alone is deliberate. An early exit frozen is
+    still warned about, naming every frozen head."""
+    model = toy_model(seed=1)
+    for p in [*model.backbone.parameters(), *model.classifier.parameters()]:
+        p.requires_grad_(False)
+    last = {n: p.detach().clone() for n, p in model.classifier.named_parameters()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(model, tok, tmp_path, steps=2).train()
+    assert not [w for w in caught if "are frozen" in str(w.message)]
+    assert all(torch.equal(p, last[n]) for n, p in model.classifier.named_parameters())
+    model.exit_heads[1].requires_grad_(False)
+    with pytest.warns(UserWarning, match=r"exit heads \['exit_heads.1', 'classifier'\] are frozen"):
+        _trainer(model, tok, tmp_path / "again", steps=1).train()
+
+
 def test_lora_with_exit_head_modules_trains_and_saves_every_exit(tok, tmp_path):
     model = toy_model(seed=1)
     pm = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"],

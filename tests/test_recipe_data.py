@@ -1480,3 +1480,82 @@ def test_removed_flag_check_reads_only_leftover_flags_and_hints_what_the_command
     # after "--" a parser without positional texts leaves the arguments over: the stock error, not a removed flag
     with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \[.*'--overwrite_output_dir'\]"):
         _parse("evaluate", EvaluateArguments, [str(tmp_path), "--", "--overwrite_output_dir"])
+
+
+@pytest.fixture(scope="module")
+def finetuned_classifier(tmp_path_factory, minilm_dir):
+    """A user's own fine-tuned (here: random) stock ``BertForSequenceClassification`` whose classes are named in
+    another order than the data's sorted names (``bad`` < ``good``): id 0 is ``good``."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    d = tmp_path_factory.mktemp("finetuned")
+    torch.manual_seed(1)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, id2label={0: "good", 1: "bad"},
+                     label2id={"good": 0, "bad": 1})
+    BertForSequenceClassification(cfg).eval().save_pretrained(d)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(d)
+    return str(d)
+
+
+def test_a_finetuned_classifier_keeps_its_classes_in_the_recipe(finetuned_classifier, csv_data, tmp_path, caplog):
+    """Review 99: the recipe named a plain checkpoint's classes in the data's sorted order, so a fine-tuned head's
+    rows swapped meaning silently (AG News: 0.877 -> 0.043). Now the data's labels are read in the checkpoint's
+    order and its last exit is the stock classifier, with the stock labels."""
+    import logging
+
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from hf_eenet.cli import main
+
+    out = tmp_path / "model"
+    flags = [f for f in common_flags(finetuned_classifier, out) if f not in ("--quiet",)]
+    flags[flags.index("--learning_rate") + 1] = "0"  # the stock head stays as it was fine-tuned
+    flags[flags.index("--max_steps") + 1] = "1"
+    with caplog.at_level(logging.WARNING, logger="hf_eenet.recipe"):
+        main(["train", "--train_file", csv_data["train"], "--validation_file", csv_data["validation"],
+              "--text_column_names", "review", "--label_column_name", "sentiment", "--do_train",
+              "--do_fit_scheduler", "false", *flags])
+    assert "fine-tuned with the classes ['good', 'bad']" in caplog.text
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.id2label == {0: "good", 1: "bad"}
+    stock = BertForSequenceClassification.from_pretrained(finetuned_classifier).eval()
+    tok = AutoTokenizer.from_pretrained(finetuned_classifier)
+    enc = tok(["a gripping funny film", "dull and thin"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        last = model(**enc, exit_policy=hf_eenet.StaticPolicy(model.config.num_exits - 1, model.config.num_exits))
+        torch.testing.assert_close(last.logits, stock(**enc).logits, rtol=0, atol=1e-6)
+    # the data's ids follow the checkpoint's: "good" rows are class 0
+    from hf_eenet.recipe import _classes_of_checkpoint
+
+    args = DataArguments(train_file=csv_data["train"], validation_file=csv_data["validation"],
+                         text_column_names="review", label_column_name="sentiment")
+    data = _classes_of_checkpoint(finetuned_classifier, load_text_classification(args), args, 0, (), None)
+    assert data.label_names == ["good", "bad"]
+    rows = data.splits["train"]
+    assert all((r["label"] == 0) == (t == "good") for r, (_, t) in zip(rows, synth(96, 0)))
+
+
+def test_a_finetuned_classifier_with_other_class_names_is_warned_about(finetuned_classifier, tmp_path):
+    from hf_eenet.recipe import _classes_of_checkpoint
+
+    rows = [(t, {"good": "pos", "bad": "neg"}[y]) for t, y in synth(40, 0)]
+    args = DataArguments(train_file=write_csv(tmp_path / "t.csv", ["text", "label"], rows))
+    data = load_text_classification(args)
+    with pytest.warns(UserWarning, match=r"fine-tuned with the classes \['good', 'bad'\] .*the data's classes are "
+                                         r"\['neg', 'pos'\]: the checkpoint's classifier row i now stands for"):
+        assert _classes_of_checkpoint(finetuned_classifier, data, args, 0, (), None) is data
+    args = DataArguments(train_file=write_csv(tmp_path / "u.csv", ["text", "label"], synth(40, 0)),
+                         class_names="bad,good")
+    data = load_text_classification(args)
+    with pytest.warns(UserWarning, match="--class_names lists them in another order"):
+        assert _classes_of_checkpoint(finetuned_classifier, data, args, 0, (), None).label_names == ["bad", "good"]
+    # a backbone (transformers' LABEL_<i> names) is no fine-tuned classifier: nothing said, data as read
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from transformers import BertConfig
+
+        cfg_dir = tmp_path / "backbone"
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64).save_pretrained(
+            cfg_dir)
+        assert _classes_of_checkpoint(str(cfg_dir), data, args, 0, (), None) is data
