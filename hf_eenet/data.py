@@ -388,6 +388,10 @@ class TextClassificationData:
     is_pair: bool
     text_columns: list[str]
     labelled: dict[str, bool]
+    #: where ``label_names`` come from: ``"model"`` (given by the caller), ``"class_names"`` (``--class_names``),
+    #: ``"classlabel"`` (the train split's ``ClassLabel`` feature), ``"ints"`` (its distinct int labels, sorted) or
+    #: ``"values"`` (its distinct other labels, sorted)
+    label_names_from: str = "values"
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -434,7 +438,7 @@ class TextClassificationData:
 
 def load_text_classification(args: DataArguments, seed: int = 0, label_names: list[str] | None = None,
                              need: tuple[str, ...] | dict[str, str] = (),
-                             use_labels: bool = True) -> TextClassificationData:
+                             use_labels: bool = True, ids_into_names: bool = True) -> TextClassificationData:
     """Load, validate and normalise the splits of ``args`` (see the module docstring).
 
     Args:
@@ -445,6 +449,8 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
             in the error when one is missing, e.g. ``{"validation": "--do_fit_scheduler"}``).
         use_labels: ``False``: only the ``need`` splits are kept, read as unlabelled (a label column, if any, is not
             read or checked), for uses that need only the texts (re-matching a bank to traffic); needs ``label_names``.
+        ids_into_names: with ``label_names``, int labels that are not names may be ids into them (a trained model's
+            data); ``False``: names only.
     """
     from datasets import ClassLabel, DatasetDict, Features, Value
 
@@ -464,6 +470,7 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
     # ---- label names
     train = raw.get("train")
     names_from_model = label_names is not None
+    names_from = "model"
     if label_names is None:
         if train is None:
             raise DataError("label names come from the train split: give --train_file (or a model that has them)")
@@ -472,10 +479,11 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
                             f"{', '.join(train.column_names)}); set --label_column_name")
         feat = train.features[label_col]
         if isinstance(feat, ClassLabel):
-            label_names = list(feat.names)
+            label_names, names_from = list(feat.names), "classlabel"
         elif args.class_names:
-            label_names = args.class_name_list()
+            label_names, names_from = args.class_name_list(), "class_names"
         else:  # the split's values are all strings or all numbers: sortable
+            names_from = "values"
             values = ([] if _is_unlabelled(train, label_col)
                       else _label_values(train[label_col], "train", label_col, feat))
             fractional = next((i for i, v in enumerate(values) if isinstance(v, float) and math.isfinite(v)), None)
@@ -485,6 +493,8 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
                                 "hf_eenet trains classifiers (one class per row). Map the values to classes first, "
                                 "or, if these numbers are class names, list them with --class_names")
             label_names = [str(v) for v in sorted(set(values))]
+            if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                names_from = "ints"
         if len(label_names) < 2:
             raise DataError(f"found {len(label_names)} class(es) ({label_names}) in the train split's "
                             f"{label_col!r} column; classification needs at least 2")
@@ -511,7 +521,7 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
         if has_labels:
             values = _label_values(ds[label_col], split, label_col, ds.features.get(label_col))
             ids = _label_ids(values, split, label_col, label_names, ids_are_ids=args.class_names is not None,
-                             ids_allowed=names_from_model, where=where,
+                             ids_allowed=names_from_model and ids_into_names, where=where,
                              raw=None if isinstance(ds.features.get(label_col), ClassLabel) else ds[label_col])
         if not has_labels and split != "test":
             raise DataError(f"the {split} split has no labels in column {label_col!r} (columns: "
@@ -585,7 +595,7 @@ def load_text_classification(args: DataArguments, seed: int = 0, label_names: li
                         + ", ".join(f"--{s}_file" for s in missing) + why)
     return TextClassificationData(splits=splits, label_names=list(label_names),
                                   is_pair=("text_pair" in next(iter(splits.values())).column_names),
-                                  text_columns=list(text_cols or []), labelled=labelled)
+                                  text_columns=list(text_cols or []), labelled=labelled, label_names_from=names_from)
 
 
 __all__ = ["DataArguments", "DataError", "TextClassificationData", "load_text_classification", "FILE_FORMATS"]

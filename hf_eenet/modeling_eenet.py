@@ -62,6 +62,7 @@ from .configuration_eenet import (
 from .policies import ExitPolicy
 from .validation import (as_probs_tensor, check_bool, check_budget_fraction, check_int, check_single_label,
                          check_tokenizer_kwargs)
+from .weight_events import stepped_since
 
 
 @dataclass
@@ -173,11 +174,20 @@ def _saved_config_reader(cls, path, kwargs: dict):
     return read
 
 
-def _warn_mean_pooled_stock_classifier(path, config, read_saved) -> None:
+def _last_exit_loaded(model, info: dict) -> bool:
+    """Whether ``from_pretrained`` read the last exit's weights (``classifier``; a BERT's ``bert.pooler`` too) from the
+    checkpoint, rather than initialising them (missing from it: a backbone; or re-headed, ``ignore_mismatched_sizes``).
+    """
+    prefixes = tuple(f"{name}." for name in model._LAST_EXIT_MODULES)
+    new = [k if isinstance(k, str) else k[0] for k in [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())]]
+    return not any(str(k).startswith(prefixes) for k in new)
+
+
+def _warn_mean_pooled_stock_classifier(path, config, read_saved, last_exit_loaded: bool) -> None:
     """A plain fine-tuned classifier (a stock ``*ForSequenceClassification`` checkpoint: its head read the first
     token) loaded with ``exit_pooling="mean"`` feeds that head the token mean: the full model is no longer the
-    checkpoint's (its logits change). Said once, at load."""
-    if config.exit_pooling != "mean":
+    checkpoint's (its logits change). Said once, at load; not when the head is new anyway (re-headed)."""
+    if config.exit_pooling != "mean" or not last_exit_loaded:
         return
     saved = read_saved()
     if not saved or "exit_layers" in saved:  # not readable here, or one of ours (pooled as it was trained)
@@ -671,7 +681,24 @@ class EENetModelMixin:
         state = super().__getstate__()  # nn.Module's: a copy of __dict__
         for key in self._EENET_CACHES:
             state.pop(key, None)
+        # parameter ids: a copy has new ones, recorded again on restore for a classifier that is a trained one (loaded
+        # from the checkpoint, or stepped by an optimizer in this process: the copy's tensors are not the stepped ones)
+        classifier = self._modules.get("classifier")
+        state["_eenet_loaded_classifier"] = classifier is not None and (
+            self._classifier_is_loaded() or stepped_since(classifier.parameters(), 0))
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self.__dict__.get("_eenet_loaded_classifier") is True:  # (see __getstate__)
+            self.__dict__["_eenet_loaded_classifier"] = tuple(id(p) for p in self.classifier.parameters())
+
+    def _classifier_is_loaded(self) -> bool:
+        """Whether ``classifier``'s parameters are those ``from_pretrained`` read from the checkpoint (their ids were
+        recorded then; a copy of the model records its own for a classifier that was loaded or trained): a fine-tuned
+        classifier kept as it was, not a new (random) one set on the model since; one re-initialised in place
+        (``reset_parameters()``) is not told from it."""
+        return tuple(id(p) for p in self.classifier.parameters()) == self.__dict__.get("_eenet_loaded_classifier")
 
     def release_cuda_graphs(self) -> int:
         """Drop the CUDA graphs captured by ``cuda_graphs=True`` (their static buffers hold device memory per
@@ -795,7 +822,11 @@ class EENetModelMixin:
         _drop_bank_for_other_classes(cls, path, kwargs, read_saved)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         model.config._validate_eenet()
-        _warn_mean_pooled_stock_classifier(path, model.config, read_saved)
+        loaded = _last_exit_loaded(model, info)
+        # read by EENetTrainer: a frozen classifier is a kept fine-tuned one when these very parameters were loaded
+        model.__dict__["_eenet_loaded_classifier"] = (tuple(id(p) for p in model.classifier.parameters())
+                                                      if loaded else None)
+        _warn_mean_pooled_stock_classifier(path, model.config, read_saved, loaded)
         check_loading_info(info, bank_expected=bool(model.config.scheduler_budgets or model.config.scheduler_bank))
         heads = sorted(k for k in info.get("unexpected_keys", []) if str(k).startswith("exit_heads."))
         if heads:  # more trained heads than the config places: config.json and the weights are of different saves
@@ -1363,6 +1394,7 @@ class EENetBertForSequenceClassification(EENetModelMixin, BertPreTrainedModel):
 
     config_class = EENetBertConfig
     config: EENetBertConfig
+    _LAST_EXIT_MODULES = ("classifier", "bert.pooler")  # what the last exit reads besides the encoder
     _no_split_modules = ["BertEmbeddings", "BertLayer"]
 
     def __init__(self, config: EENetBertConfig):
@@ -1396,6 +1428,7 @@ class EENetRobertaForSequenceClassification(EENetModelMixin, RobertaPreTrainedMo
 
     config_class = EENetRobertaConfig
     config: EENetRobertaConfig
+    _LAST_EXIT_MODULES = ("classifier",)  # what the last exit reads besides the encoder
     _no_split_modules = ["RobertaEmbeddings", "RobertaLayer"]
 
     def __init__(self, config: EENetRobertaConfig):

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .bank import state_digest
-from .data import DataArguments, DataError, load_text_classification
+from .data import DataArguments, DataError, _is_number, load_text_classification
 from .scheduler_config import SchedulerFitArguments
 from .validation import budget_reachable, check_budget_fraction
 
@@ -270,26 +270,80 @@ def checkpoint_label_names(path: str, cache_dir: str | None = None) -> list[str]
     return names
 
 
-def _classes_of_checkpoint(path: str, data, data_args: DataArguments, seed: int, need, cache_dir: str | None):
-    """``data`` with its classes in the order a plain checkpoint's classifier was fine-tuned with, when the checkpoint
-    names the same classes in another order (its head's row i is its class i: relabelling the rows in the data's
-    order would silently swap the classes of a fine-tuned classifier, as run_glue.py's ``label_name_to_id`` avoids);
-    with other names, or ``--class_names`` in another order, a warning says that the head's rows take the data's
-    classes in the data's order."""
+def read_data_for_checkpoint(path: str, data_args: DataArguments, seed: int, need, cache_dir: str | None = None,
+                             new_head: bool = False):
+    """The data of a run that starts from the plain checkpoint ``path``, its labels read as the classes the
+    checkpoint's classifier was fine-tuned for where they are those: its head's row i is its class i, and naming the
+    rows in the data's (sorted) order would silently swap the classes of a fine-tuned classifier (run_glue.py's
+    ``label_name_to_id`` avoids the same).
+
+    The data's classes (from its labels, a ``ClassLabel``, or ``--class_names``) are read first; then, unless the
+    user named them (``--class_names``, which the loader takes for labels other than a ``ClassLabel``), they are read
+    again as the checkpoint's classes (as a trained model reads data: ``label_names=``) where they are its names
+    (all, or some: the head keeps every class it has; another case: the data's spelling, all of them only) or its ids
+    ``0..C-1`` as ints (all of them: a subset of ids could be other classes; not where its names are numbers).
+    ``new_head`` (``--ignore_mismatched_sizes``): data with another number of classes gets a new head for its own
+    classes.
+    Otherwise, where the checkpoint names other classes, a warning says that its head's rows now stand for the data's
+    classes. Data whose first read fails because a validation or test split holds a class that train lacks is read
+    with the checkpoint's names where they cover it (else the error names ``--class_names``)."""
     ckpt = checkpoint_label_names(path, cache_dir)
-    if ckpt is None or len(ckpt) != len(data.label_names) or ckpt == list(data.label_names):
+    if ckpt is None:  # a backbone, or a head trained without names: the data's own classes
+        return load_text_classification(data_args, seed=seed, need=need)
+    try:
+        data = load_text_classification(data_args, seed=seed, need=need)
+    except DataError as err:  # e.g. validation holds a class train lacks: the checkpoint's names may cover it
+        if data_args.class_names is not None or new_head:
+            raise
+        try:  # its names only (ids are read as its classes only when all of 0..C-1 are there, as below)
+            data = load_text_classification(data_args, seed=seed, label_names=ckpt, need=need, ids_into_names=False)
+        except DataError:
+            if "not among" not in str(err):  # not a label the first read did not know
+                raise err from None
+            raise DataError(f"{err}. If your classes are those of {path} ({', '.join(ckpt)}), give them with "
+                            "--class_names in its order, spelt as in your data") from None
+        _say_read_as(path, ckpt)
         return data
-    if sorted(ckpt) == sorted(data.label_names) and data_args.class_names is None:
-        logger.warning("%s was fine-tuned with the classes %s (id order): the data's labels are read in that order, "
-                       "so its classifier keeps its classes", path, ckpt)
-        return load_text_classification(data_args, seed=seed, label_names=ckpt, need=need)
-    why = ("--class_names lists them in another order" if sorted(ckpt) == sorted(data.label_names)
-           else f"the data's classes are {list(data.label_names)}")
-    warnings.warn(f"{path} was fine-tuned with the classes {ckpt} (id order) but {why}: the checkpoint's "
-                  f"classifier row i now stands for {list(data.label_names)}[i], whatever it was trained for. If the "
-                  "classes are the same, give --class_names in the checkpoint's order; if they are new, this is "
-                  "fine-tuning a head for them", UserWarning, stacklevel=2)
-    return data
+    names = list(data.label_names)
+    if names == ckpt or (new_head and len(names) != len(ckpt)):
+        return data
+    if data.label_names_from == "class_names":  # the user's own names
+        if [n.casefold() for n in names] != [n.casefold() for n in ckpt]:
+            _warn_other_classes(path, ckpt, f"--class_names lists {names}")
+        return data
+    fold = {n.casefold(): n for n in names}
+    order = None
+    if set(names) <= set(ckpt):
+        order = ckpt  # its names (all or some): every class of the head kept
+    elif len(fold) == len(names) == len(ckpt) and set(fold) == {n.casefold() for n in ckpt}:
+        order = [fold[n.casefold()] for n in ckpt]  # its names in another case: the data's spelling
+    elif names == [str(i) for i in range(len(ckpt))] and not any(map(_is_number, ckpt)):  # its ids 0..C-1
+        if data.label_names_from == "ints":  # read as ids, named by the checkpoint
+            order = ckpt
+        else:  # id strings, or a ClassLabel without names ("0".."C-1"): the rows are right, named by the data
+            logger.warning("%s was fine-tuned with the classes %s (id order); the data's labels are their ids (row i "
+                           "= class i) as text or a ClassLabel without names, so the model is named %s: give the "
+                           "labels as ints, or name the classes in the data, to keep the checkpoint's names",
+                           path, ckpt, names)
+            return data
+    if order is None:
+        _warn_other_classes(path, ckpt, f"the data's classes are {names}")
+        return data
+    _say_read_as(path, ckpt)
+    return load_text_classification(data_args, seed=seed, label_names=order, need=need)
+
+
+def _say_read_as(path: str, ckpt: list[str]) -> None:
+    logger.warning("%s was fine-tuned with the classes %s (id order): the data's labels are read as those classes, so "
+                   "its classifier keeps them", path, ckpt)
+
+
+def _warn_other_classes(path: str, ckpt: list[str], why: str) -> None:
+    warnings.warn(f"{path} was fine-tuned with the classes {ckpt} (id order) but {why}: the checkpoint's classifier "
+                  "row i now stands for the data's class i, whatever it was trained for. If the classes are its own "
+                  "(or some of them), give --class_names with all of the checkpoint's classes in its order, spelt as "
+                  "in your data (int labels are ids into them); if they are new, this is fine-tuning a head for them",
+                  UserWarning, stacklevel=3)
 
 
 def is_eenet_checkpoint(path: str) -> bool:
@@ -550,8 +604,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: EENetArgumen
         data = load_text_classification(data_args, seed=training_args.seed, label_names=model_label_names(model),
                                         need=need)
     else:
-        data = load_text_classification(data_args, seed=training_args.seed, need=need)
-        data = _classes_of_checkpoint(path, data, data_args, training_args.seed, need, model_args.cache_dir)
+        data = read_data_for_checkpoint(path, data_args, training_args.seed, need, model_args.cache_dir,
+                                        new_head=model_args.ignore_mismatched_sizes)
         exit_layers = parse_exit_layers(model_args.exit_layers) if model_args.exit_layers else None
         model, tok = load_backbone(path, len(data.label_names), exit_layers,
                                    data.label_names, exit_pooling=model_args.exit_pooling,

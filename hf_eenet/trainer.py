@@ -31,6 +31,7 @@ from .scheduler import EENetScheduler
 from .validation import (check_bool, check_budget, check_budget_fraction, check_costs, check_fraction, check_int,
                          check_single_label,
                          check_labels, check_positive)
+from .weight_events import stepped_since
 
 
 logger = logging.getLogger(__name__)
@@ -621,9 +622,11 @@ def _is_adapter_wrapper(model) -> bool:
 def _warn_frozen_exit_heads(model) -> None:
     """Training where some parameters train but an early exit's own head does not (e.g. PEFT's
     ``task_type="SEQ_CLS"``, which trains modules named ``classifier`` / ``score`` only): those exits stay as they are
-    (a new head: random), silently, unless said here. A frozen last exit alone (``classifier``) is not warned about:
-    that is a fine-tuned classifier kept as it is while new exits train on it (the two-stage recipe of DeeBERT), and
-    PEFT's ``SEQ_CLS`` trains it anyway."""
+    (a new head: random), silently, unless said here. A frozen last exit (``classifier``) is not warned about when it
+    is a trained one kept as it is while new exits train on it (the two-stage recipe of DeeBERT): its parameters are
+    those ``from_pretrained`` read from the checkpoint, or an optimizer in this process stepped them; a new one (from
+    a backbone, re-headed, replaced, or a model built from its config) is warned about (one re-initialised in place,
+    ``reset_parameters()``, is not told from the loaded one)."""
     from .modeling_eenet import exit_head_modules
 
     core = _eenet_core(model)
@@ -632,7 +635,11 @@ def _warn_frozen_exit_heads(model) -> None:
     modules = dict(core.named_modules())
     frozen = [name for name in exit_head_modules(core)
               if name in modules and not any(p.requires_grad for p in modules[name].parameters())]
-    if any(name.startswith("exit_heads.") for name in frozen):
+    if frozen == ["classifier"]:
+        loaded = getattr(type(core), "_classifier_is_loaded", None)  # (absent from older shipped model code)
+        if (loaded is not None and loaded(core)) or stepped_since(core.classifier.parameters(), 0):
+            return  # a trained classifier, kept
+    if frozen:
         warnings.warn(f"the exit heads {frozen} are frozen (no parameter requires grad) while the model trains: "
                       "those exits keep the weights they have (a new head's are random) and a PEFT adapter does not "
                       "save them. With PEFT, list every exit head: LoraConfig(task_type='SEQ_CLS', "

@@ -264,9 +264,13 @@ def test_mean_pooling_a_finetuned_stock_classifier_says_its_last_exit_changes(tm
         cls.from_pretrained(tmp_path, exit_pooling="mean")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cls.from_pretrained(tmp_path)
-        cls.from_pretrained(minilm_dir, num_labels=2, exit_pooling="mean")  # a BertModel backbone: no head to keep
+        kept = cls.from_pretrained(tmp_path)
+        backbone = cls.from_pretrained(minilm_dir, num_labels=2, exit_pooling="mean")  # a BertModel: no head to keep
+        reheaded = cls.from_pretrained(tmp_path, num_labels=2, ignore_mismatched_sizes=True, exit_pooling="mean")
     assert not [w for w in caught if "fine-tuned" in str(w.message)]
+    # what EENetTrainer reads to tell a kept fine-tuned classifier (frozen on purpose) from a new one (review 100)
+    assert kept._eenet_loaded_classifier == tuple(id(p) for p in kept.classifier.parameters())
+    assert backbone._eenet_loaded_classifier is None and reheaded._eenet_loaded_classifier is None
 
 
 # ---------------------------------------------------------------------------------------------------- losses

@@ -64,8 +64,14 @@ def test_seq_cls_lora_freezes_early_exit_heads_and_the_trainer_says_so(tok, tmp_
 def test_a_frozen_finetuned_last_exit_is_not_warned_about_but_a_frozen_early_exit_is(tok, tmp_path):
     """Review 99: training only the new exits on a frozen fine-tuned classifier (DeeBERT's second stage) warned that
     ``classifier`` was frozen, with PEFT advice; the last exit frozen alone is deliberate. An early exit frozen is
-    still warned about, naming every frozen head."""
-    model = toy_model(seed=1)
+    still warned about, naming every frozen head, and so is a frozen last exit that was not loaded from a checkpoint
+    (review 100: a backbone's new classifier, or a model built from its config, stays random)."""
+    fresh = toy_model(seed=1)
+    fresh.classifier.requires_grad_(False)
+    with pytest.warns(UserWarning, match=r"exit heads \['classifier'\] are frozen"):
+        _trainer(fresh, tok, tmp_path / "fresh", steps=1).train()
+    fresh.save_pretrained(tmp_path / "finetuned")
+    model = type(fresh).from_pretrained(tmp_path / "finetuned")
     for p in [*model.backbone.parameters(), *model.classifier.parameters()]:
         p.requires_grad_(False)
     last = {n: p.detach().clone() for n, p in model.classifier.named_parameters()}
@@ -77,6 +83,25 @@ def test_a_frozen_finetuned_last_exit_is_not_warned_about_but_a_frozen_early_exi
     model.exit_heads[1].requires_grad_(False)
     with pytest.warns(UserWarning, match=r"exit heads \['exit_heads.1', 'classifier'\] are frozen"):
         _trainer(model, tok, tmp_path / "again", steps=1).train()
+    copied = copy.deepcopy(model)  # review 102: a copy of the loaded classifier is still the loaded one
+    copied.exit_heads[1].requires_grad_(True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(copied, tok, tmp_path / "copied", steps=1).train()
+    assert not [w for w in caught if "are frozen" in str(w.message)]
+    # review 101: a classifier replaced after the load is new (random), and one trained in this process is kept
+    model.exit_heads[1].requires_grad_(True)
+    model.classifier = torch.nn.Linear(model.config.hidden_size, model.config.num_labels).requires_grad_(False)
+    with pytest.warns(UserWarning, match=r"exit heads \['classifier'\] are frozen"):
+        _trainer(model, tok, tmp_path / "replaced", steps=1).train()
+    stage1 = toy_model(seed=2)  # DeeBERT in one process: stage 1 trains everything, stage 2 freezes the full model
+    _trainer(stage1, tok, tmp_path / "stage1", steps=1).train()
+    for p in [*stage1.backbone.parameters(), *stage1.classifier.parameters()]:
+        p.requires_grad_(False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(stage1, tok, tmp_path / "stage2", steps=1).train()
+    assert not [w for w in caught if "are frozen" in str(w.message)]
 
 
 def test_lora_with_exit_head_modules_trains_and_saves_every_exit(tok, tmp_path):
@@ -87,6 +112,11 @@ def test_lora_with_exit_head_modules_trains_and_saves_every_exit(tok, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _trainer(pm, tok, tmp_path, steps=4).train()
+    assert not [w for w in caught if "are frozen" in str(w.message)]
+    stage2 = copy.deepcopy(stage1)  # review 103: a copy of a classifier trained in this process is a trained one
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(stage2, tok, tmp_path / "stage2-copy", steps=1).train()
     assert not [w for w in caught if "are frozen" in str(w.message)]
     for k in range(3):  # every early exit's own (trainable) head copy moved
         moved = [n for n, p in pm.named_parameters()

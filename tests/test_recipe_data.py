@@ -1526,36 +1526,91 @@ def test_a_finetuned_classifier_keeps_its_classes_in_the_recipe(finetuned_classi
         last = model(**enc, exit_policy=hf_eenet.StaticPolicy(model.config.num_exits - 1, model.config.num_exits))
         torch.testing.assert_close(last.logits, stock(**enc).logits, rtol=0, atol=1e-6)
     # the data's ids follow the checkpoint's: "good" rows are class 0
-    from hf_eenet.recipe import _classes_of_checkpoint
+    from hf_eenet.recipe import read_data_for_checkpoint
 
     args = DataArguments(train_file=csv_data["train"], validation_file=csv_data["validation"],
                          text_column_names="review", label_column_name="sentiment")
-    data = _classes_of_checkpoint(finetuned_classifier, load_text_classification(args), args, 0, (), None)
+    data = read_data_for_checkpoint(finetuned_classifier, args, 0, ())
     assert data.label_names == ["good", "bad"]
     rows = data.splits["train"]
     assert all((r["label"] == 0) == (t == "good") for r, (_, t) in zip(rows, synth(96, 0)))
 
 
-def test_a_finetuned_classifier_with_other_class_names_is_warned_about(finetuned_classifier, tmp_path):
-    from hf_eenet.recipe import _classes_of_checkpoint
+def test_a_checkpoints_classes_are_matched_by_name_any_case_subset_or_ids(tmp_path):
+    """Reviews 99-101: how the recipe reads data for a plain checkpoint whose classifier names its classes. Its names
+    (all, some, or in another case), ints 0..C-1 (its ids), a ClassLabel with --class_names (which the loader does not
+    take) and a validation class that train lacks are read as its classes; the user's --class_names in another order,
+    other classes, id subsets and numbers that are its names but not the data's are read as before, with a warning;
+    id strings keep the rows right; nothing here fails that read before the mend."""
+    from datasets import ClassLabel, Dataset, Features, Value
+    from transformers import BertConfig
 
-    rows = [(t, {"good": "pos", "bad": "neg"}[y]) for t, y in synth(40, 0)]
-    args = DataArguments(train_file=write_csv(tmp_path / "t.csv", ["text", "label"], rows))
-    data = load_text_classification(args)
-    with pytest.warns(UserWarning, match=r"fine-tuned with the classes \['good', 'bad'\] .*the data's classes are "
-                                         r"\['neg', 'pos'\]: the checkpoint's classifier row i now stands for"):
-        assert _classes_of_checkpoint(finetuned_classifier, data, args, 0, (), None) is data
-    args = DataArguments(train_file=write_csv(tmp_path / "u.csv", ["text", "label"], synth(40, 0)),
-                         class_names="bad,good")
-    data = load_text_classification(args)
-    with pytest.warns(UserWarning, match="--class_names lists them in another order"):
-        assert _classes_of_checkpoint(finetuned_classifier, data, args, 0, (), None).label_names == ["bad", "good"]
-    # a backbone (transformers' LABEL_<i> names) is no fine-tuned classifier: nothing said, data as read
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        from transformers import BertConfig
+    from hf_eenet.recipe import read_data_for_checkpoint
 
-        cfg_dir = tmp_path / "backbone"
-        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64).save_pretrained(
-            cfg_dir)
-        assert _classes_of_checkpoint(str(cfg_dir), data, args, 0, (), None) is data
+    def ckpt(names):
+        d = tmp_path / ("ckpt-" + "-".join(n.replace("/", "_") for n in names))
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                   id2label=dict(enumerate(names))).save_pretrained(d)
+        return str(d)
+
+    texts = [t for t, _ in synth(60, 0)]
+
+    def read(path, labels, new_head=False, validation=None, **kw):
+        f = tmp_path / f"d{len(list(tmp_path.iterdir()))}"
+        f.mkdir()
+        write_jsonl(f / "train.jsonl", [{"text": t, "label": y} for t, y in zip(texts, labels)])
+        if validation is not None:
+            write_jsonl(f / "dev.jsonl", [{"text": t, "label": y} for t, y in zip(texts, validation)])
+        args = DataArguments(train_file=str(f / "train.jsonl"), validation_split_percentage=25,
+                             validation_file=str(f / "dev.jsonl") if validation is not None else None, **kw)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = read_data_for_checkpoint(path, args, 0, (), new_head=new_head)
+        truth = dict(zip(texts, labels))
+        named = [data.label_names[r["label"]] for r in data.splits["train"]]
+        return data.label_names, named == [str(truth[r["text"]]) for r in data.splits["train"]], \
+            [str(w.message) for w in caught if "fine-tuned with the classes" in str(w.message)]
+
+    three = ckpt(["World", "Sports", "Business"])
+    cycle = lambda names: [names[i % len(names)] for i in range(len(texts))]  # noqa: E731
+    assert read(three, cycle(["Sports", "World", "Business"])) == (["World", "Sports", "Business"], True, [])
+    assert read(three, cycle(["sports", "world", "business"])) == (["world", "sports", "business"], True, [])
+    assert read(three, cycle(["Sports", "World"])) == (["World", "Sports", "Business"], True, [])  # some: all kept
+    assert read(three, cycle(["Sports", "World"]), new_head=True) == (["Sports", "World"], True, [])
+    names, _, said = read(three, cycle([0, 1, 2]))  # ints 0..2: its ids
+    assert names == ["World", "Sports", "Business"] and not said
+    names, _, said = read(three, cycle([0, 1]))  # a subset of ids could be other classes: as before, said
+    assert names == ["0", "1"] and "the data's classes are ['0', '1']" in said[0]
+    assert read(three, cycle(["0", "1", "2"]))[:2] == (["0", "1", "2"], True)  # id strings: rows right
+    names, _, said = read(three, cycle(["Sports", "World"]), class_names="Sports,World")
+    assert names == ["Sports", "World"] and "--class_names lists ['Sports', 'World']" in said[0]
+    assert read(three, cycle(["sports", "world", "business"]), class_names="world,sports,business")[2] == []
+    names, _, said = read(three, cycle(["Sports", "World"]), validation=cycle(["Business", "World"]))
+    assert names == ["World", "Sports", "Business"] and not said  # validation's class is the checkpoint's
+    with pytest.raises(DataError, match=r"not among the labels learnt from train.*give them with --class_names"):
+        read(three, cycle([0, 1]), validation=cycle([0, 2]))  # ids, some of them: not read as its classes (review 102)
+    with pytest.raises(DataError, match=r"not among the labels learnt from train.*give them with --class_names"):
+        read(three, cycle(["sports", "world"]), validation=cycle(["business"]))
+    numbered = ckpt(["1", "2", "3"])  # run_glue's names for int labels 1..3
+    assert read(numbered, cycle([3, 1, 2]))[:2] == (["1", "2", "3"], True)
+    names, _, said = read(numbered, cycle([0, 1, 2]))
+    assert names == ["0", "1", "2"] and said  # 0..2 are not its names (1..3): as before, said
+    collide = ckpt(["pos", "Pos"])
+    assert read(collide, cycle(["Pos", "pos"]))[:2] == (["pos", "Pos"], True)
+    backbone = tmp_path / "backbone"  # transformers' LABEL_<i> names: no fine-tuned classes
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64).save_pretrained(
+        backbone)
+    assert read(str(backbone), cycle(["b", "a"])) == (["a", "b"], True, [])
+    # ClassLabel data: --class_names is not what named it (the loader reads the ClassLabel's names)
+    two = ckpt(["pos", "neg"])
+    feats = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(len(texts))]}, features=feats).to_parquet(
+        tmp_path / "cl.parquet")
+    args = DataArguments(train_file=str(tmp_path / "cl.parquet"), validation_split_percentage=25,
+                         class_names="pos,neg")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = read_data_for_checkpoint(two, args, 0, ())
+    assert data.label_names == ["pos", "neg"] and not [w for w in caught if "fine-tuned" in str(w.message)]
+    truth = {t: ["neg", "pos"][i % 2] for i, t in enumerate(texts)}
+    assert all(data.label_names[r["label"]] == truth[r["text"]] for r in data.splits["train"])
