@@ -29,11 +29,13 @@ This module is copied next to the model code by ``save_pretrained`` (Hub remote 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import hashlib
 import json
 import math
+import operator
 import os
 import re
 import shutil
@@ -128,15 +130,55 @@ _ROUNDINGS = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 def _weight_tensors(model) -> list[tuple[str, torch.Tensor]] | None:
     """The model's tensors besides the bank, sorted by name (entries that are not tensors, e.g. a module's extra
-    state, are left out); ``None`` where they cannot be read here: meta tensors of an offloaded model, sharded
-    DTensor / FSDP / DeepSpeed ZeRO-3 parameters (each rank holds a part, or an empty placeholder)."""
+    state, are left out), as :class:`_WeightItems`: a tensor accelerate offloaded (``device_map`` with disk / CPU
+    offload: ``meta`` in the model) stays the model's own meta tensor (its dtype and version counter are what a
+    request compares) and is read from the offload store its hook loads it from only when digested. ``None`` where
+    they cannot be read here: a meta tensor with no such store, sharded DTensor / FSDP / DeepSpeed ZeRO-3 parameters
+    (each rank holds a part, or an empty placeholder)."""
     items = sorted((k, t) for k, t in model.state_dict(keep_vars=True).items()
                    if not k.startswith(_BANK_PREFIX) and isinstance(t, torch.Tensor))
-    for _, t in items:
-        if (t.device.type == "meta" or type(t).__name__ in ("DTensor", "FlatParameter") or hasattr(t, "ds_id")
-                or hasattr(t, "ds_shape")):
+    stores = None
+    for key, t in items:
+        if type(t).__name__ in ("DTensor", "FlatParameter") or hasattr(t, "ds_id") or hasattr(t, "ds_shape"):
             return None
-    return items
+        if t.device.type == "meta":
+            stores = _offload_stores(model) if stores is None else stores
+            if key.rpartition(".")[0] not in stores:
+                return None
+    return _WeightItems(items, stores)
+
+
+class _WeightItems(list):
+    """``(name, tensor)`` pairs of a model's weights; :meth:`read` gives them with offloaded ones read from their
+    store one at a time (a model larger than memory is digested tensor by tensor)."""
+
+    def __init__(self, items, stores: dict | None):
+        super().__init__(items)
+        self.stores = stores
+
+    def read(self):
+        for key, t in self:
+            if t.device.type == "meta":
+                module, _, name = key.rpartition(".")
+                t = self.stores[module][name].to(t.dtype)  # in the dtype the model runs it in, as the hook casts it
+            yield key, t
+
+
+def _read(items):
+    """``items`` with their values readable (offloaded ones from their store: :meth:`_WeightItems.read`)."""
+    return items.read() if isinstance(items, _WeightItems) else items
+
+
+def _offload_stores(model) -> dict:
+    """``{module path: the store accelerate's hook on it loads its offloaded tensors from}``, by their own names."""
+    out = {}
+    for path, module in model.named_modules():
+        hook = getattr(module, "_hf_hook", None)
+        for h in getattr(hook, "hooks", (hook,)) if hook is not None else ():
+            store = getattr(h, "weights_map", None)
+            if store is not None:
+                out[path] = store
+    return out
 
 
 def _rounding(items) -> str:
@@ -147,7 +189,7 @@ def _rounding(items) -> str:
 def _digest(items, rounding: str) -> str:
     h = hashlib.sha256()
     dtype = _ROUNDINGS[rounding]
-    for key, t in items:
+    for key, t in _read(items):
         t = t.detach()
         if t.is_floating_point():
             t = t.to(dtype)
@@ -204,7 +246,10 @@ def weights_digest(model) -> dict | None:
     items = _weight_tensors(model)
     if items is None:
         return None
-    out = {r: _digest(items, r) for r in _ROUNDINGS}
+    try:
+        out = {r: _digest(items, r) for r in _ROUNDINGS}
+    except Exception:  # noqa: BLE001 - an offload store that cannot be read: nothing is checked
+        return None
     adapters = _adapter_state(_adapter_layers(model))
     if adapters is not None:
         out["adapters"] = adapters
@@ -224,6 +269,27 @@ STALE_BANK_MESSAGE = (
     "or a PEFT adapter added to it or merged into it), so its thresholds no longer spend the budgets they were "
     "fitted for; refit the bank on validation data, on the model as you serve it (EENetTrainer.fit_scheduler, "
     "hf-eenet fit-scheduler), or remove it (model.clear_scheduler_bank())")
+
+
+def _stale_message(items) -> str:
+    """:data:`STALE_BANK_MESSAGE`, and for weights a cast can explain the cause a cast alone can be: weights rounded
+    twice (saved in float16 and loaded as bfloat16, or cast from one to the other in memory) are other weights to
+    the digest (:func:`weights_digest`). Told by the weights: 16-bit weights, or float32 weights that all hold
+    16-bit values (cast down and back up; trained float32 weights never do)."""
+    held = sorted({str(t.dtype).removeprefix("torch.") for _, t in items
+                   if t.dtype in (torch.float16, torch.bfloat16)})
+    if not held:  # (read one tensor at a time; trained weights stop at the first)
+        held = [name for name, dtype in _ROUNDINGS.items()
+                if all(torch.equal(t, t.to(dtype).to(t.dtype)) for _, t in _read(items) if t.is_floating_point())][:1]
+        if not held:
+            return STALE_BANK_MESSAGE
+    return (f"{STALE_BANK_MESSAGE}. The model's weights are {held[0]} values: if they were only cast, they were "
+            "rounded twice (e.g. saved in float16 and loaded as bfloat16, or cast from one to the other in memory), "
+            "which gives other weights than one rounding of those the bank was fitted on: serve weights rounded once "
+            "from those (a 16-bit save loaded in its own precision, dtype=\"auto\", or the float32 weights cast "
+            "once); weights already rounded twice, and a save of them, need the bank refitted")
+
+
 #: the same weights, another function: the bank was fitted with the model's PEFT adapters in another state
 STALE_ADAPTERS_MESSAGE = (
     "the scheduler bank was fitted with the model's PEFT adapters in another state (switched on or off by "
@@ -295,7 +361,8 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
     (any change is seen: an in-place ``.data`` edit, a submodule's ``load_state_dict``). Otherwise (each request) the
     last verdict stands until a weight event in this process (:mod:`.weight_events`: an optimizer step anywhere, a
     ``load_state_dict`` of one of our models, a module / parameter / buffer set on any module) or an in-place write to
-    one of the model's tensors (the sum of their version counters: ~0.1 us a tensor per request); then the digest is
+    one of the model's tensors (the sum of their version counters: ~0.1 us a tensor per request) or a cast
+    of one (their dtypes); then the digest is
     computed again if a tensor's identity, storage or version counter changed or an optimizer stepped one of this
     model's parameters, and otherwise if the weights'
     sample changed (a master copy written back through ``.data``, as DeepSpeed ZeRO-1/2 does); an unrelated event
@@ -319,6 +386,7 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
             if items is None:
                 return None
             sig = _weights_signature(items)
+            versions = _versions(items)  # read before the digest: a write (or cast) during it is seen next request
         except Exception:  # noqa: BLE001 - a model whose state cannot be read here is not checked, never broken
             return None
         sample = _sample_or_none(items)
@@ -329,11 +397,14 @@ def stale_bank_reason(model, force: bool = False) -> str | None:
             return cache["reason"]
         layers = _adapter_layers(model)
         adapters = _adapter_state(layers)
-        reason = (STALE_BANK_MESSAGE if not _matches(items, want)
-                  else STALE_ADAPTERS_MESSAGE if want.get("adapters") != adapters else None)
+        try:
+            reason = (_stale_message(items) if not _matches(items, want)
+                      else STALE_ADAPTERS_MESSAGE if want.get("adapters") != adapters else None)
+        except Exception:  # noqa: BLE001 - an offload store that cannot be read: not checked, never broken
+            return None
         model.__dict__["_eenet_weights_check"] = {"want": want, "events": events, "sig": sig, "sample": sample,
                                                   "reason": reason, "layers": layers,
-                                                  "settings": _adapter_settings(layers), **_versions(items)}
+                                                  "settings": _adapter_settings(layers), **versions}
         return reason
 
 
@@ -363,17 +434,28 @@ def state_dict_for_save(model, state_dict: Mapping) -> tuple[dict, str | None]:
 
 
 def _versions(items) -> dict:
-    """The tensors whose version counters a request compares, and their sum when the weights were checked (read with
-    the signature: a write after it is seen at the next request)."""
-    tensors = [t for _, t in items if not t.is_inference()]
-    return {"tensors": tensors, "versions": version_total(tensors)}
+    """The tensors whose version counters and dtypes a request compares, with their sum and dtypes when the weights
+    were checked (read with the signature: a write after it is seen at the next request)."""
+    # (not offloaded ones: meta in the model, replaced by accelerate's hook after each forward that loads them)
+    tensors = [t for _, t in items if not t.is_inference() and t.device.type != "meta"]
+    return {"tensors": tensors, "versions": version_total(tensors), "dtypes": _dtypes(tensors)}
+
+
+def _dtypes(tensors) -> tuple:
+    """The tensors' dtypes: a cast (``.to(dtype)`` / ``.half()`` of the model or of any submodule) swaps each
+    ``param.data``, with no weight event and no version bump (~0.1 us a tensor)."""
+    return tuple(map(_DTYPE_OF, tensors))
+
+
+_DTYPE_OF = operator.attrgetter("dtype")
 
 
 def _still_current(cache, want, events) -> bool:
-    """Whether the last verdict stands: the same record, no weight event since, no in-place write to a tensor, the
-    PEFT tuner layers (if any) in the same state."""
+    """Whether the last verdict stands: the same record, no weight event since, no in-place write to a tensor, no
+    cast of one, the PEFT tuner layers (if any) in the same state."""
     return (cache is not None and cache["want"] is want and cache["events"] == events
-            and version_total(cache["tensors"]) == cache["versions"] and _same_adapters(cache))
+            and version_total(cache["tensors"]) == cache["versions"] and _dtypes(cache["tensors"]) == cache["dtypes"]
+            and _same_adapters(cache))
 
 
 def _same_adapters(cache) -> bool:
@@ -403,8 +485,8 @@ def seed_weights_check(model, weights: dict | None) -> None:
 
 
 def _sample_or_none(items):
-    try:
-        return weight_sample(t for _, t in items)
+    try:  # (offloaded weights, meta in the model, are not sampled: no optimizer writes them back through .data)
+        return weight_sample(t for _, t in items if t.device.type != "meta")
     except Exception:  # noqa: BLE001 - tensors whose bytes cannot be sampled: each event computes the digest
         return None
 
@@ -412,8 +494,10 @@ def _sample_or_none(items):
 def _weights_signature(items) -> tuple:
     """Cheap identity of the tensors (object, storage, dtype, device, in-place version counter). An inference tensor
     (made under ``torch.inference_mode()``) has no counter and can be written in that mode unseen: it gets a marker
-    that equals nothing, so after any weight event its model's digest is computed again."""
-    return tuple((k, id(t), t.data_ptr(), t.dtype, t.device, object() if t.is_inference() else t._version)
+    that equals nothing, so after any weight event its model's digest is computed again. An offloaded (meta) tensor
+    is told by its dtype alone: accelerate's hook sets a new meta Parameter after every forward that loaded it."""
+    return tuple((k, t.dtype, "meta") if t.device.type == "meta" else
+                 (k, id(t), t.data_ptr(), t.dtype, t.device, object() if t.is_inference() else t._version)
                  for k, t in items)
 
 
@@ -549,6 +633,50 @@ def without_inference_tensors(scheduler: nn.Module) -> nn.Module:
         return copy.deepcopy(scheduler)
 
 
+def bring_offloaded_bank_in(model) -> None:
+    """A ``device_map`` that offloads part of the model (to disk, or to the CPU beside a GPU) may put the scheduler
+    bank there too: accelerate then leaves its tensors on the ``meta`` device with forward hooks that would bring them
+    in. The bank is read directly, not through a forward (its verification, fingerprints, thresholds), and it is
+    small, so its tensors are read from the offload store onto the hooks' execution device and its hooks removed (at
+    load, and where accelerate's ``cpu_offload`` / ``disk_offload`` offloaded a loaded model: before its bank is
+    checked). Raises ``ValueError`` naming ``eenet_schedulers`` when a tensor cannot be read back."""
+    bank = getattr(model, "eenet_schedulers", None)
+    if bank is None or not any(t.is_meta for t in (*bank.parameters(), *bank.buffers())):
+        return
+    with _BRING_LOCK:  # two first requests at once: one reads the bank in, the other finds it in
+        if any(t.is_meta for t in (*bank.parameters(), *bank.buffers())):
+            _read_bank_in(bank)
+
+
+_BRING_LOCK = threading.Lock()
+
+
+def _read_bank_in(bank) -> None:
+    try:  # (under try: a Hub load with trust_remote_code does not require accelerate for the shipped file)
+        from accelerate.hooks import remove_hook_from_module
+        from accelerate.utils import set_module_tensor_to_device
+    except ImportError as err:  # meta tensors without accelerate: not an offload this can read back
+        raise ValueError("the scheduler bank's tensors are on the meta device (not loaded): load the model with its "
+                         "bank on a device") from err
+
+    for module in bank.modules():
+        hook = getattr(module, "_hf_hook", None)
+        for h in getattr(hook, "hooks", (hook,)) if hook is not None else ():
+            store, device = getattr(h, "weights_map", None), getattr(h, "execution_device", None)
+            if store is None or device is None:
+                continue
+            for name, t in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
+                if t.is_meta:
+                    with contextlib.suppress(KeyError):
+                        set_module_tensor_to_device(module, name, device, value=store[name])
+    remove_hook_from_module(bank, recurse=True)
+    left = [n for n, t in (*bank.named_parameters(), *bank.named_buffers()) if t.is_meta]
+    if left:
+        raise ValueError(f"the device_map offloaded the scheduler bank ('eenet_schedulers') and {len(left)} of its "
+                         f"tensors could not be read back ({left[:3]}): place it on a device, e.g. device_map="
+                         "{..., 'eenet_schedulers': 0} (it is a few MB at most)")
+
+
 def check_entry(model, index: int) -> None:
     """Check before serving bank entry ``index`` (config ↔ scheduler; no digest). The full check runs once per state
     of the entry: it is repeated only when the scheduler's tensors or the config's budget/costs changed since the last
@@ -558,6 +686,8 @@ def check_entry(model, index: int) -> None:
     sig = _entry_signature(model, index)
     if cache.get(index) == sig:
         return
+    bring_offloaded_bank_in(model)  # (accelerate's cpu_offload / disk_offload of a loaded model: its tensors changed)
+    sig = _entry_signature(model, index)
     check_scheduler(model.eenet_schedulers[index], cfg, float(cfg.scheduler_budgets[index]), where="before serving")
     cache[index] = sig
 
@@ -566,6 +696,7 @@ def verify_bank(model, where: str = "check") -> list[dict]:
     """Full check of ``model``'s bank against its config; returns the records. Raises :class:`BankIntegrityError`."""
     cfg = model.config
     budgets = [float(b) for b in (cfg.scheduler_budgets or [])]
+    bring_offloaded_bank_in(model)
     schedulers = list(model.eenet_schedulers)
     records = cfg.scheduler_bank
     if len(budgets) != len(schedulers):

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .configuration_eenet import flops_exit_costs, max_input_tokens
+from .engine import input_device
 from .policies import ExitPolicy
 
 
@@ -100,7 +101,7 @@ def profile_exit_costs(
         raise ValueError("batch_size and repeats must be >= 1")
     if decision_policy is not None and not isinstance(decision_policy, ExitPolicy) and decision_policy != "eenet":
         raise ValueError(f"decision_policy must be 'eenet', an ExitPolicy or None, got {decision_policy!r}")
-    device = next(model.parameters()).device
+    device = input_device(model)
     if tokenizer is not None:
         if texts is None:
             if text_pairs is not None:

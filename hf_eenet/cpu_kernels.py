@@ -13,7 +13,7 @@ work fused in cost less again. With the layer's own parameters, the fused layer 
 which is the stock ``BertLayer`` / ``RobertaLayer`` forward in eval mode; results agree with it to the dtype's
 rounding (float32: ~1e-6; tests: ``tests/test_cpu_kernels.py``). The fused path is taken only where it computes
 exactly that: the model is in eval mode, autograd is off, the hidden states are on the CPU in the weights' dtype
-(float32 or bfloat16), no autocast, transformers' own SDPA or eager attention, no global forward hooks, and the
+(float32, or bfloat16 where this CPU has oneDNN's bfloat16 kernels), no autocast, transformers' own SDPA or eager attention, no global forward hooks, and the
 layer is a stock encoder layer whose modules are the stock ones, in eval mode, without hooks or patched
 ``forward``. Anything else runs the stock layer, layer by layer (``_plain_parts`` lists every case: LoRA / int8
 Linears, MC dropout, accelerate offload, decoder layers, chunked feed-forward, ...).
@@ -56,6 +56,14 @@ def fused_kernels_available() -> bool:
         and hasattr(ops, "_linear_pointwise")
         and hasattr(ops, "_reorder_linear_weight")
     )
+
+
+def _fused_dtypes() -> tuple[torch.dtype, ...]:
+    """The hidden-state dtypes the fused layers run: float32, and bfloat16 where oneDNN has bfloat16 kernels on this
+    CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT; without them packing a bfloat16 weight raises, and the stock layers
+    run)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return (torch.float32, torch.bfloat16) if check is not None and check() else (torch.float32,)
 
 
 def _plain_parts(layer: nn.Module):
@@ -238,7 +246,7 @@ class FusedCPULayers:
         self._drop_moved()
         if (
             hidden.device.type != "cpu"
-            or hidden.dtype not in (torch.float32, torch.bfloat16)
+            or hidden.dtype not in _fused_dtypes()
             or torch.is_autocast_enabled("cpu")
             or not _stock_attention(model.config._attn_implementation)
             or nn.modules.module._global_forward_hooks

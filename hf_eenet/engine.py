@@ -204,11 +204,28 @@ def _rows_from_lists(encodings) -> list[dict[str, torch.Tensor]] | None:
     return [{key: parts[i] for key, parts in per_key.items()} for i in range(len(ids))]
 
 
+def input_device(model) -> torch.device:
+    """Where a model's inputs (and its scheduler bank) go: the model's device, or, for a model whose first weights
+    accelerate offloaded (``device_map`` with disk / CPU offload: they sit on ``meta``), the device the hooks on its
+    embeddings (or on their parts) run them on."""
+    device = model.device
+    if device.type != "meta":
+        return device
+    for module in model.backbone.embeddings.modules():
+        hook = getattr(module, "_hf_hook", None)
+        for h in getattr(hook, "hooks", (hook,)) if hook is not None else ():
+            found = getattr(h, "execution_device", None)
+            if found is not None:
+                return torch.device(f"cuda:{found}" if isinstance(found, int) else found)
+    raise ValueError("the model's weights are on the meta device with no accelerate hook to run them: load it with a "
+                     "device_map that places them, or without one")
+
+
 class _Chunk:
     """Device tensors of one chunk in wave order (length-sorted, compacted as rows leave) + host bookkeeping."""
 
     def __init__(self, model, rows: list[dict[str, torch.Tensor]], micro_batch_size: int):
-        device = model.device
+        device = input_device(model)
         n = len(rows)
         lengths = [r["input_ids"].shape[0] for r in rows]
         order = sorted(range(n), key=lambda i: -lengths[i])  # stable: ties keep input order

@@ -38,6 +38,7 @@ from .bank import (
     same_scheduler_config,
     scheduler_config_json,
     atomic_save_dir,
+    bring_offloaded_bank_in,
     check_entry,
     check_loading_info,
     check_scheduler,
@@ -710,7 +711,8 @@ class EENetModelMixin:
     def use_fused_cpu_layers(self, enabled: bool = True):
         """Run the encoder layers with fused oneDNN kernels on the CPU (``hf_eenet/cpu_kernels.py``); returns ``self``.
 
-        Applies to inference only (eval mode, no autograd, CPU, float32 / bfloat16 weights, no autocast): every
+        Applies to inference only (eval mode, no autograd, CPU, float32 weights, bfloat16 where the CPU has oneDNN's
+        bfloat16 kernels, no autocast): every
         forward of this model then runs each stock layer as packed GEMMs with the residual adds and GELU fused in,
         the same function to the dtype's rounding; anything the fused layer cannot reproduce exactly runs the stock
         layer. Costs a second copy of the encoder's Linear weights while enabled; ``enabled=False`` frees it.
@@ -768,7 +770,9 @@ class EENetModelMixin:
         return fused.layer_calls(self, hidden)
 
     def _install_bank(self, entries: dict, scheduler_config: dict) -> None:
-        device = next(self.parameters()).device
+        from .engine import input_device
+
+        device = input_device(self)  # (not meta where a device_map offloaded the first weights)
         budgets = sorted(entries)
         self.eenet_schedulers = SchedulerBank([entries[b][0].to(device) for b in budgets]).frozen()
         self.config.scheduler_config = scheduler_config
@@ -802,7 +806,15 @@ class EENetModelMixin:
         fused = self.__dict__.get("_eenet_fused_cpu")
         if fused is not None:
             fused.clear()
-        return super()._apply(fn, *args, **kwargs)
+        before = [t.dtype for t in self.parameters()]
+        out = super()._apply(fn, *args, **kwargs)
+        if [t.dtype for t in self.parameters()] != before:
+            # a cast of the model: the next request compares the weights with the bank's record again (cast twice,
+            # e.g. float16 then bfloat16, they are other weights, as the same weights saved and loaded are). A
+            # request sees a cast of a submodule by the tensors' dtypes (bank._still_current); this also sees casts
+            # there and back between two requests, and new Parameters (torch.__future__'s overwrite on conversion)
+            self.__dict__.pop("_eenet_weights_check", None)
+        return out
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -821,6 +833,7 @@ class EENetModelMixin:
         _refuse_moved_exits(cls, path, kwargs, read_saved)
         _drop_bank_for_other_classes(cls, path, kwargs, read_saved)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        bring_offloaded_bank_in(model)
         model.config._validate_eenet()
         loaded = _last_exit_loaded(model, info)
         # read by EENetTrainer: a frozen classifier is a kept fine-tuned one when these very parameters were loaded
@@ -1178,7 +1191,14 @@ class EENetModelMixin:
         bookkeeping of rows leaving a batch (the row runs until an exit accepts it; one host read per exit decided,
         as in the batch loop). Returns ``(logits [1, C], exit_index [1], None)``."""
         last = self.config.num_exits - 1
-        for i, layer in enumerate(self._layer_calls(hidden)):
+        calls = self._layer_calls(hidden)
+        # the stock ModuleList is indexed, not iterated: under torch.compile the host read below breaks the graph
+        # inside this loop, and TorchDynamo cannot resume a loop over a module list's iterator ('NameError:
+        # ___tuple_iterator_getitem'); the fused CPU layers come as a lazy iterator
+        stock = isinstance(calls, nn.ModuleList)
+        it = None if stock else iter(calls)
+        for i in range(len(self.backbone.encoder.layer)):
+            layer = calls[i] if stock else next(it)
             hidden = layer(hidden, mask)
             k = exit_at.get(i + 1)
             if k is None:

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from .bank import data_fingerprint
+from .engine import input_device
 from .modeling_eenet import exit_softmax
 from .validation import check_budget_fraction, check_texts
 
@@ -149,7 +150,7 @@ def exit_probabilities(model, tokenizer, texts, *, text_pairs=None, batch_size: 
         from .configuration_eenet import max_input_tokens
 
         max_length = max_input_tokens(model.config, tokenizer)
-    device = next(model.parameters()).device
+    device = input_device(model)  # (not meta where a device_map offloaded the first weights)
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     out = []
     starts = range(0, len(texts), batch_size)

@@ -25,6 +25,7 @@ from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from .bank import SAVE_LEFTOVER_PATTERNS, atomic_save_dir, data_fingerprint, recover_leftovers_in
 from .configuration_eenet import pairing_mismatch
+from .engine import input_device
 from .evaluation import evaluate_exits
 from .modeling_eenet import exit_softmax
 from .scheduler import EENetScheduler
@@ -1158,7 +1159,7 @@ class EENetTrainer(Trainer):
         # the float32 softmax serving decides on (exit_softmax), not a float64 one: saturated exits differ in the
         # last bit, and a bank fitted on other scores than the served ones misses its budget
         logits = torch.from_numpy(np.ascontiguousarray(_exit_logits_from_predictions(pred.predictions), np.float32))
-        device = next(self.accelerator.unwrap_model(self.model).parameters()).device  # where serving computes it
+        device = input_device(self.accelerator.unwrap_model(self.model))  # where serving computes it
         probs = exit_softmax(logits.to(device)).cpu().numpy()
         if pred.label_ids is None:
             if require_labels:

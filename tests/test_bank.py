@@ -514,11 +514,36 @@ def test_a_bank_fitted_for_other_weights_is_refused_however_the_weights_changed(
             model.verify_scheduler_bank()
         with pytest.raises(BankIntegrityError, match="fitted for other weights"):
             model(**batch, budget=0.5)  # the verdict stands once seen
-    # weights rounded twice are other weights (documented); a refit records the weights as they are
+    # weights rounded twice are other weights (documented); a refit records the weights as they are. A cast swaps
+    # param.data (no weight event, no version bump): the verdict a request cached before it is not kept (review 104:
+    # float16 then bfloat16 in memory was served, while the same weights saved and loaded were refused)
+    # a cast of submodules is seen by the tensors' dtypes (review 105), and a cast there and back between two requests
+    # by the model's own _apply; the refusal names the cast as a possible cause when the weights hold 16-bit values
+    twice = "fitted for other weights.*weights are bfloat16 values.*rounded twice"
+    for second_cast in (lambda m: m.bfloat16(), lambda m: [c.bfloat16() for c in m.children()],
+                        lambda m: m.bfloat16().float()):
+        model.float().load_state_dict(original)
+        model(**batch, budget=0.5)
+        model.half()
+        model(**batch, budget=0.5)  # cast once: served
+        second_cast(model)
+        with pytest.raises(BankIntegrityError, match=twice):
+            model(**batch, budget=0.5)
+        with pytest.raises(BankIntegrityError, match=twice):
+            model.verify_scheduler_bank()
+    model.float().load_state_dict(original)
+    model(**batch, budget=0.5)
+    model.to("cpu")  # neither a cast nor a change: the verdict stands without a second check
+    verdict = model.__dict__["_eenet_weights_check"]
+    model(**batch, budget=0.5)
+    assert model.__dict__["_eenet_weights_check"] is verdict
+    with torch.no_grad():
+        model.classifier.bias.add_(0.5)  # trained-like float32 weights: no cast named
+    with pytest.raises(BankIntegrityError, match="fitted for other weights") as err:
+        model(**batch, budget=0.5)
+    assert "rounded twice" not in str(err.value)
     model.load_state_dict(original)
     model.half().bfloat16()
-    with pytest.raises(BankIntegrityError, match="fitted for other weights"):
-        model.verify_scheduler_bank()
     model.float()
     new_probs = all_exit_probs(model, batch)
     model.set_scheduler_bank({0.5: EENetScheduler(**FAST).fit(new_probs, labels, model.config.exit_costs, 0.5)})

@@ -962,3 +962,136 @@ def test_extra_tokenizer_outputs_are_not_model_inputs_on_any_path(banked, extra)
     assert [clf(t, **kw)[0] for t in texts[:4]] == want  # one text: the per-request loop
     assert clf(texts[:4], **kw) == want  # a list: depth waves
     assert clf(texts[:4], chunk_size=0, batch_size=2, **kw) == want  # the per-batch loop
+
+
+def offloaded_load(folder, where, offload_folder, **load):
+    """``from_pretrained`` of ``folder`` with a device_map that puts ``where`` on disk: the bank, a part of the
+    embeddings (the first weights: ``model.device`` is meta) with the bank, or the whole model."""
+    if where == "all_on_disk":
+        kw = {"device_map": "auto", "max_memory": {"cpu": "10KB"}}
+    else:
+        disk = {"bank_on_disk": ("eenet_schedulers",),
+                "word_embeddings_on_disk": ("eenet_schedulers", "bert.embeddings.word_embeddings")}[where]
+        rest = ("bert.embeddings.position_embeddings", "bert.embeddings.token_type_embeddings",
+                "bert.embeddings.LayerNorm", "bert.embeddings.dropout", "bert.encoder", "bert.pooler", "exit_heads",
+                "dropout", "classifier", "eenet_schedulers", "bert.embeddings.word_embeddings")
+        kw = {"device_map": {name: "disk" if name in disk else "cpu" for name in rest}}
+    model = hf_eenet.EENetBertForSequenceClassification.from_pretrained(folder, offload_folder=str(offload_folder),
+                                                                        **kw, **load)
+    assert "disk" in set(model.hf_device_map.values())
+    return model.eval()
+
+
+OFFLOADS = ["bank_on_disk", "word_embeddings_on_disk", "all_on_disk"]
+
+
+@pytest.mark.parametrize("where", OFFLOADS)
+def test_a_device_map_that_offloads_the_bank_serves_what_the_model_in_memory_serves(banked, tmp_path, where):
+    """accelerate's big-model offload (reviews 104, 105): a device_map may put the scheduler bank (or the whole model)
+    on disk. It crashed on load (the bank's meta tensors were verified); the bank is read back onto the hooks' device
+    and early_exit_predict runs a model whose first weights are offloaded (the embeddings' own hook, or a part's)."""
+    model, tok, texts = banked
+    model.save_pretrained(tmp_path / "m")
+    offloaded = offloaded_load(tmp_path / "m", where, tmp_path / "off")
+    for (name, t), (_, ref) in zip(offloaded.eenet_schedulers.state_dict().items(),
+                                   model.eenet_schedulers.state_dict().items()):
+        assert t.device.type == "cpu" and torch.equal(t, ref), name
+    for budget in (0.4, 0.7):
+        got = offloaded.early_exit_predict(texts[:24], tokenizer=tok, budget=budget)
+        want = model.early_exit_predict(texts[:24], tokenizer=tok, budget=budget)
+        assert torch.equal(got["exit_layer"], want["exit_layer"])
+        torch.testing.assert_close(got["logits"], want["logits"])
+        with torch.no_grad():
+            for text in texts[:4]:
+                enc = tok(text, return_tensors="pt")
+                assert int(offloaded(**enc, budget=budget).exit_index) == int(model(**enc, budget=budget).exit_index)
+
+
+def test_a_compiled_model_serves_one_text_per_call_as_the_model_does(banked):
+    """torch.compile(model) behind a one-request-per-call server (review 104): the one-row loop's host read broke the
+    graph inside a loop over the layers' ModuleList, which TorchDynamo could not resume (NameError
+    ___tuple_iterator_getitem on the first request)."""
+    model, tok, texts = banked
+    compiled = torch.compile(model, backend="eager")
+    clf, ref = (pipeline("text-classification", model=m, tokenizer=tok) for m in (compiled, model))
+    for text in texts[:3]:
+        assert clf(text, budget=0.4) == ref(text, budget=0.4)
+        with torch.no_grad():
+            enc = tok(text, return_tensors="pt")
+            got, want = compiled(**enc, budget=0.7), model(**enc, budget=0.7)
+        assert torch.equal(got.exit_index, want.exit_index)
+        torch.testing.assert_close(got.logits, want.logits)
+
+
+@pytest.mark.parametrize("where", OFFLOADS)
+def test_offloaded_weights_are_checked_against_the_bank_and_a_bank_fitted_there_saves(banked, tmp_path, where):
+    """Reviews 105, 106: offloaded (meta) weights were never compared with the bank's record, so a folder whose
+    weights changed after its bank was fitted served silently when loaded with a device_map (in memory: warned and
+    refused), and then in the store's dtype, not the one the model runs them in; add_scheduler / set_scheduler_bank
+    moved the bank to the meta device (the first parameter's) and lost it; exit_probabilities ran on meta."""
+    model, tok, texts = banked
+    edited = copy.deepcopy(model)
+    with torch.no_grad():  # (offloaded in two of the layouts)
+        edited.bert.embeddings.word_embeddings.weight[:, 0] += 0.5
+    with pytest.warns(UserWarning, match="saving a stale bank"):
+        edited.save_pretrained(tmp_path / "edited")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stale = offloaded_load(tmp_path / "edited", where, tmp_path / "off1")
+    assert any("fitted for other weights" in str(w.message) for w in caught)
+    with pytest.raises(hf_eenet.BankIntegrityError, match="fitted for other weights"):
+        stale.verify_scheduler_bank()
+    with pytest.raises(hf_eenet.BankIntegrityError, match="fitted for other weights"):
+        stale.early_exit_predict(texts[:4], tokenizer=tok, budget=0.4)
+
+    model.save_pretrained(tmp_path / "m")
+    # cast after an offloaded load: the store's float16 weights run as bfloat16 (rounded twice), checked as such
+    half = offloaded_load(tmp_path / "m", where, tmp_path / "off3", dtype=torch.float16)
+    half.early_exit_predict(texts[:4], tokenizer=tok, budget=0.4)
+    half.bfloat16()
+    with pytest.raises(hf_eenet.BankIntegrityError, match="rounded twice"):
+        half.early_exit_predict(texts[:4], tokenizer=tok, budget=0.4)
+    offloaded = offloaded_load(tmp_path / "m", where, tmp_path / "off2")
+    # the refit paths a refusal points to run on the device the model runs on (were: the meta device)
+    np.testing.assert_array_equal(hf_eenet.exit_probabilities(offloaded, tok, texts[:8], progress=False),
+                                  hf_eenet.exit_probabilities(model, tok, texts[:8], progress=False))
+    with torch.no_grad():
+        probs = model(**tok(texts[:30], padding=True, return_tensors="pt")).exit_logits.softmax(-1)
+    labels = torch.arange(30) % 2  # (a random tiny model predicts one class: some exits right, some wrong)
+    sched = hf_eenet.EENetScheduler(restarts=1, max_epochs=20).fit(probs, labels, model.config.exit_costs, 0.5, seed=0)
+    in_memory = copy.deepcopy(model)
+    in_memory.add_scheduler(copy.deepcopy(sched), 0.5)
+    offloaded.add_scheduler(sched, 0.5)
+    assert {t.device.type for t in offloaded.eenet_schedulers.state_dict().values()} == {"cpu"}
+    want = in_memory.early_exit_predict(texts[:16], tokenizer=tok, budget=0.5)["exit_layer"]
+    assert torch.equal(offloaded.early_exit_predict(texts[:16], tokenizer=tok, budget=0.5)["exit_layer"], want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # transformers: saving a model with offloaded modules
+        offloaded.save_pretrained(tmp_path / "again")
+    reloaded = type(model).from_pretrained(tmp_path / "again").eval()
+    assert reloaded.config.scheduler_budgets == [0.4, 0.5, 0.7]
+    assert reloaded.verify_scheduler_bank()
+    assert torch.equal(reloaded.early_exit_predict(texts[:16], tokenizer=tok, budget=0.5)["exit_layer"], want)
+
+
+@pytest.mark.parametrize("offload", ["cpu_offload", "disk_offload"])
+def test_accelerate_offload_of_a_loaded_model_brings_its_bank_back_before_serving(banked, tmp_path, offload):
+    """Review 106: accelerate's cpu_offload / disk_offload of a model in memory put the bank on the meta device too;
+    every budget then failed with "Tensor.item() cannot be called on meta tensors"."""
+    import accelerate
+
+    model, tok, texts = banked
+    offloaded = copy.deepcopy(model)
+    if offload == "cpu_offload":
+        accelerate.cpu_offload(offloaded, execution_device="cpu")
+    else:
+        accelerate.disk_offload(offloaded, str(tmp_path / "off"), execution_device="cpu")
+    assert all(t.is_meta for t in offloaded.eenet_schedulers.parameters())
+    if offload == "cpu_offload":  # the first call to read the bank: verify_bank's own bring-in (else check_entry's)
+        assert offloaded.verify_scheduler_bank()
+    want = model.early_exit_predict(texts[:16], tokenizer=tok, budget=0.4)
+    got = offloaded.early_exit_predict(texts[:16], tokenizer=tok, budget=0.4)
+    assert torch.equal(got["exit_layer"], want["exit_layer"])
+    torch.testing.assert_close(got["logits"], want["logits"])
+    assert not any(t.is_meta for t in offloaded.eenet_schedulers.parameters())
+    assert offloaded.verify_scheduler_bank()
