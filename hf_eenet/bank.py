@@ -169,12 +169,17 @@ def _read(items):
     return items.read() if isinstance(items, _WeightItems) else items
 
 
+def accelerate_hooks(module: nn.Module) -> tuple:
+    """The accelerate hooks set on ``module`` itself (a ``SequentialHook``'s parts; none without accelerate)."""
+    hook = getattr(module, "_hf_hook", None)
+    return () if hook is None else tuple(getattr(hook, "hooks", (hook,)))
+
+
 def _offload_stores(model) -> dict:
     """``{module path: the store accelerate's hook on it loads its offloaded tensors from}``, by their own names."""
     out = {}
     for path, module in model.named_modules():
-        hook = getattr(module, "_hf_hook", None)
-        for h in getattr(hook, "hooks", (hook,)) if hook is not None else ():
+        for h in accelerate_hooks(module):
             store = getattr(h, "weights_map", None)
             if store is not None:
                 out[path] = store
@@ -660,8 +665,7 @@ def _read_bank_in(bank) -> None:
                          "bank on a device") from err
 
     for module in bank.modules():
-        hook = getattr(module, "_hf_hook", None)
-        for h in getattr(hook, "hooks", (hook,)) if hook is not None else ():
+        for h in accelerate_hooks(module):
             store, device = getattr(h, "weights_map", None), getattr(h, "execution_device", None)
             if store is None or device is None:
                 continue

@@ -211,9 +211,10 @@ def input_device(model) -> torch.device:
     device = model.device
     if device.type != "meta":
         return device
+    from .bank import accelerate_hooks
+
     for module in model.backbone.embeddings.modules():
-        hook = getattr(module, "_hf_hook", None)
-        for h in getattr(hook, "hooks", (hook,)) if hook is not None else ():
+        for h in accelerate_hooks(module):
             found = getattr(h, "execution_device", None)
             if found is not None:
                 return torch.device(f"cuda:{found}" if isinstance(found, int) else found)
