@@ -15,8 +15,8 @@ rounding (float32: ~1e-6; tests: ``tests/test_cpu_kernels.py``). The fused path 
 exactly that: the model is in eval mode, autograd is off, the hidden states are on the CPU in the weights' dtype
 (float32, or bfloat16 where this CPU has oneDNN's bfloat16 kernels), no autocast, transformers' own SDPA or eager
 attention, no global forward hooks, and the layer is a stock encoder layer whose modules are the stock ones, in eval
-mode, without hooks or patched ``forward``. Anything else runs the stock layer, layer by layer (``_plain_parts`` lists every case: LoRA / int8
-Linears, MC dropout, accelerate offload, decoder layers, chunked feed-forward, ...).
+mode, without hooks or patched ``forward``. Anything else runs the stock layer, layer by layer (``_plain_parts`` lists
+every case: LoRA / int8 Linears, MC dropout, accelerate offload, decoder layers, chunked feed-forward, ...).
 
 Memory: the packed copies hold the encoder's Linear weights a second time while enabled (float32: 40 MiB for
 MiniLM-L6, 324 MiB for BERT-base); ``use_fused_cpu_layers(False)`` drops them. Staleness: an entry is rebuilt when

@@ -713,8 +713,9 @@ class EENetModelMixin:
 
         Applies to inference only (eval mode, no autograd, CPU, float32 weights, bfloat16 where the CPU has oneDNN's
         bfloat16 kernels, no autocast): every forward of this model then runs each stock layer as packed GEMMs with
-        the residual adds and GELU fused in, the same function to the dtype's rounding; anything the fused layer cannot reproduce exactly runs the stock
-        layer. Costs a second copy of the encoder's Linear weights while enabled; ``enabled=False`` frees it.
+        the residual adds and GELU fused in, the same function to the dtype's rounding; anything the fused layer
+        cannot reproduce exactly runs the stock layer. Costs a second copy of the encoder's Linear weights while
+        enabled; ``enabled=False`` frees it.
         Optimizer steps (fused ones and steps over master copies written back through ``.data`` included),
         ``model.train()`` / ``model.eval()`` and every forward with autograd on drop the packed weights by
         themselves; an edit through ``.data`` in eval mode with no optimizer step after it (it bypasses the version
