@@ -81,6 +81,20 @@ def load_model_outputs(model_dir, results_path):
             res, lat, info)
 
 
+def load_seeds_run(seeds_json, model_dir=None):
+    """A committed ``eenet_seeds_<name>.json`` of a model's run and that model's outputs -> (ref, val_probs,
+    val_labels, test_probs, test_labels); ``model_dir`` (default: the one the JSON names; relative paths from the
+    repository root) for a model trained again elsewhere."""
+    ref = json.loads(Path(seeds_json).read_text())
+    inp = ref["inputs"]
+    if "model_dir" not in inp:
+        raise SystemExit("--seeds_json must come from a model run (it names model_dir and results)")
+    model_dir = Path(model_dir or inp["model_dir"])
+    val_p, val_y, test_p, test_y, _, _, _ = load_model_outputs(
+        model_dir if model_dir.is_absolute() else ROOT / model_dir, ROOT / inp["results"])
+    return ref, val_p, val_y, test_p, test_y
+
+
 def decision_inclusive_costs(lat_ms, decision_ms):
     """As ``profile_exit_costs``: decision times added, then made increasing (``monotone_latencies``)."""
     k_total = len(lat_ms)

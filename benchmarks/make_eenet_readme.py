@@ -100,6 +100,7 @@ def section(name: str, path: str, res: dict) -> list[str]:
                          f" | {r['best_baseline']:.2f} | {r['bound_minus_best_baseline']:+.2f} |")
     lines += ["", f"Command: `{res['command']}`", ""]
     lines += rematch_section(name)
+    lines += fit_size_section(name)
     return lines
 
 
@@ -131,6 +132,46 @@ def rematch_section(name: str) -> list[str]:
     lines += ["", "Largest EENet cost deviation over budgets and seeds: " +
               ", ".join(f"{label[m]} {100 * worst[m]:.1f} %" for m in modes) + ".", "",
               f"Command: `{res['command']}`", ""]
+    return lines
+
+
+def fit_size_section(name: str) -> list[str]:
+    """The ``benchmarks/fit_size.py`` table for this dataset, if committed."""
+    path = ROOT / "benchmarks" / "results" / f"fit_size_{name}.json"
+    if not path.exists():
+        return []
+    res = json.loads(path.read_text())
+    by = {(r["budget"], r["mode"]): r for r in res["summary"]}
+    modes = res["modes"]
+    rows = res["fitting_rows"]
+    def n_rows(v):  # one count, or one per test half
+        v = [v] if isinstance(v, int) else v
+        return f"{v[0]:,}" if min(v) == max(v) else f"{min(v):,}–{max(v):,}"
+
+    label = {m: f"{m} ({n_rows(rows[m])} rows)" for m in modes}
+    seeds_res = json.loads((ROOT / res["seeds_json"]).read_text())
+    same = [abs(r["eenet_mean"] - by[(r["budget"], modes[0])]["eenet_mean"]) < 1e-9 for r in seeds_res["summary"]
+            if (r["budget"], modes[0]) in by]
+    lines = [f"**{TITLES.get(name, name).split(' (')[0]}: twice the labelled fitting rows** — "
+             f"`{path.relative_to(ROOT).as_posix()}`. Each half of the test set is scored with every method fitted on "
+             "the validation rows, or on the validation rows plus the other test half with its labels, so every test "
+             "row is scored once and never fitted on (per-exit test accuracy "
+             f"{' / '.join(f'{a:.1f}' for a in res['per_exit_test_accuracy'])}; costs and seeds "
+             f"{', '.join(map(str, res['seeds']))} from `{res['seeds_json']}`, whose EENet accuracy the validation "
+             f"column {'reproduces at every budget' if same and all(same) else 'does not reproduce'}). EENet − best "
+             "baseline in points (mean ± sd over seeds) and how many of the fits fell back to a fixed rule:", "",
+             "| budget | " + " | ".join(f"EENet − best, {label[m]}" for m in modes) + " | " +
+             " | ".join(f"fallbacks, {m}" for m in modes) + " |",
+             "|---:|" + "---:|" * (2 * len(modes))]
+    for b in res["budgets"]:
+        r = [by[(b, m)] for m in modes]
+        lines.append(f"| {b:.2f} | " + " | ".join(f"{x['margin_mean_pt']:+.2f} ± {x['margin_sd_pt']:.2f}" for x in r)
+                     + " | " + " | ".join(f"{x['fallbacks']} of {x['fits']}" for x in r) + " |")
+    worst = {m: min(by[(b, m)]["margin_mean_pt"] for b in res["budgets"]) for m in modes}
+    wins = {m: sum(by[(b, m)]["margin_mean_pt"] >= 0.5 for b in res["budgets"]) for m in modes}
+    lines += ["", "Worst EENet − best baseline / budgets with ≥ +0.5 pt: " + ", ".join(
+        f"{label[m]} {worst[m]:+.2f} pt / {wins[m]} of {len(res['budgets'])}" for m in modes) + ".", "",
+        f"Command: `{res['command']}`", ""]
     return lines
 
 

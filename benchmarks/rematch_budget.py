@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from eenet_seeds import load_model_outputs  # noqa: E402
+from eenet_seeds import load_seeds_run  # noqa: E402
 from hf_eenet.evaluation import evaluate_exits  # noqa: E402
 from hf_eenet.reporting import BASELINES  # noqa: E402
 from hf_eenet.scheduler import EENetScheduler  # noqa: E402
@@ -65,12 +65,8 @@ def main(argv=None):
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    ref = json.loads(Path(args.seeds_json).read_text())
+    ref, val_p, val_y, test_p, test_y = load_seeds_run(args.seeds_json)
     inp = ref["inputs"]
-    if "model_dir" not in inp:
-        raise SystemExit("--seeds_json must come from a model run (it names model_dir and results)")
-    val_p, val_y, test_p, test_y, _, _, _ = load_model_outputs(ROOT / inp["model_dir"] if not Path(
-        inp["model_dir"]).is_absolute() else inp["model_dir"], ROOT / inp["results"])
     costs, budgets, seeds = ref["costs"], ref["budgets"], ref["seeds"]
     parts = halves(len(test_y), args.split_seed)
     sizes = [s.strip() for s in args.traffic_rows.split(",")]

@@ -64,7 +64,8 @@ $PY benchmarks/make_readme_results.py
 
 # 6. Issue 12: EENet over 3 scheduler seeds vs every baseline (decision time in the costs), the SST-5 ablation (its
 #    decision times are reused by the SST-5 main table, so both score the same costs), the synthetic generator;
-#    then budget drift validation -> test and thresholds re-matched on unlabelled traffic.
+#    then budget drift validation -> test and thresholds re-matched on unlabelled traffic, and SST-5 with twice the
+#    labelled fitting rows.
 $PY benchmarks/eenet_seeds.py --model_dir outputs/sst2 --results model_cards/sst2/results.json --name sst2 --bound
 $PY benchmarks/eenet_seeds.py --model_dir outputs/ag_news --results model_cards/ag_news/results.json --name ag_news --bound
 $PY benchmarks/eenet_seeds.py --model_dir outputs/sst5 --results model_cards/sst5/results.json --name sst5_ablation \
@@ -76,4 +77,6 @@ $PY benchmarks/eenet_seeds.py --synthetic agreement --budgets 0.3,0.5,0.7
 $PY benchmarks/eenet_seeds.py --synthetic agreement --budgets 0.3,0.5,0.7 --ablation --name synthetic_agreement_ablation
 $PY benchmarks/rematch_budget.py --seeds_json benchmarks/results/eenet_seeds_sst5.json --traffic_rows 250,all
 $PY benchmarks/rematch_budget.py --seeds_json benchmarks/results/eenet_seeds_ag_news.json --traffic_rows 250,all
+# does twice the labelled fitting rows (validation + the other test half) move EENet - best baseline on SST-5?
+$PY benchmarks/fit_size.py --seeds_json benchmarks/results/eenet_seeds_sst5.json
 $PY benchmarks/make_eenet_readme.py

@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from transformers import BertConfig, RobertaConfig
+from transformers import BertConfig, PreTrainedConfig, RobertaConfig
 
 EXIT_POOLINGS = ("cls", "mean")
 
@@ -79,13 +79,34 @@ def validate_exit_layers(exit_layers, num_hidden_layers: int) -> list[int]:
     return layers
 
 
+#: the stock model types each of our model types reads as its own family: the same modules under the same weight names
+#: (XLM-RoBERTa and CamemBERT are RoBERTa models with other vocabularies)
+FAMILY_MODEL_TYPES = {"eenet-bert": ("bert",), "eenet-roberta": ("roberta", "xlm-roberta", "camembert")}
+
+
+def eenet_model_type(model_type) -> str | None:
+    """Our model type (``"eenet-bert"`` / ``"eenet-roberta"``) for a model type of that family, ours or a stock one
+    (``FAMILY_MODEL_TYPES``); None for any other model."""
+    for ours, stock in FAMILY_MODEL_TYPES.items():
+        if model_type == ours or model_type in stock:
+            return ours
+    return None
+
+
+def unsupported_model_type(model_type, where: str) -> ValueError:
+    """The error for a checkpoint that is neither a BERT nor a RoBERTa-family model."""
+    known = ", ".join(repr(t) for stock in FAMILY_MODEL_TYPES.values() for t in stock)
+    return ValueError(f"{where} is a {model_type!r} model: hf_eenet adds exits to BERT and RoBERTa-family encoders "
+                      f"(model_type {known}, or one of ours) only; its weights would not load into either")
+
+
 def max_input_tokens(config, tokenizer=None, recorded: bool = True) -> int:
     """Longest input a model of ``config`` takes: its position table (RoBERTa positions start after the padding
     index), capped by ``config.max_seq_length`` (the length it was trained and its bank fitted at; ``recorded=False``
     leaves it out) and by ``tokenizer.model_max_length`` when they are set. What the pipeline and
     ``early_exit_predict`` truncate to by default."""
     limit = getattr(config, "max_position_embeddings", None) or 512
-    if "roberta" in getattr(config, "model_type", ""):
+    if eenet_model_type(getattr(config, "model_type", None)) == "eenet-roberta":
         limit -= (getattr(config, "pad_token_id", None) or 0) + 1
     if recorded and getattr(config, "max_seq_length", None):  # what the model was trained and its bank fitted at
         limit = min(limit, int(config.max_seq_length))
@@ -146,9 +167,22 @@ class EENetConfigMixin:
     @classmethod
     def get_config_dict(cls, *args, **kwargs):
         # A plain BERT/RoBERTa checkpoint is the intended starting point: adopt its config without the
-        # "model of type bert to instantiate eenet-bert" warning and without keeping the old model_type.
+        # "model of type bert to instantiate eenet-bert" warning and without keeping the old model_type (a CamemBERT
+        # kept as "camembert" would be truncated as a BERT: RoBERTa positions start after the padding index). A
+        # checkpoint of the other family, or of neither, is refused: its weights would load as missing and be
+        # initialised at random, a model that says nothing is wrong.
         config_dict, kwargs = super().get_config_dict(*args, **kwargs)
-        if config_dict.get("model_type") == cls._stock_config_class().model_type:
+        model_type = config_dict.get("model_type")
+        if model_type and model_type != cls.model_type:
+            family = eenet_model_type(model_type)
+            where = f"{args[0]!s}" if args else "the checkpoint"
+            if family is None:
+                raise unsupported_model_type(model_type, where)
+            if family != cls.model_type:
+                other = "EENetRobertaForSequenceClassification" if family == "eenet-roberta" else \
+                    "EENetBertForSequenceClassification"
+                raise ValueError(f"{where} is a {model_type!r} model, not of the {cls.model_type} family: load it "
+                                 f"with {other} (its weights would not load into this class)")
             config_dict = {**config_dict, "model_type": cls.model_type}
         return config_dict, kwargs
 
@@ -156,15 +190,27 @@ class EENetConfigMixin:
     def from_stock(cls, config):
         """``config`` as this class: one of ours as it is; the stock config this class extends (a ``BertConfig`` for
         ``EENetBertConfig``: e.g. ``AutoConfig.from_pretrained(ckpt, num_labels=2)`` of a plain checkpoint, as
-        ``run_classification.py`` builds it) converted, every field kept (labels, dropout, attention
+        ``run_classification.py`` builds it), or another config of its family (``FAMILY_MODEL_TYPES``: an
+        ``XLMRobertaConfig`` for ``EENetRobertaConfig``), converted, every field kept (labels, dropout, attention
         implementation) and the default exits added, as a load of that checkpoint gives; anything else: TypeError."""
         if isinstance(config, cls):
             return config
         stock = cls._stock_config_class()
-        if not isinstance(config, stock) or isinstance(config, EENetConfigMixin):
-            raise TypeError(f"{cls.__name__} takes an {cls.__name__} (or a {stock.__name__}, converted), got a "
-                            f"{type(config).__name__}: build the config from the checkpoint with "
-                            f"{cls.__name__}.from_pretrained(ckpt, ...)")
+        if isinstance(config, EENetConfigMixin) or not isinstance(config, PreTrainedConfig) or \
+                eenet_model_type(getattr(config, "model_type", None)) != cls.model_type:  # (ours from another copy
+            # of this module, e.g. a remote-code one, is converted too)
+            family = eenet_model_type(getattr(config, "model_type", None))
+            if family is None and isinstance(config, PreTrainedConfig):
+                hint = (f"a {getattr(config, 'model_type', None)!r} model's config: hf_eenet adds exits to BERT and "
+                        "RoBERTa-family encoders only")
+            elif family not in (None, cls.model_type):
+                hint = (f"it is of the {family} family: use EENet{'Roberta' if family == 'eenet-roberta' else 'Bert'}"
+                        "ForSequenceClassification / its config class")
+            else:
+                hint = f"build the config from the checkpoint with {cls.__name__}.from_pretrained(ckpt, ...)"
+            raise TypeError(f"{cls.__name__} takes an {cls.__name__} (or a {stock.__name__} or another config of "
+                            f"model_type {', '.join(FAMILY_MODEL_TYPES[cls.model_type])}, converted), got a "
+                            f"{type(config).__name__}: {hint}")
         out = cls.from_dict({**config.to_dict(), "model_type": cls.model_type})
         impl = config.__dict__.get("_attn_implementation_internal")
         if impl is not None:  # (not in to_dict)
@@ -244,5 +290,5 @@ class EENetRobertaConfig(EENetConfigMixin, RobertaConfig):
     model_type = "eenet-roberta"
 
 
-__all__ = ["EENetBertConfig", "EENetRobertaConfig", "validate_exit_layers", "flops_exit_costs", "max_input_tokens",
-           "pairing_mismatch"]
+__all__ = ["EENetBertConfig", "EENetRobertaConfig", "FAMILY_MODEL_TYPES", "eenet_model_type", "validate_exit_layers",
+           "flops_exit_costs", "max_input_tokens", "pairing_mismatch"]

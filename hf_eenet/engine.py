@@ -41,7 +41,8 @@ from itertools import chain
 
 import torch
 
-from .validation import check_bool, check_int, check_single_label, check_texts
+from .configuration_eenet import max_input_tokens
+from .validation import check_bool, check_input_length, check_int, check_single_label, check_texts
 
 ROW_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -432,6 +433,17 @@ def check_graphs_usable(model) -> None:
         )
 
 
+def _longest_row(config, rows) -> tuple[int, int]:
+    """(width, tokens) of the longest row for ``check_input_length``: rows are cut to their tokens where a mask said
+    so (a micro-batch is as wide as its longest row); a RoBERTa numbers only ids that are not padding, counted in the
+    rows whose length passes the limit (rows without a mask keep their padding)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    pad, limit = getattr(config, "pad_token_id", None), max_input_tokens(config, recorded=False)
+    if config.model_type != "eenet-roberta" or pad is None or width <= limit:
+        return width, width
+    return width, max(int((r["input_ids"] != pad).sum()) for r in rows if len(r["input_ids"]) > limit)
+
+
 @torch.no_grad()
 def depth_wave_forward(
     model,
@@ -469,6 +481,7 @@ def depth_wave_forward(
     chunk_size = default_chunk_size(micro_batch_size) if chunk_size is None else check_int(chunk_size, "chunk_size", 1)
     if not rows:
         raise ValueError("no texts to classify (empty input)")
+    check_input_length(model.config, *_longest_row(model.config, rows))
     model._check_exit_policy(exit_policy)
     model._check_encoder_depth()
     graphs = layer_graphs(model, micro_batch_size) if check_bool(cuda_graphs, "cuda_graphs") else None

@@ -61,8 +61,8 @@ from .configuration_eenet import (
     pairing_mismatch,
 )
 from .policies import ExitPolicy
-from .validation import (as_probs_tensor, check_bool, check_budget_fraction, check_int, check_single_label,
-                         check_tokenizer_kwargs)
+from .validation import (as_probs_tensor, check_bool, check_budget_fraction, check_input_length, check_int,
+                         check_single_label, check_tokenizer_kwargs)
 from .weight_events import stepped_since
 
 
@@ -1094,6 +1094,17 @@ class EENetModelMixin:
         if attention_mask is not None:
             mask_host = attention_mask.detach().to("cpu", torch.bool)  # host sync 1 (once per call)
             _check_rows_have_tokens(mask_host)
+        ref = input_ids if input_ids is not None else inputs_embeds
+        tokens = None  # a RoBERTa's longest row: its ids that are not padding, as the stock embeddings number them
+        # (ids on the host), else the host copy of the mask (no device read for this check)
+        if self.config.model_type == "eenet-roberta":
+            if input_ids is not None and input_ids.device.type == "cpu" and self.config.pad_token_id is not None:
+                tokens = int((input_ids != self.config.pad_token_id).sum(1).max())
+            elif mask_host is not None:
+                tokens = int(mask_host.sum(1).max())
+        check_input_length(self.config, ref.shape[1], tokens, embeds=inputs_embeds is not None,
+                           own_positions=position_ids is not None)
+        if attention_mask is not None:
             if not bool(mask_host[:, 0].all()):  # a row starts with padding: left padding
                 input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, mask_host = _right_align(
                     mask_host, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)

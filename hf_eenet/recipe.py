@@ -362,10 +362,14 @@ def load_backbone(path: str, num_labels: int, exit_layers=None, id2label=None, e
     ``id2label``: a list of label names (id order) or a dict."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from .configuration_eenet import eenet_model_type, unsupported_model_type
     from .modeling_eenet import EENetBertForSequenceClassification, EENetRobertaForSequenceClassification
 
     model_type = AutoConfig.from_pretrained(path, cache_dir=cache_dir).model_type
-    cls = EENetRobertaForSequenceClassification if "roberta" in model_type else EENetBertForSequenceClassification
+    family = eenet_model_type(model_type)
+    if family is None:  # (a DistilBERT / ELECTRA / ... checkpoint: none of its weights would load into ours)
+        raise unsupported_model_type(model_type, path)
+    cls = EENetRobertaForSequenceClassification if family == "eenet-roberta" else EENetBertForSequenceClassification
     if exit_pooling == "auto":
         exit_pooling = checkpoint_pooling(path, cache_dir)
     kw = {"num_labels": num_labels, "exit_pooling": exit_pooling}

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from .bank import SAVE_LEFTOVER_PATTERNS, atomic_save_dir, data_fingerprint, recover_leftovers_in
-from .configuration_eenet import pairing_mismatch
+from .configuration_eenet import eenet_model_type, pairing_mismatch
 from .engine import input_device
 from .evaluation import evaluate_exits
 from .modeling_eenet import exit_softmax
@@ -238,7 +238,8 @@ def _types_mark_pairs(config, tokenizer) -> bool:
     (``type_vocab_size`` >= 2; never RoBERTa, whose tokenizer asked for token types gives a pair zeros throughout,
     whatever the config's ``type_vocab_size``) and the tokenizer gives a pair's second segment type 1. Without a
     tokenizer to ask, the model's ``type_vocab_size`` decides."""
-    if int(getattr(config, "type_vocab_size", 0) or 0) < 2 or "roberta" in str(getattr(config, "model_type", "")):
+    if int(getattr(config, "type_vocab_size", 0) or 0) < 2 or \
+            eenet_model_type(getattr(config, "model_type", None)) == "eenet-roberta":
         return False
     if tokenizer is None or not callable(tokenizer):
         return True

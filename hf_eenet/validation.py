@@ -327,6 +327,10 @@ def check_tokenizer_kwargs(tokenizer, kwargs: dict, where: str) -> None:
     serve the default budget. Tokenizers whose signature is not the standard one are not checked."""
     if not kwargs or tokenizer is None:
         return
+    if kwargs.get("return_overflowing_tokens"):  # (the stock pipeline serves the first window, or mixes texts up)
+        raise ValueError(f"{where} got return_overflowing_tokens=True: it splits a long text into several rows, and a "
+                         "text is served as one row (its result is the text's): leave it out to truncate, or split "
+                         "long texts yourself and combine their results")
     names = _tokenizer_keywords(type(tokenizer))
     if names is None:  # not transformers' tokenizer signature: nothing to check against
         return
@@ -335,6 +339,31 @@ def check_tokenizer_kwargs(tokenizer, kwargs: dict, where: str) -> None:
         hints = [f"{k}: pass {_KWARG_HINTS[k]}" for k in unknown if k in _KWARG_HINTS]
         raise TypeError(f"{where} got unexpected keyword argument(s) {unknown}: neither its own options nor the "
                         "tokenizer's (which would drop them silently)" + (f" ({'; '.join(hints)})" if hints else ""))
+
+
+def check_input_length(config, width: int, tokens: int | None = None, *, embeds: bool = False,
+                       own_positions: bool = False) -> None:
+    """Inputs the model's position table can number, else ``ValueError`` naming the limit (the embeddings would fail
+    with an ``IndexError`` on a buffer instead). Positions as the stock embeddings number them: a BERT ``0 ..
+    width-1`` (``width``: tokens per row of the batch, padding included); a RoBERTa numbers each row's ids that are
+    not padding after the padding index (``tokens``: the longest row's; None, unknown without a host read: not
+    checked), but numbers ``inputs_embeds`` (``embeds=True``) across the whole width. ``own_positions``: the caller
+    gave ``position_ids``, whose values are its own (not checked). The limit is ``max_input_tokens`` of the config,
+    not the recorded ``max_seq_length`` (an explicit ``max_length=`` may go past that)."""
+    from .configuration_eenet import eenet_model_type, max_input_tokens
+
+    if own_positions or not getattr(config, "max_position_embeddings", None):
+        return
+    limit = max_input_tokens(config, recorded=False)
+    if eenet_model_type(getattr(config, "model_type", None)) != "eenet-roberta" or embeds:
+        n, what = width, f"inputs {width} tokens wide (padding included)"
+    else:
+        n, what = tokens, f"inputs of {tokens} tokens"
+    if n is not None and n > limit:
+        raise ValueError(f"{what} are longer than this model takes ({limit} tokens, max_position_embeddings="
+                         f"{config.max_position_embeddings}): truncate them (truncation=True with max_length <= "
+                         f"{limit}, what the pipeline and early_exit_predict do unless given max_length= or "
+                         "truncation=False)")
 
 
 def check_single_label(config, purpose: str = "early exit under a budget or an exit policy") -> None:

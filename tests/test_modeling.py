@@ -247,8 +247,84 @@ def test_a_stock_config_of_a_plain_checkpoint_is_taken_as_ours(kind, tmp_path):
     built = cls(type(stock.config)(**tiny_kwargs(pad_token_id=stock.config.pad_token_id)))
     assert isinstance(built.config, cls.config_class) and built.config.num_exits == 4
     with pytest.raises(TypeError, match=rf"{cls.config_class.__name__} takes an {cls.config_class.__name__} \(or a "
-                                        rf"{type(stock.config).__name__}, converted\), got a {type(other).__name__}"):
+                                        rf"{type(stock.config).__name__} or another config of model_type .*, "
+                                        rf"converted\), got a {type(other).__name__}: it is of the eenet-\w+ family: "
+                                        r"use EENet(Bert|Roberta)ForSequenceClassification"):
         cls(other)
+
+
+@pytest.mark.parametrize("kind", ["xlm-roberta", "camembert"])
+def test_roberta_family_checkpoints_load_into_the_roberta_class_as_roberta(kind, tmp_path):
+    """Review 108: the recipe / CLI chose the BERT class for any model_type without "roberta" in it, so a CamemBERT
+    checkpoint's weights were all dropped and a random BERT trained and saved; loaded into the RoBERTa class it kept
+    model_type "camembert" in memory, so texts were truncated 2 tokens too long for its positions (IndexError), and
+    ``config=AutoConfig(...)`` of XLM-R / CamemBERT was refused. Now the family is read from the model_type table."""
+    from transformers import (CamembertConfig, CamembertForSequenceClassification, XLMRobertaConfig,
+                              XLMRobertaForSequenceClassification)
+
+    from hf_eenet.configuration_eenet import max_input_tokens
+    from hf_eenet.recipe import load_backbone
+
+    torch.manual_seed(0)
+    cfg_cls, model_cls = ((XLMRobertaConfig, XLMRobertaForSequenceClassification) if kind == "xlm-roberta" else
+                          (CamembertConfig, CamembertForSequenceClassification))
+    stock = model_cls(cfg_cls(**tiny_kwargs(pad_token_id=1, type_vocab_size=1))).eval()
+    stock.save_pretrained(tmp_path)
+    batch = random_batch(pad_id=1, token_types=False)
+    cls = hf_eenet.EENetRobertaForSequenceClassification
+    with torch.no_grad():
+        want = stock(**batch).logits
+        for model in (cls.from_pretrained(tmp_path),
+                      cls.from_pretrained(tmp_path, config=AutoConfig.from_pretrained(tmp_path))):
+            assert model.config.model_type == "eenet-roberta"
+            assert max_input_tokens(model.config) == 64 - 2  # RoBERTa positions start after the padding index
+            torch.testing.assert_close(model.eval()(**batch).logits, want, atol=1e-5, rtol=1e-5)
+    model, _ = load_backbone(str(tmp_path), 3, tokenizer_name=str(_wordlevel_tokenizer(tmp_path)))  # the recipe's
+    assert isinstance(model, cls)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(**batch).logits, want, atol=1e-5, rtol=1e-5)
+
+
+def _wordlevel_tokenizer(tmp_path):
+    """A tiny offline tokenizer folder (load_backbone reads one beside the weights)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": i + 4 for i in range(100)}}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    folder = tmp_path / "tok"
+    fast.save_pretrained(folder)
+    return folder
+
+
+def test_checkpoints_of_another_family_or_of_neither_are_refused_by_name(tmp_path):
+    """Review 108: a RoBERTa checkpoint loaded into the BERT class (or a DistilBERT one into either, or given to the
+    recipe) loaded as a random model with only transformers' warning and load report; now refused, naming the
+    class to use or the model types hf_eenet supports."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from hf_eenet.recipe import load_backbone
+
+    torch.manual_seed(0)
+    RobertaForSequenceClassification(RobertaConfig(**tiny_kwargs(pad_token_id=1))).save_pretrained(tmp_path / "rob")
+    BertForSequenceClassification(BertConfig(**tiny_kwargs())).save_pretrained(tmp_path / "bert")
+    DistilBertForSequenceClassification(DistilBertConfig(vocab_size=120, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                                         max_position_embeddings=64)).save_pretrained(tmp_path / "db")
+    with pytest.raises(ValueError, match="is a 'roberta' model, not of the eenet-bert family: load it with "
+                                         "EENetRobertaForSequenceClassification"):
+        hf_eenet.EENetBertForSequenceClassification.from_pretrained(tmp_path / "rob")
+    with pytest.raises(ValueError, match="is a 'bert' model, not of the eenet-roberta family: load it with "
+                                         "EENetBertForSequenceClassification"):
+        hf_eenet.EENetRobertaForSequenceClassification.from_pretrained(tmp_path / "bert")
+    for load in (hf_eenet.EENetBertForSequenceClassification.from_pretrained,
+                 hf_eenet.EENetRobertaForSequenceClassification.from_pretrained,
+                 lambda path: load_backbone(str(path), 2)):
+        with pytest.raises(ValueError, match="is a 'distilbert' model: hf_eenet adds exits to BERT and RoBERTa-family "
+                                             "encoders"):
+            load(tmp_path / "db")
 
 
 def test_mean_pooling_a_finetuned_stock_classifier_says_its_last_exit_changes(tmp_path, minilm_dir):
@@ -670,3 +746,23 @@ def test_a_save_on_a_rank_that_writes_no_checkpoint_leaves_the_folder_as_it_was(
     monkeypatch.undo()
     loaded = type(model).from_pretrained(tmp_path)
     assert not torch.equal(loaded.classifier.bias, model.classifier.bias)
+
+
+def test_a_bert_batch_wider_than_its_position_table_is_refused_naming_the_limit():
+    """Reviews 108/109: a BERT numbers positions across the batch width (padding included), so a batch wider than its
+    table failed inside the embeddings without naming the limit; at the limit it serves, and with the caller's own
+    position_ids (all inside the table) a wider batch serves as stock serves it."""
+    model = tiny_model()  # max_position_embeddings 64
+    policy = hf_eenet.MaxProbPolicy([0.5] * model.config.num_exits)
+    at_limit = random_batch(n=3, max_len=64)
+    with torch.no_grad():
+        assert model(**at_limit, exit_policy=policy).logits.shape[0] == 3
+        wide = {k: torch.cat([v, torch.zeros_like(v[:, :6])], 1) for k, v in at_limit.items()}  # padded to 70
+        with pytest.raises(ValueError, match=r"inputs 70 tokens wide \(padding included\) are longer than this model "
+                                             r"takes \(64 tokens, max_position_embeddings=64\)"):
+            model(**wide, exit_policy=policy)
+        short = random_batch(n=3, max_len=20)
+        padded = {k: torch.cat([v, torch.zeros(3, 50, dtype=v.dtype)], 1) for k, v in short.items()}  # width 70
+        positions = torch.arange(70).clamp(max=63).expand(3, -1)
+        torch.testing.assert_close(model(**padded, position_ids=positions, exit_policy=policy).logits,
+                                   model(**short, exit_policy=policy).logits, atol=1e-5, rtol=1e-5)

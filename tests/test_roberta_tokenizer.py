@@ -176,3 +176,65 @@ def test_roberta_truncation_evidence_reads_its_own_tokenizer(rtok, tmp_path):
         model.config.max_seq_length = None
         with pytest.warns(UserWarning, match=r"are truncated at 16 tokens \(their text columns"):
             assert trainer._fitting_length(model, cut, None) == 16
+
+
+def test_inputs_longer_than_the_model_takes_are_refused_naming_the_limit(rtok, tmp_path):
+    """Review 108: an explicit max_length= past what the model takes (a RoBERTa takes its position table less the
+    padding offset: 88 tokens of 90 here), truncation=False, or untruncated tensors failed inside the embeddings with
+    "index 90 is out of bounds" on every path (per text, depth waves, early_exit_predict, forward), never naming the
+    limit; return_overflowing_tokens=True served a text's first window alone, or another text's window in a batch.
+    Each is refused by name; the default truncation and a RoBERTa batch padded past the limit still serve."""
+    model = roberta_model(rtok)
+    model.save_pretrained(tmp_path / "m")
+    rtok.save_pretrained(tmp_path / "m")
+    clf = pipeline("text-classification", model=str(tmp_path / "m"))
+    policy = hf_eenet.MaxProbPolicy([0.6] * 4)
+    long_text = "a long review " * 20  # 280 byte-level tokens
+    too_long = "inputs of {} tokens are longer than this model takes \\(88 tokens, max_position_embeddings=90\\)"
+    served = clf(long_text, exit_policy=policy)  # truncated by default to 88
+    assert served == clf(long_text, exit_policy=policy, max_length=88)
+    for call, n in [(lambda: clf(long_text, exit_policy=policy, max_length=89), 89),
+                    (lambda: clf(long_text, exit_policy=policy, truncation=False), 282),
+                    (lambda: clf([long_text, "ok"], exit_policy=policy, truncation=False, batch_size=2), 282),
+                    (lambda: clf([long_text, "ok"], exit_policy=policy, truncation=False, batch_size=2, chunk_size=0),
+                     282),
+                    (lambda: model.early_exit_predict([long_text], exit_policy=policy, tokenizer=rtok, max_length=100),
+                     100),
+                    (lambda: model(**rtok([long_text], return_tensors="pt"), exit_policy=policy), 282),
+                    (lambda: model(**rtok([long_text], return_tensors="pt")), 282)]:
+        with pytest.raises(ValueError, match=too_long.format(n)):
+            call()
+    short = ["short one", "another"]
+    plain = model(**rtok(short, padding=True, return_tensors="pt"), exit_policy=policy).logits
+    with torch.no_grad():  # RoBERTa numbers only a row's own tokens: short rows padded past the limit, or past the
+        # whole table (review 109), serve as stock serves them, with or without a mask, or with the caller's positions
+        for width in (90, 100):
+            padded = rtok(short, padding="max_length", max_length=width, return_tensors="pt")
+            positions = torch.arange(1, 1 + width).expand(2, -1) * padded["attention_mask"] + 1  # as stock
+            for kw in ({}, {"position_ids": positions}):
+                torch.testing.assert_close(model(**{**padded, **kw}, exit_policy=policy).logits, plain,
+                                           atol=1e-5, rtol=1e-5)
+            unmasked = model(input_ids=padded["input_ids"], exit_policy=policy).logits  # (padding attended to)
+            assert unmasked.shape == (2, 2) and bool(unmasked.isfinite().all())
+            # positions follow the ids that are not padding, as stock numbers them, whatever the mask says and on
+            # every path (review 110: an all-ones mask, or rows without a mask in early_exit_predict, were refused)
+            ones = torch.ones_like(padded["attention_mask"])
+            torch.testing.assert_close(model(input_ids=padded["input_ids"], attention_mask=ones,
+                                             exit_policy=policy).logits, unmasked, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(model.early_exit_predict({"input_ids": padded["input_ids"]},
+                                                                exit_policy=policy).logits, unmasked,
+                                       atol=1e-5, rtol=1e-5)
+        assert clf(short[0], exit_policy=policy, padding="max_length", max_length=100) == clf(short[0],
+                                                                                               exit_policy=policy)
+        embeds = model.backbone.embeddings.word_embeddings(padded["input_ids"][:, :89])
+        with pytest.raises(ValueError, match="inputs 89 tokens wide \\(padding included\\) are longer than this model "
+                                             "takes \\(88 tokens"):  # stock numbers inputs_embeds across the width
+            model(inputs_embeds=embeds, attention_mask=padded["attention_mask"][:, :89], exit_policy=policy)
+    for call in (lambda: clf(long_text, exit_policy=policy, return_overflowing_tokens=True, stride=4),
+                 lambda: clf([long_text, long_text], exit_policy=policy, return_overflowing_tokens=True, stride=4,
+                             batch_size=2, chunk_size=0),
+                 lambda: model.early_exit_predict([long_text], exit_policy=policy, tokenizer=rtok,
+                                                  return_overflowing_tokens=True)):
+        with pytest.raises(ValueError, match="got return_overflowing_tokens=True: it splits a long text into several "
+                                             "rows"):
+            call()
