@@ -254,7 +254,7 @@ def test_a_stock_config_of_a_plain_checkpoint_is_taken_as_ours(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["xlm-roberta", "camembert"])
-def test_roberta_family_checkpoints_load_into_the_roberta_class_as_roberta(kind, tmp_path):
+def test_roberta_family_checkpoints_load_into_the_roberta_class_as_roberta(kind, tmp_path, minilm_dir):
     """Review 108: the recipe / CLI chose the BERT class for any model_type without "roberta" in it, so a CamemBERT
     checkpoint's weights were all dropped and a random BERT trained and saved; loaded into the RoBERTa class it kept
     model_type "camembert" in memory, so texts were truncated 2 tokens too long for its positions (IndexError), and
@@ -279,25 +279,10 @@ def test_roberta_family_checkpoints_load_into_the_roberta_class_as_roberta(kind,
             assert model.config.model_type == "eenet-roberta"
             assert max_input_tokens(model.config) == 64 - 2  # RoBERTa positions start after the padding index
             torch.testing.assert_close(model.eval()(**batch).logits, want, atol=1e-5, rtol=1e-5)
-    model, _ = load_backbone(str(tmp_path), 3, tokenizer_name=str(_wordlevel_tokenizer(tmp_path)))  # the recipe's
+    model, _ = load_backbone(str(tmp_path), 3, tokenizer_name=minilm_dir)  # the recipe's (any tokenizer does here)
     assert isinstance(model, cls)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(**batch).logits, want, atol=1e-5, rtol=1e-5)
-
-
-def _wordlevel_tokenizer(tmp_path):
-    """A tiny offline tokenizer folder (load_backbone reads one beside the weights)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": i + 4 for i in range(100)}}
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
-    folder = tmp_path / "tok"
-    fast.save_pretrained(folder)
-    return folder
 
 
 def test_checkpoints_of_another_family_or_of_neither_are_refused_by_name(tmp_path):
